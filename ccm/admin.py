@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+
+from ccm import approvals
+from ccm.api.auth import api_key_revoke
+from ccm.models import ApiKey, Approval, AuditEvent, Decision, SignedLink
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["id", "created_at", "actor_label", "action", "subject_type", "subject_id"]
+    list_filter = ["action", "subject_type"]
+    search_fields = ["action", "subject_id", "actor_label", "request_id", "hash"]
+    date_hierarchy = "created_at"
+
+
+def _decide(modeladmin, request, queryset, decision: str) -> None:
+    done = 0
+    for approval in queryset:
+        try:
+            approvals.approval_decide(approval=approval, by=request.user, decision=decision)
+            done += 1
+        except (PermissionDenied, approvals.ApprovalConflict) as exc:
+            modeladmin.message_user(request, f"{approval}: {exc}", messages.ERROR)
+    if done:
+        modeladmin.message_user(request, f"{done} approval(s): {decision}.", messages.SUCCESS)
+
+
+@admin.action(description="Approve selected (four-eyes)", permissions=["decide"])
+def approve_selected(modeladmin, request, queryset):
+    _decide(modeladmin, request, queryset, Decision.APPROVE)
+
+
+@admin.register(Approval)
+class ApprovalAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "purpose",
+        "summary",
+        "state",
+        "requested_by",
+        "author",
+        "requested_at",
+        "decided_by",
+        "decided_at",
+    ]
+    list_filter = ["state", "purpose"]
+    actions = [approve_selected]
+
+    def has_decide_permission(self, request):
+        return request.user.has_perm("ccm.decide_approval")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ReadOnlyAdmin):
+    list_display = ["name", "prefix", "scopes", "user", "created_at", "last_used_at", "revoked_at"]
+    actions = ["revoke"]
+
+    @admin.action(description="Revoke selected keys", permissions=["manage"])
+    def revoke(self, request, queryset):
+        for api_key in queryset:
+            api_key_revoke(api_key=api_key, by=request.user)
+        self.message_user(request, "Revoked.", messages.SUCCESS)
+
+    def has_manage_permission(self, request):
+        return request.user.has_perm("ccm.manage_api_keys")
+
+
+@admin.register(SignedLink)
+class SignedLinkAdmin(ReadOnlyAdmin):
+    list_display = [
+        "purpose",
+        "subject_type",
+        "subject_id",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+    ]
+    list_filter = ["purpose"]
+    exclude = ["nonce"]

@@ -1,0 +1,164 @@
+"""API keys: `Authorization: Api-Key <key>`, stored hashed, scoped, revocable."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.db import transaction
+from django.utils import timezone
+from rest_framework import authentication, exceptions, permissions, throttling
+
+from ccm import audit
+from ccm.models import ApiKey
+from ccm.roles import Role
+
+KEYWORD = "Api-Key"
+_PREFIX_LEN = 8
+
+# Scopes an API key can carry. Endpoints name the one they need in `required_scopes`.
+SCOPES: dict[str, str] = {
+    "me:read": "See who the key belongs to",
+    "templates:read": "List templates and render previews",
+    "documents:read": "Read archived documents",
+    "customers:read": "Read customers, preferences and consent",
+    "customers:write": "Create and update customers, preferences and consent",
+    "communications:read": "Read communications and their deliveries",
+    "communications:write": "Request and cancel communications",
+    "cases:read": "Read cases",
+    "cases:write": "Open and move cases, request reprints and correspondence",
+    "webhooks:write": "Manage webhook subscriptions",
+}
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    key: str  # shown once; only its hash is stored
+
+
+class UnknownScope(ValueError):
+    pass
+
+
+@transaction.atomic
+def api_key_create(*, name: str, scopes: list[str], created_by=None) -> IssuedKey:
+    """Create a key for an integrator; its service user joins the integrator role."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise UnknownScope(
+            f"Unknown scope(s): {', '.join(unknown)}. Known scopes: {', '.join(sorted(SCOPES))}."
+        )
+    User = get_user_model()
+    user, _ = User.objects.get_or_create(username=f"api:{name}", defaults={"is_active": True})
+    user.set_unusable_password()
+    user.save(update_fields=["password"])
+    user.groups.add(Group.objects.get(name=Role.INTEGRATOR))
+    prefix = secrets.token_hex(_PREFIX_LEN // 2)
+    secret = secrets.token_urlsafe(32)
+    key = f"ccm_{prefix}_{secret}"
+    api_key = ApiKey.objects.create(
+        name=name,
+        prefix=prefix,
+        key_hash=_hash(key),
+        scopes=sorted(set(scopes)),
+        user=user,
+        created_by=created_by,
+    )
+    audit.record(
+        actor=created_by,
+        action="api_key.created",
+        subject=api_key,
+        after={"name": name, "scopes": api_key.scopes, "prefix": prefix},
+    )
+    return IssuedKey(api_key=api_key, key=key)
+
+
+@transaction.atomic
+def api_key_revoke(*, api_key: ApiKey, by=None) -> ApiKey:
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+        audit.record(actor=by, action="api_key.revoked", subject=api_key)
+    return api_key
+
+
+def api_key_lookup(key: str) -> ApiKey | None:
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != "ccm":
+        return None
+    api_key = ApiKey.objects.select_related("user").filter(prefix=parts[1]).first()
+    if api_key is None or not hmac.compare_digest(api_key.key_hash, _hash(key)):
+        return None
+    return api_key
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        keyword, _, key = header.partition(" ")
+        if keyword != KEYWORD:
+            return None
+        key = key.strip()
+        if not key:
+            raise exceptions.AuthenticationFailed("The Api-Key header carries no key.")
+        api_key = api_key_lookup(key)
+        if api_key is None:
+            raise exceptions.AuthenticationFailed("Unknown API key.")
+        if not api_key.is_active:
+            raise exceptions.AuthenticationFailed("This API key has been revoked.")
+        if not api_key.user.is_active:
+            raise exceptions.AuthenticationFailed("The account behind this API key is disabled.")
+        now = timezone.now()
+        # Writing on every request would serialise a busy integrator on one row.
+        if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
+            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        return api_key.user, api_key
+
+    def authenticate_header(self, request):
+        return KEYWORD
+
+
+def caller_scopes(request) -> set[str] | None:
+    """The scopes of the calling key, or None for a staff session (checked by permissions)."""
+    if isinstance(request.auth, ApiKey):
+        return set(request.auth.scopes)
+    return None
+
+
+class HasScope(permissions.BasePermission):
+    """Views name `required_scopes` (all needed), or a dict per HTTP method."""
+
+    message = "This API key lacks the scope this endpoint needs."
+
+    def has_permission(self, request, view) -> bool:
+        required = getattr(view, "required_scopes", ())
+        if isinstance(required, dict):
+            required = required.get(request.method, required.get("*", ())) or ()
+        scopes = caller_scopes(request)
+        if scopes is None:
+            return bool(request.user and request.user.is_authenticated)
+        missing = set(required) - scopes
+        if missing:
+            self.message = f"This API key lacks the scope(s): {', '.join(sorted(missing))}."
+            return False
+        return True
+
+
+class ApiKeyRateThrottle(throttling.SimpleRateThrottle):
+    scope = "api_key"
+
+    def get_cache_key(self, request, view):
+        if not isinstance(request.auth, ApiKey):
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": request.auth.pk}

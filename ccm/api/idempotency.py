@@ -1,0 +1,137 @@
+"""`Idempotency-Key` on POST: same key and body → the stored response again; same key, other
+body → 422; while the first request runs → 409. Keys are scoped per client and expire."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.http import HttpResponse
+from django.utils import timezone
+from rest_framework import exceptions
+
+from ccm.api.errors import Conflict, Unprocessable
+from ccm.models import ApiKey, IdempotencyRecord
+
+HEADER = "Idempotency-Key"
+MAX_KEY_LENGTH = 255
+# A request still "in progress" after this long died with its worker; its key may be reused.
+ABANDONED_AFTER = timedelta(minutes=2)
+
+
+class Replay(Exception):
+    def __init__(self, record: IdempotencyRecord):
+        self.record = record
+
+
+def client_of(request) -> str:
+    if isinstance(request.auth, ApiKey):
+        return f"key:{request.auth.pk}"
+    return f"user:{request.user.pk}"
+
+
+def fingerprint(request) -> str:
+    digest = hashlib.sha256()
+    digest.update(request.method.encode() + b" " + request.path.encode() + b"\n")
+    digest.update(request._request.body)
+    return digest.hexdigest()
+
+
+def idempotency_claim(*, client: str, key: str, method: str, path: str, request_hash: str):
+    """Claim `key` for this request, or raise Replay / Conflict / Unprocessable."""
+    now = timezone.now()
+    for _ in range(2):
+        try:
+            with transaction.atomic():
+                return IdempotencyRecord.objects.create(
+                    client=client,
+                    key=key,
+                    method=method,
+                    path=path,
+                    request_hash=request_hash,
+                    expires_at=now + timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS),
+                )
+        except IntegrityError:
+            existing = IdempotencyRecord.objects.filter(client=client, key=key).first()
+            if existing is None:
+                continue  # it expired and was purged between our insert and our read
+            stale = existing.expires_at <= now or (
+                existing.state == IdempotencyRecord.State.IN_PROGRESS
+                and existing.created_at <= now - ABANDONED_AFTER
+            )
+            if stale:
+                IdempotencyRecord.objects.filter(pk=existing.pk).delete()
+                continue
+            if existing.request_hash != request_hash:
+                raise Unprocessable(
+                    f"This {HEADER} was already used with a different request. "
+                    "Use a new key for a new request.",
+                    code="idempotency_key_reused",
+                ) from None
+            if existing.state == IdempotencyRecord.State.IN_PROGRESS:
+                raise Conflict(
+                    f"A request with this {HEADER} is still being processed; retry later.",
+                    code="idempotency_in_progress",
+                ) from None
+            raise Replay(existing) from None
+    raise Conflict(f"Could not claim this {HEADER}; retry.", code="idempotency_in_progress")
+
+
+class IdempotentMixin:
+    """Mix into an APIView (before it) to honour Idempotency-Key on POST."""
+
+    idempotent_methods = ("POST",)
+    _idempotency_record: IdempotencyRecord | None = None
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        self._idempotency_record = None
+        key = request.headers.get(HEADER)
+        if request.method not in self.idempotent_methods or key is None:
+            return
+        key = key.strip()
+        if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+            raise exceptions.ValidationError(
+                {HEADER: [f"Give 1 to {MAX_KEY_LENGTH} printable characters."]}
+            )
+        self._idempotency_record = idempotency_claim(
+            client=client_of(request),
+            key=key,
+            method=request.method,
+            path=request.path,
+            request_hash=fingerprint(request),
+        )
+
+    def handle_exception(self, exc):
+        if isinstance(exc, Replay):
+            record = exc.record
+            response = HttpResponse(
+                bytes(record.response_body or b""),
+                status=record.response_status,
+                content_type=record.response_content_type or "application/json",
+            )
+            response["Idempotent-Replayed"] = "true"
+            return response
+        return super().handle_exception(exc)  # type: ignore[misc]
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        record = self._idempotency_record
+        if record is None:
+            return response
+        self._idempotency_record = None
+        if response.status_code >= 500:
+            # Nothing was promised: let the client retry with the same key.
+            IdempotencyRecord.objects.filter(pk=record.pk).delete()
+            return response
+        if hasattr(response, "render") and not getattr(response, "is_rendered", True):
+            response.render()
+        IdempotencyRecord.objects.filter(pk=record.pk).update(
+            state=IdempotencyRecord.State.DONE,
+            response_status=response.status_code,
+            response_body=response.content,
+            response_content_type=response.get("Content-Type", ""),
+        )
+        return response

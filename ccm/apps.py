@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from django.apps import AppConfig, apps
+from django.db.models.signals import post_migrate
+
+
+def _after_migrate(sender, **kwargs) -> None:
+    # post_migrate fires once per app; act once, after the last app's permissions exist.
+    with_models = [a for a in apps.get_app_configs() if a.models_module is not None]
+    if sender.name != with_models[-1].name:
+        return
+    from ccm.roles import roles_sync
+    from ccm.tasks import schedules_sync
+
+    roles_sync()
+    schedules_sync()
+
+
+class CcmConfig(AppConfig):
+    default = True
+    name = "ccm"
+    verbose_name = "CCM kernel"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from ccm.api import schema  # noqa: F401 - registers the OpenAPI extension
+
+        post_migrate.connect(_after_migrate, dispatch_uid="ccm.after_migrate")

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from django.core.management.base import BaseCommand
+
+from ccm.demo import DEMO_PASSWORD, DEMO_USERS
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the web server and a django-q2 cluster together in the foreground (Ctrl-C stops both)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--host", default="127.0.0.1")
+
+    def handle(self, *args, port: int, host: str, **options):
+        manage = [sys.executable, "manage.py"]
+        commands = {
+            "web server": [*manage, "runserver", f"{host}:{port}", "--noreload"],
+            "task cluster": [*manage, "qcluster"],
+        }
+        children = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}  # noqa: S603
+        base = f"http://{host}:{port}"
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    "CCM is running (Ctrl-C stops the web server and the task cluster):",
+                    f"  Work overview   {base}/",
+                    f"  Back-office     {base}/admin/",
+                    f"  API docs        {base}/api/docs/",
+                    f"  Health          {base}/healthz",
+                    f"Demo logins (password {DEMO_PASSWORD}): "
+                    + ", ".join(username for username, _, _ in DEMO_USERS),
+                    "",
+                ]
+            )
+        )
+        stopping = False
+
+        def stop(signum, frame):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        code = 0
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    self.stderr.write(f"The {name} exited with {child.returncode}; stopping.")
+                    code = child.returncode or 1
+                    stopping = True
+            time.sleep(0.3)
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 15
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        self.stdout.write("CCM stopped.")
+        if code:
+            sys.exit(code)

@@ -1,0 +1,233 @@
+"""The shared kernel's data: audit chain, four-eyes approvals, signed links, API keys and
+idempotency records."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.contenttypes.fields import GenericForeignKey
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import PermissionDenied
+from django.db import models
+from django.db.models import F, Q
+from django_fsm import ConcurrentTransitionMixin, FSMField, transition
+
+GENESIS_HASH = "0" * 64
+
+
+class AuditEvent(models.Model):
+    """One append-only, hash-chained row per recorded action.
+
+    `hash` is SHA-256 over the previous row's hash and this row's canonical JSON; `prev_hash` is
+    unique, so two writers can never attach to the same predecessor (the chain cannot fork). On
+    PostgreSQL a trigger rejects UPDATE and DELETE.
+    """
+
+    created_at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    actor_label = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=100, db_index=True)
+    subject_type = models.CharField(max_length=100, blank=True)
+    subject_id = models.CharField(max_length=64, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    prev_hash = models.CharField(max_length=64, unique=True)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["subject_type", "subject_id"])]
+        permissions = [("verify_audit_chain", "Can verify the audit chain")]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.action} {self.subject_type}:{self.subject_id}"
+
+
+class ApprovalState(models.TextChoices):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    CHANGES_REQUESTED = "changes_requested"
+    WITHDRAWN = "withdrawn"
+
+
+class Decision(models.TextChoices):
+    APPROVE = "approve"
+    REJECT = "reject"
+    REQUEST_CHANGES = "request_changes"
+
+
+class Approval(ConcurrentTransitionMixin, models.Model):
+    """A four-eyes sign-off on any approvable object.
+
+    The decider is never the requester nor the subject's author: the transitions refuse it and a
+    check constraint makes the database refuse it too.
+    """
+
+    subject_type = models.ForeignKey(ContentType, on_delete=models.PROTECT)
+    subject_id = models.CharField(max_length=64)
+    subject = GenericForeignKey("subject_type", "subject_id")
+    purpose = models.CharField(max_length=100, help_text="What is signed off, e.g. publish.")
+    summary = models.CharField(max_length=300, blank=True)
+    state = FSMField(default=ApprovalState.PENDING, choices=ApprovalState.choices, protected=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="approvals_requested"
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="approvals_authored",
+    )
+    requested_at = models.DateTimeField(auto_now_add=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="approvals_decided",
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    comment = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-requested_at", "-id"]
+        indexes = [models.Index(fields=["subject_type", "subject_id"])]
+        permissions = [("decide_approval", "Can decide approvals (four-eyes sign-off)")]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(decided_by=F("requested_by")),
+                name="approval_decider_is_not_requester",
+            ),
+            models.CheckConstraint(
+                condition=~Q(decided_by=F("author")),
+                name="approval_decider_is_not_author",
+            ),
+            models.UniqueConstraint(
+                fields=["subject_type", "subject_id", "purpose"],
+                condition=Q(state="pending"),
+                name="approval_one_pending_per_subject",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.purpose} of {self.subject_type.model} {self.subject_id} ({self.state})"
+
+    def _check_four_eyes(self, by) -> None:
+        if by.pk in {self.requested_by_id, self.author_id}:
+            raise PermissionDenied(
+                "Four-eyes rule: the requester or the author cannot decide this approval."
+            )
+
+    def _decide(self, *, by, comment: str, when) -> None:
+        self._check_four_eyes(by)
+        self.decided_by = by
+        self.decided_at = when
+        self.comment = comment
+
+    @transition(field=state, source=ApprovalState.PENDING, target=ApprovalState.APPROVED)
+    def approve(self, *, by, comment: str, when) -> None:
+        self._decide(by=by, comment=comment, when=when)
+
+    @transition(field=state, source=ApprovalState.PENDING, target=ApprovalState.REJECTED)
+    def reject(self, *, by, comment: str, when) -> None:
+        self._decide(by=by, comment=comment, when=when)
+
+    @transition(field=state, source=ApprovalState.PENDING, target=ApprovalState.CHANGES_REQUESTED)
+    def request_changes(self, *, by, comment: str, when) -> None:
+        self._decide(by=by, comment=comment, when=when)
+
+    @transition(field=state, source=ApprovalState.PENDING, target=ApprovalState.WITHDRAWN)
+    def withdraw(self, *, by, comment: str, when) -> None:
+        # Withdrawing is the requester's (or author's) act, so no four-eyes check here.
+        self.decided_by = None
+        self.decided_at = when
+        self.comment = comment
+
+
+class SignedLink(models.Model):
+    """The server-side half of a signed link: its nonce makes the link revocable and,
+    where `single_use` is set, spendable only once."""
+
+    nonce = models.CharField(max_length=64, unique=True)
+    purpose = models.CharField(max_length=100)
+    subject_type = models.ForeignKey(ContentType, on_delete=models.PROTECT)
+    subject_id = models.CharField(max_length=64)
+    subject = GenericForeignKey("subject_type", "subject_id")
+    data = models.JSONField(default=dict, blank=True)
+    single_use = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+    use_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["subject_type", "subject_id", "purpose"])]
+
+    def __str__(self) -> str:
+        return f"{self.purpose} link for {self.subject_type.model} {self.subject_id}"
+
+
+class ApiKey(models.Model):
+    """An integrator's API key. Only a SHA-256 of the secret is stored; the key is shown once."""
+
+    name = models.CharField(max_length=100, unique=True)
+    prefix = models.CharField(max_length=12, unique=True)
+    key_hash = models.CharField(max_length=64)
+    scopes = models.JSONField(default=list, blank=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_keys"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        permissions = [("manage_api_keys", "Can create and revoke API keys")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class IdempotencyRecord(models.Model):
+    """The stored outcome of a POST made with an Idempotency-Key, scoped to one client."""
+
+    class State(models.TextChoices):
+        IN_PROGRESS = "in_progress"
+        DONE = "done"
+
+    client = models.CharField(max_length=100)
+    key = models.CharField(max_length=255)
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=500)
+    request_hash = models.CharField(max_length=64)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.IN_PROGRESS)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.BinaryField(null=True, blank=True)
+    response_content_type = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["client", "key"], name="idempotency_key_per_client")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client} {self.key} ({self.state})"

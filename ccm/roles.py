@@ -1,0 +1,107 @@
+"""The five roles, as Django groups, and what each may do.
+
+The permission lists name permissions of every app, including ones whose models arrive in later
+migrations: `roles_sync` grants what exists and runs again after every `migrate`.
+"""
+
+from __future__ import annotations
+
+from django.db.models import TextChoices
+
+
+class Role(TextChoices):
+    COMPLIANCE_REVIEWER = "compliance_reviewer", "Compliance reviewer"
+    TEMPLATE_AUTHOR = "template_author", "Template author"
+    SERVICE_AGENT = "service_agent", "Service agent"
+    OPERATIONS = "operations", "Operations"
+    INTEGRATOR = "integrator", "Integrator"
+
+
+ROLE_PERMISSIONS: dict[str, list[str]] = {
+    Role.COMPLIANCE_REVIEWER: [
+        "ccm.decide_approval",
+        "ccm.view_approval",
+        "ccm.view_auditevent",
+        "ccm.verify_audit_chain",
+        "documents.view_template",
+        "documents.view_templateversion",
+        "documents.view_document",
+        "notifications.view_communication",
+        "notifications.view_customer",
+        "cases.view_case",
+        "cases.view_reprintrequest",
+    ],
+    Role.TEMPLATE_AUTHOR: [
+        "ccm.view_approval",
+        "documents.add_template",
+        "documents.change_template",
+        "documents.view_template",
+        "documents.add_templateversion",
+        "documents.change_templateversion",
+        "documents.view_templateversion",
+        "documents.view_document",
+    ],
+    Role.SERVICE_AGENT: [
+        "documents.view_template",
+        "documents.view_document",
+        "notifications.view_customer",
+        "notifications.view_communication",
+        "cases.add_case",
+        "cases.change_case",
+        "cases.view_case",
+        "cases.add_reprintrequest",
+        "cases.view_reprintrequest",
+    ],
+    Role.OPERATIONS: [
+        "ccm.view_approval",
+        "ccm.view_auditevent",
+        "ccm.verify_audit_chain",
+        "ccm.view_apikey",
+        "documents.view_template",
+        "documents.view_document",
+        "notifications.view_customer",
+        "notifications.view_communication",
+        "notifications.change_communication",
+        "notifications.view_delivery",
+        "cases.view_case",
+        "cases.change_case",
+    ],
+    Role.INTEGRATOR: [
+        "documents.view_template",
+        "documents.view_document",
+        "notifications.add_customer",
+        "notifications.change_customer",
+        "notifications.view_customer",
+        "notifications.add_communication",
+        "notifications.view_communication",
+    ],
+}
+
+# Who may do what, in words; the README's table is generated from the same source.
+ROLE_DUTIES: dict[str, str] = {
+    Role.COMPLIANCE_REVIEWER: "Decides approvals (never their own), reads the audit log",
+    Role.TEMPLATE_AUTHOR: "Writes templates and versions, submits them for sign-off",
+    Role.SERVICE_AGENT: "Works cases, requests reprints and ad hoc correspondence",
+    Role.OPERATIONS: "Handles exceptions, watches queues and reports, reads the audit log",
+    Role.INTEGRATOR: "Calls the API: customers, communications, templates (read)",
+}
+
+
+def roles_sync(apps=None) -> None:
+    """Create the role groups and grant each the permissions that exist now."""
+    from django.apps import apps as global_apps
+
+    registry = apps or global_apps
+    Group = registry.get_model("auth", "Group")
+    Permission = registry.get_model("auth", "Permission")
+    for role, perms in ROLE_PERMISSIONS.items():
+        group, _ = Group.objects.get_or_create(name=role)
+        wanted = []
+        for dotted in perms:
+            app_label, codename = dotted.split(".", 1)
+            perm = Permission.objects.filter(
+                content_type__app_label=app_label, codename=codename
+            ).first()
+            if perm is not None:
+                wanted.append(perm)
+        group.permissions.set(wanted)

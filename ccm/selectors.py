@@ -1,0 +1,90 @@
+"""Reads for the kernel's own screens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.urls import NoReverseMatch, reverse
+
+from ccm.models import Approval, ApprovalState
+from ccm.roles import ROLE_DUTIES, Role
+
+
+@dataclass(frozen=True)
+class HomeLink:
+    title: str
+    url_name: str
+    description: str
+    count: Callable[[object], int] | None = None
+    url_args: tuple = ()
+
+
+# role → links; apps add theirs with `register_home_link` in AppConfig.ready().
+_links: dict[str, list[HomeLink]] = {role: [] for role in Role.values}
+
+
+def register_home_link(role: str, link: HomeLink) -> None:
+    if link not in _links[role]:
+        _links[role].append(link)
+
+
+def pending_approvals_count(user) -> int:
+    return (
+        Approval.objects.filter(state=ApprovalState.PENDING)
+        .exclude(requested_by=user)
+        .exclude(author=user)
+        .count()
+    )
+
+
+register_home_link(
+    Role.COMPLIANCE_REVIEWER,
+    HomeLink(
+        "Sign-off queue",
+        "admin:ccm_approval_changelist",
+        "Approvals waiting for a reviewer other than their requester or author",
+        pending_approvals_count,
+    ),
+)
+register_home_link(
+    Role.OPERATIONS,
+    HomeLink("Audit log", "admin:ccm_auditevent_changelist", "Every recorded action, hash-chained"),
+)
+register_home_link(
+    Role.OPERATIONS,
+    HomeLink("Task queue", "admin:django_q_failure_changelist", "Background tasks that failed"),
+)
+register_home_link(
+    Role.INTEGRATOR,
+    HomeLink("API documentation", "api-docs", "OpenAPI schema and interactive docs"),
+)
+
+
+def home_sections(user) -> list[dict]:
+    """One section per role the user holds (every role for a superuser)."""
+    held = (
+        set(Role.values) if user.is_superuser else set(user.groups.values_list("name", flat=True))
+    )
+    sections = []
+    for role in Role:
+        if role.value not in held:
+            continue
+        links = []
+        for link in _links[role.value]:
+            try:
+                url = reverse(link.url_name, args=link.url_args)
+            except NoReverseMatch:
+                continue
+            links.append(
+                {
+                    "title": link.title,
+                    "url": url,
+                    "description": link.description,
+                    "count": link.count(user) if link.count else None,
+                }
+            )
+        sections.append(
+            {"role": role.value, "label": role.label, "duties": ROLE_DUTIES[role], "links": links}
+        )
+    return sections

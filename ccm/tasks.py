@@ -1,0 +1,103 @@
+"""Background work: enqueue after commit, and sweep rows stuck between states.
+
+Tasks take ids, re-fetch, and must be safe to run twice (django-q2's ORM broker delivers at least
+once). `enqueue` waits for the surrounding transaction to commit, so a rolled-back request
+enqueues nothing; a crash between commit and enqueue is covered by a registered sweep, which
+re-enqueues rows that have sat in an intermediate state for too long.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import models, transaction
+from django.utils import timezone
+from django_q.tasks import async_task
+
+logger = logging.getLogger(__name__)
+
+
+def enqueue(task: str, *args: int | str, group: str | None = None, **kwargs) -> None:
+    """Enqueue dotted-path `task` with `args` (ids) once the current transaction commits."""
+
+    def _send() -> None:
+        options = {"group": group} if group else {}
+        async_task(task, *args, q_options=options, **kwargs)
+
+    transaction.on_commit(_send, robust=False)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    queryset: Callable[[], models.QuerySet]
+    task: str
+    older_than: timedelta
+    timestamp_field: str = "updated_at"
+    limit: int = 500
+
+
+_sweeps: dict[str, Sweep] = {}
+
+
+def register_sweep(sweep: Sweep) -> None:
+    """Register a sweep; apps call this in `AppConfig.ready()`."""
+    _sweeps[sweep.name] = sweep
+
+
+def registered_sweeps() -> list[Sweep]:
+    return list(_sweeps.values())
+
+
+def sweep_run(sweep: Sweep, *, now=None) -> int:
+    """Re-enqueue `sweep.task` for rows of `sweep.queryset()` untouched for `older_than`."""
+    cutoff = (now or timezone.now()) - sweep.older_than
+    stuck = sweep.queryset().filter(**{f"{sweep.timestamp_field}__lt": cutoff})
+    ids = list(stuck.order_by(sweep.timestamp_field).values_list("pk", flat=True)[: sweep.limit])
+    for pk in ids:
+        async_task(sweep.task, pk)
+    if ids:
+        logger.warning("sweep %s re-enqueued %d stuck rows", sweep.name, len(ids))
+    return len(ids)
+
+
+def sweep_all() -> dict[str, int]:
+    """The periodic task: run every registered sweep."""
+    return {sweep.name: sweep_run(sweep) for sweep in registered_sweeps()}
+
+
+def idempotency_records_purge() -> int:
+    from ccm.models import IdempotencyRecord
+
+    deleted, _ = IdempotencyRecord.objects.filter(expires_at__lt=timezone.now()).delete()
+    return deleted
+
+
+# Periodic tasks the kernel schedules (name → (dotted path, minutes between runs)).
+SCHEDULES: dict[str, tuple[str, int]] = {
+    "ccm.sweep_all": ("ccm.tasks.sweep_all", 1),
+    "ccm.idempotency_records_purge": ("ccm.tasks.idempotency_records_purge", 60),
+}
+
+
+def register_schedule(name: str, func: str, minutes: int) -> None:
+    """Declare a periodic task; `schedules_sync` (run after every migrate) creates its row."""
+    SCHEDULES[name] = (func, minutes)
+
+
+def schedules_sync() -> None:
+    from django_q.models import Schedule
+
+    for name, (func, minutes) in SCHEDULES.items():
+        Schedule.objects.update_or_create(
+            name=name,
+            defaults={
+                "func": func,
+                "schedule_type": Schedule.MINUTES,
+                "minutes": minutes,
+                "repeats": -1,
+            },
+        )

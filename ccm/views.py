@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from ccm.api import errors
+from ccm.health import run_checks
+from ccm.selectors import home_sections
+
+
+@require_GET
+@never_cache
+def healthz(request):
+    healthy, checks = run_checks()
+    return JsonResponse(
+        {"status": "ok" if healthy else "unavailable", "checks": checks},
+        status=200 if healthy else 503,
+    )
+
+
+@login_required
+def home(request):
+    return render(request, "home.html", {"sections": home_sections(request.user)})
+
+
+def not_found(request, exception=None):
+    if request.path.startswith("/api/"):
+        return errors.api_not_found(request, exception)
+    return render(request, "404.html", status=404)
+
+
+def server_error(request):
+    if request.path.startswith("/api/"):
+        return errors.api_server_error(request)
+    return render(request, "500.html", status=500)

@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from ccm.api.auth import api_key_create
+from ccm.models import ApiKey, IdempotencyRecord
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def client_for():
+    def make(key: str | None = None, user=None) -> APIClient:
+        client = APIClient()
+        if key:
+            client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
+        if user:
+            client.force_login(user)
+        return client
+
+    return make
+
+
+def test_me_shows_the_key_and_its_scopes(db, client_for):
+    issued = api_key_create(name="core-banking", scopes=["me:read", "communications:write"])
+    response = client_for(issued.key).get("/api/v1/me")
+    assert response.status_code == 200
+    assert response.json() == {
+        "username": "api:core-banking",
+        "auth": "api_key",
+        "api_key": "core-banking",
+        "roles": ["integrator"],
+        "scopes": ["communications:write", "me:read"],
+    }
+
+
+def test_me_for_a_staff_session(reviewer, client_for):
+    body = client_for(user=reviewer).get("/api/v1/me").json()
+    assert (body["username"], body["auth"], body["roles"]) == (
+        "rita",
+        "session",
+        ["compliance_reviewer"],
+    )
+
+
+def test_key_is_stored_hashed_and_shown_once(db):
+    issued = api_key_create(name="billing", scopes=["me:read"])
+    row = ApiKey.objects.get(name="billing")
+    assert issued.key not in (row.key_hash, row.prefix)
+    assert issued.key.startswith(f"ccm_{row.prefix}_")
+    assert len(row.key_hash) == 64
+
+
+def test_create_api_key_command_prints_the_key_last(db, capsys, client_for):
+    call_command("create_api_key", "claims", "--scopes", "me:read,templates:read")
+    key = capsys.readouterr().out.strip().splitlines()[-1]
+    assert client_for(key).get("/api/v1/me").json()["api_key"] == "claims"
+
+
+def test_create_api_key_rejects_unknown_scope(db):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="Unknown scope"):
+        call_command("create_api_key", "x", "--scopes", "everything")
+
+
+def test_revoked_key_is_refused_with_a_problem(db, client_for, admin_user):
+    issued = api_key_create(name="old", scopes=["me:read"])
+    revoke = client_for(user=admin_user).post(f"/api/v1/api-keys/{issued.api_key.pk}/revoke")
+    assert revoke.status_code == 200
+    response = client_for(issued.key).get("/api/v1/me")
+    assert response.status_code == 401
+    assert response["Content-Type"] == PROBLEM
+    assert response.json()["detail"] == "This API key has been revoked."
+    assert response["WWW-Authenticate"] == "Api-Key"
+
+
+def test_unknown_key_and_no_key_are_401(db, client_for):
+    assert client_for("ccm_deadbeef_nope").get("/api/v1/me").status_code == 401
+    response = client_for().get("/api/v1/me")
+    assert response.status_code == 401
+    assert response.json()["title"] == "Not authenticated"
+
+
+def test_missing_scope_is_403_naming_the_scope(db, client_for):
+    issued = api_key_create(name="narrow", scopes=["templates:read"])
+    response = client_for(issued.key).get("/api/v1/me")
+    assert response.status_code == 403
+    assert response["Content-Type"] == PROBLEM
+    assert "me:read" in response.json()["detail"]
+
+
+def test_api_keys_cannot_manage_api_keys(db, client_for):
+    issued = api_key_create(name="sneaky", scopes=list(["me:read"]))
+    response = client_for(issued.key).post("/api/v1/api-keys", {"name": "x", "scopes": []})
+    assert response.status_code == 403
+
+
+def test_validation_errors_are_problem_details_with_fields(admin_user, client_for):
+    response = client_for(user=admin_user).post(
+        "/api/v1/api-keys", {"name": "bad name!", "scopes": ["nope"]}, format="json"
+    )
+    assert response.status_code == 400
+    assert response["Content-Type"] == PROBLEM
+    body = response.json()
+    assert body["type"].endswith("/validation-error")
+    assert body["status"] == 400
+    assert body["instance"] == "/api/v1/api-keys"
+    fields = {e["field"] for e in body["errors"]}
+    assert fields == {"name", "scopes[0]"}
+
+
+def test_unknown_api_path_is_a_problem_404(db, client_for):
+    response = client_for().get("/api/v1/nothing-here")
+    assert response.status_code == 404
+    assert response["Content-Type"] == PROBLEM
+    assert response.json()["status"] == 404
+
+
+def test_malformed_json_is_400_not_500(admin_user, client_for):
+    response = client_for(user=admin_user).post(
+        "/api/v1/api-keys", data="{not json", content_type="application/json"
+    )
+    assert response.status_code == 400
+    assert "JSON parse error" in response.json()["detail"]
+
+
+# --- Idempotency-Key -------------------------------------------------------------------
+
+
+def _issue(client, key: str, name: str = "erp"):
+    return client.post(
+        "/api/v1/api-keys",
+        {"name": name, "scopes": ["me:read"]},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY=key,
+    )
+
+
+def test_same_key_same_body_replays_the_stored_response(admin_user, client_for):
+    client = client_for(user=admin_user)
+    first = _issue(client, "k-1")
+    second = _issue(client, "k-1")
+    assert first.status_code == second.status_code == 201
+    assert second.json() == first.json()  # the very key shown once, replayed, not a new one
+    assert second["Idempotent-Replayed"] == "true"
+    assert ApiKey.objects.filter(name="erp").count() == 1
+
+
+def test_same_key_other_body_is_422(admin_user, client_for):
+    client = client_for(user=admin_user)
+    _issue(client, "k-2")
+    response = _issue(client, "k-2", name="other")
+    assert response.status_code == 422
+    assert response["Content-Type"] == PROBLEM
+    assert response.json()["type"].endswith("/idempotency-key-reused")
+    assert not ApiKey.objects.filter(name="other").exists()
+
+
+def test_same_key_while_first_is_running_is_409(admin_user, client_for, monkeypatch):
+    # given a second, identical request that arrives while the first is still in the view
+    from ccm.api import views
+
+    real_create = views.api_key_create
+    seen: dict[str, object] = {}
+
+    def slow_create(**kwargs):
+        seen["second"] = _issue(client_for(user=admin_user), "k-3")
+        return real_create(**kwargs)
+
+    monkeypatch.setattr(views, "api_key_create", slow_create)
+    # when
+    first = _issue(client_for(user=admin_user), "k-3")
+    # then the second was told to come back later, and the first completed once
+    second = seen["second"]
+    assert second.status_code == 409
+    assert second.json()["type"].endswith("/idempotency-in-progress")
+    assert first.status_code == 201
+    assert ApiKey.objects.filter(name="erp").count() == 1
+    replay = _issue(client_for(user=admin_user), "k-3")
+    assert replay.json()["key"] == first.json()["key"]
+
+
+def test_keys_are_scoped_per_client(admin_user, make_user, client_for):
+    other = make_user("boss", is_superuser=True)
+    assert _issue(client_for(user=admin_user), "shared", name="a").status_code == 201
+    assert _issue(client_for(user=other), "shared", name="b").status_code == 201
+
+
+def test_server_errors_release_the_key(admin_user, client_for, monkeypatch):
+    from ccm.api import views
+
+    def boom(**kwargs):
+        raise RuntimeError("database fell over")
+
+    monkeypatch.setattr(views, "api_key_create", boom)
+    client = client_for(user=admin_user)
+    client.raise_request_exception = False
+    assert _issue(client, "k-5").status_code == 500
+    assert not IdempotencyRecord.objects.filter(key="k-5").exists()
+    monkeypatch.undo()
+    assert _issue(client, "k-5").status_code == 201
+
+
+def test_expired_key_can_be_used_afresh(admin_user, client_for):
+    client = client_for(user=admin_user)
+    _issue(client, "k-6")
+    from django.utils import timezone
+
+    IdempotencyRecord.objects.filter(key="k-6").update(expires_at=timezone.now())
+    response = _issue(client, "k-6", name="fresh")
+    assert response.status_code == 201
+    assert response.json()["name"] == "fresh"
+
+
+def test_openapi_schema_and_docs(db, client):
+    schema = client.get("/api/schema/")
+    assert schema.status_code == 200
+    text = schema.content.decode()
+    assert "/api/v1/me" in text
+    assert "Idempotency-Key" in text
+    assert client.get("/api/docs/").status_code == 200
+
+
+def test_list_is_cursor_paginated(admin_user, client_for):
+    for i in range(3):
+        api_key_create(name=f"k{i}", scopes=["me:read"])
+    page = client_for(user=admin_user).get("/api/v1/api-keys?page_size=2").json()
+    assert [k["name"] for k in page["results"]] == ["k2", "k1"]
+    assert "cursor=" in page["next"]

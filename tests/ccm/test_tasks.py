@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+from django_q.models import OrmQ, Schedule
+
+from ccm import tasks
+from ccm.models import IdempotencyRecord
+
+
+def _queued_funcs() -> list[str]:
+    return [q.func() for q in OrmQ.objects.all()]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_enqueue_waits_for_commit():
+    with transaction.atomic():
+        tasks.enqueue("ccm.tasks.idempotency_records_purge")
+        assert _queued_funcs() == []  # not before the commit
+    assert _queued_funcs() == ["ccm.tasks.idempotency_records_purge"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rolled_back_transaction_enqueues_nothing():
+    with pytest.raises(RuntimeError), transaction.atomic():
+        tasks.enqueue("ccm.tasks.idempotency_records_purge")
+        raise RuntimeError("the request failed after enqueueing")
+    assert _queued_funcs() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sweep_reenqueues_only_rows_stuck_long_enough():
+    # given one row stuck in progress for an hour and one that just started
+    now = timezone.now()
+    old = IdempotencyRecord.objects.create(
+        client="c", key="old", method="POST", path="/", request_hash="h", expires_at=now
+    )
+    IdempotencyRecord.objects.filter(pk=old.pk).update(created_at=now - timedelta(hours=1))
+    IdempotencyRecord.objects.create(
+        client="c", key="new", method="POST", path="/", request_hash="h", expires_at=now
+    )
+    sweep = tasks.Sweep(
+        name="test",
+        queryset=lambda: IdempotencyRecord.objects.filter(state="in_progress"),
+        task="ccm.tasks.idempotency_records_purge",
+        older_than=timedelta(minutes=5),
+        timestamp_field="created_at",
+    )
+    # when
+    assert tasks.sweep_run(sweep) == 1
+    # then the task was enqueued for the stuck row only
+    queued = OrmQ.objects.get()
+    assert queued.task["args"] == (old.pk,)
+
+
+def test_periodic_tasks_are_scheduled_after_migrate(db):
+    names = set(Schedule.objects.values_list("name", flat=True))
+    assert {"ccm.sweep_all", "ccm.idempotency_records_purge"} <= names
+
+
+def test_q_cluster_settings_are_bounded(settings):
+    q = settings.Q_CLUSTER
+    assert q["timeout"] > 0
+    assert q["retry"] > q["timeout"]
+    assert 0 < q["max_attempts"] < 10
+    assert q["ack_failures"] is True

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+
+
+def test_login_page_and_redirect(db, client):
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"].startswith("/login/")
+    page = client.get("/login/")
+    assert b'<label for="id_username">Username</label>' in page.content
+
+
+def test_login_with_wrong_password_shows_error(reviewer, client):
+    response = client.post("/login/", {"username": "rita", "password": "wrong"})
+    assert response.status_code == 200
+    assert b"didn't match" in response.content
+
+
+def test_home_shows_the_reviewers_queue(reviewer, client):
+    client.force_login(reviewer)
+    page = client.get("/").content.decode()
+    assert "Compliance reviewer" in page
+    assert "Sign-off queue" in page
+    assert "Operations" not in page
+
+
+def test_home_for_operations(ops, client):
+    client.force_login(ops)
+    page = client.get("/").content.decode()
+    assert "Audit log" in page
+    assert "Sign-off queue" not in page
+
+
+@pytest.mark.parametrize("path", ["/admin/", "/admin/ccm/auditevent/", "/admin/ccm/approval/"])
+def test_back_office_pages_render(admin_user, client, path):
+    client.force_login(admin_user)
+    response = client.get(path)
+    assert response.status_code == 200
+    assert b"CCM back-office" in response.content
+
+
+def test_audit_log_is_read_only_in_admin(admin_user, client):
+    client.force_login(admin_user)
+    assert client.get("/admin/ccm/auditevent/add/").status_code == 403
+
+
+def test_request_id_is_echoed(db, client):
+    response = client.get("/healthz", HTTP_X_REQUEST_ID="abc-123")
+    assert response["X-Request-ID"] == "abc-123"
+    assert len(client.get("/healthz")["X-Request-ID"]) == 32

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import Group
+
+from ccm.roles import Role
+
+
+@pytest.fixture(autouse=True)
+def _test_settings(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    # Real hashing costs ~0.5 s a user; what the tests check does not depend on it.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def make_user(db, django_user_model):
+    def make(username: str, *roles: str, **extra):
+        user = django_user_model.objects.create_user(
+            username=username, password="pw-for-tests", is_staff=True, **extra
+        )
+        for role in roles:
+            user.groups.add(Group.objects.get(name=role))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def reviewer(make_user):
+    return make_user("rita", Role.COMPLIANCE_REVIEWER)
+
+
+@pytest.fixture
+def reviewer2(make_user):
+    return make_user("rory", Role.COMPLIANCE_REVIEWER)
+
+
+@pytest.fixture
+def author(make_user):
+    return make_user("alex", Role.TEMPLATE_AUTHOR)
+
+
+@pytest.fixture
+def agent(make_user):
+    return make_user("agnes", Role.SERVICE_AGENT)
+
+
+@pytest.fixture
+def ops(make_user):
+    return make_user("otto", Role.OPERATIONS)
+
+
+@pytest.fixture
+def admin_user(make_user):
+    return make_user("root", is_superuser=True)
