@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.utils.html import format_html
 
 from ccm import approvals
 from ccm.api.auth import api_key_revoke
@@ -48,6 +49,7 @@ def approve_selected(modeladmin, request, queryset):
 class ApprovalAdmin(ReadOnlyAdmin):
     list_display = [
         "id",
+        "review",
         "purpose",
         "summary",
         "state",
@@ -59,6 +61,18 @@ class ApprovalAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["state", "purpose"]
     actions = [approve_selected]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("subject_type", "requested_by", "author", "decided_by")
+        )
+
+    @admin.display(description="Review")
+    def review(self, obj):
+        url = approvals.review_url_for(obj)
+        return format_html('<a href="{}">Open proofs</a>', url) if url else "—"
 
     def has_decide_permission(self, request):
         return request.user.has_perm("ccm.decide_approval")

@@ -34,6 +34,7 @@ class NotApprovable(Exception):
 class Approvable:
     author_of: Callable[[models.Model], object | None]
     on_decision: DecisionHandler | None = None
+    review_url: Callable[[models.Model], str] | None = None
 
 
 _registry: dict[str, Approvable] = {}
@@ -44,10 +45,21 @@ def register(
     *,
     author_of: Callable[[models.Model], object | None],
     on_decision: DecisionHandler | None = None,
+    review_url: Callable[[models.Model], str] | None = None,
 ) -> None:
     """Declare `model` approvable. `on_decision(subject, approval)` runs inside the deciding
-    transaction after the approval's state has changed."""
-    _registry[model._meta.label_lower] = Approvable(author_of=author_of, on_decision=on_decision)
+    transaction after the approval's state has changed; `review_url(subject)` is the page where
+    a reviewer sees what they sign off."""
+    _registry[model._meta.label_lower] = Approvable(
+        author_of=author_of, on_decision=on_decision, review_url=review_url
+    )
+
+
+def review_url_for(approval: Approval) -> str | None:
+    approvable = _registry.get(f"{approval.subject_type.app_label}.{approval.subject_type.model}")
+    if approvable is None or approvable.review_url is None or approval.subject is None:
+        return None
+    return approvable.review_url(approval.subject)
 
 
 def _approvable(subject: models.Model) -> Approvable:

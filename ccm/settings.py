@@ -220,6 +220,10 @@ IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 
 # --- CCM --------------------------------------------------------------------------------
 CCM_PUBLIC_BASE_URL = env.str("CCM_PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
+# Language of a template variant → the locale its money, numbers and dates are formatted in.
+CCM_LOCALES = {"en": "en_GB", "de": "de_DE", "fr": "fr_FR", "nl": "nl_NL", "es": "es_ES"}
+CCM_RENDER_TIMEOUT_S = env.float("CCM_RENDER_TIMEOUT_S", default=60.0)
+CCM_RENDER_MEMORY_MB = env.int("CCM_RENDER_MEMORY_MB", default=1536)
 CCM_SWEEP_AFTER_SECONDS = env.int("CCM_SWEEP_AFTER_SECONDS", default=300)
 
 LOGGING = {
@@ -228,5 +232,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # WeasyPrint logs every layout step at INFO and harmless CSS notes at WARNING.
+        "weasyprint": {"level": "ERROR"},
+        "fontTools": {"level": "WARNING"},
+    },
 }

@@ -16,6 +16,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("ccm.api.urls")),
+    path("api/v1/", include("documents.urls")),
 ]
 
 handler404 = "ccm.views.not_found"

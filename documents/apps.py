@@ -6,3 +6,36 @@ from django.apps import AppConfig
 class DocumentsConfig(AppConfig):
     name = "documents"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from ccm import demo
+        from ccm.roles import Role
+        from ccm.selectors import HomeLink, register_home_link
+        from documents import demo as documents_demo
+        from documents import services
+
+        services.register_approvable()
+        demo.register_seeder(documents_demo.seed_library)
+        for role, link in [
+            (
+                Role.TEMPLATE_AUTHOR,
+                HomeLink(
+                    "Template versions",
+                    "admin:documents_templateversion_changelist",
+                    "Submit drafts for sign-off; publish approved versions",
+                ),
+            ),
+            (
+                Role.COMPLIANCE_REVIEWER,
+                HomeLink("Templates", "admin:documents_template_changelist", "The library"),
+            ),
+            (
+                Role.OPERATIONS,
+                HomeLink(
+                    "Document archive",
+                    "admin:documents_document_changelist",
+                    "Archived documents; regenerate and verify their bytes",
+                ),
+            ),
+        ]:
+            register_home_link(role, link)

@@ -1,0 +1,212 @@
+"""Templates (read, preview) and archived documents over the API."""
+
+from __future__ import annotations
+
+import base64
+
+from django.http import FileResponse, HttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, serializers
+from rest_framework.response import Response
+
+from ccm.api.errors import ApiProblem, Unprocessable
+from ccm.api.views import CcmAPIView, CcmGenericAPIView
+from documents import selectors, services
+from documents.composition import CompositionError, DataInvalid
+from documents.models import Document, Template
+
+
+class VersionSerializer(serializers.Serializer):
+    number = serializers.IntegerField()
+    state = serializers.CharField()
+    author = serializers.CharField(source="author.username")
+    content_hash = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    submitted_at = serializers.DateTimeField(allow_null=True)
+    published_at = serializers.DateTimeField(allow_null=True)
+    channels = serializers.ListField(source="meta.channels", child=serializers.CharField())
+    languages = serializers.ListField(
+        source="meta.languages", child=serializers.CharField(), default=list
+    )
+
+
+class TemplateSerializer(serializers.ModelSerializer):
+    published_version = serializers.IntegerField(
+        source="published_number", allow_null=True, read_only=True
+    )
+
+    class Meta:
+        model = Template
+        fields = [
+            "code",
+            "name",
+            "category",
+            "owner",
+            "description",
+            "languages",
+            "published_version",
+        ]
+
+
+class TemplateDetailSerializer(TemplateSerializer):
+    versions = VersionSerializer(many=True, read_only=True)
+    schema = serializers.SerializerMethodField()
+
+    class Meta(TemplateSerializer.Meta):
+        fields = [*TemplateSerializer.Meta.fields, "schema", "versions"]
+
+    def get_schema(self, template) -> dict:
+        version = template.published_version or template.versions.order_by("-number").first()
+        return version.content.get("schema", {}) if version else {}
+
+
+class TemplateListView(CcmGenericAPIView, generics.ListAPIView):
+    required_scopes = ("templates:read",)
+    serializer_class = TemplateSerializer
+    filterset_fields = ["category"]
+
+    def get_queryset(self):
+        return selectors.template_list()
+
+
+class TemplateDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
+    required_scopes = ("templates:read",)
+    serializer_class = TemplateDetailSerializer
+    lookup_field = "code"
+
+    def get_queryset(self):
+        return selectors.template_list().prefetch_related("versions__author")
+
+
+class PreviewRequestSerializer(serializers.Serializer):
+    data = serializers.JSONField(  # type: ignore[assignment]
+        required=False, help_text="Default: the version's sample data"
+    )
+    sample = serializers.CharField(required=False, default="default")
+    version = serializers.IntegerField(required=False, help_text="Default: the published one")
+    language = serializers.CharField(required=False)
+    channels = serializers.ListField(
+        child=serializers.ChoiceField(choices=["print", "email", "sms", "push"]), required=False
+    )
+    format = serializers.ChoiceField(
+        choices=["json", "pdf"],
+        default="json",
+        help_text="pdf: the response is the PDF itself; json: every channel, the PDF in base64",
+    )
+
+
+def composition_problem(exc: CompositionError) -> ApiProblem:
+    errors = [{"field": e.field, "message": e.message} for e in exc.errors]
+    if isinstance(exc, DataInvalid):
+        return Unprocessable(exc.reason, code="data_invalid", errors=errors)
+    return Unprocessable(exc.reason, code="composition_failed", errors=errors)
+
+
+class TemplatePreviewView(CcmAPIView):
+    required_scopes = ("templates:read",)
+
+    @extend_schema(
+        request=PreviewRequestSerializer,
+        responses={
+            200: OpenApiResponse(description="Channel outputs (JSON) or the PDF"),
+            422: OpenApiResponse(description="Data does not match the template's schema"),
+        },
+        summary="Render a template's channels from data, archiving nothing",
+    )
+    def post(self, request, code: str):
+        body = PreviewRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        params = body.validated_data
+        template = get_object_or_404(Template, code=code)
+        version = selectors.version_for_preview(template=template, number=params.get("version"))
+        if version is None:
+            raise Unprocessable(
+                "This template has no published version; name one with `version`.",
+                code="no_published_version",
+            )
+        channels = ["print"] if params["format"] == "pdf" else params.get("channels")
+        try:
+            preview = services.template_preview(
+                version=version,
+                data=params.get("data"),
+                sample=params["sample"],
+                language=params.get("language"),
+                channels=channels,
+            )
+        except CompositionError as exc:
+            raise composition_problem(exc) from exc
+        if params["format"] == "pdf":
+            if preview.pdf is None:
+                raise Unprocessable("This template has no print rendition.", code="no_print")
+            return HttpResponse(preview.pdf.data, content_type="application/pdf")
+        return Response(
+            {
+                "template": template.code,
+                "version": version.number,
+                "state": version.state,
+                "pdf": None
+                if preview.pdf is None
+                else {
+                    "pages": preview.pdf.page_count,
+                    "base64": base64.b64encode(preview.pdf.data).decode("ascii"),
+                },
+                "email": preview.email,
+                "sms": preview.sms,
+                "push": preview.push,
+            }
+        )
+
+
+class DocumentSerializer(serializers.ModelSerializer):
+    template = serializers.CharField(source="template_version.template.code")
+    version = serializers.IntegerField(source="template_version.number")
+    pdf_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Document
+        fields = [
+            "id",
+            "template",
+            "version",
+            "kind",
+            "original",
+            "language",
+            "sha256",
+            "size",
+            "page_count",
+            "engine",
+            "created_at",
+            "pdf_url",
+        ]
+
+    def get_pdf_url(self, document) -> str:
+        return self.context["request"].build_absolute_uri(f"/api/v1/documents/{document.pk}/pdf")
+
+
+class DocumentDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
+    required_scopes = ("documents:read",)
+    serializer_class = DocumentSerializer
+
+    def get_queryset(self):
+        return Document.objects.select_related("template_version__template")
+
+
+class DocumentPdfView(CcmAPIView):
+    required_scopes = ("documents:read",)
+
+    @extend_schema(
+        responses={(200, "application/pdf"): OpenApiTypes.BINARY},
+        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)],
+        summary="The archived PDF, byte for byte",
+    )
+    def get(self, request, pk: int):
+        document = get_object_or_404(Document, pk=pk)
+        response = FileResponse(
+            document.file.open("rb"),
+            content_type="application/pdf",
+            filename=f"document-{document.pk}.pdf",
+        )
+        response["X-Content-SHA256"] = document.sha256
+        return response

@@ -1,0 +1,608 @@
+"""Pure composition: template sources + customer data -> HTML / email / SMS / push text.
+
+No Django here on purpose: the same code runs in the web process (previews, text channels)
+and in the render worker (PDF), and a template version must compose identically in both.
+Templates are authored by people we trust less than our code, so everything goes through
+Jinja's sandbox with strict undefined variables and size caps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date as date_type
+from datetime import datetime as datetime_type
+from datetime import tzinfo as tzinfo_type
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import babel
+import babel.dates
+import babel.numbers
+import jinja2
+import jsonschema
+import pygal
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from markupsafe import Markup, escape
+
+# Caps that keep one bad template from exhausting a web process (the PDF path additionally
+# runs under the render worker's OS limits).
+TEMPLATE_MAX_CHARS = 2 * 1024 * 1024
+OUTPUT_MAX_CHARS = 8 * 1024 * 1024
+SMS_MAX_SEGMENTS = 6
+PUSH_TITLE_MAX = 65
+PUSH_BODY_MAX = 240
+COMPOSER_CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class CompositionError(Exception):
+    """Composition failed in a way the author or integrator can fix; `reason` is for humans."""
+
+    def __init__(self, reason: str, *, errors: list[FieldError] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errors: list[FieldError] = list(errors or [])
+
+
+class DataInvalid(CompositionError):
+    pass
+
+
+class TemplateError(CompositionError):
+    pass
+
+
+_XML_COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
+_SCRIPT_RE = re.compile(r"<script\b[^>]*/>|<script\b.*?</script>", re.DOTALL)
+_LINE_BREAKS_RE = re.compile(r"\s*[\r\n\v\f\x85\u2028\u2029]+\s*")
+_PAGE_VALUE_RE = re.compile(r"^[A-Za-z0-9 .\-]+$")
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    size: str = "A4"
+    margin: str = "18mm"
+
+    def css(self) -> str:
+        # The values end up inside a stylesheet; refusing anything but plain tokens keeps a
+        # page spec from smuggling in rules of its own.
+        for name, value in (("size", self.size), ("margin", self.margin)):
+            if not _PAGE_VALUE_RE.match(value):
+                raise TemplateError(f"page {name} {value!r} is not a plain CSS value")
+        return f"@page {{ size: {self.size}; margin: {self.margin}; }}"
+
+
+@dataclass(frozen=True)
+class Sources:
+    print_html: str = ""
+    print_css: str = ""
+    email_subject: str = ""
+    email_html: str = ""
+    email_text: str = ""
+    sms_text: str = ""
+    push_title: str = ""
+    push_body: str = ""
+    partials: Mapping[str, str] = field(default_factory=dict)
+    static_sections: Mapping[str, str] = field(default_factory=dict)
+    assets: Mapping[str, bytes] = field(default_factory=dict)
+    page: PageSpec = PageSpec()
+
+
+_TEXT_PARTS = (
+    "print_html",
+    "print_css",
+    "email_subject",
+    "email_html",
+    "email_text",
+    "sms_text",
+    "push_title",
+    "push_body",
+)
+
+
+def _content_digest(sources: Sources) -> str:
+    # Hashing assets (fonts, logos) costs a millisecond per megabyte and composer_for is on the
+    # hot path, so the digest is memoised on the instance; Sources is frozen by contract.
+    cached = sources.__dict__.get("_ccm_digest")
+    if cached is not None:
+        return cached
+    canonical = {
+        "v": 1,
+        **{part: getattr(sources, part) for part in _TEXT_PARTS},
+        "partials": dict(sorted(sources.partials.items())),
+        "static_sections": dict(sorted(sources.static_sections.items())),
+        "assets": {
+            name: hashlib.sha256(content).hexdigest()
+            for name, content in sorted(sources.assets.items())
+        },
+        "page": {"size": sources.page.size, "margin": sources.page.margin},
+    }
+    digest = hashlib.sha256(
+        json.dumps(canonical, sort_keys=True, ensure_ascii=True).encode()
+    ).hexdigest()
+    object.__setattr__(sources, "_ccm_digest", digest)
+    return digest
+
+
+def sources_key(sources: Sources, locale: str) -> str:
+    """Stable SHA-256 of everything that affects output: the sources and the locale."""
+    return hashlib.sha256(f"{_content_digest(sources)}\0{locale}".encode()).hexdigest()
+
+
+# -- data validation --------------------------------------------------------------------------
+
+
+def _pointer(path: Iterator[Any] | Any) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def validate_data(schema: Mapping, data: object) -> None:
+    """Validate against a Draft 2020-12 schema; DataInvalid lists every error, not the first."""
+    validator_cls = jsonschema.Draft202012Validator
+    try:
+        validator_cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise TemplateError(f"data schema is invalid: {exc.message}") from exc
+    validator = validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
+    errors: list[FieldError] = []
+    for error in validator.iter_errors(data):
+        path = list(error.absolute_path)
+        if error.validator == "required" and isinstance(error.instance, Mapping):
+            # jsonschema reports a missing property at its parent; integrators want the
+            # path of the field they forgot.
+            # One error per missing property; the message starts with that property's repr.
+            missing = [name for name in error.validator_value if name not in error.instance]
+            path += [name for name in missing if error.message.startswith(repr(name))][:1]
+        errors.append(FieldError(field=_pointer(path), message=error.message))
+    if errors:
+        errors.sort(key=lambda e: (e.field, e.message))
+        reason = "; ".join(f"{e.field or '(root)'}: {e.message}" for e in errors)
+        raise DataInvalid(f"data does not match the template's schema: {reason}", errors=errors)
+
+
+# -- locale-aware filters ---------------------------------------------------------------------
+
+
+def _decimal(value: Any, *, what: str) -> Decimal:
+    if isinstance(value, bool):
+        raise TemplateError(f"{what}: {value!r} is not a number")
+    try:
+        return Decimal(str(value)) if not isinstance(value, Decimal) else value
+    except InvalidOperation as exc:
+        raise TemplateError(f"{what}: {value!r} is not a number") from exc
+
+
+def _as_date(value: Any) -> date_type:
+    if isinstance(value, datetime_type):
+        return value.date()
+    if isinstance(value, date_type):
+        return value
+    if isinstance(value, str):
+        try:
+            if "T" in value or " " in value.strip():
+                return datetime_type.fromisoformat(value).date()
+            return date_type.fromisoformat(value)
+        except ValueError as exc:
+            raise TemplateError(f"date: {value!r} is not an ISO date") from exc
+    raise TemplateError(f"date: {value!r} is not a date")
+
+
+def _as_datetime(value: Any) -> datetime_type:
+    if isinstance(value, datetime_type):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime_type.fromisoformat(value)
+        except ValueError as exc:
+            raise TemplateError(f"datetime: {value!r} is not an ISO date-time") from exc
+    raise TemplateError(f"datetime: {value!r} is not a date-time")
+
+
+@dataclass(frozen=True)
+class _Formatters:
+    locale: babel.Locale
+    timezone: tzinfo_type
+
+    def money(self, value: Any, currency: str) -> str:
+        return babel.numbers.format_currency(
+            _decimal(value, what="money"), currency, locale=self.locale
+        )
+
+    def number(self, value: Any, decimals: int | None = None) -> str:
+        amount = _decimal(value, what="number")
+        if decimals is None:
+            return babel.numbers.format_decimal(amount, locale=self.locale)
+        pattern = babel.numbers.parse_pattern(self.locale.decimal_formats[None].pattern)
+        pattern.frac_prec = (decimals, decimals)
+        return pattern.apply(amount, self.locale)
+
+    def percent(self, value: Any, decimals: int = 0) -> str:
+        pattern = babel.numbers.parse_pattern(self.locale.percent_formats[None].pattern)
+        pattern.frac_prec = (decimals, decimals)
+        return pattern.apply(_decimal(value, what="percent"), self.locale)
+
+    def date(self, value: Any, format: str = "long") -> str:
+        return babel.dates.format_date(_as_date(value), format=format, locale=self.locale)
+
+    def datetime(self, value: Any, format: str = "medium") -> str:
+        moment = _as_datetime(value)
+        if moment.tzinfo is None:
+            # A naive time in business data means the business's own zone, not the server's.
+            moment = moment.replace(tzinfo=self.timezone)
+        return babel.dates.format_datetime(
+            moment, format=format, tzinfo=moment.tzinfo, locale=self.locale
+        )
+
+
+def chart(
+    kind: str,
+    labels: list[Any],
+    values: list[Any],
+    *,
+    title: str = "",
+    width: int = 480,
+    height: int = 220,
+    series_name: str = "",
+) -> Markup:
+    """An inline SVG chart for print: no script, no external references, same bytes every time."""
+    classes = {"bar": pygal.Bar, "line": pygal.Line}
+    if kind not in classes:
+        raise TemplateError(f"chart: kind must be 'bar' or 'line', not {kind!r}")
+    if not (0 < width <= 2000 and 0 < height <= 2000):
+        raise TemplateError("chart: width and height must be between 1 and 2000")
+    if len(labels) != len(values) or len(values) > 1000:
+        raise TemplateError("chart: labels and values must have the same length (at most 1000)")
+    numbers = [None if v is None else float(_decimal(v, what="chart")) for v in values]
+    graph = classes[kind](
+        width=width,
+        height=height,
+        explicit_size=True,
+        title=title or None,
+        show_legend=bool(series_name),
+        disable_xml_declaration=True,
+        js=[],
+        pretty_print=False,
+    )
+    # pygal names the chart with uuid4(); a stable id keeps re-rendered documents identical.
+    graph.uuid = (
+        "ccm-"
+        + hashlib.sha256(
+            json.dumps(
+                [kind, [str(x) for x in labels], numbers, title, width, height, series_name]
+            ).encode()
+        ).hexdigest()[:16]
+    )
+    graph.x_labels = [str(label) for label in labels]
+    graph.add(series_name or " ", numbers)
+    # pygal always embeds its config as a script and stamps the render date into a comment;
+    # neither draws anything, and both would make the bytes vary or carry code into the PDF.
+    # The SVG is XML-serialised, so "<" inside text is escaped and cannot fake a tag here.
+    svg = _SCRIPT_RE.sub("", _XML_COMMENT_RE.sub("", graph.render(is_unicode=True)))
+    return Markup(svg)  # noqa: S704 - pygal builds the SVG with an XML serialiser, text escaped
+
+
+# -- the sandbox ------------------------------------------------------------------------------
+
+
+class _PartialsLoader(jinja2.BaseLoader):
+    """Only the template version's own partials are loadable: no filesystem, no other versions."""
+
+    def __init__(self, partials: Mapping[str, str]) -> None:
+        self._partials = dict(partials)
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        if template not in self._partials:
+            raise jinja2.TemplateNotFound(template)
+        source = self._partials[template]
+        if len(source) > TEMPLATE_MAX_CHARS:
+            raise TemplateError(f"{template}: template is larger than {TEMPLATE_MAX_CHARS} chars")
+        return source, template, lambda: True
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    # Multiplying strings or raising to huge powers allocates before any output cap can see
+    # it, so those operators are checked up front.
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any):
+        if operator == "**":
+            if isinstance(right, int) and abs(right) > 1024:
+                raise SecurityError("exponent too large")
+            return left**right
+        for seq, times in ((left, right), (right, left)):
+            if (
+                isinstance(seq, str | list | tuple)
+                and isinstance(times, int)
+                and len(seq) * times > OUTPUT_MAX_CHARS
+            ):
+                raise SecurityError("repeated sequence would be too large")
+        return left * right
+
+
+def _one_line(text: str) -> str:
+    return _LINE_BREAKS_RE.sub(" ", text).strip()
+
+
+_PARTS = {
+    "print_html": ("print.html", True),
+    "email_subject": ("email.subject", False),
+    "email_html": ("email.html", True),
+    "email_text": ("email.txt", False),
+    "sms_text": ("sms.txt", False),
+    "push_title": ("push.title", False),
+    "push_body": ("push.body", False),
+}
+
+
+def _template_frame(exc: BaseException, names: set[str]) -> tuple[str, int] | None:
+    # Jinja rewrites tracebacks so template frames carry the template name and source line;
+    # the innermost one is where the author has to look.
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename in names:
+            found = (filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+class Composer:
+    """Compiles one Sources (in one locale) once and renders it for any amount of data."""
+
+    def __init__(self, sources: Sources, *, locale: str = "en_GB", timezone: str = "UTC") -> None:
+        self.sources = sources
+        self.locale_name = locale
+        try:
+            self.locale = babel.Locale.parse(locale.replace("-", "_"))
+        except (ValueError, babel.UnknownLocaleError) as exc:
+            raise TemplateError(f"unknown locale {locale!r}") from exc
+        self.formatters = _Formatters(locale=self.locale, timezone=ZoneInfo(timezone))
+        self._envs = {
+            autoescape: self._make_env(autoescape=autoescape) for autoescape in (True, False)
+        }
+        self._compiled: dict[str, jinja2.Template] = {}
+        self._lock = threading.Lock()
+        self._names = (
+            {name for name, _ in _PARTS.values()}
+            | set(sources.partials)
+            | {f"static:{name}" for name in sources.static_sections}
+        )
+
+    def _make_env(self, *, autoescape: bool) -> jinja2.Environment:
+        env = _Sandbox(
+            loader=_PartialsLoader(self.sources.partials),
+            undefined=jinja2.StrictUndefined,
+            autoescape=autoescape,
+            auto_reload=False,
+            cache_size=-1,
+        )
+        fmt = self.formatters
+        env.filters.update(
+            money=fmt.money,
+            number=fmt.number,
+            percent=fmt.percent,
+            date=fmt.date,
+            datetime=fmt.datetime,
+        )
+        env.globals["chart"] = chart
+        return env
+
+    @property
+    def lang(self) -> str:
+        return str(self.locale).replace("_", "-")
+
+    # -- compiling and running ------------------------------------------------------------
+
+    def _template(self, name: str, source: str, *, autoescape: bool) -> jinja2.Template:
+        with self._lock:
+            template = self._compiled.get(name)
+        if template is not None:
+            return template
+        if len(source) > TEMPLATE_MAX_CHARS:
+            raise TemplateError(f"{name}: template is larger than {TEMPLATE_MAX_CHARS} chars")
+        env = self._envs[autoescape]
+        try:
+            code = env.compile(source, name=name, filename=name)
+            template = env.template_class.from_code(env, code, env.make_globals(None))
+        except Exception as exc:
+            raise self._template_error(name, exc) from exc
+        with self._lock:
+            self._compiled[name] = template
+        return template
+
+    def _template_error(self, part: str, exc: BaseException) -> TemplateError:
+        if isinstance(exc, jinja2.TemplateSyntaxError):
+            where = exc.name or part
+            prefix = f"{part} ({where})" if where != part else part
+            return TemplateError(f"{prefix} line {exc.lineno}: {exc.message}")
+        if isinstance(exc, jinja2.TemplateNotFound):
+            return TemplateError(
+                f"{part}: template {exc.name!r} is not one of this version's partials"
+            )
+        message: str | None
+        if isinstance(exc, TemplateError):
+            message = exc.reason
+        elif isinstance(exc, jinja2.TemplateError):
+            message = exc.message
+        else:
+            message = None
+        message = message or f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, SecurityError):
+            message = f"not allowed in templates: {message}"
+        frame = _template_frame(exc, self._names)
+        if frame is None:
+            return TemplateError(f"{part}: {message}")
+        name, line = frame
+        prefix = part if name == part else f"{part} ({name})"
+        return TemplateError(f"{prefix} line {line}: {message}")
+
+    def _run(self, part: str, data: Mapping, *, text: str | None = None) -> str:
+        name, autoescape = _PARTS.get(part, (part, True))
+        source = getattr(self.sources, part) if text is None else text
+        template = self._template(name, source, autoescape=autoescape)
+        chunks: list[str] = []
+        size = 0
+        try:
+            for chunk in template.generate(dict(data)):
+                size += len(chunk)
+                if size > OUTPUT_MAX_CHARS:
+                    raise TemplateError(f"output is larger than {OUTPUT_MAX_CHARS} chars")
+                chunks.append(chunk)
+        except TemplateError as exc:
+            raise self._template_error(name, exc) from exc
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise self._template_error(name, exc) from exc
+        return "".join(chunks)
+
+    # -- outputs --------------------------------------------------------------------------
+
+    def _document(self, body: str) -> str:
+        return (
+            f'<!DOCTYPE html>\n<html lang="{escape(self.lang)}"><head><meta charset="utf-8">'
+            f"</head><body>{body}</body></html>"
+        )
+
+    def print_html(self, data: Mapping) -> str:
+        if not self.sources.print_html:
+            raise TemplateError("print.html: this template has no print version")
+        return self._document(self._run("print_html", data))
+
+    def static_html(self, name: str) -> str:
+        """A static insert as a full document; it sees no customer data, by design."""
+        return self._document(
+            self._run(f"static:{name}", {}, text=self.sources.static_sections[name])
+        )
+
+    def email(self, data: Mapping) -> EmailOutput:
+        if not (
+            self.sources.email_subject and (self.sources.email_html or self.sources.email_text)
+        ):
+            raise TemplateError("email: this template has no email version")
+        # A subject is a header: newlines in it would let data inject headers.
+        subject = _one_line(self._run("email_subject", data))
+        html = self._run("email_html", data) if self.sources.email_html else ""
+        text = self._run("email_text", data) if self.sources.email_text else ""
+        return EmailOutput(subject=subject, html=html, text=text)
+
+    def sms(self, data: Mapping) -> SmsOutput:
+        if not self.sources.sms_text:
+            raise TemplateError("sms.txt: this template has no SMS version")
+        text = self._run("sms_text", data).strip()
+        if not text:
+            raise TemplateError("sms.txt: the message is empty")
+        encoding, segments = sms_segments(text)
+        if segments > SMS_MAX_SEGMENTS:
+            raise TemplateError(
+                f"sms.txt: the message needs {segments} {encoding} segments, "
+                f"more than the {SMS_MAX_SEGMENTS} allowed"
+            )
+        return SmsOutput(text=text, segments=segments, encoding=encoding)
+
+    def push(self, data: Mapping) -> PushOutput:
+        if not self.sources.push_body:
+            raise TemplateError("push.body: this template has no push version")
+        title = _one_line(self._run("push_title", data)) if self.sources.push_title else ""
+        body = self._run("push_body", data).strip()
+        for part, value, limit in (
+            ("push.title", title, PUSH_TITLE_MAX),
+            ("push.body", body, PUSH_BODY_MAX),
+        ):
+            if len(value) > limit:
+                raise TemplateError(
+                    f"{part}: {len(value)} characters, more than the {limit} allowed"
+                )
+        if not body:
+            raise TemplateError("push.body: the message is empty")
+        return PushOutput(title=title, body=body)
+
+
+@dataclass(frozen=True)
+class EmailOutput:
+    subject: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True)
+class SmsOutput:
+    text: str
+    segments: int
+    encoding: str
+
+
+@dataclass(frozen=True)
+class PushOutput:
+    title: str
+    body: str
+
+
+# -- SMS segment maths ------------------------------------------------------------------------
+
+# GSM 03.38 basic character set and the extension table (each extension char is sent as ESC +
+# char, so it costs two septets and must not be split across segments).
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
+
+
+def _pack(weights: list[int], *, single: int, multi: int) -> int:
+    total = sum(weights)
+    if total <= single:
+        return 1 if weights else 0
+    segments, used = 1, 0
+    for weight in weights:
+        if used + weight > multi:
+            segments, used = segments + 1, 0
+        used += weight
+    return segments
+
+
+def sms_segments(text: str) -> tuple[str, int]:
+    """(encoding, segments) the way handsets and SMSCs count them."""
+    if all(ch in GSM7_BASIC or ch in GSM7_EXTENSION for ch in text):
+        weights = [2 if ch in GSM7_EXTENSION else 1 for ch in text]
+        return "GSM-7", _pack(weights, single=160, multi=153)
+    # UCS-2 on the wire is really UTF-16: characters outside the BMP take two code units, and a
+    # surrogate pair is never split between segments.
+    weights = [2 if ord(ch) > 0xFFFF else 1 for ch in text]
+    return "UCS-2", _pack(weights, single=70, multi=67)
+
+
+# -- cache ------------------------------------------------------------------------------------
+
+_composers: OrderedDict[str, Composer] = OrderedDict()
+_composers_lock = threading.Lock()
+
+
+def composer_for(sources: Sources, *, locale: str) -> Composer:
+    key = sources_key(sources, locale)
+    with _composers_lock:
+        composer = _composers.get(key)
+        if composer is not None:
+            _composers.move_to_end(key)
+            return composer
+    composer = Composer(sources, locale=locale)
+    with _composers_lock:
+        _composers[key] = composer
+        while len(_composers) > COMPOSER_CACHE_SIZE:
+            _composers.popitem(last=False)
+    return composer

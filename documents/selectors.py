@@ -1,0 +1,80 @@
+"""Reads for the documents screens and endpoints."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import OuterRef, QuerySet, Subquery
+
+from ccm.models import Approval, ApprovalState
+from documents.models import Template, TemplateVersion, VersionState
+
+
+def template_list() -> QuerySet[Template]:
+    published = TemplateVersion.objects.filter(
+        template=OuterRef("pk"), state=VersionState.PUBLISHED
+    ).values("number")[:1]
+    return Template.objects.annotate(published_number=Subquery(published)).order_by("code")
+
+
+def version_for_preview(*, template: Template, number: int | None) -> TemplateVersion | None:
+    versions = template.versions.select_related("template")
+    if number is not None:
+        return versions.filter(number=number).first()
+    return versions.filter(state=VersionState.PUBLISHED).first()
+
+
+def version_for_sending(*, code: str) -> TemplateVersion | None:
+    """The version a new communication pins: the published one."""
+    return (
+        TemplateVersion.objects.select_related("template")
+        .filter(template__code=code, state=VersionState.PUBLISHED)
+        .first()
+    )
+
+
+def versions_awaiting_review() -> QuerySet[Approval]:
+    return Approval.objects.filter(
+        state=ApprovalState.PENDING,
+        subject_type=ContentType.objects.get_for_model(TemplateVersion),
+    ).select_related("requested_by", "author")
+
+
+def version_diff(version: TemplateVersion) -> list[dict]:
+    """File by file, the unified diff of `version` against the published version."""
+    live = version.template.published_version
+    old_files = _diffable(live.content) if live and live.pk != version.pk else {}
+    new_files = _diffable(version.content)
+    label = f"v{live.number} (published)" if live and live.pk != version.pk else "nothing published"
+    diffs = []
+    for name in sorted(set(old_files) | set(new_files)):
+        old, new = old_files.get(name, ""), new_files.get(name, "")
+        if old == new:
+            continue
+        lines = list(
+            difflib.unified_diff(
+                old.splitlines(),
+                new.splitlines(),
+                fromfile=f"{name} — {label}",
+                tofile=f"{name} — v{version.number}",
+                lineterm="",
+            )
+        )
+        diffs.append({"file": name, "lines": lines})
+    return diffs
+
+
+def _diffable(content: dict) -> dict[str, str]:
+    files = dict(content.get("files", {}))
+    for name, key in (("template.json", "meta"), ("schema.json", "schema")):
+        files[name] = json.dumps(content.get(key, {}), indent=2, sort_keys=True)
+    for name, sample in content.get("samples", {}).items():
+        files[f"samples/{name}.json"] = json.dumps(sample, indent=2, sort_keys=True)
+    for name, data in content.get("assets", {}).items():
+        files[f"assets/{name}"] = (
+            f"(binary, base64 SHA-256 {hashlib.sha256(data.encode()).hexdigest()[:16]})"
+        )
+    return files

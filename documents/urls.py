@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from documents import api
+
+urlpatterns = [
+    path("templates", api.TemplateListView.as_view(), name="api-templates"),
+    path("templates/<slug:code>", api.TemplateDetailView.as_view(), name="api-template"),
+    path(
+        "templates/<slug:code>/preview",
+        api.TemplatePreviewView.as_view(),
+        name="api-template-preview",
+    ),
+    path("documents/<int:pk>", api.DocumentDetailView.as_view(), name="api-document"),
+    path("documents/<int:pk>/pdf", api.DocumentPdfView.as_view(), name="api-document-pdf"),
+]

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+from rest_framework.test import APIClient
+
+from ccm.api.auth import api_key_create
+from documents import services
+
+
+@pytest.fixture
+def api(db):
+    issued = api_key_create(name="portal", scopes=["templates:read", "documents:read"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    return client
+
+
+def test_template_list_shows_the_published_version(api, published):
+    body = api.get("/api/v1/templates").json()
+    assert [(t["code"], t["published_version"]) for t in body["results"]] == [("letter", 1)]
+
+
+def test_template_detail_lists_versions_and_schema(api, published):
+    body = api.get("/api/v1/templates/letter").json()
+    assert body["versions"][0]["state"] == "published"
+    assert body["schema"]["required"] == ["customer", "balance", "as_of"]
+
+
+def test_preview_returns_every_channel(api, published):
+    response = api.post(
+        "/api/v1/templates/letter/preview",
+        {"data": {"customer": {"name": "Ada"}, "balance": 3, "as_of": "2026-01-31"}},
+        format="json",
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["email"]["subject"] == "Your balance, Ada"
+    assert body["sms"]["text"] == "Northwind: balance £3.00."
+    assert base64.b64decode(body["pdf"]["base64"]).startswith(b"%PDF")
+
+
+def test_preview_as_pdf(api, published):
+    response = api.post("/api/v1/templates/letter/preview", {"format": "pdf"}, format="json")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/pdf"
+    assert response.content.startswith(b"%PDF")
+
+
+def test_preview_with_bad_data_is_422_listing_fields(api, published):
+    response = api.post(
+        "/api/v1/templates/letter/preview",
+        {"data": {"customer": {"name": ""}, "balance": "lots"}},
+        format="json",
+    )
+    assert response.status_code == 422
+    assert response["Content-Type"] == "application/problem+json"
+    fields = {e["field"] for e in response.json()["errors"]}
+    assert fields == {"customer.name", "balance", "as_of"}
+
+
+def test_preview_of_unpublished_template_says_what_to_do(api, draft):
+    response = api.post("/api/v1/templates/letter/preview", {}, format="json")
+    assert response.status_code == 422
+    assert "version" in response.json()["detail"]
+    ok = api.post("/api/v1/templates/letter/preview", {"version": 1}, format="json")
+    assert ok.status_code == 200
+
+
+def test_unknown_template_is_404(api):
+    assert api.post("/api/v1/templates/nope/preview", {}, format="json").status_code == 404
+
+
+def test_document_and_its_exact_bytes(api, published):
+    document = services.document_compose(
+        version=published, data=published.content["samples"]["default"]
+    )
+    meta = api.get(f"/api/v1/documents/{document.pk}").json()
+    assert meta["sha256"] == document.sha256
+    assert meta["template"] == "letter"
+    pdf = api.get(f"/api/v1/documents/{document.pk}/pdf")
+    body = b"".join(pdf.streaming_content)
+    assert hashlib.sha256(body).hexdigest() == document.sha256
+    assert pdf["X-Content-SHA256"] == document.sha256
+
+
+def test_documents_need_their_scope(db, published):
+    issued = api_key_create(name="narrow", scopes=["templates:read"])
+    document = services.document_compose(
+        version=published, data=published.content["samples"]["default"]
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    assert client.get(f"/api/v1/documents/{document.pk}/pdf").status_code == 403
