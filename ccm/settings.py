@@ -225,6 +225,15 @@ CCM_LOCALES = {"en": "en_GB", "de": "de_DE", "fr": "fr_FR", "nl": "nl_NL", "es":
 CCM_RENDER_TIMEOUT_S = env.float("CCM_RENDER_TIMEOUT_S", default=60.0)
 CCM_RENDER_MEMORY_MB = env.int("CCM_RENDER_MEMORY_MB", default=1536)
 CCM_SWEEP_AFTER_SECONDS = env.int("CCM_SWEEP_AFTER_SECONDS", default=300)
+CCM_DEFAULT_PHONE_REGION = env.str("CCM_DEFAULT_PHONE_REGION", default="GB")
+# Channels with a working backend; selection only considers these.
+CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email"])
+CCM_MESSAGE_ID_DOMAIN = env.str("CCM_MESSAGE_ID_DOMAIN", default="ccm.localhost")
+CCM_DISPATCH_INLINE_RETRIES = env.int("CCM_DISPATCH_INLINE_RETRIES", default=2)
+CCM_DISPATCH_MAX_ATTEMPTS = env.int("CCM_DISPATCH_MAX_ATTEMPTS", default=8)
+# A delivery in `sending` this long lost its worker; it is reconciled with the provider.
+CCM_SENDING_STALE_AFTER_S = env.int("CCM_SENDING_STALE_AFTER_S", default=300)
+CCM_PORTAL_LINK_TTL_DAYS = env.int("CCM_PORTAL_LINK_TTL_DAYS", default=30)
 
 LOGGING = {
     "version": 1,

@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("ccm.api.urls")),
     path("api/v1/", include("documents.urls")),
+    path("api/v1/", include("notifications.urls")),
 ]
 
 handler404 = "ccm.views.not_found"

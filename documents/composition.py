@@ -28,6 +28,7 @@ import babel.numbers
 import jinja2
 import jsonschema
 import pygal
+import pygal.style
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markupsafe import Markup, escape
 
@@ -246,6 +247,30 @@ class _Formatters:
         )
 
 
+# A print house style: white paper, one brand colour, the fonts the PDFs embed anyway.
+CHART_STYLE = pygal.style.Style(
+    background="white",
+    plot_background="white",
+    foreground="#1d2433",
+    foreground_strong="#1d2433",
+    foreground_subtle="#d0d6df",
+    opacity="1",
+    opacity_hover="1",
+    transition="none",
+    colors=("#0b5cad", "#e07b00", "#1f7a3f", "#8a3ffc"),
+    font_family="DejaVu Sans, sans-serif",
+    title_font_family="DejaVu Sans, sans-serif",
+    label_font_family="DejaVu Sans, sans-serif",
+    major_label_font_family="DejaVu Sans, sans-serif",
+    legend_font_family="DejaVu Sans, sans-serif",
+    value_font_family="DejaVu Sans, sans-serif",
+    title_font_size=14,
+    label_font_size=10,
+    major_label_font_size=10,
+    legend_font_size=10,
+)
+
+
 def chart(
     kind: str,
     labels: list[Any],
@@ -271,6 +296,11 @@ def chart(
         explicit_size=True,
         title=title or None,
         show_legend=bool(series_name),
+        style=CHART_STYLE,
+        show_minor_y_labels=False,
+        y_labels_major_count=5,
+        show_x_guides=False,
+        truncate_label=-1,
         disable_xml_declaration=True,
         js=[],
         pretty_print=False,

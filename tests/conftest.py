@@ -11,6 +11,8 @@ def _test_settings(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     # Real hashing costs ~0.5 s a user; what the tests check does not depend on it.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Anymail's test backend records what would reach the ESP (django.core.mail.outbox).
+    settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
 
 
 @pytest.fixture

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
+
+from ccm import approvals, audit
+from documents.admin import DecisionForm
+from notifications import selectors, services
+from notifications.models import (
+    Communication,
+    ConsentRecord,
+    ContactPoint,
+    Customer,
+    Delivery,
+    DeliveryEvent,
+    Preference,
+    Suppression,
+)
+
+
+class ReadOnlyInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class ContactInline(ReadOnlyInline):
+    model = ContactPoint
+    fields = readonly_fields = ("kind", "value", "is_primary", "valid", "invalid_reason")
+
+
+class PreferenceInline(ReadOnlyInline):
+    model = Preference
+    fields = readonly_fields = ("category", "channel", "allowed", "updated_at")
+
+
+class ConsentInline(ReadOnlyInline):
+    model = ConsentRecord
+    fields = readonly_fields = (
+        "recorded_at",
+        "channel",
+        "category",
+        "granted",
+        "legal_basis",
+        "source",
+        "actor_label",
+    )
+    verbose_name_plural = "consent history (ledger)"
+
+
+class CommunicationInline(ReadOnlyInline):
+    model = Communication
+    fk_name = "customer"
+    fields = readonly_fields = ("template", "state", "category", "created_at", "sent_at")
+    show_change_link = True
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin):
+    list_display = ["name", "external_ref", "source_system", "language", "postal_address_valid"]
+    search_fields = ["name", "external_ref", "contacts__value"]
+    list_filter = ["source_system", "language"]
+    inlines = [ContactInline, PreferenceInline, ConsentInline, CommunicationInline]
+    readonly_fields = ["created_at", "updated_at"]
+
+
+class DeliveryInline(ReadOnlyInline):
+    model = Delivery
+    fields = readonly_fields = (
+        "channel",
+        "address",
+        "state",
+        "attempts",
+        "message_id",
+        "provider_message_id",
+        "last_error",
+        "sent_at",
+    )
+    show_change_link = True
+
+
+@admin.register(Communication)
+class CommunicationAdmin(admin.ModelAdmin):
+    list_display = ["id", "template", "customer", "state", "category", "urgency", "created_at"]
+    list_filter = ["state", "category", "urgency", "source", "template"]
+    search_fields = ["customer__name", "customer__external_ref", "correlation_id"]
+    date_hierarchy = "created_at"
+    inlines = [DeliveryInline]
+    change_form_template = "admin/notifications/communication_change.html"
+    readonly_fields = [f.name for f in Communication._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a communication changes through its pipeline, not by editing
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        communication = self.get_object(request, object_id)
+        if communication is None:
+            return super().change_view(request, object_id, form_url, extra_context)
+        approval = approvals.pending_for(communication, purpose=services.RELEASE_PURPOSE)
+        form = DecisionForm(request.POST or None)
+        if request.method == "POST":
+            if approval is None:
+                messages.error(request, "This communication is not waiting for a release.")
+            elif not form.is_valid():
+                for errors in form.errors.values():
+                    messages.error(request, " ".join(str(e) for e in errors))
+            else:
+                try:
+                    approvals.approval_decide(
+                        approval=approval,
+                        by=request.user,
+                        decision=form.cleaned_data["decision"],
+                        comment=form.cleaned_data["comment"],
+                    )
+                except (PermissionDenied, approvals.ApprovalConflict) as exc:
+                    messages.error(request, str(exc))
+                else:
+                    messages.success(request, "Decision recorded.")
+            return redirect(request.path)
+        context = {
+            **(extra_context or {}),
+            "timeline": audit.history(communication),
+            "trace": communication.decision_trace,
+            "rendered": communication.rendered,
+            "consent_applied": selectors.consent_applied(communication),
+            "approval": approval,
+            "decision_form": form,
+            "can_decide": approval is not None
+            and request.user.has_perm("ccm.decide_approval")
+            and request.user.pk != approval.requested_by_id,
+        }
+        return super().change_view(request, object_id, form_url, context)
+
+
+class EventInline(ReadOnlyInline):
+    model = DeliveryEvent
+    fields = readonly_fields = (
+        "occurred_at",
+        "provider",
+        "event_type",
+        "hard",
+        "recipient",
+        "description",
+    )
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = ["id", "communication", "channel", "address", "state", "attempts", "sent_at"]
+    list_filter = ["state", "channel"]
+    search_fields = ["address", "message_id", "provider_message_id"]
+    readonly_fields = [f.name for f in Delivery._meta.fields]
+    inlines = [EventInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(DeliveryEvent)
+class DeliveryEventAdmin(admin.ModelAdmin):
+    list_display = ["occurred_at", "provider", "event_type", "hard", "recipient", "delivery"]
+    list_filter = ["provider", "event_type"]
+    readonly_fields = [f.name for f in DeliveryEvent._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Suppression)
+class SuppressionAdmin(admin.ModelAdmin):
+    list_display = ["channel", "address", "reason", "created_at", "lifted_at"]
+    list_filter = ["channel", "reason"]
+    search_fields = ["address"]

@@ -1,0 +1,425 @@
+"""Customers, consent and communications over the API."""
+
+from __future__ import annotations
+
+import django_filters
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, serializers, status
+from rest_framework.response import Response
+
+from ccm import audit
+from ccm.api.errors import Conflict, Unprocessable
+from ccm.api.idempotency import HEADER, client_of
+from ccm.api.views import CcmAPIView, CcmGenericAPIView
+from documents.api import composition_problem
+from documents.composition import CompositionError
+from documents.models import Category
+from notifications import selectors, services
+from notifications.models import (
+    Channel,
+    Communication,
+    ConsentRecord,
+    Customer,
+    LegalBasis,
+    Urgency,
+)
+
+SOURCE_PARAM = OpenApiParameter(
+    "source_system", str, description="The customer's source system (default: 'default')"
+)
+
+
+class ContactPointSerializer(serializers.Serializer):
+    kind = serializers.CharField()
+    value = serializers.CharField()
+    is_primary = serializers.BooleanField()
+    valid = serializers.BooleanField()
+    invalid_reason = serializers.CharField()
+
+
+class CustomerSerializer(serializers.ModelSerializer):
+    contacts = ContactPointSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Customer
+        fields = [
+            "source_system",
+            "external_ref",
+            "name",
+            "language",
+            "postal_address",
+            "postal_address_valid",
+            "contacts",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class CustomerWriteSerializer(serializers.Serializer):
+    external_ref = serializers.CharField(max_length=100)
+    source_system = serializers.CharField(max_length=100, default="default")
+    name = serializers.CharField(max_length=200)
+    language = serializers.RegexField(r"^[a-z]{2}$", required=False)
+    postal_address = serializers.ListField(
+        child=serializers.CharField(max_length=200), max_length=8, required=False
+    )
+    emails = serializers.ListField(child=serializers.CharField(max_length=254), required=False)
+    phones = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
+
+    def validate_emails(self, value: list[str]) -> list[str]:
+        return self._each(value, services.normalise_email)
+
+    def validate_phones(self, value: list[str]) -> list[str]:
+        return self._each(value, services.normalise_phone)
+
+    @staticmethod
+    def _each(values: list[str], normalise) -> list[str]:
+        out, errors = [], {}
+        for i, raw in enumerate(values):
+            try:
+                out.append(normalise(raw))
+            except DjangoValidationError as exc:
+                errors[i] = exc.messages
+        if errors:
+            raise serializers.ValidationError(errors)  # type: ignore[arg-type]
+        return out
+
+
+class CustomerUpsertView(CcmAPIView):
+    required_scopes = ("customers:write",)
+
+    @extend_schema(
+        request=CustomerWriteSerializer,
+        responses={200: CustomerSerializer, 201: CustomerSerializer},
+        summary="Create or update a customer by external reference",
+    )
+    def post(self, request):
+        body = CustomerWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        customer, created = services.customer_upsert(**body.validated_data, by=request.user)
+        return Response(
+            CustomerSerializer(customer).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+def _customer(request, ref: str) -> Customer:
+    return get_object_or_404(
+        Customer,
+        source_system=request.query_params.get("source_system", "default"),
+        external_ref=ref,
+    )
+
+
+class CustomerDetailView(CcmAPIView):
+    required_scopes = {"GET": ("customers:read",), "PATCH": ("customers:write",)}
+
+    @extend_schema(responses=CustomerSerializer, parameters=[SOURCE_PARAM])
+    def get(self, request, ref: str):
+        return Response(CustomerSerializer(_customer(request, ref)).data)
+
+    @extend_schema(
+        request=CustomerWriteSerializer(partial=True),
+        responses=CustomerSerializer,
+        parameters=[SOURCE_PARAM],
+    )
+    def patch(self, request, ref: str):
+        customer = _customer(request, ref)
+        body = CustomerWriteSerializer(data=request.data, partial=True)
+        body.is_valid(raise_exception=True)
+        fields = {k: v for k, v in body.validated_data.items() if k not in {"external_ref"}}
+        fields.setdefault("name", customer.name)
+        fields["source_system"] = customer.source_system
+        updated, _ = services.customer_upsert(
+            external_ref=customer.external_ref, **fields, by=request.user
+        )
+        return Response(CustomerSerializer(updated).data)
+
+
+class ConsentSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ConsentRecord
+        fields = [
+            "channel",
+            "category",
+            "granted",
+            "legal_basis",
+            "source",
+            "recorded_at",
+            "actor_label",
+            "evidence",
+        ]
+        read_only_fields = ["recorded_at", "actor_label"]
+
+
+class ConsentWriteSerializer(serializers.Serializer):
+    channel = serializers.ChoiceField(choices=Channel.choices)
+    category = serializers.ChoiceField(choices=Category.choices)
+    granted = serializers.BooleanField()
+    legal_basis = serializers.ChoiceField(choices=LegalBasis.choices)
+    source = serializers.CharField(max_length=50, default="api")  # type: ignore[assignment]
+    evidence = serializers.JSONField(required=False)
+
+
+class PreferenceSerializer(serializers.Serializer):
+    category = serializers.CharField()
+    channel = serializers.CharField()
+    allowed = serializers.BooleanField()
+
+
+class CustomerConsentView(CcmAPIView):
+    required_scopes = {"GET": ("customers:read",), "POST": ("customers:write",)}
+
+    @extend_schema(responses=ConsentSerializer(many=True), parameters=[SOURCE_PARAM])
+    def get(self, request, ref: str):
+        customer = _customer(request, ref)
+        return Response(ConsentSerializer(customer.consents.all()[:500], many=True).data)
+
+    @extend_schema(
+        request=ConsentWriteSerializer,
+        responses={201: ConsentSerializer},
+        parameters=[SOURCE_PARAM],
+        summary="Record an opt-in or opt-out (appended to the consent ledger)",
+    )
+    def post(self, request, ref: str):
+        customer = _customer(request, ref)
+        body = ConsentWriteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        record = services.consent_record(customer=customer, **body.validated_data, by=request.user)
+        return Response(ConsentSerializer(record).data, status=status.HTTP_201_CREATED)
+
+
+class CustomerPreferencesView(CcmAPIView):
+    required_scopes = ("customers:read",)
+
+    @extend_schema(responses=PreferenceSerializer(many=True), parameters=[SOURCE_PARAM])
+    def get(self, request, ref: str):
+        customer = _customer(request, ref)
+        return Response(
+            PreferenceSerializer(
+                customer.preferences.order_by("category", "channel"), many=True
+            ).data
+        )
+
+
+# --- communications -------------------------------------------------------------------------
+
+
+class CommunicationRequestSerializer(serializers.Serializer):
+    template = serializers.SlugField(help_text="The template code")
+    customer = serializers.CharField(help_text="The customer's external reference")
+    source_system = serializers.CharField(default="default")
+    data = serializers.JSONField(  # type: ignore[assignment]
+        help_text="Validated against the template's schema"
+    )
+    urgency = serializers.ChoiceField(choices=Urgency.choices, default=Urgency.NORMAL)
+    category = serializers.ChoiceField(choices=Category.choices, required=False)
+    channel = serializers.ChoiceField(choices=Channel.choices, required=False, default="")
+    correlation_id = serializers.CharField(max_length=100, required=False, default="")
+
+    def validate_data(self, value):
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("Give the template's data as a JSON object.")
+        return value
+
+
+class CommunicationAcceptedSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    url = serializers.CharField()
+
+
+class DeliveryEventSerializer(serializers.Serializer):
+    event_type = serializers.CharField()
+    provider = serializers.CharField()
+    occurred_at = serializers.DateTimeField()
+    description = serializers.CharField()
+
+
+class DeliverySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    channel = serializers.CharField()
+    address = serializers.CharField()
+    state = serializers.CharField()
+    message_id = serializers.CharField()
+    provider_message_id = serializers.CharField()
+    attempts = serializers.IntegerField()
+    last_error = serializers.CharField()
+    sent_at = serializers.DateTimeField(allow_null=True)
+    events = DeliveryEventSerializer(many=True)
+
+
+class CommunicationSerializer(serializers.ModelSerializer):
+    status = serializers.CharField(source="state")
+    template = serializers.CharField(source="template.code")
+    template_version = serializers.IntegerField(source="template_version.number", allow_null=True)
+    customer = serializers.CharField(source="customer.external_ref")
+
+    class Meta:
+        model = Communication
+        fields = [
+            "id",
+            "status",
+            "template",
+            "template_version",
+            "customer",
+            "category",
+            "urgency",
+            "source",
+            "correlation_id",
+            "created_at",
+            "sent_at",
+            "viewed_at",
+            "actioned_at",
+            "failure_reason",
+            "failure_errors",
+        ]
+
+
+class CommunicationDetailSerializer(CommunicationSerializer):
+    decision_trace = serializers.JSONField()
+    deliveries = DeliverySerializer(many=True)
+    documents = serializers.SerializerMethodField()
+    timeline = serializers.SerializerMethodField()
+    consent_applied = serializers.SerializerMethodField()
+
+    class Meta(CommunicationSerializer.Meta):
+        fields = [
+            *CommunicationSerializer.Meta.fields,
+            "decision_trace",
+            "deliveries",
+            "documents",
+            "timeline",
+            "consent_applied",
+        ]
+
+    def get_documents(self, communication) -> list[dict]:
+        if communication.document_id is None:
+            return []
+        request = self.context["request"]
+        return [
+            {
+                "id": communication.document_id,
+                "sha256": communication.document.sha256,
+                "pdf_url": request.build_absolute_uri(
+                    f"/api/v1/documents/{communication.document_id}/pdf"
+                ),
+            }
+        ]
+
+    def get_timeline(self, communication) -> list[dict]:
+        return [
+            {"at": e.created_at, "action": e.action, "actor": e.actor_label, "detail": e.after}
+            for e in audit.history(communication)
+        ]
+
+    def get_consent_applied(self, communication) -> list[dict]:
+        return selectors.consent_applied(communication)
+
+
+class CommunicationFilter(django_filters.FilterSet):
+    status = django_filters.CharFilter(field_name="state")
+    template = django_filters.CharFilter(field_name="template__code")
+    customer = django_filters.CharFilter(field_name="customer__external_ref")
+    correlation_id = django_filters.CharFilter()
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Communication
+        fields = ["status", "template", "customer", "correlation_id", "category", "source"]
+
+
+class CommunicationListCreateView(CcmGenericAPIView, generics.ListAPIView):
+    required_scopes = {"GET": ("communications:read",), "POST": ("communications:write",)}
+    serializer_class = CommunicationSerializer
+    filterset_class = CommunicationFilter
+
+    def get_queryset(self):
+        return Communication.objects.select_related("template", "template_version", "customer")
+
+    @extend_schema(
+        request=CommunicationRequestSerializer,
+        responses={202: CommunicationAcceptedSerializer},
+        summary="Request a communication (composed and sent in the background)",
+    )
+    def post(self, request):
+        body = CommunicationRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        params = body.validated_data
+        customer = Customer.objects.filter(
+            source_system=params["source_system"], external_ref=params["customer"]
+        ).first()
+        if customer is None:
+            raise Unprocessable(
+                f"There is no customer {params['customer']!r}; "
+                "create it with POST /api/v1/customers.",
+                code="unknown_customer",
+                errors=[{"field": "customer", "message": "unknown customer"}],
+            )
+        try:
+            communication, _ = services.communication_request(
+                template_code=params["template"],
+                customer=customer,
+                data=params["data"],
+                client=client_of(request),
+                by=request.user,
+                idempotency_key=request.headers.get(HEADER),
+                category=params.get("category"),
+                urgency=params["urgency"],
+                channel_override=params["channel"],
+                correlation_id=params["correlation_id"],
+            )
+        except services.IntakeError as exc:
+            raise Unprocessable(
+                str(exc),
+                code="unknown_template",
+                errors=[{"field": exc.field, "message": str(exc)}],
+            ) from exc
+        except CompositionError as exc:
+            problem = composition_problem(exc)
+            problem.errors = [
+                {**e, "field": f"data.{e['field']}".rstrip(".")} for e in problem.errors or []
+            ]
+            raise problem from exc
+        return Response(
+            {
+                "id": communication.pk,
+                "status": communication.state,
+                "url": request.build_absolute_uri(f"/api/v1/communications/{communication.pk}"),
+            },
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+
+class CommunicationDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
+    required_scopes = ("communications:read",)
+    serializer_class = CommunicationDetailSerializer
+
+    def get_queryset(self):
+        return Communication.objects.select_related(
+            "template", "template_version", "customer", "document"
+        ).prefetch_related("deliveries__events")
+
+
+class CancelSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500)
+
+
+class CommunicationCancelView(CcmAPIView):
+    required_scopes = ("communications:write",)
+
+    @extend_schema(request=CancelSerializer, responses=CommunicationSerializer, summary="Cancel")
+    def post(self, request, pk: int):
+        communication = get_object_or_404(Communication, pk=pk)
+        body = CancelSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            cancelled = services.communication_cancel(
+                communication=communication, by=request.user, reason=body.validated_data["reason"]
+            )
+        except services.IntakeError as exc:
+            raise Conflict(str(exc), code="not_cancellable") from exc
+        return Response(CommunicationSerializer(cancelled).data)

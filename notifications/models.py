@@ -1,0 +1,413 @@
+"""Customers, their contact points and consent; communications and their deliveries."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django_fsm import ConcurrentTransitionMixin, FSMField, transition
+
+from documents.models import Category, Document, Template, TemplateVersion
+
+
+class Channel(models.TextChoices):
+    EMAIL = "email"
+    SMS = "sms"
+    PUSH = "push"
+    PRINT = "print"
+    PORTAL = "portal"
+
+
+# Channels that leave the customer a lasting copy: what a regulatory notice must reach.
+DURABLE_CHANNELS = {Channel.EMAIL, Channel.PRINT, Channel.PORTAL}
+
+
+class Customer(models.Model):
+    source_system = models.CharField(max_length=100, default="default")
+    external_ref = models.CharField(max_length=100)
+    name = models.CharField(max_length=200)
+    language = models.CharField(max_length=10, default="en")
+    postal_address = models.JSONField(default=list, blank=True, help_text="Address lines")
+    postal_address_valid = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source_system", "external_ref"], name="customer_ref_per_source"
+            )
+        ]
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.external_ref})"
+
+
+class ContactKind(models.TextChoices):
+    EMAIL = "email"
+    PHONE = "phone"
+
+
+class ContactPoint(models.Model):
+    """An email address or a phone number (E.164) of a customer."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="contacts")
+    kind = models.CharField(max_length=10, choices=ContactKind.choices)
+    value = models.CharField(max_length=254)
+    is_primary = models.BooleanField(default=False)
+    valid = models.BooleanField(default=True)
+    invalid_reason = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "kind", "value"], name="contact_point_unique"
+            )
+        ]
+        ordering = ["-is_primary", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+class Preference(models.Model):
+    """The customer's current wish for one category on one channel (their consent history is
+    the ledger)."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="preferences")
+    category = models.CharField(max_length=20, choices=Category.choices)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    allowed = models.BooleanField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "category", "channel"], name="preference_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.category}/{self.channel}: {'yes' if self.allowed else 'no'}"
+
+
+class LegalBasis(models.TextChoices):
+    CONSENT = "consent"
+    CONTRACT = "contract"
+    LEGAL_OBLIGATION = "legal_obligation"
+    LEGITIMATE_INTEREST = "legitimate_interest"
+
+
+class ConsentRecord(models.Model):
+    """One opt-in or opt-out, never changed: the ledger answers what applied at any moment."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="consents")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    category = models.CharField(max_length=20, choices=Category.choices)
+    granted = models.BooleanField()
+    legal_basis = models.CharField(max_length=30, choices=LegalBasis.choices)
+    source = models.CharField(max_length=50, help_text="api, form, unsubscribe, sms_stop, …")
+    recorded_at = models.DateTimeField(db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    actor_label = models.CharField(max_length=200, blank=True)
+    evidence = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-recorded_at", "-id"]
+        indexes = [models.Index(fields=["customer", "channel", "category", "recorded_at"])]
+
+    def __str__(self) -> str:
+        verb = "opt-in" if self.granted else "opt-out"
+        return f"{verb} {self.category}/{self.channel} at {self.recorded_at:%Y-%m-%d %H:%M}"
+
+
+class SuppressionReason(models.TextChoices):
+    HARD_BOUNCE = "hard_bounce"
+    COMPLAINT = "complaint"
+    UNSUBSCRIBE = "unsubscribe"
+    MANUAL = "manual"
+
+
+class Suppression(models.Model):
+    """An address nothing is sent to (except what the law requires on a durable medium is still
+    routed elsewhere)."""
+
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    address = models.CharField(max_length=254)
+    reason = models.CharField(max_length=20, choices=SuppressionReason.choices)
+    detail = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    lifted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["channel", "address"],
+                condition=Q(lifted_at__isnull=True),
+                name="one_active_suppression_per_address",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel}:{self.address} ({self.reason})"
+
+
+class Urgency(models.TextChoices):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+
+
+class Source(models.TextChoices):
+    API = "api"
+    FORM = "form"
+    EVENT = "event"
+    CASE = "case"
+    CAMPAIGN = "campaign"
+    REPRINT = "reprint"
+
+
+class CommState(models.TextChoices):
+    RECEIVED = "received"
+    COMPOSING = "composing"
+    COMPOSED = "composed"
+    COMPOSE_FAILED = "compose_failed"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    DISPATCHING = "dispatching"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    VIEWED = "viewed"
+    ACTIONED = "actioned"
+    UNDELIVERABLE = "undeliverable"
+    CANCELLED = "cancelled"
+
+
+class Communication(ConcurrentTransitionMixin, models.Model):
+    """One requested message to one customer, from intake to what happened to it."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="communications")
+    template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="+")
+    template_version = models.ForeignKey(
+        TemplateVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    data = models.JSONField()
+    category = models.CharField(max_length=20, choices=Category.choices)
+    urgency = models.CharField(max_length=10, choices=Urgency.choices, default=Urgency.NORMAL)
+    source = models.CharField(max_length=20, choices=Source.choices, default=Source.API)
+    channel_override = models.CharField(max_length=10, choices=Channel.choices, blank=True)
+    correlation_id = models.CharField(max_length=100, blank=True, db_index=True)
+    client = models.CharField(max_length=100, help_text="Who asked: api key or user")
+    # NULL, not "", when absent: the unique constraint must ignore communications without a key.
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
+    state = FSMField(default=CommState.RECEIVED, choices=CommState.choices, protected=True)
+    document = models.ForeignKey(
+        Document, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    rendered = models.JSONField(default=dict, blank=True, help_text="What each channel sent")
+    decision_trace = models.JSONField(default=list, blank=True)
+    failure_reason = models.TextField(blank=True)
+    failure_errors = models.JSONField(default=list, blank=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="follow_ups"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    viewed_at = models.DateTimeField(null=True, blank=True)
+    actioned_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="communication_idempotency_per_client",
+            )
+        ]
+        indexes = [models.Index(fields=["state", "updated_at"])]
+        permissions = [("release_communication", "Can release communications for sending")]
+
+    def __str__(self) -> str:
+        return f"Communication {self.pk} ({self.template_id}, {self.state})"
+
+    @transition(field=state, source=CommState.RECEIVED, target=CommState.COMPOSING)
+    def start_composing(self) -> None:
+        pass
+
+    @transition(field=state, source=CommState.COMPOSING, target=CommState.COMPOSED)
+    def composed(self) -> None:
+        pass
+
+    @transition(field=state, source=CommState.COMPOSING, target=CommState.COMPOSE_FAILED)
+    def compose_failed(self, *, reason: str, errors: list) -> None:
+        self.failure_reason = reason
+        self.failure_errors = errors
+
+    @transition(field=state, source=CommState.COMPOSED, target=CommState.AWAITING_APPROVAL)
+    def await_approval(self) -> None:
+        pass
+
+    @transition(field=state, source=CommState.AWAITING_APPROVAL, target=CommState.APPROVED)
+    def release(self) -> None:
+        pass
+
+    @transition(field=state, source=CommState.AWAITING_APPROVAL, target=CommState.REJECTED)
+    def reject(self, *, reason: str) -> None:
+        self.failure_reason = reason
+
+    @transition(
+        field=state,
+        source=[CommState.COMPOSED, CommState.APPROVED],
+        target=CommState.DISPATCHING,
+    )
+    def dispatch(self) -> None:
+        pass
+
+    @transition(
+        field=state,
+        source=[
+            CommState.RECEIVED,
+            CommState.COMPOSED,
+            CommState.COMPOSE_FAILED,
+            CommState.AWAITING_APPROVAL,
+            CommState.APPROVED,
+        ],
+        target=CommState.CANCELLED,
+    )
+    def cancel(self, *, reason: str) -> None:
+        self.failure_reason = reason
+
+    @transition(field=state, source=CommState.DISPATCHING, target=CommState.UNDELIVERABLE)
+    def undeliverable(self, *, reason: str) -> None:
+        self.failure_reason = reason
+
+    # Forward-only progress: each target accepts every earlier state, so a late or out-of-order
+    # event can move a communication forward but never back (`can_proceed` is False then).
+    @transition(field=state, source=CommState.DISPATCHING, target=CommState.SENT)
+    def mark_sent(self, *, when) -> None:
+        self.sent_at = when
+
+    @transition(
+        field=state, source=[CommState.DISPATCHING, CommState.SENT], target=CommState.DELIVERED
+    )
+    def mark_delivered(self) -> None:
+        pass
+
+    @transition(
+        field=state,
+        source=[CommState.DISPATCHING, CommState.SENT, CommState.DELIVERED],
+        target=CommState.VIEWED,
+    )
+    def mark_viewed(self, *, when) -> None:
+        self.viewed_at = when
+
+    @transition(
+        field=state,
+        source=[CommState.DISPATCHING, CommState.SENT, CommState.DELIVERED, CommState.VIEWED],
+        target=CommState.ACTIONED,
+    )
+    def mark_actioned(self, *, when) -> None:
+        self.actioned_at = when
+        if self.viewed_at is None:
+            self.viewed_at = when
+
+
+class DeliveryState(models.TextChoices):
+    PENDING = "pending"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    FAILED = "failed"
+
+
+DELIVERY_PROGRESS = {
+    DeliveryState.PENDING: 0,
+    DeliveryState.SENDING: 1,
+    DeliveryState.SENT: 2,
+    DeliveryState.DELIVERED: 3,
+    DeliveryState.BOUNCED: 3,
+    DeliveryState.FAILED: 3,
+}
+
+
+class Delivery(models.Model):
+    """One attempt to reach the customer on one channel at one address."""
+
+    communication = models.ForeignKey(
+        Communication, on_delete=models.PROTECT, related_name="deliveries"
+    )
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    address = models.CharField(max_length=254, blank=True)
+    state = models.CharField(
+        max_length=10, choices=DeliveryState.choices, default=DeliveryState.PENDING
+    )
+    message_id = models.CharField(max_length=200, unique=True, help_text="Our dedupe key")
+    provider = models.CharField(max_length=50, blank=True)
+    provider_message_id = models.CharField(max_length=200, blank=True, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["state", "updated_at"])]
+        verbose_name_plural = "deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.channel} to {self.address} ({self.state})"
+
+
+class EventType(models.TextChoices):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    COMPLAINED = "complained"
+    UNSUBSCRIBED = "unsubscribed"
+    FAILED = "failed"
+
+
+class DeliveryEvent(models.Model):
+    """A provider's report about a delivery, normalised, with the raw payload kept."""
+
+    delivery = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.PROTECT, related_name="events"
+    )
+    provider = models.CharField(max_length=50)
+    event_id = models.CharField(max_length=200)
+    event_type = models.CharField(max_length=20, choices=EventType.choices)
+    hard = models.BooleanField(default=False, help_text="A permanent bounce")
+    message_id = models.CharField(max_length=200, blank=True)
+    recipient = models.CharField(max_length=254, blank=True)
+    description = models.TextField(blank=True)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    raw = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["occurred_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "event_id"], name="event_once_per_provider")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.event_type} {self.event_id}"

@@ -1,0 +1,145 @@
+"""Channel selection: a pure function of what is known about the customer and the message.
+
+It takes plain values (no database), returns the channels to use in order, and says why for
+every channel it considered — the decision trace stored on the communication.
+
+Rules:
+- a channel needs a rendition in the template and a valid, unsuppressed address;
+- marketing needs a recorded opt-in for the channel and no opt-out preference, and never goes
+  to a suppressed address;
+- transactional and service messages honour the customer's channel preferences;
+- regulatory notices ignore marketing opt-outs and channel preferences only order the choice:
+  they always reach a durable medium (email carrying the document, portal link, or print), and
+  push is never their only channel;
+- urgent messages prefer the fast channels; a channel override comes first when it is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+EMAIL, SMS, PUSH, PRINT = "email", "sms", "push", "print"
+DURABLE = {EMAIL, PRINT}
+ORDER_NORMAL = [EMAIL, SMS, PUSH, PRINT]
+ORDER_URGENT = [SMS, PUSH, EMAIL, PRINT]
+
+
+@dataclass(frozen=True)
+class Target:
+    channel: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything selection looks at, as plain values."""
+
+    category: str
+    urgency: str
+    renditions: Sequence[str]
+    emails: Sequence[str] = ()  # valid addresses, primary first
+    phones: Sequence[str] = ()  # valid E.164 numbers, primary first
+    devices: Sequence[str] = ()  # active push tokens
+    postal_address: Sequence[str] = ()  # empty when unknown or invalid
+    preferences: Mapping[str, bool] = field(default_factory=dict)  # channel → allowed
+    consents: Mapping[str, bool] = field(default_factory=dict)  # channel → latest opt-in/out
+    suppressed: frozenset[tuple[str, str]] = frozenset()
+    override: str = ""
+
+
+@dataclass(frozen=True)
+class Selection:
+    targets: list[Target]  # what to send now, in order
+    fallbacks: list[Target]  # eligible but not chosen, in order
+    trace: list[dict]
+
+    @property
+    def channels(self) -> list[str]:
+        return [t.channel for t in self.targets]
+
+
+def _addresses(facts: Facts, channel: str) -> Sequence[str]:
+    if channel == EMAIL:
+        return facts.emails
+    if channel == SMS:
+        return facts.phones
+    if channel == PUSH:
+        return facts.devices
+    return [" / ".join(facts.postal_address)] if facts.postal_address else []
+
+
+def _check(facts: Facts, channel: str) -> tuple[Target | None, str]:
+    """Can `channel` be used, and on which address? Returns (target, reason)."""
+    if channel not in facts.renditions:
+        return None, "the template has no rendition for this channel"
+    addresses = list(_addresses(facts, channel))
+    if not addresses:
+        return None, {
+            EMAIL: "no valid email address",
+            SMS: "no valid mobile number",
+            PUSH: "no active device",
+            PRINT: "no valid postal address",
+        }[channel]
+    usable = [a for a in addresses if (channel, a) not in facts.suppressed]
+    if not usable:
+        return None, "every address on this channel is suppressed"
+    if facts.category == "marketing":
+        if facts.consents.get(channel) is not True:
+            return None, "marketing needs an opt-in on this channel; none is recorded"
+        if facts.preferences.get(channel) is False:
+            return None, "the customer opted out of marketing on this channel"
+    elif facts.category != "regulatory" and facts.preferences.get(channel) is False:
+        return None, f"the customer does not want {facts.category} messages on this channel"
+    return Target(channel, usable[0]), "eligible"
+
+
+def select_channels(facts: Facts) -> Selection:
+    order = ORDER_URGENT if facts.urgency == "high" else ORDER_NORMAL
+    if facts.category == "regulatory":
+        # The customer's preferred durable channel comes first.
+        preferred = [c for c in order if facts.preferences.get(c) is True]
+        order = preferred + [c for c in order if c not in preferred]
+    if facts.override:
+        order = [facts.override] + [c for c in order if c != facts.override]
+    trace: list[dict] = []
+    eligible: list[Target] = []
+    for channel in order:
+        target, reason = _check(facts, channel)
+        trace.append({"channel": channel, "eligible": target is not None, "reason": reason})
+        if target is not None:
+            eligible.append(target)
+    if facts.override and not any(t.channel == facts.override for t in eligible):
+        trace.append(
+            {
+                "channel": facts.override,
+                "decision": "override refused",
+                "reason": trace[0]["reason"],
+            }
+        )
+    targets = eligible[:1]
+    if facts.category == "regulatory" and not any(t.channel in DURABLE for t in targets):
+        durable = next((t for t in eligible if t.channel in DURABLE), None)
+        if durable is not None:
+            targets.append(durable)
+            trace.append(
+                {
+                    "channel": durable.channel,
+                    "decision": "added",
+                    "reason": "a regulatory notice must reach a durable medium",
+                }
+            )
+        else:
+            targets = []
+            trace.append(
+                {
+                    "decision": "none",
+                    "reason": "no durable channel (email, print) can reach the customer",
+                }
+            )
+    for target in targets:
+        trace.append({"channel": target.channel, "decision": "chosen", "address": target.address})
+    fallbacks = [t for t in eligible if t not in targets]
+    if not targets:
+        trace.append({"decision": "none", "reason": "no channel can reach the customer"})
+    return Selection(targets=targets, fallbacks=fallbacks, trace=trace)

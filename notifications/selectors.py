@@ -1,0 +1,48 @@
+"""Reads for the notifications screens and endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.utils import timezone
+
+from notifications.models import Communication, ConsentRecord, Customer
+
+
+def consent_at(
+    *, customer: Customer, channel: str, category: str, at: datetime
+) -> ConsentRecord | None:
+    """The ledger entry in force for (channel, category) at a moment: the latest one before it."""
+    return (
+        ConsentRecord.objects.filter(
+            customer=customer, channel=channel, category=category, recorded_at__lte=at
+        )
+        .order_by("-recorded_at", "-id")
+        .first()
+    )
+
+
+def consent_applied(communication: Communication) -> list[dict]:
+    """What consent applied, per channel used, when the communication was sent."""
+    at = communication.sent_at or timezone.now()
+    channels = sorted({d.channel for d in communication.deliveries.all()})
+    out = []
+    for channel in channels:
+        record = consent_at(
+            customer=communication.customer,
+            channel=channel,
+            category=communication.category,
+            at=at,
+        )
+        out.append(
+            {
+                "channel": channel,
+                "category": communication.category,
+                "at": at,
+                "granted": None if record is None else record.granted,
+                "legal_basis": None if record is None else record.legal_basis,
+                "recorded_at": None if record is None else record.recorded_at,
+                "source": None if record is None else record.source,
+            }
+        )
+    return out

@@ -1,0 +1,15 @@
+"""Signals the notifications app sends to higher layers (cases connects in its ready())."""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+# A delivery failed for good (permanent provider error, hard bounce, exhausted retries):
+# kwargs delivery, reason.
+delivery_failed = Signal()
+
+# No channel is left to reach the customer: kwargs communication, reason.
+communication_undeliverable = Signal()
+
+# Composition of a communication failed (bad data, template error): kwargs communication, reason.
+communication_compose_failed = Signal()

@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from notifications import api
+
+urlpatterns = [
+    path("customers", api.CustomerUpsertView.as_view(), name="api-customers"),
+    path("customers/<str:ref>", api.CustomerDetailView.as_view(), name="api-customer"),
+    path("customers/<str:ref>/consents", api.CustomerConsentView.as_view(), name="api-consents"),
+    path(
+        "customers/<str:ref>/preferences",
+        api.CustomerPreferencesView.as_view(),
+        name="api-preferences",
+    ),
+    path("communications", api.CommunicationListCreateView.as_view(), name="api-communications"),
+    path(
+        "communications/<int:pk>",
+        api.CommunicationDetailView.as_view(),
+        name="api-communication",
+    ),
+    path(
+        "communications/<int:pk>/cancel",
+        api.CommunicationCancelView.as_view(),
+        name="api-communication-cancel",
+    ),
+]

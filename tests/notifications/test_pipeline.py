@@ -1,0 +1,282 @@
+from __future__ import annotations
+
+import email
+
+import pytest
+from django.core import mail
+from django.core.exceptions import PermissionDenied
+from django.test import override_settings
+
+from ccm import approvals
+from ccm.models import AuditEvent
+from documents.composition import DataInvalid
+from notifications import services, signals
+from notifications.channels import EmailBackend, PermanentSendError, TransientSendError
+from notifications.models import Communication, Delivery
+from tests.documents.factories import letter_bundle
+from tests.notifications.conftest import publish
+
+DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
+
+
+def request(customer, by, **kwargs):
+    return services.communication_request(
+        template_code="letter", customer=customer, data=DATA, client="test", by=by, **kwargs
+    )
+
+
+def test_request_to_sent_email_with_the_pdf_attached(letter, customer, integrator, sync_tasks):
+    # when
+    communication, created = sync_tasks(request, customer, integrator)
+    # then
+    communication.refresh_from_db()
+    assert created
+    assert communication.state == "sent"
+    assert communication.template_version == letter
+    assert communication.document is not None
+    assert [m.to for m in mail.outbox] == [["Ada Lovelace <ada@example.org>"]]
+    sent = mail.outbox[0]
+    delivery = communication.deliveries.get()
+    assert sent.extra_headers["Message-ID"] == delivery.message_id
+    assert sent.metadata == {
+        "delivery_id": str(delivery.pk),
+        "communication_id": str(communication.pk),
+    }
+    assert sent.subject == "Your balance, Ada Lovelace"
+    _, pdf, mimetype = sent.attachments[0]
+    assert mimetype == "application/pdf"
+    assert pdf.startswith(b"%PDF")
+    assert delivery.state == "sent"
+    assert delivery.provider_message_id
+    chosen = [s for s in communication.decision_trace if s.get("decision") == "chosen"]
+    assert chosen == [{"channel": "email", "decision": "chosen", "address": "ada@example.org"}]
+
+
+def test_every_step_is_audited(letter, customer, integrator, sync_tasks):
+    sync_tasks(request, customer, integrator)
+    actions = set(
+        AuditEvent.objects.filter(subject_type="notifications.communication").values_list(
+            "action", flat=True
+        )
+    )
+    assert {
+        "communication.received",
+        "communication.composed",
+        "communication.dispatching",
+    } <= actions
+    assert AuditEvent.objects.filter(action="delivery.sent").count() == 1
+
+
+def test_same_idempotency_key_makes_one_communication(letter, customer, integrator, sync_tasks):
+    first, _ = sync_tasks(request, customer, integrator, idempotency_key="k1")
+    second, created = sync_tasks(request, customer, integrator, idempotency_key="k1")
+    assert (second.pk, created) == (first.pk, False)
+    assert len(mail.outbox) == 1
+
+
+def test_bad_data_is_refused_at_intake(letter, customer, integrator):
+    with pytest.raises(DataInvalid) as excinfo:
+        services.communication_request(
+            template_code="letter",
+            customer=customer,
+            data={"balance": "x"},
+            client="t",
+            by=integrator,
+        )
+    assert {e.field for e in excinfo.value.errors} == {"customer", "balance", "as_of"}
+    assert not Communication.objects.exists()
+
+
+def test_unknown_or_unpublished_template_is_refused(customer, integrator):
+    with pytest.raises(services.IntakeError, match="no template"):
+        services.communication_request(
+            template_code="nope", customer=customer, data={}, client="t", by=integrator
+        )
+
+
+def test_rolled_back_request_sends_nothing(letter, customer, integrator, sync_tasks):
+    from django.db import transaction
+
+    def doomed():
+        with transaction.atomic():
+            request(customer, integrator)
+            raise RuntimeError("the caller's transaction failed")
+
+    with pytest.raises(RuntimeError):
+        sync_tasks(doomed)
+    assert not Communication.objects.exists()
+    assert mail.outbox == []
+
+
+def test_release_gate_waits_for_a_reviewer(author, reviewer, customer, integrator, sync_tasks):
+    publish(
+        letter_bundle(
+            release={"required": False, "threshold": {"field": "balance", "above": 1000}}
+        ),
+        author=author,
+        reviewer=reviewer,
+    )
+    # below the threshold: sent at once
+    small, _ = sync_tasks(request, customer, integrator)
+    small.refresh_from_db()
+    assert small.state == "sent"
+    # above it: waits for a release
+    big, _ = sync_tasks(
+        services.communication_request,
+        template_code="letter",
+        customer=customer,
+        data={**DATA, "balance": 5000},
+        client="t",
+        by=integrator,
+    )
+    big.refresh_from_db()
+    assert big.state == "awaiting_approval"
+    assert len(mail.outbox) == 1
+    approval = approvals.pending_for(big)
+    integrator.groups.add(*reviewer.groups.all())  # even a reviewer cannot release their own
+    with pytest.raises(PermissionDenied, match="Four-eyes"):
+        approvals.approval_decide(approval=approval, by=integrator, decision="approve")
+    sync_tasks(approvals.approval_decide, approval=approval, by=reviewer, decision="approve")
+    big.refresh_from_db()
+    assert big.state == "sent"
+    assert len(mail.outbox) == 2
+
+
+def test_rejected_release_sends_nothing(author, reviewer, customer, integrator, sync_tasks):
+    publish(letter_bundle(release={"required": True}), author=author, reviewer=reviewer)
+    communication, _ = sync_tasks(request, customer, integrator)
+    approval = approvals.pending_for(communication)
+    sync_tasks(
+        approvals.approval_decide, approval=approval, by=reviewer, decision="reject", comment="no"
+    )
+    communication.refresh_from_db()
+    assert (communication.state, communication.failure_reason) == ("rejected", "no")
+    assert mail.outbox == []
+
+
+def test_compose_failure_is_stored_with_reason_and_signalled(
+    letter, customer, integrator, sync_tasks
+):
+    # given data that passed intake but breaks the template (a schema change is simulated)
+    communication, _ = services.communication_request(
+        template_code="letter", customer=customer, data=DATA, client="t", by=integrator
+    )
+    Communication.objects.filter(pk=communication.pk).update(data={"balance": 1})
+    failures = []
+    signals.communication_compose_failed.connect(
+        lambda **kw: failures.append(kw), weak=False, dispatch_uid="t"
+    )
+    try:
+        from notifications.tasks import communication_compose
+
+        communication_compose(communication.pk)
+    finally:
+        signals.communication_compose_failed.disconnect(dispatch_uid="t")
+    communication.refresh_from_db()
+    assert communication.state == "compose_failed"
+    assert "customer" in {e["field"] for e in communication.failure_errors}
+    assert len(failures) == 1
+
+
+def test_tasks_are_safe_to_run_twice(letter, customer, integrator, sync_tasks):
+    from notifications import tasks
+
+    communication, _ = sync_tasks(request, customer, integrator)
+    delivery = communication.deliveries.get()
+    tasks.communication_compose(communication.pk)
+    tasks.communication_gate(communication.pk)
+    tasks.delivery_dispatch(delivery.pk)
+    assert len(mail.outbox) == 1
+    assert Delivery.objects.count() == 1
+
+
+def test_transient_errors_retry_then_send(letter, customer, integrator, sync_tasks, monkeypatch):
+    calls = []
+    real_send = EmailBackend.send
+
+    def flaky(self, delivery):
+        calls.append(delivery.pk)
+        if len(calls) < 3:
+            raise TransientSendError("429 Too Many Requests")
+        return real_send(self, delivery)
+
+    monkeypatch.setattr(EmailBackend, "send", flaky)
+    monkeypatch.setattr(services, "backoff_seconds", lambda *a, **k: 0)
+    communication, _ = sync_tasks(request, customer, integrator)
+    delivery = communication.deliveries.get()
+    assert (delivery.state, len(calls), len(mail.outbox)) == ("sent", 3, 1)
+
+
+@override_settings(CCM_DISPATCH_INLINE_RETRIES=0, CCM_DISPATCH_MAX_ATTEMPTS=2)
+def test_transient_errors_back_off_then_give_up(
+    letter, customer, integrator, sync_tasks, monkeypatch
+):
+    monkeypatch.setattr(
+        EmailBackend, "send", lambda self, d: (_ for _ in ()).throw(TransientSendError("503"))
+    )
+    failed = []
+    signals.delivery_failed.connect(lambda **kw: failed.append(kw), weak=False, dispatch_uid="t")
+    try:
+        communication, _ = sync_tasks(request, customer, integrator)
+        delivery = communication.deliveries.get()
+        assert delivery.state == "pending"
+        assert delivery.next_attempt_at is not None
+        assert delivery.last_error == "503"
+        Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=None)
+        from notifications import tasks
+
+        sync_tasks(tasks.delivery_dispatch, delivery.pk)
+    finally:
+        signals.delivery_failed.disconnect(dispatch_uid="t")
+    delivery.refresh_from_db()
+    assert delivery.state == "failed"
+    assert "gave up after 2 attempts" in delivery.last_error
+    assert len(failed) == 1
+
+
+def test_permanent_error_fails_with_the_providers_reason(
+    letter, customer, integrator, sync_tasks, monkeypatch
+):
+    def refuse(self, delivery):
+        raise PermanentSendError("ESP rejected the message (422): Invalid 'To' address")
+
+    monkeypatch.setattr(EmailBackend, "send", refuse)
+    communication, _ = sync_tasks(request, customer, integrator)
+    delivery = communication.deliveries.get()
+    assert delivery.state == "failed"
+    assert "Invalid 'To' address" in delivery.last_error
+    assert delivery.attempts == 1
+
+
+def test_no_reachable_channel_is_undeliverable(letter, integrator, sync_tasks, admin_user):
+    nobody, _ = services.customer_upsert(external_ref="C-2", name="No Contact", by=admin_user)
+    communication, _ = sync_tasks(request, nobody, integrator)
+    communication.refresh_from_db()
+    assert communication.state == "undeliverable"
+
+
+def test_stuck_sending_is_reconciled_not_resent(letter, customer, integrator, sync_tasks, settings):
+    # given a delivery whose worker died after claiming it
+    settings.CCM_SENDING_STALE_AFTER_S = 0
+    communication, _ = services.communication_request(
+        template_code="letter", customer=customer, data=DATA, client="t", by=integrator
+    )
+    from notifications import tasks
+
+    tasks.communication_compose(communication.pk)
+    tasks.communication_gate(communication.pk)
+    delivery = communication.deliveries.get()
+    Delivery.objects.filter(pk=delivery.pk).update(state="sending")
+    # when the sweeper reconciles it and the provider cannot be asked (test backend)
+    sync_tasks(tasks.delivery_reconcile, delivery.pk)
+    # then it is handed back to dispatch and sent once
+    delivery.refresh_from_db()
+    assert delivery.state == "sent"
+    assert len(mail.outbox) == 1
+
+
+def test_message_id_is_a_valid_header(letter, customer, integrator, sync_tasks):
+    sync_tasks(request, customer, integrator)
+    raw = mail.outbox[0].message().as_bytes()
+    parsed = email.message_from_bytes(raw)
+    assert parsed["Message-ID"].startswith("<ccm.")
