@@ -153,8 +153,23 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 ANYMAIL = {
     "POSTMARK_SERVER_TOKEN": env.str("POSTMARK_SERVER_TOKEN", default=""),
     "POSTMARK_API_URL": env.str("POSTMARK_API_URL", default="https://api.postmarkapp.com/"),
-    "WEBHOOK_SECRET": env.str("ANYMAIL_WEBHOOK_SECRET", default=""),
+    # Basic-auth "user:password" the ESP's tracking webhooks must present.
+    "WEBHOOK_SECRET": env.str(
+        "ANYMAIL_WEBHOOK_SECRET", default="ccm-dev:dev-webhook-secret" if DEBUG else ""
+    ),
 }
+if not DEBUG and not ANYMAIL["WEBHOOK_SECRET"]:
+    raise ImproperlyConfigured(
+        "ANYMAIL_WEBHOOK_SECRET (user:password) must be set when DEBUG is off: without it anyone "
+        "could post fake bounces and complaints to the tracking webhooks."
+    )
+# Only when Mailgun is the ESP; an empty signing key would make signatures forgeable.
+if env.str("MAILGUN_WEBHOOK_SIGNING_KEY", default=""):
+    ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = env.str("MAILGUN_WEBHOOK_SIGNING_KEY")
+
+# One shared cache for rate limits and throttles when there is more than one process
+# (e.g. CACHE_URL=rediscache://127.0.0.1:6379/1 or dbcache://ccm_cache).
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
 # --- task queue (django-q2) -------------------------------------------------------------
 # The defaults of django-q2 retry a failed task forever; these bound it. `retry` must exceed
@@ -234,6 +249,9 @@ CCM_DISPATCH_MAX_ATTEMPTS = env.int("CCM_DISPATCH_MAX_ATTEMPTS", default=8)
 # A delivery in `sending` this long lost its worker; it is reconciled with the provider.
 CCM_SENDING_STALE_AFTER_S = env.int("CCM_SENDING_STALE_AFTER_S", default=300)
 CCM_PORTAL_LINK_TTL_DAYS = env.int("CCM_PORTAL_LINK_TTL_DAYS", default=30)
+CCM_PORTAL_RENEWAL_TEMPLATE = env.str("CCM_PORTAL_RENEWAL_TEMPLATE", default="document_ready")
+CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & Insurance")
+CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=250)
 
 LOGGING = {
     "version": 1,

@@ -331,13 +331,15 @@ class DeliveryState(models.TextChoices):
     FAILED = "failed"
 
 
+# Forward-only order of delivery states. A bounce may arrive after "delivered" (the receiving
+# server accepted, then bounced), so it outranks delivered; nothing moves a bounce back.
 DELIVERY_PROGRESS = {
     DeliveryState.PENDING: 0,
     DeliveryState.SENDING: 1,
     DeliveryState.SENT: 2,
     DeliveryState.DELIVERED: 3,
-    DeliveryState.BOUNCED: 3,
-    DeliveryState.FAILED: 3,
+    DeliveryState.BOUNCED: 4,
+    DeliveryState.FAILED: 4,
 }
 
 

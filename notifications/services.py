@@ -334,7 +334,8 @@ def _render_outputs(
     if version.meta.get("delivery") == "portal_link":
         from notifications.portal import portal_url
 
-        context.setdefault("portal_url", portal_url(communication))
+        if "portal_url" not in context:
+            context["portal_url"] = portal_url(communication)
     rendered: dict[str, Any] = {}
     if "email" in channels:
         email = composer.email(context)
@@ -413,7 +414,7 @@ def communication_gate_run(comm_id: int) -> None:
     """composed → awaiting_approval (release gate) or → dispatching with its deliveries."""
     with transaction.atomic():
         locked = (
-            Communication.objects.select_for_update()
+            Communication.objects.select_for_update(of=("self",))
             .select_related("template_version", "created_by")
             .filter(pk=comm_id, state=CommState.COMPOSED)
             .first()

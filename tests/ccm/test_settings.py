@@ -13,7 +13,9 @@ GOOD_KEY = "k" * 20 + "-random-production-secret-" + "z" * 20
 
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     base = {
-        k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "ALLOWED_HOSTS", "DEBUG"}
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"SECRET_KEY", "ALLOWED_HOSTS", "DEBUG", "ANYMAIL_WEBHOOK_SECRET"}
     }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -58,6 +60,7 @@ def test_check_deploy_passes_in_production_settings():
         DEBUG="false",
         SECRET_KEY=GOOD_KEY,
         ALLOWED_HOSTS="ccm.example.org",
+        ANYMAIL_WEBHOOK_SECRET="esp:long-random-webhook-secret",
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "no issues" in result.stdout
@@ -65,7 +68,17 @@ def test_check_deploy_passes_in_production_settings():
 
 def test_seed_demo_refuses_production():
     result = _manage(
-        "seed_demo", DEBUG="false", SECRET_KEY=GOOD_KEY, ALLOWED_HOSTS="ccm.example.org"
+        "seed_demo",
+        DEBUG="false",
+        SECRET_KEY=GOOD_KEY,
+        ALLOWED_HOSTS="ccm.example.org",
+        ANYMAIL_WEBHOOK_SECRET="esp:long-random-webhook-secret",
     )
     assert result.returncode != 0
     assert "never runs with DEBUG off" in result.stderr
+
+
+def test_production_refuses_open_tracking_webhooks():
+    result = _manage("check", DEBUG="false", SECRET_KEY=GOOD_KEY, ALLOWED_HOSTS="ccm.example.org")
+    assert result.returncode != 0
+    assert "ANYMAIL_WEBHOOK_SECRET" in result.stderr

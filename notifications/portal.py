@@ -1,0 +1,405 @@
+"""The customer document portal: a signed link opens one communication's document, no login.
+
+The token is the only key. It names no id, so a token opens exactly the communication it was
+made for; a link that no longer works (tampered, unknown, expired, revoked, or its communication
+withdrawn) gets one generic page that says nothing about the document or the customer, and a
+button that sends a fresh link to the contact details we already hold — never to an address
+the visitor gives.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.contenttypes.models import ContentType
+from django.core import signing
+from django.core.cache import cache
+from django.db import transaction
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import slugify
+from django.views.decorators.clickjacking import xframe_options_sameorigin
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.http import require_POST, require_safe
+from django_fsm import can_proceed
+
+from ccm import audit, links
+from ccm.links import LinkInvalid
+from ccm.models import SignedLink
+from documents.composition import CompositionError
+from notifications.models import CommState, Communication
+from notifications.services import IntakeError, communication_request
+
+logger = logging.getLogger(__name__)
+
+PURPOSE = "portal"
+SYSTEM_USERNAME = "system:portal"
+RENEWAL_CLIENT = "portal"
+
+# Only a communication that has gone out can be opened: before that the link exists (it is made
+# while composing) but nobody outside should hold it, and a rejected or cancelled one never left.
+OPENABLE_STATES = {
+    CommState.DISPATCHING,
+    CommState.SENT,
+    CommState.DELIVERED,
+    CommState.VIEWED,
+    CommState.ACTIONED,
+}
+RENEWABLE_REASONS = {"expired", "revoked"}
+
+REQUESTS_PER_MINUTE = 30  # per client IP, every portal endpoint
+RENEWALS_PER_DAY = 3  # per original communication
+RENEWALS_PER_IP_PER_HOUR = 10
+
+_PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; frame-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+# Chrome's PDF viewer draws the PDF in a synthetic page that needs inline styles and its own
+# resources, so `default-src` or `sandbox` on the PDF response leaves it blank; the PDF gets only
+# what decides who may frame it (nosniff comes from SecurityMiddleware).
+_PDF_CSP = "frame-ancestors 'self'"
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+def portal_url(communication: Communication) -> str:
+    """A new portal link to `communication`, absolute, valid for CCM_PORTAL_LINK_TTL_DAYS."""
+    token = links.link_create(
+        subject=communication,
+        purpose=PURPOSE,
+        ttl=timedelta(days=settings.CCM_PORTAL_LINK_TTL_DAYS),
+    )
+    return settings.CCM_PUBLIC_BASE_URL.rstrip("/") + reverse("portal-document", args=[token])
+
+
+def portal_system_user():
+    """The user the portal acts as (audit actor, creator of renewals); it cannot sign in."""
+    User = get_user_model()
+    user, created = User.objects.get_or_create(username=SYSTEM_USERNAME)
+    if created or user.has_usable_password():
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    return user
+
+
+def _communication_of(link: SignedLink, *, lock: bool = False) -> Communication:
+    if link.subject_type_id != ContentType.objects.get_for_model(Communication).pk:
+        raise LinkInvalid("not a communication")
+    qs = Communication.objects.filter(pk=link.subject_id, state__in=OPENABLE_STATES)
+    if lock:
+        # of=self: PostgreSQL cannot lock the nullable side of the outer joins below.
+        qs = qs.select_for_update(of=("self",))
+    communication = qs.select_related(
+        "customer", "template", "template_version", "document__template_version__template"
+    ).first()
+    if communication is None:
+        raise LinkInvalid("communication not openable")
+    return communication
+
+
+def portal_communication(token: str) -> Communication:
+    """The communication a live portal token opens; LinkInvalid otherwise."""
+    return _communication_of(links.link_peek(token, purpose=PURPOSE))
+
+
+def portal_title(communication: Communication) -> str:
+    """What the customer is looking at: the name of the template the document was made from."""
+    document = communication.document
+    if document is not None and document.template_version is not None:
+        return document.template_version.template.name
+    return communication.template.name
+
+
+def requested_action(communication: Communication) -> dict[str, str] | None:
+    """The template's `requires_action` ({"kind", "label"}), or None."""
+    version = communication.template_version
+    wanted = version.meta.get("requires_action") if version is not None else None
+    if not isinstance(wanted, dict):
+        return None
+    return {
+        "kind": str(wanted.get("kind") or "confirm"),
+        "label": str(wanted.get("label") or "Confirm"),
+    }
+
+
+def _evidence(ip: str, user_agent: str) -> dict[str, str]:
+    return {"ip": ip, "user_agent": user_agent}
+
+
+@transaction.atomic
+def portal_view_record(*, communication: Communication, ip: str, user_agent: str) -> Communication:
+    """Record that the page was opened (every time, in the audit log) and move the
+    communication to viewed the first time."""
+    locked = Communication.objects.select_for_update().get(pk=communication.pk)
+    first = can_proceed(locked.mark_viewed)
+    if first:
+        locked.mark_viewed(when=timezone.now())
+        locked.save()
+    audit.record(
+        actor=portal_system_user(),
+        action="communication.viewed",
+        subject=locked,
+        after={**_evidence(ip, user_agent), "first": first},
+    )
+    return locked
+
+
+@transaction.atomic
+def portal_action_record(*, communication: Communication, ip: str, user_agent: str) -> bool:
+    """Record the customer's answer to the template's required action, once. Returns whether
+    this call recorded it (False: already done, or nothing to do)."""
+    locked = (
+        Communication.objects.select_for_update(of=("self",))
+        .select_related("customer", "template_version")
+        .get(pk=communication.pk)
+    )
+    action = requested_action(locked)
+    if action is None or locked.actioned_at is not None or not can_proceed(locked.mark_actioned):
+        return False
+    now = timezone.now()
+    locked.mark_actioned(when=now)
+    locked.save()
+    customer = locked.customer
+    audit.record(
+        actor=portal_system_user(),
+        action="communication.actioned",
+        subject=locked,
+        after={
+            **action,
+            **_evidence(ip, user_agent),
+            "at": now.isoformat(),
+            "customer_id": customer.pk,
+            "customer_ref": customer.external_ref,
+            "customer_source": customer.source_system,
+        },
+    )
+    return True
+
+
+def _renewal_data(original: Communication, *, fresh_url: str) -> dict[str, Any]:
+    """The document_ready data for `original`."""
+    customer: dict[str, str] = {"name": original.customer.name[:60]}
+    given = original.data.get("customer") if isinstance(original.data, dict) else None
+    if isinstance(given, dict) and isinstance(given.get("salutation"), str) and given["salutation"]:
+        customer["salutation"] = given["salutation"]
+    reference = original.data.get("reference") if isinstance(original.data, dict) else None
+    dated = original.document.created_at if original.document is not None else original.created_at
+    until = timezone.localdate() + timedelta(days=settings.CCM_PORTAL_LINK_TTL_DAYS)
+    return {
+        "customer": customer,
+        "reference": reference if isinstance(reference, str) and reference else f"C{original.pk}",
+        "document_title": portal_title(original)[:60],
+        "document_date": timezone.localtime(dated).date().isoformat(),
+        "portal_url": fresh_url,
+        "available_until": until.isoformat(),
+    }
+
+
+def portal_link_renew(*, token: str, ip: str, user_agent: str) -> Communication | None:
+    """Send the customer a fresh link for an expired or revoked one: a new communication (from
+    CCM_PORTAL_RENEWAL_TEMPLATE, child of the original) carrying a new link to the original.
+
+    Returns the new communication, or None when nothing was sent — the token is tampered,
+    unknown or still live, the communication is not openable, or its renewals for the day are
+    used up. The caller must answer the same either way.
+    """
+    try:
+        links.link_peek(token, purpose=PURPOSE)
+    except LinkInvalid as exc:
+        reason = exc.reason
+    else:
+        return None  # the link still works
+    if reason not in RENEWABLE_REASONS:
+        return None
+    # The reason proves the signature is good; read the nonce to find the original.
+    # (links has no public "inspect a dead link"; its salt is the one place that knows.)
+    nonce = signing.loads(token, salt=links._salt(PURPOSE))["n"]
+    link = SignedLink.objects.get(nonce=nonce, purpose=PURPOSE)
+    template_code = getattr(settings, "CCM_PORTAL_RENEWAL_TEMPLATE", "document_ready")
+    by = portal_system_user()
+    with transaction.atomic():
+        try:
+            original = _communication_of(link, lock=True)  # serialises renewals of one original
+        except LinkInvalid:
+            return None
+        since = timezone.now() - timedelta(days=1)
+        done = Communication.objects.filter(
+            parent=original, client=RENEWAL_CLIENT, created_at__gte=since
+        ).count()
+        if done >= RENEWALS_PER_DAY:
+            logger.info("portal renewal refused for communication %s: daily limit", original.pk)
+            return None
+        try:
+            with transaction.atomic():
+                # The fresh link opens the original (its document, its required action); the
+                # new communication is only the message that carries it.
+                data = _renewal_data(original, fresh_url=portal_url(original))
+                renewal, _ = communication_request(
+                    template_code=template_code,
+                    customer=original.customer,
+                    data=data,
+                    client=RENEWAL_CLIENT,
+                    by=by,
+                    source="api",
+                    parent=original,
+                    document=original.document,
+                )
+        except (IntakeError, CompositionError):
+            logger.exception("portal renewal for communication %s not accepted", original.pk)
+            return None
+        audit.record(
+            actor=by,
+            action="communication.link_renewed",
+            subject=original,
+            after={**_evidence(ip, user_agent), "renewal": renewal.pk, "reason": reason},
+        )
+    return renewal
+
+
+# --- rate limiting --------------------------------------------------------------------------
+
+
+def rate_limit_hit(key: str, *, limit: int, window: int) -> int:
+    """Count one hit for `key` in the current fixed window of `window` seconds. Returns 0 when
+    it is within `limit`, else the seconds until the window ends (for Retry-After)."""
+    now = int(time.time())
+    bucket = f"ccm:portal:rl:{key}:{now // window}"
+    cache.add(bucket, 0, timeout=window + 1)  # a no-op when the window already has hits
+    try:
+        count = cache.incr(bucket)  # atomic on memcached, redis, locmem and the database cache
+    except ValueError:  # the window expired between add and incr
+        cache.add(bucket, 1, timeout=window + 1)
+        count = 1
+    if count <= limit:
+        return 0
+    return max(1, window - now % window)
+
+
+# --- views ----------------------------------------------------------------------------------
+
+
+def _client_ip(request: HttpRequest) -> str:
+    # REMOTE_ADDR only: X-Forwarded-For is whatever the client says unless a trusted proxy
+    # rewrites it, and trusting it would let anyone step around the rate limit.
+    return request.META.get("REMOTE_ADDR", "")
+
+
+def _user_agent(request: HttpRequest) -> str:
+    return request.headers.get("User-Agent", "")[:500]
+
+
+def _portal_view(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """Rate limit, CSRF and the privacy headers on every portal response.
+
+    CSRF is checked inside the wrapper (not by the middleware) so that its 403 carries the same
+    headers as every other portal answer."""
+    protected = csrf_protect(view)
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        retry_after = rate_limit_hit(
+            f"ip:{_client_ip(request)}", limit=REQUESTS_PER_MINUTE, window=60
+        )
+        if retry_after:
+            response: HttpResponseBase = render(
+                request, "portal/rate_limited.html", {"company": _company()}, status=429
+            )
+            response["Retry-After"] = str(retry_after)
+        else:
+            response = protected(request, *args, **kwargs)
+        response["Referrer-Policy"] = "no-referrer"
+        response["Cache-Control"] = "no-store, private"
+        response["X-Robots-Tag"] = "noindex, nofollow"
+        response.headers.setdefault("Content-Security-Policy", _PAGE_CSP)
+        return response
+
+    return csrf_exempt(wrapper)
+
+
+def _unavailable(request: HttpRequest, token: str) -> HttpResponse:
+    # One status and one text for every reason: the status is part of the answer, and a
+    # different one for expired links would tell a guesser which tokens were ever real.
+    return render(
+        request, "portal/unavailable.html", {"company": _company(), "token": token}, status=404
+    )
+
+
+def _company() -> str:
+    return getattr(settings, "CCM_COMPANY_NAME", "CCM")
+
+
+@_portal_view
+@require_safe
+def portal_document(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        communication = portal_communication(token)
+    except LinkInvalid:
+        return _unavailable(request, token)
+    communication = portal_view_record(
+        communication=communication, ip=_client_ip(request), user_agent=_user_agent(request)
+    )
+    context = {
+        "company": _company(),
+        "title": portal_title(communication),
+        "customer_name": communication.customer.name,
+        "document": communication.document,
+        "action": requested_action(communication),
+        "actioned_at": communication.actioned_at,
+        "token": token,
+    }
+    return render(request, "portal/document.html", context)
+
+
+@_portal_view
+@require_safe
+@xframe_options_sameorigin
+def portal_pdf(request: HttpRequest, token: str) -> HttpResponseBase:
+    try:
+        communication = portal_communication(token)
+    except LinkInvalid:
+        return _unavailable(request, token)
+    document = communication.document
+    if document is None:
+        return _unavailable(request, token)
+    download = request.GET.get("download") == "1"
+    response = FileResponse(
+        document.file.open("rb"),
+        content_type="application/pdf",
+        as_attachment=download,
+        filename=f"{slugify(portal_title(communication)) or 'document'}.pdf",
+    )
+    response["Content-Security-Policy"] = _PDF_CSP
+    return response
+
+
+@_portal_view
+@require_POST
+def portal_action(request: HttpRequest, token: str) -> HttpResponse:
+    try:
+        communication = portal_communication(token)
+    except LinkInvalid:
+        return _unavailable(request, token)
+    portal_action_record(
+        communication=communication, ip=_client_ip(request), user_agent=_user_agent(request)
+    )
+    return redirect("portal-document", token)
+
+
+@_portal_view
+@require_POST
+def portal_renew(request: HttpRequest, token: str) -> HttpResponse:
+    ip = _client_ip(request)
+    if not rate_limit_hit(f"renew:{ip}", limit=RENEWALS_PER_IP_PER_HOUR, window=3600):
+        portal_link_renew(token=token, ip=ip, user_agent=_user_agent(request))
+    return render(request, "portal/renew_requested.html", {"company": _company()})

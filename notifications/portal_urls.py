@@ -1,0 +1,14 @@
+"""The customer document portal, mounted by the root urls at /p/."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from notifications import portal
+
+urlpatterns = [
+    path("<str:token>/", portal.portal_document, name="portal-document"),
+    path("<str:token>/document.pdf", portal.portal_pdf, name="portal-pdf"),
+    path("<str:token>/action", portal.portal_action, name="portal-action"),
+    path("<str:token>/renew", portal.portal_renew, name="portal-renew"),
+]
