@@ -10,10 +10,26 @@ class NotificationsConfig(AppConfig):
     def ready(self) -> None:
         from anymail.signals import tracking as anymail_tracking
 
+        from ccm import demo
+        from ccm.roles import Role
+        from ccm.selectors import HomeLink, register_home_link
         from ccm.tasks import register_sweep
+        from notifications import demo as notifications_demo
         from notifications import services, tasks, tracking
 
         services.register_approvable()
         tasks.register_sweeps()
         anymail_tracking.connect(tracking.tracking_received, dispatch_uid=tracking.DISPATCH_UID)
         register_sweep(tracking.DELIVERY_EVENT_SWEEP)
+        demo.register_seeder(notifications_demo.seed_customers_and_communications)
+        communications = HomeLink(
+            "Communications",
+            "admin:notifications_communication_changelist",
+            "Every message with its status, decision trace, deliveries and timeline",
+        )
+        customers = HomeLink(
+            "Customers", "admin:notifications_customer_changelist", "Contacts and consent history"
+        )
+        for role in (Role.OPERATIONS, Role.SERVICE_AGENT, Role.COMPLIANCE_REVIEWER):
+            register_home_link(role, communications)
+            register_home_link(role, customers)

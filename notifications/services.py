@@ -174,6 +174,20 @@ def suppression_add(*, channel: str, address: str, reason: str, detail: str = ""
 # --- intake ---------------------------------------------------------------------------------
 
 
+# Stands in for the portal link at intake; the real one is made while composing.
+PORTAL_URL_PLACEHOLDER = "https://portal.invalid/link-made-at-composition"
+
+
+def _portal_linked(version: TemplateVersion) -> bool:
+    return version.meta.get("delivery") == "portal_link"
+
+
+def _with_link_placeholder(version: TemplateVersion, data: dict) -> dict:
+    if _portal_linked(version) and "portal_url" not in data:
+        return {**data, "portal_url": PORTAL_URL_PLACEHOLDER}
+    return data
+
+
 def _release_required(version: TemplateVersion, data: Mapping) -> str | None:
     """Why this communication needs a reviewer's release, or None."""
     release = version.meta.get("release") or {}
@@ -228,7 +242,7 @@ def communication_request(
             f"Template {template_code!r} has no published version yet.", field="template"
         )
     snapshot = documents._snapshot(data)
-    validate_data(version.content.get("schema", {}), snapshot)
+    validate_data(version.content.get("schema", {}), _with_link_placeholder(version, snapshot))
     communication = Communication.objects.create(
         customer=customer,
         template=template,
@@ -330,12 +344,7 @@ def _render_outputs(
     composer = composer_for(
         documents.version_sources(version, language), locale=locale_for(language)
     )
-    context = dict(communication.data)
-    if version.meta.get("delivery") == "portal_link":
-        from notifications.portal import portal_url
-
-        if "portal_url" not in context:
-            context["portal_url"] = portal_url(communication)
+    context = communication.data
     rendered: dict[str, Any] = {}
     if "email" in channels:
         email = composer.email(context)
@@ -361,6 +370,13 @@ def communication_compose_run(comm_id: int) -> None:
     try:
         if version is None:
             raise CompositionError("the template has no published version")
+        if _portal_linked(version) and "portal_url" not in communication.data:
+            # The link is part of the archived data, so the letter that prints it regenerates
+            # byte for byte.
+            from notifications.portal import portal_url
+
+            communication.data = {**communication.data, "portal_url": portal_url(communication)}
+            Communication.objects.filter(pk=comm_id).update(data=communication.data)
         validate_data(version.content.get("schema", {}), communication.data)
         chosen = selection.select_channels(facts_for(communication, version))
         document = communication.document
@@ -378,6 +394,7 @@ def communication_compose_run(comm_id: int) -> None:
     with transaction.atomic():
         locked = Communication.objects.select_for_update().get(pk=comm_id)
         locked.template_version = version
+        locked.data = communication.data
         locked.document = document
         locked.rendered = rendered
         locked.decision_trace = chosen.trace

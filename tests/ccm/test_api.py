@@ -221,7 +221,10 @@ def test_openapi_schema_and_docs(db, client):
     text = schema.content.decode()
     assert "/api/v1/me" in text
     assert "Idempotency-Key" in text
-    assert client.get("/api/docs/").status_code == 200
+    docs = client.get("/api/docs/")
+    assert docs.status_code == 200
+    assert b"cdn." not in docs.content  # served from our static files, no CDN
+    assert b"/static/drf_spectacular_sidecar/swagger-ui-dist/" in docs.content
 
 
 def test_list_is_cursor_paginated(admin_user, client_for):
@@ -230,3 +233,20 @@ def test_list_is_cursor_paginated(admin_user, client_for):
     page = client_for(user=admin_user).get("/api/v1/api-keys?page_size=2").json()
     assert [k["name"] for k in page["results"]] == ["k2", "k1"]
     assert "cursor=" in page["next"]
+
+
+def test_api_keys_are_throttled_with_a_problem(db, client_for, monkeypatch):
+    from django.core.cache import cache
+
+    from ccm.api.auth import ApiKeyRateThrottle
+
+    cache.clear()
+    monkeypatch.setattr(ApiKeyRateThrottle, "THROTTLE_RATES", {"api_key": "2/min"})
+    issued = api_key_create(name="chatty", scopes=["me:read"])
+    client = client_for(issued.key)
+    assert [client.get("/api/v1/me").status_code for _ in range(2)] == [200, 200]
+    response = client.get("/api/v1/me")
+    assert response.status_code == 429
+    assert response["Content-Type"] == PROBLEM
+    assert int(response["Retry-After"]) > 0
+    cache.clear()

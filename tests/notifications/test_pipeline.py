@@ -9,6 +9,7 @@ from django.test import override_settings
 
 from ccm import approvals
 from ccm.models import AuditEvent
+from documents import services as document_services
 from documents.composition import DataInvalid
 from notifications import services, signals
 from notifications.channels import EmailBackend, PermanentSendError, TransientSendError
@@ -280,3 +281,44 @@ def test_message_id_is_a_valid_header(letter, customer, integrator, sync_tasks):
     raw = mail.outbox[0].message().as_bytes()
     parsed = email.message_from_bytes(raw)
     assert parsed["Message-ID"].startswith("<ccm.")
+
+
+def test_portal_link_template_carries_a_working_link(
+    author, reviewer, customer, integrator, sync_tasks, client
+):
+    # given the library's renewal pack: print + email, delivered as a portal link
+    from documents.bundle import read_folder
+    from documents.demo import LIBRARY
+
+    version = publish(read_folder(LIBRARY / "policy_renewal"), author=author, reviewer=reviewer)
+    data = dict(version.content["samples"]["default"])
+    data.pop("portal_url", None)
+    # when
+    communication, _ = sync_tasks(
+        services.communication_request,
+        template_code="policy_renewal",
+        customer=customer,
+        data=data,
+        client="t",
+        by=integrator,
+    )
+    communication.refresh_from_db()
+    assert communication.state == "awaiting_approval"  # the renewal pack needs a release
+    sync_tasks(
+        approvals.approval_decide,
+        approval=approvals.pending_for(communication),
+        by=reviewer,
+        decision="approve",
+    )
+    # then the link made while composing is in the archived data, the letter and the email
+    communication.refresh_from_db()
+    link = communication.data["portal_url"]
+    assert link.startswith("http://127.0.0.1:8000/p/")
+    assert link in mail.outbox[0].body
+    assert not mail.outbox[0].attachments  # a portal link, not the PDF
+    check, _ = document_services.document_regenerate(document=communication.document)
+    assert check.matched
+    page = client.get(link.removeprefix("http://127.0.0.1:8000"))
+    assert page.status_code == 200
+    communication.refresh_from_db()
+    assert communication.state == "viewed"
