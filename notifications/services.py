@@ -549,6 +549,12 @@ def delivery_dispatch_run(delivery_id: int) -> DispatchOutcome:
     if claimed != 1:
         return DispatchOutcome("skipped")
     delivery = Delivery.objects.select_related("communication__customer").get(pk=delivery_id)
+    # Checked again now: a bounce or complaint may have arrived since the channel was chosen.
+    suppression = Suppression.objects.filter(
+        channel=delivery.channel, address=delivery.address, lifted_at__isnull=True
+    ).first()
+    if suppression is not None:
+        return _fail(delivery, f"the address is suppressed ({suppression.reason})")
     backend = backend_for(delivery.channel)
     inline = settings.CCM_DISPATCH_INLINE_RETRIES
     for attempt in range(inline + 1):

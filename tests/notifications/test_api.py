@@ -174,3 +174,25 @@ def test_scopes_are_enforced(db, letter, customer):
     )
     assert response.status_code == 403
     assert "communications:write" in response.json()["detail"]
+
+
+def test_consent_ledger_rows_cannot_be_changed_on_postgres(customer, admin_user):
+    from django.db import DatabaseError, connection, transaction
+
+    from notifications.services import consent_record
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the append-only trigger is PostgreSQL's")
+    record = consent_record(
+        customer=customer,
+        channel="email",
+        category="marketing",
+        granted=True,
+        legal_basis="consent",
+        source="form",
+        by=admin_user,
+    )
+    with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
+        type(record).objects.filter(pk=record.pk).update(granted=False)
+    record.refresh_from_db()
+    assert record.granted is True

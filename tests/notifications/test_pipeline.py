@@ -322,3 +322,20 @@ def test_portal_link_template_carries_a_working_link(
     assert page.status_code == 200
     communication.refresh_from_db()
     assert communication.state == "viewed"
+
+
+def test_suppression_is_checked_again_before_sending(letter, customer, integrator, sync_tasks):
+    from notifications import tasks
+
+    communication, _ = services.communication_request(
+        template_code="letter", customer=customer, data=DATA, client="t", by=integrator
+    )
+    tasks.communication_compose(communication.pk)
+    tasks.communication_gate(communication.pk)
+    # a complaint arrives between choosing the channel and sending
+    services.suppression_add(channel="email", address="ada@example.org", reason="complaint")
+    sync_tasks(tasks.delivery_dispatch, communication.deliveries.get().pk)
+    delivery = communication.deliveries.get()
+    assert delivery.state == "failed"
+    assert delivery.last_error == "the address is suppressed (complaint)"
+    assert mail.outbox == []
