@@ -12,8 +12,22 @@
 <code>/lang/<xx>/…     per-language variants of any rendition or partial
 ```
 
+Shared parts keep a library's house style in one place. A library may hold
+`_shared/<name>/` folders (never templates: they have no template.json) with any of
+`print.css`, `partials/*`, `static/*` and `assets/*`; a template opts in with
+`"shared": ["<name>", …]` in its template.json. read_folder merges each named part in order:
+its partials, static inserts and assets are added unless the template (or a part named later)
+has a file at the same path, and its print.css is prepended to the template's print.css (and to
+every lang/<xx>/print.css), followed by a comment naming the part, so that the template's own
+rules come last and win the cascade.
+
 In the database the bundle is one JSON value: {"meta", "schema", "samples", "files", "assets"}
 with assets base64-encoded; its SHA-256 over canonical JSON is the version's content hash.
+The stored bundle is self-contained: shared parts are already merged in and `shared` is dropped
+from its meta, so a house-style change gives every template using it a new content hash (a new
+draft on import), and regenerating an old document never depends on today's `_shared` folder.
+Export (write_folder) therefore writes the flattened bundle: the merged files and no `shared`
+key, which imports back unchanged.
 """
 
 from __future__ import annotations
@@ -39,13 +53,15 @@ RENDITIONS = {
 CHANNELS = list(RENDITIONS)
 TEXT_SUFFIXES = {".html", ".css", ".txt"}
 MAX_BUNDLE_BYTES = 20 * 1024 * 1024
+SLUG = "^[a-z0-9][a-z0-9_-]{0,99}$"
+SHARED_FOLDER = "_shared"
 
 META_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "required": ["code", "name", "category", "channels"],
     "properties": {
-        "code": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,99}$"},
+        "code": {"type": "string", "pattern": SLUG},
         "name": {"type": "string", "minLength": 1, "maxLength": 200},
         "category": {"enum": ["regulatory", "transactional", "service", "marketing"]},
         "description": {"type": "string"},
@@ -79,6 +95,11 @@ META_SCHEMA: dict[str, Any] = {
         },
         "sensitive": {"type": "boolean"},
         "static_sections": {"type": "array", "items": {"type": "string"}},
+        "shared": {
+            "type": "array",
+            "uniqueItems": True,
+            "items": {"type": "string", "pattern": SLUG},
+        },
     },
 }
 
@@ -160,8 +181,9 @@ def validate(bundle: Bundle) -> None:
         raise BundleInvalid("; ".join(problems))
 
 
-def read_folder(folder: Path) -> Bundle:
-    """Read one template folder (see the module docstring)."""
+def read_folder(folder: Path, *, shared_root: Path | None = None) -> Bundle:
+    """Read one template folder (see the module docstring), merging in the shared parts its
+    template.json names from `shared_root` (by default the `_shared` folder beside it)."""
 
     def load_json(path: Path) -> Any:
         try:
@@ -174,29 +196,89 @@ def read_folder(folder: Path) -> Bundle:
     meta = load_json(folder / "template.json")
     schema = load_json(folder / "schema.json") if (folder / "schema.json").exists() else {}
     samples = {path.stem: load_json(path) for path in sorted((folder / "samples").glob("*.json"))}
+    files, assets = _read_files(folder)
+    files = {rel: text for rel, text in files.items() if not rel.startswith("samples/")}
+    if isinstance(meta, dict) and "shared" in meta:
+        shared = meta.pop("shared")
+        _check_shared(shared)
+        root = folder.parent / SHARED_FOLDER if shared_root is None else shared_root
+        files, assets = _merge_shared(files, assets, names=shared, root=root)
+    return Bundle(meta=meta, schema=schema, samples=samples, files=files, assets=assets)
+
+
+def _read_files(folder: Path) -> tuple[dict[str, str], dict[str, bytes]]:
     files: dict[str, str] = {}
     assets: dict[str, bytes] = {}
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.is_symlink():
             continue
         rel = path.relative_to(folder).as_posix()
-        if rel in {"template.json", "schema.json"} or rel.startswith("samples/"):
-            continue
         if rel.startswith("assets/"):
             assets[rel.removeprefix("assets/")] = path.read_bytes()
         elif path.suffix in TEXT_SUFFIXES:
             files[rel] = path.read_text(encoding="utf-8")
-    return Bundle(meta=meta, schema=schema, samples=samples, files=files, assets=assets)
+    return files, assets
+
+
+def _check_shared(shared: Any) -> None:
+    # Checked here rather than left to validate(): the names become paths before validate runs.
+    validator = jsonschema.Draft202012Validator(META_SCHEMA["properties"]["shared"])
+    problems = [
+        f"template.json shared{''.join(f'.{p}' for p in error.absolute_path)}: {error.message}"
+        for error in validator.iter_errors(shared)
+    ]
+    if problems:
+        raise BundleInvalid("; ".join(problems))
+
+
+def _merge_shared(
+    files: dict[str, str], assets: dict[str, bytes], *, names: list[str], root: Path
+) -> tuple[dict[str, str], dict[str, bytes]]:
+    missing = [name for name in names if not (root / name).is_dir()]
+    if missing:
+        raise BundleInvalid(
+            f"template.json names shared part(s) {', '.join(missing)} not found in {root}"
+        )
+    merged_files: dict[str, str] = {}
+    merged_assets: dict[str, bytes] = {}
+    css_prefix = ""
+    for name in names:
+        part_files, part_assets = _read_files(root / name)
+        css = part_files.pop("print.css", None)
+        unexpected = [rel for rel in part_files if not rel.startswith(("partials/", "static/"))]
+        if unexpected:
+            raise BundleInvalid(
+                f"shared part {name} holds {', '.join(unexpected)}; a shared part holds only "
+                "print.css, partials/, static/ and assets/"
+            )
+        merged_files |= part_files
+        merged_assets |= part_assets
+        if css is not None:
+            css_prefix += css if css.endswith("\n") else css + "\n"
+            css_prefix += f'/* ---------- end of shared part "{name}" ---------- */\n'
+    merged_files |= files
+    merged_assets |= assets
+    if css_prefix:
+        for rel in {"print.css"} | {r for r in files if _is_lang_print_css(r)}:
+            merged_files[rel] = css_prefix + files.get(rel, "")
+    return merged_files, merged_assets
+
+
+def _is_lang_print_css(rel: str) -> bool:
+    parts = rel.split("/")
+    return len(parts) == 3 and parts[0] == "lang" and parts[2] == "print.css"
 
 
 def write_folder(bundle: Bundle, folder: Path) -> None:
+    """Write the bundle in the folder format. Shared parts stay flattened (see the module
+    docstring): a `shared` key is left out of template.json, since its files are already merged."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def dump(path: Path, value: Any) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
-    dump(folder / "template.json", bundle.meta)
+    dump(folder / "template.json", {k: v for k, v in bundle.meta.items() if k != "shared"})
     dump(folder / "schema.json", bundle.schema)
     for name, sample in bundle.samples.items():
         dump(folder / "samples" / f"{name}.json", sample)
