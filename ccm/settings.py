@@ -256,7 +256,10 @@ CCM_SENDING_STALE_AFTER_S = env.int("CCM_SENDING_STALE_AFTER_S", default=300)
 CCM_PORTAL_LINK_TTL_DAYS = env.int("CCM_PORTAL_LINK_TTL_DAYS", default=30)
 CCM_PORTAL_RENEWAL_TEMPLATE = env.str("CCM_PORTAL_RENEWAL_TEMPLATE", default="document_ready")
 CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & Insurance")
+# Communications per queue row in the bulk path (DESIGN: a few hundred at most).
 CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=250)
+# Messages per call to Postmark's batch endpoint (its limit is 500); 1 sends one call each.
+CCM_POSTMARK_BATCH = env.int("CCM_POSTMARK_BATCH", default=500)
 
 LOGGING = {
     "version": 1,

@@ -20,8 +20,9 @@ from django_q.tasks import async_task
 logger = logging.getLogger(__name__)
 
 
-def enqueue(task: str, *args: int | str, group: str | None = None, **kwargs) -> None:
-    """Enqueue dotted-path `task` with `args` (ids) once the current transaction commits."""
+def enqueue(task: str, *args: int | str | list[int], group: str | None = None, **kwargs) -> None:
+    """Enqueue dotted-path `task` with `args` (ids, or a chunk of ids) once the current
+    transaction commits."""
 
     def _send() -> None:
         options = {"group": group} if group else {}

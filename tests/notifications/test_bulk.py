@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import pytest
+from django.core import mail
+
+from ccm.models import AuditEvent
+from documents.bundle import read_folder
+from documents.demo import LIBRARY
+from notifications import bulk, services
+from notifications.models import Communication, Delivery
+from tests.notifications.conftest import publish
+
+
+@pytest.fixture
+def document_ready(author, reviewer):
+    return publish(read_folder(LIBRARY / "document_ready"), author=author, reviewer=reviewer)
+
+
+@pytest.fixture
+def customers(admin_user):
+    return [
+        services.customer_upsert(
+            external_ref=f"B-{i}", name=f"Customer {i}", emails=[f"c{i}@example.org"], by=admin_user
+        )[0]
+        for i in range(5)
+    ]
+
+
+def data(i: int, **extra) -> dict:
+    return {
+        "customer": {"name": f"Customer {i}"},
+        "reference": f"DOC-{i:05d}",
+        "document_title": "Your annual statement",
+        "document_date": "2026-04-12",
+        "portal_url": f"https://portal.example/documents/DOC-{i:05d}",
+        **extra,
+    }
+
+
+def request(customers, integrator, **kwargs):
+    return bulk.communications_request_bulk(
+        template_code="document_ready",
+        items=[{"customer": c, "data": data(i)} for i, c in enumerate(customers)],
+        client="campaign-7",
+        by=integrator,
+        **kwargs,
+    )
+
+
+def test_bad_items_are_listed_by_index_and_nothing_is_created(
+    document_ready, customers, integrator
+):
+    items = [{"customer": c, "data": data(i)} for i, c in enumerate(customers)]
+    items[1]["data"] = {**data(1), "document_date": "not a date"}
+    del items[3]["data"]["reference"]
+    with pytest.raises(bulk.BulkIntakeError) as excinfo:
+        bulk.communications_request_bulk(
+            template_code="document_ready", items=items, client="c", by=integrator
+        )
+    assert [(p["index"], [e["field"] for e in p["errors"]]) for p in excinfo.value.errors] == [
+        (1, ["document_date"]),
+        (3, ["reference"]),
+    ]
+    assert not Communication.objects.exists()
+    assert not AuditEvent.objects.filter(action="communications.received_bulk").exists()
+
+
+def test_unknown_template_is_refused(customers, integrator):
+    with pytest.raises(services.IntakeError, match="no template"):
+        bulk.communications_request_bulk(template_code="nope", items=[], client="c", by=integrator)
+
+
+def test_chunks_carry_at_most_the_configured_number_of_ids(
+    document_ready, customers, integrator, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.CCM_BULK_CHUNK = 2
+    enqueued = []
+    monkeypatch.setattr(bulk, "enqueue", lambda task, *args: enqueued.append((task, args)))
+    with django_capture_on_commit_callbacks(execute=True):
+        ids = request(customers, integrator)
+    assert [task for task, _ in enqueued] == ["notifications.bulk.compose_chunk"] * 3
+    chunks = [args[0] for _, args in enqueued]
+    assert [len(c) for c in chunks] == [2, 2, 1]
+    assert [pk for c in chunks for pk in c] == ids
+
+
+def test_bulk_request_to_sent_emails(document_ready, customers, integrator, sync_tasks):
+    # when
+    ids = sync_tasks(request, customers, integrator)
+    # then every communication went out once, as its own message
+    assert sorted(Communication.objects.values_list("state", flat=True)) == ["sent"] * 5
+    deliveries = {d.pk: d for d in Delivery.objects.all()}
+    assert {d.state for d in deliveries.values()} == {"sent"}
+    assert len(mail.outbox) == 5
+    message_ids = [m.extra_headers["Message-ID"] for m in mail.outbox]
+    assert sorted(message_ids) == sorted(d.message_id for d in deliveries.values())
+    for message in mail.outbox:
+        delivery = deliveries[int(message.metadata["delivery_id"])]
+        assert message.extra_headers["Message-ID"] == delivery.message_id
+        assert message.metadata["communication_id"] == str(delivery.communication_id)
+        assert message.to == [
+            f"Customer {ids.index(delivery.communication_id)} <{delivery.address}>"
+        ]
+        assert message.subject == "Your annual statement is ready to view"
+        assert "https://portal.example/documents/" in message.body
+    assert all(d.provider_message_id for d in deliveries.values())
+    # and the trail is per batch, per chunk
+    actions = list(AuditEvent.objects.values_list("action", flat=True))
+    assert actions.count("communications.received_bulk") == 1
+    assert actions.count("communications.composed_bulk") == 1
+    assert actions.count("deliveries.dispatched_bulk") == 1
+
+
+def test_running_chunks_again_sends_nothing_more(document_ready, customers, integrator, sync_tasks):
+    ids = sync_tasks(request, customers, integrator)
+    delivery_ids = list(Delivery.objects.values_list("pk", flat=True))
+    assert bulk.compose_chunk(ids) == {"handed_over": 0, "claimed": 0}
+    assert bulk.dispatch_chunk(delivery_ids) == {"claimed": 0}
+    assert len(mail.outbox) == 5
+    assert Delivery.objects.count() == 5
+
+
+def test_same_idempotency_keys_return_the_first_communications(
+    document_ready, customers, integrator, sync_tasks
+):
+    items = [
+        {"customer": c, "data": data(i), "idempotency_key": f"k{i}"}
+        for i, c in enumerate(customers)
+    ]
+    first = sync_tasks(
+        bulk.communications_request_bulk,
+        template_code="document_ready",
+        items=items,
+        client="c",
+        by=integrator,
+    )
+    again = sync_tasks(
+        bulk.communications_request_bulk,
+        template_code="document_ready",
+        items=[*items, {**items[0]}],
+        client="c",
+        by=integrator,
+    )
+    assert again == [*first, first[0]]
+    assert len(mail.outbox) == 5
+
+
+def test_a_template_that_needs_a_pdf_takes_the_per_message_path(
+    letter, customers, integrator, sync_tasks
+):
+    ids = sync_tasks(
+        bulk.communications_request_bulk,
+        template_code="letter",
+        items=[
+            {
+                "customer": c,
+                "data": {"customer": {"name": "Ada"}, "balance": 1, "as_of": "2026-05-01"},
+            }
+            for c in customers[:2]
+        ],
+        client="c",
+        by=integrator,
+    )
+    communications = Communication.objects.filter(pk__in=ids)
+    assert {c.state for c in communications} == {"sent"}
+    assert all(c.document_id for c in communications)
+    assert all(m.attachments for m in mail.outbox)
+    assert not AuditEvent.objects.filter(action="communications.composed_bulk").exists()
+
+
+def test_a_customer_nobody_can_reach_is_undeliverable(
+    document_ready, integrator, sync_tasks, admin_user
+):
+    nobody, _ = services.customer_upsert(external_ref="N-1", name="No Contact", by=admin_user)
+    (pk,) = sync_tasks(request, [nobody], integrator)
+    communication = Communication.objects.get(pk=pk)
+    assert communication.state == "undeliverable"
+    assert communication.failure_reason == "no channel can reach the customer"
+    assert mail.outbox == []
