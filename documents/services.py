@@ -93,7 +93,7 @@ def render_limits() -> Limits:
     return Limits(timeout_s=settings.CCM_RENDER_TIMEOUT_S, memory_mb=settings.CCM_RENDER_MEMORY_MB)
 
 
-def _language(version: TemplateVersion, language: str | None) -> str:
+def language_for(version: TemplateVersion, language: str | None) -> str:
     languages = version.meta.get("languages") or ["en"]
     if language is None:
         return languages[0]
@@ -370,7 +370,7 @@ def templates_export(
 # --- composition and the archive -----------------------------------------------------------
 
 
-def _snapshot(data: Mapping) -> dict:
+def data_snapshot(data: Mapping) -> dict:
     """What is archived is exactly what is rendered: the JSON round-trip of the data."""
     try:
         return json.loads(json.dumps(data, sort_keys=True))
@@ -387,9 +387,9 @@ def document_compose(
 ) -> Document:
     """Validate, render and archive one document. A failure raises CompositionError with the
     reason and field errors, and the `composition_failed` signal fires; nothing is archived."""
-    language = _language(version, language)
+    language = language_for(version, language)
     locale = bundles.locale_for(language)
-    snapshot = _snapshot(data)
+    snapshot = data_snapshot(data)
     try:
         validate_data(version.content.get("schema", {}), snapshot)
         rendered = render_pdf(
@@ -525,14 +525,14 @@ def template_preview(
 ) -> Preview:
     """Render the version's channels from `data` (or a sample set). The PDF is marked PROOF
     unless the version is the published one."""
-    language = _language(version, language)
+    language = language_for(version, language)
     locale = bundles.locale_for(language)
     if data is None:
         samples = version.content.get("samples", {})
         if sample not in samples:
             raise DataInvalid(f"no sample data set named {sample!r}")
         data = samples[sample]
-    snapshot = _snapshot(data)
+    snapshot = data_snapshot(data)
     validate_data(version.content.get("schema", {}), snapshot)
     available = version.meta.get("channels", [])
     wanted = [c for c in (channels or available) if c in available]

@@ -24,6 +24,7 @@ from ccm.models import Approval, ApprovalState
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
+from documents.bundle import locale_for
 from documents.composition import CompositionError, composer_for, validate_data
 from documents.models import Template, TemplateVersion
 from notifications import selection, signals
@@ -241,7 +242,7 @@ def communication_request(
         raise IntakeError(
             f"Template {template_code!r} has no published version yet.", field="template"
         )
-    snapshot = documents._snapshot(data)
+    snapshot = documents.data_snapshot(data)
     validate_data(version.content.get("schema", {}), _with_link_placeholder(version, snapshot))
     communication = Communication.objects.create(
         customer=customer,
@@ -338,9 +339,7 @@ def facts_for(communication: Communication, version: TemplateVersion) -> selecti
 def _render_outputs(
     communication: Communication, version: TemplateVersion, channels: list[str]
 ) -> dict:
-    language = documents._language(version, communication.customer.language)
-    from documents.bundle import locale_for
-
+    language = documents.language_for(version, communication.customer.language)
     composer = composer_for(
         documents.version_sources(version, language), locale=locale_for(language)
     )
