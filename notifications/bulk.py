@@ -81,6 +81,7 @@ from notifications.services import (
     _release_required,
     backoff_seconds,
     enabled_channels,
+    render_text_channels,
 )
 
 logger = logging.getLogger(__name__)
@@ -599,17 +600,7 @@ def _render(communication: Communication, version: TemplateVersion, composer, ch
         from notifications.portal import portal_url
 
         context["portal_url"] = portal_url(communication)
-    rendered: dict[str, Any] = {}
-    if "email" in channels:
-        email = composer.email(context)
-        rendered["email"] = {"subject": email.subject, "html": email.html, "text": email.text}
-    if "sms" in channels:
-        sms = composer.sms(context)
-        rendered["sms"] = {"text": sms.text, "segments": sms.segments, "encoding": sms.encoding}
-    if "push" in channels:
-        push = composer.push(context)
-        rendered["push"] = {"title": push.title, "body": push.body}
-    return rendered
+    return render_text_channels(composer, context, channels)
 
 
 def _record_composed(

@@ -343,7 +343,11 @@ def _render_outputs(
     composer = composer_for(
         documents.version_sources(version, language), locale=locale_for(language)
     )
-    context = communication.data
+    return render_text_channels(composer, communication.data, channels)
+
+
+def render_text_channels(composer, context: Mapping, channels: Iterable[str]) -> dict:
+    """What email, SMS and push will carry, as stored on the communication."""
     rendered: dict[str, Any] = {}
     if "email" in channels:
         email = composer.email(context)
