@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -25,7 +27,12 @@ class Command(BaseCommand):
             "web server": [*manage, "runserver", f"{host}:{port}", "--noreload"],
             "task cluster": [*manage, "qcluster"],
         }
-        children = {name: subprocess.Popen(cmd) for name, cmd in commands.items()}  # noqa: S603
+        # Each child leads its own process group, so that stopping it reaches the processes it
+        # forks (the cluster's workers and their render workers) and Ctrl-C is forwarded once.
+        children = {
+            name: subprocess.Popen(cmd, start_new_session=True)  # noqa: S603
+            for name, cmd in commands.items()
+        }
         base = f"http://{host}:{port}"
         self.stdout.write(
             "\n".join(
@@ -58,15 +65,24 @@ class Command(BaseCommand):
                     code = child.returncode or 1
                     stopping = True
             time.sleep(0.3)
+        # The leaders stop their own processes (django-q2's cluster winds its workers down);
+        # signalling every process at once would cut the cluster's own shutdown short.
         for child in children.values():
-            if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
                 child.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 15
-        for child in children.values():
+        deadline = time.monotonic() + 20
+        for name, child in children.items():
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.kill()
+                self.stderr.write(f"The {name} did not stop in time; killing it.")
+            # Whatever the leader left behind (a render worker, a stuck task) goes too.
+            _signal_group(child, signal.SIGKILL)
         self.stdout.write("CCM stopped.")
         if code:
             sys.exit(code)
+
+
+def _signal_group(child: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signum)
