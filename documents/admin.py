@@ -202,29 +202,30 @@ class TemplateVersionAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/documents/review.html", context)
 
-    def proof_view(self, request, pk: int):
+    def _preview(self, request, pk: int, channel: str):
+        """The version's `channel` rendered from its default sample, or a response that says
+        why not."""
         version = self._version(request, pk)
         try:
-            preview = services.template_preview(version=version, channels=["print"])
+            preview = services.template_preview(version=version, channels=[channel])
         except CompositionError as exc:
-            return HttpResponse(
+            return None, HttpResponse(
                 f"Cannot render: {exc.reason}", status=422, content_type="text/plain"
             )
-        if preview.pdf is None:
-            raise Http404("This template has no print rendition.")
-        return HttpResponse(preview.pdf.data, content_type="application/pdf")
+        output = preview.pdf if channel == "print" else getattr(preview, channel)
+        if output is None:
+            raise Http404(f"This template has no {channel} rendition.")
+        return output, None
+
+    def proof_view(self, request, pk: int):
+        pdf, problem = self._preview(request, pk, "print")
+        return problem or HttpResponse(pdf.data, content_type="application/pdf")
 
     def email_view(self, request, pk: int):
-        version = self._version(request, pk)
-        try:
-            preview = services.template_preview(version=version, channels=["email"])
-        except CompositionError as exc:
-            return HttpResponse(
-                f"Cannot render: {exc.reason}", status=422, content_type="text/plain"
-            )
-        if preview.email is None:
-            raise Http404("This template has no email rendition.")
-        response = HttpResponse(preview.email["html"])
+        email, problem = self._preview(request, pk, "email")
+        if problem:
+            return problem
+        response = HttpResponse(email["html"])
         # The proof is shown in a sandboxed frame; it may load nothing from anywhere.
         response["Content-Security-Policy"] = (
             "default-src 'none'; style-src 'unsafe-inline'; img-src data:"

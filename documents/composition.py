@@ -20,7 +20,7 @@ from datetime import date as date_type
 from datetime import datetime as datetime_type
 from datetime import tzinfo as tzinfo_type
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 import babel
@@ -41,6 +41,8 @@ SMS_MAX_SEGMENTS = 6
 PUSH_TITLE_MAX = 65
 PUSH_BODY_MAX = 240
 COMPOSER_CACHE_SIZE = 64
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -629,20 +631,32 @@ def sms_segments(text: str) -> tuple[str, int]:
 
 # -- cache ------------------------------------------------------------------------------------
 
-_composers: OrderedDict[str, Composer] = OrderedDict()
-_composers_lock = threading.Lock()
+
+class LruCache(Generic[K, V]):
+    """A small thread-safe LRU map whose values are built on a miss (outside the lock: two
+    threads may build the same value once each; the first one stored wins)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K, build: Callable[[], V]) -> V:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+                return value
+        built = build()
+        with self._lock:
+            value = self._items.setdefault(key, built)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+
+_composers: LruCache[str, Composer] = LruCache(COMPOSER_CACHE_SIZE)
 
 
 def composer_for(sources: Sources, *, locale: str) -> Composer:
-    key = sources_key(sources, locale)
-    with _composers_lock:
-        composer = _composers.get(key)
-        if composer is not None:
-            _composers.move_to_end(key)
-            return composer
-    composer = Composer(sources, locale=locale)
-    with _composers_lock:
-        _composers[key] = composer
-        while len(_composers) > COMPOSER_CACHE_SIZE:
-            _composers.popitem(last=False)
-    return composer
+    return _composers.get(sources_key(sources, locale), lambda: Composer(sources, locale=locale))

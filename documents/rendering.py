@@ -16,7 +16,6 @@ import logging
 import math
 import re
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from html import escape
@@ -29,7 +28,7 @@ from pypdf.generic import ArrayObject, ByteStringObject, NameObject, TextStringO
 from weasyprint.text.fonts import FontConfiguration
 from weasyprint.urls import URLFetcher, URLFetcherResponse
 
-from documents.composition import CompositionError, Sources, composer_for, sources_key
+from documents.composition import CompositionError, LruCache, Sources, composer_for, sources_key
 
 logger = logging.getLogger("ccm.documents.rendering")
 
@@ -293,23 +292,11 @@ class PdfEngine:
         return RenderedPdf(data=_to_bytes(writer), page_count=page_count + self.static_page_count)
 
 
-_engines: OrderedDict[str, PdfEngine] = OrderedDict()
-_engines_lock = threading.Lock()
+_engines: LruCache[str, PdfEngine] = LruCache(ENGINE_CACHE_SIZE)
 
 
 def engine_for(sources: Sources, *, locale: str) -> PdfEngine:
-    key = sources_key(sources, locale)
-    with _engines_lock:
-        engine = _engines.get(key)
-        if engine is not None:
-            _engines.move_to_end(key)
-            return engine
-    engine = PdfEngine(sources, locale=locale)
-    with _engines_lock:
-        engine = _engines.setdefault(key, engine)
-        while len(_engines) > ENGINE_CACHE_SIZE:
-            _engines.popitem(last=False)
-    return engine
+    return _engines.get(sources_key(sources, locale), lambda: PdfEngine(sources, locale=locale))
 
 
 # -- watermark --------------------------------------------------------------------------------

@@ -5,9 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from documents import signals
 from documents.composition import (
     CompositionError,
     DataInvalid,
+    LruCache,
     Sources,
     composer_for,
     validate_data,
@@ -66,8 +65,7 @@ class RegenerationMismatch(Exception):
 
 # --- bundles and sources, cached by content hash (content is immutable per hash) -------------
 
-_sources_cache: OrderedDict[tuple[str, str], Sources] = OrderedDict()
-_sources_lock = threading.Lock()
+_sources_cache: LruCache[tuple[str, str], Sources] = LruCache(64)
 
 
 def version_bundle(version: TemplateVersion) -> bundles.Bundle:
@@ -75,18 +73,10 @@ def version_bundle(version: TemplateVersion) -> bundles.Bundle:
 
 
 def version_sources(version: TemplateVersion, language: str) -> Sources:
-    key = (version.content_hash, language)
-    with _sources_lock:
-        cached = _sources_cache.get(key)
-        if cached is not None:
-            _sources_cache.move_to_end(key)
-            return cached
-    built = bundles.sources(version_bundle(version), language)
-    with _sources_lock:
-        _sources_cache[key] = built
-        while len(_sources_cache) > 64:
-            _sources_cache.popitem(last=False)
-    return built
+    return _sources_cache.get(
+        (version.content_hash, language),
+        lambda: bundles.sources(version_bundle(version), language),
+    )
 
 
 def render_limits() -> Limits:

@@ -326,36 +326,26 @@ def communications_request_bulk(
             "nothing was created.",
             errors=problems,
         )
+    create = partial(
+        _create,
+        template=template,
+        version=version,
+        items=items,
+        snapshots=snapshots,
+        customer_ids=customer_ids,
+        client=client,
+        by=by,
+        source=source,
+        category=category or template.category,
+        urgency=urgency,
+        correlation_id=correlation_id,
+    )
     try:
-        return _create(
-            template=template,
-            version=version,
-            items=items,
-            snapshots=snapshots,
-            customer_ids=customer_ids,
-            client=client,
-            by=by,
-            source=source,
-            category=category or template.category,
-            urgency=urgency,
-            correlation_id=correlation_id,
-        )
+        return create()
     except IntegrityError:
         # Another request used one of the idempotency keys meanwhile: once more, now that its
         # communications are visible, they are returned instead of created.
-        return _create(
-            template=template,
-            version=version,
-            items=items,
-            snapshots=snapshots,
-            customer_ids=customer_ids,
-            client=client,
-            by=by,
-            source=source,
-            category=category or template.category,
-            urgency=urgency,
-            correlation_id=correlation_id,
-        )
+        return create()
 
 
 @transaction.atomic
