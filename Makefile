@@ -6,8 +6,8 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 # Debian packages WeasyPrint needs (pango, HarfBuzz subsetting, fonts).
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-liberation2
-# Extra Debian packages the test suite needs (none yet beyond WeasyPrint's).
-TEST_SYSTEM_PACKAGES :=
+# Extra Debian packages the test suite needs: Chromium for the browser tests.
+TEST_SYSTEM_PACKAGES := chromium
 
 .PHONY: run test lint typecheck system-deps test-system-deps install install-dev bench clean
 

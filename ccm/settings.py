@@ -248,6 +248,10 @@ CCM_SWEEP_AFTER_SECONDS = env.int("CCM_SWEEP_AFTER_SECONDS", default=300)
 CCM_DEFAULT_PHONE_REGION = env.str("CCM_DEFAULT_PHONE_REGION", default="GB")
 # Channels with a working backend; selection only considers these.
 CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email"])
+# The backend class of each channel (like EMAIL_BACKEND); a channel left out cannot send.
+CCM_CHANNEL_BACKENDS = {
+    "email": "notifications.channels.email.EmailBackend",
+}
 CCM_MESSAGE_ID_DOMAIN = env.str("CCM_MESSAGE_ID_DOMAIN", default="ccm.localhost")
 CCM_DISPATCH_INLINE_RETRIES = env.int("CCM_DISPATCH_INLINE_RETRIES", default=2)
 CCM_DISPATCH_MAX_ATTEMPTS = env.int("CCM_DISPATCH_MAX_ATTEMPTS", default=8)

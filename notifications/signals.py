@@ -13,3 +13,7 @@ communication_undeliverable = Signal()
 
 # Composition of a communication failed (bad data, template error): kwargs communication, reason.
 communication_compose_failed = Signal()
+
+# A follow-up rule ran out of reminders and the customer still has not viewed or actioned the
+# communication: kwargs communication, rule (the template's follow-up rule), reason.
+communication_escalated = Signal()

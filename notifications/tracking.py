@@ -35,6 +35,7 @@ from notifications.models import (
     Communication,
     ContactKind,
     ContactPoint,
+    Customer,
     Delivery,
     DeliveryEvent,
     DeliveryState,
@@ -48,6 +49,10 @@ logger = logging.getLogger(__name__)
 PROCESS_TASK = "notifications.tracking.delivery_event_process"
 # Connect `tracking_received` with this, so that connecting it twice stays one receiver.
 DISPATCH_UID = "notifications.tracking.tracking_received"
+
+CONTACT_KIND_OF_CHANNEL = {Channel.EMAIL: ContactKind.EMAIL, Channel.SMS: ContactKind.PHONE}
+# Providers whose events are about another channel than email (events matched to no delivery).
+PROVIDER_CHANNELS = {"twilio": Channel.SMS, "locmem_sms": Channel.SMS, "print": Channel.PRINT}
 
 # Anymail's normalised event type → ours. "rejected" (the ESP refused to send: suppressed,
 # invalid or blocked address) and "failed" (the ESP could not send) both end the delivery.
@@ -240,6 +245,7 @@ def _apply(event: DeliveryEvent) -> None:
             pk=delivery.communication_id
         )
     address = _address(event, delivery)
+    channel = delivery.channel if delivery else _channel_of_provider(event.provider)
 
     match event.event_type:
         case EventType.SENT if delivery:
@@ -258,14 +264,19 @@ def _apply(event: DeliveryEvent) -> None:
             if delivery:
                 _delivery_fail(delivery, DeliveryState.BOUNCED, event)
                 _contact_invalidate(delivery, address, event)
-            _suppress(address, SuppressionReason.HARD_BOUNCE, event)
+            _suppress(address, SuppressionReason.HARD_BOUNCE, event, channel=channel)
         case EventType.FAILED if delivery:
             _delivery_fail(delivery, DeliveryState.FAILED, event)
         case EventType.COMPLAINED:
-            _suppress(address, SuppressionReason.COMPLAINT, event)
+            _suppress(address, SuppressionReason.COMPLAINT, event, channel=channel)
         case EventType.UNSUBSCRIBED:
-            _suppress(address, SuppressionReason.UNSUBSCRIBE, event)
+            _suppress(address, SuppressionReason.UNSUBSCRIBE, event, channel=channel)
         # queued, deferred, soft bounces, opens and clicks are kept as events and change nothing.
+
+
+def _channel_of_provider(provider: str) -> str:
+    """Events that match no delivery still say which channel they are about."""
+    return PROVIDER_CHANNELS.get(provider, Channel.EMAIL)
 
 
 def _address(event: DeliveryEvent, delivery: Delivery | None) -> str:
@@ -333,14 +344,28 @@ def _communication_advance(delivery: Delivery, event: DeliveryEvent) -> None:
 
 
 def _contact_invalidate(delivery: Delivery, address: str, event: DeliveryEvent) -> None:
+    """A hard bounce (or returned letter) says the address does not work: stop using it."""
     if not address:
         return
     reason = f"Hard bounce ({event.provider}): {event.description}".strip(": ")[:300]
+    customer_id = delivery.communication.customer_id
+    if delivery.channel == Channel.PRINT:
+        updated = Customer.objects.filter(pk=customer_id, postal_address_valid=True).update(
+            postal_address_valid=False
+        )
+        if updated:
+            audit.record(
+                actor=None,
+                action="customer.postal_address_invalidated",
+                subject=delivery.communication.customer,
+                after={"postal_address_valid": False, "reason": reason, "event": event.pk},
+            )
+        return
+    kind = CONTACT_KIND_OF_CHANNEL.get(Channel(delivery.channel))
+    if kind is None:
+        return
     contacts = ContactPoint.objects.select_for_update().filter(
-        customer_id=delivery.communication.customer_id,
-        kind=ContactKind.EMAIL,
-        value__iexact=address,
-        valid=True,
+        customer_id=customer_id, kind=kind, value__iexact=address, valid=True
     )
     for contact in contacts:
         contact.valid = False
@@ -354,12 +379,14 @@ def _contact_invalidate(delivery: Delivery, address: str, event: DeliveryEvent) 
         )
 
 
-def _suppress(address: str, reason: SuppressionReason, event: DeliveryEvent) -> None:
+def _suppress(
+    address: str, reason: SuppressionReason, event: DeliveryEvent, *, channel: str = Channel.EMAIL
+) -> None:
     """Suppress the address unless it already is (for whatever reason)."""
-    if not address:
+    if not address or channel not in (Channel.EMAIL, Channel.SMS):
         return
     active = Suppression.objects.filter(
-        channel=Channel.EMAIL, address__iexact=address, lifted_at__isnull=True
+        channel=channel, address__iexact=address, lifted_at__isnull=True
     )
     if active.exists():
         return
@@ -367,7 +394,7 @@ def _suppress(address: str, reason: SuppressionReason, event: DeliveryEvent) -> 
     try:
         with transaction.atomic():
             suppression = Suppression.objects.create(
-                channel=Channel.EMAIL, address=address, reason=reason, detail=detail
+                channel=channel, address=address, reason=reason, detail=detail
             )
     except IntegrityError:
         return  # suppressed concurrently

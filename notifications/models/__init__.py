@@ -360,6 +360,9 @@ class Delivery(models.Model):
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    meta = models.JSONField(
+        default=dict, blank=True, help_text="Channel details: SMS segments, device, print batch"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True, db_index=True)
     sent_at = models.DateTimeField(null=True, blank=True)

@@ -1,11 +1,4 @@
-"""Channel backends: how a delivery leaves CCM, and how to ask whether it already did.
-
-Each backend sends one delivery with its stable dedupe key (the Message-ID for email, metadata
-`delivery_id` for the provider) and classifies failures: transient ones (429, 5xx, timeouts)
-are retried with backoff, permanent ones fail the delivery with the provider's reason.
-`lookup` answers "did the provider already accept this delivery?" before a send whose outcome
-is unknown is repeated.
-"""
+"""Email through Django's email backend: any Anymail ESP (console in `make run`)."""
 
 from __future__ import annotations
 
@@ -17,25 +10,10 @@ from anymail.exceptions import AnymailAPIError, AnymailError, AnymailRecipientsR
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 
+from notifications.channels.base import PermanentSendError, TransientSendError
 from notifications.models import Delivery
 
 logger = logging.getLogger(__name__)
-
-
-class SendError(Exception):
-    pass
-
-
-class TransientSendError(SendError):
-    """Worth retrying. `maybe_sent`: the provider may have accepted it (e.g. a timeout)."""
-
-    def __init__(self, message: str, *, maybe_sent: bool = False):
-        super().__init__(message)
-        self.maybe_sent = maybe_sent
-
-
-class PermanentSendError(SendError):
-    pass
 
 
 class EmailBackend:
@@ -123,20 +101,3 @@ def _postmark_lookup(delivery: Delivery) -> str | None:
         raise TransientSendError(f"could not ask Postmark about the message: {exc}") from exc
     messages = response.json().get("Messages") or []
     return messages[0].get("MessageID") if messages else None
-
-
-class NoBackend:
-    def __init__(self, channel: str):
-        self.channel = channel
-
-    def send(self, delivery: Delivery) -> str:
-        raise PermanentSendError(f"no backend is configured for the {self.channel} channel")
-
-    def lookup(self, delivery: Delivery) -> str | None:
-        return None
-
-
-def backend_for(channel: str):
-    if channel == "email":
-        return EmailBackend()
-    return NoBackend(channel)
