@@ -252,6 +252,14 @@ CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email"])
 CCM_CHANNEL_BACKENDS = {
     "email": "notifications.channels.email.EmailBackend",
 }
+# Fallback chain per category when a template declares none ("fallback" in template.json): a
+# failed delivery moves on to the next channel. Marketing does not chase the customer.
+CCM_FALLBACK_CHAINS = {
+    "regulatory": ["email", "print"],
+    "transactional": ["email", "sms", "print"],
+    "service": ["email", "sms", "push", "print"],
+    "marketing": [],
+}
 CCM_MESSAGE_ID_DOMAIN = env.str("CCM_MESSAGE_ID_DOMAIN", default="ccm.localhost")
 CCM_DISPATCH_INLINE_RETRIES = env.int("CCM_DISPATCH_INLINE_RETRIES", default=2)
 CCM_DISPATCH_MAX_ATTEMPTS = env.int("CCM_DISPATCH_MAX_ATTEMPTS", default=8)

@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ccm import views
+from notifications import unsubscribe
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -20,6 +21,7 @@ urlpatterns = [
     path("api/v1/", include("notifications.urls")),
     path("anymail/", include("anymail.urls")),
     path("p/", include("notifications.portal_urls")),
+    path("u/<str:token>/", unsubscribe.unsubscribe_view, name="unsubscribe"),
 ]
 
 handler404 = "ccm.views.not_found"

@@ -57,7 +57,7 @@ from documents.composition import (
     composer_for,
 )
 from documents.models import Template, TemplateVersion
-from notifications import selection, signals
+from notifications import fallback, selection, signals
 from notifications.channels import (
     EmailBackend,
     PermanentSendError,
@@ -1018,6 +1018,7 @@ def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[st
         )
         for delivery in failed_rows:
             delivery.state = DeliveryState.FAILED
+            fallback.delivery_fall_back(delivery=delivery, reason=delivery.last_error)
             transaction.on_commit(
                 partial(
                     signals.delivery_failed.send,

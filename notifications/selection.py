@@ -69,7 +69,7 @@ def _addresses(facts: Facts, channel: str) -> Sequence[str]:
     return [" / ".join(facts.postal_address)] if facts.postal_address else []
 
 
-def _check(facts: Facts, channel: str) -> tuple[Target | None, str]:
+def check_channel(facts: Facts, channel: str) -> tuple[Target | None, str]:
     """Can `channel` be used, and on which address? Returns (target, reason)."""
     if channel not in facts.renditions:
         return None, "the template has no rendition for this channel"
@@ -105,7 +105,7 @@ def select_channels(facts: Facts) -> Selection:
     trace: list[dict] = []
     eligible: list[Target] = []
     for channel in order:
-        target, reason = _check(facts, channel)
+        target, reason = check_channel(facts, channel)
         trace.append({"channel": channel, "eligible": target is not None, "reason": reason})
         if target is not None:
             eligible.append(target)

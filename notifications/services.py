@@ -27,7 +27,7 @@ from documents import services as documents
 from documents.bundle import locale_for
 from documents.composition import CompositionError, composer_for, validate_data
 from documents.models import Template, TemplateVersion
-from notifications import selection, signals
+from notifications import fallback, selection, signals
 from notifications.channels import PermanentSendError, TransientSendError, backend_for
 from notifications.models import (
     CommState,
@@ -336,7 +336,7 @@ def facts_for(communication: Communication, version: TemplateVersion) -> selecti
     )
 
 
-def _render_outputs(
+def render_outputs(
     communication: Communication, version: TemplateVersion, channels: list[str]
 ) -> dict:
     language = documents.language_for(version, communication.customer.language)
@@ -390,7 +390,7 @@ def communication_compose_run(comm_id: int) -> None:
                 data=communication.data,
                 language=communication.customer.language,
             )
-        rendered = _render_outputs(communication, version, chosen.channels)
+        rendered = render_outputs(communication, version, chosen.channels)
     except CompositionError as exc:
         _compose_failed(communication, version, exc)
         return
@@ -480,7 +480,7 @@ def _start_dispatch(locked: Communication) -> None:
             communication=locked,
             channel=target["channel"],
             address=target["address"],
-            message_id=f"<ccm.{locked.pk}.{i}.{target['channel']}@{settings.CCM_MESSAGE_ID_DOMAIN}>",
+            message_id=delivery_message_id(locked, i, target["channel"]),
         )
         for i, target in enumerate(chosen)
     ]
@@ -492,6 +492,11 @@ def _start_dispatch(locked: Communication) -> None:
     )
     for delivery in deliveries:
         enqueue("notifications.tasks.delivery_dispatch", delivery.pk)
+
+
+def delivery_message_id(communication: Communication, index: int, channel: str) -> str:
+    """The stable dedupe key of the communication's `index`-th delivery (0-based)."""
+    return f"<ccm.{communication.pk}.{index}.{channel}@{settings.CCM_MESSAGE_ID_DOMAIN}>"
 
 
 def _on_release_decision(communication: Communication, approval: Approval) -> None:
@@ -632,6 +637,7 @@ def _fail(delivery: Delivery, reason: str) -> DispatchOutcome:
             actor=None, action="delivery.failed", subject=delivery, after={"reason": reason}
         )
         delivery.refresh_from_db()
+        fallback.delivery_fall_back(delivery=delivery, reason=reason)
         transaction.on_commit(
             lambda: signals.delivery_failed.send(sender=Delivery, delivery=delivery, reason=reason)
         )

@@ -8,8 +8,8 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from ccm.tasks import Sweep, register_sweep
-from notifications import services
+from ccm.tasks import Sweep, register_schedule, register_sweep
+from notifications import followups, services
 from notifications.models import CommState, Communication, Delivery, DeliveryState
 
 
@@ -39,7 +39,12 @@ def delivery_reconcile(delivery_id: int) -> None:
     services.delivery_reconcile_run(delivery_id)
 
 
+def follow_ups_apply() -> None:
+    followups.follow_ups_apply()
+
+
 def register_sweeps() -> None:
+    register_schedule("notifications.follow_ups", "notifications.tasks.follow_ups_apply", 15)
     after = timedelta(seconds=settings.CCM_SWEEP_AFTER_SECONDS)
     register_sweep(
         Sweep(

@@ -12,6 +12,7 @@ from django.core.mail import EmailMultiAlternatives
 
 from notifications.channels.base import PermanentSendError, TransientSendError
 from notifications.models import Delivery
+from notifications.unsubscribe import unsubscribe_headers
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,10 @@ class EmailBackend:
             body=rendered.get("text", ""),
             from_email=settings.DEFAULT_FROM_EMAIL,
             to=[formataddr((name, delivery.address))],
-            headers={"Message-ID": delivery.message_id},
+            headers={
+                "Message-ID": delivery.message_id,
+                **unsubscribe_headers(delivery, communication.category),
+            },
         )
         if rendered.get("html"):
             message.attach_alternative(rendered["html"], "text/html")

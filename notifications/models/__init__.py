@@ -169,6 +169,7 @@ class Source(models.TextChoices):
     CASE = "case"
     CAMPAIGN = "campaign"
     REPRINT = "reprint"
+    FOLLOW_UP = "follow_up"
 
 
 class CommState(models.TextChoices):
@@ -224,6 +225,9 @@ class Communication(ConcurrentTransitionMixin, models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     viewed_at = models.DateTimeField(null=True, blank=True)
     actioned_at = models.DateTimeField(null=True, blank=True)
+    escalated_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its follow-up rules ran out (escalation signalled)"
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -287,7 +291,13 @@ class Communication(ConcurrentTransitionMixin, models.Model):
     def cancel(self, *, reason: str) -> None:
         self.failure_reason = reason
 
-    @transition(field=state, source=CommState.DISPATCHING, target=CommState.UNDELIVERABLE)
+    # A bounce after `sent` (or an asynchronous bounce after `delivered`) that leaves no channel
+    # means the customer was never reached: undeliverable is where the communication ends.
+    @transition(
+        field=state,
+        source=[CommState.DISPATCHING, CommState.SENT, CommState.DELIVERED],
+        target=CommState.UNDELIVERABLE,
+    )
     def undeliverable(self, *, reason: str) -> None:
         self.failure_reason = reason
 

@@ -317,8 +317,8 @@ def test_postmark_hard_bounce_bounces_delivery_invalidates_contact_and_suppresse
     assert (suppression.channel, suppression.reason) == ("email", "hard_bounce")
     assert suppression.address == "Jane.Doe@example.com"
     assert failures == [(delivery.pk, delivery.last_error)]
-    # What to do about the communication (another channel?) is the signal receiver's call.
-    assert comm_state(communication) == "dispatching"
+    # The customer has no other channel: the fallback chain ends the communication.
+    assert comm_state(communication) == "undeliverable"
 
 
 def test_mailgun_permanent_failure_is_a_hard_bounce(client, delivery, customer, failures):
@@ -407,7 +407,7 @@ def test_late_delivered_after_hard_bounce_does_not_move_delivery_back(
     delivery.refresh_from_db()
     assert delivery.state == "bounced"
     assert delivery.delivered_at is None
-    assert comm_state(communication) == "dispatching"
+    assert comm_state(communication) == "undeliverable"
 
 
 def test_processing_an_event_twice_does_the_work_once(client, delivery, failures):
