@@ -94,6 +94,24 @@ META_SCHEMA: dict[str, Any] = {
             },
         },
         "sensitive": {"type": "boolean"},
+        # Where a failed delivery goes next (notifications/fallback.py); [] for never.
+        "fallback": {"type": "array", "uniqueItems": True, "items": {"enum": CHANNELS}},
+        # Reminders when the customer has not viewed / actioned it (notifications/followups.py).
+        "follow_ups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["after_days"],
+                "additionalProperties": False,
+                "properties": {
+                    "unless": {"enum": ["viewed", "actioned"]},
+                    "after_days": {"type": "number", "exclusiveMinimum": 0},
+                    "template": {"type": "string", "pattern": SLUG},
+                    "channel": {"enum": CHANNELS},
+                    "max": {"type": "integer", "minimum": 1, "maximum": 10},
+                },
+            },
+        },
         "static_sections": {"type": "array", "items": {"type": "string"}},
         "shared": {
             "type": "array",

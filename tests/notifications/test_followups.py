@@ -7,6 +7,7 @@ from django.core import mail
 from freezegun import freeze_time
 
 from ccm.models import AuditEvent
+from documents.bundle import BundleInvalid, validate
 from notifications import followups, services, signals
 from notifications.models import Communication
 from tests.documents.factories import letter_bundle
@@ -119,3 +120,17 @@ def test_unless_actioned_reminds_a_viewed_but_not_actioned_notice(
     reminder = notice.follow_ups.get()
     assert reminder.template.code == "renewal"
     assert reminder.parent_id == notice.pk
+
+
+def test_a_bad_rule_is_refused_when_the_template_is_imported():
+    bundle = letter_bundle(
+        "renewal", follow_ups=[{"unless": "opened", "after_days": 0}], fallback=["fax"]
+    )
+
+    with pytest.raises(BundleInvalid) as refused:
+        validate(bundle)
+
+    message = str(refused.value)
+    assert "template.json follow_ups.0.unless: 'opened' is not one of" in message
+    assert "template.json follow_ups.0.after_days: 0 is less than or equal to" in message
+    assert "template.json fallback.0: 'fax' is not one of" in message
