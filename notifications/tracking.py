@@ -28,7 +28,7 @@ from django_fsm import can_proceed
 
 from ccm import audit
 from ccm.tasks import Sweep, enqueue
-from notifications import fallback, signals
+from notifications import fallback, signals, unsubscribe
 from notifications.models import (
     DELIVERY_PROGRESS,
     Channel,
@@ -269,6 +269,12 @@ def _apply(event: DeliveryEvent) -> None:
             _delivery_fail(delivery, DeliveryState.FAILED, event)
         case EventType.COMPLAINED:
             _suppress(address, SuppressionReason.COMPLAINT, event, channel=channel)
+        case EventType.UNSUBSCRIBED if delivery and channel == Channel.EMAIL:
+            # The ESP's own unsubscribe (its link or its List-Unsubscribe handling) is a
+            # marketing opt-out, not a suppression: regulatory mail must still reach them.
+            unsubscribe.unsubscribe_apply(
+                delivery=delivery, evidence={"provider": event.provider, "event": event.pk}
+            )
         case EventType.UNSUBSCRIBED:
             _suppress(address, SuppressionReason.UNSUBSCRIBE, event, channel=channel)
         # queued, deferred, soft bounces, opens and clicks are kept as events and change nothing.

@@ -4,9 +4,11 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.core import mail
+from django.utils import timezone
 
 from notifications import services
-from notifications.models import ConsentRecord, Suppression
+from notifications.models import ConsentRecord, DeliveryEvent, Suppression
+from notifications.tracking import delivery_event_process
 from notifications.unsubscribe import unsubscribe_url
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
@@ -128,3 +130,25 @@ def test_tampered_token_changes_nothing(offer, subscribed, integrator, sync_task
     assert response.status_code == 400
     assert b"does not work" in response.content
     assert not ConsentRecord.objects.filter(granted=False).exists()
+
+
+def test_esp_reported_unsubscribe_is_a_marketing_opt_out_not_a_suppression(
+    offer, subscribed, integrator, sync_tasks
+):
+    communication = send("offer", subscribed, integrator, sync_tasks)
+    delivery = communication.deliveries.get()
+    event = DeliveryEvent.objects.create(
+        delivery=delivery,
+        provider="postmark",
+        event_id="unsub-1",
+        event_type="unsubscribed",
+        recipient=delivery.address,
+        occurred_at=timezone.now(),
+    )
+
+    delivery_event_process(event.pk)
+
+    assert ConsentRecord.objects.filter(
+        customer=subscribed, channel="email", category="marketing", granted=False
+    ).exists()
+    assert not Suppression.objects.exists()
