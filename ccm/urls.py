@@ -20,6 +20,7 @@ urlpatterns = [
     path("api/v1/", include("notifications.urls")),
     path("anymail/", include("anymail.urls")),
     path("p/", include("notifications.portal_urls")),
+    path("hooks/", include("notifications.hooks_urls")),
 ]
 
 handler404 = "ccm.views.not_found"
