@@ -64,6 +64,7 @@ from notifications.models import (
     Channel,
     ConsentRecord,
     ContactKind,
+    ContactPoint,
     Customer,
     Delivery,
     DeliveryEvent,
@@ -323,9 +324,12 @@ def sms_inbound_record(
     recorded and signalled (see the module docstring)."""
     phone = _e164(phone)
     keyword = sms_keyword(body, opt_out_type=opt_out_type)
+    # Locked, so that two deliveries of the same reply (or a STOP and a START racing) apply one
+    # after the other and the second sees what the first appended.
+    holders = ContactPoint.objects.filter(kind=ContactKind.PHONE, value=phone)
     customers = list(
-        Customer.objects.filter(contacts__kind=ContactKind.PHONE, contacts__value=phone)
-        .distinct()
+        Customer.objects.select_for_update()
+        .filter(pk__in=holders.values("customer_id"))
         .order_by("pk")
     )
     ids = [c.pk for c in customers]
