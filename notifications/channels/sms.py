@@ -231,8 +231,12 @@ class SmsBackend:
     def send(self, delivery: Delivery) -> str:
         message = self.message(delivery)
         encoding, segments = sms_segments(message.body)
-        meta = {**delivery.meta, "segments": segments, "encoding": encoding}
-        meta["sms_backend"] = self.provider.name
+        meta = {
+            **delivery.meta,
+            "segments": segments,
+            "encoding": encoding,
+            "sms_backend": self.provider.name,
+        }
         Delivery.objects.filter(pk=delivery.pk).update(meta=meta)
         delivery.meta = meta
         if segments > SMS_MAX_SEGMENTS:
