@@ -247,10 +247,11 @@ CCM_RENDER_MEMORY_MB = env.int("CCM_RENDER_MEMORY_MB", default=1536)
 CCM_SWEEP_AFTER_SECONDS = env.int("CCM_SWEEP_AFTER_SECONDS", default=300)
 CCM_DEFAULT_PHONE_REGION = env.str("CCM_DEFAULT_PHONE_REGION", default="GB")
 # Channels with a working backend; selection only considers these.
-CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email"])
+CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email", "sms"])
 # The backend class of each channel (like EMAIL_BACKEND); a channel left out cannot send.
 CCM_CHANNEL_BACKENDS = {
     "email": "notifications.channels.email.EmailBackend",
+    "sms": "notifications.channels.sms.SmsBackend",
 }
 # Fallback chain per category when a template declares none ("fallback" in template.json): a
 # failed delivery moves on to the next channel. Marketing does not chase the customer.
@@ -260,6 +261,35 @@ CCM_FALLBACK_CHAINS = {
     "service": ["email", "sms", "push", "print"],
     "marketing": [],
 }
+# The SMS provider (like EMAIL_BACKEND): ConsoleSmsBackend, LocmemSmsBackend or TwilioSmsBackend
+# in notifications.channels.sms.
+CCM_SMS_BACKEND = env.str("CCM_SMS_BACKEND", default="notifications.channels.sms.ConsoleSmsBackend")
+TWILIO_ACCOUNT_SID = env.str("TWILIO_ACCOUNT_SID", default="")
+# Authenticates our API calls and checks the signature on Twilio's webhooks.
+TWILIO_AUTH_TOKEN = env.str("TWILIO_AUTH_TOKEN", default="")
+# Send from a messaging service when one is set, else from this number.
+TWILIO_MESSAGING_SERVICE_SID = env.str("TWILIO_MESSAGING_SERVICE_SID", default="")
+TWILIO_FROM_NUMBER = env.str("TWILIO_FROM_NUMBER", default="")
+TWILIO_API_BASE_URL = env.str("TWILIO_API_BASE_URL", default="https://api.twilio.com")
+TWILIO_TIMEOUT_S = env.float("TWILIO_TIMEOUT_S", default=10.0)
+if not DEBUG and CCM_SMS_BACKEND.endswith(".TwilioSmsBackend"):
+    _missing = [
+        name
+        for name, value in (
+            ("TWILIO_ACCOUNT_SID", TWILIO_ACCOUNT_SID),
+            ("TWILIO_AUTH_TOKEN", TWILIO_AUTH_TOKEN),
+            (
+                "TWILIO_MESSAGING_SERVICE_SID or TWILIO_FROM_NUMBER",
+                TWILIO_MESSAGING_SERVICE_SID or TWILIO_FROM_NUMBER,
+            ),
+        )
+        if not value
+    ]
+    if _missing:
+        raise ImproperlyConfigured(
+            f"The Twilio SMS backend needs {', '.join(_missing)} when DEBUG is off: without "
+            "them no SMS can be sent and no status callback can be verified."
+        )
 CCM_MESSAGE_ID_DOMAIN = env.str("CCM_MESSAGE_ID_DOMAIN", default="ccm.localhost")
 CCM_DISPATCH_INLINE_RETRIES = env.int("CCM_DISPATCH_INLINE_RETRIES", default=2)
 CCM_DISPATCH_MAX_ATTEMPTS = env.int("CCM_DISPATCH_MAX_ATTEMPTS", default=8)

@@ -22,6 +22,7 @@ urlpatterns = [
     path("anymail/", include("anymail.urls")),
     path("p/", include("notifications.portal_urls")),
     path("u/<str:token>/", unsubscribe.unsubscribe_view, name="unsubscribe"),
+    path("hooks/", include("notifications.hooks_urls")),
 ]
 
 handler404 = "ccm.views.not_found"

@@ -17,3 +17,8 @@ communication_compose_failed = Signal()
 # A follow-up rule ran out of reminders and the customer still has not viewed or actioned the
 # communication: kwargs communication, rule (the template's follow-up rule), reason.
 communication_escalated = Signal()
+
+# A customer texted us something that is not a keyword (STOP, START, HELP), e.g. a reply to a
+# reminder: kwargs phone (E.164), body, customers (those who have the number; may be empty),
+# message_sid. Sent inside the transaction that records it.
+sms_received = Signal()

@@ -13,6 +13,8 @@ def _test_settings(settings, tmp_path):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # Anymail's test backend records what would reach the ESP (django.core.mail.outbox).
     settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
+    # And SMS into notifications.channels.sms.outbox.
+    settings.CCM_SMS_BACKEND = "notifications.channels.sms.LocmemSmsBackend"
 
 
 @pytest.fixture

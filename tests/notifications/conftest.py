@@ -8,6 +8,7 @@ from django_q.models import Task
 from ccm import approvals
 from documents import services as documents
 from notifications import services
+from notifications.channels import sms
 from tests.documents.factories import TemplateFactory, letter_bundle
 
 
@@ -62,3 +63,4 @@ def integrator(make_user):
 @pytest.fixture(autouse=True)
 def _empty_outbox():
     mail.outbox = []
+    sms.outbox.clear()

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
+from urllib.parse import urlencode
+
 import pytest
 from django.utils import timezone
+from twilio.request_validator import RequestValidator
 
 from ccm.models import AuditEvent
 from notifications import services, signals
@@ -12,6 +18,7 @@ from notifications.models import ContactPoint, DeliveryEvent
 from notifications.tracking import delivery_event_process
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
+from tests.notifications.twilio_stub import TwilioStub
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
 SENT_SMS: list[tuple[str, str]] = []
@@ -177,3 +184,85 @@ def test_fallback_skips_a_channel_the_customer_opted_out_of(
     skipped = [s for s in communication.decision_trace if s.get("decision") == "skipped"]
     assert skipped[0]["channel"] == "sms"
     assert "does not want transactional messages" in skipped[0]["reason"]
+
+
+# --- end to end: a real Postmark bounce webhook, Twilio stub, a signed Twilio report ---------
+
+WEBHOOK_SECRET = "user:pass"
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+AUTH_TOKEN = "twilio-auth-token-for-tests"
+PUBLIC = "https://ccm.example.org"
+
+
+def test_email_hard_bounce_then_sms_delivered_end_to_end(
+    letter, customer, integrator, sync_tasks, client, settings
+):
+    # given the real SMS backend talking to a loopback Twilio, and Postmark's webhook secret
+    settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": WEBHOOK_SECRET}
+    settings.CCM_CHANNEL_BACKENDS = {
+        **settings.CCM_CHANNEL_BACKENDS,
+        "sms": "notifications.channels.sms.SmsBackend",
+    }
+    settings.CCM_SMS_BACKEND = "notifications.channels.sms.TwilioSmsBackend"
+    settings.CCM_PUBLIC_BASE_URL = PUBLIC
+    settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN = ACCOUNT_SID, AUTH_TOKEN
+    settings.TWILIO_FROM_NUMBER = "+441134960000"
+    settings.TWILIO_MESSAGING_SERVICE_SID = ""
+    with TwilioStub(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as twilio:
+        settings.TWILIO_API_BASE_URL = twilio.url
+        communication = sync_tasks(request, customer, integrator)
+        email = communication.deliveries.get()
+        assert email.state == "sent"
+
+        # when Postmark posts a hard bounce for the email
+        bounce = json.loads(
+            (Path(__file__).parent / "esp_payloads" / "postmark_bounce_hard.json").read_text()
+        )
+        bounce["Email"] = email.address
+        bounce["Metadata"] = {
+            "delivery_id": str(email.pk),
+            "communication_id": str(communication.pk),
+        }
+        auth = "Basic " + base64.b64encode(WEBHOOK_SECRET.encode()).decode()
+        response = sync_tasks(
+            client.post,
+            "/anymail/postmark/tracking/",
+            data=json.dumps(bounce),
+            content_type="application/json",
+            HTTP_AUTHORIZATION=auth,
+        )
+        assert response.status_code == 200
+
+        # then the SMS went to Twilio
+        [created] = twilio.created
+        assert created["form"]["To"] == "+447911123456"
+        sms = communication.deliveries.get(channel="sms")
+        assert (sms.state, sms.provider_message_id) == ("sent", created["sid"])
+
+        # when Twilio reports it delivered (signed, as Twilio does)
+        path = created["form"]["StatusCallback"].removeprefix(PUBLIC)
+        form = {
+            "AccountSid": ACCOUNT_SID,
+            "MessageSid": created["sid"],
+            "MessageStatus": "delivered",
+            "To": "+447911123456",
+        }
+        signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC + path, form)
+        response = sync_tasks(
+            client.post,
+            path,
+            data=urlencode(form),
+            content_type="application/x-www-form-urlencoded",
+            HTTP_X_TWILIO_SIGNATURE=signature,
+        )
+        assert response.status_code == 204
+
+    # then the communication is delivered, by SMS, after the email bounced
+    email.refresh_from_db()
+    sms.refresh_from_db()
+    communication.refresh_from_db()
+    assert (email.state, sms.state) == ("bounced", "delivered")
+    assert communication.state == "delivered"
+    assert not ContactPoint.objects.get(kind="email").valid
+    decisions = [s.get("decision") for s in communication.decision_trace]
+    assert decisions[-2:] == ["delivery failed", "fallback"]

@@ -243,7 +243,7 @@ def test_permanent_error_fails_with_the_providers_reason(
 
     monkeypatch.setattr(EmailBackend, "send", refuse)
     communication, _ = sync_tasks(request, customer, integrator)
-    delivery = communication.deliveries.get()
+    delivery = communication.deliveries.get(channel="email")
     assert delivery.state == "failed"
     assert "Invalid 'To' address" in delivery.last_error
     assert delivery.attempts == 1
@@ -335,7 +335,9 @@ def test_suppression_is_checked_again_before_sending(letter, customer, integrato
     # a complaint arrives between choosing the channel and sending
     services.suppression_add(channel="email", address="ada@example.org", reason="complaint")
     sync_tasks(tasks.delivery_dispatch, communication.deliveries.get().pk)
-    delivery = communication.deliveries.get()
+    delivery = communication.deliveries.get(channel="email")
     assert delivery.state == "failed"
     assert delivery.last_error == "the address is suppressed (complaint)"
     assert mail.outbox == []
+    # and the fallback chain took the message to the customer's phone instead
+    assert communication.deliveries.get(channel="sms").state == "sent"
