@@ -598,6 +598,11 @@ def _mark_sent(delivery: Delivery, provider_id: str) -> DispatchOutcome:
             updated_at=now,
         )
         if not updated:
+            # A provider's report overtook us (e.g. an SMS status callback while we were still
+            # in `sending`): the state is already past sent, but keep the provider's id.
+            Delivery.objects.filter(pk=delivery.pk, provider_message_id="").update(
+                provider=delivery.channel, provider_message_id=provider_id or ""
+            )
             return DispatchOutcome("skipped")
         communication = Communication.objects.select_for_update().get(pk=delivery.communication_id)
         if can_proceed(communication.mark_sent):
