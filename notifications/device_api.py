@@ -130,6 +130,10 @@ class DeviceSerializer(serializers.ModelSerializer):
 
 
 class CustomerDevicesView(CcmAPIView):
+    """A customer's push devices. Registering sends the app's FCM token (android, ios) or the
+    browser's PushSubscription (web); the customer's answer to the push prompt (`opt_in`, for
+    `categories`) is appended to the consent ledger."""
+
     required_scopes = {"GET": ("customers:read",), "POST": ("customers:write",)}
 
     @extend_schema(responses=DeviceSerializer(many=True), parameters=[SOURCE_PARAM])
@@ -155,11 +159,13 @@ class CustomerDevicesView(CcmAPIView):
 
 
 class CustomerDeviceView(CcmAPIView):
+    """One of a customer's devices."""
+
     required_scopes = ("customers:write",)
 
     @extend_schema(
         request=None,
-        responses=DeviceSerializer,
+        responses={200: DeviceSerializer},
         parameters=[SOURCE_PARAM],
         summary="Revoke a device: nothing more is pushed to it (its history is kept)",
     )

@@ -3,12 +3,16 @@ consent ledger), and deactivate in the admin."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
 from ccm.models import AuditEvent
 from notifications import services
+from notifications.devices import device_register
 from notifications.models import ConsentRecord, Customer, Device
 from tests.notifications.conftest import FCM_TOKEN, b64url, browser_keys, send_alert
 
@@ -193,3 +197,31 @@ def test_admin_deactivates_devices_through_the_service(admin_user, phone, client
     # and the changelist finds it by the customer's reference among the inactive ones
     listed = client.get("/admin/notifications/device/", {"q": "M-1", "active__exact": "0"})
     assert f'name="_selected_action" value="{phone.pk}"' in listed.content.decode()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL")
+@pytest.mark.django_db(transaction=True)
+def test_the_same_token_registered_twice_at_once_is_one_device():
+    # given: the app sends its registration twice at the same moment (a retry on a slow network)
+    customer = Customer.objects.create(external_ref="C-7", name="Race Condition")
+    barrier = threading.Barrier(2)
+    outcomes: list[tuple[int, bool]] = []
+
+    def register():
+        try:
+            barrier.wait()
+            device, created = device_register(
+                customer=customer, platform="android", token=FCM_TOKEN, app="com.nw.app"
+            )
+            outcomes.append((device.pk, created))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=register) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # then: one device, made once and found once
+    device = Device.objects.get()
+    assert sorted(outcomes) == [(device.pk, False), (device.pk, True)]
