@@ -73,6 +73,11 @@ def _empty_outbox():
     mail.outbox = []
 
 
+def ok(body: dict) -> tuple[dict, str]:
+    """A Google API's 200 answer, for HttpMockSequence."""
+    return {"status": "200", "content-type": "application/json; charset=UTF-8"}, json.dumps(body)
+
+
 @pytest.fixture
 def service_account_key(tmp_path) -> tuple[Path, bytes]:
     """A throwaway Google service account key file (project ccm-test) and its public key."""

@@ -21,6 +21,7 @@ from notifications.gmail import (
     GmailTransientError,
     sender_for,
 )
+from tests.notifications.conftest import ok
 
 FIXTURES = Path(__file__).parent / "gmail_fixtures"
 MAILBOX = "ops@ccm.example"
@@ -35,10 +36,6 @@ class ScriptedHttp(HttpMockSequence):
             self.request_sequence.append((uri, method, body, headers))
             raise self._iterable.pop(0)
         return super().request(uri, method, body, headers, **kwargs)
-
-
-def ok(body: dict) -> tuple[dict, str]:
-    return {"status": "200", "content-type": "application/json; charset=UTF-8"}, json.dumps(body)
 
 
 def google_error(code: int, reason: str, message: str, status: str) -> tuple[dict, str]:
