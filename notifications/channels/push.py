@@ -112,6 +112,8 @@ def _device_of(delivery: Delivery) -> Device:
 
 
 def push_message(delivery: Delivery, device: Device) -> PushMessage:
+    """What the device gets: the push rendition and the deep link. The device and any link
+    made here are recorded on the delivery's meta."""
     communication = delivery.communication
     rendered = communication.rendered.get("push") or {}
     if not rendered.get("body"):
