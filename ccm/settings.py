@@ -235,6 +235,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One name for a choice set used by fields of different names (category, categories).
+    "ENUM_NAME_OVERRIDES": {"CategoryEnum": "documents.models.Category"},
 }
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 
@@ -247,11 +249,12 @@ CCM_RENDER_MEMORY_MB = env.int("CCM_RENDER_MEMORY_MB", default=1536)
 CCM_SWEEP_AFTER_SECONDS = env.int("CCM_SWEEP_AFTER_SECONDS", default=300)
 CCM_DEFAULT_PHONE_REGION = env.str("CCM_DEFAULT_PHONE_REGION", default="GB")
 # Channels with a working backend; selection only considers these.
-CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email", "sms"])
+CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email", "sms", "push"])
 # The backend class of each channel (like EMAIL_BACKEND); a channel left out cannot send.
 CCM_CHANNEL_BACKENDS = {
     "email": "notifications.channels.email.EmailBackend",
     "sms": "notifications.channels.sms.SmsBackend",
+    "push": "notifications.channels.push.PushBackend",
 }
 # Fallback chain per category when a template declares none ("fallback" in template.json): a
 # failed delivery moves on to the next channel. Marketing does not chase the customer.
@@ -290,6 +293,20 @@ if not DEBUG and CCM_SMS_BACKEND.endswith(".TwilioSmsBackend"):
             f"The Twilio SMS backend needs {', '.join(_missing)} when DEBUG is off: without "
             "them no SMS can be sent and no status callback can be verified."
         )
+# How push leaves: console (make run), locmem (tests) or FCM HTTP v1 + Web Push. Production
+# defaults to the real one, so a forgotten setting fails loudly instead of "sending" to a log.
+CCM_PUSH_BACKEND = env.str(
+    "CCM_PUSH_BACKEND",
+    default="notifications.channels.push.ConsolePushBackend"
+    if DEBUG
+    else "notifications.channels.push.FcmWebPushBackend",
+)
+# A Firebase service account key (JSON); the project id comes from it unless given here.
+CCM_FCM_CREDENTIALS_FILE = env.str("CCM_FCM_CREDENTIALS_FILE", default="")
+CCM_FCM_PROJECT_ID = env.str("CCM_FCM_PROJECT_ID", default="")
+# Web Push: the VAPID private key (PEM, or the path of a PEM file) and its contact (mailto:).
+CCM_VAPID_PRIVATE_KEY = env.str("CCM_VAPID_PRIVATE_KEY", default="")
+CCM_VAPID_SUBJECT = env.str("CCM_VAPID_SUBJECT", default="")
 CCM_MESSAGE_ID_DOMAIN = env.str("CCM_MESSAGE_ID_DOMAIN", default="ccm.localhost")
 CCM_DISPATCH_INLINE_RETRIES = env.int("CCM_DISPATCH_INLINE_RETRIES", default=2)
 CCM_DISPATCH_MAX_ATTEMPTS = env.int("CCM_DISPATCH_MAX_ATTEMPTS", default=8)

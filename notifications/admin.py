@@ -7,6 +7,7 @@ from django.shortcuts import redirect
 from ccm import approvals, audit
 from documents.admin import DecisionForm
 from notifications import selectors, services
+from notifications.devices import device_deactivate
 from notifications.models import (
     Communication,
     ConsentRecord,
@@ -14,6 +15,7 @@ from notifications.models import (
     Customer,
     Delivery,
     DeliveryEvent,
+    Device,
     Preference,
     Suppression,
 )
@@ -189,3 +191,36 @@ class SuppressionAdmin(admin.ModelAdmin):
     list_display = ["channel", "address", "reason", "created_at", "lifted_at"]
     list_filter = ["channel", "reason"]
     search_fields = ["address"]
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "customer",
+        "platform",
+        "app",
+        "active",
+        "last_seen_at",
+        "deactivated_reason",
+    ]
+    list_filter = ["platform", "active"]
+    search_fields = ["customer__external_ref", "customer__name", "app"]
+    list_select_related = ["customer"]
+    readonly_fields = [f.name for f in Device._meta.fields]
+    actions = ["deactivate"]
+
+    def has_add_permission(self, request):
+        return False  # devices are registered by the customer's app, through the API
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # deliveries name the device; deactivate it instead
+
+    @admin.action(description="Deactivate: push nothing more to these devices")
+    def deactivate(self, request, queryset):
+        reason = f"deactivated in the admin by {request.user.get_username()}"
+        done = sum(
+            device_deactivate(device=device, reason=reason, by=request.user)
+            for device in queryset.filter(active=True)
+        )
+        self.message_user(request, f"{done} device(s) deactivated.", messages.SUCCESS)

@@ -40,7 +40,7 @@ class Facts:
     renditions: Sequence[str]
     emails: Sequence[str] = ()  # valid addresses, primary first
     phones: Sequence[str] = ()  # valid E.164 numbers, primary first
-    devices: Sequence[str] = ()  # active push tokens
+    devices: Sequence[str] = ()  # active devices as "device:<id>", most recently seen first
     postal_address: Sequence[str] = ()  # empty when unknown or invalid
     preferences: Mapping[str, bool] = field(default_factory=dict)  # channel → allowed
     consents: Mapping[str, bool] = field(default_factory=dict)  # channel → latest opt-in/out

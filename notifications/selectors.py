@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime
 
 from django.utils import timezone
 
-from notifications.models import Communication, ConsentRecord, Customer
+from notifications.models import Communication, ConsentRecord, Customer, Device, device_address
 
 
 def consent_at(
@@ -45,4 +47,17 @@ def consent_applied(communication: Communication) -> list[dict]:
                 "source": None if record is None else record.source,
             }
         )
+    return out
+
+
+def device_addresses(*, customer_ids: Iterable[int]) -> dict[int, list[str]]:
+    """Each customer's active devices as push addresses, the most recently seen first (the one
+    selection picks)."""
+    out: dict[int, list[str]] = defaultdict(list)
+    for customer_id, pk in (
+        Device.objects.filter(customer_id__in=list(customer_ids), active=True)
+        .order_by("-last_seen_at", "-id")
+        .values_list("customer_id", "pk")
+    ):
+        out[customer_id].append(device_address(pk))
     return out

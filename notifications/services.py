@@ -27,7 +27,7 @@ from documents import services as documents
 from documents.bundle import locale_for
 from documents.composition import CompositionError, composer_for, validate_data
 from documents.models import Template, TemplateVersion
-from notifications import fallback, selection, signals
+from notifications import fallback, selection, selectors, signals
 from notifications.channels import PermanentSendError, TransientSendError, backend_for
 from notifications.models import (
     CommState,
@@ -316,7 +316,8 @@ def facts_for(communication: Communication, version: TemplateVersion) -> selecti
     preferences = {
         p.channel: p.allowed for p in customer.preferences.filter(category=communication.category)
     }
-    addresses = [c.value for c in contacts]
+    devices = selectors.device_addresses(customer_ids=[customer.pk]).get(customer.pk, [])
+    addresses = [c.value for c in contacts] + devices
     suppressed = frozenset(
         Suppression.objects.filter(address__in=addresses, lifted_at__isnull=True).values_list(
             "channel", "address"
@@ -328,6 +329,7 @@ def facts_for(communication: Communication, version: TemplateVersion) -> selecti
         renditions=renditions,
         emails=[c.value for c in contacts if c.kind == ContactKind.EMAIL],
         phones=[c.value for c in contacts if c.kind == ContactKind.PHONE],
+        devices=devices,
         postal_address=customer.postal_address if customer.postal_address_valid else [],
         preferences=preferences,
         consents=consents,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from notifications import api
+from notifications import api, device_api
 
 urlpatterns = [
     path("customers", api.CustomerUpsertView.as_view(), name="api-customers"),
@@ -12,6 +12,16 @@ urlpatterns = [
         "customers/<str:ref>/preferences",
         api.CustomerPreferencesView.as_view(),
         name="api-preferences",
+    ),
+    path(
+        "customers/<str:ref>/devices",
+        device_api.CustomerDevicesView.as_view(),
+        name="api-devices",
+    ),
+    path(
+        "customers/<str:ref>/devices/<int:pk>",
+        device_api.CustomerDeviceView.as_view(),
+        name="api-device",
     ),
     path("communications", api.CommunicationListCreateView.as_view(), name="api-communications"),
     path(

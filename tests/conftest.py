@@ -13,8 +13,9 @@ def _test_settings(settings, tmp_path):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     # Anymail's test backend records what would reach the ESP (django.core.mail.outbox).
     settings.EMAIL_BACKEND = "anymail.backends.test.EmailBackend"
-    # And SMS into notifications.channels.sms.outbox.
+    # And SMS into notifications.channels.sms.outbox, push into notifications.channels.push's.
     settings.CCM_SMS_BACKEND = "notifications.channels.sms.LocmemSmsBackend"
+    settings.CCM_PUSH_BACKEND = "notifications.channels.push.LocmemPushBackend"
 
 
 @pytest.fixture

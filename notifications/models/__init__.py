@@ -426,3 +426,6 @@ class DeliveryEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.event_type} {self.event_id}"
+
+
+from notifications.models.devices import Device, Platform, device_address  # noqa: E402, F401

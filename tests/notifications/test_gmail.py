@@ -10,8 +10,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMessage, get_connection
 from google.auth import jwt
@@ -23,6 +21,7 @@ from notifications.gmail import (
     GmailTransientError,
     sender_for,
 )
+from tests.notifications.conftest import ok
 
 FIXTURES = Path(__file__).parent / "gmail_fixtures"
 MAILBOX = "ops@ccm.example"
@@ -37,10 +36,6 @@ class ScriptedHttp(HttpMockSequence):
             self.request_sequence.append((uri, method, body, headers))
             raise self._iterable.pop(0)
         return super().request(uri, method, body, headers, **kwargs)
-
-
-def ok(body: dict) -> tuple[dict, str]:
-    return {"status": "200", "content-type": "application/json; charset=UTF-8"}, json.dumps(body)
 
 
 def google_error(code: int, reason: str, message: str, status: str) -> tuple[dict, str]:
@@ -393,35 +388,6 @@ def test_mark_processed_reuses_an_existing_label():
 
     assert calls(http) == [("GET", f"{API}/labels"), ("POST", f"{API}/messages/18fa01/modify")]
     assert json.loads(http.request_sequence[1][2])["addLabelIds"] == ["Label_7"]
-
-
-@pytest.fixture
-def service_account_key(tmp_path) -> tuple[Path, bytes]:
-    private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public_pem = private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    path = tmp_path / "ccm-gmail.json"
-    path.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": "ccm-test",
-                "private_key_id": "0123456789abcdef",
-                "private_key": pem.decode("ascii"),
-                "client_email": "ccm-mailer@ccm-test.iam.gserviceaccount.com",
-                "client_id": "109876543210987654321",
-                "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-                "token_uri": "https://oauth2.googleapis.com/token",
-            }
-        )
-    )
-    return path, public_pem
 
 
 @pytest.mark.parametrize("configured_by", ["arguments", "settings"])
