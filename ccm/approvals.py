@@ -8,7 +8,8 @@ withdrawing, the four-eyes rule and the audit trail.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
@@ -31,10 +32,22 @@ class NotApprovable(Exception):
 
 
 @dataclass(frozen=True)
+class Proof:
+    """What a reviewer looks at before deciding: a template fragment the review screen includes
+    (its headings start at h2) and the context it needs."""
+
+    template: str
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Approvable:
     author_of: Callable[[models.Model], object | None]
     on_decision: DecisionHandler | None = None
     review_url: Callable[[models.Model], str] | None = None
+    kind: str = ""
+    label: str = ""
+    proof: Callable[[models.Model], Proof] | None = None
 
 
 _registry: dict[str, Approvable] = {}
@@ -46,20 +59,46 @@ def register(
     author_of: Callable[[models.Model], object | None],
     on_decision: DecisionHandler | None = None,
     review_url: Callable[[models.Model], str] | None = None,
+    label: str = "",
+    proof: Callable[[models.Model], Proof] | None = None,
 ) -> None:
     """Declare `model` approvable. `on_decision(subject, approval)` runs inside the deciding
-    transaction after the approval's state has changed; `review_url(subject)` is the page where
-    a reviewer sees what they sign off."""
-    _registry[model._meta.label_lower] = Approvable(
-        author_of=author_of, on_decision=on_decision, review_url=review_url
+    transaction after the approval's state has changed; `review_url(subject)` is the app's own
+    page for the subject; `label` names the kind in the sign-off queue (the model's verbose name
+    by default); `proof(subject)` is what the review screen shows above the decision."""
+    kind = model._meta.label_lower
+    _registry[kind] = Approvable(
+        author_of=author_of,
+        on_decision=on_decision,
+        review_url=review_url,
+        kind=kind,
+        label=label or str(model._meta.verbose_name).capitalize(),
+        proof=proof,
     )
 
 
+def kinds() -> list[Approvable]:
+    """Every registered approvable, in the order they were registered."""
+    return list(_registry.values())
+
+
+def approvable_for(approval: Approval) -> Approvable | None:
+    """The registration of the approval's subject model (None once it is unregistered)."""
+    return _registry.get(f"{approval.subject_type.app_label}.{approval.subject_type.model}")
+
+
 def review_url_for(approval: Approval) -> str | None:
-    approvable = _registry.get(f"{approval.subject_type.app_label}.{approval.subject_type.model}")
+    approvable = approvable_for(approval)
     if approvable is None or approvable.review_url is None or approval.subject is None:
         return None
     return approvable.review_url(approval.subject)
+
+
+def proof_for(approval: Approval) -> Proof | None:
+    approvable = approvable_for(approval)
+    if approvable is None or approvable.proof is None or approval.subject is None:
+        return None
+    return approvable.proof(approval.subject)
 
 
 def _approvable(subject: models.Model) -> Approvable:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from django.db.models import Count, QuerySet
 from django.urls import NoReverseMatch, reverse
 
 from ccm.models import Approval, ApprovalState
@@ -38,11 +39,33 @@ def pending_approvals_count(user) -> int:
     )
 
 
+def approval_queue(*, kind: str = "") -> QuerySet[Approval]:
+    """Pending approvals across every approvable kind, oldest first; `kind` is a registered
+    model's `app_label.model` (see `ccm.approvals.kinds`)."""
+    qs = Approval.objects.filter(state=ApprovalState.PENDING)
+    if kind:
+        app_label, _, model = kind.partition(".")
+        qs = qs.filter(subject_type__app_label=app_label, subject_type__model=model)
+    return qs.select_related("subject_type", "requested_by", "author").order_by(
+        "requested_at", "id"
+    )
+
+
+def approval_queue_counts() -> dict[str, int]:
+    """Pending approvals per kind."""
+    rows = (
+        Approval.objects.filter(state=ApprovalState.PENDING)
+        .values("subject_type__app_label", "subject_type__model")
+        .annotate(n=Count("id"))
+    )
+    return {f"{r['subject_type__app_label']}.{r['subject_type__model']}": r["n"] for r in rows}
+
+
 register_home_link(
     Role.COMPLIANCE_REVIEWER,
     HomeLink(
         "Sign-off queue",
-        "admin:ccm_approval_changelist",
+        "review-queue",
         "Approvals waiting for a reviewer other than their requester or author",
         pending_approvals_count,
     ),

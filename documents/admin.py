@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
@@ -12,8 +11,9 @@ from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django_fsm import TransitionNotAllowed
 
 from ccm import approvals
-from ccm.models import Decision
-from documents import selectors, services
+from ccm.forms import DecisionForm
+from ccm.review import sandboxed_html
+from documents import review, selectors, services
 from documents.composition import CompositionError
 from documents.models import Document, RegenerationCheck, Template, TemplateVersion
 
@@ -57,20 +57,6 @@ class TemplateAdmin(admin.ModelAdmin):
     @admin.display(description="Published version")
     def live_version(self, obj):
         return f"v{obj.published_number}" if obj.published_number else "—"
-
-
-class DecisionForm(forms.Form):
-    decision = forms.ChoiceField(choices=Decision.choices, widget=forms.RadioSelect)
-    comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
-
-    def clean(self):
-        data = super().clean() or {}
-        if (
-            data.get("decision") in {Decision.REJECT, Decision.REQUEST_CHANGES}
-            and not (data.get("comment") or "").strip()
-        ):
-            self.add_error("comment", "Say why when you reject or request changes.")
-        return data
 
 
 @admin.register(TemplateVersion)
@@ -175,13 +161,6 @@ class TemplateVersionAdmin(admin.ModelAdmin):
                 return redirect("admin:ccm_approval_changelist")
         elif request.method == "POST" and approval is None:
             messages.error(request, "This version has no pending sign-off.")
-        preview_error = None
-        preview = None
-        try:
-            preview = services.template_preview(version=version, channels=["email", "sms", "push"])
-        except CompositionError as exc:
-            preview_error = exc
-        live = version.template.published_version
         can_decide = (
             approval is not None
             and request.user.has_perm("ccm.decide_approval")
@@ -189,15 +168,11 @@ class TemplateVersionAdmin(admin.ModelAdmin):
         )
         context = {
             **self.admin_site.each_context(request),
+            **review.version_proof_context(version),
             "title": f"Review {version.template.code} v{version.number}",
-            "version": version,
-            "live": live if live and live.pk != version.pk else None,
             "approval": approval,
             "can_decide": can_decide,
             "form": form,
-            "preview": preview,
-            "preview_error": preview_error,
-            "diff": selectors.version_diff(version),
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/documents/review.html", context)
@@ -225,12 +200,7 @@ class TemplateVersionAdmin(admin.ModelAdmin):
         email, problem = self._preview(request, pk, "email")
         if problem:
             return problem
-        response = HttpResponse(email["html"])
-        # The proof is shown in a sandboxed frame; it may load nothing from anywhere.
-        response["Content-Security-Policy"] = (
-            "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
-        )
-        return response
+        return sandboxed_html(email["html"])
 
 
 class RegenerationCheckInline(admin.TabularInline):

@@ -225,6 +225,8 @@ def _on_version_decision(version: TemplateVersion, approval: Approval) -> None:
 
 
 def register_approvable() -> None:
+    from documents import review  # it renders through this module
+
     approvals.register(
         TemplateVersion,
         author_of=lambda version: version.author,  # type: ignore[attr-defined]
@@ -232,6 +234,8 @@ def register_approvable() -> None:
         review_url=lambda version: reverse(
             "admin:documents_templateversion_review", args=[version.pk]
         ),
+        label="Template version",
+        proof=review.version_proof,  # type: ignore[arg-type]
     )
 
 

@@ -2,10 +2,14 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from django.shortcuts import redirect
+from django.urls import path
+from django.views.decorators.clickjacking import xframe_options_sameorigin
 
 from ccm import approvals, audit
-from documents.admin import DecisionForm
+from ccm.forms import DecisionForm
+from ccm.review import sandboxed_html
 from notifications import selectors, services
 from notifications.devices import device_deactivate
 from notifications.models import (
@@ -105,6 +109,26 @@ class CommunicationAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    def get_urls(self):
+        return [
+            path(
+                "<int:pk>/email.html",
+                self.admin_site.admin_view(xframe_options_sameorigin(self.email_view)),
+                name="notifications_communication_email",
+            ),
+            *super().get_urls(),
+        ]
+
+    def email_view(self, request, pk: int):
+        """The rendered email's HTML, for the reviewer's sandboxed frame."""
+        communication = self.get_object(request, str(pk))
+        if communication is None or not self.has_view_permission(request, communication):
+            raise Http404("No such communication.")
+        html = (communication.rendered or {}).get("email", {}).get("html")
+        if not html:
+            raise Http404("This communication has no rendered email.")
+        return sandboxed_html(html)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         communication = self.get_object(request, object_id)

@@ -520,6 +520,8 @@ def _on_release_decision(communication: Communication, approval: Approval) -> No
 def register_approvable() -> None:
     from django.urls import reverse
 
+    from notifications.review import communication_proof
+
     approvals.register(
         Communication,
         author_of=lambda communication: None,
@@ -527,6 +529,8 @@ def register_approvable() -> None:
         review_url=lambda communication: reverse(
             "admin:notifications_communication_change", args=[communication.pk]
         ),
+        label="Communication release",
+        proof=communication_proof,  # type: ignore[arg-type]
     )
 
 

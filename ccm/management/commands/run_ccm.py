@@ -40,6 +40,7 @@ class Command(BaseCommand):
                     "",
                     "CCM is running (Ctrl-C stops the web server and the task cluster):",
                     f"  Work overview   {base}/",
+                    f"  Sign-off queue  {base}/review/ (reviewer, reviewer2)",
                     f"  Back-office     {base}/admin/",
                     f"  API docs        {base}/api/docs/",
                     f"  Health          {base}/healthz",
