@@ -114,15 +114,17 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
             assert_same_host=False,
         )
         try:
-            excerpt = response.read(EXCERPT_BYTES, decode_content=False)
+            excerpt = response.read(EXCERPT_BYTES)
         finally:
             response.release_conn()
         return Answer(response.status, excerpt.decode("utf-8", errors="replace"))
+    except urllib3.exceptions.NewConnectionError as exc:
+        # Caught first: urllib3 makes it a kind of (connect) timeout for backward compatibility.
+        return Answer(None, error=f"could not connect: {exc}")
     except (urllib3.exceptions.TimeoutError, TimeoutError):
         return Answer(None, error=f"no answer within {settings.CCM_WEBHOOK_TIMEOUT_S:g} s")
     except (urllib3.exceptions.HTTPError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        return Answer(None, error=f"could not deliver: {reason}")
+        return Answer(None, error=f"could not deliver: {exc}")
     finally:
         pool.close()
 

@@ -281,16 +281,24 @@ def _wanted(subscriptions: list[WebhookSubscription], event: str) -> bool:
     return any(event in s.events for s in subscriptions)
 
 
+def _hears(subscription: WebhookSubscription, occurrence: Occurrence) -> bool:
+    """Wants this event, about a communication of its client (or of any: no client)."""
+    return occurrence.event in subscription.events and subscription.client in (
+        "",
+        occurrence.communication.client,
+    )
+
+
 def _payload(delivery: WebhookDelivery, occurrence: Occurrence) -> dict[str, Any]:
     communication = occurrence.communication
     customer = communication.customer
     return {
         "id": str(delivery.event_id),
-        "type": delivery.event_type,
+        "type": str(delivery.event_type),
         "created_at": delivery.created_at.isoformat(),
         "data": {
             "communication_id": communication.pk,
-            "status": occurrence.status,
+            "status": str(occurrence.status),
             "template_code": communication.template.code,
             "customer_ref": customer.external_ref,
             "customer_source_system": customer.source_system,
@@ -315,12 +323,8 @@ def webhook_events_emit(
     now = timezone.now()
     rows: list[WebhookDelivery] = []
     for occurrence in occurrences:
-        client = occurrence.communication.client
         for subscription in subscriptions:
-            if occurrence.event not in subscription.events or subscription.client not in (
-                "",
-                client,
-            ):
+            if not _hears(subscription, occurrence):
                 continue
             row = WebhookDelivery(
                 subscription_id=subscription.pk,

@@ -6,6 +6,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
+from ccm.api.idempotency import api_key_client
 from ccm.models import ApiKey
 from notifications import webhooks
 from notifications.admin import ReadOnlyInline
@@ -18,6 +19,7 @@ from notifications.models import (
 
 
 class WebhookSubscriptionForm(forms.ModelForm):
+    url = forms.URLField(max_length=500, assume_scheme="https")
     events = forms.MultipleChoiceField(
         choices=WebhookEvent.choices, widget=forms.CheckboxSelectMultiple
     )
@@ -82,7 +84,7 @@ class WebhookSubscriptionAdmin(admin.ModelAdmin):
         created = webhooks.webhook_subscription_create(
             url=data["url"],
             events=data["events"],
-            client=f"key:{api_key.pk}" if api_key else "",
+            client=api_key_client(api_key) if api_key else "",
             api_key=api_key,
             description=data["description"],
             active=data["active"],
