@@ -22,7 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import urllib3
 from django.conf import settings
@@ -67,6 +67,7 @@ class Answer:
     status: int | None  # None: no HTTP answer at all
     excerpt: str = ""
     error: str = ""
+    connected: bool = True
 
     @property
     def ok(self) -> bool:
@@ -74,19 +75,27 @@ class Answer:
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
-    """POST once to the address the URL's host was checked to resolve to; no redirects, no
-    retries here, CCM_WEBHOOK_TIMEOUT_S for the whole exchange."""
+    """POST once to an address the URL's host was checked to resolve to (the next one only
+    when a connection to the previous cannot be made); no redirects, no retries here,
+    CCM_WEBHOOK_TIMEOUT_S for each exchange."""
     parts = urlsplit(url)
-    https = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if https else 80)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        address = webhook_addresses(host, port)[0]
+        addresses = webhook_addresses(parts.hostname or "", port)
     except WebhookUrlRefused as exc:
         return Answer(None, error=str(exc))
+    answer = Answer(None, error="the host has no address", connected=False)
+    for address in addresses:
+        answer = _post_to(address, port, parts, body, headers)
+        if answer.connected:
+            break
+    return answer
+
+
+def _post_to(address: str, port: int, parts: SplitResult, body: bytes, headers) -> Answer:
     timeout = urllib3.Timeout(total=settings.CCM_WEBHOOK_TIMEOUT_S)
     pool: urllib3.HTTPConnectionPool
-    if https:
+    if parts.scheme == "https":
         # Connect to the checked address, but speak TLS to (and verify) the host by name.
         pool = urllib3.HTTPSConnectionPool(
             address,
@@ -94,8 +103,8 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
             timeout=timeout,
             retries=False,
             maxsize=1,
-            server_hostname=host,
-            assert_hostname=host,
+            server_hostname=parts.hostname,
+            assert_hostname=parts.hostname,
         )
     else:
         pool = urllib3.HTTPConnectionPool(address, port, timeout=timeout, retries=False, maxsize=1)
@@ -120,7 +129,10 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
         return Answer(response.status, excerpt.decode("utf-8", errors="replace"))
     except urllib3.exceptions.NewConnectionError as exc:
         # Caught first: urllib3 makes it a kind of (connect) timeout for backward compatibility.
-        return Answer(None, error=f"could not connect: {exc}")
+        return Answer(None, error=f"could not connect: {exc}", connected=False)
+    except urllib3.exceptions.ConnectTimeoutError:
+        limit = settings.CCM_WEBHOOK_TIMEOUT_S
+        return Answer(None, error=f"no connection within {limit:g} s", connected=False)
     except (urllib3.exceptions.TimeoutError, TimeoutError):
         return Answer(None, error=f"no answer within {settings.CCM_WEBHOOK_TIMEOUT_S:g} s")
     except (urllib3.exceptions.HTTPError, OSError) as exc:

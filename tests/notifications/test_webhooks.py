@@ -25,6 +25,7 @@ from notifications.models import (
     WebhookSubscription,
 )
 from notifications.tracking import delivery_event_process
+from notifications.webhook_send import webhook_delivery_send
 from tests.notifications.conftest import publish
 from tests.notifications.webhook_receiver import WebhookReceiver, verify
 
@@ -142,6 +143,9 @@ def test_events_reach_the_receiver_signed_as_a_communication_is_sent_and_deliver
     ]
     assert [a.status_code for a in log[0].attempt_log.all()] == [200]
     assert receiver.received[0].json["created_at"] == log[0].created_at.isoformat()
+    # and sending again is a no-op: the row is claimed from pending only
+    assert webhook_delivery_send(log[0].pk) == "skipped"
+    assert len(receiver.received) == 3
 
 
 def test_a_tampered_body_or_timestamp_fails_verification(

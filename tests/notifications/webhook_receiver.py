@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ class WebhookReceiver:
     script: list[int | str] = field(default_factory=list)  # a status, or "redirect" / "hang"
     received: list[Received] = field(default_factory=list)
     hang_s: float = 2.0
+    tls: tuple[str, str] | None = None  # (certificate file, key file): serve https
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -72,7 +74,10 @@ class WebhookReceiver:
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/ccm"
+        port = self._server.server_address[1]
+        if self.tls:
+            return f"https://localhost:{port}/hooks/ccm"
+        return f"http://127.0.0.1:{port}/hooks/ccm"
 
     def _answer(self) -> int | str:
         with self._lock:
@@ -114,6 +119,10 @@ class WebhookReceiver:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
