@@ -126,7 +126,9 @@ def _post_to(address: str, port: int, parts: SplitResult, body: bytes, headers) 
             excerpt = response.read(EXCERPT_BYTES)
         finally:
             response.release_conn()
-        return Answer(response.status, excerpt.decode("utf-8", errors="replace"))
+        # NUL is the one character a PostgreSQL text column refuses.
+        text = excerpt.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+        return Answer(response.status, text)
     except urllib3.exceptions.NewConnectionError as exc:
         # Caught first: urllib3 makes it a kind of (connect) timeout for backward compatibility.
         return Answer(None, error=f"could not connect: {exc}", connected=False)
