@@ -1,5 +1,8 @@
-"""Demo customers and communications for `make run` (sent through the console email backend
-by the task cluster, so the pipeline can be watched end to end)."""
+"""Demo customers and communications for `make run`: every channel, sent through the console
+backends by the task cluster so the pipeline can be watched end to end — email, SMS (an urgent
+reminder), push (an outage notice to a registered phone), print (a customer with only a postal
+address: her letter waits in the open print batch, which operations close and download in the
+admin) and a fallback (an email address that the ESP refuses falls through to SMS)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from django.contrib.auth import get_user_model
 
 from documents.models import Template
 from notifications import services
+from notifications.devices import device_register
 
 CUSTOMERS: list[dict[str, Any]] = [
     {
@@ -30,15 +34,26 @@ CUSTOMERS: list[dict[str, Any]] = [
         "name": "Mrs Priya Raman",
         "postal_address": ["2 Orchard Row", "Bath", "BA1 1AA"],
     },
+    {
+        "external_ref": "NW-7410-3300",
+        "name": "Mr Daniel Okafor",
+        "postal_address": ["31 Quay Street", "Bristol", "BS1 4DJ"],
+        "phones": ["+447700900123"],
+    },
 ]
 
-# (template, customer, idempotency key): each a real request through the pipeline.
-REQUESTS = [
+# A registered phone app, opted in to service messages by push.
+DEVICES = [("NW-2048-7731", "android", "demo-fcm-token-eleanor", "northwind-app")]
+
+# (template, customer, idempotency key[, urgency]): each a real request through the pipeline.
+REQUESTS: list[tuple[str, ...]] = [
     ("monthly_statement", "NW-2048-7731", "demo-statement-1"),
     ("payment_reminder", "NW-2048-7731", "demo-reminder-1"),
     ("policy_renewal", "NW-2048-7731", "demo-renewal-1"),
     ("monthly_statement", "NW-3310-0042", "demo-statement-2"),
     ("final_demand", "NW-5521-9001", "demo-demand-1"),
+    ("payment_reminder", "NW-7410-3300", "demo-reminder-sms-1", "high"),
+    ("outage_notice", "NW-2048-7731", "demo-outage-1", "high"),
 ]
 
 
@@ -48,7 +63,17 @@ def seed_customers_and_communications() -> None:
     for spec in CUSTOMERS:
         customer, _ = services.customer_upsert(**spec, by=integrator)
         customers[customer.external_ref] = customer
-    for code, ref, key in REQUESTS:
+    for ref, platform, token, app in DEVICES:
+        device_register(
+            customer=customers[ref],
+            platform=platform,
+            token=token,
+            app=app,
+            by=integrator,
+            opt_in=True,
+            categories=["service"],
+        )
+    for code, ref, key, *urgency in REQUESTS:
         template = Template.objects.filter(code=code).first()
         version = template.published_version if template else None
         if version is None:
@@ -63,4 +88,5 @@ def seed_customers_and_communications() -> None:
             by=integrator,
             idempotency_key=key,
             source="api",
+            urgency=urgency[0] if urgency else "normal",
         )
