@@ -188,7 +188,7 @@ def case_open(
             "team": case.team,
             "priority": case.priority,
             "received_at": received.isoformat(),
-            "deadlines": {m.code: m.due_at.isoformat() for m in case.milestones.all()},
+            "deadlines": {m.code: _local(case, m.due_at) for m in case.milestones.all()},
         },
     )
     if assignee is not None:
@@ -342,8 +342,13 @@ def _deadlines_recompute(case: Case) -> dict[str, str]:
         )
         if due != milestone.due_at:
             Milestone.objects.filter(pk=milestone.pk).update(due_at=due)
-            moved[milestone.code] = due.isoformat()
+            moved[milestone.code] = _local(case, due)
     return moved
+
+
+def _local(case: Case, moment: datetime) -> str:
+    """A deadline as the calendar's local time: what the audit and the people reading it see."""
+    return moment.astimezone(sla.calendar_for(sla.spec_for(case.case_type)).tz).isoformat()
 
 
 def _next_milestone(case: Case) -> Milestone | None:
@@ -403,7 +408,7 @@ def milestone_reach(*, case: Case, code: str, by, data: Mapping | None = None) -
         subject=locked,
         after={
             "milestone": code,
-            "due_at": milestone.due_at.isoformat(),
+            "due_at": _local(locked, milestone.due_at),
             "on_time": now <= milestone.due_at,
             "communication": milestone.communication_id,
         },
@@ -485,7 +490,7 @@ def _escalate(case: Case, milestone: Milestone, status: str) -> None:
             "priority": case.priority,
             "milestone": milestone.code,
             "sla_status": status,
-            "due_at": milestone.due_at.isoformat(),
+            "due_at": _local(case, milestone.due_at),
         },
     )
     alerts.escalation_alert_queue(case=case, milestone=milestone, status=status)
