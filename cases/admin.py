@@ -156,9 +156,9 @@ class CaseAdmin(admin.ModelAdmin):
     def timeline(self, case: Case):
         rows = format_html_join(
             "",
-            "<tr><td>{:%Y-%m-%d %H:%M}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
-                (entry.at, entry.action, entry.actor, entry.detail)
+                (f"{entry.at:%Y-%m-%d %H:%M}", entry.action, entry.actor, entry.detail)
                 for entry in selectors.case_timeline(case)
             ),
         )
@@ -170,15 +170,13 @@ class CaseAdmin(admin.ModelAdmin):
         )
 
     def save_formset(self, request, form, formset, change):
+        # commit=False builds what the change message lists; the services do the writing.
         case = form.instance
-        for inline_form in formset.extra_forms:
-            if not inline_form.has_changed():
-                continue
-            data = inline_form.cleaned_data
-            if formset.model is CaseNote and data.get("body"):
-                services.case_note_add(case=case, body=data["body"], by=request.user)
-            elif formset.model is CaseAttachment and data.get("file"):
-                services.case_attachment_add(case=case, file=data["file"], by=request.user)
+        for obj in formset.save(commit=False):
+            if isinstance(obj, CaseNote):
+                services.case_note_add(case=case, body=obj.body, by=request.user)
+            elif isinstance(obj, CaseAttachment):
+                services.case_attachment_add(case=case, file=obj.file.file, by=request.user)
 
     @admin.action(description="Take up (assign to me and start)")
     def take_up(self, request, queryset):

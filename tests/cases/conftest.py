@@ -7,13 +7,17 @@ from ccm.api.auth import api_key_create
 from ccm.roles import Role
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from tests.notifications.conftest import (  # noqa: F401 - fixtures shared with notifications
-    customer,
-    integrator,
-    letter,
-    publish,
-    sync_tasks,
-)
+from notifications import services, tasks
+from notifications.models import Communication
+from tests.documents.factories import letter_bundle
+from tests.notifications import conftest as notifications_fixtures
+from tests.notifications.conftest import publish
+
+# The notifications suite's fixtures, shared.
+customer = notifications_fixtures.customer
+integrator = notifications_fixtures.integrator
+letter = notifications_fixtures.letter
+sync_tasks = notifications_fixtures.sync_tasks
 
 # The library templates the cases app sends or renders.
 CASE_TEMPLATES = (
@@ -64,9 +68,43 @@ COMPLAINT_DETAILS = {
 @pytest.fixture
 def api_client(db):
     def make(*scopes: str) -> APIClient:
-        issued = api_key_create(name=f"key-{len(scopes)}-{'-'.join(scopes)}"[:90], scopes=list(scopes))
+        name = "key-" + "-".join(scope.replace(":", "_") for scope in scopes)
+        issued = api_key_create(name=name, scopes=list(scopes))
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
         return client
 
     return make
+
+
+DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
+
+
+def stricter_letter():
+    """Version 2 of the test letter: it also needs the customer's account number."""
+    bundle = letter_bundle()
+    bundle.schema["required"].append("account")
+    bundle.schema["properties"]["account"] = {"type": "string", "minLength": 1}
+    bundle.samples["default"]["account"] = "ACC-1"
+    return bundle
+
+
+def request(customer, by) -> Communication:
+    communication, _ = services.communication_request(
+        template_code="letter", customer=customer, data=DATA, client="t", by=by
+    )
+    return communication
+
+
+@pytest.fixture
+def compose_failed(
+    letter, customer, integrator, author, reviewer, ops, sync_tasks
+) -> Communication:
+    """A letter accepted against version 1, composed after version 2 (which also needs an
+    account number) was published: composition fails on the missing field."""
+    communication = request(customer, integrator)
+    publish(stricter_letter(), author=author, reviewer=reviewer)
+    sync_tasks(tasks.communication_compose, communication.pk)
+    communication.refresh_from_db()
+    assert communication.state == "compose_failed"
+    return communication

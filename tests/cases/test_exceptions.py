@@ -18,10 +18,8 @@ from documents.services import RegenerationMismatch, document_regenerate
 from notifications import services, signals, tasks, tracking
 from notifications.models import Communication, DeliveryEvent
 from notifications.recovery import RecoveryError
-from tests.documents.factories import letter_bundle
+from tests.cases.conftest import DATA, request, stricter_letter
 from tests.notifications.conftest import publish
-
-DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
 
 
 class PrintRoom:
@@ -33,36 +31,6 @@ class PrintRoom:
 
     def lookup(self, delivery) -> str | None:
         return None
-
-
-def stricter_letter():
-    """Version 2 of the letter: it also needs the customer's account number."""
-    bundle = letter_bundle()
-    bundle.schema["required"].append("account")
-    bundle.schema["properties"]["account"] = {"type": "string", "minLength": 1}
-    bundle.samples["default"]["account"] = "ACC-1"
-    return bundle
-
-
-def request(customer, by) -> Communication:
-    communication, _ = services.communication_request(
-        template_code="letter", customer=customer, data=DATA, client="t", by=by
-    )
-    return communication
-
-
-@pytest.fixture
-def compose_failed(
-    letter, customer, integrator, author, reviewer, ops, sync_tasks
-) -> Communication:
-    """A letter accepted against version 1, composed after version 2 (which also needs an
-    account number) was published: composition fails on the missing field."""
-    communication = request(customer, integrator)
-    publish(stricter_letter(), author=author, reviewer=reviewer)
-    sync_tasks(tasks.communication_compose, communication.pk)
-    communication.refresh_from_db()
-    assert communication.state == "compose_failed"
-    return communication
 
 
 def test_compose_failure_opens_an_exception_for_operations_with_an_alert(
@@ -85,7 +53,7 @@ def test_compose_failure_opens_an_exception_for_operations_with_an_alert(
     alert = mail.outbox[-1]
     assert alert.to == ["otto@northwind.example"]
     assert alert.from_email == "ccm-alerts@northwind.example"
-    assert alert.subject == f"[CCM HIGH] {case.reference} – letter for C-1: 1 field error"
+    assert alert.subject == f"[CCM HIGH] {case.reference} \N{EN DASH} letter for C-1: 1 field error"
     assert "account" in alert.body
     assert alert.extra_headers["Message-ID"] == CaseAlert.objects.get(case=case).message_id
 

@@ -74,9 +74,7 @@ def test_a_milestone_is_reached_once(complaint, agent):
     assert Communication.objects.count() == 1
 
 
-def test_final_response_without_its_findings_is_refused_and_nothing_is_recorded(
-    complaint, agent
-):
+def test_final_response_without_its_findings_is_refused_and_nothing_is_recorded(complaint, agent):
     with pytest.raises(DataInvalid) as excinfo:
         services.milestone_reach(case=complaint, code="final_response", by=agent)
     assert {e.field for e in excinfo.value.errors} >= {"decision", "findings"}
@@ -86,9 +84,7 @@ def test_final_response_without_its_findings_is_refused_and_nothing_is_recorded(
 
 def test_final_response_resolves_the_complaint(complaint, agent):
     # when
-    services.milestone_reach(
-        case=complaint, code="final_response", by=agent, data=FINAL_RESPONSE
-    )
+    services.milestone_reach(case=complaint, code="final_response", by=agent, data=FINAL_RESPONSE)
     # then
     complaint.refresh_from_db()
     assert complaint.state == "resolved"

@@ -39,9 +39,9 @@ def test_business_days_skip_weekends_and_english_bank_holidays():
     assert calendar.add_business_days(date(2026, 4, 2), 1) == date(2026, 4, 7)
     assert calendar.business_days_between(date(2026, 4, 2), date(2026, 4, 7)) == 1
     # Scotland keeps Easter Monday as a working day.
-    assert sla.Calendar(code="GB-SCT", tz=LONDON).add_business_days(
-        date(2026, 4, 2), 1
-    ) == date(2026, 4, 6)
+    assert sla.Calendar(code="GB-SCT", tz=LONDON).add_business_days(date(2026, 4, 2), 1) == date(
+        2026, 4, 6
+    )
 
 
 @freeze_time("2026-05-01 09:00:00")  # Friday; Monday 4 May is the Early May bank holiday
