@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
-from cases import selectors, services
+from cases import escalation, selectors, services
 from cases.models import (
     Case,
     CaseAttachment,
@@ -187,5 +187,5 @@ class CaseAdmin(admin.ModelAdmin):
     @admin.action(description="Check the SLA now")
     def check_sla(self, request, queryset):
         for case in queryset:
-            services.case_sla_check(case_id=case.pk)
+            escalation.case_sla_check(case_id=case.pk)
         messages.success(request, "SLA checked.")

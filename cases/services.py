@@ -9,22 +9,18 @@ transaction; views, the admin, tasks and the demo all call these functions.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.core.files import File
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 from django_fsm import can_proceed
 
-from cases import alerts, letters, sla
+from cases import letters, sla
 from cases.models import (
-    OPEN_STATES,
-    PRIORITY_ORDER,
     Case,
     CaseAttachment,
     CaseCommunication,
@@ -104,6 +100,9 @@ def _transition(case: Case, action: str, *, by, after: dict | None = None, **kwa
 def _next_reference(prefix: str, year: int) -> str:
     """PREFIX-YYYY-NNNNNN, numbered per prefix and year. The counter row stays locked until the
     transaction ends, so two cases never get one number and a rollback gives it back."""
+    # Exceptions are opened by receivers that run after an audit append, holding the chain
+    # lock; every other opening takes it before the counter too, so the order is always the same.
+    audit.chain_lock()
     for _ in range(2):
         bumped = ReferenceCounter.objects.filter(prefix=prefix, year=year).update(
             last=F("last") + 1
@@ -177,7 +176,7 @@ def case_open(
             template_code=milestone.template,
             due_at=sla.due_at(spec, milestone, received_at=received),
         )
-    _sla_refresh(case, now=now)
+    case_sla_refresh(case, now=now)
     audit.record(
         actor=by,
         action="case.opened",
@@ -188,7 +187,7 @@ def case_open(
             "team": case.team,
             "priority": case.priority,
             "received_at": received.isoformat(),
-            "deadlines": {m.code: _local(case, m.due_at) for m in case.milestones.all()},
+            "deadlines": {m.code: local_iso(case, m.due_at) for m in case.milestones.all()},
         },
     )
     if assignee is not None:
@@ -269,7 +268,7 @@ def case_wait(*, case: Case, by, reason: str) -> Case:
     if not reason.strip():
         raise CaseError("Say what the case is waiting for.", field="reason")
     locked = _transition(case, "wait", by=by, when=timezone.now(), after={"reason": reason})
-    _sla_refresh(locked)
+    case_sla_refresh(locked)
     return locked
 
 
@@ -293,7 +292,7 @@ def case_resume(*, case: Case, by) -> Case:
             subject=locked,
             after={"paused_business_days": locked.paused_business_days, "deadlines": moved},
         )
-    _sla_refresh(locked, now=now)
+    case_sla_refresh(locked, now=now)
     return locked
 
 
@@ -319,7 +318,7 @@ def case_close(*, case: Case, by) -> Case:
 @transaction.atomic
 def case_reopen(*, case: Case, by, reason: str = "") -> Case:
     locked = _transition(case, "reopen", by=by, after={"reason": reason})
-    _sla_refresh(locked)
+    case_sla_refresh(locked)
     return locked
 
 
@@ -342,11 +341,11 @@ def _deadlines_recompute(case: Case) -> dict[str, str]:
         )
         if due != milestone.due_at:
             Milestone.objects.filter(pk=milestone.pk).update(due_at=due)
-            moved[milestone.code] = _local(case, due)
+            moved[milestone.code] = local_iso(case, due)
     return moved
 
 
-def _local(case: Case, moment: datetime) -> str:
+def local_iso(case: Case, moment: datetime) -> str:
     """A deadline as the calendar's local time: what the audit and the people reading it see."""
     return moment.astimezone(sla.calendar_for(sla.spec_for(case.case_type)).tz).isoformat()
 
@@ -355,7 +354,7 @@ def _next_milestone(case: Case) -> Milestone | None:
     return case.milestones.filter(reached_at__isnull=True).order_by("due_at", "sequence").first()
 
 
-def _sla_refresh(case: Case, *, now: datetime | None = None) -> Milestone | None:
+def case_sla_refresh(case: Case, *, now: datetime | None = None) -> Milestone | None:
     """Store the next deadline and where the case stands against it (the list's SLA column).
     A waiting case's clock is stopped, and a finished case has none: both are on track."""
     milestone = _next_milestone(case) if case.is_open else None
@@ -408,7 +407,7 @@ def milestone_reach(*, case: Case, code: str, by, data: Mapping | None = None) -
         subject=locked,
         after={
             "milestone": code,
-            "due_at": _local(locked, milestone.due_at),
+            "due_at": local_iso(locked, milestone.due_at),
             "on_time": now <= milestone.due_at,
             "communication": milestone.communication_id,
         },
@@ -423,7 +422,7 @@ def milestone_reach(*, case: Case, code: str, by, data: Mapping | None = None) -
             when=now,
             after={"milestone": code},
         )
-    _sla_refresh(locked, now=now)
+    case_sla_refresh(locked, now=now)
     return milestone
 
 
@@ -441,77 +440,6 @@ def _milestone_letter(case: Case, milestone: Milestone, *, by, data: Mapping) ->
         correlation_id=case.reference,
     )
     return communication
-
-
-def _raised(priority: str) -> str:
-    index = PRIORITY_ORDER.index(priority) if priority in PRIORITY_ORDER else 1
-    return PRIORITY_ORDER[min(index + 1, len(PRIORITY_ORDER) - 1)]
-
-
-def case_sla_check(*, case_id: int, now: datetime | None = None) -> str | None:
-    """Where one case stands against its next deadline; the first time it is approaching and
-    the first time it is overdue it is escalated: audited, priority raised, the team alerted.
-    The milestone's stamp is the claim, so a second run escalates nothing twice."""
-    now = now or timezone.now()
-    with transaction.atomic():
-        case = (
-            Case.objects.select_for_update(of=("self",))
-            .filter(pk=case_id, state__in=OPEN_STATES)
-            .first()
-        )
-        if case is None:
-            return None
-        milestone = _sla_refresh(case, now=now)
-        status = case.sla_status
-        if milestone is None or case.state == CaseState.WAITING or status == SlaStatus.ON_TRACK:
-            return status
-        stamp = "warned_at" if status == SlaStatus.APPROACHING else "breached_at"
-        # An overdue case that was never warned is not warned late as well.
-        stamps = {stamp: now} | ({} if milestone.warned_at else {"warned_at": now})
-        claimed = (
-            Milestone.objects.filter(pk=milestone.pk, **{f"{stamp}__isnull": True}).update(**stamps)
-            == 1
-        )
-        if claimed:
-            _escalate(case, milestone, status)
-        return status
-
-
-def _escalate(case: Case, milestone: Milestone, status: str) -> None:
-    before = case.priority
-    case.priority = _raised(before)
-    Case.objects.filter(pk=case.pk).update(priority=case.priority)
-    audit.record(
-        actor=None,
-        action="case.escalated",
-        subject=case,
-        before={"priority": before},
-        after={
-            "priority": case.priority,
-            "milestone": milestone.code,
-            "sla_status": status,
-            "due_at": _local(case, milestone.due_at),
-        },
-    )
-    alerts.escalation_alert_queue(case=case, milestone=milestone, status=status)
-
-
-def cases_sla_sweep(*, now: datetime | None = None) -> dict[str, int]:
-    """The periodic task: check every running case whose next deadline is near or that is
-    flagged already (a resumed clock may put it back on track)."""
-    now = now or timezone.now()
-    # Generous in calendar days (weekends, Christmas); the exact test is per case.
-    horizon = now + timedelta(days=14 + 2 * settings.CASES_SLA_WARN_BUSINESS_DAYS)
-    ids = (
-        Case.objects.filter(state__in=[CaseState.NEW, CaseState.ASSIGNED, CaseState.IN_PROGRESS])
-        .filter(Q(next_due_at__lte=horizon) | ~Q(sla_status=SlaStatus.ON_TRACK))
-        .order_by("next_due_at")
-        .values_list("pk", flat=True)
-    )
-    counts: Counter[str] = Counter()
-    for pk in ids.iterator():
-        counts[case_sla_check(case_id=pk, now=now) or "skipped"] += 1
-    return dict(counts)
 
 
 # --- notes, attachments, links ---------------------------------------------------------------

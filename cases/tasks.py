@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from cases import alerts, exception_cases, services
+from cases import alerts, escalation, exception_cases
 from ccm.tasks import register_schedule, register_sweep
 
 
@@ -19,7 +19,7 @@ def exception_settle(case_id: int) -> str:
 
 def case_sla_sweep() -> dict[str, int]:
     """Flag and escalate cases whose next deadline is near or past."""
-    return services.cases_sla_sweep()
+    return escalation.cases_sla_sweep()
 
 
 def exceptions_reconcile() -> dict[str, int]:

@@ -235,6 +235,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Fields of one name with different choices would get hashed names without these.
+    "ENUM_NAME_OVERRIDES": {
+        "ChannelEnum": "notifications.models.Channel",
+        "CaseStateEnum": "cases.models.CaseState",
+        "ResendChannelEnum": "notifications.recovery.RESENDABLE_CHANNELS",
+    },
 }
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 
