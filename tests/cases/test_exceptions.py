@@ -3,11 +3,12 @@ regenerate or resend from it; the case resolves itself when the communication is
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
 from django.core import mail
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, connections, transaction
 from django.utils import timezone
 
 from cases import exception_cases, receivers, selectors
@@ -273,3 +274,44 @@ def test_the_reconciler_opens_a_case_no_signal_opened_once(
     # then
     assert (first["opened"], second["opened"]) == (1, 0)
     assert Case.objects.get().dedupe_key == f"communication:{communication.pk}:compose_failed"
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="needs PostgreSQL")
+@pytest.mark.django_db(transaction=True)
+def test_two_reports_of_one_failure_at_the_same_moment_open_one_case(
+    letter, customer, integrator, ops
+):
+    # given a failed composition reported by two workers at once (a retried task and the
+    # reconciler, say), each in its own transaction
+    communication = request(customer, integrator)
+    Communication.objects.filter(pk=communication.pk).update(
+        state="compose_failed",
+        failure_reason="data invalid",
+        failure_errors=[{"field": "account", "message": "is missing"}],
+    )
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def report() -> None:
+        try:
+            barrier.wait()
+            exception_cases.exception_open(
+                kind="compose_failed",
+                communication=Communication.objects.get(pk=communication.pk),
+                reason="data invalid",
+            )
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=report) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # then one case holds both reports
+    assert errors == []
+    case = Case.objects.get()
+    assert case.occurrences == 2
+    assert CaseAlert.objects.filter(case=case).count() == 1
