@@ -1,6 +1,7 @@
 """Every write of the cases app: opening a case, moving it through its states, reaching its
-milestones (with the letters they send), the SLA clock and its escalations, notes, attachments
-and links. Exception cases opened from lower-layer failures are in cases/exception_cases.py.
+milestones (with the letters they send), the SLA clock, notes, attachments and links. The SLA
+sweep and its escalations are in cases/escalation.py; exception cases opened from lower-layer
+failures in cases/exception_cases.py.
 
 Each service locks the case row, checks the transition on the model, saves and audits it in one
 transaction; views, the admin, tasks and the demo all call these functions.
