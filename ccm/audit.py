@@ -64,6 +64,13 @@ def _lock_chain() -> None:
     # serialises writers on the whole database.
 
 
+def chain_lock() -> None:
+    """Take the chain lock now; it is held until the transaction ends. A writer that locks a
+    row every writer shares (a counter) takes this first: receivers that run after an append
+    already hold it, and two writers that take the two locks in opposite orders deadlock."""
+    _lock_chain()
+
+
 def record(
     *,
     actor,

@@ -250,6 +250,9 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "CategoryEnum": "documents.models.Category",
         "WebhookEventEnum": "notifications.models.webhooks.WebhookEvent",
+        "ChannelEnum": "notifications.models.Channel",
+        "CaseStateEnum": "cases.models.CaseState",
+        "ResendChannelEnum": "notifications.recovery.RESENDABLE_CHANNELS",
     },
 }
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
@@ -342,6 +345,22 @@ CCM_WEBHOOK_MAX_ATTEMPTS = env.int("CCM_WEBHOOK_MAX_ATTEMPTS", default=20)
 # addresses (the cloud metadata endpoint, the database) are refused unless allowed here.
 CCM_WEBHOOK_REQUIRE_HTTPS = env.bool("CCM_WEBHOOK_REQUIRE_HTTPS", default=not DEBUG)
 CCM_WEBHOOK_ALLOW_PRIVATE = env.bool("CCM_WEBHOOK_ALLOW_PRIVATE", default=DEBUG)
+# The Django email backend that sends internal mail the sender profile routes to Gmail.
+CCM_GMAIL_EMAIL_BACKEND = env.str(
+    "CCM_GMAIL_EMAIL_BACKEND", default="notifications.gmail.GmailEmailBackend"
+)
+
+# --- cases ------------------------------------------------------------------------------
+# SLA clocks count business days on this jurisdiction's calendar ("CC" or "CC-SUBDIV", public
+# holidays from the `holidays` library) unless a case type names its own (cases/sla.py).
+CASES_CALENDAR = env.str("CASES_CALENDAR", default="GB-ENG")
+CASES_TIME_ZONE = env.str("CASES_TIME_ZONE", default="Europe/London")
+# A case is flagged (and escalated once) when this many business days or fewer are left.
+CASES_SLA_WARN_BUSINESS_DAYS = env.int("CASES_SLA_WARN_BUSINESS_DAYS", default=1)
+CASES_SLA_SWEEP_MINUTES = env.int("CASES_SLA_SWEEP_MINUTES", default=15)
+# Where each team's alerts go: "operations=ops@x.example;oncall@x.example,disputes=…". A team
+# left out gets the email addresses of the active users holding its role.
+CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
 
 LOGGING = {
     "version": 1,

@@ -38,7 +38,7 @@ CUSTOMERS: list[dict[str, Any]] = [
         "external_ref": "NW-7410-3300",
         "name": "Mr Daniel Okafor",
         "postal_address": ["31 Quay Street", "Bristol", "BS1 4DJ"],
-        "phones": ["+447700900123"],
+        "phones": ["+447400123456"],
     },
 ]
 
