@@ -68,6 +68,11 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_communication",
         "notifications.change_communication",
         "notifications.view_delivery",
+        "notifications.view_printbatch",
+        "notifications.view_printitem",
+        "notifications.close_printbatch",
+        "notifications.hand_over_printbatch",
+        "notifications.record_print_outcome",
         "cases.view_case",
         "cases.change_case",
     ],
@@ -79,6 +84,11 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_customer",
         "notifications.add_communication",
         "notifications.view_communication",
+        # The mail house's system, with the "print" scope: fetches batches, reports them
+        # mailed and letters returned. Closing and handing over stay with operations.
+        "notifications.view_printbatch",
+        "notifications.view_printitem",
+        "notifications.record_print_outcome",
     ],
 }
 
@@ -87,7 +97,9 @@ ROLE_DUTIES: dict[str, str] = {
     Role.COMPLIANCE_REVIEWER: "Decides approvals (never their own), reads the audit log",
     Role.TEMPLATE_AUTHOR: "Writes templates and versions, submits them for sign-off",
     Role.SERVICE_AGENT: "Works cases, requests reprints and ad hoc correspondence",
-    Role.OPERATIONS: "Handles exceptions, watches queues and reports, reads the audit log",
+    Role.OPERATIONS: (
+        "Handles exceptions, watches queues and reports, reads the audit log, runs print batches"
+    ),
     Role.INTEGRATOR: "Calls the API: customers, communications, templates (read)",
 }
 

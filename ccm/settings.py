@@ -247,10 +247,11 @@ CCM_RENDER_MEMORY_MB = env.int("CCM_RENDER_MEMORY_MB", default=1536)
 CCM_SWEEP_AFTER_SECONDS = env.int("CCM_SWEEP_AFTER_SECONDS", default=300)
 CCM_DEFAULT_PHONE_REGION = env.str("CCM_DEFAULT_PHONE_REGION", default="GB")
 # Channels with a working backend; selection only considers these.
-CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email"])
+CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email", "print"])
 # The backend class of each channel (like EMAIL_BACKEND); a channel left out cannot send.
 CCM_CHANNEL_BACKENDS = {
     "email": "notifications.channels.email.EmailBackend",
+    "print": "notifications.channels.print.PrintBackend",
 }
 CCM_MESSAGE_ID_DOMAIN = env.str("CCM_MESSAGE_ID_DOMAIN", default="ccm.localhost")
 CCM_DISPATCH_INLINE_RETRIES = env.int("CCM_DISPATCH_INLINE_RETRIES", default=2)
@@ -264,6 +265,8 @@ CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & In
 CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=250)
 # Messages per call to Postmark's batch endpoint (its limit is 500); 1 sends one call each.
 CCM_POSTMARK_BATCH = env.int("CCM_POSTMARK_BATCH", default=500)
+# Printed above the recipient on print cover sheets, so undeliverable letters come back to us.
+CCM_PRINT_RETURN_ADDRESS = env.str("CCM_PRINT_RETURN_ADDRESS", default="")
 
 LOGGING = {
     "version": 1,

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from notifications.models import Communication, ConsentRecord, Customer
+from notifications.models import Communication, ConsentRecord, Customer, PrintItem
 
 
 def consent_at(
@@ -46,3 +46,15 @@ def consent_applied(communication: Communication) -> list[dict]:
             }
         )
     return out
+
+
+def print_item_by_reference(reference: str) -> PrintItem | None:
+    """The letter named "batch-<id>/<sequence>", as its cover sheet shows it."""
+    batch, _, sequence = reference.strip().removeprefix("batch-").partition("/")
+    if not (batch.isdigit() and sequence.isdigit()):
+        return None
+    return (
+        PrintItem.objects.select_related("batch", "customer")
+        .filter(batch_id=int(batch), sequence=int(sequence))
+        .first()
+    )

@@ -416,3 +416,6 @@ class DeliveryEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.event_type} {self.event_id}"
+
+
+from notifications.models.printing import PrintBatch, PrintBatchState, PrintItem  # noqa: E402, F401
