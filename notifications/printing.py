@@ -10,6 +10,7 @@ customer's postal address invalid and fires `delivery_failed`.
 from __future__ import annotations
 
 import logging
+import tempfile
 
 from django.core.exceptions import PermissionDenied
 from django.core.files import File
@@ -31,6 +32,7 @@ from notifications.models import (
     PrintItem,
 )
 from notifications.printstream import PrintError
+from notifications.selection import postal_address_text
 from notifications.tracking import PROCESS_TASK
 
 __all__ = [
@@ -122,7 +124,7 @@ def print_item_add(*, delivery: Delivery) -> PrintItem:
             "correct it and send the communication again",
             code="no_postal_address",
         )
-    address = " / ".join(lines)
+    address = postal_address_text(lines)
     try:
         with transaction.atomic():
             batch = _open_batch_locked()
@@ -193,14 +195,15 @@ def print_batch_close(*, batch: PrintBatch, by) -> PrintBatch:
                     f"{locked.reference} has no letters; there is nothing to print",
                     code="empty_batch",
                 )
-            built = printstream.stream_build(reference=locked.reference, items=locked.items.all())
-            try:
-                locked.stream.save(f"{locked.reference}.pdf", File(built.stream), save=False)
-                locked.manifest.save(
-                    f"{locked.reference}-manifest.csv", File(built.manifest), save=False
+            with tempfile.TemporaryFile() as stream, tempfile.TemporaryFile() as manifest:
+                built = printstream.stream_build(
+                    reference=locked.reference,
+                    items=locked.items.all(),
+                    stream=stream,
+                    manifest=manifest,
                 )
-            finally:
-                built.close()
+                locked.stream.save(f"{locked.reference}.pdf", File(stream), save=False)
+                locked.manifest.save(f"{locked.reference}-manifest.csv", File(manifest), save=False)
             locked.close(
                 by=by,
                 when=timezone.now(),

@@ -13,9 +13,11 @@ rendered a chunk at a time.
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import io
 import tempfile
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -66,19 +68,26 @@ class PrintError(ValueError):
 
 class PdfStreamWriter:
     """Writes one PDF made of pages of many others, copying each source's objects to `out` as
-    soon as a page is added, so memory holds one source at a time.
+    soon as a page is added, so memory holds one source at a time (plus 8 bytes per object
+    written, for the cross-reference table).
 
     Object 1 is the catalog and object 2 the page tree, both written by `finish()`.
     """
 
     _CATALOG, _PAGES = 1, 2
+    # pypdf's readers are reference cycles (objects point back at their reader), which only
+    # the cyclic collector frees; left to its own pace, dead readers pile up in its oldest
+    # generation. Collecting every so many sources keeps the memory flat for any batch size.
+    COLLECT_EVERY = 50
 
     def __init__(self, out: IO[bytes]):
         self._out = out
         self._position = 0
-        self._offsets: dict[int, int] = {}
-        self._next_number = 3
-        self._kids: list[int] = []
+        # Offset of object n at index n (0 is the free list's head); objects are numbered in
+        # the order they are allocated but written in the order they are reached.
+        self._offsets = array("Q", [0, 0, 0])
+        self._kids = array("Q")
+        self._sources = 0
         # The header's second line has bytes above 127, so transfer tools treat it as binary.
         self._write(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
 
@@ -87,18 +96,19 @@ class PdfStreamWriter:
         return len(self._kids)
 
     def source(self, reader: pypdf.PdfReader) -> PdfSource:
+        self._sources += 1
+        if self._sources % self.COLLECT_EVERY == 0:
+            gc.collect()
         return PdfSource(self, reader)
 
     def finish(self, *, title: str, seed: bytes) -> None:
         """Write the page tree, catalog, info, cross-reference table and trailer."""
-        pages = DictionaryObject(
-            {
-                NameObject("/Type"): NameObject("/Pages"),
-                NameObject("/Kids"): ArrayObject(self._reference(n) for n in self._kids),
-                NameObject("/Count"): NumberObject(len(self._kids)),
-            }
-        )
-        self._emit(self._PAGES, pages)
+        # The page tree is written by hand: its /Kids runs to one entry per page.
+        self._offsets[self._PAGES] = self._position
+        self._write(b"%d 0 obj\n<< /Type /Pages /Count %d /Kids [" % (self._PAGES, len(self._kids)))
+        for start in range(0, len(self._kids), 1000):
+            self._write(b"".join(b"%d 0 R " % n for n in self._kids[start : start + 1000]))
+        self._write(b"] >>\nendobj\n")
         catalog = DictionaryObject(
             {
                 NameObject("/Type"): NameObject("/Catalog"),
@@ -115,10 +125,11 @@ class PdfStreamWriter:
         )
         self._emit(info_number, info)
         xref_at = self._position
-        size = self._next_number
-        lines = [b"xref\n0 %d\n0000000000 65535 f \n" % size]
-        lines += [b"%010d 00000 n \n" % self._offsets[n] for n in range(1, size)]
-        self._write(b"".join(lines))
+        size = len(self._offsets)
+        self._write(b"xref\n0 %d\n0000000000 65535 f \n" % size)
+        for start in range(1, size, 1000):
+            chunk = self._offsets[start : start + 1000]
+            self._write(b"".join(b"%010d 00000 n \n" % offset for offset in chunk))
         # Same inputs, same /ID: a stream produced again can be compared byte for byte.
         identifier = ByteStringObject(hashlib.md5(seed, usedforsecurity=False).digest())
         trailer = DictionaryObject(
@@ -143,9 +154,11 @@ class PdfStreamWriter:
         self._position += len(data)
 
     def _allocate(self) -> int:
-        number = self._next_number
-        self._next_number += 1
-        return number
+        self._offsets.append(0)
+        return len(self._offsets) - 1
+
+    def _add_kid(self, number: int) -> None:
+        self._kids.append(number)
 
     @staticmethod
     def _reference(number: int) -> IndirectObject:
@@ -180,7 +193,7 @@ class PdfSource:
             number = self._writer._allocate()
             if key is not None:
                 self._numbers[key] = number
-            self._writer._kids.append(number)
+            self._writer._add_kid(number)
             self._pending.append((number, page))
         while self._pending:
             number, obj = self._pending.pop()
@@ -226,7 +239,7 @@ class PdfSource:
 # --- cover sheets -------------------------------------------------------------------------
 
 # The window sits where the house letter puts it (20 mm from the left, 45 mm from the top,
-# 88 × 38 mm), which a DL or C5 window envelope shows.
+# 88 x 38 mm), which a DL or C5 window envelope shows.
 COVER_CSS = """
 @page { size: A4; margin: 0 }
 html, body { margin: 0 }
@@ -344,19 +357,11 @@ def manifest_header(address_lines: int) -> list[str]:
     ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuiltStream:
-    """The produced files (temporary until stored), with their SHA-256."""
-
-    stream: IO[bytes]
     stream_sha256: str
-    page_count: int
-    manifest: IO[bytes]
     manifest_sha256: str
-
-    def close(self) -> None:
-        self.stream.close()
-        self.manifest.close()
+    page_count: int
 
 
 def _sha256_of(file: IO[bytes]) -> str:
@@ -379,49 +384,43 @@ def _chunks(items: QuerySet[PrintItem], size: int) -> Iterator[list[PrintItem]]:
         yield chunk
 
 
-def stream_build(*, reference: str, items: QuerySet[PrintItem]) -> BuiltStream:
-    """Produce the print stream and manifest for `items` (in sequence order). Raises PrintError
-    naming the first item whose archived document cannot be printed as archived."""
+def stream_build(
+    *, reference: str, items: QuerySet[PrintItem], stream: IO[bytes], manifest: IO[bytes]
+) -> BuiltStream:
+    """Write the print stream and manifest of `items` (in sequence order) to the two files.
+    Raises PrintError naming the first item whose archived document cannot be printed exactly
+    as it was archived."""
     items = items.select_related("customer", "document").order_by("sequence")
     total = items.count()
     address_lines = max((len(a) for a in items.values_list("postal_address", flat=True)), default=0)
-    stream = tempfile.TemporaryFile()
-    manifest = tempfile.TemporaryFile()
-    try:
-        writer = PdfStreamWriter(stream)
-        text = io.TextIOWrapper(manifest, encoding="utf-8", newline="")
-        rows = csv.writer(text)
-        rows.writerow(manifest_header(address_lines))
-        for chunk in _chunks(items, COVER_CHUNK):
-            covers = writer.source(cover_sheets(chunk, reference=reference, total=total))
-            for index, item in enumerate(chunk):
-                first_page = writer.page_count + 1
-                covers.add_pages([index])
-                with verified_document(item, reference=reference) as reader:
-                    writer.source(reader).add_pages()
-                address = list(item.postal_address) + [""] * address_lines
-                rows.writerow(
-                    [
-                        item.sequence,
-                        item.customer.external_ref,
-                        item.recipient_name,
-                        *address[:address_lines],
-                        item.pages,
-                        item.document_sha256,
-                        first_page,
-                    ]
-                )
-        writer.finish(title=f"Print stream {reference}", seed=reference.encode())
-        text.flush()
-        text.detach()  # leave `manifest` open for storing
-        return BuiltStream(
-            stream=stream,
-            stream_sha256=_sha256_of(stream),
-            page_count=writer.page_count,
-            manifest=manifest,
-            manifest_sha256=_sha256_of(manifest),
-        )
-    except BaseException:
-        stream.close()
-        manifest.close()
-        raise
+    writer = PdfStreamWriter(stream)
+    text = io.TextIOWrapper(manifest, encoding="utf-8", newline="")
+    rows = csv.writer(text)
+    rows.writerow(manifest_header(address_lines))
+    for chunk in _chunks(items, COVER_CHUNK):
+        covers = writer.source(cover_sheets(chunk, reference=reference, total=total))
+        for index, item in enumerate(chunk):
+            first_page = writer.page_count + 1
+            covers.add_pages([index])
+            with verified_document(item, reference=reference) as reader:
+                writer.source(reader).add_pages()
+            address = list(item.postal_address) + [""] * address_lines
+            rows.writerow(
+                [
+                    item.sequence,
+                    item.customer.external_ref,
+                    item.recipient_name,
+                    *address[:address_lines],
+                    item.pages,
+                    item.document_sha256,
+                    first_page,
+                ]
+            )
+    writer.finish(title=f"Print stream {reference}", seed=reference.encode())
+    text.flush()
+    text.detach()  # the caller's file stays open
+    return BuiltStream(
+        stream_sha256=_sha256_of(stream),
+        manifest_sha256=_sha256_of(manifest),
+        page_count=writer.page_count,
+    )

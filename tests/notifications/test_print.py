@@ -5,8 +5,10 @@ letters come back."""
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import io
+import tempfile
 import threading
 
 import pypdf
@@ -18,7 +20,7 @@ from ccm.models import AuditEvent
 from documents import services as documents
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import printing, services, signals, tasks
+from notifications import printing, services, signals
 from notifications.channels import PermanentSendError, TransientSendError
 from notifications.channels.print import PrintBackend
 from notifications.models import (
@@ -30,6 +32,7 @@ from notifications.models import (
     PrintItem,
 )
 from notifications.printing import PrintError
+from notifications.printstream import PdfStreamWriter
 from tests.notifications.conftest import publish
 
 postgres_only = pytest.mark.skipif(
@@ -311,3 +314,236 @@ def test_a_letter_waiting_for_a_closing_batch_is_retried_later(
     # then nothing joined, and once the close is done it joins
     assert not PrintItem.objects.exists()
     assert PrintBackend().send(delivery) == f"batch-{batch.pk}/1"
+
+
+# --- closing: the print stream and the manifest ------------------------------------------------
+
+
+def test_closing_produces_one_stream_of_cover_sheets_and_documents(letters, ops):
+    # when
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+    # then the stream holds, per letter in sequence, a cover sheet then the archived document
+    batch.refresh_from_db()
+    stream = stream_of(batch)
+    pages = [c.document.page_count for c in letters]
+    assert len(stream.pages) == sum(1 + p for p in pages) == batch.page_count
+    assert batch.state == "closed"
+    assert (batch.closed_by, batch.closed_at is not None) == (ops, True)
+    first_cover = stream.pages[0].extract_text()
+    second_cover = stream.pages[1 + pages[0]].extract_text()
+    for text, ref in ((first_cover, "P-1"), (second_cover, "P-2")):
+        name, lines = ADDRESSES[ref]
+        assert name in text
+        for line in lines:
+            assert line in text
+    assert f"batch-{batch.pk} / 1" in first_cover
+    assert f"batch-{batch.pk} / 2" in second_cover
+    # the document pages are the archived document's pages
+    archived = pypdf.PdfReader(io.BytesIO(stored_bytes(letters[0].document.file)))
+    assert stream.pages[1].extract_text() == archived.pages[0].extract_text()
+    assert "Dear Ada Lovelace" in stream.pages[1].extract_text()
+    assert hashlib.sha256(stored_bytes(batch.stream)).hexdigest() == batch.stream_sha256
+    closed = AuditEvent.objects.get(action="print_batch.closed")
+    assert (closed.actor, closed.after["stream_sha256"]) == (ops, batch.stream_sha256)
+
+
+def test_the_manifest_lists_every_letter(letters, ops):
+    # when
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+    # then
+    rows = manifest_of(batch)
+    assert hashlib.sha256(stored_bytes(batch.manifest)).hexdigest() == batch.manifest_sha256
+    assert [r["sequence"] for r in rows] == ["1", "2"]
+    first_page = 1
+    for row, communication in zip(rows, letters, strict=True):
+        name, lines = ADDRESSES[row["customer_reference"]]
+        document = communication.document
+        assert row["customer_name"] == name
+        assert [row[f"address_line_{n}"] for n in range(1, 5)] == lines + [""] * (4 - len(lines))
+        assert row["pages"] == str(document.page_count)
+        assert row["document_sha256"] == document.sha256
+        assert row["document_sha256"] == hashlib.sha256(stored_bytes(document.file)).hexdigest()
+        assert row["stream_first_page"] == str(first_page)
+        first_page += 1 + document.page_count
+
+
+def test_a_tampered_archived_document_refuses_the_close(letters, ops):
+    # given the second letter's archived file changed after archiving
+    document = letters[1].document
+    path = document.file.path
+    with open(path, "r+b") as fh:
+        fh.seek(-20, io.SEEK_END)
+        fh.write(b"% tampered          ")
+    batch = open_batch()
+    # when
+    with pytest.raises(PrintError) as refused:
+        printing.print_batch_close(batch=batch, by=ops)
+    # then the error names the item, and the batch stays open without a stream
+    assert refused.value.code == "document_mismatch"
+    assert f"batch-{batch.pk}/2 (Charles Babbage, document {document.pk})" in str(refused.value)
+    assert "does not match its recorded SHA-256" in str(refused.value)
+    batch.refresh_from_db()
+    assert (batch.state, batch.stream.name, batch.stream_sha256) == ("open", "", "")
+    alarm = AuditEvent.objects.get(action="print_batch.close_refused")
+    assert "does not match" in alarm.after["reason"]
+
+
+def test_an_empty_batch_is_not_closed(db, ops):
+    batch = PrintBatch.objects.create()
+    with pytest.raises(PrintError, match="has no letters; there is nothing to print"):
+        printing.print_batch_close(batch=batch, by=ops)
+    batch.refresh_from_db()
+    assert batch.state == "open"
+
+
+def test_letters_sent_after_the_close_open_the_next_batch(letters, ops, integrator, sync_tasks):
+    closed = printing.print_batch_close(batch=open_batch(), by=ops)
+    later = send_letter(sync_tasks, letters[0].customer, integrator)
+    nxt = open_batch()
+    assert nxt.pk != closed.pk
+    assert later.deliveries.get().provider_message_id == f"batch-{nxt.pk}/1"
+
+
+def test_only_operations_close_and_hand_over(letters, agent, integrator, ops):
+    batch = open_batch()
+    for user in (agent, integrator):
+        with pytest.raises(PermissionDenied, match="close_printbatch"):
+            printing.print_batch_close(batch=batch, by=user)
+    printing.print_batch_close(batch=batch, by=ops)
+    with pytest.raises(PermissionDenied, match="hand_over_printbatch"):
+        printing.print_batch_hand_over(batch=batch, by=integrator)
+
+
+def test_steps_out_of_order_are_refused(letters, ops):
+    batch = open_batch()
+    with pytest.raises(PrintError, match="is open; only a batch that is closed can be handed"):
+        printing.print_batch_hand_over(batch=batch, by=ops)
+    with pytest.raises(PrintError, match="only a batch that is handed over can be marked mailed"):
+        printing.print_batch_mark_mailed(batch=batch, by=ops)
+    printing.print_batch_close(batch=batch, by=ops)
+    with pytest.raises(PrintError, match="is closed; only a batch that is open can be closed"):
+        printing.print_batch_close(batch=batch, by=ops)
+
+
+# --- handed over, mailed, returned ----------------------------------------------------------
+
+
+@pytest.fixture
+def handed_over(letters, ops):
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+    return printing.print_batch_hand_over(batch=batch, by=ops)
+
+
+def test_mailed_batch_delivers_its_letters(handed_over, letters, ops, sync_tasks):
+    # when
+    batch = sync_tasks(printing.print_batch_mark_mailed, batch=handed_over, by=ops)
+    # then every delivery and communication is delivered, through one event per letter
+    batch.refresh_from_db()
+    assert (batch.state, batch.handed_over_by, batch.mailed_by) == ("mailed", ops, ops)
+    for communication in letters:
+        communication.refresh_from_db()
+        delivery = communication.deliveries.get()
+        assert communication.state == "delivered"
+        assert delivery.state == "delivered"
+        assert delivery.delivered_at == batch.mailed_at
+        event = delivery.events.get()
+        assert (event.provider, event.event_type) == ("print", "delivered")
+        assert event.event_id == f"{delivery.provider_message_id}/mailed"
+        assert event.processed_at is not None
+    assert AuditEvent.objects.filter(action="delivery.delivered").count() == 2
+
+
+def test_returned_mail_bounces_and_invalidates_the_address(
+    handed_over, letters, ops, sync_tasks, delivery_failed
+):
+    # given the batch mailed, then the first letter comes back
+    sync_tasks(printing.print_batch_mark_mailed, batch=handed_over, by=ops)
+    item = PrintItem.objects.get(batch=handed_over, sequence=1)
+    # when
+    sync_tasks(printing.print_item_return, item=item, reason="addressee gone away", by=ops)
+    # then
+    item.refresh_from_db()
+    delivery = item.delivery
+    delivery.refresh_from_db()
+    assert (item.return_reason, item.returned_by) == ("addressee gone away", ops)
+    assert item.returned_at is not None
+    assert delivery.state == "bounced"
+    assert "addressee gone away" in delivery.last_error
+    assert Customer.objects.get(pk=item.customer_id).postal_address_valid is False
+    assert delivery_failed == [(delivery.pk, "returned mail: addressee gone away")]
+    event = delivery.events.get(event_type="bounced")
+    assert (event.provider, event.hard) == ("print", True)
+    assert AuditEvent.objects.filter(action="customer.postal_address_invalidated").exists()
+    # the other letter is untouched
+    other = PrintItem.objects.get(batch=handed_over, sequence=2).delivery
+    assert other.state == "delivered"
+
+
+def test_mail_returned_before_the_batch_is_marked_mailed_stays_bounced(
+    handed_over, ops, sync_tasks
+):
+    item = PrintItem.objects.get(batch=handed_over, sequence=2)
+    sync_tasks(printing.print_item_return, item=item, reason="refused", by=ops)
+    sync_tasks(printing.print_batch_mark_mailed, batch=handed_over, by=ops)
+    item.delivery.refresh_from_db()
+    assert item.delivery.state == "bounced"
+    assert not item.delivery.events.filter(event_type="delivered").exists()
+
+
+def test_a_return_is_recorded_once_and_only_after_hand_over(letters, ops, sync_tasks):
+    item = PrintItem.objects.get(sequence=1)
+    with pytest.raises(PrintError, match="only letters handed over to the mail house"):
+        printing.print_item_return(item=item, reason="gone away", by=ops)
+    batch = printing.print_batch_close(batch=item.batch, by=ops)
+    printing.print_batch_hand_over(batch=batch, by=ops)
+    with pytest.raises(PrintError, match="Say why the letter came back"):
+        printing.print_item_return(item=item, reason="  ", by=ops)
+    sync_tasks(printing.print_item_return, item=item, reason="gone away", by=ops)
+    with pytest.raises(PrintError, match="already recorded as returned"):
+        printing.print_item_return(item=item, reason="again", by=ops)
+    assert DeliveryEvent.objects.filter(event_type="bounced").count() == 1
+
+
+def test_a_return_after_the_customer_moved_keeps_the_new_address(
+    handed_over, ops, sync_tasks, admin_user
+):
+    # given the customer gave a new address after the letter went out
+    item = PrintItem.objects.get(batch=handed_over, sequence=1)
+    services.customer_upsert(
+        external_ref="P-1",
+        name="Ada Lovelace",
+        postal_address=["9 New Road", "Bath"],
+        by=admin_user,
+    )
+    # when the letter to the old address comes back
+    sync_tasks(printing.print_item_return, item=item, reason="gone away", by=ops)
+    # then the delivery bounced, but the new address is still good
+    item.delivery.refresh_from_db()
+    assert item.delivery.state == "bounced"
+    assert Customer.objects.get(pk=item.customer_id).postal_address_valid is True
+
+
+# --- the stream writer ----------------------------------------------------------------------
+
+
+def test_the_stream_writer_keeps_no_document_once_written(letter):
+    # given an archived letter, appended many times as a batch of thousands would be
+    data = stored_bytes(documents.document_compose(version=letter, data=DATA).file)
+    archived = pypdf.PdfReader(io.BytesIO(data))
+    copies = 150
+    with tempfile.TemporaryFile() as out:
+        # when
+        writer = PdfStreamWriter(out)
+        for _ in range(copies):
+            writer.source(pypdf.PdfReader(io.BytesIO(data))).add_pages()
+        # then nothing of the documents written is still held (pypdf's own PdfWriter would hold
+        # every page until the end); what stays alive is the table of object offsets
+        gc.collect()
+        held = sum(isinstance(o, pypdf.generic.PdfObject) for o in gc.get_objects())
+        writer.finish(title="test", seed=b"test")
+        out.seek(0)
+        merged = pypdf.PdfReader(out)
+        assert len(merged.pages) == copies * len(archived.pages)
+        assert merged.pages[-1].extract_text() == archived.pages[-1].extract_text()
+        assert out.seek(0, io.SEEK_END) >= copies * len(data) * 0.9
+    assert held < 200, held
