@@ -32,6 +32,7 @@ SCOPES: dict[str, str] = {
     "cases:read": "Read cases",
     "cases:write": "Open and move cases, request reprints and correspondence",
     "webhooks:write": "Manage webhook subscriptions",
+    "print": "Print batches: fetch streams and manifests, report mailing and returned mail",
 }
 
 

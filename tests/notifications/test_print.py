@@ -15,7 +15,9 @@ import pypdf
 import pytest
 from django.core.exceptions import PermissionDenied
 from django.db import connection, connections, transaction
+from rest_framework.test import APIClient
 
+from ccm.api.auth import api_key_create
 from ccm.models import AuditEvent
 from documents import services as documents
 from documents.bundle import read_folder
@@ -547,3 +549,121 @@ def test_the_stream_writer_keeps_no_document_once_written(letter):
         assert merged.pages[-1].extract_text() == archived.pages[-1].extract_text()
         assert out.seek(0, io.SEEK_END) >= copies * len(data) * 0.9
     assert held < 200, held
+
+
+# --- the API -------------------------------------------------------------------------------
+
+PROBLEM = "application/problem+json"
+
+
+def api_client(*scopes: str) -> APIClient:
+    name = "-".join(scope.replace(":", "-") for scope in scopes)
+    issued = api_key_create(name=f"key-{name}", scopes=list(scopes))
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    return client
+
+
+@pytest.fixture
+def mail_house(db):
+    return api_client("print")
+
+
+@pytest.fixture
+def ops_api(ops):
+    client = APIClient()
+    client.force_authenticate(ops)
+    return client
+
+
+def test_api_needs_the_print_scope(letters, mail_house):
+    without = api_client("communications:read")
+    refused = without.get("/api/v1/print-batches")
+    assert refused.status_code == 403
+    assert refused["Content-Type"] == PROBLEM
+    assert "print" in refused.json()["detail"]
+    listed = mail_house.get("/api/v1/print-batches?state=open")
+    assert listed.status_code == 200
+    [batch] = listed.json()["results"]
+    assert (batch["reference"], batch["state"], batch["item_count"]) == (
+        f"batch-{open_batch().pk}",
+        "open",
+        2,
+    )
+    assert batch["stream_url"] is None
+
+
+def test_api_close_is_for_operations_and_downloads_the_files(letters, mail_house, ops_api):
+    batch = open_batch()
+    # an API key is not operations
+    refused = mail_house.post(f"/api/v1/print-batches/{batch.pk}/close")
+    assert refused.status_code == 403
+    assert "close_printbatch" in refused.json()["detail"]
+    not_yet = mail_house.get(f"/api/v1/print-batches/{batch.pk}/stream")
+    assert not_yet.status_code == 404
+    assert "produced when it is closed" in not_yet.json()["detail"]
+    # operations close it
+    closed = ops_api.post(f"/api/v1/print-batches/{batch.pk}/close")
+    assert closed.status_code == 200
+    assert (closed.json()["state"], closed.json()["closed_by"]) == ("closed", "otto")
+    # the mail house downloads both files
+    batch.refresh_from_db()
+    stream = mail_house.get(closed.json()["stream_url"])
+    assert stream.status_code == 200
+    assert stream["Content-Type"] == "application/pdf"
+    body = b"".join(stream.streaming_content)
+    assert hashlib.sha256(body).hexdigest() == stream["X-Content-SHA256"] == batch.stream_sha256
+    assert len(pypdf.PdfReader(io.BytesIO(body)).pages) == batch.page_count
+    manifest = mail_house.get(f"/api/v1/print-batches/{batch.pk}/manifest")
+    assert manifest["Content-Type"] == "text/csv; charset=utf-8"
+    assert f'filename="batch-{batch.pk}-manifest.csv"' in manifest["Content-Disposition"]
+    text = b"".join(manifest.streaming_content).decode()
+    assert text.startswith("sequence,customer_reference,customer_name,address_line_1")
+    assert api_client("me:read").get(f"/api/v1/print-batches/{batch.pk}/stream").status_code == 403
+
+
+def test_api_mailed_and_returned_by_the_mail_house(letters, mail_house, ops_api, sync_tasks):
+    batch = open_batch()
+    ops_api.post(f"/api/v1/print-batches/{batch.pk}/close")
+    early = mail_house.post(f"/api/v1/print-batches/{batch.pk}/mailed")
+    assert early.status_code == 409
+    assert "only a batch that is handed over" in early.json()["detail"]
+    assert ops_api.post(f"/api/v1/print-batches/{batch.pk}/hand-over").status_code == 200
+    # when the mail house reports the batch mailed, then a letter returned
+    mailed = sync_tasks(mail_house.post, f"/api/v1/print-batches/{batch.pk}/mailed")
+    found = mail_house.get(f"/api/v1/print-batches/{batch.pk}/items?sequence=2").json()
+    [item] = found["results"]
+    no_reason = mail_house.post(f"/api/v1/print-items/{item['id']}/return", {}, format="json")
+    returned = sync_tasks(
+        mail_house.post,
+        f"/api/v1/print-items/{item['id']}/return",
+        {"reason": "addressee unknown"},
+        format="json",
+    )
+    again = mail_house.post(
+        f"/api/v1/print-items/{item['id']}/return", {"reason": "again"}, format="json"
+    )
+    # then
+    assert mailed.status_code == 200
+    assert mailed.json()["mailed_by"].startswith("api:")
+    assert no_reason.status_code == 400
+    assert no_reason.json()["errors"][0]["field"] == "reason"
+    assert returned.status_code == 200
+    assert returned.json()["reference"] == f"batch-{batch.pk}/2"
+    assert returned.json()["return_reason"] == "addressee unknown"
+    assert Delivery.objects.get(pk=item["delivery"]).state == "bounced"
+    assert again.status_code == 409
+    assert Customer.objects.get(external_ref="P-2").postal_address_valid is False
+    assert Communication.objects.get(pk=letters[0].pk).state == "delivered"
+
+
+def test_api_close_refused_for_a_tampered_document_names_the_item(letters, ops_api):
+    document = letters[0].document
+    with open(document.file.path, "ab") as fh:
+        fh.write(b"\n% appended\n")
+    batch = open_batch()
+    response = ops_api.post(f"/api/v1/print-batches/{batch.pk}/close")
+    assert response.status_code == 422
+    assert response["Content-Type"] == PROBLEM
+    assert response.json()["type"].endswith("/document-mismatch")
+    assert f"batch-{batch.pk}/1 (Ada Lovelace" in response.json()["detail"]
