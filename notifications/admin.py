@@ -189,3 +189,6 @@ class SuppressionAdmin(admin.ModelAdmin):
     list_display = ["channel", "address", "reason", "created_at", "lifted_at"]
     list_filter = ["channel", "reason"]
     search_fields = ["address"]
+
+
+from notifications import printing_admin  # noqa: E402, F401 - registers the print batch screens

@@ -667,3 +667,87 @@ def test_api_close_refused_for_a_tampered_document_names_the_item(letters, ops_a
     assert response["Content-Type"] == PROBLEM
     assert response.json()["type"].endswith("/document-mismatch")
     assert f"batch-{batch.pk}/1 (Ada Lovelace" in response.json()["detail"]
+
+
+# --- the back-office ------------------------------------------------------------------------
+
+
+def admin_action(client, action: str, batch: PrintBatch):
+    return client.post(
+        "/admin/notifications/printbatch/",
+        {"action": action, "index": 0, "_selected_action": [batch.pk]},
+        follow=True,
+    )
+
+
+def test_operations_run_a_batch_from_the_back_office(letters, ops, client, sync_tasks):
+    # given
+    client.force_login(ops)
+    batch = open_batch()
+    page = client.get(f"/admin/notifications/printbatch/{batch.pk}/change/").content.decode()
+    assert "Charles Babbage" in page  # the letters inline
+    # when ops close, hand over and mark the batch mailed
+    closed = admin_action(client, "close", batch)
+    assert f"Closed batch-{batch.pk}." in closed.content.decode()
+    admin_action(client, "hand_over", batch)
+    sync_tasks(admin_action, client, "mark_mailed", batch)
+    # then
+    batch.refresh_from_db()
+    assert (batch.state, batch.mailed_by) == ("mailed", ops)
+    assert {c.deliveries.get().state for c in letters} == {"delivered"}
+    stream = client.get(f"/admin/notifications/printbatch/{batch.pk}/stream.pdf")
+    assert stream["Content-Type"] == "application/pdf"
+    assert hashlib.sha256(b"".join(stream.streaming_content)).hexdigest() == batch.stream_sha256
+    manifest = client.get(f"/admin/notifications/printbatch/{batch.pk}/manifest.csv")
+    assert manifest["Content-Type"] == "text/csv; charset=utf-8"
+    assert b"Charles Babbage" in b"".join(manifest.streaming_content)
+
+
+def test_back_office_action_errors_are_shown(letters, ops, agent, client):
+    batch = open_batch()
+    client.force_login(ops)
+    refused = admin_action(client, "hand_over", batch)
+    assert f"Could not hand over batch-{batch.pk}: batch-{batch.pk} is open" in (
+        refused.content.decode()
+    )
+    # an agent cannot see the batches, let alone close one
+    client.force_login(agent)
+    assert client.get("/admin/notifications/printbatch/").status_code == 403
+    assert client.get(f"/admin/notifications/printbatch/{batch.pk}/stream.pdf").status_code == 403
+    batch.refresh_from_db()
+    assert batch.state == "open"
+
+
+def test_downloads_are_for_staff_only(letters, ops, client, django_user_model):
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+    outsider = django_user_model.objects.create_user(username="eve", password="x")
+    client.force_login(outsider)
+    response = client.get(f"/admin/notifications/printbatch/{batch.pk}/stream.pdf")
+    assert response.status_code == 302
+    assert "/login/" in response["Location"]
+
+
+def test_returned_mail_is_recorded_by_the_cover_sheet_reference(
+    handed_over, ops, client, sync_tasks
+):
+    client.force_login(ops)
+    listing = client.get("/admin/notifications/printbatch/").content.decode()
+    assert "Record returned mail" in listing
+    unknown = client.post(
+        "/admin/notifications/printbatch/return/",
+        {"reference": f"batch-{handed_over.pk}/99", "reason": "gone away"},
+    )
+    assert "check the cover sheet" in unknown.content.decode()
+    response = sync_tasks(
+        client.post,
+        "/admin/notifications/printbatch/return/",
+        {"reference": f"batch-{handed_over.pk}/2", "reason": "gone away"},
+        follow=True,
+    )
+    assert f"Recorded batch-{handed_over.pk}/2 (Charles Babbage) as returned" in (
+        response.content.decode()
+    )
+    item = PrintItem.objects.get(batch=handed_over, sequence=2)
+    assert (item.return_reason, item.returned_by) == ("gone away", ops)
+    item.delivery.refresh_from_db()
+    assert item.delivery.state == "bounced"
