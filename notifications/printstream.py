@@ -140,14 +140,8 @@ class PdfStreamWriter:
                 NameObject("/ID"): ArrayObject([identifier, identifier]),
             }
         )
-        self._write(b"trailer\n")
-        trailer.write_to_stream(self)
+        self._write(b"trailer\n" + _serialised(trailer))
         self._write(b"\nstartxref\n%d\n%%%%EOF\n" % xref_at)
-
-    # pypdf objects write themselves to anything with write(); the writer is that stream.
-    def write(self, data: bytes) -> int:
-        self._write(data)
-        return len(data)
 
     def _write(self, data: bytes) -> None:
         self._out.write(data)
@@ -166,9 +160,13 @@ class PdfStreamWriter:
 
     def _emit(self, number: int, obj: PdfObject) -> None:
         self._offsets[number] = self._position
-        self._write(b"%d 0 obj\n" % number)
-        obj.write_to_stream(self)
-        self._write(b"\nendobj\n")
+        self._write(b"%d 0 obj\n" % number + _serialised(obj) + b"\nendobj\n")
+
+
+def _serialised(obj: PdfObject) -> bytes:
+    buffer = io.BytesIO()
+    obj.write_to_stream(buffer)
+    return buffer.getvalue()
 
 
 class PdfSource:
@@ -185,20 +183,20 @@ class PdfSource:
         """Append these pages (all by default) to the output; returns how many."""
         pages = self._reader.pages
         chosen = [pages[i] for i in (range(len(pages)) if indexes is None else indexes)]
+        added = set()
         for page in chosen:
             # The flattened page, not the raw object: pypdf has copied the attributes it
             # inherits from the source's page tree (MediaBox, Resources) into it.
-            ref = page.indirect_reference
-            key = (ref.idnum, ref.generation) if ref is not None else None
             number = self._writer._allocate()
-            if key is not None:
-                self._numbers[key] = number
+            if (ref := page.indirect_reference) is not None:
+                self._numbers[(ref.idnum, ref.generation)] = number
             self._writer._add_kid(number)
             self._pending.append((number, page))
+            added.add(number)
         while self._pending:
             number, obj = self._pending.pop()
             copied = self._copy(obj)
-            if isinstance(copied, DictionaryObject) and copied.get("/Type") == "/Page":
+            if number in added:
                 copied[NameObject("/Parent")] = self._writer._reference(self._writer._PAGES)
             self._writer._emit(number, copied)
         return len(chosen)
@@ -225,10 +223,10 @@ class PdfSource:
         if key not in self._numbers:
             target = ref.get_object()
             # The source's page tree and catalog stay behind (a page's /Parent, outlines
-            # pointing home): the output has its own.
-            if isinstance(target, DictionaryObject) and target.get("/Type") in (
-                "/Pages",
-                "/Catalog",
+            # pointing home): the output has its own. A reference to nothing is null in PDF.
+            if target is None or (
+                isinstance(target, DictionaryObject)
+                and target.get("/Type") in ("/Pages", "/Catalog")
             ):
                 return NullObject()
             self._numbers[key] = self._writer._allocate()

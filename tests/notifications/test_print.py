@@ -35,6 +35,7 @@ from notifications.models import (
 )
 from notifications.printing import PrintError
 from notifications.printstream import PdfStreamWriter
+from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
 postgres_only = pytest.mark.skipif(
@@ -100,7 +101,8 @@ def stored_bytes(field) -> bytes:
 
 
 def stream_of(batch: PrintBatch) -> pypdf.PdfReader:
-    return pypdf.PdfReader(io.BytesIO(stored_bytes(batch.stream)))
+    # strict: a wrong cross-reference offset or a broken object fails the test
+    return pypdf.PdfReader(io.BytesIO(stored_bytes(batch.stream)), strict=True)
 
 
 def manifest_of(batch: PrintBatch) -> list[dict]:
@@ -219,11 +221,7 @@ def test_an_invalid_postal_address_is_not_printed(letters):
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_letters_open_one_batch_with_distinct_sequences(author, reviewer, admin_user):
     # given six print deliveries and no open batch
-    version = publish(
-        __import__("tests.documents.factories", fromlist=["letter_bundle"]).letter_bundle(),
-        author=author,
-        reviewer=reviewer,
-    )
+    version = publish(letter_bundle(), author=author, reviewer=reviewer)
     document = documents.document_compose(version=version, data=DATA)
     customer = postal_customer("P-1", admin_user)
     deliveries = []
@@ -274,11 +272,7 @@ def test_a_letter_waiting_for_a_closing_batch_is_retried_later(
 ):
     # given an open batch whose row a close is holding
     monkeypatch.setattr(printing, "JOIN_LOCK_TIMEOUT", "200ms")
-    version = publish(
-        __import__("tests.documents.factories", fromlist=["letter_bundle"]).letter_bundle(),
-        author=author,
-        reviewer=reviewer,
-    )
+    version = publish(letter_bundle(), author=author, reviewer=reviewer)
     communication = Communication.objects.create(
         customer=postal_customer("P-1", admin_user),
         template=version.template,
@@ -347,6 +341,27 @@ def test_closing_produces_one_stream_of_cover_sheets_and_documents(letters, ops)
     assert hashlib.sha256(stored_bytes(batch.stream)).hexdigest() == batch.stream_sha256
     closed = AuditEvent.objects.get(action="print_batch.closed")
     assert (closed.actor, closed.after["stream_sha256"]) == (ops, batch.stream_sha256)
+
+
+def test_the_cover_sheet_shows_the_address_in_the_envelope_window(letters, ops):
+    # when
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+    cover = stream_of(batch).pages[0]
+    # then name and address sit in the DL/C5 window: 20-108 mm from the left, 45-83 mm down
+    placed: dict[str, tuple[float, float]] = {}
+
+    def visit(text, cm, tm, font, size):
+        x_pt, y_pt = tm[4] * cm[0] + cm[4], tm[5] * cm[3] + cm[5]
+        height = float(cover.mediabox.height)
+        placed[text.strip()] = (round(x_pt / 72 * 25.4, 1), round((height - y_pt) / 72 * 25.4, 1))
+
+    cover.extract_text(visitor_text=visit)
+    name, lines = ADDRESSES["P-1"]
+    for text in (name, *lines):
+        left, down = placed[text]
+        assert 20 <= left <= 108, (text, left)
+        assert 45 <= down <= 83, (text, down)
+    assert placed[f"batch-{batch.pk} / 1"][1] > 83  # the run details stay out of the window
 
 
 def test_the_manifest_lists_every_letter(letters, ops):
@@ -544,7 +559,7 @@ def test_the_stream_writer_keeps_no_document_once_written(letter):
         held = sum(isinstance(o, pypdf.generic.PdfObject) for o in gc.get_objects())
         writer.finish(title="test", seed=b"test")
         out.seek(0)
-        merged = pypdf.PdfReader(out)
+        merged = pypdf.PdfReader(out, strict=True)
         assert len(merged.pages) == copies * len(archived.pages)
         assert merged.pages[-1].extract_text() == archived.pages[-1].extract_text()
         assert out.seek(0, io.SEEK_END) >= copies * len(data) * 0.9
