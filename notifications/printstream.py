@@ -401,7 +401,13 @@ def stream_build(
             first_page = writer.page_count + 1
             covers.add_pages([index])
             with verified_document(item, reference=reference) as reader:
-                writer.source(reader).add_pages()
+                pages = writer.source(reader).add_pages()
+            if pages != item.pages:  # the cover sheet and manifest would mislead the mail house
+                raise PrintError(
+                    f"{_label(item, reference)}: the document has {pages} pages, recorded as "
+                    f"{item.pages}",
+                    code="document_pages",
+                )
             address = list(item.postal_address) + [""] * address_lines
             rows.writerow(
                 [
