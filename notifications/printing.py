@@ -105,14 +105,14 @@ def print_item_add(*, delivery: Delivery) -> PrintItem:
     existing = PrintItem.objects.filter(delivery_id=delivery.pk).first()
     if existing is not None:
         return existing
-    communication = Communication.objects.select_related("customer", "document").get(
+    communication = Communication.objects.select_related("customer", "document", "template").get(
         pk=delivery.communication_id
     )
     document = communication.document
     if document is None:
         raise PrintError(
             f"communication {communication.pk} has no archived document to print: template "
-            f"{communication.template_id} has no print rendition",
+            f"{communication.template.code!r} has no print rendition",
             code="no_document",
         )
     customer = communication.customer

@@ -319,7 +319,7 @@ def verified_document(item: PrintItem, *, reference: str) -> Iterator[pypdf.PdfR
         except (FileNotFoundError, ValueError) as exc:
             raise PrintError(
                 f"{_label(item, reference)}: the archived file {document.file.name!r} cannot be "
-                f"read ({exc}); restore it from backup or remove the item before closing",
+                f"read ({exc}); restore it from backup, then close the batch again",
                 code="document_missing",
             ) from exc
         actual = digest.hexdigest()
@@ -327,7 +327,8 @@ def verified_document(item: PrintItem, *, reference: str) -> Iterator[pypdf.PdfR
             raise PrintError(
                 f"{_label(item, reference)}: the archived file does not match its recorded "
                 f"SHA-256 (recorded {item.document_sha256}, file {actual}); it was changed after "
-                "archiving and must not be printed — investigate, then regenerate it",
+                "archiving and must not be printed; investigate, restore the archived bytes "
+                "from backup, then close the batch again",
                 code="document_mismatch",
             )
         spool.seek(0)
