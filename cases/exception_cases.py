@@ -385,12 +385,17 @@ def exceptions_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     ).select_related("communication__template", "communication__customer")[:500]:
         reason = returned.last_error or "the letter was returned"
         candidates.append((ExceptionKind.RETURNED_MAIL, returned.communication, returned, reason))
-    keys = {dedupe_key(kind, communication=comm) for kind, comm, _, _ in candidates}
+    keys = {dedupe_key(kind, communication=comm) for kind, comm, _, _ in candidates} | {
+        dedupe_key(ExceptionKind.RETURNED_MAIL, communication=candidate[1])
+        for candidate in candidates
+    }
     known = set(Case.objects.filter(dedupe_key__in=keys).values_list("dedupe_key", flat=True))
     opened = 0
     for kind, comm, delivery, reason in candidates:
         key = dedupe_key(kind, communication=comm)
-        if key in known:
+        return_key = dedupe_key(ExceptionKind.RETURNED_MAIL, communication=comm)
+        # An undeliverable letter whose return has a case is that case (see receivers).
+        if key in known or (kind == ExceptionKind.UNDELIVERABLE and return_key in known):
             continue
         known.add(key)
         exception_open(kind=kind, communication=comm, delivery=delivery, reason=reason)

@@ -11,7 +11,7 @@ import logging
 from django_fsm.signals import post_transition
 
 from cases import exception_cases
-from cases.models import Case, ExceptionKind
+from cases.models import OPEN_STATES, Case, ExceptionKind
 from ccm.tasks import enqueue
 from documents import signals as document_signals
 from notifications import signals
@@ -34,6 +34,11 @@ def on_compose_failed(sender, communication: Communication, reason: str, **kwarg
 
 
 def on_undeliverable(sender, communication: Communication, reason: str, **kwargs) -> None:
+    # A returned letter that left no channel to fall back to is one problem, not two: the
+    # returned-mail case (opened first, by delivery_failed) already says what to do.
+    returned = exception_cases.dedupe_key(ExceptionKind.RETURNED_MAIL, communication=communication)
+    if Case.objects.filter(dedupe_key=returned, state__in=OPEN_STATES).exists():
+        return
     _open(kind=ExceptionKind.UNDELIVERABLE, communication=communication, reason=reason)
 
 

@@ -85,6 +85,11 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_webhookdelivery",
         "notifications.replay_webhookdelivery",
         "cases.add_case",
+        "notifications.view_printbatch",
+        "notifications.view_printitem",
+        "notifications.close_printbatch",
+        "notifications.hand_over_printbatch",
+        "notifications.record_print_outcome",
         "cases.view_case",
         "cases.change_case",
         "cases.handle_exception",
@@ -99,6 +104,11 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_customer",
         "notifications.add_communication",
         "notifications.view_communication",
+        # The mail house's system, with the "print" scope: fetches batches, reports them
+        # mailed and letters returned. Closing and handing over stay with operations.
+        "notifications.view_printbatch",
+        "notifications.view_printitem",
+        "notifications.record_print_outcome",
     ],
 }
 
@@ -107,7 +117,9 @@ ROLE_DUTIES: dict[str, str] = {
     Role.COMPLIANCE_REVIEWER: "Decides approvals (never their own), reads the audit log",
     Role.TEMPLATE_AUTHOR: "Writes templates and versions, submits them for sign-off",
     Role.SERVICE_AGENT: "Works cases, requests reprints and ad hoc correspondence",
-    Role.OPERATIONS: "Handles exceptions, watches queues and reports, reads the audit log",
+    Role.OPERATIONS: (
+        "Handles exceptions, watches queues and reports, reads the audit log, runs print batches"
+    ),
     Role.INTEGRATOR: "Calls the API: customers, communications, templates (read)",
 }
 

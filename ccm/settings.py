@@ -266,12 +266,13 @@ CCM_RENDER_MEMORY_MB = env.int("CCM_RENDER_MEMORY_MB", default=1536)
 CCM_SWEEP_AFTER_SECONDS = env.int("CCM_SWEEP_AFTER_SECONDS", default=300)
 CCM_DEFAULT_PHONE_REGION = env.str("CCM_DEFAULT_PHONE_REGION", default="GB")
 # Channels with a working backend; selection only considers these.
-CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email", "sms", "push"])
+CCM_ENABLED_CHANNELS = env.list("CCM_ENABLED_CHANNELS", default=["email", "sms", "push", "print"])
 # The backend class of each channel (like EMAIL_BACKEND); a channel left out cannot send.
 CCM_CHANNEL_BACKENDS = {
     "email": "notifications.channels.email.EmailBackend",
     "sms": "notifications.channels.sms.SmsBackend",
     "push": "notifications.channels.push.PushBackend",
+    "print": "notifications.channels.print.PrintBackend",
 }
 # Fallback chain per category when a template declares none ("fallback" in template.json): a
 # failed delivery moves on to the next channel. Marketing does not chase the customer.
@@ -361,6 +362,8 @@ CASES_SLA_SWEEP_MINUTES = env.int("CASES_SLA_SWEEP_MINUTES", default=15)
 # Where each team's alerts go: "operations=ops@x.example;oncall@x.example,disputes=…". A team
 # left out gets the email addresses of the active users holding its role.
 CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
+# Printed above the recipient on print cover sheets, so undeliverable letters come back to us.
+CCM_PRINT_RETURN_ADDRESS = env.str("CCM_PRINT_RETURN_ADDRESS", default="")
 
 LOGGING = {
     "version": 1,

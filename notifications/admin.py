@@ -250,4 +250,5 @@ class DeviceAdmin(admin.ModelAdmin):
         self.message_user(request, f"{done} device(s) deactivated.", messages.SUCCESS)
 
 
-from notifications import webhooks_admin  # noqa: E402, F401  (registers the webhook screens)
+# The print batch and webhook screens register themselves on import.
+from notifications import printing_admin, webhooks_admin  # noqa: E402, F401

@@ -41,3 +41,11 @@ class NotificationsConfig(AppConfig):
         for role in (Role.OPERATIONS, Role.SERVICE_AGENT, Role.COMPLIANCE_REVIEWER):
             register_home_link(role, communications)
             register_home_link(role, customers)
+        register_home_link(
+            Role.OPERATIONS,
+            HomeLink(
+                "Print batches",
+                "admin:notifications_printbatch_changelist",
+                "Close, hand over and follow print runs; record returned mail",
+            ),
+        )

@@ -1074,7 +1074,6 @@ def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[st
         )
         for delivery in failed_rows:
             delivery.state = DeliveryState.FAILED
-            fallback.delivery_fall_back(delivery=delivery, reason=delivery.last_error)
             transaction.on_commit(
                 partial(
                     signals.delivery_failed.send,
@@ -1083,6 +1082,7 @@ def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[st
                     reason=delivery.last_error,
                 )
             )
+            fallback.delivery_fall_back(delivery=delivery, reason=delivery.last_error)
     return {
         "claimed": len(by_id),
         "sent": len(sent_ids),

@@ -66,7 +66,13 @@ def _addresses(facts: Facts, channel: str) -> Sequence[str]:
         return facts.phones
     if channel == PUSH:
         return facts.devices
-    return [" / ".join(facts.postal_address)] if facts.postal_address else []
+    address = postal_address_text(facts.postal_address)
+    return [address] if address else []
+
+
+def postal_address_text(lines: Sequence[str]) -> str:
+    """A postal address as one line: the address a print delivery records."""
+    return " / ".join(line.strip() for line in lines if line.strip())
 
 
 def check_channel(facts: Facts, channel: str) -> tuple[Target | None, str]:

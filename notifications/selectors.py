@@ -8,7 +8,14 @@ from datetime import datetime
 
 from django.utils import timezone
 
-from notifications.models import Communication, ConsentRecord, Customer, Device, device_address
+from notifications.models import (
+    Communication,
+    ConsentRecord,
+    Customer,
+    Device,
+    PrintItem,
+    device_address,
+)
 
 
 def consent_at(
@@ -61,3 +68,15 @@ def device_addresses(*, customer_ids: Iterable[int]) -> dict[int, list[str]]:
     ):
         out[customer_id].append(device_address(pk))
     return out
+
+
+def print_item_by_reference(reference: str) -> PrintItem | None:
+    """The letter named "batch-<id>/<sequence>", as its cover sheet shows it."""
+    batch, _, sequence = reference.strip().removeprefix("batch-").partition("/")
+    if not (batch.isdigit() and sequence.isdigit()):
+        return None
+    return (
+        PrintItem.objects.select_related("batch", "customer")
+        .filter(batch_id=int(batch), sequence=int(sequence))
+        .first()
+    )

@@ -649,10 +649,12 @@ def _fail(delivery: Delivery, reason: str) -> DispatchOutcome:
         )
         delivery.refresh_from_db()
         webhooks.delivery_failed_emit(delivery)
-        fallback.delivery_fall_back(delivery=delivery, reason=reason)
+        # Registered before the fallback runs, so receivers hear of this failure before they
+        # hear that the communication as a whole became undeliverable.
         transaction.on_commit(
             lambda: signals.delivery_failed.send(sender=Delivery, delivery=delivery, reason=reason)
         )
+        fallback.delivery_fall_back(delivery=delivery, reason=reason)
     return DispatchOutcome(DeliveryState.FAILED, reason)
 
 

@@ -43,6 +43,7 @@ from notifications.models import (
     Suppression,
     SuppressionReason,
 )
+from notifications.selection import postal_address_text
 
 logger = logging.getLogger(__name__)
 
@@ -358,6 +359,10 @@ def _contact_invalidate(delivery: Delivery, address: str, event: DeliveryEvent) 
     reason = f"Hard bounce ({event.provider}): {event.description}".strip(": ")[:300]
     customer_id = delivery.communication.customer_id
     if delivery.channel == Channel.PRINT:
+        customer = Customer.objects.select_for_update().get(pk=customer_id)
+        # A letter to an address the customer has since replaced says nothing about the new one.
+        if postal_address_text(customer.postal_address) != address:
+            return
         updated = Customer.objects.filter(pk=customer_id, postal_address_valid=True).update(
             postal_address_valid=False
         )

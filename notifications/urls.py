@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from notifications import api, device_api, webhooks_api
+from notifications import api, device_api, printing_api, webhooks_api
 
 urlpatterns = [
     path("customers", api.CustomerUpsertView.as_view(), name="api-customers"),
@@ -45,5 +45,46 @@ urlpatterns = [
         "webhooks/<int:pk>/deliveries/<int:delivery_id>/replay",
         webhooks_api.WebhookReplayView.as_view(),
         name="api-webhook-replay",
+    ),
+    path("print-batches", printing_api.PrintBatchListView.as_view(), name="api-print-batches"),
+    path(
+        "print-batches/<int:pk>",
+        printing_api.PrintBatchDetailView.as_view(),
+        name="api-print-batch",
+    ),
+    path(
+        "print-batches/<int:pk>/items",
+        printing_api.PrintBatchItemsView.as_view(),
+        name="api-print-batch-items",
+    ),
+    path(
+        "print-batches/<int:pk>/close",
+        printing_api.PrintBatchCloseView.as_view(),
+        name="api-print-batch-close",
+    ),
+    path(
+        "print-batches/<int:pk>/hand-over",
+        printing_api.PrintBatchHandOverView.as_view(),
+        name="api-print-batch-hand-over",
+    ),
+    path(
+        "print-batches/<int:pk>/mailed",
+        printing_api.PrintBatchMailedView.as_view(),
+        name="api-print-batch-mailed",
+    ),
+    path(
+        "print-batches/<int:pk>/stream",
+        printing_api.PrintBatchStreamView.as_view(),
+        name="api-print-batch-stream",
+    ),
+    path(
+        "print-batches/<int:pk>/manifest",
+        printing_api.PrintBatchManifestView.as_view(),
+        name="api-print-batch-manifest",
+    ),
+    path(
+        "print-items/<int:pk>/return",
+        printing_api.PrintItemReturnView.as_view(),
+        name="api-print-item-return",
     ),
 ]

@@ -40,10 +40,11 @@ def _alerts_captured(settings):
 
 
 @pytest.fixture(autouse=True)
-def _email_and_print_only(settings):
+def _email_only(settings):
     # The cases tests make customers unreachable by suppressing their email address; with SMS
-    # enabled the fallback chain would reach their phone instead (tests/notifications covers it).
-    settings.CCM_ENABLED_CHANNELS = ["email", "print"]
+    # or print enabled the fallback chain would reach them another way (tests/notifications
+    # covers that). Tests about letters enable print themselves.
+    settings.CCM_ENABLED_CHANNELS = ["email"]
 
 
 @pytest.fixture
