@@ -43,7 +43,7 @@ CUSTOMERS: list[dict[str, Any]] = [
 ]
 
 # A registered phone app, opted in to service messages by push.
-DEVICES = [("NW-2048-7731", "android", "demo-fcm-token-eleanor", "northwind-app")]
+DEVICES = [("NW-3310-0042", "android", "demo-fcm-token-tomasz", "northwind-app")]
 
 # (template, customer, idempotency key[, urgency]): each a real request through the pipeline.
 REQUESTS: list[tuple[str, ...]] = [
@@ -53,7 +53,7 @@ REQUESTS: list[tuple[str, ...]] = [
     ("monthly_statement", "NW-3310-0042", "demo-statement-2"),
     ("final_demand", "NW-5521-9001", "demo-demand-1"),
     ("payment_reminder", "NW-7410-3300", "demo-reminder-sms-1", "high"),
-    ("outage_notice", "NW-2048-7731", "demo-outage-1", "high"),
+    ("outage_notice", "NW-3310-0042", "demo-outage-1", "high"),
 ]
 
 
