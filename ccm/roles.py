@@ -17,6 +17,16 @@ class Role(TextChoices):
     INTEGRATOR = "integrator", "Integrator"
 
 
+# What a case screen shows beside the case, and what working it adds (notes, files).
+CASE_RECORDS_VIEW = [
+    "cases.view_milestone",
+    "cases.view_casenote",
+    "cases.view_caseattachment",
+    "cases.view_casecommunication",
+    "cases.view_casedocument",
+]
+CASE_RECORDS_ADD = ["cases.add_casenote", "cases.add_caseattachment"]
+
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     Role.COMPLIANCE_REVIEWER: [
         "ccm.decide_approval",
@@ -31,6 +41,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_communication",
         "notifications.view_customer",
         "cases.view_case",
+        *CASE_RECORDS_VIEW,
         "cases.view_reprintrequest",
     ],
     Role.TEMPLATE_AUTHOR: [
@@ -52,6 +63,8 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "cases.add_case",
         "cases.change_case",
         "cases.view_case",
+        *CASE_RECORDS_VIEW,
+        *CASE_RECORDS_ADD,
         "cases.add_reprintrequest",
         "cases.view_reprintrequest",
     ],
@@ -68,8 +81,12 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_communication",
         "notifications.change_communication",
         "notifications.view_delivery",
+        "cases.add_case",
         "cases.view_case",
         "cases.change_case",
+        "cases.handle_exception",
+        *CASE_RECORDS_VIEW,
+        *CASE_RECORDS_ADD,
     ],
     Role.INTEGRATOR: [
         "documents.view_template",

@@ -319,6 +319,22 @@ CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & In
 CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=250)
 # Messages per call to Postmark's batch endpoint (its limit is 500); 1 sends one call each.
 CCM_POSTMARK_BATCH = env.int("CCM_POSTMARK_BATCH", default=500)
+# The Django email backend that sends internal mail the sender profile routes to Gmail.
+CCM_GMAIL_EMAIL_BACKEND = env.str(
+    "CCM_GMAIL_EMAIL_BACKEND", default="notifications.gmail.GmailEmailBackend"
+)
+
+# --- cases ------------------------------------------------------------------------------
+# SLA clocks count business days on this jurisdiction's calendar ("CC" or "CC-SUBDIV", public
+# holidays from the `holidays` library) unless a case type names its own (cases/sla.py).
+CASES_CALENDAR = env.str("CASES_CALENDAR", default="GB-ENG")
+CASES_TIME_ZONE = env.str("CASES_TIME_ZONE", default="Europe/London")
+# A case is flagged (and escalated once) when this many business days or fewer are left.
+CASES_SLA_WARN_BUSINESS_DAYS = env.int("CASES_SLA_WARN_BUSINESS_DAYS", default=1)
+CASES_SLA_SWEEP_MINUTES = env.int("CASES_SLA_SWEEP_MINUTES", default=15)
+# Where each team's alerts go: "operations=ops@x.example;oncall@x.example,disputes=…". A team
+# left out gets the email addresses of the active users holding its role.
+CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
 
 LOGGING = {
     "version": 1,

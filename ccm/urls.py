@@ -21,6 +21,7 @@ urlpatterns = [
     path("api/v1/", include("ccm.api.urls")),
     path("api/v1/", include("documents.urls")),
     path("api/v1/", include("notifications.urls")),
+    path("api/v1/", include("cases.urls")),
     path("anymail/", include("anymail.urls")),
     path("p/", include("notifications.portal_urls")),
     path("u/<str:token>/", unsubscribe.unsubscribe_view, name="unsubscribe"),

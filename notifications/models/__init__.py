@@ -301,6 +301,19 @@ class Communication(ConcurrentTransitionMixin, models.Model):
     def undeliverable(self, *, reason: str) -> None:
         self.failure_reason = reason
 
+    # Recovery from an exception case (notifications/recovery.py): corrected data is composed
+    # again, against the version published now; an undeliverable one goes out once more.
+    @transition(field=state, source=CommState.COMPOSE_FAILED, target=CommState.RECEIVED)
+    def recompose(self, *, data: dict) -> None:
+        self.data = data
+        self.template_version = None
+        self.failure_reason = ""
+        self.failure_errors = []
+
+    @transition(field=state, source=CommState.UNDELIVERABLE, target=CommState.DISPATCHING)
+    def resend(self) -> None:
+        self.failure_reason = ""
+
     # Forward-only progress: each target accepts every earlier state, so a late or out-of-order
     # event can move a communication forward but never back (`can_proceed` is False then).
     @transition(field=state, source=CommState.DISPATCHING, target=CommState.SENT)

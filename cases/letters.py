@@ -1,0 +1,87 @@
+"""What a milestone's letter is filled with: the case supplies what it knows (customer, address,
+reference, dates, handler, the complaint as recorded) and the caller adds the rest (a final
+response's decision and findings). Field names follow the library templates' schema.json."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from django.utils import timezone
+
+from cases import sla
+from cases.models import Case, CaseType, Milestone
+
+
+def _merged(base: Mapping, extra: Mapping) -> dict:
+    """`extra` over `base`, objects merged key by key (lists and values replaced)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _customer(case: Case) -> dict[str, Any]:
+    customer = case.customer
+    assert customer is not None  # checked by the caller
+    out: dict[str, Any] = {"name": customer.name, "address": list(customer.postal_address)}
+    email = customer.contacts.filter(kind="email", valid=True).order_by("-is_primary").first()
+    if email is not None:
+        out["email"] = email.value
+    return out
+
+
+def _handler(case: Case, by) -> dict[str, str]:
+    """Who signs: the case's assignee, else whoever reached the milestone."""
+    person = case.assignee or by
+    name = (person.get_full_name() or person.get_username()) if person is not None else ""
+    return {"name": name or case.get_team_display(), "role": f"{case.get_team_display()} team"}
+
+
+def _due_date(case: Case, code: str) -> str | None:
+    milestone = case.milestones.filter(code=code).first()
+    if milestone is None:
+        return None
+    calendar = sla.calendar_for(sla.spec_for(case.case_type))
+    return calendar.local_date(milestone.due_at).isoformat()
+
+
+def _complaint(case: Case, by) -> dict[str, Any]:
+    calendar = sla.calendar_for(sla.spec_for(case.case_type))
+    details = case.details
+    assert case.customer is not None
+    data: dict[str, Any] = {
+        "customer": _customer(case),
+        "reference": case.reference,
+        "document_date": calendar.local_date(timezone.now()).isoformat(),
+        "account_reference": details.get("account_reference") or case.customer.external_ref,
+        "complaint": {
+            "received_date": calendar.local_date(case.received_at).isoformat(),
+            "channel": details.get("channel"),
+            "summary": details.get("summary"),
+            "product": details.get("product"),
+        },
+        "handler": _handler(case, by),
+    }
+    final_response_due = _due_date(case, "final_response")
+    if final_response_due:
+        data["final_response_due"] = final_response_due
+    return data
+
+
+def _generic(case: Case, by) -> dict[str, Any]:
+    calendar = sla.calendar_for(sla.spec_for(case.case_type))
+    return {
+        "customer": _customer(case),
+        "reference": case.reference,
+        "document_date": calendar.local_date(timezone.now()).isoformat(),
+        "handler": _handler(case, by),
+    }
+
+
+def milestone_letter_data(case: Case, milestone: Milestone, *, by, extra: Mapping) -> dict:
+    build = _complaint if case.case_type == CaseType.COMPLAINT else _generic
+    return _merged(build(case, by), extra)
