@@ -226,8 +226,19 @@ SPECTACULAR_SETTINGS = {
         "POST requests accept an `Idempotency-Key` header: the same key with the same body "
         "replays the stored response; with a different body it is refused with 422; while the "
         "first request is still running a second one gets 409. Errors are RFC 9457 problem "
-        "details (`application/problem+json`)."
+        "details (`application/problem+json`).\n\n"
+        "**Webhooks.** Subscribe a URL with `POST /api/v1/webhooks` (scope `webhooks:write`) to "
+        "receive your communications' status events (see *communicationStatus* under "
+        "webhooks). Each POST carries `CCM-Webhook-Id` (the event id: dedupe by it), "
+        "`CCM-Webhook-Timestamp` (Unix seconds) and `CCM-Webhook-Signature: v1=<hex>`, the "
+        "HMAC-SHA256 of `{timestamp}.{raw body}` keyed with the subscription's secret (shown "
+        "once, when you subscribe). To verify, recompute it over the raw body bytes, compare in "
+        "constant time with each `v1=` value, and refuse timestamps more than 5 minutes old. "
+        "Answer 2xx within 5 s; anything else is retried with backoff for up to 24 hours."
     ),
+    # 3.1: the first version with `webhooks`, where the events we POST are described.
+    "OAS_VERSION": "3.1.0",
+    "WEBHOOKS": ["notifications.webhooks_api.COMMUNICATION_STATUS_WEBHOOK"],
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI served from our own static files: the docs work offline and load no CDN.
@@ -236,7 +247,10 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     # One name for a choice set used by fields of different names (category, categories).
-    "ENUM_NAME_OVERRIDES": {"CategoryEnum": "documents.models.Category"},
+    "ENUM_NAME_OVERRIDES": {
+        "CategoryEnum": "documents.models.Category",
+        "WebhookEventEnum": "notifications.models.webhooks.WebhookEvent",
+    },
 }
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 
@@ -335,6 +349,15 @@ CASES_SLA_SWEEP_MINUTES = env.int("CASES_SLA_SWEEP_MINUTES", default=15)
 # Where each team's alerts go: "operations=ops@x.example;oncall@x.example,disputes=…". A team
 # left out gets the email addresses of the active users holding its role.
 CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
+# Status webhooks to integrators (notifications/webhook_send.py): each POST gets this long; a
+# failing event is retried with backoff for this many hours or attempts, whichever ends first.
+CCM_WEBHOOK_TIMEOUT_S = env.float("CCM_WEBHOOK_TIMEOUT_S", default=5.0)
+CCM_WEBHOOK_RETRY_HOURS = env.float("CCM_WEBHOOK_RETRY_HOURS", default=24.0)
+CCM_WEBHOOK_MAX_ATTEMPTS = env.int("CCM_WEBHOOK_MAX_ATTEMPTS", default=20)
+# In production webhooks go to public https:// URLs only; private, loopback and reserved
+# addresses (the cloud metadata endpoint, the database) are refused unless allowed here.
+CCM_WEBHOOK_REQUIRE_HTTPS = env.bool("CCM_WEBHOOK_REQUIRE_HTTPS", default=not DEBUG)
+CCM_WEBHOOK_ALLOW_PRIVATE = env.bool("CCM_WEBHOOK_ALLOW_PRIVATE", default=DEBUG)
 
 LOGGING = {
     "version": 1,

@@ -248,3 +248,6 @@ class DeviceAdmin(admin.ModelAdmin):
             for device in queryset.filter(active=True)
         )
         self.message_user(request, f"{done} device(s) deactivated.", messages.SUCCESS)
+
+
+from notifications import webhooks_admin  # noqa: E402, F401  (registers the webhook screens)

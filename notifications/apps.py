@@ -9,16 +9,24 @@ class NotificationsConfig(AppConfig):
 
     def ready(self) -> None:
         from anymail.signals import tracking as anymail_tracking
+        from django_fsm.signals import post_transition
 
         from ccm import demo
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
         from ccm.tasks import register_sweep
         from notifications import demo as notifications_demo
-        from notifications import services, tasks, tracking
+        from notifications import services, tasks, tracking, webhook_send, webhooks
+        from notifications.models import Communication
 
         services.register_approvable()
         tasks.register_sweeps()
+        webhook_send.register_sweeps()
+        post_transition.connect(
+            webhooks.communication_transitioned,
+            sender=Communication,
+            dispatch_uid="notifications.webhooks.communication_transitioned",
+        )
         anymail_tracking.connect(tracking.tracking_received, dispatch_uid=tracking.DISPATCH_UID)
         register_sweep(tracking.DELIVERY_EVENT_SWEEP)
         demo.register_seeder(notifications_demo.seed_customers_and_communications)

@@ -57,7 +57,7 @@ from documents.composition import (
     composer_for,
 )
 from documents.models import Template, TemplateVersion
-from notifications import fallback, selection, selectors, signals
+from notifications import fallback, selection, selectors, signals, webhooks
 from notifications.channels import (
     EmailBackend,
     PermanentSendError,
@@ -654,6 +654,7 @@ def _record_composed(
                 pk__in=[f[0].pk for f in failed], state=CommState.COMPOSING
             ).update(state=CommState.COMPOSE_FAILED, updated_at=now)
         delivery_ids = [d.pk for d in deliveries]
+        webhooks.webhook_events_emit(_composed_occurrences(composed, unreachable, failed))
         audit.record(
             actor=None,
             action="communications.composed_bulk",
@@ -680,6 +681,35 @@ def _record_composed(
         "compose_failed": len(failed),
         "deliveries": len(delivery_ids),
     }
+
+
+def _composed_occurrences(
+    composed: list[_Composed],
+    unreachable: list[_Composed],
+    failed: list[tuple[Communication, TemplateVersion | None, CompositionError]],
+) -> list[webhooks.Occurrence]:
+    """The webhook events of a composed chunk: what the per-message path reports one by one
+    (it passes through `composed` before it dispatches or finds nobody to send to)."""
+    events = [
+        webhooks.Occurrence(webhooks.WebhookEvent.COMPOSED, x.communication, CommState.COMPOSED)
+        for x in composed
+    ]
+    events += [
+        webhooks.Occurrence(
+            webhooks.WebhookEvent.UNDELIVERABLE,
+            x.communication,
+            CommState.UNDELIVERABLE,
+            reason="no channel can reach the customer",
+        )
+        for x in unreachable
+    ]
+    events += [
+        webhooks.Occurrence(
+            webhooks.WebhookEvent.FAILED, c, CommState.COMPOSE_FAILED, reason=exc.reason
+        )
+        for c, _, exc in failed
+    ]
+    return events
 
 
 # --- dispatch -------------------------------------------------------------------------------
@@ -962,6 +992,7 @@ def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[st
             failed[pk] = f"gave up after {attempts} attempts: {exc}"
         else:
             later[pk] = exc
+    events: list[webhooks.Occurrence] = []
     with transaction.atomic():
         sending = Delivery.objects.filter(state=DeliveryState.SENDING)
         sent_ids = list(outcome.sent)
@@ -982,10 +1013,30 @@ def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[st
                 },
                 where_state=DeliveryState.SENDING,
             )
-            Communication.objects.filter(
-                pk__in={by_id[pk].communication_id for pk in sent_ids},
-                state=CommState.DISPATCHING,
-            ).update(state=CommState.SENT, sent_at=now, updated_at=now)
+            # Locked first so that the webhook events name exactly the ones this moved.
+            moved = set(
+                Communication.objects.select_for_update()
+                .filter(
+                    pk__in={by_id[pk].communication_id for pk in sent_ids},
+                    state=CommState.DISPATCHING,
+                )
+                .values_list("pk", flat=True)
+            )
+            Communication.objects.filter(pk__in=moved, state=CommState.DISPATCHING).update(
+                state=CommState.SENT, sent_at=now, updated_at=now
+            )
+            for pk in sent_ids:
+                communication = by_id[pk].communication
+                if communication.pk in moved:
+                    moved.discard(communication.pk)
+                    events.append(
+                        webhooks.Occurrence(
+                            webhooks.WebhookEvent.SENT,
+                            communication,
+                            CommState.SENT,
+                            channel=by_id[pk].channel,
+                        )
+                    )
         if later:
             sending.filter(pk__in=list(later)).update(state=DeliveryState.PENDING, updated_at=now)
             update_rows(
@@ -1009,6 +1060,8 @@ def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[st
                 failed_rows.append(by_id[pk])
             sending.filter(pk__in=list(failed)).update(state=DeliveryState.FAILED, updated_at=now)
             update_rows(Delivery, ["last_error"], {d.pk: (d.last_error,) for d in failed_rows})
+            events += [webhooks.delivery_failed_occurrence(d) for d in failed_rows]
+        webhooks.webhook_events_emit(events)
         audit.record(
             actor=None,
             action="deliveries.dispatched_bulk",

@@ -27,7 +27,7 @@ from documents import services as documents
 from documents.bundle import locale_for
 from documents.composition import CompositionError, composer_for, validate_data
 from documents.models import Template, TemplateVersion
-from notifications import fallback, selection, selectors, signals
+from notifications import fallback, selection, selectors, signals, webhooks
 from notifications.channels import PermanentSendError, TransientSendError, backend_for
 from notifications.models import (
     CommState,
@@ -648,6 +648,7 @@ def _fail(delivery: Delivery, reason: str) -> DispatchOutcome:
             actor=None, action="delivery.failed", subject=delivery, after={"reason": reason}
         )
         delivery.refresh_from_db()
+        webhooks.delivery_failed_emit(delivery)
         fallback.delivery_fall_back(delivery=delivery, reason=reason)
         transaction.on_commit(
             lambda: signals.delivery_failed.send(sender=Delivery, delivery=delivery, reason=reason)

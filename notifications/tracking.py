@@ -28,7 +28,7 @@ from django_fsm import can_proceed
 
 from ccm import audit
 from ccm.tasks import Sweep, enqueue
-from notifications import fallback, signals, unsubscribe
+from notifications import fallback, signals, unsubscribe, webhooks
 from notifications.models import (
     DELIVERY_PROGRESS,
     Channel,
@@ -322,6 +322,7 @@ def _delivery_move(
 def _delivery_fail(delivery: Delivery, state: DeliveryState, event: DeliveryEvent) -> None:
     reason = event.description or f"{event.provider}: {event.event_type}"
     if _delivery_move(delivery, state, event, last_error=reason):
+        webhooks.delivery_failed_emit(delivery)
         # Inside the transaction: the next channel of the fallback chain, and whatever a higher
         # layer does about it (open a case), commit with the failure or not at all.
         fallback.delivery_fall_back(delivery=delivery, reason=reason)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from notifications import api, device_api
+from notifications import api, device_api, webhooks_api
 
 urlpatterns = [
     path("customers", api.CustomerUpsertView.as_view(), name="api-customers"),
@@ -33,5 +33,17 @@ urlpatterns = [
         "communications/<int:pk>/cancel",
         api.CommunicationCancelView.as_view(),
         name="api-communication-cancel",
+    ),
+    path("webhooks", webhooks_api.WebhookListCreateView.as_view(), name="api-webhooks"),
+    path("webhooks/<int:pk>", webhooks_api.WebhookDetailView.as_view(), name="api-webhook"),
+    path(
+        "webhooks/<int:pk>/deliveries",
+        webhooks_api.WebhookDeliveryListView.as_view(),
+        name="api-webhook-deliveries",
+    ),
+    path(
+        "webhooks/<int:pk>/deliveries/<int:delivery_id>/replay",
+        webhooks_api.WebhookReplayView.as_view(),
+        name="api-webhook-replay",
     ),
 ]

@@ -31,7 +31,8 @@ SCOPES: dict[str, str] = {
     "communications:write": "Request and cancel communications",
     "cases:read": "Read cases",
     "cases:write": "Open and move cases, request reprints and correspondence",
-    "webhooks:write": "Manage webhook subscriptions",
+    "webhooks:read": "See webhook subscriptions and the log of events sent to them",
+    "webhooks:write": "Manage webhook subscriptions and replay their events",
 }
 
 

@@ -28,8 +28,13 @@ class Replay(Exception):
 
 def client_of(request) -> str:
     if isinstance(request.auth, ApiKey):
-        return f"key:{request.auth.pk}"
+        return api_key_client(request.auth)
     return f"user:{request.user.pk}"
+
+
+def api_key_client(api_key: ApiKey) -> str:
+    """How the requests of `api_key` are labelled (e.g. Communication.client)."""
+    return f"key:{api_key.pk}"
 
 
 def fingerprint(request) -> str:
