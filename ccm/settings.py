@@ -349,6 +349,8 @@ CASES_SLA_SWEEP_MINUTES = env.int("CASES_SLA_SWEEP_MINUTES", default=15)
 # Where each team's alerts go: "operations=ops@x.example;oncall@x.example,disputes=…". A team
 # left out gets the email addresses of the active users holding its role.
 CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
+# Files staff attach to a case on the case screens (cases/web_forms.py checks their bytes).
+CASES_ATTACHMENT_MAX_MB = env.int("CASES_ATTACHMENT_MAX_MB", default=10)
 # Status webhooks to integrators (notifications/webhook_send.py): each POST gets this long; a
 # failing event is retried with backoff for this many hours or attempts, whichever ends first.
 CCM_WEBHOOK_TIMEOUT_S = env.float("CCM_WEBHOOK_TIMEOUT_S", default=5.0)

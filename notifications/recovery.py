@@ -194,7 +194,7 @@ def communication_resend(
     if channel in (Channel.EMAIL, Channel.SMS) and channel not in locked.rendered:
         locked.rendered = {
             **locked.rendered,
-            **services._render_outputs(locked, version, [channel]),
+            **services.render_outputs(locked, version, [channel]),
         }
     before = locked.state
     if can_proceed(locked.resend):
