@@ -379,7 +379,7 @@ def milestone_reach(request: HttpRequest, ref: str, code: str) -> HttpResponse:
         )
     try:
         reached = services.milestone_reach(
-            case=case, code=code, by=request.user, data=form.cleaned_data["data"]
+            case=case, code=code, by=request.user, data=form.cleaned_data["letter_data"]
         )
     except services.TransitionRefused as exc:
         return render_case(request, case, status=409, error=f"Nothing changed. {exc}")
@@ -387,9 +387,9 @@ def milestone_reach(request: HttpRequest, ref: str, code: str) -> HttpResponse:
         return render_case(request, case, status=422, error=f"Nothing changed. {exc}")
     except CompositionError as exc:
         for problem in exc.errors:
-            form.add_error("data", f"{problem.field or 'The data'}: {problem.message}")
+            form.add_error("letter_data", f"{problem.field or 'The data'}: {problem.message}")
         if not exc.errors:
-            form.add_error("data", exc.reason)
+            form.add_error("letter_data", exc.reason)
         return render_case(
             request,
             case,

@@ -24,7 +24,7 @@ from ccm.roles import Role
 from notifications.recovery import RESENDABLE_CHANNELS
 
 # Who may take a team's cases: the role that works them.
-TEAM_ROLES = {
+TEAM_ROLES: dict[str, str] = {
     Team.CUSTOMER_RELATIONS: Role.SERVICE_AGENT,
     Team.DISPUTES: Role.SERVICE_AGENT,
     Team.OPERATIONS: Role.OPERATIONS,
@@ -60,8 +60,14 @@ class AccessibleForm(forms.Form):
             )
 
 
+class TeamMemberField(forms.ModelChoiceField):
+    def label_from_instance(self, obj) -> str:
+        name = obj.get_full_name()
+        return f"{name} ({obj.get_username()})" if name else obj.get_username()
+
+
 class AssignForm(AccessibleForm):
-    assignee = forms.ModelChoiceField(
+    assignee = TeamMemberField(
         queryset=get_user_model().objects.none(),
         label="Assign to",
         empty_label="Choose a person",
@@ -76,11 +82,6 @@ class AssignForm(AccessibleForm):
         field = self.fields["assignee"]
         assert isinstance(field, forms.ModelChoiceField)
         field.queryset = team_members(team)
-        field.label_from_instance = lambda user: (
-            f"{user.get_full_name()} ({user.get_username()})"
-            if user.get_full_name()
-            else user.get_username()
-        )
 
 
 class WaitForm(AccessibleForm):
@@ -137,7 +138,7 @@ def _json_object(raw: str, *, what: str) -> dict:
 
 
 class MilestoneReachForm(AccessibleForm):
-    data = forms.CharField(
+    letter_data = forms.CharField(
         label="Letter data (JSON)",
         required=False,
         widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
@@ -145,8 +146,8 @@ class MilestoneReachForm(AccessibleForm):
         'and "findings". Leave empty when the case supplies everything.',
     )
 
-    def clean_data(self) -> dict:
-        return _json_object(self.cleaned_data["data"], what="The letter data")
+    def clean_letter_data(self) -> dict:
+        return _json_object(self.cleaned_data["letter_data"], what="The letter data")
 
 
 # --- attachments -----------------------------------------------------------------------------

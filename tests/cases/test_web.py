@@ -299,14 +299,14 @@ def test_assigning_to_someone_outside_the_team_is_refused(client, complaint, age
 
 def test_final_response_without_its_findings_names_what_the_letter_needs(client, complaint, agent):
     url = reverse("cases-milestone-reach", args=[complaint.reference, "final_response"])
-    response = signed_in(client, agent).post(url, {"milestone-final_response-data": "{}"})
+    response = signed_in(client, agent).post(url, {"milestone-final_response-letter_data": "{}"})
     assert response.status_code == 422
     words = text(response)
     assert "Final response was not reached" in words
     assert "decision: 'decision' is a required property" in words
     assert not complaint.milestones.get(code="final_response").reached_at
     # bad JSON is caught before anything is tried
-    response = client.post(url, {"milestone-final_response-data": "{decision:"})
+    response = client.post(url, {"milestone-final_response-letter_data": "{decision:"})
     assert response.status_code == 400
     assert "The letter data is not valid JSON" in text(response)
 
