@@ -18,6 +18,7 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 
 from cases.models import Team
 from ccm.roles import Role
@@ -200,6 +201,32 @@ def attachment_types_text() -> str:
     return ", ".join(t.label for t in ATTACHMENT_TYPES)
 
 
+def too_large_message() -> str:
+    return f"The file is larger than {settings.CASES_ATTACHMENT_MAX_MB} MB; attach a smaller one."
+
+
+# Set on the request when CappedUploadHandler stopped reading a file.
+UPLOAD_TOO_LARGE = "ccm_upload_too_large"
+
+
+class CappedUploadHandler(FileUploadHandler):
+    """Stops an upload as soon as it passes `limit` bytes; the rest of the request is read and
+    dropped (not stored), so the person gets the page that says why."""
+
+    def __init__(self, request, *, limit: int):
+        super().__init__(request)
+        self.limit = limit
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        if start + len(raw_data) > self.limit:
+            setattr(self.request, UPLOAD_TOO_LARGE, True)
+            raise StopUpload(connection_reset=False)
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None  # the next handler builds the file
+
+
 class AttachmentForm(AccessibleForm):
     file = forms.FileField(
         label="File",
@@ -209,8 +236,10 @@ class AttachmentForm(AccessibleForm):
         },
     )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, too_large: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        if too_large:  # the upload handler dropped it: say why it is missing
+            self.fields["file"].error_messages["required"] = too_large_message()
         self.fields["file"].help_text = (
             f"Up to {settings.CASES_ATTACHMENT_MAX_MB} MB: {attachment_types_text()}. "
             "Only staff can download it."
@@ -218,12 +247,8 @@ class AttachmentForm(AccessibleForm):
 
     def clean_file(self) -> UploadedFile:
         upload: UploadedFile = self.cleaned_data["file"]
-        limit = attachment_max_bytes()
-        if upload.size is None or upload.size > limit:
-            raise forms.ValidationError(
-                f"The file is larger than {settings.CASES_ATTACHMENT_MAX_MB} MB; "
-                "attach a smaller one."
-            )
+        if upload.size is None or upload.size > attachment_max_bytes():
+            raise forms.ValidationError(too_large_message())
         name = PurePath((upload.name or "").replace("\\", "/")).name
         suffix = PurePath(name.lower()).suffix
         kind = next((t for t in ATTACHMENT_TYPES if suffix in t.extensions), None)
@@ -294,6 +319,7 @@ class DataField:
     required: bool
     value: str = ""
     choices: list[str] = field(default_factory=list)
+    enum: list[Any] = field(default_factory=list)  # the choices as the schema has them
     help: str = ""
     errors: list[str] = field(default_factory=list)
     is_group: bool = False
@@ -347,9 +373,28 @@ def _shown(widget: str, value: Any) -> str:
     return str(value)
 
 
-def data_fields(schema: Mapping, data: Any, *, path: str = "") -> list[DataField | DataGroup]:
+def _resolved(schema: Mapping, root: Mapping, depth: int = 0) -> Mapping:
+    """`schema` with a local `$ref` ("#/$defs/customer") replaced by what it points to."""
+    ref = schema.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith("#/") or depth > 10:
+        return schema
+    target: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        target = target.get(part, {}) if isinstance(target, Mapping) else {}
+    if not isinstance(target, Mapping):
+        return schema
+    merged = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return _resolved(merged, root, depth + 1)
+
+
+def data_fields(
+    schema: Mapping, data: Any, *, path: str = "", root: Mapping | None = None
+) -> list[DataField | DataGroup]:
     """The form of `data` as the schema describes it: a field per scalar property (text, date,
     number, choice), a group per object, a JSON box for anything else."""
+    root = schema if root is None else root
+    schema = _resolved(schema, root)
     items: list[DataField | DataGroup] = []
     required = set(schema.get("required", []))
     values = data if isinstance(data, Mapping) else {}
@@ -360,9 +405,10 @@ def data_fields(schema: Mapping, data: Any, *, path: str = "") -> list[DataField
         value = values.get(name, _MISSING)
         if not isinstance(sub, Mapping):
             continue
+        sub = _resolved(sub, root)
         if sub.get("type") == "object" and sub.get("properties"):
             group = DataGroup(here, name, name in required)
-            group.items = data_fields(sub, value, path=here)
+            group.items = data_fields(sub, value, path=here, root=root)
             items.append(group)
             continue
         widget = _widget(sub)
@@ -374,6 +420,7 @@ def data_fields(schema: Mapping, data: Any, *, path: str = "") -> list[DataField
                 required=name in required,
                 value=_shown(widget, value),
                 choices=[str(c) for c in sub.get("enum", [])],
+                enum=list(sub.get("enum", [])),
                 help=str(sub.get("description", "")),
             )
         )
@@ -389,7 +436,7 @@ def _flat(items: list[DataField | DataGroup]) -> list[DataField | DataGroup]:
     return out
 
 
-def _parsed(item: DataField, raw: str, schema: Mapping) -> Any:
+def _parsed(item: DataField, raw: str) -> Any:
     """The typed value of one field, _MISSING when left empty; ValueError says what to fix."""
     raw = raw.strip()
     if raw == "":
@@ -409,7 +456,7 @@ def _parsed(item: DataField, raw: str, schema: Mapping) -> Any:
             raise ValueError("Choose yes or no.")
         return raw == "true"
     if item.widget == "select":
-        for choice in schema.get("enum", []):
+        for choice in item.enum:
             if str(choice) == raw:
                 return choice
         raise ValueError(f"Choose one of: {', '.join(item.choices)}.")
@@ -421,12 +468,6 @@ def _parsed(item: DataField, raw: str, schema: Mapping) -> Any:
                 f"Not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
             ) from exc
     return raw
-
-
-def _sub_schema(schema: Mapping, path: str) -> Mapping:
-    for part in path.split("."):
-        schema = (schema.get("properties") or {}).get(part) or {}
-    return schema
 
 
 def data_from_post(
@@ -444,7 +485,7 @@ def data_from_post(
         raw = post.get(item.name, "")
         item.value = raw
         try:
-            value = _parsed(item, raw, _sub_schema(schema, item.path))
+            value = _parsed(item, raw)
         except ValueError as exc:
             item.errors.append(str(exc))
             ok = False

@@ -10,13 +10,16 @@ import re
 import pytest
 from django.core import mail
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
 from django.urls import reverse
 from freezegun import freeze_time
 
-from cases import services
+from cases import services, web_forms
 from cases.models import Case, CaseAttachment
 from ccm.models import AuditEvent
 from ccm.roles import Role
+from documents.bundle import read_folder
+from documents.demo import LIBRARY
 from notifications import services as notifications
 from notifications.models import Communication
 from tests.cases.conftest import COMPLAINT_DETAILS, DATA, request
@@ -542,3 +545,45 @@ def test_a_recovery_that_does_not_fit_the_case_says_so(client, ops, complaint, u
     assert "is not an exception a regenerate can fix (it is undeliverable)." in text(response)
     response = client.post(reverse("cases-resend", args=[complaint.reference]), {})
     assert response.status_code == 409
+
+
+def test_the_data_form_follows_a_library_schema_with_references_enums_and_lists():
+    # given the final response letter's schema ($defs for the customer, an enum, a list)
+    bundle = read_folder(LIBRARY / "complaint_final_response")
+    sample = bundle.samples["default"]
+    # when it becomes a form
+    items = web_forms.data_fields(bundle.schema, sample)
+    fields = {item.path: item for item in web_forms._flat(items)}
+    # then the referenced customer is a group of its own fields, the enum a choice, the list JSON
+    assert fields["customer"].is_group
+    assert (fields["customer.name"].widget, fields["customer.name"].value) == (
+        "text",
+        sample["customer"]["name"],
+    )
+    assert fields["decision"].widget == "select"
+    assert fields["decision"].choices == ["upheld", "partly_upheld", "not_upheld"]
+    assert fields["findings"].widget == "json"
+    assert fields["document_date"].widget == "date"
+    # and what is typed back comes out typed, with the broken field named
+    posted = {f"data.{path}": item.value for path, item in fields.items() if not item.is_group}
+    data, _, ok = web_forms.data_from_post(bundle.schema, sample, posted)
+    assert ok
+    assert data == sample
+    posted["data.findings"] = '["one", "two"'
+    posted["data.decision"] = "upheld"
+    del posted["data.account_reference"]
+    data, typed, ok = web_forms.data_from_post(bundle.schema, sample, posted)
+    assert not ok
+    [broken] = [i for i in web_forms._flat(typed) if i.errors]
+    assert broken.path == "findings"
+    assert broken.errors[0].startswith("Not valid JSON: Expecting ',' delimiter")
+    assert data["decision"] == "upheld"
+    assert "account_reference" not in data  # emptied: the schema will name it as missing
+
+
+def test_attachment_upload_still_needs_the_csrf_token(complaint, agent):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(agent)
+    response = upload(client, complaint, "claim-form.pdf", PDF)
+    assert response.status_code == 403
+    assert not CaseAttachment.objects.exists()
