@@ -20,7 +20,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 from cases import exception_cases, queues, services
 from cases.models import Case, CaseType, ExceptionKind, RecoveryAction
 from cases.web import HANDLE, QUEUE_PAGE_SIZE, WORK, case_or_404, staff_only
-from cases.web_forms import ResendForm, data_errors_attach, data_fields, data_from_post
+from cases.web_data_form import data_errors_attach, data_fields, data_from_post
+from cases.web_forms import ResendForm
 from documents import selectors as document_selectors
 from documents.composition import CompositionError, DataInvalid
 from notifications.models import Channel, Communication, ContactKind, Suppression

@@ -14,7 +14,7 @@ from django.test import Client
 from django.urls import reverse
 from freezegun import freeze_time
 
-from cases import services, web_forms
+from cases import services, web_data_form
 from cases.models import Case, CaseAttachment
 from ccm.models import AuditEvent
 from ccm.roles import Role
@@ -552,8 +552,8 @@ def test_the_data_form_follows_a_library_schema_with_references_enums_and_lists(
     bundle = read_folder(LIBRARY / "complaint_final_response")
     sample = bundle.samples["default"]
     # when it becomes a form
-    items = web_forms.data_fields(bundle.schema, sample)
-    fields = {item.path: item for item in web_forms._flat(items)}
+    items = web_data_form.data_fields(bundle.schema, sample)
+    fields = {item.path: item for item in web_data_form._flat(items)}
     # then the referenced customer is a group of its own fields, the enum a choice, the list JSON
     assert fields["customer"].is_group
     assert (fields["customer.name"].widget, fields["customer.name"].value) == (
@@ -566,15 +566,15 @@ def test_the_data_form_follows_a_library_schema_with_references_enums_and_lists(
     assert fields["document_date"].widget == "date"
     # and what is typed back comes out typed, with the broken field named
     posted = {f"data.{path}": item.value for path, item in fields.items() if not item.is_group}
-    data, _, ok = web_forms.data_from_post(bundle.schema, sample, posted)
+    data, _, ok = web_data_form.data_from_post(bundle.schema, sample, posted)
     assert ok
     assert data == sample
     posted["data.findings"] = '["one", "two"'
     posted["data.decision"] = "upheld"
     del posted["data.account_reference"]
-    data, typed, ok = web_forms.data_from_post(bundle.schema, sample, posted)
+    data, typed, ok = web_data_form.data_from_post(bundle.schema, sample, posted)
     assert not ok
-    [broken] = [i for i in web_forms._flat(typed) if i.errors]
+    [broken] = [i for i in web_data_form._flat(typed) if i.errors]
     assert broken.path == "findings"
     assert broken.errors[0].startswith("Not valid JSON: Expecting ',' delimiter")
     assert data["decision"] == "upheld"
