@@ -9,7 +9,7 @@ class CasesConfig(AppConfig):
 
     def ready(self) -> None:
         from cases import demo as cases_demo
-        from cases import receivers, tasks
+        from cases import queues, receivers, tasks
         from ccm import demo
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
@@ -17,20 +17,24 @@ class CasesConfig(AppConfig):
         receivers.connect()
         tasks.register()
         demo.register_seeder(cases_demo.seed_complaint)
-        register_home_link(
-            Role.SERVICE_AGENT,
-            HomeLink(
-                "Cases",
-                "admin:cases_case_changelist",
-                "Complaints, disputes and correspondence with their deadlines",
-            ),
-        )
+        # The agent and operations screens (cases/web.py), with what waits for each.
+        for role in (Role.SERVICE_AGENT, Role.OPERATIONS):
+            register_home_link(
+                role,
+                HomeLink(
+                    "My cases",
+                    "cases-queue",
+                    "Your open cases with their deadlines; team queues and unassigned cases",
+                    queues.my_open_cases_count,
+                ),
+            )
         register_home_link(
             Role.OPERATIONS,
             HomeLink(
                 "Exceptions",
-                "admin:cases_case_changelist",
+                "cases-exceptions",
                 "Failed compositions, undeliverable and returned mail to regenerate or resend",
+                queues.open_exceptions_count,
             ),
         )
         register_home_link(

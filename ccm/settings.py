@@ -364,6 +364,8 @@ CASES_SLA_SWEEP_MINUTES = env.int("CASES_SLA_SWEEP_MINUTES", default=15)
 CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
 # Printed above the recipient on print cover sheets, so undeliverable letters come back to us.
 CCM_PRINT_RETURN_ADDRESS = env.str("CCM_PRINT_RETURN_ADDRESS", default="")
+# Files staff attach to a case on the case screens (cases/web_forms.py checks their bytes).
+CASES_ATTACHMENT_MAX_MB = env.int("CASES_ATTACHMENT_MAX_MB", default=10)
 
 LOGGING = {
     "version": 1,

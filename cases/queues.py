@@ -1,0 +1,159 @@
+"""Reads for the agent and operations screens (cases/web.py): the case queue by team, "my
+cases" and unassigned; the exception queue; where each case stands against its next deadline;
+the counts on the home page. Kept apart from cases/selectors.py (the API's reads) because they
+answer one screen each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from django.db.models import Case as SqlCase
+from django.db.models import F, IntegerField, Prefetch, QuerySet, Value, When
+from django.utils import timezone
+
+from cases import sla
+from cases.models import (
+    OPEN_STATES,
+    PRIORITY_ORDER,
+    Case,
+    CaseState,
+    CaseType,
+    Milestone,
+    SlaStatus,
+    Team,
+)
+
+MY_CASES, UNASSIGNED = "mine", "unassigned"
+QUEUES = [MY_CASES, UNASSIGNED, *Team.values]
+OPEN, ALL = "open", "all"
+STATES = [OPEN, *CaseState.values, ALL]
+SORTS = {"deadline": "Next deadline first", "priority": "Most urgent first"}
+
+
+def _priority_rank() -> SqlCase:
+    """0 for urgent … 3 for low: what "most urgent first" sorts on."""
+    return SqlCase(
+        *[When(priority=p, then=Value(rank)) for rank, p in enumerate(reversed(PRIORITY_ORDER))],
+        default=Value(len(PRIORITY_ORDER)),
+        output_field=IntegerField(),
+    )
+
+
+def _ordered(cases: QuerySet[Case], sort: str) -> QuerySet[Case]:
+    deadline = F("next_due_at").asc(nulls_last=True)
+    if sort == "priority":
+        return cases.annotate(rank=_priority_rank()).order_by("rank", deadline, "id")
+    return cases.order_by(deadline, "id")
+
+
+def _with_next_milestone(cases: QuerySet[Case]) -> QuerySet[Case]:
+    # The queue names the milestone the deadline belongs to, without a query per row.
+    return cases.select_related("customer", "assignee").prefetch_related(
+        Prefetch(
+            "milestones",
+            queryset=Milestone.objects.filter(reached_at__isnull=True).order_by(
+                "due_at", "sequence"
+            ),
+            to_attr="open_milestones",
+        )
+    )
+
+
+def _in_queue(cases: QuerySet[Case], queue: str, user) -> QuerySet[Case]:
+    if queue == MY_CASES:
+        return cases.filter(assignee=user)
+    if queue == UNASSIGNED:
+        return cases.filter(assignee__isnull=True)
+    return cases.filter(team=queue)
+
+
+def _in_state(cases: QuerySet[Case], state: str) -> QuerySet[Case]:
+    if state == OPEN:
+        return cases.filter(state__in=OPEN_STATES)
+    return cases if state == ALL else cases.filter(state=state)
+
+
+def case_queue(*, queue: str, user, state: str = OPEN, sort: str = "deadline") -> QuerySet[Case]:
+    """One tab of the agent's queue: `queue` is "mine", "unassigned" or a team."""
+    return _ordered(
+        _with_next_milestone(_in_state(_in_queue(Case.objects.all(), queue, user), state)), sort
+    )
+
+
+def queue_counts(*, user, state: str = OPEN) -> dict[str, int]:
+    """How many cases each tab holds in `state`."""
+    base = _in_state(Case.objects.all(), state)
+    return {queue: _in_queue(base, queue, user).count() for queue in QUEUES}
+
+
+def exception_queue(*, kind: str = "") -> QuerySet[Case]:
+    """Open exception cases, most urgent first, then by deadline."""
+    cases = Case.objects.filter(case_type=CaseType.EXCEPTION, state__in=OPEN_STATES)
+    if kind:
+        cases = cases.filter(exception_kind=kind)
+    return _ordered(_with_next_milestone(cases), "priority").select_related(
+        "recovery_communication"
+    )
+
+
+def my_open_cases_count(user) -> int:
+    return Case.objects.filter(assignee=user, state__in=OPEN_STATES).count()
+
+
+def open_exceptions_count(user) -> int:
+    return Case.objects.filter(case_type=CaseType.EXCEPTION, state__in=OPEN_STATES).count()
+
+
+@dataclass(frozen=True)
+class SlaIndicator:
+    """Where a case stands against its next deadline, in words for the screen (never colour
+    alone): `status` is on_track | approaching | overdue | stopped | none."""
+
+    status: str
+    text: str
+    milestone: str = ""
+    due: date | None = None
+    business_days_left: int | None = None
+    paused_since: date | None = None
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def sla_indicator(case: Case, *, now: datetime | None = None) -> SlaIndicator:
+    """Computed now from the case's stored next deadline on its type's calendar (the stored
+    `sla_status` is what the sweep last saw; a screen must be right at the moment it is read)."""
+    now = now or timezone.now()
+    spec = sla.spec_for(case.case_type)
+    calendar = sla.calendar_for(spec)
+    milestones = getattr(case, "open_milestones", None)
+    if milestones is None:
+        milestones = list(
+            case.milestones.filter(reached_at__isnull=True).order_by("due_at", "sequence")
+        )
+    label = milestones[0].label if milestones else ""
+    if not case.is_open or case.next_due_at is None:
+        return SlaIndicator("none", "No deadline running")
+    due = calendar.local_date(case.next_due_at)
+    if case.state == CaseState.WAITING:
+        since = calendar.local_date(case.paused_at) if case.paused_at else None
+        return SlaIndicator(
+            "stopped",
+            "Clock stopped: waiting on the customer",
+            milestone=label,
+            due=due,
+            paused_since=since,
+        )
+    today = calendar.local_date(now)
+    status = sla.sla_status(spec, due=case.next_due_at, now=now)
+    if status == SlaStatus.OVERDUE:
+        late = calendar.business_days_between(due, today)
+        text = f"Overdue by {_plural(late, 'business day')}" if late else "Overdue"
+        return SlaIndicator(status, text, milestone=label, due=due, business_days_left=-late)
+    left = calendar.business_days_between(today, due)
+    text = "Due today" if left == 0 else f"{_plural(left, 'business day')} left"
+    if status == SlaStatus.APPROACHING:
+        text = f"Approaching: {text[0].lower()}{text[1:]}"
+    return SlaIndicator(status, text, milestone=label, due=due, business_days_left=left)

@@ -1,0 +1,300 @@
+"""Forms of the agent and operations case screens (cases/web.py).
+
+They check the shape of what a person typed; the rules (which move a case's state allows, what a
+letter needs, where a communication may be resent) stay in the services, whose errors the views
+put back on these forms' fields.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import PurePath
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import UploadedFile
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+
+from cases.models import Team
+from ccm.roles import Role
+from notifications.recovery import RESENDABLE_CHANNELS
+
+# Who may take a team's cases: the role that works them.
+TEAM_ROLES: dict[str, str] = {
+    Team.CUSTOMER_RELATIONS: Role.SERVICE_AGENT,
+    Team.DISPUTES: Role.SERVICE_AGENT,
+    Team.OPERATIONS: Role.OPERATIONS,
+}
+
+
+def team_members(team: str):
+    """Active users holding the role that works `team`'s cases, by username."""
+    return (
+        get_user_model()
+        .objects.filter(is_active=True, groups__name=TEAM_ROLES.get(team, Role.SERVICE_AGENT))
+        .distinct()
+        .order_by("username")
+    )
+
+
+class AccessibleForm(forms.Form):
+    """A field with an error says so to assistive technology: `aria-invalid`, and
+    `aria-describedby` naming the error (and help) the templates render with those ids
+    (templates/cases/_field.html)."""
+
+    def add_error(self, field, error) -> None:
+        super().add_error(field, error)
+        for name in self.errors:
+            if name not in self.fields:
+                continue
+            bound = self[name]
+            described = [f"{bound.auto_id}_error"]
+            if bound.help_text:
+                described.append(f"{bound.auto_id}_helptext")
+            bound.field.widget.attrs.update(
+                {"aria-invalid": "true", "aria-describedby": " ".join(described)}
+            )
+
+
+class TeamMemberField(forms.ModelChoiceField):
+    def label_from_instance(self, obj) -> str:
+        name = obj.get_full_name()
+        return f"{name} ({obj.get_username()})" if name else obj.get_username()
+
+
+class AssignForm(AccessibleForm):
+    assignee = TeamMemberField(
+        queryset=get_user_model().objects.none(),
+        label="Assign to",
+        empty_label="Choose a person",
+        error_messages={
+            "required": "Choose who takes the case.",
+            "invalid_choice": "Choose someone from the list: they must work this team's cases.",
+        },
+    )
+
+    def __init__(self, *args, team: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields["assignee"]
+        assert isinstance(field, forms.ModelChoiceField)
+        field.queryset = team_members(team)
+
+
+class WaitForm(AccessibleForm):
+    reason = forms.CharField(
+        label="Waiting for",
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="What the customer must send or do. The SLA clock stops until you resume.",
+        error_messages={"required": "Say what the case is waiting for."},
+    )
+
+
+class ResolveForm(AccessibleForm):
+    resolution = forms.CharField(
+        label="Resolution",
+        max_length=5000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="How the case was resolved: the audit log and the next reader rely on it.",
+        error_messages={"required": "Say how the case was resolved."},
+    )
+
+
+class ReopenForm(AccessibleForm):
+    reason = forms.CharField(
+        label="Why reopen",
+        max_length=1000,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+    )
+
+
+class NoteForm(AccessibleForm):
+    body = forms.CharField(
+        label="Note",
+        max_length=10_000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        error_messages={"required": "A note needs some text."},
+    )
+
+
+def _json_object(raw: str, *, what: str) -> dict:
+    """`raw` as a JSON object ({} when blank), or a ValidationError that says where it broke."""
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise forms.ValidationError(
+            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
+        ) from exc
+    if not isinstance(value, dict):
+        raise forms.ValidationError(f'{what} must be a JSON object: {{"field": value, …}}.')
+    return value
+
+
+class MilestoneReachForm(AccessibleForm):
+    letter_data = forms.CharField(
+        label="Letter data (JSON)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+        help_text='What the letter needs beyond the case, e.g. a final response\'s "decision" '
+        'and "findings". Leave empty when the case supplies everything.',
+    )
+
+    def clean_letter_data(self) -> dict:
+        return _json_object(self.cleaned_data["letter_data"], what="The letter data")
+
+
+# --- attachments -----------------------------------------------------------------------------
+
+
+def _is_text(content: bytes) -> bool:
+    if b"\x00" in content:
+        return False
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class FileType:
+    content_type: str
+    extensions: tuple[str, ...]
+    label: str
+
+    def matches(self, content: bytes) -> bool:
+        # The bytes decide, never the browser's Content-Type or the name alone: a renamed
+        # executable is refused.
+        magic = {
+            "application/pdf": (b"%PDF-",),
+            "image/png": (b"\x89PNG\r\n\x1a\n",),
+            "image/jpeg": (b"\xff\xd8\xff",),
+        }.get(self.content_type)
+        if magic is not None:
+            return content.startswith(magic)
+        return _is_text(content)
+
+
+ATTACHMENT_TYPES = (
+    FileType("application/pdf", (".pdf",), "PDF"),
+    FileType("image/png", (".png",), "PNG"),
+    FileType("image/jpeg", (".jpg", ".jpeg"), "JPEG"),
+    FileType("text/plain", (".txt",), "text"),
+    FileType("text/csv", (".csv",), "CSV"),
+    FileType("message/rfc822", (".eml",), "email (.eml)"),
+)
+
+
+def attachment_max_bytes() -> int:
+    return settings.CASES_ATTACHMENT_MAX_MB * 1024 * 1024
+
+
+def attachment_types_text() -> str:
+    return ", ".join(t.label for t in ATTACHMENT_TYPES)
+
+
+def too_large_message() -> str:
+    return f"The file is larger than {settings.CASES_ATTACHMENT_MAX_MB} MB; attach a smaller one."
+
+
+# Set on the request when CappedUploadHandler stopped reading a file.
+UPLOAD_TOO_LARGE = "ccm_upload_too_large"
+
+
+class CappedUploadHandler(FileUploadHandler):
+    """Stops an upload as soon as it passes `limit` bytes; the rest of the request is read and
+    dropped (not stored), so the person gets the page that says why."""
+
+    def __init__(self, request, *, limit: int):
+        super().__init__(request)
+        self.limit = limit
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> bytes:
+        if start + len(raw_data) > self.limit:
+            setattr(self.request, UPLOAD_TOO_LARGE, True)
+            raise StopUpload(connection_reset=False)
+        return raw_data
+
+    def file_complete(self, file_size: int) -> None:
+        return None  # the next handler builds the file
+
+
+class AttachmentForm(AccessibleForm):
+    file = forms.FileField(
+        label="File",
+        error_messages={
+            "required": "Choose a file to attach.",
+            "empty": "The file is empty.",
+        },
+    )
+
+    def __init__(self, *args, too_large: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        if too_large:  # the upload handler dropped it: say why it is missing
+            self.fields["file"].error_messages["required"] = too_large_message()
+        self.fields["file"].help_text = (
+            f"Up to {settings.CASES_ATTACHMENT_MAX_MB} MB: {attachment_types_text()}. "
+            "Only staff can download it."
+        )
+
+    def clean_file(self) -> UploadedFile:
+        upload: UploadedFile = self.cleaned_data["file"]
+        if upload.size is None or upload.size > attachment_max_bytes():
+            raise forms.ValidationError(too_large_message())
+        name = PurePath((upload.name or "").replace("\\", "/")).name
+        suffix = PurePath(name.lower()).suffix
+        kind = next((t for t in ATTACHMENT_TYPES if suffix in t.extensions), None)
+        if kind is None:
+            raise forms.ValidationError(
+                f"{name or 'This file'} is not a type the case accepts; attach one of: "
+                f"{attachment_types_text()}."
+            )
+        content = b"".join(upload.chunks())
+        upload.seek(0)
+        if not kind.matches(content):
+            raise forms.ValidationError(
+                f"{name} is named {suffix} but its content is not {kind.label}; attach the "
+                "original file."
+            )
+        self.content_type = kind.content_type
+        self.file_name = name
+        return upload
+
+
+# --- resend ----------------------------------------------------------------------------------
+
+
+class ResendForm(AccessibleForm):
+    channel = forms.ChoiceField(
+        label="Channel",
+        choices=[],
+        error_messages={"required": "Choose a channel.", "invalid_choice": "Choose a channel."},
+    )
+    address = forms.CharField(
+        label="Address",
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="An email address, a phone number, or for a letter the postal address with "
+        "one line per line.",
+        error_messages={"required": "Give the address to send to."},
+    )
+
+    def __init__(self, *args, channels: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        field = self.fields["channel"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [(c, c) for c in RESENDABLE_CHANNELS if c in channels]
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        address = data.get("address") or ""
+        if data.get("channel") == "print":
+            data["address"] = [line.strip() for line in address.splitlines() if line.strip()]
+        else:
+            data["address"] = address.strip()
+        return data

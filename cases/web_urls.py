@@ -1,0 +1,28 @@
+"""The agent and operations case screens, mounted at /cases/ (see cases/web.py)."""
+
+from __future__ import annotations
+
+from django.urls import path
+
+from cases import web, web_exceptions
+
+urlpatterns = [
+    path("", web.queue, name="cases-queue"),
+    path("exceptions/", web_exceptions.exception_queue, name="cases-exceptions"),
+    path("<str:ref>/", web.case_detail, name="cases-detail"),
+    path("<str:ref>/do/<str:action>/", web.case_action, name="cases-action"),
+    path("<str:ref>/notes/", web.note_add, name="cases-note-add"),
+    path("<str:ref>/attachments/", web.attachment_add, name="cases-attachment-add"),
+    path(
+        "<str:ref>/attachments/<int:pk>/",
+        web.attachment_download,
+        name="cases-attachment",
+    ),
+    path(
+        "<str:ref>/milestones/<str:code>/reach/",
+        web.milestone_reach,
+        name="cases-milestone-reach",
+    ),
+    path("<str:ref>/regenerate/", web_exceptions.regenerate, name="cases-regenerate"),
+    path("<str:ref>/resend/", web_exceptions.resend, name="cases-resend"),
+]
