@@ -509,6 +509,8 @@ def undeliverable(settings, letter, customer, integrator, ops, sync_tasks) -> Ca
     communication = sync_tasks(request, customer, integrator)
     communication.refresh_from_db()
     assert communication.state == "undeliverable"
+    # Operations may resend by post, once print is running again.
+    settings.CCM_ENABLED_CHANNELS = ["email", "print"]
     return Case.objects.get(exception_kind="undeliverable")
 
 
