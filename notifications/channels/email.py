@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from email.utils import formataddr
 
 import requests
 from anymail.exceptions import AnymailAPIError, AnymailError, AnymailRecipientsRefused
+from anymail.utils import EmailAddress
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 
@@ -17,41 +19,78 @@ from notifications.unsubscribe import unsubscribe_headers
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class EmailParts:
+    """What one delivery's email carries; the Django message and the direct Postmark batch
+    payload (notifications/postmark_batch.py) are both built from it."""
+
+    subject: str
+    text: str
+    html: str
+    name: str
+    address: str
+    headers: dict[str, str]
+    attachment: tuple[str, bytes, str] | None  # (file name, content, MIME type)
+    metadata: dict[str, str]
+    tag: str
+
+
+def email_parts(delivery: Delivery) -> EmailParts:
+    communication = delivery.communication
+    rendered = communication.rendered.get("email") or {}
+    version = communication.template_version
+    meta = version.meta if version is not None else {}
+    attachment = None
+    if meta.get("delivery", "attach") == "attach" and communication.document is not None:
+        with communication.document.file.open("rb") as fh:
+            attachment = (
+                f"{communication.template.code}-{communication.pk}.pdf",
+                fh.read(),
+                "application/pdf",
+            )
+    return EmailParts(
+        subject=rendered.get("subject", ""),
+        text=rendered.get("text", ""),
+        html=rendered.get("html") or "",
+        name=communication.customer.name,
+        address=delivery.address,
+        headers={
+            "Message-ID": delivery.message_id,
+            **unsubscribe_headers(delivery, communication.category),
+        },
+        attachment=attachment,
+        # Anymail sends these to the ESP; its tracking webhooks bring them back.
+        metadata={"delivery_id": str(delivery.pk), "communication_id": str(communication.pk)},
+        tag=communication.template.code,
+    )
+
+
+def recipient(name: str, address: str) -> str:
+    """The To address. `formataddr` encodes a non-ASCII name (RFC 2047) but refuses a non-ASCII
+    (internationalised) domain, which Anymail formats itself (IDNA)."""
+    if address.isascii():
+        return formataddr((name, address))
+    return EmailAddress(name, address).address
+
+
 class EmailBackend:
     """Email through Django's email backend, i.e. any Anymail ESP (or console in `make run`)."""
 
     def message(self, delivery: Delivery) -> EmailMultiAlternatives:
-        communication = delivery.communication
-        rendered = communication.rendered.get("email") or {}
-        name = communication.customer.name
+        parts = email_parts(delivery)
         message = EmailMultiAlternatives(
-            subject=rendered.get("subject", ""),
-            body=rendered.get("text", ""),
+            subject=parts.subject,
+            body=parts.text,
             from_email=settings.DEFAULT_FROM_EMAIL,
-            to=[formataddr((name, delivery.address))],
-            headers={
-                "Message-ID": delivery.message_id,
-                **unsubscribe_headers(delivery, communication.category),
-            },
+            to=[recipient(parts.name, parts.address)],
+            headers=parts.headers,
         )
-        if rendered.get("html"):
-            message.attach_alternative(rendered["html"], "text/html")
-        version = communication.template_version
-        meta = version.meta if version is not None else {}
-        if meta.get("delivery", "attach") == "attach" and communication.document is not None:
-            document = communication.document
-            with document.file.open("rb") as fh:
-                message.attach(
-                    f"{communication.template.code}-{communication.pk}.pdf",
-                    fh.read(),
-                    "application/pdf",
-                )
-        # Anymail sends these to the ESP; its tracking webhooks bring them back.
-        message.metadata = {  # type: ignore[attr-defined]
-            "delivery_id": str(delivery.pk),
-            "communication_id": str(communication.pk),
-        }
-        message.tags = [communication.template.code]  # type: ignore[attr-defined]
+        if parts.html:
+            message.attach_alternative(parts.html, "text/html")
+        if parts.attachment is not None:
+            message.attach(*parts.attachment)
+        message.metadata = parts.metadata  # type: ignore[attr-defined]
+        message.tags = [parts.tag]  # type: ignore[attr-defined]
         message.track_opens = True  # type: ignore[attr-defined]
         return message
 
