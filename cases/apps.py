@@ -9,13 +9,14 @@ class CasesConfig(AppConfig):
 
     def ready(self) -> None:
         from cases import demo as cases_demo
-        from cases import receivers, tasks
+        from cases import receivers, request_tasks, tasks
         from ccm import demo
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
 
         receivers.connect()
         tasks.register()
+        request_tasks.register()
         demo.register_seeder(cases_demo.seed_complaint)
         register_home_link(
             Role.SERVICE_AGENT,

@@ -349,6 +349,14 @@ CASES_SLA_SWEEP_MINUTES = env.int("CASES_SLA_SWEEP_MINUTES", default=15)
 # Where each team's alerts go: "operations=ops@x.example;oncall@x.example,disputes=…". A team
 # left out gets the email addresses of the active users holding its role.
 CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
+# Reprints and correspondence (cases/reprints.py, cases/correspondence.py): the channels a
+# reprint may go out on (a duplicate needs a durable medium that carries the document).
+CASES_REPRINT_CHANNELS = env.list("CASES_REPRINT_CHANNELS", default=["email", "print"])
+# How long an approval mail's reply token lives (a reply of APPROVE / REJECT redeems it once).
+CASES_APPROVAL_REPLY_TTL_HOURS = env.int("CASES_APPROVAL_REPLY_TTL_HOURS", default=72)
+# The Gmail intake of the shared mailbox (cases/intake.py): how often, and how many per run.
+CASES_GMAIL_INTAKE_MINUTES = env.int("CASES_GMAIL_INTAKE_MINUTES", default=5)
+CASES_GMAIL_INTAKE_BATCH = env.int("CASES_GMAIL_INTAKE_BATCH", default=100)
 # Status webhooks to integrators (notifications/webhook_send.py): each POST gets this long; a
 # failing event is retried with backoff for this many hours or attempts, whichever ends first.
 CCM_WEBHOOK_TIMEOUT_S = env.float("CCM_WEBHOOK_TIMEOUT_S", default=5.0)
