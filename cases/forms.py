@@ -195,7 +195,13 @@ def _form_field(node: Mapping, *, label: str) -> tuple[forms.Field, str]:
 
 def _layout(schema: Mapping, node: Mapping, prefix: str, fields: dict, kinds: dict) -> list[Any]:
     items: list[Any] = []
-    for name, child in (node.get("properties") or {}).items():
+    properties = node.get("properties") or {}
+    # Stored schemas lose their key order; the required list keeps the author's, so required
+    # properties come first in that order, then the others.
+    required = [name for name in node.get("required", []) if name in properties]
+    ordered = required + [name for name in properties if name not in required]
+    for name in ordered:
+        child = properties[name]
         child = _resolve(schema, child)
         path = f"{prefix}.{name}" if prefix else name
         label = str(child.get("title") or _humanise(name))
@@ -210,6 +216,7 @@ def _layout(schema: Mapping, node: Mapping, prefix: str, fields: dict, kinds: di
             )
             continue
         fields[path], kinds[path] = _form_field(child, label=label)
+        items.append(path)
     return items
 
 
@@ -269,17 +276,20 @@ class SchemaForm(AccessibleForm):
                 _put(data, name, self._value(name, value))
             except forms.ValidationError as exc:
                 self.add_error(name, exc)
-        if self.errors:
-            return cleaned
+        # Checked even when a field failed already, so every missing field is shown at once; a
+        # field that has its own error is not told again that it is missing.
+        rejected = set(self.errors)
         try:
             validate_data(self.schema, data)
         except DataInvalid as exc:
             for error in exc.errors:
-                self._error_at(error.field, error.message)
+                self._error_at(error.field, error.message, skip=rejected)
         cleaned["data"] = data
         return cleaned
 
-    def _error_at(self, path: str, message: str) -> None:
+    def _error_at(
+        self, path: str, message: str, *, skip: set[str] | frozenset = frozenset()
+    ) -> None:
         """Show a schema error at its field, else at the nearest field above or below it."""
         if message.endswith("is a required property"):
             message = "Required."
@@ -287,6 +297,8 @@ class SchemaForm(AccessibleForm):
         parts = path.split(".") if path else []
         candidates += [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
         for candidate in candidates:
+            if candidate in skip:
+                return
             if candidate in self.fields:
                 self.add_error(candidate, message)  # type: ignore[arg-type]
                 return
