@@ -50,7 +50,7 @@ UNSENT_SWEEP = Sweep(
 
 
 def _reviewers(approval: Approval):
-    excluded = {approval.requested_by_id, approval.author_id} - {None}
+    excluded = [pk for pk in (approval.requested_by_id, approval.author_id) if pk is not None]
     return (
         get_user_model()
         .objects.filter(is_active=True)

@@ -323,7 +323,9 @@ def _request(message: InboxMessage) -> tuple[str, str, Case | None]:
             )
             if value is None
         ]
-        why = "not a reprint request" if not is_reprint else f"no {', '.join(missing)} found"
+        why = (
+            "not a reprint request" if not is_reprint else f"could not find {' or '.join(missing)}"
+        )
     case_type = CaseType.REPRINT if is_reprint and parsed.customer else CaseType.CORRESPONDENCE
     case = services.case_open(
         case_type=case_type,
@@ -338,10 +340,11 @@ def _request(message: InboxMessage) -> tuple[str, str, Case | None]:
 
 def _reprint_from_mail(message: InboxMessage, customer: Customer, document: Document):
     sender = message.from_address.strip().lower()
-    emails = [e.lower() for e in known_addresses(customer, Channel.EMAIL)]
-    channel = Channel.EMAIL if Channel.EMAIL in reprint_channels() and emails else Channel.PRINT
+    held = {e.lower(): e for e in known_addresses(customer, Channel.EMAIL)}
+    channel = Channel.EMAIL if Channel.EMAIL in reprint_channels() and held else Channel.PRINT
     # The copy goes to an address we already hold: the sender's, when it is one of them.
-    address = message.from_address if sender in emails and channel == Channel.EMAIL else ""
+    address = held.get(sender, "") if channel == Channel.EMAIL else ""
+    emails = list(held)
     return reprints.reprint_request_create(
         customer=customer,
         document=document,

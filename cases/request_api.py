@@ -57,7 +57,7 @@ class ReprintCreateSerializer(serializers.Serializer):
     channel = serializers.ChoiceField(choices=["email", "print"])
     address = serializers.JSONField(
         required=False,
-        default="",
+        default="",  # type: ignore[arg-type]  # a string or a list of lines
         help_text="Empty for the address on file; an email, or postal lines (a list). "
         "Another address waits for a reviewer's release.",
     )
@@ -190,7 +190,9 @@ class CorrespondenceCreateSerializer(serializers.Serializer):
     template = serializers.SlugField(max_length=100, help_text="A published letter template")
     customer = serializers.CharField(max_length=100)
     source_system = serializers.CharField(max_length=100, default="default")
-    data = serializers.JSONField(help_text="Checked against the template's JSON Schema")
+    data = serializers.JSONField(  # type: ignore[assignment]
+        help_text="Checked against the template's JSON Schema"
+    )
     channel = serializers.CharField(max_length=10, required=False, default="")
 
     def validate_data(self, value):

@@ -7,7 +7,7 @@ import json
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -179,7 +179,7 @@ def reprint_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 @_allowed(VIEW_REPRINT)
-def reprint_duplicate_pdf(request: HttpRequest, pk: int) -> HttpResponse:
+def reprint_duplicate_pdf(request: HttpRequest, pk: int) -> HttpResponseBase:
     reprint = get_object_or_404(ReprintRequest.objects.select_related("duplicate"), pk=pk)
     if reprint.duplicate is None:
         return render(request, "404.html", status=404)
@@ -188,7 +188,7 @@ def reprint_duplicate_pdf(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 @_allowed(VIEW_REPRINT)
-def reprint_original_pdf(request: HttpRequest, pk: int) -> HttpResponse:
+def reprint_original_pdf(request: HttpRequest, pk: int) -> HttpResponseBase:
     reprint = get_object_or_404(ReprintRequest.objects.select_related("document"), pk=pk)
     return _pdf(reprint.document, f"reprint-{reprint.pk}-original.pdf")
 
@@ -284,7 +284,7 @@ def correspondence_detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 @_allowed(VIEW_LETTER)
-def correspondence_letter_pdf(request: HttpRequest, pk: int) -> HttpResponse:
+def correspondence_letter_pdf(request: HttpRequest, pk: int) -> HttpResponseBase:
     letter = get_object_or_404(CorrespondenceRequest.objects.select_related("document"), pk=pk)
     return _pdf(letter.document, f"letter-{letter.pk}.pdf")
 
