@@ -87,11 +87,16 @@ def correspondence_versions() -> QuerySet[TemplateVersion]:
     )
 
 
+def writable(version: TemplateVersion) -> bool:
+    """A letter an agent can write: it prints, and it carries no portal link (that link points
+    at the communication the pipeline makes, so such letters are the pipeline's to compose)."""
+    meta = version.meta
+    return "print" in meta.get("channels", []) and meta.get("delivery") != "portal_link"
+
+
 def correspondence_version(code: str) -> TemplateVersion | None:
     version = correspondence_versions().filter(template__code=code).first()
-    if version is None or "print" not in version.meta.get("channels", []):
-        return None
-    return version
+    return version if version is not None and writable(version) else None
 
 
 def requests_of(user) -> dict[str, QuerySet]:

@@ -212,9 +212,7 @@ def correspondence_new(request: HttpRequest) -> HttpResponse:
         return _customer_step(request, "cases/requests/correspondence_new.html", {"customer": None})
     customer = get_object_or_404(Customer, pk=customer_id)
     versions = [
-        v
-        for v in request_selectors.correspondence_versions()
-        if "print" in v.meta.get("channels", [])
+        v for v in request_selectors.correspondence_versions() if request_selectors.writable(v)
     ]
     code = request.GET.get("template", "")
     chooser = TemplateChoiceForm(

@@ -277,3 +277,60 @@ def test_api_bad_input_is_a_problem_naming_the_field(original, api_client, chang
 def test_api_needs_the_cases_scopes(original, api_client):
     response = api_client("cases:read").post("/api/v1/reprints", {}, format="json")
     assert response.status_code == 403
+
+
+# --- the agent's screens -----------------------------------------------------------------------
+
+
+def test_the_reprint_form_finds_the_customer_and_labels_every_field(
+    client, agent, original, customer
+):
+    client.force_login(agent)
+    found = client.get("/agent/reprints/new/?q=lovelace").content.decode()
+    assert f'<a href="?customer={customer.pk}">Ada Lovelace (C-1)</a>' in found
+    page = client.get(f"/agent/reprints/new/?customer={customer.pk}").content.decode()
+    assert '<label for="id_document">Document</label>' in page
+    assert '<label for="id_reason">Reason</label>' in page
+    assert "<legend>Send by</legend>" in page
+    assert "<legend>How the caller&#x27;s identity was verified</legend>" in page
+    assert "Email (on file: ada@example.org)" in page
+    assert f'<option value="{original.document_id}">Balance letter' in page
+
+
+def test_the_reprint_form_shows_each_error_at_its_field(client, agent, original, customer):
+    client.force_login(agent)
+    url = f"/agent/reprints/new/?customer={customer.pk}"
+    form = {
+        "document": original.document_id,
+        "reason": "",
+        "channel": "email",
+        "identity_verification": "security_questions",
+    }
+    # a field the form itself refuses
+    page = client.post(url, form)
+    assert page.status_code == 400
+    html = page.content.decode()
+    assert 'id="id_reason_error"' in html
+    assert 'aria-describedby="id_reason_helptext id_reason_error"' in html
+    assert 'aria-invalid="true"' in html
+    # and one the service refuses, shown at its field too
+    page = client.post(url, form | {"reason": "Lost", "address": "not-an-email"})
+    assert page.status_code == 400
+    assert 'id="id_address_error"' in page.content.decode()
+    assert not ReprintRequest.objects.exists()
+
+
+def test_the_agent_sees_their_requests_with_their_states(
+    client, agent, original, customer, sync_tasks
+):
+    reprint = file_reprint(sync_tasks, customer, original.document, agent)
+    client.force_login(agent)
+    page = client.get("/agent/requests/").content.decode()
+    assert f'href="/agent/reprints/{reprint.pk}/">{reprint.case.reference}</a>' in page
+    assert "Fulfilled" in page
+    home = client.get("/").content.decode()
+    assert 'href="/agent/reprints/new/"' in home
+    assert 'href="/agent/correspondence/new/"' in home
+    detail = client.get(f"/agent/reprints/{reprint.pk}/duplicate.pdf")
+    assert detail["Content-Type"] == "application/pdf"
+    assert "DUPLICATE" in pdf_text(b"".join(detail.streaming_content))
