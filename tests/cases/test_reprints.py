@@ -334,3 +334,15 @@ def test_the_agent_sees_their_requests_with_their_states(
     detail = client.get(f"/agent/reprints/{reprint.pk}/duplicate.pdf")
     assert detail["Content-Type"] == "application/pdf"
     assert "DUPLICATE" in pdf_text(b"".join(detail.streaming_content))
+
+
+def test_operations_see_requests_read_only_in_the_back_office(
+    client, ops, original, customer, agent, sync_tasks
+):
+    reprint = file_reprint(sync_tasks, customer, original.document, agent)
+    client.force_login(ops)
+    listing = client.get("/admin/cases/reprintrequest/")
+    assert listing.status_code == 200
+    assert reprint.case.reference in listing.content.decode()
+    assert client.get("/admin/cases/reprintrequest/add/").status_code == 403
+    assert client.get("/admin/cases/processedinboxmessage/").status_code == 200
