@@ -176,7 +176,7 @@ def _refuse(
 
 
 def approval_reply_apply(
-    *, token: str, sender: str, text: str, message_id: str = ""
+    *, token: str, sender: str, text: str, message_id: str = "", authenticated: bool = True
 ) -> ReplyOutcome:
     """Decide an approval from a mail reply, or refuse it with the reason (audited).
 
@@ -191,6 +191,13 @@ def approval_reply_apply(
     if approval is None or reviewer is None:
         return _refuse(
             "approval or reviewer gone", sender=sender, approval=approval, message_id=message_id
+        )
+    if not authenticated:
+        return _refuse(
+            "the mail failed sender authentication (SPF, DKIM or DMARC)",
+            sender=sender,
+            approval=approval,
+            message_id=message_id,
         )
     # Exactly the reviewer's own address: a display name or a look-alike domain does not count.
     if not reviewer.email or sender.strip().lower() != reviewer.email.strip().lower():

@@ -53,7 +53,11 @@ logger = logging.getLogger(__name__)
 
 PROVIDER = "gmail"
 # A customer reference: letters then digit groups joined by hyphens (NW-2048-7731, C-1).
-REFERENCE_RE = re.compile(r"\b[A-Z][A-Z0-9]*-[A-Z0-9][A-Z0-9-]*[A-Z0-9]\b|\b[A-Z]+-[0-9]\b")
+REFERENCE_RE = re.compile(
+    r"\b[A-Z][A-Z0-9]*-[A-Z0-9][A-Z0-9-]*[A-Z0-9]\b|\b[A-Z]+-[0-9]\b", re.IGNORECASE
+)
+# What the receiving server (Gmail) found when it checked the sender: a forged From fails.
+AUTH_FAILED_RE = re.compile(r"\b(?:dmarc|spf|dkim)=(?:fail|softfail)\b", re.IGNORECASE)
 MONTHS = {
     name: number
     for number, name in enumerate(
@@ -133,6 +137,9 @@ def _handle(message: InboxMessage) -> tuple[str, str, Case | None]:
             sender=message.from_address,
             text=message.text,
             message_id=message.message_id_header or message.id,
+            authenticated=not AUTH_FAILED_RE.search(
+                message.headers.get("authentication-results", "")
+            ),
         )
         outcome = InboxOutcome.APPROVAL_DECIDED if result.decided else InboxOutcome.APPROVAL_REFUSED
         return outcome, result.detail, None
@@ -152,11 +159,11 @@ def _handle(message: InboxMessage) -> tuple[str, str, Case | None]:
 
 
 def _delivery_for(message_id: str | None, recipient: str | None) -> Delivery | None:
+    """By the bounced mail's Message-ID; only a report that names none is matched by its
+    recipient (a Message-ID that is not ours is some other mail to that address)."""
     if message_id:
         bare = message_id.strip().strip("<>")
-        found = Delivery.objects.filter(message_id=f"<{bare}>").first()
-        if found is not None:
-            return found
+        return Delivery.objects.filter(message_id=f"<{bare}>").first()
     if recipient:
         return (
             Delivery.objects.filter(
@@ -225,7 +232,7 @@ class Parsed:
 
 
 def _customer(text: str) -> Customer | None:
-    for reference in REFERENCE_RE.findall(text):
+    for reference in REFERENCE_RE.findall(text)[:20]:
         customer = Customer.objects.filter(external_ref__iexact=reference).first()
         if customer is not None:
             return customer

@@ -99,6 +99,17 @@ def test_an_emailed_reprint_request_becomes_a_reprint_of_that_month(
     assert (record.outcome, record.case) == ("reprint_request", reprint.case)
 
 
+def test_the_reference_may_be_written_in_lower_case(statements, mailbox, sync_tasks):
+    deliver(
+        mailbox,
+        sender="eleanor@example.com",
+        subject="reprint please",
+        body=f"my account {REF.lower()}, the balance letter from april 2026",
+    )
+    assert poll(sync_tasks, mailbox) == {"reprint_request": 1}
+    assert ReprintRequest.objects.get().document == statements["2026-04"].document
+
+
 def test_a_request_from_an_unknown_sender_waits_for_an_agent_to_verify(
     statements, mailbox, agent, reviewer, sync_tasks
 ):
@@ -282,6 +293,19 @@ def test_a_reply_from_another_address_is_ignored(waiting, rita, mailbox, sync_ta
     # and the reviewer's own token still works
     reply(mailbox, sender=rita.email, token=token_of(rita), first_line="APPROVE")
     assert poll(sync_tasks, mailbox) == {"approval_decided": 1}
+
+
+def test_a_reply_with_a_forged_sender_is_ignored(waiting, rita, mailbox, sync_tasks):
+    # the From is rita's, but the receiving server found it forged
+    deliver(
+        mailbox,
+        sender=rita.email,
+        subject=f"Re: Approval needed [ccm:{token_of(rita)}]",
+        body="APPROVE",
+        **{"Authentication-Results": "mx.google.com; spf=fail smtp.mailfrom=x.example; dmarc=fail"},
+    )
+    assert poll(sync_tasks, mailbox) == {"approval_refused": 1}
+    assert_still_pending(waiting, "failed sender authentication")
 
 
 def test_a_reply_that_is_not_a_decision_is_ignored(waiting, rita, mailbox, sync_tasks):
