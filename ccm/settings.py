@@ -250,6 +250,10 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "CategoryEnum": "documents.models.Category",
         "WebhookEventEnum": "notifications.models.webhooks.WebhookEvent",
+        "ReprintStateEnum": "cases.request_models.ReprintState",
+        "CorrespondenceStateEnum": "cases.request_models.CorrespondenceState",
+        "RequestSourceEnum": "cases.request_models.RequestSource",
+        "ReprintChannelEnum": ["email", "print"],
     },
 }
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
