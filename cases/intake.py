@@ -130,6 +130,16 @@ def message_process(*, gateway: GmailGateway, gmail_id: str) -> str:
 def _handle(message: InboxMessage) -> tuple[str, str, Case | None]:
     if message.dsn is not None:
         return _bounce(message)
+    auto = message.headers.get("auto-submitted", "no").strip().lower()
+    if auto != "no":
+        # Out-of-office and other robots: a case for them would loop, and a robot quoting an
+        # approval mail never decides it.
+        audit.record(
+            actor=None,
+            action="inbox.ignored",
+            after={"from": message.from_address, "subject": message.subject, "why": auto},
+        )
+        return InboxOutcome.IGNORED, f"auto-submitted: {auto}", None
     token = approval_mail.find_token(subject=message.subject, text=message.text)
     if token is not None:
         result = approval_mail.approval_reply_apply(
@@ -143,15 +153,6 @@ def _handle(message: InboxMessage) -> tuple[str, str, Case | None]:
         )
         outcome = InboxOutcome.APPROVAL_DECIDED if result.decided else InboxOutcome.APPROVAL_REFUSED
         return outcome, result.detail, None
-    auto = message.headers.get("auto-submitted", "no").strip().lower()
-    if auto != "no":
-        # Out-of-office and other robots: answering them with a case would loop.
-        audit.record(
-            actor=None,
-            action="inbox.ignored",
-            after={"from": message.from_address, "subject": message.subject, "why": auto},
-        )
-        return InboxOutcome.IGNORED, f"auto-submitted: {auto}", None
     return _request(message)
 
 

@@ -308,6 +308,19 @@ def test_a_reply_with_a_forged_sender_is_ignored(waiting, rita, mailbox, sync_ta
     assert_still_pending(waiting, "failed sender authentication")
 
 
+def test_an_automatic_reply_never_decides(waiting, rita, mailbox, sync_tasks):
+    deliver(
+        mailbox,
+        sender=rita.email,
+        subject=f"Automatic reply: Approval needed [ccm:{token_of(rita)}]",
+        body="Approve requests go to Rory while I am away.",
+        **{"Auto-Submitted": "auto-replied"},
+    )
+    assert poll(sync_tasks, mailbox) == {"ignored": 1}
+    waiting.refresh_from_db()
+    assert waiting.state == "awaiting_release"
+
+
 def test_a_reply_that_is_not_a_decision_is_ignored(waiting, rita, mailbox, sync_tasks):
     reply(mailbox, sender=rita.email, token=token_of(rita), first_line="Maybe? Call me.")
     poll(sync_tasks, mailbox)
