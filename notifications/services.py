@@ -253,9 +253,9 @@ def communication_request(
     The data is checked against the published version's schema now, so a caller learns at once
     what to fix; the same key from the same client returns the communication made the first time.
 
-    With `document` (an archived document, e.g. a reprint's duplicate) nothing is composed: the
-    communication carries that file and is pinned to the version that rendered it. With
-    `address_override` it goes to that address on `channel_override` instead of the
+    With `document` (an archived document) nothing is composed: the communication carries that
+    file; a document of this template (a reprint's duplicate) pins the version that rendered it.
+    With `address_override` it goes to that address on `channel_override` instead of the
     customer's own.
     """
     if idempotency_key:
@@ -267,12 +267,12 @@ def communication_request(
     template = Template.objects.filter(code=template_code).first()
     if template is None:
         raise IntakeError(f"There is no template {template_code!r}.", field="template")
-    if document is not None:
+    # A copy of one of the template's own documents (a reprint) is pinned to the version that
+    # rendered it; a message carrying another template's document (a portal link renewal)
+    # speaks with the template's published version.
+    pinned = document is not None and document.template_version.template_id == template.pk
+    if pinned:
         version = document.template_version
-        if version.template_id != template.pk:
-            raise IntakeError(
-                f"Document {document.pk} is not a {template_code!r} document.", field="document"
-            )
     else:
         version = document_selectors.version_for_sending(code=template_code)
     if version is None:
@@ -295,7 +295,7 @@ def communication_request(
         source=source,
         channel_override=channel_override,
         address_override=address,
-        template_version=version if document is not None else None,
+        template_version=version if pinned else None,
         correlation_id=correlation_id,
         client=client,
         idempotency_key=idempotency_key or None,
