@@ -254,6 +254,9 @@ SPECTACULAR_SETTINGS = {
         "CorrespondenceStateEnum": "cases.request_models.CorrespondenceState",
         "RequestSourceEnum": "cases.request_models.RequestSource",
         "ReprintChannelEnum": ["email", "print"],
+        "CaseStateEnum": "cases.models.CaseState",
+        "CommunicationSourceEnum": "notifications.models.Source",
+        "ChannelEnum": "notifications.models.Channel",
     },
 }
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
