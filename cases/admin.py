@@ -189,3 +189,6 @@ class CaseAdmin(admin.ModelAdmin):
         for case in queryset:
             escalation.case_sla_check(case_id=case.pk)
         messages.success(request, "SLA checked.")
+
+
+from cases import request_admin  # noqa: E402, F401  (reprint and correspondence requests)

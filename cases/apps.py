@@ -9,13 +9,14 @@ class CasesConfig(AppConfig):
 
     def ready(self) -> None:
         from cases import demo as cases_demo
-        from cases import queues, receivers, tasks
+        from cases import queues, receivers, request_tasks, tasks
         from ccm import demo
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
 
         receivers.connect()
         tasks.register()
+        request_tasks.register()
         demo.register_seeder(cases_demo.seed_complaint)
         # The agent and operations screens (cases/web.py), with what waits for each.
         for role in (Role.SERVICE_AGENT, Role.OPERATIONS):

@@ -339,3 +339,6 @@ class ReferenceCounter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.prefix}-{self.year}: {self.last}"
+
+
+from cases.request_models import *  # noqa: E402, F403

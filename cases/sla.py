@@ -135,6 +135,7 @@ CASE_TYPES: dict[str, CaseTypeSpec] = {
     CaseType.CORRESPONDENCE: CaseTypeSpec(
         code=CaseType.CORRESPONDENCE,
         team=Team.CUSTOMER_RELATIONS,
+        needs_customer=False,  # mail from an unknown sender: the agent finds who wrote
         milestones=(MilestoneSpec("reply", "Reply sent", Due(business_days=5), resolves=True),),
     ),
     CaseType.INCIDENT: CaseTypeSpec(

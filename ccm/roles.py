@@ -43,6 +43,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "cases.view_case",
         *CASE_RECORDS_VIEW,
         "cases.view_reprintrequest",
+        "cases.view_correspondencerequest",
     ],
     Role.TEMPLATE_AUTHOR: [
         "ccm.view_approval",
@@ -67,6 +68,8 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         *CASE_RECORDS_ADD,
         "cases.add_reprintrequest",
         "cases.view_reprintrequest",
+        "cases.add_correspondencerequest",
+        "cases.view_correspondencerequest",
     ],
     Role.OPERATIONS: [
         "ccm.view_approval",
@@ -93,6 +96,10 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "cases.view_case",
         "cases.change_case",
         "cases.handle_exception",
+        "cases.view_reprintrequest",
+        "cases.view_correspondencerequest",
+        "cases.view_processedinboxmessage",
+        "cases.view_approvalmail",
         *CASE_RECORDS_VIEW,
         *CASE_RECORDS_ADD,
     ],

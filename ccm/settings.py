@@ -253,6 +253,11 @@ SPECTACULAR_SETTINGS = {
         "ChannelEnum": "notifications.models.Channel",
         "CaseStateEnum": "cases.models.CaseState",
         "ResendChannelEnum": "notifications.recovery.RESENDABLE_CHANNELS",
+        "ReprintStateEnum": "cases.request_models.ReprintState",
+        "CorrespondenceStateEnum": "cases.request_models.CorrespondenceState",
+        "RequestSourceEnum": "cases.request_models.RequestSource",
+        "ReprintChannelEnum": ["email", "print"],
+        "CommunicationSourceEnum": "notifications.models.Source",
     },
 }
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
@@ -366,6 +371,14 @@ CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
 CCM_PRINT_RETURN_ADDRESS = env.str("CCM_PRINT_RETURN_ADDRESS", default="")
 # Files staff attach to a case on the case screens (cases/web_forms.py checks their bytes).
 CASES_ATTACHMENT_MAX_MB = env.int("CASES_ATTACHMENT_MAX_MB", default=10)
+# Reprints and correspondence (cases/reprints.py, cases/correspondence.py): the channels a
+# reprint may go out on (a duplicate needs a durable medium that carries the document).
+CASES_REPRINT_CHANNELS = env.list("CASES_REPRINT_CHANNELS", default=["email", "print"])
+# How long an approval mail's reply token lives (a reply of APPROVE / REJECT redeems it once).
+CASES_APPROVAL_REPLY_TTL_HOURS = env.int("CASES_APPROVAL_REPLY_TTL_HOURS", default=72)
+# The Gmail intake of the shared mailbox (cases/intake.py): how often, and how many per run.
+CASES_GMAIL_INTAKE_MINUTES = env.int("CASES_GMAIL_INTAKE_MINUTES", default=5)
+CASES_GMAIL_INTAKE_BATCH = env.int("CASES_GMAIL_INTAKE_BATCH", default=100)
 
 LOGGING = {
     "version": 1,

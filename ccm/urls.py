@@ -23,6 +23,8 @@ urlpatterns = [
     path("api/v1/", include("documents.urls")),
     path("api/v1/", include("notifications.urls")),
     path("api/v1/", include("cases.urls")),
+    path("api/v1/", include("cases.request_api")),
+    path("agent/", include("cases.request_urls")),
     path("anymail/", include("anymail.urls")),
     path("p/", include("notifications.portal_urls")),
     path("u/<str:token>/", unsubscribe.unsubscribe_view, name="unsubscribe"),

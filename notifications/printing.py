@@ -116,8 +116,11 @@ def print_item_add(*, delivery: Delivery) -> PrintItem:
             code="no_document",
         )
     customer = communication.customer
-    # A resend to a corrected address (notifications.recovery) carries that address itself.
+    # A resend to a corrected address (notifications.recovery) carries that address itself; a
+    # communication addressed explicitly (a reprint to a new address) names it.
     given = delivery.meta.get("postal_address")
+    if not given and communication.address_override and communication.channel_override == "print":
+        given = communication.address_override.split(" / ")
     source = given if given else customer.postal_address
     lines = [str(line).strip() for line in source if str(line).strip()]
     if not lines or (not given and not customer.postal_address_valid):

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django_fsm import can_proceed
 
@@ -117,23 +116,10 @@ def communication_recompose_with(
 
 def _address_for(channel: str, address: str | Sequence[str]) -> tuple[str, dict]:
     """The delivery address as the dispatcher stores it, and what goes in Delivery.meta."""
-    if channel == Channel.PRINT:
-        lines = [address] if isinstance(address, str) else list(address)
-        lines = [line.strip() for part in lines for line in str(part).split(" / ")]
-        lines = [line for line in lines if line]
-        if len(lines) < 2:
-            raise RecoveryError(
-                "A postal address needs at least two lines (street and postcode).",
-                field="address",
-            )
-        return " / ".join(lines), {"postal_address": lines}
-    if not isinstance(address, str):
-        raise RecoveryError(f"Give one {channel} address as a string.", field="address")
-    normalise = services.normalise_email if channel == Channel.EMAIL else services.normalise_phone
     try:
-        return normalise(address), {}
-    except ValidationError as exc:
-        raise RecoveryError(" ".join(exc.messages), field="address") from exc
+        return services.address_normalise(channel, address)
+    except services.IntakeError as exc:
+        raise RecoveryError(str(exc), field=exc.field) from exc
 
 
 @transaction.atomic

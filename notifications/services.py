@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,6 +73,30 @@ def normalise_email(raw: str) -> str:
     validate_email(value)
     local, _, domain = value.rpartition("@")
     return f"{local}@{domain.lower()}"
+
+
+def address_normalise(channel: str, address: str | Sequence[str]) -> tuple[str, dict]:
+    """An address typed for `channel` as deliveries store it (email, E.164 phone, or postal
+    lines joined by " / "), and what goes in Delivery.meta. IntakeError names what is wrong."""
+    if channel == "print":
+        lines = [address] if isinstance(address, str) else list(address)
+        lines = [line.strip() for part in lines for line in str(part).split(" / ")]
+        lines = [line for line in lines if line]
+        if len(lines) < 2:
+            raise IntakeError(
+                "A postal address needs at least two lines (street and postcode).",
+                field="address",
+            )
+        return " / ".join(lines), {"postal_address": lines}
+    if not isinstance(address, str):
+        raise IntakeError(f"Give one {channel} address as a string.", field="address")
+    normalise = {"email": normalise_email, "sms": normalise_phone}.get(channel)
+    if normalise is None:
+        raise IntakeError(f"A {channel} address cannot be given.", field="channel")
+    try:
+        return normalise(address), {}
+    except ValidationError as exc:
+        raise IntakeError(" ".join(exc.messages), field="address") from exc
 
 
 @transaction.atomic
@@ -222,11 +246,17 @@ def communication_request(
     correlation_id: str = "",
     parent: Communication | None = None,
     document=None,
+    address_override: str | Sequence[str] = "",
 ) -> tuple[Communication, bool]:
     """Accept a request for a communication and enqueue its composition after commit.
 
     The data is checked against the published version's schema now, so a caller learns at once
     what to fix; the same key from the same client returns the communication made the first time.
+
+    With `document` (an archived document) nothing is composed: the communication carries that
+    file; a document of this template (a reprint's duplicate) pins the version that rendered it.
+    With `address_override` it goes to that address on `channel_override` instead of the
+    customer's own.
     """
     if idempotency_key:
         existing = Communication.objects.filter(
@@ -237,11 +267,23 @@ def communication_request(
     template = Template.objects.filter(code=template_code).first()
     if template is None:
         raise IntakeError(f"There is no template {template_code!r}.", field="template")
-    version = document_selectors.version_for_sending(code=template_code)
+    # A copy of one of the template's own documents (a reprint) is pinned to the version that
+    # rendered it; a message carrying another template's document (a portal link renewal)
+    # speaks with the template's published version.
+    pinned = document is not None and document.template_version.template_id == template.pk
+    if pinned:
+        version = document.template_version
+    else:
+        version = document_selectors.version_for_sending(code=template_code)
     if version is None:
         raise IntakeError(
             f"Template {template_code!r} has no published version yet.", field="template"
         )
+    address = ""
+    if address_override:
+        if not channel_override:
+            raise IntakeError("An address needs the channel it is for.", field="channel")
+        address, _ = address_normalise(channel_override, address_override)
     snapshot = documents.data_snapshot(data)
     validate_data(version.content.get("schema", {}), _with_link_placeholder(version, snapshot))
     communication = Communication.objects.create(
@@ -252,6 +294,8 @@ def communication_request(
         urgency=urgency,
         source=source,
         channel_override=channel_override,
+        address_override=address,
+        template_version=version if pinned else None,
         correlation_id=correlation_id,
         client=client,
         idempotency_key=idempotency_key or None,
@@ -306,6 +350,16 @@ def enabled_channels() -> list[str]:
 def facts_for(communication: Communication, version: TemplateVersion) -> selection.Facts:
     customer = communication.customer
     contacts = list(customer.contacts.filter(valid=True))
+    emails = [c.value for c in contacts if c.kind == ContactKind.EMAIL]
+    phones = [c.value for c in contacts if c.kind == ContactKind.PHONE]
+    postal = customer.postal_address if customer.postal_address_valid else []
+    target = communication.address_override
+    if target and communication.channel_override == "email":
+        emails = [target]
+    elif target and communication.channel_override == "sms":
+        phones = [target]
+    elif target and communication.channel_override == "print":
+        postal = target.split(" / ")
     enabled = set(enabled_channels())
     renditions = [c for c in version.meta.get("channels", []) if c in enabled]
     consents: dict[str, bool] = {}
@@ -317,7 +371,7 @@ def facts_for(communication: Communication, version: TemplateVersion) -> selecti
         p.channel: p.allowed for p in customer.preferences.filter(category=communication.category)
     }
     devices = selectors.device_addresses(customer_ids=[customer.pk]).get(customer.pk, [])
-    addresses = [c.value for c in contacts] + devices
+    addresses = [*emails, *phones, *devices]
     suppressed = frozenset(
         Suppression.objects.filter(address__in=addresses, lifted_at__isnull=True).values_list(
             "channel", "address"
@@ -327,10 +381,10 @@ def facts_for(communication: Communication, version: TemplateVersion) -> selecti
         category=communication.category,
         urgency=communication.urgency,
         renditions=renditions,
-        emails=[c.value for c in contacts if c.kind == ContactKind.EMAIL],
-        phones=[c.value for c in contacts if c.kind == ContactKind.PHONE],
+        emails=emails,
+        phones=phones,
         devices=devices,
-        postal_address=customer.postal_address if customer.postal_address_valid else [],
+        postal_address=postal,
         preferences=preferences,
         consents=consents,
         suppressed=suppressed,

@@ -202,6 +202,9 @@ class Communication(ConcurrentTransitionMixin, models.Model):
     urgency = models.CharField(max_length=10, choices=Urgency.choices, default=Urgency.NORMAL)
     source = models.CharField(max_length=20, choices=Source.choices, default=Source.API)
     channel_override = models.CharField(max_length=10, choices=Channel.choices, blank=True)
+    # With channel_override: send there instead of the customer's own address (a reprint to an
+    # address the customer gave on the phone). Print addresses are their lines joined by " / ".
+    address_override = models.CharField(max_length=500, blank=True)
     correlation_id = models.CharField(max_length=100, blank=True, db_index=True)
     client = models.CharField(max_length=100, help_text="Who asked: api key or user")
     # NULL, not "", when absent: the unique constraint must ignore communications without a key.

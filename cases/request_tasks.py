@@ -1,0 +1,51 @@
+"""Tasks of the reprint, correspondence and intake work (ids in, re-fetch, safe to run twice),
+and their registration: approvables, the periodic intake, sweeps and the agents' home links.
+`register()` runs in CasesConfig.ready()."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from cases import approval_mail, intake, reprints
+
+
+def reprint_fulfil(request_id: int) -> str:
+    return reprints.reprint_fulfil_run(request_id)
+
+
+def approval_mail_send(mail_id: int) -> bool:
+    return approval_mail.approval_mail_send_run(mail_id)
+
+
+def gmail_intake() -> dict[str, int]:
+    """Read the shared mailbox: reprint requests, approval replies, bounces, the rest to cases."""
+    return intake.inbox_poll()
+
+
+def register() -> None:
+    from cases import correspondence
+    from ccm.roles import Role
+    from ccm.selectors import HomeLink, register_home_link
+    from ccm.tasks import register_schedule, register_sweep
+
+    reprints.register_approvable()
+    correspondence.register_approvable()
+    register_schedule(
+        "cases.gmail_intake",
+        "cases.request_tasks.gmail_intake",
+        settings.CASES_GMAIL_INTAKE_MINUTES,
+    )
+    register_sweep(reprints.UNFULFILLED_SWEEP)
+    register_sweep(approval_mail.UNSENT_SWEEP)
+    for link in (
+        HomeLink(
+            "Request a reprint", "agent-reprint-new", "A copy of a document, stamped DUPLICATE"
+        ),
+        HomeLink(
+            "Write a letter",
+            "agent-correspondence-new",
+            "Ad hoc correspondence from a published template, released by a reviewer",
+        ),
+        HomeLink("My requests", "agent-requests", "Your reprints and letters and where they are"),
+    ):
+        register_home_link(Role.SERVICE_AGENT, link)
