@@ -17,6 +17,7 @@ from cases.models import (
     Milestone,
     SlaStatus,
 )
+from notifications.admin import ReadOnlyInline
 
 # What may be edited on the form (through case_update); everything else moves by services.
 EDITABLE = ("subject", "description", "priority", "team")
@@ -25,17 +26,6 @@ SLA_COLOURS = {
     SlaStatus.APPROACHING: "#B26A00",
     SlaStatus.OVERDUE: "#B3261E",
 }
-
-
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class MilestoneInline(ReadOnlyInline):
