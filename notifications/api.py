@@ -248,6 +248,7 @@ class DeliverySerializer(serializers.Serializer):
     attempts = serializers.IntegerField()
     last_error = serializers.CharField()
     sent_at = serializers.DateTimeField(allow_null=True)
+    meta = serializers.JSONField(help_text="Channel details: SMS segments, print batch, device")
     events = DeliveryEventSerializer(many=True)
 
 

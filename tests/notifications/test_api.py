@@ -196,3 +196,18 @@ def test_consent_ledger_rows_cannot_be_changed_on_postgres(customer, admin_user)
         type(record).objects.filter(pk=record.pk).update(granted=False)
     record.refresh_from_db()
     assert record.granted is True
+
+
+def test_an_sms_delivery_shows_its_segments(api, letter, customer, sync_tasks):
+    # given an urgent request: SMS comes first
+    response = sync_tasks(
+        api.post,
+        "/api/v1/communications",
+        {"template": "letter", "customer": "C-1", "data": DATA, "urgency": "high"},
+        format="json",
+    )
+    detail = api.get(f"/api/v1/communications/{response.json()['id']}").json()
+    [sms] = detail["deliveries"]
+    assert sms["channel"] == "sms"
+    assert sms["meta"]["segments"] == 1
+    assert sms["meta"]["encoding"] == "GSM-7"
