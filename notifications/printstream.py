@@ -383,6 +383,17 @@ def _chunks(items: QuerySet[PrintItem], size: int) -> Iterator[list[PrintItem]]:
         yield chunk
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: str) -> str:
+    """A text cell a spreadsheet will not run: the mail house opens manifests in Excel, and a
+    name or address line starting like a formula (=HYPERLINK(…)) would be executed (OWASP CSV
+    injection); a leading apostrophe makes it text."""
+    value = str(value)
+    return f"'{value}" if value.startswith(FORMULA_STARTS) else value
+
+
 def stream_build(
     *, reference: str, items: QuerySet[PrintItem], stream: IO[bytes], manifest: IO[bytes]
 ) -> BuiltStream:
@@ -409,12 +420,12 @@ def stream_build(
                     f"{item.pages}",
                     code="document_pages",
                 )
-            address = list(item.postal_address) + [""] * address_lines
+            address = [_cell(line) for line in item.postal_address] + [""] * address_lines
             rows.writerow(
                 [
                     item.sequence,
-                    item.customer.external_ref,
-                    item.recipient_name,
+                    _cell(item.customer.external_ref),
+                    _cell(item.recipient_name),
                     *address[:address_lines],
                     item.pages,
                     item.document_sha256,

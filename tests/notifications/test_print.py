@@ -576,6 +576,23 @@ def test_the_stream_writer_keeps_no_document_once_written(letter):
     assert held < 200, held
 
 
+def test_the_manifest_never_carries_a_spreadsheet_formula(letters, ops):
+    # given a customer whose name and address were typed to run as formulas in Excel
+    item = PrintItem.objects.get(sequence=1)
+    PrintItem.objects.filter(pk=item.pk).update(
+        recipient_name='=HYPERLINK("http://evil.example","click")',
+        postal_address=["+44 1 Main Street", "@SUM(A1:A9)", "London N1 1AA"],
+    )
+    # when
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+    # then every such cell is text
+    row = manifest_of(batch)[0]
+    assert row["customer_name"] == '\'=HYPERLINK("http://evil.example","click")'
+    assert row["address_line_1"] == "'+44 1 Main Street"
+    assert row["address_line_2"] == "'@SUM(A1:A9)"
+    assert row["address_line_3"] == "London N1 1AA"
+
+
 # --- the API -------------------------------------------------------------------------------
 
 PROBLEM = "application/problem+json"
