@@ -14,8 +14,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
-from django.db.models import F
 from django.urls import reverse
 from django.utils import timezone
 
@@ -26,7 +24,7 @@ from ccm.tasks import Sweep, enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
 from documents.composition import CompositionError
-from notifications.internal import internal_mail_send
+from notifications.internal import internal_mail_send_once
 
 logger = logging.getLogger(__name__)
 
@@ -167,33 +165,15 @@ def escalation_alert_queue(*, case: Case, milestone: Milestone, status: str) -> 
 def case_alert_send_run(alert_id: int) -> bool:
     """Send one alert unless it went already; a failure is kept on the row and raised, so the
     task queue retries it (and the sweep, up to MAX_ATTEMPTS)."""
-    tried = CaseAlert.objects.filter(
-        pk=alert_id, sent_at__isnull=True, attempts__lt=MAX_ATTEMPTS
-    ).update(attempts=F("attempts") + 1)
-    if not tried:
-        return False
-    try:
-        with transaction.atomic():
-            # The row lock keeps a second worker from sending it at the same time.
-            alert = (
-                CaseAlert.objects.select_for_update(skip_locked=True)
-                .filter(pk=alert_id, sent_at__isnull=True)
-                .first()
-            )
-            if alert is None:
-                return False
-            internal_mail_send(
-                kind="internal_alert",
-                to=alert.recipients,
-                subject=alert.subject,
-                text=alert.text,
-                html=alert.html,
-                message_id=alert.message_id,
-            )
-            alert.sent_at = timezone.now()
-            alert.last_error = ""
-            alert.save(update_fields=["sent_at", "last_error"])
-    except Exception as exc:
-        CaseAlert.objects.filter(pk=alert_id).update(last_error=str(exc)[:2000])
-        raise
-    return True
+    return internal_mail_send_once(
+        CaseAlert,
+        alert_id,
+        kind="internal_alert",
+        max_attempts=MAX_ATTEMPTS,
+        mail=lambda alert: {
+            "to": alert.recipients,
+            "subject": alert.subject,
+            "text": alert.text,
+            "html": alert.html,
+        },
+    )

@@ -19,16 +19,15 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.urls import reverse
-from django.utils import timezone
 
 from cases.request_models import ApprovalMail
 from ccm import approvals, audit, links
 from ccm.models import Approval, ApprovalState
 from ccm.roles import Role
 from ccm.tasks import Sweep, enqueue
-from notifications.internal import internal_mail_send
+from notifications.internal import internal_mail_send_once
 
 logger = logging.getLogger(__name__)
 
@@ -117,34 +116,13 @@ def approval_mails_queue(*, approval: Approval, lines: list[str]) -> list[Approv
 
 def approval_mail_send_run(mail_id: int) -> bool:
     """Send one approval mail unless it went already; errors are kept and raised (retried)."""
-    tried = ApprovalMail.objects.filter(
-        pk=mail_id, sent_at__isnull=True, attempts__lt=MAX_ATTEMPTS
-    ).update(attempts=F("attempts") + 1)
-    if not tried:
-        return False
-    try:
-        with transaction.atomic():
-            mail = (
-                ApprovalMail.objects.select_for_update(skip_locked=True)
-                .filter(pk=mail_id, sent_at__isnull=True)
-                .first()
-            )
-            if mail is None:
-                return False
-            internal_mail_send(
-                kind="approval",
-                to=[mail.to],
-                subject=mail.subject,
-                text=mail.text,
-                message_id=mail.message_id,
-            )
-            mail.sent_at = timezone.now()
-            mail.last_error = ""
-            mail.save(update_fields=["sent_at", "last_error"])
-    except Exception as exc:
-        ApprovalMail.objects.filter(pk=mail_id).update(last_error=str(exc)[:2000])
-        raise
-    return True
+    return internal_mail_send_once(
+        ApprovalMail,
+        mail_id,
+        kind="approval",
+        max_attempts=MAX_ATTEMPTS,
+        mail=lambda mail: {"to": [mail.to], "subject": mail.subject, "text": mail.text},
+    )
 
 
 # --- replies ---------------------------------------------------------------------------------

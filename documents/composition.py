@@ -152,14 +152,19 @@ def _pointer(path: Iterator[Any] | Any) -> str:
     return ".".join(str(part) for part in path)
 
 
-def validate_data(schema: Mapping, data: object) -> None:
-    """Validate against a Draft 2020-12 schema; DataInvalid lists every error, not the first."""
+def schema_validator(schema: Mapping) -> jsonschema.protocols.Validator:
+    """A Draft 2020-12 validator for a template's data schema (TemplateError if the schema
+    itself is invalid). Build it once where many documents share a schema."""
     validator_cls = jsonschema.Draft202012Validator
     try:
         validator_cls.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise TemplateError(f"data schema is invalid: {exc.message}") from exc
-    validator = validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
+    return validator_cls(schema, format_checker=validator_cls.FORMAT_CHECKER)
+
+
+def data_errors(validator: jsonschema.protocols.Validator, data: Any) -> list[FieldError]:
+    """Every error, each at the path of the field to fix, sorted."""
     errors: list[FieldError] = []
     for error in validator.iter_errors(data):
         path = list(error.absolute_path)
@@ -167,11 +172,18 @@ def validate_data(schema: Mapping, data: object) -> None:
             # jsonschema reports a missing property at its parent; integrators want the
             # path of the field they forgot.
             # One error per missing property; the message starts with that property's repr.
-            missing = [name for name in error.validator_value if name not in error.instance]
+            required: Any = error.validator_value
+            missing = [name for name in required if name not in error.instance]
             path += [name for name in missing if error.message.startswith(repr(name))][:1]
         errors.append(FieldError(field=_pointer(path), message=error.message))
+    errors.sort(key=lambda e: (e.field, e.message))
+    return errors
+
+
+def validate_data(schema: Mapping, data: object) -> None:
+    """Validate against a Draft 2020-12 schema; DataInvalid lists every error, not the first."""
+    errors = data_errors(schema_validator(schema), data)
     if errors:
-        errors.sort(key=lambda e: (e.field, e.message))
         reason = "; ".join(f"{e.field or '(root)'}: {e.message}" for e in errors)
         raise DataInvalid(f"data does not match the template's schema: {reason}", errors=errors)
 

@@ -52,9 +52,9 @@ from documents.bundle import locale_for
 from documents.composition import (
     CompositionError,
     DataInvalid,
-    FieldError,
-    TemplateError,
     composer_for,
+    data_errors,
+    schema_validator,
 )
 from documents.models import Template, TemplateVersion
 from notifications import fallback, selection, selectors, signals, webhooks
@@ -79,9 +79,9 @@ from notifications.models import (
 from notifications.postmark_batch import PostmarkPayloads, direct_payloads_allowed
 from notifications.services import (
     IntakeError,
-    _release_required,
     backoff_seconds,
     enabled_channels,
+    release_required,
     render_text_channels,
 )
 
@@ -238,29 +238,8 @@ def _validator(version: TemplateVersion) -> jsonschema.protocols.Validator:
     key = (version.pk, version.content_hash)
     validator = _validators.get(key)
     if validator is None:
-        schema = version.content.get("schema", {})
-        cls = jsonschema.Draft202012Validator
-        try:
-            cls.check_schema(schema)
-        except jsonschema.SchemaError as exc:
-            raise TemplateError(f"data schema is invalid: {exc.message}") from exc
-        validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
-        _validators[key] = validator
+        validator = _validators[key] = schema_validator(version.content.get("schema", {}))
     return validator
-
-
-def _field_errors(validator: jsonschema.protocols.Validator, data: Any) -> list[FieldError]:
-    """The same errors, named the same way, as `documents.composition.validate_data`."""
-    errors: list[FieldError] = []
-    for error in validator.iter_errors(data):
-        path = list(error.absolute_path)
-        if error.validator == "required" and isinstance(error.instance, Mapping):
-            required: Any = error.validator_value
-            missing = [name for name in required if name not in error.instance]
-            path += [name for name in missing if error.message.startswith(repr(name))][:1]
-        errors.append(FieldError(field=".".join(str(p) for p in path), message=error.message))
-    errors.sort(key=lambda e: (e.field, e.message))
-    return errors
 
 
 def communications_request_bulk(
@@ -306,7 +285,7 @@ def communications_request_bulk(
             snapshots.append({})
             continue
         snapshots.append(snapshot)
-        errors = _field_errors(validator, snapshot)
+        errors = data_errors(validator, snapshot)
         if errors:
             problems.append(
                 {
@@ -510,7 +489,7 @@ def _per_message(version: TemplateVersion | None, communication: Communication) 
         return True
     return (
         communication.created_by_id is not None
-        and _release_required(version, communication.data) is not None
+        and release_required(version, communication.data) is not None
     )
 
 

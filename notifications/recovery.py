@@ -25,7 +25,6 @@ from ccm import audit
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
-from documents.composition import validate_data
 from documents.models import Category
 from notifications import services
 from notifications.models import (
@@ -95,10 +94,7 @@ def communication_recompose_with(
             field="template",
         )
     snapshot = documents.data_snapshot(data)
-    # The same check as at intake, portal-link placeholder included.
-    validate_data(
-        version.content.get("schema", {}), services._with_link_placeholder(version, snapshot)
-    )
+    services.intake_data_validate(version, snapshot)
     before = {"failure_reason": locked.failure_reason, "failure_errors": locked.failure_errors}
     changed = _changed_paths(locked.data, snapshot)
     locked.recompose(data=snapshot)

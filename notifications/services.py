@@ -207,13 +207,15 @@ def _portal_linked(version: TemplateVersion) -> bool:
     return version.meta.get("delivery") == "portal_link"
 
 
-def _with_link_placeholder(version: TemplateVersion, data: dict) -> dict:
+def intake_data_validate(version: TemplateVersion, data: dict) -> None:
+    """The check a request's data passes before it is accepted (DataInvalid lists the fields).
+    A portal link is made at composition, so a placeholder stands in for it here."""
     if _portal_linked(version) and "portal_url" not in data:
-        return {**data, "portal_url": PORTAL_URL_PLACEHOLDER}
-    return data
+        data = {**data, "portal_url": PORTAL_URL_PLACEHOLDER}
+    validate_data(version.content.get("schema", {}), data)
 
 
-def _release_required(version: TemplateVersion, data: Mapping) -> str | None:
+def release_required(version: TemplateVersion, data: Mapping) -> str | None:
     """Why this communication needs a reviewer's release, or None."""
     release = version.meta.get("release") or {}
     if release.get("required"):
@@ -285,7 +287,7 @@ def communication_request(
             raise IntakeError("An address needs the channel it is for.", field="channel")
         address, _ = address_normalise(channel_override, address_override)
     snapshot = documents.data_snapshot(data)
-    validate_data(version.content.get("schema", {}), _with_link_placeholder(version, snapshot))
+    intake_data_validate(version, snapshot)
     communication = Communication.objects.create(
         customer=customer,
         template=template,
@@ -499,7 +501,7 @@ def communication_gate_run(comm_id: int) -> None:
             return
         version = locked.template_version
         assert version is not None  # set when composed
-        why = _release_required(version, locked.data)
+        why = release_required(version, locked.data)
         if why and locked.created_by is not None:
             locked.await_approval()
             locked.save()
