@@ -152,6 +152,8 @@ def _parsed(item: DataField, raw: str) -> Any:
             number = Decimal(raw.replace(",", ""))
         except InvalidOperation as exc:
             raise ValueError(f"Enter a number, e.g. 12.50, not {raw!r}.") from exc
+        if not number.is_finite():  # Decimal reads "NaN" and "Infinity"; JSON has neither
+            raise ValueError(f"Enter a number, e.g. 12.50, not {raw!r}.")
         if item.widget == "integer":
             if number != number.to_integral_value():
                 raise ValueError(f"Enter a whole number, not {raw}.")

@@ -53,8 +53,8 @@ def delivery_fall_back(*, delivery: Delivery, reason: str) -> Delivery | None:
         .select_related("customer", "template_version")
         .get(pk=delivery.communication_id)
     )
-    tried = list(communication.deliveries.values_list("channel", "state"))
-    tried_channels = {channel for channel, _ in tried}
+    tried = list(communication.deliveries.values_list("pk", "channel", "state"))
+    tried_channels = {channel for _, channel, _ in tried}
     chain = chain_for(communication)
     start = chain.index(delivery.channel) + 1 if delivery.channel in chain else 0
     trace = list(communication.decision_trace)
@@ -85,10 +85,7 @@ def delivery_fall_back(*, delivery: Delivery, reason: str) -> Delivery | None:
     if chosen is None:
         communication.decision_trace = trace
         still_live = any(
-            state in LIVE_DELIVERY_STATES
-            for channel, state in communication.deliveries.exclude(pk=delivery.pk).values_list(
-                "channel", "state"
-            )
+            state in LIVE_DELIVERY_STATES for pk, _, state in tried if pk != delivery.pk
         )
         if still_live:
             trace.append(

@@ -462,6 +462,10 @@ def test_regenerate_with_data_still_wrong_marks_the_fields_and_changes_nothing(
     response = client.post(url, {**form, "data.balance": "twelve", "data.account": "ACC-9"})
     assert response.status_code == 400
     assert "Enter a number, e.g. 12.50, not &#x27;twelve&#x27;." in response.content.decode()
+    for not_a_number in ("Infinity", "NaN"):
+        response = client.post(url, {**form, "data.balance": not_a_number, "data.account": "A"})
+        assert response.status_code == 400
+        assert f"not &#x27;{not_a_number}&#x27;." in response.content.decode()
     # what the schema refuses is put on its field
     response = client.post(url, form)
     assert response.status_code == 422
