@@ -331,6 +331,16 @@ CCM_FCM_PROJECT_ID = env.str("CCM_FCM_PROJECT_ID", default="")
 CCM_VAPID_PRIVATE_KEY = env.str("CCM_VAPID_PRIVATE_KEY", default="")
 CCM_VAPID_SUBJECT = env.str("CCM_VAPID_SUBJECT", default="")
 CCM_MESSAGE_ID_DOMAIN = env.str("CCM_MESSAGE_ID_DOMAIN", default="ccm.localhost")
+# Seals the Message-IDs of deliveries (an HMAC), so that a bounce report naming a guessed one is
+# refused. Empty: derived from SECRET_KEY (rotating either orphans bounces of mail in flight).
+CCM_MESSAGE_ID_KEY = env.str("CCM_MESSAGE_ID_KEY", default="")
+# Inbound mail (the Gmail intake) trusts only the Authentication-Results header that the
+# receiving server stamps with this authserv-id; headers anyone else added are ignored.
+CCM_INBOUND_AUTHSERV_ID = env.str("CCM_INBOUND_AUTHSERV_ID", default="mx.google.com")
+# The mail system whose mailer-daemon/postmaster sends the receiving mailbox its bounces.
+CCM_INBOUND_MAIL_SYSTEM_DOMAINS = env.list(
+    "CCM_INBOUND_MAIL_SYSTEM_DOMAINS", default=["googlemail.com", "google.com"]
+)
 CCM_DISPATCH_INLINE_RETRIES = env.int("CCM_DISPATCH_INLINE_RETRIES", default=2)
 CCM_DISPATCH_MAX_ATTEMPTS = env.int("CCM_DISPATCH_MAX_ATTEMPTS", default=8)
 # A delivery in `sending` this long lost its worker; it is reconciled with the provider.
