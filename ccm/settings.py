@@ -11,6 +11,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from ccm import esp
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -164,9 +166,23 @@ if not DEBUG and not ANYMAIL["WEBHOOK_SECRET"]:
         "ANYMAIL_WEBHOOK_SECRET (user:password) must be set when DEBUG is off: without it anyone "
         "could post fake bounces and complaints to the tracking webhooks."
     )
-# Only when Mailgun is the ESP; an empty signing key would make signatures forgeable.
-if env.str("MAILGUN_WEBHOOK_SIGNING_KEY", default=""):
-    ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = env.str("MAILGUN_WEBHOOK_SIGNING_KEY")
+# The ESPs whose tracking webhooks are mounted at /anymail/<esp>/tracking/: the one EMAIL_BACKEND
+# sends through, or those listed (e.g. while moving from one ESP to another). No other ESP's
+# endpoint exists, so nobody can post it a forged bounce.
+CCM_TRACKING_ESPS = esp.tracking_esps(
+    email_backend=EMAIL_BACKEND, explicit=env.list("CCM_TRACKING_ESPS", default=[])
+)
+# The signing keys of those that sign their webhooks (e.g. SENDGRID_TRACKING_WEBHOOK_
+# VERIFICATION_KEY, MAILGUN_WEBHOOK_SIGNING_KEY); required in production, where an unverified
+# webhook would take forged bounces.
+for _key in esp.signing_keys(CCM_TRACKING_ESPS):
+    if env.str(_key, default=""):
+        ANYMAIL[_key] = env.str(_key)
+    elif not DEBUG:
+        raise ImproperlyConfigured(
+            f"{_key} must be set when DEBUG is off: CCM_TRACKING_ESPS/EMAIL_BACKEND mount that "
+            "ESP's tracking webhook, and without its key a forged bounce could not be told apart."
+        )
 
 # One shared cache for rate limits and throttles when there is more than one process
 # (e.g. CACHE_URL=rediscache://127.0.0.1:6379/1 or dbcache://ccm_cache).
