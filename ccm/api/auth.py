@@ -15,7 +15,7 @@ from rest_framework import authentication, exceptions, permissions, throttling
 
 from ccm import audit
 from ccm.models import ApiKey
-from ccm.roles import Role
+from ccm.roles import ROLE_SCOPES, Role
 
 KEYWORD = "Api-Key"
 _PREFIX_LEN = 8
@@ -131,11 +131,21 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return KEYWORD
 
 
-def caller_scopes(request) -> set[str] | None:
-    """The scopes of the calling key, or None for a staff session (checked by permissions)."""
+def session_scopes(user) -> set[str]:
+    """The scopes a signed-in user's session carries: those of their roles (ROLE_SCOPES)."""
+    if not user.is_active:
+        return set()
+    if user.is_superuser:
+        return set(SCOPES)
+    roles = user.groups.values_list("name", flat=True)
+    return {scope for role in roles for scope in ROLE_SCOPES.get(role, ())}
+
+
+def caller_scopes(request) -> set[str]:
+    """The scopes of the calling key, or of the session's roles."""
     if isinstance(request.auth, ApiKey):
         return set(request.auth.scopes)
-    return None
+    return session_scopes(request.user)
 
 
 class HasScope(permissions.BasePermission):
@@ -147,12 +157,12 @@ class HasScope(permissions.BasePermission):
         required = getattr(view, "required_scopes", ())
         if isinstance(required, dict):
             required = required.get(request.method, required.get("*", ())) or ()
-        scopes = caller_scopes(request)
-        if scopes is None:
-            return bool(request.user and request.user.is_authenticated)
-        missing = set(required) - scopes
+        if not (request.user and request.user.is_authenticated):
+            return False
+        missing = set(required) - caller_scopes(request)
         if missing:
-            self.message = f"This API key lacks the scope(s): {', '.join(sorted(missing))}."
+            who = "This API key" if isinstance(request.auth, ApiKey) else "Your role"
+            self.message = f"{who} lacks the scope(s): {', '.join(sorted(missing))}."
             return False
         return True
 
