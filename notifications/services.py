@@ -449,6 +449,8 @@ def communication_compose_run(comm_id: int) -> None:
                 version=version,
                 data=communication.data,
                 language=communication.customer.language,
+                # The document belongs to whoever asked for the communication (API ownership).
+                by=communication.created_by,
             )
         rendered = render_outputs(communication, version, chosen.channels)
     except CompositionError as exc:

@@ -326,7 +326,8 @@ def _payload(delivery: WebhookDelivery, occurrence: Occurrence) -> dict[str, Any
         "type": str(delivery.event_type),
         "created_at": delivery.created_at.isoformat(),
         "data": {
-            "communication_id": communication.pk,
+            # The id the API knows it by (GET /api/v1/communications/<id>).
+            "communication_id": str(communication.public_id),
             "status": str(occurrence.status),
             "template_code": communication.template.code,
             "customer_ref": customer.external_ref,

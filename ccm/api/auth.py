@@ -6,16 +6,20 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import TypeVar
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions, throttling
 
 from ccm import audit
 from ccm.models import ApiKey
 from ccm.roles import ROLE_SCOPES, Role
+
+M = TypeVar("M", bound=models.Model)
 
 KEYWORD = "Api-Key"
 _PREFIX_LEN = 8
@@ -146,6 +150,21 @@ def caller_scopes(request) -> set[str]:
     if isinstance(request.auth, ApiKey):
         return set(request.auth.scopes)
     return session_scopes(request.user)
+
+
+def visible_to_caller(
+    queryset: QuerySet[M], request, *, creator: str = "created_by", source_system: str = ""
+) -> QuerySet[M]:
+    """What the caller may see of `queryset`: a staff session (held to its role's scopes and
+    permissions elsewhere) all of it; an API key only the rows its own service user created,
+    plus those of the customer source systems it was granted (`source_system` names the path
+    to a row's source system, e.g. "customer__source_system"). Anything else answers 404."""
+    if not isinstance(request.auth, ApiKey):
+        return queryset
+    mine = Q(**{creator: request.auth.user})
+    if source_system and request.auth.source_systems:
+        mine |= Q(**{f"{source_system}__in": list(request.auth.source_systems)})
+    return queryset.filter(mine)
 
 
 class HasScope(permissions.BasePermission):
