@@ -109,7 +109,7 @@ class MilestoneSerializer(serializers.Serializer):
     due_at = serializers.DateTimeField()
     reached_at = serializers.DateTimeField(allow_null=True)
     reached_by = serializers.CharField(source="reached_by.username", allow_null=True)
-    communication = serializers.IntegerField(source="communication_id", allow_null=True)
+    communication = serializers.UUIDField(source="communication.public_id", allow_null=True)
 
 
 class NoteSerializer(serializers.Serializer):
@@ -230,7 +230,9 @@ class CaseDetailSerializer(CaseSerializer):
             "next_action": case.next_action,
             "recovery": {
                 "action": case.recovery_action,
-                "communication": case.recovery_communication_id,
+                "communication": case.recovery_communication.public_id
+                if case.recovery_communication
+                else None,
                 "delivery": case.recovery_delivery_id,
             }
             if case.recovery_action

@@ -56,8 +56,11 @@ class UnknownScope(ValueError):
 
 
 @transaction.atomic
-def api_key_create(*, name: str, scopes: list[str], created_by=None) -> IssuedKey:
-    """Create a key for an integrator; its service user joins the integrator role."""
+def api_key_create(
+    *, name: str, scopes: list[str], source_systems: list[str] | None = None, created_by=None
+) -> IssuedKey:
+    """Create a key for an integrator; its service user joins the integrator role. The key sees
+    what it created, and the communications and cases of the `source_systems` granted."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise UnknownScope(
@@ -76,6 +79,7 @@ def api_key_create(*, name: str, scopes: list[str], created_by=None) -> IssuedKe
         prefix=prefix,
         key_hash=_hash(key),
         scopes=sorted(set(scopes)),
+        source_systems=sorted(set(source_systems or [])),
         user=user,
         created_by=created_by,
     )
@@ -83,7 +87,12 @@ def api_key_create(*, name: str, scopes: list[str], created_by=None) -> IssuedKe
         actor=created_by,
         action="api_key.created",
         subject=api_key,
-        after={"name": name, "scopes": api_key.scopes, "prefix": prefix},
+        after={
+            "name": name,
+            "scopes": api_key.scopes,
+            "source_systems": api_key.source_systems,
+            "prefix": prefix,
+        },
     )
     return IssuedKey(api_key=api_key, key=key)
 

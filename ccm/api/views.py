@@ -66,12 +66,26 @@ class IsKeyManager(permissions.BasePermission):
 class ApiKeySerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "scopes",
+            "source_systems",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        ]
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = serializers.SlugField(max_length=100)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=sorted(SCOPES)))
+    source_systems = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        help_text="Customer source systems whose communications and cases the key may also see",
+    )
 
     def validate_name(self, value: str) -> str:
         if ApiKey.objects.filter(name=value).exists():
