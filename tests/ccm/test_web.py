@@ -51,7 +51,7 @@ def test_request_id_is_echoed(db, client):
     assert len(client.get("/healthz")["X-Request-ID"]) == 32
 
 
-def test_the_demo_integrator_cannot_use_the_back_office(client):
+def test_the_demo_integrator_cannot_use_the_back_office(db, client):
     from django.contrib.auth import get_user_model
 
     from ccm.demo import DEMO_PASSWORD, seed_users
