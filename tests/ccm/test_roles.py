@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,7 @@ def test_role_scopes_are_known_scopes():
     ("role", "method", "url", "body"),
     [
         (Role.TEMPLATE_AUTHOR, "post", "/api/v1/customers", {"external_ref": "X-1", "name": "X"}),
-        (Role.TEMPLATE_AUTHOR, "post", "/api/v1/communications/1/cancel", {}),
+        (Role.TEMPLATE_AUTHOR, "post", f"/api/v1/communications/{uuid.uuid4()}/cancel", {}),
         (Role.SERVICE_AGENT, "post", "/api/v1/webhooks", {"url": "https://hooks.example/"}),
         (Role.SERVICE_AGENT, "get", "/api/v1/webhooks", None),
         (Role.COMPLIANCE_REVIEWER, "post", "/api/v1/customers", {"external_ref": "X", "name": "X"}),
