@@ -214,7 +214,8 @@ def test_an_sms_delivery_shows_its_segments(api, letter, customer, sync_tasks):
 
 
 def key_client(name: str, *scopes: str, source_systems: list[str] | None = None) -> APIClient:
-    issued = api_key_create(name=name, scopes=list(scopes), source_systems=source_systems)
+    grant = {"source_systems": source_systems} if source_systems else {}
+    issued = api_key_create(name=name, scopes=list(scopes), **grant)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
     return client
