@@ -6,6 +6,7 @@ of their role (agents work cases, operations handle exceptions)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -18,7 +19,7 @@ from rest_framework.response import Response
 
 from cases import exception_cases, selectors, services
 from cases.models import Case, CaseType, Priority, Team
-from ccm.api.auth import HasScope
+from ccm.api.auth import HasScope, visible_to_caller
 from ccm.api.errors import Conflict, Unprocessable
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from ccm.models import ApiKey
@@ -56,9 +57,21 @@ class CaseAPIView(CcmAPIView):
     }
 
 
-def _case(ref: str) -> Case:
+def _cases(request):
+    """The cases the caller may see: an API key only those it opened, or of its customer source
+    systems."""
+    return visible_to_caller(Case.objects.all(), request, source_system="customer__source_system")
+
+
+def _case(request, ref: str) -> Case:
+    """By its public id (what the API returns as `id`) or its reference."""
+    lookup: dict[str, object]
+    try:
+        lookup = {"public_id": uuid.UUID(ref)}
+    except ValueError:
+        lookup = {"reference": ref}
     return get_object_or_404(
-        Case.objects.select_related("customer", "assignee", "parent"), reference=ref
+        _cases(request).select_related("customer", "assignee", "parent"), **lookup
     )
 
 
@@ -96,7 +109,7 @@ class MilestoneSerializer(serializers.Serializer):
     due_at = serializers.DateTimeField()
     reached_at = serializers.DateTimeField(allow_null=True)
     reached_by = serializers.CharField(source="reached_by.username", allow_null=True)
-    communication = serializers.IntegerField(source="communication_id", allow_null=True)
+    communication = serializers.UUIDField(source="communication.public_id", allow_null=True)
 
 
 class NoteSerializer(serializers.Serializer):
@@ -107,6 +120,7 @@ class NoteSerializer(serializers.Serializer):
 
 
 class CaseSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id", read_only=True)
     type = serializers.CharField(source="case_type")
     customer = serializers.CharField(source="customer.external_ref", allow_null=True)
     assignee = serializers.CharField(source="assignee.username", allow_null=True)
@@ -115,6 +129,7 @@ class CaseSerializer(serializers.ModelSerializer):
     class Meta:
         model = Case
         fields = [
+            "id",
             "reference",
             "type",
             "state",
@@ -172,11 +187,11 @@ class CaseDetailSerializer(CaseSerializer):
         links = case.communication_links.select_related("communication__template")
         return [
             {
-                "id": link.communication_id,
+                "id": link.communication.public_id,
                 "role": link.role,
                 "template": link.communication.template.code,
                 "status": link.communication.state,
-                "url": f"/api/v1/communications/{link.communication_id}",
+                "url": f"/api/v1/communications/{link.communication.public_id}",
             }
             for link in links
         ]
@@ -184,11 +199,11 @@ class CaseDetailSerializer(CaseSerializer):
     def get_documents(self, case: Case) -> list[dict]:
         return [
             {
-                "id": link.document_id,
+                "id": link.document.public_id,
                 "note": link.note,
-                "url": f"/api/v1/documents/{link.document_id}",
+                "url": f"/api/v1/documents/{link.document.public_id}",
             }
-            for link in case.document_links.all()
+            for link in case.document_links.select_related("document")
         ]
 
     def get_attachments(self, case: Case) -> list[dict]:
@@ -215,7 +230,9 @@ class CaseDetailSerializer(CaseSerializer):
             "next_action": case.next_action,
             "recovery": {
                 "action": case.recovery_action,
-                "communication": case.recovery_communication_id,
+                "communication": case.recovery_communication.public_id
+                if case.recovery_communication
+                else None,
                 "delivery": case.recovery_delivery_id,
             }
             if case.recovery_action
@@ -328,6 +345,7 @@ class CaseListCreateView(CcmGenericAPIView, generics.ListAPIView):
     def get_queryset(self):
         params = self.request.query_params
         return selectors.case_list(
+            within=_cases(self.request),
             case_type=params.get("type"),
             state=params.get("state"),
             team=params.get("team"),
@@ -379,7 +397,7 @@ class CaseListCreateView(CcmGenericAPIView, generics.ListAPIView):
 class CaseDetailView(CaseAPIView):
     @extend_schema(responses=CaseDetailSerializer, summary="A case with its milestones and links")
     def get(self, request, ref: str):
-        return Response(CaseDetailSerializer(_case(ref)).data)
+        return Response(CaseDetailSerializer(_case(request, ref)).data)
 
 
 TRANSITIONS: dict[str, Callable[..., Case]] = {
@@ -403,7 +421,7 @@ class CaseTransitionView(CaseAPIView):
         "reopen. A move its state does not allow is a 409 naming the possible ones.",
     )
     def post(self, request, ref: str):
-        case = _case(ref)
+        case = _case(request, ref)
         body = TransitionSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         with problems():
@@ -416,7 +434,7 @@ class CaseTransitionView(CaseAPIView):
 class CaseNoteView(CaseAPIView):
     @extend_schema(request=NoteSerializer, responses={201: NoteSerializer}, summary="Add a note")
     def post(self, request, ref: str):
-        case = _case(ref)
+        case = _case(request, ref)
         body = NoteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         with problems():
@@ -433,7 +451,7 @@ class MilestoneReachView(CaseAPIView):
         summary="Reach a milestone; one with a letter requests it (422 names missing data)",
     )
     def post(self, request, ref: str, code: str):
-        case = _case(ref)
+        case = _case(request, ref)
         get_object_or_404(case.milestones, code=code)
         body = MilestoneReachSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -450,7 +468,7 @@ class CaseTimelineView(CaseAPIView):
         summary="Everything that happened to the case and its communications, oldest first",
     )
     def get(self, request, ref: str):
-        entries = selectors.case_timeline(_case(ref))
+        entries = selectors.case_timeline(_case(request, ref))
         return Response(TimelineEntrySerializer(entries, many=True).data)
 
 
@@ -465,7 +483,7 @@ class CaseRegenerateView(ExceptionActionView):
         summary="Compose the failed communication again with corrected data",
     )
     def post(self, request, ref: str):
-        case = _case(ref)
+        case = _case(request, ref)
         body = RegenerateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         with problems():
@@ -482,7 +500,7 @@ class CaseResendView(ExceptionActionView):
         summary="Send the communication again on another channel or address",
     )
     def post(self, request, ref: str):
-        case = _case(ref)
+        case = _case(request, ref)
         body = ResendSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         with problems():

@@ -154,9 +154,12 @@ def _refuse(
 
 
 def approval_reply_apply(
-    *, token: str, sender: str, text: str, message_id: str = "", authenticated: bool = True
+    *, token: str, sender: str, text: str, message_id: str = "", unauthenticated: str = ""
 ) -> ReplyOutcome:
     """Decide an approval from a mail reply, or refuse it with the reason (audited).
+
+    `unauthenticated` says why the sender could not be authenticated ("" when it was): such
+    a reply never decides.
 
     The token is spent only by a reply that decides: a stranger's reply, or one whose first
     word is not a decision, leaves the reviewer's token usable."""
@@ -170,9 +173,9 @@ def approval_reply_apply(
         return _refuse(
             "approval or reviewer gone", sender=sender, approval=approval, message_id=message_id
         )
-    if not authenticated:
+    if unauthenticated:
         return _refuse(
-            "the mail failed sender authentication (SPF, DKIM or DMARC)",
+            f"the mail failed sender authentication: {unauthenticated}",
             sender=sender,
             approval=approval,
             message_id=message_id,

@@ -1,11 +1,14 @@
 """The Gmail intake of the shared mailbox (a periodic task, cases.request_tasks.gmail_intake).
 
 Each unprocessed inbox message is, in this order:
-- a delivery status notification (a bounce): matched to its delivery by the original
-  Message-ID, else by the failed recipient, stored as a DeliveryEvent of provider "gmail" and
-  applied by notifications.tracking like any ESP's bounce;
+- a delivery status notification (a bounce): only one the mail system's own mailer-daemon
+  sent (authenticated by the receiving server) naming a Message-ID CCM sealed is matched to its
+  delivery, stored as a DeliveryEvent of provider "gmail" and applied by
+  notifications.tracking like any ESP's bounce; any other report changes nothing and is
+  recorded as `bounce_refused` with the reason, for review;
 - a reply to an approval mail (it carries a `[ccm:…]` token): cases.approval_mail decides or
-  refuses it;
+  refuses it; only a From that the receiving server authenticated (notifications.mailauth)
+  can decide;
 - a reprint request ("Reprint request NW-2048-7731 monthly statement March 2026"): the customer
   reference and the document type (template name or code) are parsed from the subject and body,
   with a month when one is named, and the request is filed to the customer's known address;
@@ -38,15 +41,16 @@ from cases.services import CaseError
 from ccm import audit
 from ccm.tasks import enqueue
 from documents.models import Document, Template
+from notifications import mailauth
 from notifications.gmail import GmailError, GmailGateway, InboxMessage
 from notifications.models import (
     Channel,
     Customer,
     Delivery,
     DeliveryEvent,
-    DeliveryState,
     EventType,
 )
+from notifications.services import message_id_issued
 from notifications.tracking import PROCESS_TASK
 
 logger = logging.getLogger(__name__)
@@ -56,8 +60,8 @@ PROVIDER = "gmail"
 REFERENCE_RE = re.compile(
     r"\b[A-Z][A-Z0-9]*-[A-Z0-9][A-Z0-9-]*[A-Z0-9]\b|\b[A-Z]+-[0-9]\b", re.IGNORECASE
 )
-# What the receiving server (Gmail) found when it checked the sender: a forged From fails.
-AUTH_FAILED_RE = re.compile(r"\b(?:dmarc|spf|dkim)=(?:fail|softfail)\b", re.IGNORECASE)
+# Who writes the receiving mailbox its bounces (at CCM_INBOUND_MAIL_SYSTEM_DOMAINS).
+MAIL_SYSTEM_LOCAL_PARTS = frozenset({"mailer-daemon", "postmaster"})
 MONTHS = {
     name: number
     for number, name in enumerate(
@@ -142,14 +146,13 @@ def _handle(message: InboxMessage) -> tuple[str, str, Case | None]:
         return InboxOutcome.IGNORED, f"auto-submitted: {auto}", None
     token = approval_mail.find_token(subject=message.subject, text=message.text)
     if token is not None:
+        sender = _sender(message)
         result = approval_mail.approval_reply_apply(
             token=token,
-            sender=message.from_address,
+            sender=sender.address or message.from_address,
             text=message.text,
             message_id=message.message_id_header or message.id,
-            authenticated=not AUTH_FAILED_RE.search(
-                message.headers.get("authentication-results", "")
-            ),
+            unauthenticated=sender.reason,
         )
         outcome = InboxOutcome.APPROVAL_DECIDED if result.decided else InboxOutcome.APPROVAL_REFUSED
         return outcome, result.detail, None
@@ -159,28 +162,50 @@ def _handle(message: InboxMessage) -> tuple[str, str, Case | None]:
 # --- bounces -----------------------------------------------------------------------------------
 
 
-def _delivery_for(message_id: str | None, recipient: str | None) -> Delivery | None:
-    """By the bounced mail's Message-ID; only a report that names none is matched by its
-    recipient (a Message-ID that is not ours is some other mail to that address)."""
-    if message_id:
-        bare = message_id.strip().strip("<>")
-        return Delivery.objects.filter(message_id=f"<{bare}>").first()
-    if recipient:
-        return (
-            Delivery.objects.filter(
-                channel=Channel.EMAIL,
-                address__iexact=recipient,
-                state__in=[DeliveryState.SENT, DeliveryState.DELIVERED],
-            )
-            .order_by("-sent_at", "-id")
-            .first()
-        )
-    return None
+def _sender(message: InboxMessage) -> mailauth.Sender:
+    return mailauth.authenticated_sender(
+        from_values=message.from_values, authentication_results=message.authentication_results
+    )
+
+
+def _bounce_refusal(message: InboxMessage) -> str:
+    """Why this report may not bounce anything ("" when it may): it must come from the mail
+    system itself, authenticated, and name a Message-ID that CCM sealed. Anyone can write a
+    multipart/report, and a guessed Message-ID must not bounce a customer's delivery."""
+    assert message.dsn is not None
+    sender = _sender(message)
+    if sender.address is None:
+        return f"not from the mail system: {sender.reason}"
+    local = sender.address.rpartition("@")[0]
+    if local not in MAIL_SYSTEM_LOCAL_PARTS or sender.domain not in {
+        d.lower() for d in settings.CCM_INBOUND_MAIL_SYSTEM_DOMAINS
+    }:
+        return f"not from the mail system: sent by {sender.address}"
+    original = message.dsn["original_message_id"]
+    if not original:
+        return "the report names no Message-ID"
+    if not message_id_issued(original):
+        return f"the report names {original[:200]}, a Message-ID CCM did not issue"
+    return ""
+
+
+def _delivery_for(message_id: str) -> Delivery | None:
+    bare = message_id.strip().strip("<>")
+    return Delivery.objects.filter(message_id=f"<{bare}>").first()
 
 
 def _bounce(message: InboxMessage) -> tuple[str, str, Case | None]:
     dsn = message.dsn
     assert dsn is not None
+    refusal = _bounce_refusal(message)
+    if refusal:
+        audit.record(
+            actor=None,
+            action="inbox.bounce_refused",
+            after={"gmail_id": message.id, "from": message.from_address, "reason": refusal},
+        )
+        logger.warning("gmail intake: bounce %s refused: %s", message.id, refusal)
+        return InboxOutcome.BOUNCE_REFUSED, refusal, None
     status = dsn["status"] or ""
     action = (dsn["action"] or "").lower()
     if action == "failed" or status.startswith("5"):
@@ -189,7 +214,7 @@ def _bounce(message: InboxMessage) -> tuple[str, str, Case | None]:
         event_type, hard = EventType.DELIVERED, False
     else:
         event_type, hard = EventType.DEFERRED, False
-    delivery = _delivery_for(dsn["original_message_id"], dsn["original_recipient"])
+    delivery = _delivery_for(dsn["original_message_id"] or "")
     if delivery is None:
         detail = (
             f"no delivery matches {dsn['original_message_id'] or '(no Message-ID)'} "

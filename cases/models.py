@@ -3,6 +3,8 @@ milestones and SLA clocks, notes, attachments, links, and the internal alerts th
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -73,6 +75,9 @@ class Case(ConcurrentTransitionMixin, models.Model):
     to do next and the recovery under way; `dedupe_key` keeps one open case per failure."""
 
     reference = models.CharField(max_length=20, unique=True)
+    # What the API and integrators' URLs show instead of the counter `id`, which would tell one
+    # integrator how many others' rows exist and let it walk them.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     case_type = models.CharField("type", max_length=20, choices=CaseType.choices)
     customer = models.ForeignKey(
         Customer, null=True, blank=True, on_delete=models.PROTECT, related_name="cases"

@@ -42,7 +42,7 @@ class CorrespondenceRequestAdmin(ReadOnlyAdmin):
 
 @admin.register(ProcessedInboxMessage)
 class ProcessedInboxMessageAdmin(ReadOnlyAdmin):
-    list_display = ["processed_at", "from_address", "subject", "outcome", "case"]
+    list_display = ["processed_at", "from_address", "subject", "outcome", "detail", "case"]
     list_filter = ["outcome"]
     search_fields = ["gmail_id", "message_id", "from_address", "subject"]
 

@@ -18,6 +18,7 @@ from cases.request_models import (
     RequestSource,
 )
 from cases.request_selectors import last_approval
+from ccm.api.auth import visible_to_caller
 from ccm.api.views import CcmAPIView
 from documents.models import Document
 from notifications.models import Communication, Customer
@@ -49,8 +50,8 @@ def _approval_state(subject) -> str | None:
 class ReprintCreateSerializer(serializers.Serializer):
     customer = serializers.CharField(max_length=100, help_text="The customer's reference")
     source_system = serializers.CharField(max_length=100, default="default")
-    document = serializers.IntegerField(required=False, help_text="The archived document's id")
-    communication = serializers.IntegerField(
+    document = serializers.UUIDField(required=False, help_text="The archived document's id")
+    communication = serializers.UUIDField(
         required=False, help_text="Or the communication that sent it"
     )
     reason = serializers.CharField(max_length=2000)
@@ -84,13 +85,13 @@ class ReprintCreateSerializer(serializers.Serializer):
 class ReprintSerializer(serializers.ModelSerializer):
     case = serializers.CharField(source="case.reference")
     customer = serializers.CharField(source="customer.external_ref")
-    document = serializers.IntegerField(source="document_id")
-    duplicate = serializers.IntegerField(source="duplicate_id", allow_null=True)
+    document = serializers.UUIDField(source="document.public_id")
+    duplicate = serializers.UUIDField(source="duplicate.public_id", allow_null=True)
     duplicate_sha256 = serializers.CharField(source="duplicate.sha256", allow_null=True)
     regeneration_matched = serializers.BooleanField(
         source="regeneration_check.matched", allow_null=True
     )
-    communication = serializers.IntegerField(source="communication_id", allow_null=True)
+    communication = serializers.UUIDField(source="communication.public_id", allow_null=True)
     requested_by = serializers.CharField(source="requested_by.username", allow_null=True)
     released_by = serializers.CharField(source="released_by.username", allow_null=True)
     approval_state = serializers.SerializerMethodField()
@@ -128,6 +129,16 @@ class ReprintSerializer(serializers.ModelSerializer):
         return _approval_state(reprint)
 
 
+def _requests(request, model):
+    """The requests the caller may see: an API key only its own and its source systems'."""
+    return visible_to_caller(
+        model.objects.all(),
+        request,
+        creator="requested_by",
+        source_system="customer__source_system",
+    )
+
+
 class ReprintListView(RequestAPIView):
     session_perms = {"POST": ("cases.add_reprintrequest",)}
 
@@ -142,16 +153,28 @@ class ReprintListView(RequestAPIView):
         params = body.validated_data
         customer = _customer(params["customer"], params["source_system"])
         if "communication" in params:
-            sent = Communication.objects.filter(
-                pk=params["communication"], customer=customer, document__isnull=False
-            ).first()
+            # Only a communication (or document) the caller may see: another integrator's id
+            # reads as unknown.
+            sent = (
+                visible_to_caller(
+                    Communication.objects.all(), request, source_system="customer__source_system"
+                )
+                .filter(
+                    public_id=params["communication"], customer=customer, document__isnull=False
+                )
+                .first()
+            )
             if sent is None:
                 raise serializers.ValidationError(
                     {"communication": ["No communication with a document to this customer."]}
                 )
             document = sent.document
         else:
-            document = Document.objects.filter(pk=params["document"]).first()
+            document = (
+                visible_to_caller(Document.objects.all(), request)
+                .filter(public_id=params["document"])
+                .first()
+            )
             if document is None:
                 raise serializers.ValidationError({"document": ["There is no such document."]})
         with problems():
@@ -175,7 +198,7 @@ class ReprintDetailView(RequestAPIView):
     @extend_schema(responses=ReprintSerializer, summary="A reprint request and what was sent")
     def get(self, request, pk: int):
         reprint = get_object_or_404(
-            ReprintRequest.objects.select_related(
+            _requests(request, ReprintRequest).select_related(
                 "case", "customer", "duplicate", "regeneration_check", "requested_by"
             ),
             pk=pk,
@@ -206,9 +229,9 @@ class CorrespondenceSerializer(serializers.ModelSerializer):
     customer = serializers.CharField(source="customer.external_ref")
     template = serializers.CharField(source="template.code")
     version = serializers.IntegerField(source="template_version.number")
-    document = serializers.IntegerField(source="document_id")
+    document = serializers.UUIDField(source="document.public_id")
     document_sha256 = serializers.CharField(source="document.sha256")
-    communication = serializers.IntegerField(source="communication_id", allow_null=True)
+    communication = serializers.UUIDField(source="communication.public_id", allow_null=True)
     requested_by = serializers.CharField(source="requested_by.username")
     released_by = serializers.CharField(source="released_by.username", allow_null=True)
     approval_state = serializers.SerializerMethodField()
@@ -271,7 +294,7 @@ class CorrespondenceDetailView(RequestAPIView):
     @extend_schema(responses=CorrespondenceSerializer, summary="A letter request and its state")
     def get(self, request, pk: int):
         letter = get_object_or_404(
-            CorrespondenceRequest.objects.select_related(
+            _requests(request, CorrespondenceRequest).select_related(
                 "case", "customer", "template", "template_version", "document"
             ),
             pk=pk,

@@ -252,6 +252,9 @@ class InboxOutcome(models.TextChoices):
     APPROVAL_REFUSED = "approval_refused", "Approval reply refused"
     IGNORED = "ignored", "Ignored"
     BOUNCE = "bounce", "Delivery status notification"
+    # Not from the mail system, or naming a Message-ID CCM did not issue: nothing changed,
+    # the reason is in `detail` and the mail stays in the mailbox for review.
+    BOUNCE_REFUSED = "bounce_refused", "Bounce refused (kept for review)"
 
 
 class ProcessedInboxMessage(models.Model):

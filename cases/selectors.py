@@ -27,6 +27,7 @@ _EVENT_ONLY = [
 
 def case_list(
     *,
+    within: QuerySet[Case] | None = None,
     case_type: str | None = None,
     state: str | None = None,
     team: str | None = None,
@@ -36,8 +37,11 @@ def case_list(
     overdue: bool | None = None,
 ) -> QuerySet[Case]:
     """Cases for a queue. `flagged`: approaching or past a deadline when the SLA sweep last
-    looked; `overdue`: past its next deadline now (a waiting case's clock is stopped)."""
-    cases = Case.objects.select_related("customer", "assignee")
+    looked; `overdue`: past its next deadline now (a waiting case's clock is stopped).
+    `within`: the cases the caller may see (all when not given)."""
+    cases = (Case.objects.all() if within is None else within).select_related(
+        "customer", "assignee"
+    )
     if case_type:
         cases = cases.filter(case_type=case_type)
     if state:

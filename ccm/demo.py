@@ -21,7 +21,7 @@ DEMO_USERS: list[tuple[str, str | None, str]] = [
     ("author", Role.TEMPLATE_AUTHOR, "Template author"),
     ("agent", Role.SERVICE_AGENT, "Service agent"),
     ("ops", Role.OPERATIONS, "Operations"),
-    ("integrator", Role.INTEGRATOR, "Integrator (web login; API keys via create_api_key)"),
+    ("integrator", Role.INTEGRATOR, "Integrator (API only: keys via create_api_key)"),
 ]
 
 # Apps add their demo data here (in AppConfig.ready()); each seeder must be idempotent.
@@ -42,7 +42,8 @@ def seed_users() -> None:
         )
         if created:
             user.set_password(DEMO_PASSWORD)
-        user.is_staff = True
+        # Integrators call the API with a key; the back-office and the admin are not theirs.
+        user.is_staff = role != Role.INTEGRATOR
         user.is_superuser = role is None
         user.save()
         if role:

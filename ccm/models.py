@@ -179,6 +179,9 @@ class ApiKey(models.Model):
     prefix = models.CharField(max_length=12, unique=True)
     key_hash = models.CharField(max_length=64)
     scopes = models.JSONField(default=list, blank=True)
+    # Customer source systems whose communications and cases this key may see besides its own
+    # (e.g. the billing system's key reading what the CRM sent about billing customers).
+    source_systems = models.JSONField(default=list, blank=True)
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_keys"
     )

@@ -119,6 +119,45 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
     ],
 }
 
+# The API scopes a signed-in staff member's session carries, by role (a superuser: every scope;
+# several roles: the union). An API key carries the scopes it was issued with instead. The
+# README's role table lists the same (tests/ccm/test_roles.py compares them).
+ROLE_SCOPES: dict[str, list[str]] = {
+    Role.COMPLIANCE_REVIEWER: [
+        "me:read",
+        "templates:read",
+        "documents:read",
+        "customers:read",
+        "communications:read",
+        "cases:read",
+    ],
+    Role.TEMPLATE_AUTHOR: ["me:read", "templates:read", "documents:read"],
+    Role.SERVICE_AGENT: [
+        "me:read",
+        "templates:read",
+        "documents:read",
+        "customers:read",
+        "communications:read",
+        "cases:read",
+        "cases:write",
+    ],
+    Role.OPERATIONS: [
+        "me:read",
+        "templates:read",
+        "documents:read",
+        "customers:read",
+        "communications:read",
+        "communications:write",
+        "cases:read",
+        "cases:write",
+        "webhooks:read",
+        "webhooks:write",
+        "print",
+    ],
+    # Integrators call the API with a key, never with a session.
+    Role.INTEGRATOR: [],
+}
+
 # Who may do what, in words; the README's table is generated from the same source.
 ROLE_DUTIES: dict[str, str] = {
     Role.COMPLIANCE_REVIEWER: "Decides approvals (never their own), reads the audit log",

@@ -11,6 +11,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from ccm import esp
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -164,9 +166,23 @@ if not DEBUG and not ANYMAIL["WEBHOOK_SECRET"]:
         "ANYMAIL_WEBHOOK_SECRET (user:password) must be set when DEBUG is off: without it anyone "
         "could post fake bounces and complaints to the tracking webhooks."
     )
-# Only when Mailgun is the ESP; an empty signing key would make signatures forgeable.
-if env.str("MAILGUN_WEBHOOK_SIGNING_KEY", default=""):
-    ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = env.str("MAILGUN_WEBHOOK_SIGNING_KEY")
+# The ESPs whose tracking webhooks are mounted at /anymail/<esp>/tracking/: the one EMAIL_BACKEND
+# sends through, or those listed (e.g. while moving from one ESP to another). No other ESP's
+# endpoint exists, so nobody can post it a forged bounce.
+CCM_TRACKING_ESPS = esp.tracking_esps(
+    email_backend=EMAIL_BACKEND, explicit=env.list("CCM_TRACKING_ESPS", default=[])
+)
+# The signing keys of those that sign their webhooks (e.g. SENDGRID_TRACKING_WEBHOOK_
+# VERIFICATION_KEY, MAILGUN_WEBHOOK_SIGNING_KEY); required in production, where an unverified
+# webhook would take forged bounces.
+for _key in esp.signing_keys(CCM_TRACKING_ESPS):
+    if env.str(_key, default=""):
+        ANYMAIL[_key] = env.str(_key)
+    elif not DEBUG:
+        raise ImproperlyConfigured(
+            f"{_key} must be set when DEBUG is off: CCM_TRACKING_ESPS/EMAIL_BACKEND mount that "
+            "ESP's tracking webhook, and without its key a forged bounce could not be told apart."
+        )
 
 # One shared cache for rate limits and throttles when there is more than one process
 # (e.g. CACHE_URL=rediscache://127.0.0.1:6379/1 or dbcache://ccm_cache).
@@ -331,6 +347,16 @@ CCM_FCM_PROJECT_ID = env.str("CCM_FCM_PROJECT_ID", default="")
 CCM_VAPID_PRIVATE_KEY = env.str("CCM_VAPID_PRIVATE_KEY", default="")
 CCM_VAPID_SUBJECT = env.str("CCM_VAPID_SUBJECT", default="")
 CCM_MESSAGE_ID_DOMAIN = env.str("CCM_MESSAGE_ID_DOMAIN", default="ccm.localhost")
+# Seals the Message-IDs of deliveries (an HMAC), so that a bounce report naming a guessed one is
+# refused. Empty: derived from SECRET_KEY (rotating either orphans bounces of mail in flight).
+CCM_MESSAGE_ID_KEY = env.str("CCM_MESSAGE_ID_KEY", default="")
+# Inbound mail (the Gmail intake) trusts only the Authentication-Results header that the
+# receiving server stamps with this authserv-id; headers anyone else added are ignored.
+CCM_INBOUND_AUTHSERV_ID = env.str("CCM_INBOUND_AUTHSERV_ID", default="mx.google.com")
+# The mail system whose mailer-daemon/postmaster sends the receiving mailbox its bounces.
+CCM_INBOUND_MAIL_SYSTEM_DOMAINS = env.list(
+    "CCM_INBOUND_MAIL_SYSTEM_DOMAINS", default=["googlemail.com", "google.com"]
+)
 CCM_DISPATCH_INLINE_RETRIES = env.int("CCM_DISPATCH_INLINE_RETRIES", default=2)
 CCM_DISPATCH_MAX_ATTEMPTS = env.int("CCM_DISPATCH_MAX_ATTEMPTS", default=8)
 # A delivery in `sending` this long lost its worker; it is reconciled with the provider.

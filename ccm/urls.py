@@ -6,7 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ccm import review, views
-from notifications import unsubscribe
+from notifications import hooks_urls, unsubscribe
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -25,7 +25,7 @@ urlpatterns = [
     path("api/v1/", include("cases.urls")),
     path("api/v1/", include("cases.request_api")),
     path("agent/", include("cases.request_urls")),
-    path("anymail/", include("anymail.urls")),
+    hooks_urls.tracking_path("anymail/"),
     path("p/", include("notifications.portal_urls")),
     path("u/<str:token>/", unsubscribe.unsubscribe_view, name="unsubscribe"),
     path("hooks/", include("notifications.hooks_urls")),

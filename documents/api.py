@@ -11,6 +11,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import generics, serializers
 from rest_framework.response import Response
 
+from ccm.api.auth import visible_to_caller
 from ccm.api.errors import ApiProblem, Unprocessable
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from documents import selectors, services
@@ -160,6 +161,8 @@ class TemplatePreviewView(CcmAPIView):
 
 
 class DocumentSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    original = serializers.UUIDField(source="original.public_id", read_only=True, allow_null=True)
     template = serializers.CharField(source="template_version.template.code")
     version = serializers.IntegerField(source="template_version.number")
     pdf_url = serializers.SerializerMethodField()
@@ -182,15 +185,23 @@ class DocumentSerializer(serializers.ModelSerializer):
         ]
 
     def get_pdf_url(self, document) -> str:
-        return self.context["request"].build_absolute_uri(f"/api/v1/documents/{document.pk}/pdf")
+        return self.context["request"].build_absolute_uri(
+            f"/api/v1/documents/{document.public_id}/pdf"
+        )
+
+
+def _documents(request):
+    """The documents the caller may see: an API key only those composed for its requests."""
+    return visible_to_caller(Document.objects.all(), request)
 
 
 class DocumentDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
     required_scopes = ("documents:read",)
     serializer_class = DocumentSerializer
+    lookup_field = "public_id"
 
     def get_queryset(self):
-        return Document.objects.select_related("template_version__template")
+        return _documents(self.request).select_related("template_version__template", "original")
 
 
 class DocumentPdfView(CcmAPIView):
@@ -198,15 +209,15 @@ class DocumentPdfView(CcmAPIView):
 
     @extend_schema(
         responses={(200, "application/pdf"): OpenApiTypes.BINARY},
-        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)],
+        parameters=[OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
         summary="The archived PDF, byte for byte",
     )
-    def get(self, request, pk: int):
-        document = get_object_or_404(Document, pk=pk)
+    def get(self, request, public_id):
+        document = get_object_or_404(_documents(request), public_id=public_id)
         response = FileResponse(
             document.file.open("rb"),
             content_type="application/pdf",
-            filename=f"document-{document.pk}.pdf",
+            filename=f"document-{document.public_id}.pdf",
         )
         response["X-Content-SHA256"] = document.sha256
         return response

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -145,6 +147,9 @@ class DocumentKind(models.TextChoices):
 class Document(models.Model):
     """An archived rendered document: enough to prove and to regenerate it byte for byte."""
 
+    # What the API and integrators' URLs show instead of the counter `id`, which would tell one
+    # integrator how many others' rows exist and let it walk them.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     template_version = models.ForeignKey(
         TemplateVersion, on_delete=models.PROTECT, related_name="documents"
     )

@@ -12,6 +12,6 @@ urlpatterns = [
         api.TemplatePreviewView.as_view(),
         name="api-template-preview",
     ),
-    path("documents/<int:pk>", api.DocumentDetailView.as_view(), name="api-document"),
-    path("documents/<int:pk>/pdf", api.DocumentPdfView.as_view(), name="api-document-pdf"),
+    path("documents/<uuid:public_id>", api.DocumentDetailView.as_view(), name="api-document"),
+    path("documents/<uuid:public_id>/pdf", api.DocumentPdfView.as_view(), name="api-document-pdf"),
 ]

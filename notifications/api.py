@@ -10,6 +10,7 @@ from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
 from ccm import audit
+from ccm.api.auth import visible_to_caller
 from ccm.api.errors import Conflict, Unprocessable
 from ccm.api.idempotency import HEADER, client_of
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
@@ -226,7 +227,7 @@ class CommunicationRequestSerializer(serializers.Serializer):
 
 
 class CommunicationAcceptedSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
+    id = serializers.UUIDField()
     status = serializers.CharField()
     url = serializers.CharField()
 
@@ -253,6 +254,7 @@ class DeliverySerializer(serializers.Serializer):
 
 
 class CommunicationSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="public_id", read_only=True)
     status = serializers.CharField(source="state")
     template = serializers.CharField(source="template.code")
     template_version = serializers.IntegerField(source="template_version.number", allow_null=True)
@@ -302,10 +304,10 @@ class CommunicationDetailSerializer(CommunicationSerializer):
         request = self.context["request"]
         return [
             {
-                "id": communication.document_id,
+                "id": communication.document.public_id,
                 "sha256": communication.document.sha256,
                 "pdf_url": request.build_absolute_uri(
-                    f"/api/v1/documents/{communication.document_id}/pdf"
+                    f"/api/v1/documents/{communication.document.public_id}/pdf"
                 ),
             }
         ]
@@ -339,7 +341,9 @@ class CommunicationListCreateView(CcmGenericAPIView, generics.ListAPIView):
     filterset_class = CommunicationFilter
 
     def get_queryset(self):
-        return Communication.objects.select_related("template", "template_version", "customer")
+        return _communications(self.request).select_related(
+            "template", "template_version", "customer"
+        )
 
     @extend_schema(
         request=CommunicationRequestSerializer,
@@ -387,22 +391,34 @@ class CommunicationListCreateView(CcmGenericAPIView, generics.ListAPIView):
             raise problem from exc
         return Response(
             {
-                "id": communication.pk,
+                "id": communication.public_id,
                 "status": communication.state,
-                "url": request.build_absolute_uri(f"/api/v1/communications/{communication.pk}"),
+                "url": request.build_absolute_uri(
+                    f"/api/v1/communications/{communication.public_id}"
+                ),
             },
             status=status.HTTP_202_ACCEPTED,
         )
 
 
+def _communications(request):
+    """The communications the caller may see (an API key: its own and its source systems')."""
+    return visible_to_caller(
+        Communication.objects.all(), request, source_system="customer__source_system"
+    )
+
+
 class CommunicationDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
     required_scopes = ("communications:read",)
     serializer_class = CommunicationDetailSerializer
+    lookup_field = "public_id"
 
     def get_queryset(self):
-        return Communication.objects.select_related(
-            "template", "template_version", "customer", "document"
-        ).prefetch_related("deliveries__events")
+        return (
+            _communications(self.request)
+            .select_related("template", "template_version", "customer", "document")
+            .prefetch_related("deliveries__events")
+        )
 
 
 class CancelSerializer(serializers.Serializer):
@@ -413,8 +429,8 @@ class CommunicationCancelView(CcmAPIView):
     required_scopes = ("communications:write",)
 
     @extend_schema(request=CancelSerializer, responses=CommunicationSerializer, summary="Cancel")
-    def post(self, request, pk: int):
-        communication = get_object_or_404(Communication, pk=pk)
+    def post(self, request, public_id):
+        communication = get_object_or_404(_communications(request), public_id=public_id)
         body = CancelSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:

@@ -80,6 +80,7 @@ from notifications.postmark_batch import PostmarkPayloads, direct_payloads_allow
 from notifications.services import (
     IntakeError,
     backoff_seconds,
+    delivery_message_id,
     enabled_channels,
     release_required,
     render_text_channels,
@@ -586,7 +587,6 @@ def _record_composed(
     failed: list[tuple[Communication, TemplateVersion | None, CompositionError]],
 ) -> dict[str, int]:
     now = timezone.now()
-    domain = settings.CCM_MESSAGE_ID_DOMAIN
     with transaction.atomic():
         # Still ours? A sweep may have reset a chunk that took far too long.
         ours = set(
@@ -617,7 +617,7 @@ def _record_composed(
                 communication_id=x.communication.pk,
                 channel=target.channel,
                 address=target.address,
-                message_id=f"<ccm.{x.communication.pk}.{i}.{target.channel}@{domain}>",
+                message_id=delivery_message_id(x.communication, i, target.channel),
             )
             for x in reachable
             for i, target in enumerate(x.selection.targets)

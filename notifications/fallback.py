@@ -144,6 +144,7 @@ def _ensure_rendition(communication: Communication, channel: str) -> None:
                 version=version,
                 data=communication.data,
                 language=communication.customer.language,
+                by=communication.created_by,
             )
         return
     if channel not in communication.rendered:

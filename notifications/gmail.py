@@ -119,6 +119,10 @@ class InboxMessage:
     dsn: DeliveryStatus | None = None
     # Lower-cased names; a repeated header (Received) keeps its first value.
     headers: dict[str, str] = field(default_factory=dict)
+    # As written (unfolded), in order, for notifications.mailauth: every From header, and every
+    # Authentication-Results header, topmost (the receiving server's) first.
+    from_values: tuple[str, ...] = ()
+    authentication_results: tuple[str, ...] = ()
 
 
 class _DjangoLikeMessage(Protocol):
@@ -438,6 +442,7 @@ def inbox_message_from_api(data: dict[str, Any]) -> InboxMessage:
     headers: dict[str, str] = {}
     for name, value in mime.items():
         headers.setdefault(name.lower(), str(value))
+    raw_headers = [(name.lower(), " ".join(str(value).split())) for name, value in mime.raw_items()]
     return InboxMessage(
         id=str(data["id"]),
         thread_id=str(data.get("threadId", "")),
@@ -454,6 +459,10 @@ def inbox_message_from_api(data: dict[str, Any]) -> InboxMessage:
         text=_text_body(mime),
         dsn=_delivery_status(mime),
         headers=headers,
+        from_values=tuple(value for name, value in raw_headers if name == "from"),
+        authentication_results=tuple(
+            value for name, value in raw_headers if name == "authentication-results"
+        ),
     )
 
 

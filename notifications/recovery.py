@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django_fsm import can_proceed
 
@@ -188,7 +187,7 @@ def communication_resend(
         channel=channel,
         address=address_value,
         # The resend has its own dedupe key: providers must not take it for the first attempt.
-        message_id=f"<ccm.{locked.pk}.r{attempt}.{channel}@{settings.CCM_MESSAGE_ID_DOMAIN}>",
+        message_id=services.delivery_message_id(locked, f"r{attempt}", channel),
         meta={**meta, "resend": True},
     )
     audit.record(

@@ -3,6 +3,7 @@ compose → gate → dispatch that never loses or double-sends a communication."
 
 from __future__ import annotations
 
+import hmac
 import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,6 +18,7 @@ from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 from django_fsm import can_proceed
 
 from ccm import approvals, audit
@@ -447,6 +449,8 @@ def communication_compose_run(comm_id: int) -> None:
                 version=version,
                 data=communication.data,
                 language=communication.customer.language,
+                # The document belongs to whoever asked for the communication (API ownership).
+                by=communication.created_by,
             )
         rendered = render_outputs(communication, version, chosen.channels)
     except CompositionError as exc:
@@ -552,9 +556,28 @@ def _start_dispatch(locked: Communication) -> None:
         enqueue("notifications.tasks.delivery_dispatch", delivery.pk)
 
 
-def delivery_message_id(communication: Communication, index: int, channel: str) -> str:
-    """The stable dedupe key of the communication's `index`-th delivery (0-based)."""
-    return f"<ccm.{communication.pk}.{index}.{channel}@{settings.CCM_MESSAGE_ID_DOMAIN}>"
+def delivery_message_id(communication: Communication, index: int | str, channel: str) -> str:
+    """The stable dedupe key of the communication's `index`-th delivery (0-based; a resend
+    passes "r<n>"), which is also the Message-ID of its mail.
+
+    The delivery is named by (communication, index, channel) and sealed with an HMAC of that
+    name: a bounce report can only name a delivery whose Message-ID it has seen, never one
+    guessed from the counter (`message_id_issued`)."""
+    name = f"ccm.{communication.pk}.{index}.{channel}"
+    return f"<{name}.{_message_id_seal(name)}@{settings.CCM_MESSAGE_ID_DOMAIN}>"
+
+
+def message_id_issued(message_id: str) -> bool:
+    """Whether CCM issued this Message-ID for a delivery (its seal verifies)."""
+    local = message_id.strip().removeprefix("<").removesuffix(">").rpartition("@")[0]
+    name, _, seal = local.rpartition(".")
+    return name.startswith("ccm.") and hmac.compare_digest(seal, _message_id_seal(name))
+
+
+def _message_id_seal(name: str) -> str:
+    # 96 bits: the Message-ID stays short enough for every MTA, and cannot be guessed.
+    key = settings.CCM_MESSAGE_ID_KEY or settings.SECRET_KEY
+    return salted_hmac("ccm.message-id", name, secret=key, algorithm="sha256").hexdigest()[:24]
 
 
 def _on_release_decision(communication: Communication, approval: Approval) -> None:

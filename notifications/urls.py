@@ -25,12 +25,12 @@ urlpatterns = [
     ),
     path("communications", api.CommunicationListCreateView.as_view(), name="api-communications"),
     path(
-        "communications/<int:pk>",
+        "communications/<uuid:public_id>",
         api.CommunicationDetailView.as_view(),
         name="api-communication",
     ),
     path(
-        "communications/<int:pk>/cancel",
+        "communications/<uuid:public_id>/cancel",
         api.CommunicationCancelView.as_view(),
         name="api-communication-cancel",
     ),

@@ -76,10 +76,35 @@ class WebhookUrlRefused(WebhookError):
 # --- where webhooks may go ------------------------------------------------------------------
 
 
+# IPv6 forms that carry an IPv4 destination: a translator or relay delivers to that address,
+# so it is the one that must be public (RFC 6052 NAT64 and the RFC 8215 local-use prefix).
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address that `ip` wraps (mapped, compatible, NAT64, 6to4, Teredo)."""
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)  # the relay server and the client behind it
+    return []
+
+
 def _is_public(address: str) -> bool:
+    """Whether `address` is globally reachable, judged by the IPv4 address it wraps if any."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return False  # a site's own translator: never a public destination
+        wrapped = _embedded_ipv4(ip)
+        if wrapped:
+            return all(v4.is_global and not v4.is_multicast for v4 in wrapped)
     return ip.is_global and not ip.is_multicast
 
 
@@ -107,12 +132,16 @@ def webhook_addresses(host: str, port: int) -> list[str]:
 def webhook_url_check(url: str) -> str:
     """The URL, stripped, if webhooks may be sent to it; else WebhookUrlRefused saying why."""
     url = url.strip()
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # "http://[": an unclosed or invalid IPv6 literal
+        raise WebhookUrlRefused(f"The URL is malformed ({exc}).") from exc
     if parts.scheme not in ("http", "https"):
         raise WebhookUrlRefused("Give an http:// or https:// URL.")
     if settings.CCM_WEBHOOK_REQUIRE_HTTPS and parts.scheme != "https":
         raise WebhookUrlRefused("Give an https:// URL: webhooks carry customer data.")
-    if not parts.hostname:
+    if not hostname:
         raise WebhookUrlRefused("The URL names no host.")
     if parts.username is not None or parts.password is not None:
         raise WebhookUrlRefused(
@@ -124,7 +153,7 @@ def webhook_url_check(url: str) -> str:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
         raise WebhookUrlRefused(f"The URL's port is invalid ({exc}).") from exc
-    webhook_addresses(parts.hostname, port)
+    webhook_addresses(hostname, port)
     return url
 
 
@@ -297,7 +326,8 @@ def _payload(delivery: WebhookDelivery, occurrence: Occurrence) -> dict[str, Any
         "type": str(delivery.event_type),
         "created_at": delivery.created_at.isoformat(),
         "data": {
-            "communication_id": communication.pk,
+            # The id the API knows it by (GET /api/v1/communications/<id>).
+            "communication_id": str(communication.public_id),
             "status": str(occurrence.status),
             "template_code": communication.template.code,
             "customer_ref": customer.external_ref,

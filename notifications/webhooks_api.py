@@ -78,6 +78,7 @@ class WebhookAttemptSerializer(serializers.ModelSerializer):
 
 
 class WebhookDeliverySerializer(serializers.ModelSerializer):
+    communication = serializers.UUIDField(source="communication.public_id", read_only=True)
     attempt_log = WebhookAttemptSerializer(many=True, read_only=True)
 
     class Meta:
@@ -217,7 +218,9 @@ class WebhookReplayView(CcmAPIView):
 
 
 class WebhookEventDataSerializer(serializers.Serializer):
-    communication_id = serializers.IntegerField()
+    communication_id = serializers.UUIDField(
+        help_text="The communication's id in the API (GET /api/v1/communications/<id>)"
+    )
     status = serializers.CharField(help_text="The communication's status the event reports")
     template_code = serializers.CharField()
     customer_ref = serializers.CharField(help_text="The customer's external reference")

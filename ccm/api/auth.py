@@ -6,16 +6,20 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import TypeVar
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions, throttling
 
 from ccm import audit
 from ccm.models import ApiKey
-from ccm.roles import Role
+from ccm.roles import ROLE_SCOPES, Role
+
+M = TypeVar("M", bound=models.Model)
 
 KEYWORD = "Api-Key"
 _PREFIX_LEN = 8
@@ -52,8 +56,11 @@ class UnknownScope(ValueError):
 
 
 @transaction.atomic
-def api_key_create(*, name: str, scopes: list[str], created_by=None) -> IssuedKey:
-    """Create a key for an integrator; its service user joins the integrator role."""
+def api_key_create(
+    *, name: str, scopes: list[str], source_systems: list[str] | None = None, created_by=None
+) -> IssuedKey:
+    """Create a key for an integrator; its service user joins the integrator role. The key sees
+    what it created, and the communications and cases of the `source_systems` granted."""
     unknown = sorted(set(scopes) - set(SCOPES))
     if unknown:
         raise UnknownScope(
@@ -72,6 +79,7 @@ def api_key_create(*, name: str, scopes: list[str], created_by=None) -> IssuedKe
         prefix=prefix,
         key_hash=_hash(key),
         scopes=sorted(set(scopes)),
+        source_systems=sorted(set(source_systems or [])),
         user=user,
         created_by=created_by,
     )
@@ -79,7 +87,12 @@ def api_key_create(*, name: str, scopes: list[str], created_by=None) -> IssuedKe
         actor=created_by,
         action="api_key.created",
         subject=api_key,
-        after={"name": name, "scopes": api_key.scopes, "prefix": prefix},
+        after={
+            "name": name,
+            "scopes": api_key.scopes,
+            "source_systems": api_key.source_systems,
+            "prefix": prefix,
+        },
     )
     return IssuedKey(api_key=api_key, key=key)
 
@@ -131,11 +144,36 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return KEYWORD
 
 
-def caller_scopes(request) -> set[str] | None:
-    """The scopes of the calling key, or None for a staff session (checked by permissions)."""
+def session_scopes(user) -> set[str]:
+    """The scopes a signed-in user's session carries: those of their roles (ROLE_SCOPES)."""
+    if not user.is_active:
+        return set()
+    if user.is_superuser:
+        return set(SCOPES)
+    roles = user.groups.values_list("name", flat=True)
+    return {scope for role in roles for scope in ROLE_SCOPES.get(role, ())}
+
+
+def caller_scopes(request) -> set[str]:
+    """The scopes of the calling key, or of the session's roles."""
     if isinstance(request.auth, ApiKey):
         return set(request.auth.scopes)
-    return None
+    return session_scopes(request.user)
+
+
+def visible_to_caller(
+    queryset: QuerySet[M], request, *, creator: str = "created_by", source_system: str = ""
+) -> QuerySet[M]:
+    """What the caller may see of `queryset`: a staff session (held to its role's scopes and
+    permissions elsewhere) all of it; an API key only the rows its own service user created,
+    plus those of the customer source systems it was granted (`source_system` names the path
+    to a row's source system, e.g. "customer__source_system"). Anything else answers 404."""
+    if not isinstance(request.auth, ApiKey):
+        return queryset
+    mine = Q(**{creator: request.auth.user})
+    if source_system and request.auth.source_systems:
+        mine |= Q(**{f"{source_system}__in": list(request.auth.source_systems)})
+    return queryset.filter(mine)
 
 
 class HasScope(permissions.BasePermission):
@@ -147,12 +185,12 @@ class HasScope(permissions.BasePermission):
         required = getattr(view, "required_scopes", ())
         if isinstance(required, dict):
             required = required.get(request.method, required.get("*", ())) or ()
-        scopes = caller_scopes(request)
-        if scopes is None:
-            return bool(request.user and request.user.is_authenticated)
-        missing = set(required) - scopes
+        if not (request.user and request.user.is_authenticated):
+            return False
+        missing = set(required) - caller_scopes(request)
         if missing:
-            self.message = f"This API key lacks the scope(s): {', '.join(sorted(missing))}."
+            who = "This API key" if isinstance(request.auth, ApiKey) else "Your role"
+            self.message = f"{who} lacks the scope(s): {', '.join(sorted(missing))}."
             return False
         return True
 

@@ -9,7 +9,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ccm import approvals
-from ccm.api.auth import SCOPES, HasScope, UnknownScope, api_key_create, api_key_revoke
+from ccm.api.auth import (
+    SCOPES,
+    HasScope,
+    UnknownScope,
+    api_key_create,
+    api_key_revoke,
+    caller_scopes,
+)
 from ccm.api.errors import Conflict
 from ccm.api.idempotency import IdempotentMixin
 from ccm.models import ApiKey, Approval, ApprovalState, Decision
@@ -44,7 +51,7 @@ class MeView(CcmAPIView):
         if isinstance(request.auth, ApiKey):
             data = {"auth": "api_key", "api_key": request.auth.name, "scopes": request.auth.scopes}
         else:
-            data = {"auth": "session", "api_key": None, "scopes": sorted(SCOPES)}
+            data = {"auth": "session", "api_key": None, "scopes": sorted(caller_scopes(request))}
         data.update(username=request.user.get_username(), roles=roles)
         return Response(MeSerializer(data).data)
 
@@ -59,12 +66,26 @@ class IsKeyManager(permissions.BasePermission):
 class ApiKeySerializer(serializers.ModelSerializer):
     class Meta:
         model = ApiKey
-        fields = ["id", "name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
+        fields = [
+            "id",
+            "name",
+            "prefix",
+            "scopes",
+            "source_systems",
+            "created_at",
+            "last_used_at",
+            "revoked_at",
+        ]
 
 
 class ApiKeyCreateSerializer(serializers.Serializer):
     name = serializers.SlugField(max_length=100)
     scopes = serializers.ListField(child=serializers.ChoiceField(choices=sorted(SCOPES)))
+    source_systems = serializers.ListField(
+        child=serializers.CharField(max_length=100),
+        required=False,
+        help_text="Customer source systems whose communications and cases the key may also see",
+    )
 
     def validate_name(self, value: str) -> str:
         if ApiKey.objects.filter(name=value).exists():
@@ -156,9 +177,16 @@ class ApprovalListView(CcmGenericAPIView, generics.ListAPIView):
     filterset_fields = ["state", "purpose"]
 
     def get_queryset(self):
-        return Approval.objects.select_related(
+        approvals_ = Approval.objects.select_related(
             "subject_type", "requested_by", "author", "decided_by"
         ).filter(state=self.request.query_params.get("state", ApprovalState.PENDING))
+        # Summaries name customers: reviewers (who may decide) see them all, anyone else only
+        # what they asked for.
+        if getattr(self, "swagger_fake_view", False):
+            return approvals_.none()  # the schema generator has no signed-in user
+        if not self.request.user.has_perm("ccm.decide_approval"):
+            approvals_ = approvals_.filter(requested_by=self.request.user)
+        return approvals_
 
 
 class ApprovalDecideView(CcmAPIView):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -192,6 +194,9 @@ class CommState(models.TextChoices):
 class Communication(ConcurrentTransitionMixin, models.Model):
     """One requested message to one customer, from intake to what happened to it."""
 
+    # What the API and integrators' URLs show instead of the counter `id`, which would tell one
+    # integrator how many others' rows exist and let it walk them.
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="communications")
     template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="+")
     template_version = models.ForeignKey(

@@ -234,3 +234,24 @@ def test_scopes_and_roles(api_client, customer, make_user):
     assert api_client("communications:read").get(CASES).status_code == 403
     author = make_user("alex", "template_author")
     assert session(author).get(CASES).status_code == 403
+
+
+def test_a_key_without_the_grant_sees_only_the_cases_it_opened(api_client, customer, agent):
+    from ccm.api.auth import api_key_create
+
+    # given a case an agent opened, and one another integrator opened over the API
+    by_agent = services.case_open(case_type="dispute", subject="Card", customer=customer, by=agent)
+    own_key = api_key_create(name="claims", scopes=["cases:read", "cases:write"])
+    mine = APIClient()
+    mine.credentials(HTTP_AUTHORIZATION=f"Api-Key {own_key.key}")
+    opened = open_complaint(mine)
+    other_key = api_key_create(name="billing", scopes=["cases:read", "cases:write"])
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Api-Key {other_key.key}")
+    # then each key lists only its own, by a public id, and the other's is 404 however named
+    assert [c["id"] for c in mine.get(CASES).json()["results"]] == [opened["id"]]
+    assert other.get(CASES).json()["results"] == []
+    for ref in (opened["id"], opened["reference"], by_agent.reference):
+        assert other.get(f"{CASES}/{ref}").status_code == 404
+        assert other.post(f"{CASES}/{ref}/notes", {"body": "x"}, format="json").status_code == 404
+    assert mine.get(f"{CASES}/{opened['id']}").json()["reference"] == opened["reference"]

@@ -17,7 +17,13 @@ from ccm import approvals
 from ccm.models import AuditEvent
 from ccm.roles import Role
 from notifications import services, tasks
-from notifications.models import Communication, ContactPoint, DeliveryEvent, Suppression
+from notifications.models import (
+    Communication,
+    ContactPoint,
+    Delivery,
+    DeliveryEvent,
+    Suppression,
+)
 from tests.cases import reprint_fixtures
 from tests.cases.gmail_mailbox import Mailbox
 from tests.cases.gmail_mailbox import mail as email_bytes
@@ -59,7 +65,20 @@ def poll(run, mailbox: Mailbox) -> dict[str, int]:
     return run(intake.inbox_poll, gateway=mailbox.gateway())
 
 
+def passed(sender: str) -> str:
+    """What the receiving server stamps on a mail whose From domain passed DMARC."""
+    domain = sender.rpartition("@")[2].strip(">").lower()
+    return (
+        f"mx.google.com; dkim=pass header.i=@{domain} header.s=s1; "
+        f"spf=pass (google.com: domain of x@{domain} designates 192.0.2.1) "
+        f"smtp.mailfrom=x@{domain}; dmarc=pass (p=REJECT) header.from={domain}"
+    )
+
+
 def deliver(mailbox: Mailbox, *, sender: str, subject: str, body: str, **headers) -> str:
+    headers.setdefault("Authentication-Results", passed(sender))
+    if headers["Authentication-Results"] is None:
+        del headers["Authentication-Results"]
     return mailbox.deliver(
         email_bytes(
             sender=sender,
@@ -295,6 +314,69 @@ def test_a_reply_from_another_address_is_ignored(waiting, rita, mailbox, sync_ta
     assert poll(sync_tasks, mailbox) == {"approval_decided": 1}
 
 
+@pytest.mark.parametrize(
+    "results",
+    [
+        None,  # no Authentication-Results at all
+        "mx.google.com; spf=neutral smtp.mailfrom=northwind.example; dkim=none",
+        "mx.google.com; spf=pass smtp.mailfrom=northwind.example; dkim=none; dmarc=none",
+        # written by the sender, not stamped by our receiving server
+        "mx.evil.example; dkim=pass header.d=northwind.example; dmarc=pass",
+        # a good signature, but of another domain than the From
+        "mx.google.com; dkim=pass header.d=evil.example; dmarc=fail header.from=northwind.example",
+    ],
+)
+def test_a_reply_the_receiving_server_did_not_authenticate_never_decides(
+    waiting, rita, mailbox, sync_tasks, results
+):
+    deliver(
+        mailbox,
+        sender=rita.email,
+        subject=f"Re: Approval needed [ccm:{token_of(rita)}]",
+        body="APPROVE",
+        **{"Authentication-Results": results},
+    )
+    assert poll(sync_tasks, mailbox) == {"approval_refused": 1}
+    assert_still_pending(waiting, "failed sender authentication")
+    record = ProcessedInboxMessage.objects.get()
+    assert record.detail.startswith("the mail failed sender authentication")
+
+
+def test_a_reply_with_an_aligned_dkim_signature_decides(waiting, rita, mailbox, sync_tasks):
+    deliver(
+        mailbox,
+        sender=rita.email,
+        subject=f"Re: Approval needed [ccm:{token_of(rita)}]",
+        body="APPROVE",
+        **{
+            "Authentication-Results": "mx.google.com; spf=neutral; "
+            "dkim=pass header.i=@mail.northwind.example header.d=northwind.example"
+        },
+    )
+    assert poll(sync_tasks, mailbox) == {"approval_decided": 1}
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "rita@northwind.example <mallory@evil.example>",
+        '"rita@northwind.example" <mallory@evil.example>',
+        "rita@northwind.example, mallory@evil.example",
+    ],
+)
+def test_a_from_with_display_name_games_never_decides(waiting, rita, mailbox, sync_tasks, sender):
+    # the attacker's own domain passes DMARC; the From shows the reviewer's address
+    deliver(
+        mailbox,
+        sender=sender,
+        subject=f"Re: Approval needed [ccm:{token_of(rita)}]",
+        body="APPROVE",
+        **{"Authentication-Results": passed("mallory@evil.example")},
+    )
+    assert poll(sync_tasks, mailbox) == {"approval_refused": 1}
+    assert_still_pending(waiting, "failed sender authentication")
+
+
 def test_a_reply_with_a_forged_sender_is_ignored(waiting, rita, mailbox, sync_tasks):
     # the From is rita's, but the receiving server found it forged
     deliver(
@@ -411,3 +493,79 @@ def test_a_bounce_report_bounces_its_delivery(original, mailbox, sync_tasks):
     assert delivery.state == "bounced"
     assert not ContactPoint.objects.get(value="ada@example.org").valid
     assert Suppression.objects.filter(address="ada@example.org", reason="hard_bounce").exists()
+
+
+GMAIL_RESULTS = (
+    b"Authentication-Results: mx.google.com;\n"
+    b"       dkim=pass header.i=@googlemail.com header.s=20230601 header.b=Xq3wK9dE;\n"
+)
+
+
+def bounce_of(message_id: str, *, replace: tuple[bytes, bytes] | None = None) -> bytes:
+    raw = BOUNCE.read_bytes()
+    assert GMAIL_RESULTS in raw
+    raw = raw.replace(b"171657212345.4242.8765309@ccm.example", message_id.strip("<>").encode())
+    raw = raw.replace(b"nobody@customer.example", b"ada@example.org")
+    if replace is not None:
+        assert replace[0] in raw
+        raw = raw.replace(*replace)
+    return raw
+
+
+def test_every_message_id_ccm_issues_carries_a_seal(original):
+    delivery = original.deliveries.get()
+    guessable = f"<ccm.{original.pk}.0.{delivery.channel}@ccm.localhost>"
+    assert delivery.message_id != guessable
+    assert services.message_id_issued(delivery.message_id)
+    assert not services.message_id_issued(guessable)
+    assert not services.message_id_issued(delivery.message_id.replace(".0.", ".1."))
+
+
+@pytest.mark.parametrize(
+    ("forgery", "why"),
+    [
+        # the mail system's name, but the receiving server stamped no result
+        ((GMAIL_RESULTS, b""), "no Authentication-Results from the receiving server"),
+        # results the sender wrote itself
+        ((b"mx.google.com;\n", b"mx.attacker.example;\n"), "no Authentication-Results"),
+        # anyone's report, authenticated for their own domain
+        (
+            (
+                b"From: Mail Delivery Subsystem <mailer-daemon@googlemail.com>",
+                b"From: Mail Delivery Subsystem <mailer-daemon@attacker.example>",
+            ),
+            "not from the mail system",
+        ),
+    ],
+)
+def test_a_forged_bounce_changes_nothing_and_is_kept_for_review(
+    original, mailbox, sync_tasks, forgery, why
+):
+    delivery = original.deliveries.get()
+    gmail_id = mailbox.deliver(bounce_of(delivery.message_id, replace=forgery))
+    # when the intake reads it
+    assert poll(sync_tasks, mailbox) == {"bounce_refused": 1}
+    # then the delivery, the address and the suppression list are as they were
+    assert not DeliveryEvent.objects.exists()
+    delivery.refresh_from_db()
+    assert delivery.state != "bounced"
+    assert ContactPoint.objects.get(value="ada@example.org").valid
+    assert not Suppression.objects.exists()
+    # and the inbox record says why, for review
+    record = ProcessedInboxMessage.objects.get(gmail_id=gmail_id)
+    assert record.outcome == "bounce_refused"
+    assert why in record.detail
+    assert AuditEvent.objects.filter(action="inbox.bounce_refused").count() == 1
+
+
+def test_a_real_bounce_naming_a_guessed_message_id_changes_nothing(original, mailbox, sync_tasks):
+    delivery = original.deliveries.get()
+    # the counter-based id an attacker could compute, in a report the mail system did send
+    guessed = f"<ccm.{original.pk}.0.{delivery.channel}@ccm.localhost>"
+    Delivery.objects.filter(pk=delivery.pk).update(message_id=guessed)
+    mailbox.deliver(bounce_of(guessed))
+    assert poll(sync_tasks, mailbox) == {"bounce_refused": 1}
+    delivery.refresh_from_db()
+    assert delivery.state != "bounced"
+    assert not Suppression.objects.exists()
+    assert "a Message-ID CCM did not issue" in ProcessedInboxMessage.objects.get().detail

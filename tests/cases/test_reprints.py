@@ -228,7 +228,7 @@ def test_api_reprint_to_a_new_address_is_201_awaiting_release(original, api_clie
     client = api_client("cases:write", "cases:read")
     with_hooks = {
         "customer": "C-1",
-        "communication": original.pk,
+        "communication": str(original.public_id),
         "reason": "Needed for a mortgage application",
         "channel": "email",
         "address": "broker@example.net",
@@ -239,7 +239,7 @@ def test_api_reprint_to_a_new_address_is_201_awaiting_release(original, api_clie
     body = response.json()
     assert body["state"] == "awaiting_release"
     assert body["approval_state"] == "pending"
-    assert body["document"] == original.document_id
+    assert body["document"] == str(original.document.public_id)
     assert body["address"] == "broker@example.net"
     assert body["address_is_new"]
     # and it reads back
@@ -255,13 +255,17 @@ def test_api_reprint_to_a_new_address_is_201_awaiting_release(original, api_clie
         ({"customer": "NOPE"}, 400, "customer"),
         ({"address": "nobody"}, 400, "address"),
         ({"channel": "fax"}, 400, "channel"),
-        ({"document": 999999, "communication": None}, 400, "document"),
+        (
+            {"document": "00000000-0000-4000-8000-000000000000", "communication": None},
+            400,
+            "document",
+        ),
     ],
 )
 def test_api_bad_input_is_a_problem_naming_the_field(original, api_client, changes, status, field):
     body = {
         "customer": "C-1",
-        "communication": original.pk,
+        "communication": str(original.public_id),
         "reason": "Lost",
         "channel": "email",
         "identity_verification": "security_questions",

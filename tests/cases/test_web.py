@@ -214,9 +214,9 @@ def test_case_page_shows_milestones_letters_notes_and_the_whole_timeline(
     assert timeline.index("Note: Customer called back") < timeline.index("Case opened")
     html = page.content.decode()
     assert reverse("admin:notifications_communication_change", args=[letter.pk]) in html
-    assert reverse("api-document-pdf", args=[letter.document_id]) in html
+    assert reverse("api-document-pdf", args=[letter.document.public_id]) in html
     # the PDF link serves the letter to the agent's session
-    pdf = client.get(reverse("api-document-pdf", args=[letter.document_id]))
+    pdf = client.get(reverse("api-document-pdf", args=[letter.document.public_id]))
     assert b"".join(pdf.streaming_content).startswith(b"%PDF")
     assert "Customer called back, happy with the letter." in words.split("Notes", 1)[1]
 

@@ -151,3 +151,27 @@ def test_concurrent_decisions_exactly_one_wins(decisions, make_user):
         AuditEvent.objects.filter(action__in=["approval.approved", "approval.rejected"]).count()
         == 1
     )
+
+
+def test_the_approval_list_shows_reviewers_everything_and_others_only_their_requests(
+    pending, reviewer, author, agent, make_user
+):
+    from rest_framework.test import APIClient
+
+    other = approvals.approval_request(
+        subject=Group.objects.create(name="letter-v2"), requested_by=agent, purpose="publish"
+    )
+
+    def listed(user) -> list[int]:
+        client = APIClient()
+        client.force_login(user)
+        response = client.get("/api/v1/approvals")
+        assert response.status_code == 200
+        return sorted(item["id"] for item in response.json()["results"])
+
+    # reviewers, who may decide, see every pending approval
+    assert listed(reviewer) == sorted([pending.pk, other.pk])
+    # a requester sees only their own; anyone else signed in sees none
+    assert listed(pending.requested_by) == [pending.pk]
+    assert listed(agent) == [other.pk]
+    assert listed(author) == []

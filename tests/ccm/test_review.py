@@ -96,13 +96,13 @@ def test_review_page_shows_the_communication_as_it_will_be_sent(release, rita):
     page = rita.get(f"/review/{approval.pk}/").content.decode()
     assert "Ada Lovelace (C-1)" in page
     assert "the template requires a reviewer&#x27;s release" in page
-    assert f"/api/v1/documents/{communication.document_id}/pdf" in page
+    assert f"/api/v1/documents/{communication.document.public_id}/pdf" in page
     email = rita.get(f"/admin/notifications/communication/{communication.pk}/email.html")
     assert email.status_code == 200
     assert b"you owe" in email.content
     assert email["Content-Security-Policy"].startswith("default-src 'none'")
     assert email["X-Frame-Options"] == "SAMEORIGIN"
-    pdf = rita.get(f"/api/v1/documents/{communication.document_id}/pdf")
+    pdf = rita.get(f"/api/v1/documents/{communication.document.public_id}/pdf")
     assert pdf["Content-Type"] == "application/pdf"
 
 

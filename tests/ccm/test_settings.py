@@ -15,7 +15,16 @@ def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     base = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"SECRET_KEY", "ALLOWED_HOSTS", "DEBUG", "ANYMAIL_WEBHOOK_SECRET"}
+        if k
+        not in {
+            "SECRET_KEY",
+            "ALLOWED_HOSTS",
+            "DEBUG",
+            "ANYMAIL_WEBHOOK_SECRET",
+            "EMAIL_BACKEND",
+            "CCM_TRACKING_ESPS",
+            "SENDGRID_TRACKING_WEBHOOK_VERIFICATION_KEY",
+        }
     }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -82,3 +91,34 @@ def test_production_refuses_open_tracking_webhooks():
     result = _manage("check", DEBUG="false", SECRET_KEY=GOOD_KEY, ALLOWED_HOSTS="ccm.example.org")
     assert result.returncode != 0
     assert "ANYMAIL_WEBHOOK_SECRET" in result.stderr
+
+
+PRODUCTION = {
+    "DEBUG": "false",
+    "SECRET_KEY": GOOD_KEY,
+    "ALLOWED_HOSTS": "ccm.example.org",
+    "ANYMAIL_WEBHOOK_SECRET": "esp:long-random-webhook-secret",
+}
+
+
+def test_production_refuses_an_esp_that_signs_webhooks_without_its_key():
+    result = _manage("check", EMAIL_BACKEND="anymail.backends.sendgrid.EmailBackend", **PRODUCTION)
+    assert result.returncode != 0
+    assert "SENDGRID_TRACKING_WEBHOOK_VERIFICATION_KEY must be set" in result.stderr
+    # the same when it is only listed for tracking (e.g. during a move between ESPs)
+    listed = _manage("check", CCM_TRACKING_ESPS="postmark,sendgrid", **PRODUCTION)
+    assert "SENDGRID_TRACKING_WEBHOOK_VERIFICATION_KEY must be set" in listed.stderr
+
+
+def test_production_starts_with_the_signing_key_or_an_esp_that_does_not_sign():
+    signed = _manage(
+        "check",
+        EMAIL_BACKEND="anymail.backends.sendgrid.EmailBackend",
+        SENDGRID_TRACKING_WEBHOOK_VERIFICATION_KEY="MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE",
+        **PRODUCTION,
+    )
+    assert signed.returncode == 0, signed.stderr
+    postmark = _manage(
+        "check", EMAIL_BACKEND="anymail.backends.postmark.EmailBackend", **PRODUCTION
+    )
+    assert postmark.returncode == 0, postmark.stderr

@@ -49,3 +49,22 @@ def test_request_id_is_echoed(db, client):
     response = client.get("/healthz", HTTP_X_REQUEST_ID="abc-123")
     assert response["X-Request-ID"] == "abc-123"
     assert len(client.get("/healthz")["X-Request-ID"]) == 32
+
+
+def test_the_demo_integrator_cannot_use_the_back_office(db, client):
+    from django.contrib.auth import get_user_model
+
+    from ccm.demo import DEMO_PASSWORD, seed_users
+
+    # given the demo users
+    seed_users()
+    integrator = get_user_model().objects.get(username="integrator")
+    assert not integrator.is_staff
+    # when the integrator signs in and opens the admin's customer list
+    assert client.login(username="integrator", password=DEMO_PASSWORD)
+    response = client.get("/admin/notifications/customer/")
+    # then the admin sends them to its login instead of listing customers
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+    # while the staff roles keep the back-office
+    assert get_user_model().objects.get(username="ops").is_staff

@@ -15,6 +15,7 @@ def api(db):
     issued = api_key_create(name="portal", scopes=["templates:read", "documents:read"])
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    client.service_user = issued.api_key.user  # type: ignore[attr-defined]
     return client
 
 
@@ -75,12 +76,13 @@ def test_unknown_template_is_404(api):
 
 def test_document_and_its_exact_bytes(api, published):
     document = services.document_compose(
-        version=published, data=published.content["samples"]["default"]
+        version=published, data=published.content["samples"]["default"], by=api.service_user
     )
-    meta = api.get(f"/api/v1/documents/{document.pk}").json()
+    meta = api.get(f"/api/v1/documents/{document.public_id}").json()
+    assert meta["id"] == str(document.public_id)
     assert meta["sha256"] == document.sha256
     assert meta["template"] == "letter"
-    pdf = api.get(f"/api/v1/documents/{document.pk}/pdf")
+    pdf = api.get(f"/api/v1/documents/{document.public_id}/pdf")
     body = b"".join(pdf.streaming_content)
     assert hashlib.sha256(body).hexdigest() == document.sha256
     assert pdf["X-Content-SHA256"] == document.sha256
@@ -93,4 +95,16 @@ def test_documents_need_their_scope(db, published):
     )
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
-    assert client.get(f"/api/v1/documents/{document.pk}/pdf").status_code == 403
+    assert client.get(f"/api/v1/documents/{document.public_id}/pdf").status_code == 403
+
+
+def test_another_keys_document_is_404_by_public_id_and_by_counter(api, published):
+    # given a document composed for someone else's request
+    other = api_key_create(name="other", scopes=["documents:read"]).api_key.user
+    document = services.document_compose(
+        version=published, data=published.content["samples"]["default"], by=other
+    )
+    # then this key finds neither it nor its PDF, and the counter id is no URL at all
+    assert api.get(f"/api/v1/documents/{document.public_id}").status_code == 404
+    assert api.get(f"/api/v1/documents/{document.public_id}/pdf").status_code == 404
+    assert api.get(f"/api/v1/documents/{document.pk}/pdf").status_code == 404

@@ -211,3 +211,55 @@ def test_an_sms_delivery_shows_its_segments(api, letter, customer, sync_tasks):
     assert sms["channel"] == "sms"
     assert sms["meta"]["segments"] == 1
     assert sms["meta"]["encoding"] == "GSM-7"
+
+
+def key_client(name: str, *scopes: str, source_systems: list[str] | None = None) -> APIClient:
+    grant = {"source_systems": source_systems} if source_systems else {}
+    issued = api_key_create(name=name, scopes=list(scopes), **grant)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    return client
+
+
+ALL_READ_WRITE = ("communications:read", "communications:write", "documents:read")
+
+
+def test_an_integrator_sees_only_its_own_communications_and_documents(letter, customer, sync_tasks):
+    # given core banking requested a letter, which was composed and archived as a PDF
+    owner = key_client("core-banking-2", *ALL_READ_WRITE)
+    created = sync_tasks(
+        owner.post,
+        "/api/v1/communications",
+        {"template": "letter", "customer": "C-1", "data": DATA},
+        format="json",
+    ).json()
+    url = f"/api/v1/communications/{created['id']}"
+    pdf = owner.get(url).json()["documents"][0]["pdf_url"].removeprefix("http://testserver")
+    assert owner.get(pdf).status_code == 200
+    # when another integrator, holding every scope, reads, lists, cancels and downloads
+    other = key_client("billing", *ALL_READ_WRITE)
+    # then each is a 404, and nothing changed
+    assert other.get(url).status_code == 404
+    assert other.get("/api/v1/communications").json()["results"] == []
+    assert other.post(f"{url}/cancel", {"reason": "x"}, format="json").status_code == 404
+    assert other.get(pdf).status_code == 404
+    communication = Communication.objects.get()
+    assert communication.state != "cancelled"
+    # and the counter ids of the database are no URLs at all
+    assert str(communication.pk) != created["id"]
+    assert owner.get(f"/api/v1/communications/{communication.pk}").status_code == 404
+    assert other.get(f"/api/v1/documents/{communication.document_id}/pdf").status_code == 404
+
+
+def test_a_key_granted_a_source_system_sees_its_communications(letter, customer):
+    owner = key_client("core-banking-3", *ALL_READ_WRITE)
+    created = owner.post(
+        "/api/v1/communications",
+        {"template": "letter", "customer": "C-1", "data": DATA},
+        format="json",
+    ).json()
+    crm = key_client("crm", "communications:read", source_systems=["default"])
+    elsewhere = key_client("claims", "communications:read", source_systems=["claims"])
+    assert crm.get(f"/api/v1/communications/{created['id']}").status_code == 200
+    assert [c["id"] for c in crm.get("/api/v1/communications").json()["results"]] == [created["id"]]
+    assert elsewhere.get(f"/api/v1/communications/{created['id']}").status_code == 404

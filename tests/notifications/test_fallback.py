@@ -199,6 +199,7 @@ def test_email_hard_bounce_then_sms_delivered_end_to_end(
 ):
     # given the real SMS backend talking to a loopback Twilio, and Postmark's webhook secret
     settings.ANYMAIL = {**settings.ANYMAIL, "WEBHOOK_SECRET": WEBHOOK_SECRET}
+    settings.CCM_TRACKING_ESPS = ["postmark"]
     settings.CCM_CHANNEL_BACKENDS = {
         **settings.CCM_CHANNEL_BACKENDS,
         "sms": "notifications.channels.sms.SmsBackend",

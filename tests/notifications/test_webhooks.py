@@ -104,7 +104,7 @@ def test_events_reach_the_receiver_signed_as_a_communication_is_sent_and_deliver
     )
     comm_id = accepted.json()["id"]
     # and the ESP reports the delivery, applied by tracking
-    delivery = Delivery.objects.get(communication_id=comm_id)
+    delivery = Delivery.objects.get(communication__public_id=comm_id)
     event = DeliveryEvent.objects.create(
         delivery=delivery,
         provider="postmark",
@@ -466,6 +466,8 @@ def test_bulk_path_reports_every_communication_with_one_insert_per_chunk(
         )
 
     # then every communication was reported, signed
+    public = dict(Communication.objects.values_list("pk", "public_id"))
+    ids = [str(public[pk]) for pk in ids]
     got = sorted((r.json["data"]["communication_id"], r.type) for r in receiver.received)
     expected = sorted(
         [(pk, "composed") for pk in ids]
@@ -474,7 +476,7 @@ def test_bulk_path_reports_every_communication_with_one_insert_per_chunk(
     )
     assert got == expected
     assert all(r.verified for r in receiver.received)
-    assert Communication.objects.get(pk=ids[5]).state == "undeliverable"
+    assert Communication.objects.get(public_id=ids[5]).state == "undeliverable"
     # with one INSERT of outbox rows for the composed chunk and one for the dispatched one
     inserts = [
         q for q in queries if q["sql"].startswith('INSERT INTO "notifications_webhookdelivery"')

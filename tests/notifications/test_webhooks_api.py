@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create, api_key_revoke
 from ccm.models import AuditEvent
-from notifications import services, webhooks
+from notifications import services, webhook_send, webhooks
 from notifications.models import WebhookDelivery, WebhookSubscription
 from tests.notifications.webhook_receiver import WebhookReceiver
 
@@ -117,6 +117,8 @@ def test_scopes_are_required(db):
         ({"url": "http://127.0.0.1:9/", "events": []}, "events", "empty"),
         ({"url": "http://user:pw@127.0.0.1:9/"}, "url", "credentials"),
         ({"url": "http://127.0.0.1:9/#x"}, "url", "fragment"),
+        ({"url": "http://["}, "url", "malformed"),
+        ({"url": "https://[::1/hook"}, "url", "malformed"),
         ({}, "url", "required"),
     ],
 )
@@ -155,6 +157,13 @@ def test_a_host_that_does_not_resolve_is_refused(api, monkeypatch):
         ("https://169.254.169.254/latest/meta-data", "169.254.169.254"),
         ("https://[::1]/hook", "::1"),
         ("https://[::ffff:127.0.0.1]/hook", "private"),
+        # IPv4 wrapped in IPv6: compatible, NAT64 (loopback, cloud metadata), 6to4, Teredo
+        ("https://[::7f00:1]/hook", "private"),
+        ("https://[64:ff9b::7f00:1]/hook", "private"),
+        ("https://[64:ff9b::a9fe:a9fe]/latest/meta-data", "private"),
+        ("https://[64:ff9b:1::a00:1]/hook", "private"),
+        ("https://[2002:7f00:1::]/hook", "private"),
+        ("https://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hook", "private"),
         ("https://localhost/hook", "private"),
     ],
 )
@@ -417,3 +426,23 @@ def test_an_https_receiver_with_an_untrusted_certificate_gets_nothing(
     assert row.state == "pending"
     assert "CERTIFICATE_VERIFY_FAILED" in row.last_error
     assert receiver.received == []
+
+
+def test_a_name_that_now_resolves_to_a_wrapped_internal_address_is_not_contacted(
+    settings, monkeypatch
+):
+    # given a name checked while it resolved to a public address
+    settings.CCM_WEBHOOK_ALLOW_PRIVATE = False
+    answers = {"hooks.example": "2606:4700::1111"}
+
+    def resolve(host, port, *args, **kwargs):
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", (answers[host], port, 0, 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    assert webhooks.webhook_url_check("https://hooks.example/h") == "https://hooks.example/h"
+    # when it resolves to loopback behind the NAT64 prefix at send time
+    answers["hooks.example"] = "64:ff9b::7f00:1"
+    answer = webhook_send.post("https://hooks.example/h", b"{}", {})
+    # then nothing is contacted and the attempt says why
+    assert answer.status is None
+    assert "64:ff9b::7f00:1, a private, loopback or reserved address" in answer.error
