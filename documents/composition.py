@@ -83,6 +83,9 @@ _XML_COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
 _SCRIPT_RE = re.compile(r"<script\b[^>]*/>|<script\b.*?</script>", re.DOTALL)
 _LINE_BREAKS_RE = re.compile(r"\s*[\r\n\v\f\x85\u2028\u2029]+\s*")
 _PAGE_VALUE_RE = re.compile(r"^[A-Za-z0-9 .\-]+$")
+# Page sizes a printer and a PDF viewer can handle: PDF itself stops at 200 in (5,080 mm).
+PAGE_MIN_MM = 10.0
+PAGE_MAX_MM = 5080.0
 
 
 @dataclass(frozen=True)
@@ -491,6 +494,13 @@ def _guard_filter(name: str, func: Callable) -> Callable:
     return guarded
 
 
+def _bounded_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    # Placeholder text for drafts; lipsum(n=10**9) would never end.
+    _refuse_arg(n, "lipsum() paragraphs")
+    _refuse_arg(max, "lipsum() words")
+    return jinja2.utils.generate_lorem_ipsum(n=n, html=html, min=min, max=max)
+
+
 _STR_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
 
 
@@ -533,8 +543,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any) -> None:
         # The optimizer evaluates constant expressions while compiling, outside any budget.
         super().__init__(optimized=False, **options)
-        # Lorem ipsum has no place in a regulated letter, and lipsum(n=10**9) never ends.
-        self.globals.pop("lipsum", None)
+        self.globals["lipsum"] = _bounded_lipsum
 
     def guard_filters(self) -> None:
         for name, func in list(self.filters.items()):
@@ -813,6 +822,23 @@ class Composer:
         if not body:
             raise TemplateError("push.body: the message is empty")
         return PushOutput(title=title, body=body)
+
+
+def compose_text_channels(composer: Composer, data: Mapping, channels: Iterable[str]) -> dict:
+    """What email, SMS and push carry for `data`, in the shape stored on a communication.
+    Unbounded: callers go through documents.rendering.compose_text, which runs this in the
+    render worker."""
+    rendered: dict[str, Any] = {}
+    if "email" in channels:
+        email = composer.email(data)
+        rendered["email"] = {"subject": email.subject, "html": email.html, "text": email.text}
+    if "sms" in channels:
+        sms = composer.sms(data)
+        rendered["sms"] = {"text": sms.text, "segments": sms.segments, "encoding": sms.encoding}
+    if "push" in channels:
+        push = composer.push(data)
+        rendered["push"] = {"title": push.title, "body": push.body}
+    return rendered
 
 
 @dataclass(frozen=True)

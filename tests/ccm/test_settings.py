@@ -7,15 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_KEY = "k" * 20 + "-random-production-secret-" + "z" * 20
+AUDIT_KEY = "a" * 16 + "-random-audit-signing-key-" + "b" * 16
 
 
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
     base = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"SECRET_KEY", "ALLOWED_HOSTS", "DEBUG", "ANYMAIL_WEBHOOK_SECRET"}
+        if k
+        not in {
+            "SECRET_KEY",
+            "ALLOWED_HOSTS",
+            "DEBUG",
+            "ANYMAIL_WEBHOOK_SECRET",
+            "AUDIT_SIGNING_KEY",
+        }
     }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -61,6 +71,7 @@ def test_check_deploy_passes_in_production_settings():
         SECRET_KEY=GOOD_KEY,
         ALLOWED_HOSTS="ccm.example.org",
         ANYMAIL_WEBHOOK_SECRET="esp:long-random-webhook-secret",
+        AUDIT_SIGNING_KEY=AUDIT_KEY,
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "no issues" in result.stdout
@@ -73,6 +84,7 @@ def test_seed_demo_refuses_production():
         SECRET_KEY=GOOD_KEY,
         ALLOWED_HOSTS="ccm.example.org",
         ANYMAIL_WEBHOOK_SECRET="esp:long-random-webhook-secret",
+        AUDIT_SIGNING_KEY=AUDIT_KEY,
     )
     assert result.returncode != 0
     assert "never runs with DEBUG off" in result.stderr
@@ -82,3 +94,20 @@ def test_production_refuses_open_tracking_webhooks():
     result = _manage("check", DEBUG="false", SECRET_KEY=GOOD_KEY, ALLOWED_HOSTS="ccm.example.org")
     assert result.returncode != 0
     assert "ANYMAIL_WEBHOOK_SECRET" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "key", [None, "too-short", "dev-audit-signing-key-for-local-use-only-never-in-production"]
+)
+def test_production_refuses_to_start_without_an_audit_signing_key(key):
+    env = {"AUDIT_SIGNING_KEY": key} if key else {}
+    result = _manage(
+        "check",
+        DEBUG="false",
+        SECRET_KEY=GOOD_KEY,
+        ALLOWED_HOSTS="ccm.example.org",
+        ANYMAIL_WEBHOOK_SECRET="esp:long-random-webhook-secret",
+        **env,
+    )
+    assert result.returncode != 0
+    assert "AUDIT_SIGNING_KEY must be set to a random value" in result.stderr
