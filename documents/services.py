@@ -352,6 +352,7 @@ def _import_one(path: Path, *, by) -> ImportResult:
     meta = bundle.meta
     if meta["code"] != path.name:
         raise bundles.BundleInvalid(f"folder {path.name} holds template.json code {meta['code']!r}")
+    _check_samples_compose(bundle)
     template = Template.objects.filter(code=meta["code"]).first()
     created = template is None
     if template is None:
@@ -373,6 +374,28 @@ def _import_one(path: Path, *, by) -> ImportResult:
     return ImportResult(
         code=template.code, outcome="created" if created else "new_version", version=version.number
     )
+
+
+def _check_samples_compose(bundle: bundles.Bundle) -> None:
+    """Compose every sample through the email, SMS and push renditions, in every language,
+    under the composition limits: a template that cannot is refused at import with the
+    reason, rather than failing later in a preview, on the review page or in the pipeline."""
+    channels = sorted(TEXT_CHANNELS.intersection(bundle.meta.get("channels", [])))
+    if not channels:
+        return
+    samples = list(bundle.samples.items())
+    for language in bundle.meta.get("languages") or ["en"]:
+        results = compose_text(
+            sources=bundles.sources(bundle, language),
+            locale=bundles.locale_for(language),
+            items=[(data_snapshot(data), channels) for _, data in samples],
+            limits=compose_limits(),
+        )
+        for (name, _), result in zip(samples, results, strict=True):
+            if isinstance(result, CompositionError):
+                raise bundles.BundleInvalid(
+                    f"samples/{name}.json ({language}) does not compose: {result.reason}"
+                )
 
 
 def templates_export(

@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
 from documents import services
+from documents.bundle import write_folder
 from tests.documents.factories import TemplateFactory, letter_bundle
 from tests.notifications.conftest import publish
 from tests.timing import within
@@ -93,3 +94,21 @@ def test_template_proof_exits_non_zero_with_the_reason(author, tmp_path):
         call_command("template_proof", "letter", "--out", str(tmp_path / "proof.pdf"))
     assert "composition exceeded 1 s" in str(excinfo.value)
     assert not (tmp_path / "proof.pdf").exists()
+
+
+def test_import_refuses_a_template_whose_sample_exceeds_the_limits(author, tmp_path):
+    # given a library with one template whose SMS never finishes
+    library = tmp_path / "library"
+    write_folder(_bundle(SLOW), library / "letter")
+    # when it is imported
+    with within(60), pytest.raises(CommandError) as excinfo:
+        call_command("templates_import", str(library), "--as", author.username)
+    # then the command fails, naming the sample and the limit, and nothing is created
+    assert "1 template folder(s) could not be imported" in str(excinfo.value)
+    (result,) = services.templates_import(folder=library, by=author)
+    assert result.outcome == "invalid"
+    assert result.reason == (
+        "samples/default.json (en) does not compose: "
+        "composition exceeded 1 s, the time limit for one rendition"
+    )
+    assert not services.Template.objects.exists()
