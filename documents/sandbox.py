@@ -234,6 +234,9 @@ def worker_main() -> None:
     os.dup2(2, 1)
     in_fd = 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # A job over its CPU cap gets SIGXCPU, whose default action would also write a core file.
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     from documents import rendering
 

@@ -3,6 +3,11 @@ under a time and a memory limit, and fails with the reason instead of holding a 
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -112,3 +117,15 @@ def test_import_refuses_a_template_whose_sample_exceeds_the_limits(author, tmp_p
         "composition exceeded 1 s, the time limit for one rendition"
     )
     assert not services.Template.objects.exists()
+
+
+def test_the_cpu_cap_stops_a_process_that_spins():
+    # The wall-clock limit normally ends a job first; the CPU cap is the worker's own backstop.
+    spin = "from documents.sandbox import _set_cpu_cap\n_set_cpu_cap(0)\nwhile True:\n    pass\n"
+    result = subprocess.run(
+        [sys.executable, "-c", spin],
+        cwd=Path(__file__).resolve().parents[2],
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == -signal.SIGXCPU
