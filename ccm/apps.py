@@ -23,6 +23,14 @@ class CcmConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.conf import settings
+
         from ccm.api import schema  # noqa: F401 - registers the OpenAPI extension
+        from ccm.tasks import register_schedule
 
         post_migrate.connect(_after_migrate, dispatch_uid="ccm.after_migrate")
+        register_schedule(
+            "ccm.audit_checkpoint",
+            "ccm.audit_checkpoints.audit_checkpoint_task",
+            settings.AUDIT_CHECKPOINT_MINUTES,
+        )

@@ -234,3 +234,23 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client} {self.key} ({self.state})"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement of the audit chain's head at one moment: "`count` events, the last
+    one `head_id` with hash `head_hash`". The HMAC is keyed with AUDIT_SIGNING_KEY, which the
+    database never holds, so rows deleted or rewritten after a checkpoint cannot be hidden by
+    recomputing hashes. Written by ccm.audit_checkpoints; append-only like the chain."""
+
+    created_at = models.DateTimeField()
+    count = models.PositiveBigIntegerField()
+    head_id = models.BigIntegerField(null=True, blank=True)
+    head_hash = models.CharField(max_length=64)
+    key_id = models.CharField(max_length=32)
+    signature = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"checkpoint #{self.pk}: {self.count} events up to #{self.head_id}"

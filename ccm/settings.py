@@ -149,6 +149,18 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
 
+# Audit checkpoints (ccm/audit_checkpoints.py) are HMAC-signed with a key the database never
+# holds, so a truncated or rewritten chain cannot be re-signed. Rotate: put the new key in
+# AUDIT_SIGNING_KEY and move the old one to AUDIT_SIGNING_KEYS_OLD (comma-separated) so the
+# checkpoints it signed still verify.
+_DEV_AUDIT_KEY = "dev-audit-signing-key-for-local-use-only-never-in-production"
+AUDIT_SIGNING_KEY = env.str("AUDIT_SIGNING_KEY", default=_DEV_AUDIT_KEY if DEBUG else "")
+AUDIT_SIGNING_KEYS_OLD = env.list("AUDIT_SIGNING_KEYS_OLD", default=[])
+# How often the queue signs a checkpoint, and where each one is appended as a JSON line for the
+# auditor (empty: the log line only).
+AUDIT_CHECKPOINT_MINUTES = env.int("AUDIT_CHECKPOINT_MINUTES", default=10)
+AUDIT_CHECKPOINT_EXPORT = env.str("AUDIT_CHECKPOINT_EXPORT", default="")
+
 # --- email ------------------------------------------------------------------------------
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="CCM <no-reply@ccm.localhost>")
@@ -284,6 +296,10 @@ CCM_PUBLIC_BASE_URL = env.str("CCM_PUBLIC_BASE_URL", default="http://127.0.0.1:8
 CCM_LOCALES = {"en": "en_GB", "de": "de_DE", "fr": "fr_FR", "nl": "nl_NL", "es": "es_ES"}
 CCM_RENDER_TIMEOUT_S = env.float("CCM_RENDER_TIMEOUT_S", default=60.0)
 CCM_RENDER_MEMORY_MB = env.int("CCM_RENDER_MEMORY_MB", default=1536)
+# Limits of one email/SMS/push rendition (previews, proofs, the review page, the pipeline),
+# composed in the same render worker; the memory is a budget on top of what the worker holds.
+CCM_COMPOSE_TIMEOUT_S = env.float("CCM_COMPOSE_TIMEOUT_S", default=10.0)
+CCM_COMPOSE_MEMORY_MB = env.int("CCM_COMPOSE_MEMORY_MB", default=256)
 CCM_SWEEP_AFTER_SECONDS = env.int("CCM_SWEEP_AFTER_SECONDS", default=300)
 CCM_DEFAULT_PHONE_REGION = env.str("CCM_DEFAULT_PHONE_REGION", default="GB")
 # Channels with a working backend; selection only considers these.
@@ -419,3 +435,12 @@ LOGGING = {
         "fontTools": {"level": "WARNING"},
     },
 }
+
+# Checked last, so that the other production checks above report first.
+if not DEBUG and (
+    not AUDIT_SIGNING_KEY or AUDIT_SIGNING_KEY == _DEV_AUDIT_KEY or len(AUDIT_SIGNING_KEY) < 32
+):
+    raise ImproperlyConfigured(
+        "AUDIT_SIGNING_KEY must be set to a random value of at least 32 characters when DEBUG is "
+        "off: without it a truncated audit chain cannot be told from a complete one."
+    )

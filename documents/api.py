@@ -14,9 +14,10 @@ from rest_framework.response import Response
 from ccm.api.auth import visible_to_caller
 from ccm.api.errors import ApiProblem, Unprocessable
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
+from ccm.models import ApiKey
 from documents import selectors, services
 from documents.composition import CompositionError, DataInvalid
-from documents.models import Document, Template
+from documents.models import Document, Template, TemplateVersion, VersionState
 
 
 class VersionSerializer(serializers.Serializer):
@@ -105,6 +106,34 @@ def composition_problem(exc: CompositionError) -> ApiProblem:
     return Unprocessable(exc.reason, code="composition_failed", errors=errors)
 
 
+# Who may see a version before it is published: its authors and the reviewers who sign it off.
+DRAFT_PREVIEW_PERMISSIONS = ("documents.add_templateversion", "ccm.decide_approval")
+
+
+def check_preview_allowed(request, version: TemplateVersion) -> None:
+    """Published versions are for every caller with templates:read; anything else is work in
+    progress, shown only to a staff session of a template author or compliance reviewer."""
+    if version.state == VersionState.PUBLISHED:
+        return
+    what = f"Version {version.number} is {version.state}, not published"
+    if isinstance(request.auth, ApiKey):
+        raise ApiProblem(
+            status_code=403,
+            title="Forbidden",
+            detail=f"{what}: API keys preview published versions only. Previewing it needs a "
+            "staff session of a template author or compliance reviewer.",
+            code="unpublished_version",
+        )
+    user = request.user
+    if not (user.is_staff and any(user.has_perm(p) for p in DRAFT_PREVIEW_PERMISSIONS)):
+        raise ApiProblem(
+            status_code=403,
+            title="Forbidden",
+            detail=f"{what}: only template authors and compliance reviewers preview it.",
+            code="unpublished_version",
+        )
+
+
 class TemplatePreviewView(CcmAPIView):
     required_scopes = ("templates:read",)
 
@@ -112,7 +141,14 @@ class TemplatePreviewView(CcmAPIView):
         request=PreviewRequestSerializer,
         responses={
             200: OpenApiResponse(description="Channel outputs (JSON) or the PDF"),
-            422: OpenApiResponse(description="Data does not match the template's schema"),
+            403: OpenApiResponse(
+                description="An unpublished version, asked for by an API key or a session "
+                "without the template author or compliance reviewer role"
+            ),
+            422: OpenApiResponse(
+                description="Data does not match the template's schema, or composition failed "
+                "(including exceeding its time or memory limit)"
+            ),
         },
         summary="Render a template's channels from data, archiving nothing",
     )
@@ -127,6 +163,7 @@ class TemplatePreviewView(CcmAPIView):
                 "This template has no published version; name one with `version`.",
                 code="no_published_version",
             )
+        check_preview_allowed(request, version)
         channels = ["print"] if params["format"] == "pdf" else params.get("channels")
         try:
             preview = services.template_preview(

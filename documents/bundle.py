@@ -33,8 +33,11 @@ key, which imports back unchanged.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ from typing import Any
 import jsonschema
 from django.conf import settings
 
-from documents.composition import PageSpec, Sources
+from documents.composition import PAGE_MAX_MM, PAGE_MIN_MM, PageSpec, Sources
 
 RENDITIONS = {
     "print": ["print.html", "print.css"],
@@ -126,6 +129,63 @@ class BundleInvalid(ValueError):
     """The bundle cannot become a template version; the message lists what to fix."""
 
 
+_MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "q": 0.25, "in": 25.4, "pt": 25.4 / 72, "pc": 25.4 / 6}
+_MM_PER_UNIT["px"] = 25.4 / 96
+_LENGTH_RE = re.compile(r"^(-?\d+(?:\.\d+)?)([a-z]+)$")
+
+
+def _lengths_mm(value: str) -> list[tuple[str, float]]:
+    """The absolute lengths in a CSS value ("210mm 297mm", "20mm 18mm"), in millimetres."""
+    out = []
+    for token in value.lower().split():
+        match = _LENGTH_RE.match(token)
+        if match and match.group(2) in _MM_PER_UNIT:
+            out.append((token, float(match.group(1)) * _MM_PER_UNIT[match.group(2)]))
+    return out
+
+
+def page_problems(page: Any) -> list[str]:
+    """What is wrong with template.json's page size and margins, in words an author can act on."""
+    if not isinstance(page, dict):
+        return []
+    problems = []
+    for token, mm in _lengths_mm(str(page.get("size", ""))):
+        if not PAGE_MIN_MM <= mm <= PAGE_MAX_MM:
+            problems.append(
+                f"template.json page.size: {token} is not a page size; a side must measure "
+                f"between {PAGE_MIN_MM:g} mm and {PAGE_MAX_MM:g} mm (A4 is 210mm 297mm)"
+            )
+    for token, mm in _lengths_mm(str(page.get("margin", ""))):
+        if not 0 <= mm <= PAGE_MAX_MM / 4:
+            problems.append(
+                f"template.json page.margin: {token} leaves no room for the letter; margins "
+                f"must be between 0 and {PAGE_MAX_MM / 4:g} mm"
+            )
+    return problems
+
+
+def refuse_links(path: Path, *, root: Path) -> None:
+    """Refuse a symbolic link at `path`, below it or between `root` and it, and anything that
+    resolves outside `root`: a library is read as it is in git, never through a link to
+    somewhere else on the machine."""
+    real_root = root.resolve()
+    candidates = [path]
+    with contextlib.suppress(ValueError):
+        rel = path.relative_to(root)
+        candidates += [root / Path(*rel.parts[:i]) for i in range(1, len(rel.parts))]
+    if path.is_dir() and not path.is_symlink():
+        for current, dirs, files in os.walk(path):
+            candidates += [Path(current) / name for name in dirs + files]
+    for candidate in candidates:
+        if candidate.is_symlink():
+            raise BundleInvalid(
+                f"{candidate} is a symbolic link; a template library may not contain links "
+                "(copy the file or folder in instead)"
+            )
+        if not candidate.resolve().is_relative_to(real_root):
+            raise BundleInvalid(f"{candidate} resolves outside the library {root}")
+
+
 @dataclass(frozen=True)
 class Bundle:
     meta: dict
@@ -188,6 +248,7 @@ def validate(bundle: Bundle) -> None:
             for error in validator.iter_errors(sample):
                 where = ".".join(str(p) for p in error.absolute_path) or "(root)"
                 problems.append(f"samples/{name}.json {where}: {error.message}")
+    problems += page_problems(bundle.meta.get("page"))
     if not bundle.samples:
         problems.append("add at least one sample data set (samples/default.json)")
     size = sum(len(v.encode()) for v in bundle.files.values()) + sum(
@@ -209,6 +270,7 @@ def read_folder(folder: Path, *, shared_root: Path | None = None) -> Bundle:
         except (OSError, json.JSONDecodeError) as exc:
             raise BundleInvalid(f"{path.name}: {exc}") from exc
 
+    refuse_links(folder, root=folder.parent)
     if not (folder / "template.json").is_file():
         raise BundleInvalid(f"{folder}: no template.json")
     meta = load_json(folder / "template.json")
@@ -220,6 +282,9 @@ def read_folder(folder: Path, *, shared_root: Path | None = None) -> Bundle:
         shared = meta.pop("shared")
         _check_shared(shared)
         root = folder.parent / SHARED_FOLDER if shared_root is None else shared_root
+        for name in shared:
+            # The default _shared folder is part of the library; a named shared root is one.
+            refuse_links(root / name, root=folder.parent if shared_root is None else root)
         files, assets = _merge_shared(files, assets, names=shared, root=root)
     return Bundle(meta=meta, schema=schema, samples=samples, files=files, assets=assets)
 

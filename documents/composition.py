@@ -8,13 +8,14 @@ Jinja's sandbox with strict undefined variables and size caps.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date as date_type
 from datetime import datetime as datetime_type
@@ -30,6 +31,9 @@ import jinja2
 import jsonschema
 import pygal
 import pygal.style
+from jinja2 import nodes
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markupsafe import Markup, escape
 
@@ -41,6 +45,13 @@ SMS_MAX_SEGMENTS = 6
 PUSH_TITLE_MAX = 65
 PUSH_BODY_MAX = 240
 COMPOSER_CACHE_SIZE = 64
+# What the sandbox itself refuses, so that a size or iteration trick fails at once with a reason
+# (the render worker's OS limits catch whatever slips past these; see documents/sandbox.py).
+VALUE_MAX_CHARS = OUTPUT_MAX_CHARS  # any one string a template builds
+VALUE_MAX_ITEMS = 1_000_000  # any one list or tuple a template builds
+INT_MAX_BITS = 4096  # about 1,233 decimal digits: far beyond any amount, far below a bomb
+LOOP_MAX_ITERATIONS = 1_000_000  # all {% for %} iterations of one rendition, together
+FORMAT_ARG_MAX = 1_000  # widths, precisions, decimals and indents a template may ask for
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -72,6 +83,9 @@ _XML_COMMENT_RE = re.compile(r"<!--.*?-->", re.DOTALL)
 _SCRIPT_RE = re.compile(r"<script\b[^>]*/>|<script\b.*?</script>", re.DOTALL)
 _LINE_BREAKS_RE = re.compile(r"\s*[\r\n\v\f\x85\u2028\u2029]+\s*")
 _PAGE_VALUE_RE = re.compile(r"^[A-Za-z0-9 .\-]+$")
+# Page sizes a printer and a PDF viewer can handle: PDF itself stops at 200 in (5,080 mm).
+PAGE_MIN_MM = 10.0
+PAGE_MAX_MM = 5080.0
 
 
 @dataclass(frozen=True)
@@ -367,24 +381,243 @@ class _PartialsLoader(jinja2.BaseLoader):
         return source, template, lambda: True
 
 
+class _LoopBudget:
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = LOOP_MAX_ITERATIONS
+
+
+# One budget per rendition run (set in Composer._run); templates render in the thread that asks.
+_loop_budget: contextvars.ContextVar[_LoopBudget] = contextvars.ContextVar("ccm_loop_budget")
+
+
+def _refuse_size(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > VALUE_MAX_CHARS:
+        raise SecurityError(
+            f"a value of {len(value)} characters; at most {VALUE_MAX_CHARS} allowed"
+        )
+    if isinstance(value, list | tuple) and len(value) > VALUE_MAX_ITEMS:
+        raise SecurityError(f"a list of {len(value)} items; at most {VALUE_MAX_ITEMS} allowed")
+    return value
+
+
+def _refuse_chars(total: int, what: str) -> None:
+    if total > VALUE_MAX_CHARS:
+        raise SecurityError(
+            f"{what} would be {total} characters; at most {VALUE_MAX_CHARS} allowed"
+        )
+
+
+def _refuse_arg(value: Any, what: str) -> None:
+    if isinstance(value, int) and value > FORMAT_ARG_MAX:
+        raise SecurityError(f"{what} {value} is larger than the {FORMAT_ARG_MAX} allowed")
+
+
+def _refuse_int(bits: int, operator: str) -> None:
+    if bits > INT_MAX_BITS:
+        digits = int(bits * 0.30103)
+        raise SecurityError(
+            f"{operator} would give a number of about {digits} digits; templates allow numbers "
+            f"of at most {INT_MAX_BITS} bits (about {int(INT_MAX_BITS * 0.30103)} digits)"
+        )
+
+
+_PRINTF_SPEC_RE = re.compile(r"%(?:\([^)]*\))?[#0 +\-]*(\*|\d+)?(?:\.(\*|\d+))?")
+
+
+def _refuse_printf(template: str, args: Any) -> None:
+    """`'%0100000000d' % 1` allocates before any result check could see it."""
+    star_args = args if isinstance(args, tuple) else (args,)
+    for match in _PRINTF_SPEC_RE.finditer(template):
+        for spec in match.groups():
+            if spec == "*":
+                for arg in star_args:
+                    _refuse_arg(arg, "a format width")
+            elif spec:
+                _refuse_arg(int(spec), "a format width")
+
+
+def _joined_size(items: list, separator: str) -> int:
+    return sum(len(x) for x in items if isinstance(x, str)) + len(separator) * max(
+        len(items) - 1, 0
+    )
+
+
+def _replaced_size(text: str, old: str, new: str, count: Any = None) -> int:
+    hits = len(text) + 1 if old == "" else text.count(old)
+    if isinstance(count, int) and count >= 0:
+        hits = min(hits, count)
+    return len(text) + hits * (len(new) - len(old))
+
+
+def _guard_filter(name: str, func: Callable) -> Callable:
+    """The filter, refusing arguments that would build a huge value and results that did."""
+
+    @functools.wraps(func)  # keeps jinja_pass_arg, so Jinja passes the context it expects
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        # Pass-context filters take the context/environment first; the value comes after it.
+        rest = list(args[1:] if getattr(func, "jinja_pass_arg", None) else args)
+        value = rest[0] if rest else None
+        params = rest[1:]
+        if name == "center":
+            width = params[0] if params else kwargs.get("width", 80)
+            if isinstance(width, int):
+                _refuse_chars(width, "center()")
+        elif name == "indent" and isinstance(value, str):
+            width = params[0] if params else kwargs.get("width", 4)
+            per_line = width if isinstance(width, int) else len(str(width))
+            _refuse_chars(len(value) + per_line * (value.count("\n") + 1), "indent()")
+        elif name == "join" and value is not None and not isinstance(value, str):
+            items = list(value)
+            separator = params[0] if params else kwargs.get("d", "")
+            _refuse_chars(_joined_size(items, str(separator)), "join()")
+            args = (*args[: len(args) - len(rest)], items, *params)
+        elif name == "replace" and isinstance(value, str) and len(params) >= 2:
+            _refuse_chars(
+                _replaced_size(value, str(params[0]), str(params[1]), *params[2:3]), "replace()"
+            )
+        elif name == "format" and isinstance(value, str):
+            _refuse_printf(value, tuple(params) or kwargs)
+        elif name in ("slice", "batch") and params and isinstance(params[0], int):
+            if params[0] > VALUE_MAX_ITEMS:
+                raise SecurityError(f"{name}() into more than {VALUE_MAX_ITEMS} parts")
+        elif name == "tojson":
+            indent = params[0] if params else kwargs.get("indent")
+            _refuse_arg(indent if isinstance(indent, int) else len(indent or ""), "tojson() indent")
+        elif name in ("number", "percent"):
+            decimals = params[0] if params else kwargs.get("decimals")
+            if isinstance(decimals, int):
+                _refuse_arg(decimals, f"{name}() decimals")
+        return _refuse_size(func(*args, **kwargs))
+
+    return guarded
+
+
+def _bounded_lipsum(n: int = 5, html: bool = True, min: int = 20, max: int = 100) -> str:
+    # Placeholder text for drafts; lipsum(n=10**9) would never end.
+    _refuse_arg(n, "lipsum() paragraphs")
+    _refuse_arg(max, "lipsum() words")
+    return jinja2.utils.generate_lorem_ipsum(n=n, html=html, min=min, max=max)
+
+
+_STR_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
+
+
+class _CodeGenerator(CodeGenerator):
+    """Compiles every `{% for %}` through the iteration budget and every `~` through a size
+    check made before the pieces are joined."""
+
+    def visit_Template(self, node: nodes.Template, frame: Frame | None = None) -> None:
+        for loop in list(node.find_all(nodes.For)):
+            counted = nodes.Call(
+                nodes.EnvironmentAttribute("ccm_loop"), [loop.iter], [], None, None
+            )
+            counted.set_lineno(loop.lineno)
+            loop.iter = counted.set_environment(self.environment)
+        super().visit_Template(node, frame)
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        if frame.eval_ctx.volatile:
+            join = "(markup_join if context.eval_ctx.volatile else str_join)"
+        elif frame.eval_ctx.autoescape:
+            join = "markup_join"
+        else:
+            join = "str_join"
+        self.write(f"environment.ccm_concat({join}, (")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja's sandbox plus limits on what a template can build: numbers, strings and lists
+    past a size are refused before they are allocated, and loops share one iteration budget."""
+
+    code_generator_class = _CodeGenerator
     # Multiplying strings or raising to huge powers allocates before any output cap can see
     # it, so those operators are checked up front.
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, **options: Any) -> None:
+        # The optimizer evaluates constant expressions while compiling, outside any budget.
+        super().__init__(optimized=False, **options)
+        self.globals["lipsum"] = _bounded_lipsum
+
+    def guard_filters(self) -> None:
+        for name, func in list(self.filters.items()):
+            self.filters[name] = _guard_filter(name, func)
+
+    def ccm_loop(self, iterable: Iterable) -> Iterator:
+        budget = _loop_budget.get()
+        for item in iterable:
+            budget.left -= 1
+            if budget.left < 0:
+                raise SecurityError(
+                    f"loops ran more than {LOOP_MAX_ITERATIONS} iterations in one rendition"
+                )
+            yield item
+
+    def ccm_concat(self, join: Callable, parts: tuple) -> str:
+        _refuse_chars(sum(len(p) for p in parts if isinstance(p, str)), "joining with ~")
+        return _refuse_size(join(parts))
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any):
+        ints = isinstance(left, int) and isinstance(right, int)
         if operator == "**":
-            if isinstance(right, int) and abs(right) > 1024:
-                raise SecurityError("exponent too large")
+            if ints and right > 0 and abs(left) > 1:
+                _refuse_int(right * abs(left).bit_length(), "**")
             return left**right
+        if operator == "+":
+            if isinstance(left, str | list | tuple) and isinstance(right, str | list | tuple):
+                return _add_checked(left, right)
+            return left + right
+        if operator == "%":
+            if isinstance(left, str):
+                _refuse_printf(left, right)
+                return _refuse_size(left % right)
+            return left % right
+        if ints:
+            _refuse_int(abs(left).bit_length() + abs(right).bit_length(), "*")
+            return left * right
         for seq, times in ((left, right), (right, left)):
-            if (
-                isinstance(seq, str | list | tuple)
-                and isinstance(times, int)
-                and len(seq) * times > OUTPUT_MAX_CHARS
-            ):
-                raise SecurityError("repeated sequence would be too large")
+            if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                limit = VALUE_MAX_CHARS if isinstance(seq, str) else VALUE_MAX_ITEMS
+                if len(seq) * times > limit:
+                    raise SecurityError("repeated sequence would be too large")
         return left * right
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any):
+        if isinstance(__obj, LoopContext) and args:
+            # loop(children) in a recursive loop iterates too.
+            args = (__self.ccm_loop(args[0]), *args[1:])
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and args:
+            name = __obj.__name__
+            if name in _STR_WIDTH_METHODS:
+                if isinstance(args[0], int):
+                    _refuse_chars(args[0], f"{name}()")
+            elif name == "expandtabs" and isinstance(args[0], int):
+                _refuse_chars(len(owner) + args[0] * owner.count("\t"), "expandtabs()")
+            elif name == "join":
+                items = list(args[0])
+                _refuse_chars(_joined_size(items, owner), "join()")
+                args = (items,)
+            elif name == "replace" and len(args) >= 2:
+                _refuse_chars(
+                    _replaced_size(owner, str(args[0]), str(args[1]), *args[2:3]), "replace()"
+                )
+        return _refuse_size(super().call(__context, __obj, *args, **kwargs))
+
+
+def _add_checked(left: Any, right: Any) -> Any:
+    size = len(left) + len(right)
+    if isinstance(left, str):
+        _refuse_chars(size, "+")
+    elif size > VALUE_MAX_ITEMS:
+        raise SecurityError(f"+ would build a list of {size} items; at most {VALUE_MAX_ITEMS}")
+    return left + right
 
 
 def _one_line(text: str) -> str:
@@ -437,7 +670,7 @@ class Composer:
             | {f"static:{name}" for name in sources.static_sections}
         )
 
-    def _make_env(self, *, autoescape: bool) -> jinja2.Environment:
+    def _make_env(self, *, autoescape: bool) -> _Sandbox:
         env = _Sandbox(
             loader=_PartialsLoader(self.sources.partials),
             undefined=jinja2.StrictUndefined,
@@ -454,6 +687,7 @@ class Composer:
             datetime=fmt.datetime,
         )
         env.globals["chart"] = chart
+        env.guard_filters()
         return env
 
     @property
@@ -511,6 +745,7 @@ class Composer:
         template = self._template(name, source, autoescape=autoescape)
         chunks: list[str] = []
         size = 0
+        budget = _loop_budget.set(_LoopBudget())
         try:
             for chunk in template.generate(dict(data)):
                 size += len(chunk)
@@ -523,6 +758,8 @@ class Composer:
             raise
         except Exception as exc:
             raise self._template_error(name, exc) from exc
+        finally:
+            _loop_budget.reset(budget)
         return "".join(chunks)
 
     # -- outputs --------------------------------------------------------------------------
@@ -585,6 +822,23 @@ class Composer:
         if not body:
             raise TemplateError("push.body: the message is empty")
         return PushOutput(title=title, body=body)
+
+
+def compose_text_channels(composer: Composer, data: Mapping, channels: Iterable[str]) -> dict:
+    """What email, SMS and push carry for `data`, in the shape stored on a communication.
+    Unbounded: callers go through documents.rendering.compose_text, which runs this in the
+    render worker."""
+    rendered: dict[str, Any] = {}
+    if "email" in channels:
+        email = composer.email(data)
+        rendered["email"] = {"subject": email.subject, "html": email.html, "text": email.text}
+    if "sms" in channels:
+        sms = composer.sms(data)
+        rendered["sms"] = {"text": sms.text, "segments": sms.segments, "encoding": sms.encoding}
+    if "push" in channels:
+        push = composer.push(data)
+        rendered["push"] = {"title": push.title, "body": push.body}
+    return rendered
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,16 @@
-"""The render worker: PDF rendering under a wall-clock timeout and a memory cap.
+"""The render worker: every composition — PDF and text channels — under a wall-clock timeout,
+a CPU-time cap and a memory cap.
 
 One long-lived child process per calling process keeps its own warm caches (compiled templates,
 parsed CSS, fonts, static pages), so the per-document cost is one pipe round trip. The child
 caps its own address space with RLIMIT_AS; the parent kills it when a job overruns its time and
 starts a fresh one on the next job, so a hostile or broken document costs one worker, not the
 web or queue process.
+
+Text channels (email, SMS, push) go through the same worker: a job carries a batch of (data,
+channels) items and the worker answers one frame per item, so a chunk of the pipeline costs one
+round trip and each item still has its own time limit. Their memory cap is a budget on top of
+what the worker already holds (fonts and caches belong to PDF rendering, not to the message).
 
 Wire format, both ways: an 8-byte big-endian length, then the payload. Requests are pickles
 (the parent is trusted by the child). Replies are a JSON header plus raw PDF bytes, so the
@@ -29,7 +35,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,8 @@ from documents.composition import (
     FieldError,
     Sources,
     TemplateError,
+    compose_text_channels,
+    composer_for,
     sources_key,
 )
 from documents.rendering import Limits, RenderedPdf, RenderError, RenderLimitExceeded
@@ -50,6 +58,10 @@ STARTUP_TIMEOUT_S = 60.0
 WORKER_SOURCES_CACHE = 64
 FORWARDED_LOG_RECORDS = 50
 _EXIT_MEMORY = 3
+# A batch stops trying after this many items hit a limit: a template that needs more than the
+# limits for three messages in a row would only hold the queue for the rest.
+MAX_LIMIT_FAILURES_PER_BATCH = 3
+REPLY_EVERY_S = 0.05
 _ERRORS: dict[str, type[CompositionError]] = {
     cls.__name__: cls
     for cls in (CompositionError, DataInvalid, TemplateError, RenderError, RenderLimitExceeded)
@@ -124,12 +136,107 @@ def _set_memory_cap(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
+def _set_cpu_cap(seconds: float) -> None:
+    # RLIMIT_CPU counts the whole life of the process; the cap is this job's share on top.
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = int(usage.ru_utime + usage.ru_stime + seconds) + 2
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _lift_caps() -> None:
+    for limit in (resource.RLIMIT_AS, resource.RLIMIT_CPU):
+        _, hard = resource.getrlimit(limit)
+        resource.setrlimit(limit, (hard, hard))
+
+
+def _address_space_mb() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+
+
+def _error_header(exc: CompositionError) -> dict[str, Any]:
+    return {
+        "error": type(exc).__name__,
+        "reason": exc.reason,
+        "errors": [[e.field, e.message] for e in exc.errors],
+    }
+
+
+class _Replies:
+    """Results of a text job, sent in groups: by a flusher thread every REPLY_EVERY_S while
+    items run, so that when the parent stops hearing from the worker, every item before the
+    one that hangs has been reported and the time limit is blamed on the right message."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()
+        self.done: list[dict[str, Any]] = []
+        self.finished = threading.Event()
+
+    def add(self, header: dict[str, Any]) -> None:
+        with self.lock:
+            self.done.append(header)
+
+    def flush(self) -> None:
+        with self.lock:
+            if self.done:
+                _reply(self.fd, {"results": self.done})
+                self.done = []
+
+    def flush_periodically(self) -> None:
+        while not self.finished.wait(REPLY_EVERY_S):
+            self.flush()
+
+
+def _compose_text_job(out_fd: int, job: dict, sources: Sources) -> None:
+    composer = composer_for(sources, locale=job["locale"])
+    _set_memory_cap(_address_space_mb() + job["memory_mb"])
+    # Each item has the time limit (the parent times the replies); CPU time is a backstop
+    # for the whole batch.
+    _set_cpu_cap(job["cpu_s"] * len(job["items"]))
+    replies = _Replies(out_fd)
+    flusher = None
+    if len(job["items"]) > 1:
+        flusher = threading.Thread(target=replies.flush_periodically, daemon=True)
+        flusher.start()
+    try:
+        for data, channels in job["items"]:
+            try:
+                header: dict[str, Any] = {
+                    "rendered": compose_text_channels(composer, data, channels)
+                }
+            except MemoryError:
+                # Pure Python ran out: the allocation failed before anything was half built,
+                # so the worker carries on with the next item.
+                header = {"error": "RenderLimitExceeded", "memory": True}
+            except CompositionError as exc:
+                header = _error_header(exc)
+            except Exception as exc:
+                header = {"error": "TemplateError", "reason": f"{type(exc).__name__}: {exc}"}
+            replies.add(header)
+    finally:
+        replies.finished.set()
+        if flusher is not None:
+            flusher.join()
+        replies.flush()
+
+
 def worker_main() -> None:
     # The protocol owns the original stdout; anything a library prints goes to stderr instead.
     out_fd = os.dup(1)
     os.dup2(2, 1)
     in_fd = 0
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # A job over its CPU cap gets SIGXCPU, whose default action would also write a core file.
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     from documents import rendering
 
@@ -162,7 +269,14 @@ def worker_main() -> None:
             _reply(out_fd, {"need_sources": True})
             continue
         stored.move_to_end(job["key"])
+        if job.get("kind") == "text":
+            try:
+                _compose_text_job(out_fd, job, sources)
+            finally:
+                _lift_caps()
+            continue
         _set_memory_cap(job["memory_mb"])
+        _set_cpu_cap(job["cpu_s"])
         try:
             pdf = rendering.render_pdf_inprocess(
                 sources=sources, locale=job["locale"], data=job["data"], watermark=job["watermark"]
@@ -172,15 +286,10 @@ def worker_main() -> None:
             # suspect, and a fresh worker is cheap.
             stored.clear()
             with contextlib.suppress(BaseException):
-                _reply(out_fd, {"error": "RenderLimitExceeded", "memory": True})
+                _reply(out_fd, {"error": "RenderLimitExceeded", "memory": True, "exit": True})
             os._exit(_EXIT_MEMORY)
         except CompositionError as exc:
-            header: dict[str, Any] = {
-                "error": type(exc).__name__,
-                "reason": exc.reason,
-                "errors": [[e.field, e.message] for e in exc.errors],
-            }
-            _reply(out_fd, {**header, "logs": collector.records})
+            _reply(out_fd, {**_error_header(exc), "logs": collector.records})
         except Exception as exc:
             reason = f"PDF rendering failed: {type(exc).__name__}: {exc}"
             _reply(out_fd, {"error": "RenderError", "reason": reason, "logs": collector.records})
@@ -189,8 +298,7 @@ def worker_main() -> None:
             _reply(out_fd, header, pdf.data)
         finally:
             # Caches built outside the job's budget must not count against the next job's.
-            _, hard = resource.getrlimit(resource.RLIMIT_AS)
-            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+            _lift_caps()
 
 
 # -- the parent -------------------------------------------------------------------------------
@@ -257,54 +365,88 @@ class RenderWorker:
                 self._kill(self.process)
             self.process = None
 
-    def run(self, job: dict[str, Any], *, limits: Limits) -> tuple[dict, bytes]:
+    def stream(
+        self, job: dict[str, Any], *, limits: Limits, until: int = 1
+    ) -> Iterator[tuple[dict, bytes]]:
+        """Send `job`, then yield its replies, each read within the time limit, until they
+        carry `until` results (a text job's reply carries several; a PDF job's, one).
+        A reply overdue or a worker dead raises RenderLimitExceeded (the worker is gone; the
+        next job starts a fresh one)."""
         process = self.ensure_started()
         key = job["key"]
+        text = job.get("kind") == "text"
         send_sources = key not in self.known_keys
         for _ in range(2):
             request = {**job, "sources": job["sources"] if send_sources else None}
             request["memory_mb"] = limits.memory_mb
-            deadline = time.monotonic() + limits.timeout_s
+            request["cpu_s"] = limits.timeout_s
             try:
                 message = pickle.dumps(request, protocol=5)
             except (pickle.PicklingError, TypeError, AttributeError) as exc:
                 raise RenderError(f"the data cannot be sent to the render worker: {exc}") from exc
-            try:
+            # A worker that died reports it through the read below.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 _write_frame(process.stdin.fileno(), message)  # type: ignore[union-attr]
-                payload = _read_frame(process.stdout.fileno(), deadline)  # type: ignore[union-attr]
-            except TimeoutError:
-                self._kill(process)
-                self.process = None
-                raise RenderLimitExceeded(
-                    f"rendering took longer than the {limits.timeout_s:g} s time limit"
-                ) from None
-            except (BrokenPipeError, ConnectionResetError):
-                payload = None
-            if payload is None:
-                self._kill(process)
-                self.process = None
-                raise self._death(process, limits)
-            header, body = _parse_reply(payload)
+            header, body = self._receive(process, limits, text=text)
             if header.get("need_sources"):
                 send_sources = True
                 continue
-            self.known_keys.add(key)
-            if header.get("memory"):
+            break
+        else:
+            raise RenderError("the render worker lost the template sources twice")
+        self.known_keys.add(key)
+        received = 0
+        while True:
+            if header.get("exit"):
                 self._kill(process)
                 self.process = None
-                raise RenderLimitExceeded(
-                    f"rendering needed more than the {limits.memory_mb} MB memory limit"
-                )
-            return header, body
-        raise RenderError("the render worker lost the template sources twice")
+            yield header, body
+            received += len(header["results"]) if text else 1
+            if received >= until:
+                return
+            header, body = self._receive(process, limits, text=text)
+
+    def run(self, job: dict[str, Any], *, limits: Limits) -> tuple[dict, bytes]:
+        return next(self.stream(job, limits=limits))
+
+    def _receive(
+        self, process: subprocess.Popen, limits: Limits, *, text: bool
+    ) -> tuple[dict, bytes]:
+        deadline = time.monotonic() + limits.timeout_s
+        try:
+            payload = _read_frame(process.stdout.fileno(), deadline)  # type: ignore[union-attr]
+        except TimeoutError:
+            self._kill(process)
+            self.process = None
+            raise RenderLimitExceeded(
+                f"composition exceeded {limits.timeout_s:g} s, the time limit for one rendition"
+                if text
+                else f"rendering took longer than the {limits.timeout_s:g} s time limit"
+            ) from None
+        except (BrokenPipeError, ConnectionResetError):
+            payload = None
+        if payload is None:
+            self._kill(process)
+            self.process = None
+            raise self._death(process, limits, text=text)
+        return _parse_reply(payload)
 
     @staticmethod
-    def _death(process: subprocess.Popen, limits: Limits) -> RenderError:
+    def _death(process: subprocess.Popen, limits: Limits, *, text: bool) -> RenderError:
         code = process.returncode
         if code is not None and code < 0:
             how = f"killed by {signal.Signals(-code).name}"
         else:
             how = f"exit status {code}"
+        if code == -signal.SIGXCPU:
+            return RenderLimitExceeded(
+                f"composition exceeded {limits.timeout_s:g} s of CPU time ({how})"
+            )
+        if text:
+            return RenderLimitExceeded(
+                f"composition exceeded {limits.memory_mb} MB, the memory limit for one rendition "
+                f"(the render worker died: {how})"
+            )
         # Under RLIMIT_AS, C libraries abort or crash when an allocation fails; a worker that
         # dies mid-job has almost always hit the memory cap.
         return RenderLimitExceeded(
@@ -357,11 +499,69 @@ def render(
         header, body = worker.run(job, limits=limits)
     for record in header.get("logs", []):
         logging.getLogger(record["name"]).log(record["level"], "%s", record["msg"])
+    if header.get("memory"):
+        raise RenderLimitExceeded(
+            f"rendering needed more than the {limits.memory_mb} MB memory limit"
+        )
     if "error" in header:
-        cls = _ERRORS.get(header["error"], RenderError)
-        errors = [FieldError(field=f, message=m) for f, m in header.get("errors", [])]
-        raise cls(header["reason"], errors=errors)
+        raise _error_from(header)
     return RenderedPdf(data=body, page_count=header["page_count"])
+
+
+def _error_from(header: dict) -> CompositionError:
+    cls = _ERRORS.get(header["error"], RenderError)
+    errors = [FieldError(field=f, message=m) for f, m in header.get("errors", [])]
+    return cls(header.get("reason", "composition failed"), errors=errors)
+
+
+def compose_text(
+    *,
+    sources: Sources,
+    locale: str,
+    items: Sequence[tuple[Mapping, Sequence[str]]],
+    limits: Limits,
+) -> list[dict | CompositionError]:
+    """Compose the text channels of every (data, channels) item in the worker; one result per
+    item, in order: the rendered channels, or the CompositionError saying why not."""
+    key = sources_key(sources, locale)
+    results: list[dict | CompositionError] = []
+    limit_failures, last_limit = 0, RenderLimitExceeded("")
+    worker = _current_worker()
+    while len(results) < len(items):
+        pending = items[len(results) :]
+        if limit_failures >= MAX_LIMIT_FAILURES_PER_BATCH:
+            reason = (
+                f"not composed: the template exceeded its limits for {limit_failures} earlier "
+                f"messages of this batch ({last_limit.reason})"
+            )
+            results += [RenderLimitExceeded(reason) for _ in pending]
+            break
+        job = {
+            "kind": "text",
+            "key": key,
+            "sources": sources,
+            "locale": locale,
+            "items": [(dict(data), list(channels)) for data, channels in pending],
+        }
+        with worker.lock:
+            try:
+                for header, _ in worker.stream(job, limits=limits, until=len(pending)):
+                    results += [_text_result(item, limits) for item in header["results"]]
+            except RenderLimitExceeded as exc:
+                # The worker is gone with the item it was on; the rest go to a fresh one.
+                results.append(exc)
+                limit_failures, last_limit = limit_failures + 1, exc
+    return results
+
+
+def _text_result(header: dict, limits: Limits) -> dict | CompositionError:
+    if header.get("memory"):
+        return RenderLimitExceeded(
+            f"composition exceeded {limits.memory_mb} MB, the memory limit for one rendition"
+        )
+    if "error" in header:
+        return _error_from(header)
+    return header["rendered"]
 
 
 def shutdown_workers() -> None:

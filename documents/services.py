@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,6 @@ from documents.composition import (
     DataInvalid,
     LruCache,
     Sources,
-    composer_for,
     validate_data,
 )
 from documents.models import (
@@ -39,12 +38,20 @@ from documents.models import (
     TemplateVersion,
     VersionState,
 )
-from documents.rendering import Limits, RenderedPdf, engine_info, render_pdf, stamp
+from documents.rendering import (
+    Limits,
+    RenderedPdf,
+    compose_text,
+    engine_info,
+    render_pdf,
+    stamp,
+)
 
 logger = logging.getLogger(__name__)
 
 APPROVAL_PURPOSE = "template_version.publish"
 PROOF_MARK = "PROOF"
+TEXT_CHANNELS = frozenset({"email", "sms", "push"})
 DUPLICATE_MARK = "DUPLICATE"
 
 
@@ -81,6 +88,33 @@ def version_sources(version: TemplateVersion, language: str) -> Sources:
 
 def render_limits() -> Limits:
     return Limits(timeout_s=settings.CCM_RENDER_TIMEOUT_S, memory_mb=settings.CCM_RENDER_MEMORY_MB)
+
+
+def compose_limits() -> Limits:
+    """The limits of one text rendition (email, SMS, push): tighter than a PDF's, since a
+    message is small and previews are composed while someone waits."""
+    return Limits(
+        timeout_s=settings.CCM_COMPOSE_TIMEOUT_S, memory_mb=settings.CCM_COMPOSE_MEMORY_MB
+    )
+
+
+def text_channels_compose(
+    *,
+    version: TemplateVersion,
+    language: str,
+    items: Sequence[tuple[Mapping, Sequence[str]]],
+) -> list[dict | CompositionError]:
+    """The email, SMS and push renditions of `version` for each (data, channels) item, composed
+    in the render worker under compose_limits(). One result per item: the rendered channels, or
+    the CompositionError saying why not."""
+    if not any(TEXT_CHANNELS.intersection(channels) for _, channels in items):
+        return [{} for _ in items]
+    return compose_text(
+        sources=version_sources(version, language),
+        locale=bundles.locale_for(language),
+        items=items,
+        limits=compose_limits(),
+    )
 
 
 def language_for(version: TemplateVersion, language: str | None) -> str:
@@ -318,6 +352,7 @@ def _import_one(path: Path, *, by) -> ImportResult:
     meta = bundle.meta
     if meta["code"] != path.name:
         raise bundles.BundleInvalid(f"folder {path.name} holds template.json code {meta['code']!r}")
+    _check_samples_compose(bundle)
     template = Template.objects.filter(code=meta["code"]).first()
     created = template is None
     if template is None:
@@ -339,6 +374,28 @@ def _import_one(path: Path, *, by) -> ImportResult:
     return ImportResult(
         code=template.code, outcome="created" if created else "new_version", version=version.number
     )
+
+
+def _check_samples_compose(bundle: bundles.Bundle) -> None:
+    """Compose every sample through the email, SMS and push renditions, in every language,
+    under the composition limits: a template that cannot is refused at import with the
+    reason, rather than failing later in a preview, on the review page or in the pipeline."""
+    channels = sorted(TEXT_CHANNELS.intersection(bundle.meta.get("channels", [])))
+    if not channels:
+        return
+    samples = list(bundle.samples.items())
+    for language in bundle.meta.get("languages") or ["en"]:
+        results = compose_text(
+            sources=bundles.sources(bundle, language),
+            locale=bundles.locale_for(language),
+            items=[(data_snapshot(data), channels) for _, data in samples],
+            limits=compose_limits(),
+        )
+        for (name, _), result in zip(samples, results, strict=True):
+            if isinstance(result, CompositionError):
+                raise bundles.BundleInvalid(
+                    f"samples/{name}.json ({language}) does not compose: {result.reason}"
+                )
 
 
 def templates_export(
@@ -530,24 +587,22 @@ def template_preview(
     validate_data(version.content.get("schema", {}), snapshot)
     available = version.meta.get("channels", [])
     wanted = [c for c in (channels or available) if c in available]
-    sources = version_sources(version, language)
-    composer = composer_for(sources, locale=locale)
     out: dict[str, Any] = {"pdf": None, "email": None, "sms": None, "push": None}
+    text_channels = [c for c in wanted if c != "print"]
+    if text_channels:
+        # Text first: it is quick, and a template that fails there fails before a PDF is made.
+        (rendered,) = text_channels_compose(
+            version=version, language=language, items=[(snapshot, text_channels)]
+        )
+        if isinstance(rendered, CompositionError):
+            raise rendered
+        out.update(rendered)
     if "print" in wanted:
         out["pdf"] = render_pdf(
-            sources=sources,
+            sources=version_sources(version, language),
             locale=locale,
             data=snapshot,
             watermark=None if version.state == VersionState.PUBLISHED else PROOF_MARK,
             limits=render_limits(),
         )
-    if "email" in wanted:
-        email = composer.email(snapshot)
-        out["email"] = {"subject": email.subject, "html": email.html, "text": email.text}
-    if "sms" in wanted:
-        sms = composer.sms(snapshot)
-        out["sms"] = {"text": sms.text, "segments": sms.segments, "encoding": sms.encoding}
-    if "push" in wanted:
-        push = composer.push(snapshot)
-        out["push"] = {"title": push.title, "body": push.body}
     return Preview(**out)

@@ -48,11 +48,9 @@ from ccm import audit
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
-from documents.bundle import locale_for
 from documents.composition import (
     CompositionError,
     DataInvalid,
-    composer_for,
     data_errors,
     schema_validator,
 )
@@ -83,7 +81,6 @@ from notifications.services import (
     delivery_message_id,
     enabled_channels,
     release_required,
-    render_text_channels,
 )
 
 logger = logging.getLogger(__name__)
@@ -543,23 +540,29 @@ def compose_chunk(ids: Sequence[int]) -> dict[str, int]:
     facts = _facts(communications, renditions)
     composed: list[_Composed] = []
     failed: list[tuple[Communication, TemplateVersion | None, CompositionError]] = []
-    composers: dict[tuple[int, str], Any] = {}
+    # One trip to the render worker per template version and language in the chunk.
+    groups: dict[tuple[int, str], list[tuple[Communication, selection.Selection]]] = {}
     for c in communications:
         version = versions[c.template_version_id]
         try:
             chosen = selection.select_channels(facts[c.pk])
-            language = documents.language_for(version, c.customer.language)
-            composer = composers.get((version.pk, language))
-            if composer is None:
-                composer = composer_for(
-                    documents.version_sources(version, language), locale=locale_for(language)
-                )
-                composers[(version.pk, language)] = composer
-            rendered = _render(c, version, composer, chosen.channels)
         except CompositionError as exc:
             failed.append((c, version, exc))
             continue
-        composed.append(_Composed(c, version, chosen, rendered))
+        language = documents.language_for(version, c.customer.language)
+        groups.setdefault((version.pk, language), []).append((c, chosen))
+    for (version_pk, language), members in groups.items():
+        version = versions[version_pk]
+        results = documents.text_channels_compose(
+            version=version,
+            language=language,
+            items=[(_context(c, version), chosen.channels) for c, chosen in members],
+        )
+        for (c, chosen), rendered in zip(members, results, strict=True):
+            if isinstance(rendered, CompositionError):
+                failed.append((c, version, rendered))
+            else:
+                composed.append(_Composed(c, version, chosen, rendered))
     counts.update(_record_composed(composed, failed))
     return counts
 
@@ -573,13 +576,13 @@ def _signal(signal, comm_id: int) -> None:
     )
 
 
-def _render(communication: Communication, version: TemplateVersion, composer, channels) -> dict:
+def _context(communication: Communication, version: TemplateVersion) -> dict:
     context = dict(communication.data)
     if version.meta.get("delivery") == "portal_link" and "portal_url" not in context:
         from notifications.portal import portal_url
 
         context["portal_url"] = portal_url(communication)
-    return render_text_channels(composer, context, channels)
+    return context
 
 
 def _record_composed(

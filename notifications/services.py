@@ -26,8 +26,7 @@ from ccm.models import Approval, ApprovalState
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
-from documents.bundle import locale_for
-from documents.composition import CompositionError, composer_for, validate_data
+from documents.composition import CompositionError, validate_data
 from documents.models import Template, TemplateVersion
 from notifications import fallback, selection, selectors, signals, webhooks
 from notifications.channels import PermanentSendError, TransientSendError, backend_for
@@ -399,25 +398,14 @@ def facts_for(communication: Communication, version: TemplateVersion) -> selecti
 def render_outputs(
     communication: Communication, version: TemplateVersion, channels: list[str]
 ) -> dict:
+    """What email, SMS and push will carry, as stored on the communication (composed in the
+    render worker, under its limits)."""
     language = documents.language_for(version, communication.customer.language)
-    composer = composer_for(
-        documents.version_sources(version, language), locale=locale_for(language)
+    (rendered,) = documents.text_channels_compose(
+        version=version, language=language, items=[(communication.data, channels)]
     )
-    return render_text_channels(composer, communication.data, channels)
-
-
-def render_text_channels(composer, context: Mapping, channels: Iterable[str]) -> dict:
-    """What email, SMS and push will carry, as stored on the communication."""
-    rendered: dict[str, Any] = {}
-    if "email" in channels:
-        email = composer.email(context)
-        rendered["email"] = {"subject": email.subject, "html": email.html, "text": email.text}
-    if "sms" in channels:
-        sms = composer.sms(context)
-        rendered["sms"] = {"text": sms.text, "segments": sms.segments, "encoding": sms.encoding}
-    if "push" in channels:
-        push = composer.push(context)
-        rendered["push"] = {"title": push.title, "body": push.body}
+    if isinstance(rendered, CompositionError):
+        raise rendered
     return rendered
 
 

@@ -2,8 +2,27 @@ from __future__ import annotations
 
 import pytest
 from django.contrib.auth.models import Group
+from django.db.backends.postgresql.operations import DatabaseOperations
 
 from ccm.roles import Role
+
+_execute_sql_flush = DatabaseOperations.execute_sql_flush
+
+
+def _flush_as_replica(self, sql_list):
+    # Transactional tests empty the database with TRUNCATE, which the audit and consent tables
+    # refuse (a statement trigger); the test flush runs as a replica session, as a restore
+    # would, where triggers do not fire.
+    with self.connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")
+    try:
+        _execute_sql_flush(self, sql_list)
+    finally:
+        with self.connection.cursor() as cursor:
+            cursor.execute("SET session_replication_role = DEFAULT")
+
+
+DatabaseOperations.execute_sql_flush = _flush_as_replica  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)

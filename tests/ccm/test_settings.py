@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 GOOD_KEY = "k" * 20 + "-random-production-secret-" + "z" * 20
+AUDIT_KEY = "a" * 16 + "-random-audit-signing-key-" + "b" * 16
 
 
 def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -24,6 +27,7 @@ def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
             "EMAIL_BACKEND",
             "CCM_TRACKING_ESPS",
             "SENDGRID_TRACKING_WEBHOOK_VERIFICATION_KEY",
+            "AUDIT_SIGNING_KEY",
         }
     }
     return subprocess.run(
@@ -70,6 +74,7 @@ def test_check_deploy_passes_in_production_settings():
         SECRET_KEY=GOOD_KEY,
         ALLOWED_HOSTS="ccm.example.org",
         ANYMAIL_WEBHOOK_SECRET="esp:long-random-webhook-secret",
+        AUDIT_SIGNING_KEY=AUDIT_KEY,
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "no issues" in result.stdout
@@ -82,6 +87,7 @@ def test_seed_demo_refuses_production():
         SECRET_KEY=GOOD_KEY,
         ALLOWED_HOSTS="ccm.example.org",
         ANYMAIL_WEBHOOK_SECRET="esp:long-random-webhook-secret",
+        AUDIT_SIGNING_KEY=AUDIT_KEY,
     )
     assert result.returncode != 0
     assert "never runs with DEBUG off" in result.stderr
@@ -98,6 +104,7 @@ PRODUCTION = {
     "SECRET_KEY": GOOD_KEY,
     "ALLOWED_HOSTS": "ccm.example.org",
     "ANYMAIL_WEBHOOK_SECRET": "esp:long-random-webhook-secret",
+    "AUDIT_SIGNING_KEY": AUDIT_KEY,
 }
 
 
@@ -122,3 +129,18 @@ def test_production_starts_with_the_signing_key_or_an_esp_that_does_not_sign():
         "check", EMAIL_BACKEND="anymail.backends.postmark.EmailBackend", **PRODUCTION
     )
     assert postmark.returncode == 0, postmark.stderr
+@pytest.mark.parametrize(
+    "key", [None, "too-short", "dev-audit-signing-key-for-local-use-only-never-in-production"]
+)
+def test_production_refuses_to_start_without_an_audit_signing_key(key):
+    env = {"AUDIT_SIGNING_KEY": key} if key else {}
+    result = _manage(
+        "check",
+        DEBUG="false",
+        SECRET_KEY=GOOD_KEY,
+        ALLOWED_HOSTS="ccm.example.org",
+        ANYMAIL_WEBHOOK_SECRET="esp:long-random-webhook-secret",
+        **env,
+    )
+    assert result.returncode != 0
+    assert "AUDIT_SIGNING_KEY must be set to a random value" in result.stderr

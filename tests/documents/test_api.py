@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
 from documents import services
+from tests.documents.factories import letter_bundle
 
 
 @pytest.fixture
@@ -66,8 +67,36 @@ def test_preview_of_unpublished_template_says_what_to_do(api, draft):
     response = api.post("/api/v1/templates/letter/preview", {}, format="json")
     assert response.status_code == 422
     assert "version" in response.json()["detail"]
+
+
+def test_api_key_previews_published_versions_only(api, published, author):
+    # given a published v1 and a draft v2
+    draft = services.template_version_create(
+        template=published.template, bundle=letter_bundle(heading="Draft"), by=author
+    )
+    # when the key names each by number
     ok = api.post("/api/v1/templates/letter/preview", {"version": 1}, format="json")
+    refused = api.post("/api/v1/templates/letter/preview", {"version": draft.number}, format="json")
+    # then
     assert ok.status_code == 200
+    assert refused.status_code == 403
+    assert refused["Content-Type"] == "application/problem+json"
+    assert refused.json()["detail"] == (
+        "Version 2 is draft, not published: API keys preview published versions only. "
+        "Previewing it needs a staff session of a template author or compliance reviewer."
+    )
+
+
+@pytest.mark.parametrize(("role", "status"), [("author", 200), ("reviewer", 200), ("agent", 403)])
+def test_draft_preview_needs_an_author_or_reviewer_session(request, draft, role, status):
+    client = APIClient()
+    client.force_login(request.getfixturevalue(role))
+    response = client.post("/api/v1/templates/letter/preview", {"version": 1}, format="json")
+    assert response.status_code == status
+    if status == 200:
+        assert response.json()["sms"]["text"] == "Northwind: balance £1,234.50."
+    else:
+        assert "only template authors and compliance reviewers" in response.json()["detail"]
 
 
 def test_unknown_template_is_404(api):

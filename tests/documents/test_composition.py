@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import resource
 from datetime import date
 
 import pytest
 
 from documents.composition import (
+    LOOP_MAX_ITERATIONS,
     PUSH_BODY_MAX,
     PUSH_TITLE_MAX,
     Composer,
@@ -18,6 +20,7 @@ from documents.composition import (
     sources_key,
     validate_data,
 )
+from tests.timing import within
 
 FILTERS = (
     "{{ amount|money('EUR') }}|{{ amount|number }}|{{ amount|number(2) }}|{{ rate|percent(1) }}"
@@ -280,3 +283,81 @@ def test_string_repetition_bomb_is_refused_before_allocating():
 def test_missing_channel_part_is_a_template_error():
     with pytest.raises(TemplateError, match="no SMS version"):
         Composer(Sources(print_html="x")).sms({})
+
+
+# -- size and iteration tricks (issue 10): refused by the sandbox, with the reason ----------
+
+
+def test_nested_range_loops_in_sms_are_refused_by_the_iteration_limit():
+    sms = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}hi"
+    with within(10), pytest.raises(TemplateError) as excinfo:
+        Composer(Sources(sms_text=sms)).sms({})
+    assert excinfo.value.reason == (
+        "sms.txt line 1: not allowed in templates: "
+        f"loops ran more than {LOOP_MAX_ITERATIONS} iterations in one rendition"
+    )
+
+
+def test_recursive_loop_calls_share_the_iteration_budget():
+    calls = "{{ loop(range(100000)) }}" * 12
+    sms = "{% for x in ['top'] recursive %}{% if x == 'top' %}" + calls + "{% endif %}{% endfor %}"
+    with within(10), pytest.raises(TemplateError, match="loops ran more than"):
+        Composer(Sources(sms_text=sms)).sms({})
+
+
+def test_centered_string_joined_five_times_is_refused_before_allocating():
+    sms = "{% set s = 'x'|center(10**8) %}{{ [s, s, s, s, s]|join }}"
+    with within(10), pytest.raises(TemplateError) as excinfo:
+        Composer(Sources(sms_text=sms)).sms({})
+    assert "center() would be 100000000 characters" in excinfo.value.reason
+    # far below the 750 MB the trick used to take
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < 400 * 1024
+
+
+def test_power_tower_is_refused_before_computing():
+    with within(10), pytest.raises(TemplateError) as excinfo:
+        Composer(Sources(sms_text="{{ ((10**1000)**1000)**16 }}")).sms({})
+    assert "** would give a number of about 1000021 digits" in excinfo.value.reason
+
+
+@pytest.mark.parametrize(
+    ("sms", "reason"),
+    [
+        ("{{ 'x' * 10**9 }}", "repeated sequence would be too large"),
+        ("{{ (10**700) * (10**700) }}", "* would give a number of about"),
+        ("{{ '%0100000000d' % 1 }}", "a format width 100000000 is larger than the 1000 allowed"),
+        ("{{ '%0100000000d'|format(1) }}", "a format width 100000000"),
+        ("{{ 'x'.center(100000000) }}", "center() would be 100000000 characters"),
+        ("{{ 'x'.ljust(100000000) }}", "ljust() would be 100000000 characters"),
+        ("{{ ''.join(['x'|center(5000000)] * 5) }}", "join() would be 25000000 characters"),
+        ("{{ ('x' * 5000000)|replace('x', 'xx') }}", "replace() would be 10000000"),
+        ("{{ 'x'|indent(100000000) }}", "indent() would be"),
+        ("{{ [1]|batch(10**9, 0)|list }}", "batch() into more than"),
+        ("{{ 1|number(100000000) }}", "number() decimals 100000000 is larger"),
+        ("{{ lipsum(10**9) }}", "lipsum() paragraphs 1000000000 is larger than the 1000"),
+        (
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}"
+            "{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+            "joining with ~ would be 16777216 characters",
+        ),
+        (
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}"
+            "{% set ns.s = ns.s + ns.s %}{% endfor %}",
+            "+ would be 16777216 characters",
+        ),
+    ],
+)
+def test_size_tricks_are_refused_with_the_reason(sms, reason):
+    with within(10), pytest.raises(TemplateError) as excinfo:
+        Composer(Sources(sms_text=sms)).sms({})
+    assert reason in excinfo.value.reason
+
+
+def test_ordinary_loops_arithmetic_and_joins_still_compose():
+    sms = (
+        "{% for x in items %}{{ loop.index }}/{{ loop.length }}{{ ',' if not loop.last }}"
+        "{% else %}none{% endfor %} {{ 2**10 }} {{ 'ab' * 2 }} {{ items|join('+') }} "
+        "{{ 'a' ~ 'b' }} {{ '%05.1f' % 3.14159 }} {{ 'x'|center(5) }}|{{ total + 1 }}"
+    )
+    text = Composer(Sources(sms_text=sms)).sms({"items": [7, 8, 9], "total": 41}).text
+    assert text == "1/3,2/3,3/3 1024 abab 7+8+9 ab 003.1   x  |42"

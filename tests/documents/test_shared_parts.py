@@ -229,3 +229,101 @@ def test_the_demo_library_keeps_its_house_style_in_one_place():
         assert bundle.files["print.css"].startswith(house_css + MARKER), folder.name
         assert set(RENDITIONS["print"]) <= set(bundle.files), folder.name
         assert "logo.svg" in bundle.assets, folder.name
+
+
+# -- links and paths outside the library (issue 10) ----------------------------------------
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder outside the library holding what an attacker wants in a proof."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "print.css").write_text("body { color: red; }\n")
+    (folder / "secret.html").write_text("<p>secret</p>")
+    return folder
+
+
+def _import(library, author):
+    (result,) = services.templates_import(folder=library, by=author)
+    return result
+
+
+@pytest.mark.django_db
+def test_import_refuses_a_symlinked_shared_folder(library, outside, author):
+    # given _shared/house is a link to a folder outside the library
+    house = library / "_shared" / "house"
+    for path in sorted(house.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+    house.rmdir()
+    house.symlink_to(outside, target_is_directory=True)
+    # when
+    result = _import(library, author)
+    # then nothing is imported, and the reason names the link
+    assert result.outcome == "invalid"
+    assert result.reason == (
+        f"{house} is a symbolic link; a template library may not contain links "
+        "(copy the file or folder in instead)"
+    )
+    assert not services.Template.objects.filter(code="letter").exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "rel", ["partials/footer.html", "schema.json", "samples/default.json", "print.css"]
+)
+def test_import_refuses_a_symlinked_file_in_a_template(library, outside, author, rel):
+    link = library / "letter" / rel
+    link.unlink()
+    link.symlink_to(outside / "secret.html")
+    result = _import(library, author)
+    assert result.outcome == "invalid"
+    assert result.reason.startswith(f"{link} is a symbolic link")
+
+
+@pytest.mark.django_db
+def test_import_refuses_a_symlinked_template_folder(library, tmp_path, author):
+    real = tmp_path / "elsewhere" / "letter"
+    real.parent.mkdir()
+    (library / "letter").rename(real)
+    (library / "letter").symlink_to(real, target_is_directory=True)
+    result = _import(library, author)
+    assert result.outcome == "invalid"
+    assert result.reason.startswith(f"{library / 'letter'} is a symbolic link")
+
+
+@pytest.mark.django_db
+def test_import_refuses_an_absurd_page_size_with_a_reason(library, author):
+    path = library / "letter" / "template.json"
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps({**meta, "page": {"size": "1000000cm", "margin": "18mm"}}))
+    result = _import(library, author)
+    assert result.outcome == "invalid"
+    assert result.reason == (
+        "template.json page.size: 1000000cm is not a page size; a side must measure between "
+        "10 mm and 5080 mm (A4 is 210mm 297mm)"
+    )
+
+
+@pytest.mark.django_db
+def test_proof_of_a_huge_css_page_gives_a_reason_not_zero_division(author, tmp_path):
+    # given a draft whose print.css forces a page of ten kilometres
+    bundle = letter_bundle("letter")
+    bundle.files["print.css"] = "@page { size: 1000000cm !important }"
+    services.template_version_create(
+        template=services.Template.objects.create(
+            code="letter", name="Letter", category="transactional"
+        ),
+        bundle=bundle,
+        by=author,
+    )
+    # when the author asks for a proof
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError) as excinfo:
+        call_command("template_proof", "letter", "--out", str(tmp_path / "proof.pdf"))
+    # then
+    message = str(excinfo.value)
+    assert "ZeroDivisionError" not in message
+    assert "page 1 is 10,000,000 mm wide; a page must measure between 10 mm and 5080 mm" in message

@@ -11,7 +11,10 @@ from documents.services import template_preview
 
 
 class Command(BaseCommand):
-    help = "Render a proof PDF of a template version (watermarked PROOF unless published)."
+    help = (
+        "Render a proof PDF of a template version (watermarked PROOF unless published), "
+        "composing its email, SMS and push renditions too so that they are checked as well."
+    )
 
     def add_arguments(self, parser):
         # --version N names the template version here, not Django's version banner.
@@ -39,7 +42,7 @@ class Command(BaseCommand):
                 raise CommandError(f"Cannot read {data}: {exc}") from exc
         try:
             preview = template_preview(
-                version=version, data=payload, language=language, channels=["print"], sample=sample
+                version=version, data=payload, language=language, sample=sample
             )
         except CompositionError as exc:
             lines = [f"Cannot render {code} v{version.number}:"]
