@@ -247,7 +247,7 @@ def test_api_correspondence_is_201_awaiting_release(letter, customer, api_client
     ("changes", "status", "field"),
     [
         ({"data": {**LETTER, "balance": "x"}}, 422, "data.balance"),
-        ({"data": {"customer": {}}}, 422, "data.customer.name"),
+        ({"data": {"customer": {}}}, 422, "data.as_of"),
         ({"template": "nope"}, 400, "template"),
         ({"channel": "fax"}, 400, "channel"),
         ({"customer": "C-404"}, 400, "customer"),
