@@ -257,10 +257,8 @@ def test_each_cover_sheet_in_the_stream_wraps_its_own_letter(
             external_ref=ref, name=name, postal_address=address, by=integrator
         )
         for version in (demand, statement):
-            sample = dict(version.content["samples"]["default"])
-            # the sample made this customer's own (its account number is an identity field)
-            sample.pop("customer")
-            sample["account_number"] = ref
+            # the sample (addressed to its sample customer) on this customer's own account
+            sample = {**version.content["samples"]["default"], "account_number": ref}
             sync_tasks(
                 services.communication_request,
                 template_code=version.template.code,
@@ -290,7 +288,7 @@ def test_closing_refuses_a_cover_sheet_for_someone_other_than_its_letter(
             services.communication_request,
             template_code="letter",
             customer=customer,
-            data={"balance": 1, "as_of": "2026-05-01"},
+            data={"customer": {"name": name}, "balance": 1, "as_of": "2026-05-01"},
             client="t",
             by=integrator,
         )
@@ -318,7 +316,7 @@ def test_closing_refuses_a_letter_whose_customer_moved_after_it_was_composed(
     communication, _ = services.communication_request(
         template_code="letter",
         customer=customer,
-        data={"balance": 1, "as_of": "2026-05-01"},
+        data={"customer": {"name": "Ada Lovelace"}, "balance": 1, "as_of": "2026-05-01"},
         client="t",
         by=integrator,
     )
