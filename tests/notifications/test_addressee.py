@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from ccm.api.auth import api_key_create
 from ccm.demo import seed_all
 from ccm.models import Approval
-from documents.bundle import read_folder
+from documents.bundle import BundleInvalid, read_folder, validate
 from documents.demo import LIBRARY
 from notifications import bulk, printing, services, tasks
 from notifications.channels import push, sms
@@ -381,3 +381,41 @@ def test_the_demo_sends_every_customer_only_their_own_documents(settings, sync_t
     batch = printing.print_batch_close(batch=PrintBatch.objects.get(state="open"), by=admin_user)
     assert assert_cover_sheets_wrap_their_letters(batch) >= 1
     assert "Mrs Priya Raman" in {i.recipient_name for i in batch.items.all()}
+
+
+def test_a_system_made_letter_for_a_renamed_customer_fails_with_the_reason(
+    account_letter, customer
+):
+    # given a request nobody can be asked about (made by the system, e.g. a follow-up)
+    data = {"balance": 1, "as_of": "2026-05-01", "account_number": "C-1", "holder": "Ada Lovelace"}
+    communication, _ = services.communication_request(
+        template_code="account_letter", customer=customer, data=data, client="t", by=None
+    )
+    Customer.objects.filter(pk=customer.pk).update(name="Ada King")
+    # when it is composed
+    tasks.communication_compose(communication.pk)
+    # then it is not sent: composition failed, naming the field (an exception case for operations)
+    communication.refresh_from_db()
+    assert communication.state == "compose_failed"
+    assert [e["field"] for e in communication.failure_errors] == ["holder"]
+    assert "data.holder does not belong to customer C-1" in communication.failure_reason
+
+
+def test_a_template_whose_sample_names_another_customer_is_not_imported():
+    bundle = letter_bundle("account_letter")
+    schema = {
+        **bundle.schema,
+        "properties": {
+            **bundle.schema["properties"],
+            "account_number": {"type": "string", "x-ccm-identity": "reference"},
+            "holder": {"type": "string", "x-ccm-identity": "passport"},
+        },
+    }
+    sample = {**bundle.samples["default"], "account_number": "NW-1"}
+    sample["customer"] = {"name": "Ada Lovelace", "reference": "NW-2"}
+    bad = dataclasses.replace(bundle, schema=schema, samples={"default": sample})
+    with pytest.raises(BundleInvalid) as excinfo:
+        validate(bad)
+    message = str(excinfo.value)
+    assert "schema.json holder: x-ccm-identity must be one of name, address, reference" in message
+    assert "samples/default.json account_number: data.account_number does not belong" in message
