@@ -21,7 +21,7 @@ from cases.services import CaseError
 from ccm import approvals, audit
 from ccm.models import Approval, ApprovalState
 from documents import services as documents
-from documents.composition import validate_data
+from documents.addressee import with_addressee
 from documents.models import TemplateVersion
 from documents.rendering import RenderedPdf
 from notifications import services as notifications
@@ -63,6 +63,7 @@ def correspondence_preview(
         data=data,
         language=customer.language if customer else None,
         channels=["print"],
+        addressee=notifications.addressee_of(customer) if customer else None,
     )
     assert preview.pdf is not None  # correspondence versions have a print rendition
     return preview.pdf
@@ -84,9 +85,14 @@ def correspondence_request_create(
     version = version_for(template_code)
     _check_channel(version, channel)
     snapshot = documents.data_snapshot(data)
-    validate_data(version.content.get("schema", {}), snapshot)
+    addressee = notifications.addressee_of(customer)
+    notifications.intake_data_validate(version, snapshot, addressee=addressee)
+    # The letter is addressed from the customer record, as the pipeline would address it.
     document = documents.document_compose(
-        version=version, data=snapshot, language=customer.language, by=by
+        version=version,
+        data=with_addressee(snapshot, addressee),
+        language=customer.language,
+        by=by,
     )
     template = version.template
     case = services.case_open(

@@ -21,6 +21,7 @@ from typing import Any
 from django import forms
 
 from cases.request_models import STATED_IDENTITY_CHECKS
+from documents.addressee import RESERVED, sample_addressee, with_addressee
 from documents.composition import DataInvalid, validate_data
 
 
@@ -201,6 +202,8 @@ def _layout(schema: Mapping, node: Mapping, prefix: str, fields: dict, kinds: di
     required = [name for name in node.get("required", []) if name in properties]
     ordered = required + [name for name in properties if name not in required]
     for name in ordered:
+        if not prefix and name == RESERVED:
+            continue  # the addressee comes from the customer record, not from the agent
         child = properties[name]
         child = _resolve(schema, child)
         path = f"{prefix}.{name}" if prefix else name
@@ -280,7 +283,9 @@ class SchemaForm(AccessibleForm):
         # field that has its own error is not told again that it is missing.
         rejected = set(self.errors)
         try:
-            validate_data(self.schema, data)
+            # A schema that still declares `customer` sees a stand-in; the request is checked
+            # with the real customer's variables when it is made.
+            validate_data(self.schema, with_addressee(data, sample_addressee(data)))
         except DataInvalid as exc:
             for error in exc.errors:
                 self._error_at(error.field, error.message, skip=rejected)

@@ -1,6 +1,7 @@
-"""What a milestone's letter is filled with: the case supplies what it knows (customer, address,
-reference, dates, handler, the complaint as recorded) and the caller adds the rest (a final
-response's decision and findings). Field names follow the library templates' schema.json."""
+"""What a milestone's letter is filled with: the case supplies what it knows (reference, dates,
+handler, the complaint as recorded) and the caller adds the rest (a final response's decision and
+findings). Field names follow the library templates' schema.json. The addressee (name, address,
+salutation) is not data: the pipeline fills `customer.*` from the customer record."""
 
 from __future__ import annotations
 
@@ -24,16 +25,6 @@ def _merged(base: Mapping, extra: Mapping) -> dict:
     return out
 
 
-def _customer(case: Case) -> dict[str, Any]:
-    customer = case.customer
-    assert customer is not None  # checked by the caller
-    out: dict[str, Any] = {"name": customer.name, "address": list(customer.postal_address)}
-    email = customer.contacts.filter(kind="email", valid=True).order_by("-is_primary").first()
-    if email is not None:
-        out["email"] = email.value
-    return out
-
-
 def _handler(case: Case, by) -> dict[str, str]:
     """Who signs: the case's assignee, else whoever reached the milestone."""
     person = case.assignee or by
@@ -54,7 +45,6 @@ def _complaint(case: Case, by) -> dict[str, Any]:
     details = case.details
     assert case.customer is not None
     data: dict[str, Any] = {
-        "customer": _customer(case),
         "reference": case.reference,
         "document_date": calendar.local_date(timezone.now()).isoformat(),
         "account_reference": details.get("account_reference") or case.customer.external_ref,
@@ -75,7 +65,6 @@ def _complaint(case: Case, by) -> dict[str, Any]:
 def _generic(case: Case, by) -> dict[str, Any]:
     calendar = sla.calendar_for(sla.spec_for(case.case_type))
     return {
-        "customer": _customer(case),
         "reference": case.reference,
         "document_date": calendar.local_date(timezone.now()).isoformat(),
         "handler": _handler(case, by),

@@ -25,6 +25,7 @@ from ccm.approvals import Proof
 from documents import services as documents
 from documents.composition import CompositionError
 from documents.models import Document
+from notifications import services as notifications
 from notifications.models import Customer
 
 VIEW_REPRINT = "cases.view_reprintrequest"
@@ -292,7 +293,10 @@ def correspondence_proof(letter: CorrespondenceRequest) -> Proof:
     if "email" in letter.template_version.meta.get("channels", []):
         try:
             email = documents.template_preview(
-                version=letter.template_version, data=letter.data, channels=["email"]
+                version=letter.template_version,
+                data=letter.data,
+                channels=["email"],
+                addressee=notifications.addressee_of(letter.customer),
             ).email
         except CompositionError:
             email = None

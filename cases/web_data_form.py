@@ -11,8 +11,12 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from documents.addressee import RESERVED
+
 # Filled by the pipeline at composition time, never by a person (notifications' portal link).
-_PIPELINE_FIELDS = {"portal_url"}
+# Filled by the pipeline, never typed: the portal link, and the addressee (`customer.*`, from
+# the customer record).
+_PIPELINE_FIELDS = {"portal_url", RESERVED}
 
 
 @dataclass

@@ -45,6 +45,7 @@ from typing import Any
 import jsonschema
 from django.conf import settings
 
+from documents import addressee
 from documents.composition import PAGE_MAX_MM, PAGE_MIN_MM, PageSpec, Sources
 
 RENDITIONS = {
@@ -244,10 +245,18 @@ def validate(bundle: Bundle) -> None:
         validator = jsonschema.Draft202012Validator(
             bundle.schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
         )
+        problems += addressee.schema_problems(bundle.schema)
         for name, sample in bundle.samples.items():
             for error in validator.iter_errors(sample):
                 where = ".".join(str(p) for p in error.absolute_path) or "(root)"
                 problems.append(f"samples/{name}.json {where}: {error.message}")
+            # A sample is addressed to its own `customer` block: its identity fields must
+            # name that sample customer, as a real request's must name the real one.
+            if isinstance(sample, dict):
+                for field in addressee.identity_errors(
+                    bundle.schema, sample, addressee.sample_addressee(sample)
+                ):
+                    problems.append(f"samples/{name}.json {field.field}: {field.message}")
     problems += page_problems(bundle.meta.get("page"))
     if not bundle.samples:
         problems.append("add at least one sample data set (samples/default.json)")

@@ -23,6 +23,7 @@ from ccm import approvals, audit
 from ccm.models import Approval, ApprovalState
 from documents import bundle as bundles
 from documents import signals
+from documents.addressee import sample_addressee, with_addressee
 from documents.composition import (
     CompositionError,
     DataInvalid,
@@ -440,7 +441,10 @@ def document_compose(
     reason and field errors, and the `composition_failed` signal fires; nothing is archived."""
     language = language_for(version, language)
     locale = bundles.locale_for(language)
+    # The pipeline passes the addressee from the customer record; a proof composed straight
+    # from a sample is addressed to the sample's customer.
     snapshot = data_snapshot(data)
+    snapshot = with_addressee(snapshot, sample_addressee(snapshot))
     try:
         validate_data(version.content.get("schema", {}), snapshot)
         rendered = render_pdf(
@@ -573,9 +577,12 @@ def template_preview(
     language: str | None = None,
     channels: Iterable[str] | None = None,
     sample: str = "default",
+    addressee: Mapping | None = None,
 ) -> Preview:
     """Render the version's channels from `data` (or a sample set). The PDF is marked PROOF
-    unless the version is the published one."""
+    unless the version is the published one. The reserved `customer` variables are
+    `addressee` (a real customer's) or else the data's own `customer` block over a sample
+    customer."""
     language = language_for(version, language)
     locale = bundles.locale_for(language)
     if data is None:
@@ -584,6 +591,9 @@ def template_preview(
             raise DataInvalid(f"no sample data set named {sample!r}")
         data = samples[sample]
     snapshot = data_snapshot(data)
+    snapshot = with_addressee(
+        snapshot, addressee if addressee is not None else sample_addressee(snapshot)
+    )
     validate_data(version.content.get("schema", {}), snapshot)
     available = version.meta.get("channels", [])
     wanted = [c for c in (channels or available) if c in available]

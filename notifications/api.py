@@ -49,6 +49,7 @@ class CustomerSerializer(serializers.ModelSerializer):
             "source_system",
             "external_ref",
             "name",
+            "salutation",
             "language",
             "postal_address",
             "postal_address_valid",
@@ -62,6 +63,12 @@ class CustomerWriteSerializer(serializers.Serializer):
     external_ref = serializers.CharField(max_length=100)
     source_system = serializers.CharField(max_length=100, default="default")
     name = serializers.CharField(max_length=200)
+    salutation = serializers.CharField(
+        max_length=100,
+        required=False,
+        allow_blank=True,
+        help_text="How letters greet the customer, e.g. 'Ms Hartley' (default: the name)",
+    )
     language = serializers.RegexField(r"^[a-z]{2}$", required=False)
     postal_address = serializers.ListField(
         child=serializers.CharField(max_length=200), max_length=8, required=False

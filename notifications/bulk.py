@@ -48,6 +48,7 @@ from ccm import audit
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
+from documents.addressee import identity_errors, with_addressee
 from documents.composition import (
     CompositionError,
     DataInvalid,
@@ -77,7 +78,10 @@ from notifications.models import (
 from notifications.postmark_batch import PostmarkPayloads, direct_payloads_allowed
 from notifications.services import (
     IntakeError,
+    addressee_mismatches,
+    addressee_of,
     backoff_seconds,
+    composition_context,
     delivery_message_id,
     enabled_channels,
     release_required,
@@ -269,13 +273,20 @@ def communications_request_bulk(
             f"Template {template_code!r} has no published version yet.", field="template"
         )
     validator = _validator(version)
+    schema = version.content.get("schema", {})
     problems: list[dict] = []
     snapshots: list[dict] = []
-    customer_ids: list[int] = []
-    for index, item in enumerate(items):
-        customer = item.get("customer")
-        customer_id = customer.pk if isinstance(customer, Customer) else customer
-        customer_ids.append(customer_id)  # type: ignore[arg-type]
+    customer_ids: list[int] = [
+        item["customer"].pk if isinstance(item.get("customer"), Customer) else item["customer"]
+        for item in items
+    ]
+    customers = Customer.objects.in_bulk({pk for pk in customer_ids if isinstance(pk, int)})
+    for index, (item, customer_id) in enumerate(zip(items, customer_ids, strict=True)):
+        customer = customers.get(customer_id)
+        if customer is None:
+            problems.append(
+                {"index": index, "errors": [{"field": "customer", "message": "unknown customer"}]}
+            )
         try:
             snapshot = documents.data_snapshot(item.get("data") or {})
         except DataInvalid as exc:
@@ -283,19 +294,21 @@ def communications_request_bulk(
             snapshots.append({})
             continue
         snapshots.append(snapshot)
-        errors = data_errors(validator, snapshot)
+        context = snapshot
+        errors = []
+        if customer is not None:
+            # The same checks as one request's intake: identity fields name this customer, and
+            # the schema sees the customer's own variables.
+            addressee = addressee_of(customer)
+            errors = identity_errors(schema, snapshot, addressee)
+            context = with_addressee(snapshot, addressee)
+        errors += data_errors(validator, context)
         if errors:
             problems.append(
                 {
                     "index": index,
                     "errors": [{"field": e.field, "message": e.message} for e in errors],
                 }
-            )
-    known = set(Customer.objects.filter(pk__in=set(customer_ids)).values_list("pk", flat=True))
-    for index, customer_id in enumerate(customer_ids):
-        if customer_id not in known:
-            problems.append(
-                {"index": index, "errors": [{"field": "customer", "message": "unknown customer"}]}
             )
     if problems:
         problems.sort(key=lambda p: p["index"])
@@ -485,6 +498,9 @@ def _per_message(version: TemplateVersion | None, communication: Communication) 
         "print" in meta.get("channels", []) or meta.get("delivery", "attach") == "attach"
     ):
         return True
+    if addressee_mismatches(communication, version):
+        # The customer record changed since intake: held or failed there, with the reason.
+        return True
     return (
         communication.created_by_id is not None
         and release_required(version, communication.data) is not None
@@ -556,7 +572,7 @@ def compose_chunk(ids: Sequence[int]) -> dict[str, int]:
         results = documents.text_channels_compose(
             version=version,
             language=language,
-            items=[(_context(c, version), chosen.channels) for c, chosen in members],
+            items=[(composition_context(c, version), chosen.channels) for c, chosen in members],
         )
         for (c, chosen), rendered in zip(members, results, strict=True):
             if isinstance(rendered, CompositionError):
@@ -574,15 +590,6 @@ def _signal(signal, comm_id: int) -> None:
     signal.send(
         sender=Communication, communication=communication, reason=communication.failure_reason
     )
-
-
-def _context(communication: Communication, version: TemplateVersion) -> dict:
-    context = dict(communication.data)
-    if version.meta.get("delivery") == "portal_link" and "portal_url" not in context:
-        from notifications.portal import portal_url
-
-        context["portal_url"] = portal_url(communication)
-    return context
 
 
 def _record_composed(

@@ -142,7 +142,7 @@ def _ensure_rendition(communication: Communication, channel: str) -> None:
         if communication.document is None:
             communication.document = documents.document_compose(
                 version=version,
-                data=communication.data,
+                data=services.composition_context(communication, version),
                 language=communication.customer.language,
                 by=communication.created_by,
             )

@@ -189,15 +189,10 @@ def portal_action_record(*, communication: Communication, ip: str, user_agent: s
 
 def _renewal_data(original: Communication, *, fresh_url: str) -> dict[str, Any]:
     """The document_ready data for `original`."""
-    customer: dict[str, str] = {"name": original.customer.name[:60]}
-    given = original.data.get("customer") if isinstance(original.data, dict) else None
-    if isinstance(given, dict) and isinstance(given.get("salutation"), str) and given["salutation"]:
-        customer["salutation"] = given["salutation"]
     reference = original.data.get("reference") if isinstance(original.data, dict) else None
     dated = original.document.created_at if original.document is not None else original.created_at
     until = timezone.localdate() + timedelta(days=settings.CCM_PORTAL_LINK_TTL_DAYS)
     return {
-        "customer": customer,
         "reference": reference if isinstance(reference, str) and reference else f"C{original.pk}",
         "document_title": portal_title(original)[:60],
         "document_date": timezone.localtime(dated).date().isoformat(),

@@ -20,6 +20,7 @@ from django_fsm import can_proceed
 
 from ccm import audit
 from ccm.tasks import enqueue
+from documents.addressee import RESERVED, normal_form
 from notifications import printstream
 from notifications.models import (
     Channel,
@@ -180,6 +181,55 @@ def print_item_add(*, delivery: Delivery) -> PrintItem:
 # --- the batch's steps ------------------------------------------------------------------
 
 
+def _addressee_mismatch(item: PrintItem) -> str | None:
+    """Why the letter inside does not go with its cover sheet, or None.
+
+    A letter's archived data records the `customer` variables it was addressed with; the cover
+    sheet carries the customer and address the item was made for. The address is compared when
+    both come from the customer record (a resend to a corrected address, or a reprint to a new
+    one, deliberately puts an older letter under a new address)."""
+    document = item.document
+    recorded = document.data.get(RESERVED) if isinstance(document.data, dict) else None
+    if not isinstance(recorded, dict):
+        return None  # archived before addressees were recorded: there is nothing to compare
+    label = f"{item.provider_id} (document {document.pk})"
+    customer = item.customer
+    if normal_form(recorded.get("reference", "")) != normal_form(customer.external_ref):
+        return (
+            f"{label}: the letter was composed for customer {recorded.get('reference')!r}, "
+            f"its cover sheet is for customer {customer.external_ref!r}"
+        )
+    if normal_form(recorded.get("name", "")) != normal_form(item.recipient_name):
+        return (
+            f"{label}: the letter is addressed to {recorded.get('name')!r}, "
+            f"its cover sheet to {item.recipient_name!r}"
+        )
+    communication = item.delivery.communication
+    explicit = item.delivery.meta.get("postal_address") or communication.address_override
+    if not explicit and normal_form(recorded.get("address", [])) != normal_form(
+        item.postal_address
+    ):
+        return (
+            f"{label}: the letter's address block ({' / '.join(recorded.get('address', []))}) "
+            f"is not its cover sheet's ({' / '.join(item.postal_address)}); the customer moved "
+            "after it was composed: compose it again"
+        )
+    return None
+
+
+def _check_addressees(batch: PrintBatch) -> None:
+    """Refuse the close, naming the letter, if any cover sheet and its letter disagree."""
+    items = batch.items.select_related("document", "customer", "delivery__communication").order_by(
+        "sequence"
+    )
+    for item in items.iterator(chunk_size=_EVENT_CHUNK):
+        why = _addressee_mismatch(item)
+        if why:
+            raise PrintError(
+                f"{batch.reference} not closed: {why}", code="document_addressee_mismatch"
+            )
+
+
 def _locked(batch: PrintBatch) -> PrintBatch:
     return PrintBatch.objects.select_for_update().get(pk=batch.pk)
 
@@ -201,6 +251,7 @@ def print_batch_close(*, batch: PrintBatch, by) -> PrintBatch:
                     f"{locked.reference} has no letters; there is nothing to print",
                     code="empty_batch",
                 )
+            _check_addressees(locked)
             with tempfile.TemporaryFile() as stream, tempfile.TemporaryFile() as manifest:
                 built = printstream.stream_build(
                     reference=locked.reference,

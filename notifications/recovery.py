@@ -93,7 +93,9 @@ def communication_recompose_with(
             field="template",
         )
     snapshot = documents.data_snapshot(data)
-    services.intake_data_validate(version, snapshot)
+    services.intake_data_validate(
+        version, snapshot, addressee=services.addressee_of(locked.customer)
+    )
     before = {"failure_reason": locked.failure_reason, "failure_errors": locked.failure_errors}
     changed = _changed_paths(locked.data, snapshot)
     locked.recompose(data=snapshot)

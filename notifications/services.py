@@ -26,7 +26,13 @@ from ccm.models import Approval, ApprovalState
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
-from documents.composition import CompositionError, validate_data
+from documents.addressee import identity_errors, with_addressee
+from documents.composition import (
+    CompositionError,
+    DataInvalid,
+    FieldError,
+    validate_data,
+)
 from documents.models import Template, TemplateVersion
 from notifications import fallback, selection, selectors, signals, webhooks
 from notifications.channels import PermanentSendError, TransientSendError, backend_for
@@ -108,6 +114,7 @@ def customer_upsert(
     by=None,
     source_system: str = "default",
     language: str | None = None,
+    salutation: str | None = None,
     postal_address: list[str] | None = None,
     emails: Iterable[str] | None = None,
     phones: Iterable[str] | None = None,
@@ -117,6 +124,8 @@ def customer_upsert(
     defaults: dict[str, Any] = {"name": name}
     if language:
         defaults["language"] = language
+    if salutation is not None:
+        defaults["salutation"] = salutation
     if postal_address is not None:
         defaults["postal_address"] = postal_address
         defaults["postal_address_valid"] = bool(postal_address)
@@ -208,12 +217,61 @@ def _portal_linked(version: TemplateVersion) -> bool:
     return version.meta.get("delivery") == "portal_link"
 
 
-def intake_data_validate(version: TemplateVersion, data: dict) -> None:
-    """The check a request's data passes before it is accepted (DataInvalid lists the fields).
-    A portal link is made at composition, so a placeholder stands in for it here."""
+def addressee_of(customer: Customer, *, address: Sequence[str] | None = None) -> dict[str, Any]:
+    """The system variables `customer.*` every template is composed with, from the customer
+    record (`address`: the postal address a letter is explicitly sent to instead)."""
+    return {
+        "name": customer.name,
+        "salutation": customer.salutation or customer.name,
+        "address": list(address if address else customer.postal_address),
+        "reference": customer.external_ref,
+        "language": customer.language,
+    }
+
+
+def _addressee(communication: Communication) -> dict[str, Any]:
+    override = communication.address_override
+    printed_to = (
+        override.split(" / ") if override and communication.channel_override == "print" else None
+    )
+    return addressee_of(communication.customer, address=printed_to)
+
+
+def composition_context(communication: Communication, version: TemplateVersion) -> dict:
+    """What a communication's templates render: its data, its portal link, and the addressee
+    from the customer record in the reserved `customer` namespace (replacing whatever the data
+    said there). The one place both pipelines (here and notifications.bulk) build it."""
+    data = dict(communication.data)
+    if _portal_linked(version) and "portal_url" not in data:
+        from notifications.portal import portal_url
+
+        data["portal_url"] = portal_url(communication)
+    return with_addressee(data, _addressee(communication))
+
+
+def addressee_mismatches(communication: Communication, version: TemplateVersion) -> list:
+    """The data's identity fields that name someone other than the communication's customer."""
+    return identity_errors(
+        version.content.get("schema", {}), communication.data, _addressee(communication)
+    )
+
+
+def intake_data_validate(
+    version: TemplateVersion, data: dict, *, addressee: Mapping[str, Any] | None = None
+) -> None:
+    """The check a request's data passes before it is accepted (DataInvalid lists the fields):
+    the schema, with the customer's own variables in place, and the identity fields, which must
+    name this customer. A portal link is made at composition, so a placeholder stands in for it
+    here."""
     if _portal_linked(version) and "portal_url" not in data:
         data = {**data, "portal_url": PORTAL_URL_PLACEHOLDER}
-    validate_data(version.content.get("schema", {}), data)
+    schema = version.content.get("schema", {})
+    if addressee is not None:
+        errors: list[FieldError] = identity_errors(schema, data, addressee)
+        if errors:
+            raise DataInvalid("; ".join(e.message for e in errors), errors=errors)
+        data = with_addressee(data, addressee)
+    validate_data(schema, data)
 
 
 def release_required(version: TemplateVersion, data: Mapping) -> str | None:
@@ -288,7 +346,8 @@ def communication_request(
             raise IntakeError("An address needs the channel it is for.", field="channel")
         address, _ = address_normalise(channel_override, address_override)
     snapshot = documents.data_snapshot(data)
-    intake_data_validate(version, snapshot)
+    printed_to = address.split(" / ") if address and channel_override == "print" else None
+    intake_data_validate(version, snapshot, addressee=addressee_of(customer, address=printed_to))
     communication = Communication.objects.create(
         customer=customer,
         template=template,
@@ -396,13 +455,18 @@ def facts_for(communication: Communication, version: TemplateVersion) -> selecti
 
 
 def render_outputs(
-    communication: Communication, version: TemplateVersion, channels: list[str]
+    communication: Communication,
+    version: TemplateVersion,
+    channels: list[str],
+    context: Mapping | None = None,
 ) -> dict:
-    """What email, SMS and push will carry, as stored on the communication (composed in the
-    render worker, under its limits)."""
+    """What email, SMS and push will carry, as stored on the communication: composed from its
+    composition context (unless given) in the render worker, under its limits."""
+    if context is None:
+        context = composition_context(communication, version)
     language = documents.language_for(version, communication.customer.language)
     (rendered,) = documents.text_channels_compose(
-        version=version, language=language, items=[(communication.data, channels)]
+        version=version, language=language, items=[(context, channels)]
     )
     if isinstance(rendered, CompositionError):
         raise rendered
@@ -421,26 +485,31 @@ def communication_compose_run(comm_id: int) -> None:
     try:
         if version is None:
             raise CompositionError("the template has no published version")
-        if _portal_linked(version) and "portal_url" not in communication.data:
+        context = composition_context(communication, version)
+        if context.get("portal_url") != communication.data.get("portal_url"):
             # The link is part of the archived data, so the letter that prints it regenerates
             # byte for byte.
-            from notifications.portal import portal_url
-
-            communication.data = {**communication.data, "portal_url": portal_url(communication)}
+            communication.data = {**communication.data, "portal_url": context["portal_url"]}
             Communication.objects.filter(pk=comm_id).update(data=communication.data)
-        validate_data(version.content.get("schema", {}), communication.data)
+        mismatches = addressee_mismatches(communication, version)
+        if mismatches and communication.created_by_id is None:
+            # Nobody to ask for a release (the gate holds the others for a reviewer).
+            raise DataInvalid("; ".join(e.message for e in mismatches), errors=mismatches)
+        validate_data(version.content.get("schema", {}), context)
         chosen = selection.select_channels(facts_for(communication, version))
         document = communication.document
         needs_pdf = "print" in version.meta.get("channels", [])
         if needs_pdf and document is None:
+            # The archived snapshot records the addressee it was composed for; the print
+            # batch's close checks it against the envelope.
             document = documents.document_compose(
                 version=version,
-                data=communication.data,
+                data=context,
                 language=communication.customer.language,
                 # The document belongs to whoever asked for the communication (API ownership).
                 by=communication.created_by,
             )
-        rendered = render_outputs(communication, version, chosen.channels)
+        rendered = render_outputs(communication, version, chosen.channels, context)
     except CompositionError as exc:
         _compose_failed(communication, version, exc)
         return
@@ -493,7 +562,8 @@ def communication_gate_run(comm_id: int) -> None:
             return
         version = locked.template_version
         assert version is not None  # set when composed
-        why = release_required(version, locked.data)
+        mismatches = addressee_mismatches(locked, version)
+        why = "; ".join(e.message for e in mismatches) or release_required(version, locked.data)
         if why and locked.created_by is not None:
             locked.await_approval()
             locked.save()

@@ -28,6 +28,9 @@ class Customer(models.Model):
     source_system = models.CharField(max_length=100, default="default")
     external_ref = models.CharField(max_length=100)
     name = models.CharField(max_length=200)
+    # How letters greet the customer ("Ms Hartley"); the name when blank. Templates read it as
+    # the system variable `customer.salutation`, never from request data.
+    salutation = models.CharField(max_length=100, blank=True)
     language = models.CharField(max_length=10, default="en")
     postal_address = models.JSONField(default=list, blank=True, help_text="Address lines")
     postal_address_valid = models.BooleanField(default=True)

@@ -59,8 +59,10 @@ def test_operations_regenerate_a_failed_communication_after_fixing_its_data(
     row.get_by_role("link", name=case.reference, exact=True).click()
     expect(page.get_by_role("heading", level=1)).to_contain_text(case.reference)
     page.get_by_role("link", name="Correct the data and regenerate").click()
-    # the data is there as fields; the one that failed says so
-    expect(page.get_by_label("name")).to_have_value("Ada Lovelace")
+    # the data is there as fields (not the addressee: that is the customer record's); the one
+    # that failed says so
+    expect(page.get_by_label("balance")).to_have_value("12.5")
+    expect(page.get_by_label("name")).to_have_count(0)
     account = page.get_by_label("account")
     expect(account).to_have_attribute("aria-invalid", "true")
     expect(account).to_have_accessible_description(re.compile("Required: fill this in."))

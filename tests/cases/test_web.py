@@ -439,7 +439,8 @@ def test_regenerate_form_shows_the_data_as_fields_with_the_failed_one_marked(
     response = signed_in(client, ops).get(reverse("cases-regenerate", args=[case.reference]))
     assert response.status_code == 200
     html = response.content.decode()
-    assert 'name="data.customer.name" value="Ada Lovelace"' in html
+    # (the addressee is the customer record's: not a field to correct)
+    assert 'name="data.customer.name"' not in html
     assert 'name="data.balance" value="12.5"' in html
     assert 'name="data.as_of" value="2026-05-01"' in html
     assert re.search(
@@ -448,7 +449,7 @@ def test_regenerate_form_shows_the_data_as_fields_with_the_failed_one_marked(
         r' aria-invalid="true" aria-describedby="data-account-error ',
         html,
     )
-    assert "<legend>customer" in html
+    assert "<legend>customer" not in html
 
 
 def test_regenerate_with_data_still_wrong_marks_the_fields_and_changes_nothing(
@@ -471,7 +472,8 @@ def test_regenerate_with_data_still_wrong_marks_the_fields_and_changes_nothing(
     assert response.status_code == 422
     html = response.content.decode()
     assert re.search(r'id="data-account-error">Required: fill this in.', html)
-    assert re.search(r'id="data-customer-name-error">', html)
+    # (an emptied customer name is no error: the addressee comes from the customer record)
+    assert not re.search(r'id="data-customer-name-error">', html)
     compose_failed.refresh_from_db()
     case.refresh_from_db()
     assert (compose_failed.state, case.state, case.recovery_action) == ("compose_failed", "new", "")
@@ -554,18 +556,20 @@ def test_a_recovery_that_does_not_fit_the_case_says_so(client, ops, complaint, u
 
 
 def test_the_data_form_follows_a_library_schema_with_references_enums_and_lists():
-    # given the final response letter's schema ($defs for the customer, an enum, a list)
+    # given the final response letter's schema ($defs for the handler, an enum, a list)
     bundle = read_folder(LIBRARY / "complaint_final_response")
-    sample = bundle.samples["default"]
+    sample = {k: v for k, v in bundle.samples["default"].items() if k != "customer"}
     # when it becomes a form
     items = web_data_form.data_fields(bundle.schema, sample)
     fields = {item.path: item for item in web_data_form._flat(items)}
-    # then the referenced customer is a group of its own fields, the enum a choice, the list JSON
-    assert fields["customer"].is_group
-    assert (fields["customer.name"].widget, fields["customer.name"].value) == (
+    # then the referenced handler is a group of its own fields, the enum a choice, the list JSON
+    assert fields["handler"].is_group
+    assert (fields["handler.name"].widget, fields["handler.name"].value) == (
         "text",
-        sample["customer"]["name"],
+        sample["handler"]["name"],
     )
+    # and the addressee is no field to fill in: it comes from the customer record
+    assert not any(path.startswith("customer") for path in fields)
     assert fields["decision"].widget == "select"
     assert fields["decision"].choices == ["upheld", "partly_upheld", "not_upheld"]
     assert fields["findings"].widget == "json"

@@ -129,6 +129,8 @@ def test_production_starts_with_the_signing_key_or_an_esp_that_does_not_sign():
         "check", EMAIL_BACKEND="anymail.backends.postmark.EmailBackend", **PRODUCTION
     )
     assert postmark.returncode == 0, postmark.stderr
+
+
 @pytest.mark.parametrize(
     "key", [None, "too-short", "dev-audit-signing-key-for-local-use-only-never-in-production"]
 )

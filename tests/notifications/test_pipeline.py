@@ -84,7 +84,8 @@ def test_bad_data_is_refused_at_intake(letter, customer, integrator):
             client="t",
             by=integrator,
         )
-    assert {e.field for e in excinfo.value.errors} == {"customer", "balance", "as_of"}
+    # (the customer block is the system's, from the customer record: never missing)
+    assert {e.field for e in excinfo.value.errors} == {"balance", "as_of"}
     assert not Communication.objects.exists()
 
 
@@ -175,7 +176,7 @@ def test_compose_failure_is_stored_with_reason_and_signalled(
         signals.communication_compose_failed.disconnect(dispatch_uid="t")
     communication.refresh_from_db()
     assert communication.state == "compose_failed"
-    assert "customer" in {e["field"] for e in communication.failure_errors}
+    assert "as_of" in {e["field"] for e in communication.failure_errors}
     assert len(failures) == 1
 
 

@@ -138,7 +138,13 @@ def test_monthly_statement_goes_end_to_end_into_the_stream(
     # given the library's monthly statement, which has a print rendition
     version = publish(read_folder(LIBRARY / "monthly_statement"), author=author, reviewer=reviewer)
     sample = version.content["samples"]["default"]
-    customer = postal_customers[1]
+    # (the statement's account number names its customer: Babbage's account here)
+    customer, _ = services.customer_upsert(
+        external_ref=sample["account_number"],
+        name="Charles Babbage",
+        postal_address=ADDRESSES["P-2"][1],
+        by=integrator,
+    )
     # when
     communication = send_letter(
         sync_tasks, customer, integrator, template="monthly_statement", data=sample
@@ -151,7 +157,11 @@ def test_monthly_statement_goes_end_to_end_into_the_stream(
     cover = stream.pages[0].extract_text()
     assert "Charles Babbage" in cover
     assert "5 Difference Street" in cover
-    assert sample["reference"] in stream.pages[1].extract_text()
+    letter = stream.pages[1].extract_text()
+    assert sample["reference"] in letter
+    # and the statement inside is addressed from the customer record, not the sample's data
+    assert "Charles Babbage" in letter
+    assert sample["customer"]["name"] not in letter
 
 
 def test_the_backend_called_twice_for_one_delivery_makes_one_item(letters):
@@ -576,13 +586,17 @@ def test_the_stream_writer_keeps_no_document_once_written(letter):
     assert held < 200, held
 
 
-def test_the_manifest_never_carries_a_spreadsheet_formula(letters, ops):
+def test_the_manifest_never_carries_a_spreadsheet_formula(
+    letter, postal_customers, integrator, sync_tasks, ops
+):
     # given a customer whose name and address were typed to run as formulas in Excel
-    item = PrintItem.objects.get(sequence=1)
-    PrintItem.objects.filter(pk=item.pk).update(
-        recipient_name='=HYPERLINK("http://evil.example","click")',
+    customer, _ = services.customer_upsert(
+        external_ref=postal_customers[0].external_ref,
+        name='=HYPERLINK("http://evil.example","click")',
         postal_address=["+44 1 Main Street", "@SUM(A1:A9)", "London N1 1AA"],
+        by=integrator,
     )
+    send_letter(sync_tasks, customer, integrator)
     # when
     batch = printing.print_batch_close(batch=open_batch(), by=ops)
     # then every such cell is text

@@ -17,7 +17,7 @@ from documents.demo import LIBRARY
 from notifications import bulk, services, signals
 from notifications.channels import push
 from notifications.devices import device_register
-from notifications.models import Delivery
+from notifications.models import Customer, Delivery
 from tests.notifications.conftest import (
     FCM_TOKEN,
     alert_bundle,
@@ -117,7 +117,8 @@ def test_fcm_send_as_the_service_account_with_the_deep_link(
         "message": {
             "token": FCM_TOKEN,
             "notification": {
-                "title": "Balance for Ada Lovelace",
+                # (addressed from the customer record, whatever the alert's data says)
+                "title": "Balance for Mo Bile",
                 "body": "You owe £12.50. Tap to read the letter.",
             },
             "data": {
@@ -297,6 +298,9 @@ def test_a_document_without_a_link_in_its_data_gets_one_link_for_every_attempt(
     # push attempt fails for a moment
     version = publish(read_folder(LIBRARY / "monthly_statement"), author=author, reviewer=reviewer)
     data = dict(version.content["samples"]["default"])
+    # (the statement is for the app user's own account: its account number is an identity field)
+    Customer.objects.filter(pk=app_user.pk).update(external_ref=data["account_number"])
+    app_user.refresh_from_db()
     attempts: list[push.PushMessage] = []
 
     def flaky(self, message):
@@ -360,4 +364,4 @@ def test_make_run_prints_pushes_to_the_console(
     communication.refresh_from_db()
     assert communication.state == "sent"
     out = capsys.readouterr().out
-    assert f"push to android device {phone.pk} (com.nw.app): 'Balance for Ada Lovelace'" in out
+    assert f"push to android device {phone.pk} (com.nw.app): 'Balance for Mo Bile'" in out

@@ -19,6 +19,7 @@ from notifications.channels import sms
 from notifications.models import (
     Communication,
     ContactPoint,
+    Customer,
     Delivery,
     DeliveryEvent,
     Suppression,
@@ -305,6 +306,9 @@ def test_a_payment_reminder_goes_out_by_sms_and_is_delivered(
 ):
     # given the library's payment reminder (print, email, SMS), urgent so that SMS comes first
     version = publish(read_folder(LIBRARY / "payment_reminder"), author=author, reviewer=reviewer)
+    # for the customer's own account (its account number is an identity field)
+    Customer.objects.filter(pk=customer.pk).update(external_ref="NW-3310-0457")
+    customer.refresh_from_db()
     # when
     communication, _ = sync_tasks(
         services.communication_request,

@@ -136,7 +136,7 @@ def test_web_push_is_signed_encrypted_and_sent(
         http_ece.decrypt(body, private_key=browser_private, auth_secret=auth, version="aes128gcm")
     )
     assert payload == {
-        "title": "Balance for Ada Lovelace",
+        "title": "Balance for Mo Bile",  # the customer on record, not the data's name
         "body": "You owe £12.50. Tap to read the letter.",
         "data": {
             "link": communication.data["portal_url"],
