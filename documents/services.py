@@ -377,6 +377,12 @@ def _import_one(path: Path, *, by) -> ImportResult:
     )
 
 
+def _sample_context(data: dict) -> dict:
+    """A sample as a preview composes it: addressed to its own sample customer."""
+    snapshot = data_snapshot(data)
+    return with_addressee(snapshot, sample_addressee(snapshot))
+
+
 def _check_samples_compose(bundle: bundles.Bundle) -> None:
     """Compose every sample through the email, SMS and push renditions, in every language,
     under the composition limits: a template that cannot is refused at import with the
@@ -389,7 +395,7 @@ def _check_samples_compose(bundle: bundles.Bundle) -> None:
         results = compose_text(
             sources=bundles.sources(bundle, language),
             locale=bundles.locale_for(language),
-            items=[(data_snapshot(data), channels) for _, data in samples],
+            items=[(_sample_context(data), channels) for _, data in samples],
             limits=compose_limits(),
         )
         for (name, _), result in zip(samples, results, strict=True):

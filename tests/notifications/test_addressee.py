@@ -80,7 +80,7 @@ def test_the_letter_and_email_address_the_customer_on_record_not_the_data(
         format="json",
     )
     assert response.status_code == 202
-    communication = Communication.objects.get(pk=response.json()["id"])
+    communication = Communication.objects.get(public_id=response.json()["id"])
     # then the archived letter, the email and its subject greet Ada, never Okafor
     letter_text = "\n".join(pdf_text(communication.document.file))
     assert "Dear Ada Lovelace" in letter_text
