@@ -183,7 +183,10 @@ Q_CLUSTER = {
     "retry": env.int("Q_RETRY", default=180),
     "max_attempts": env.int("Q_MAX_ATTEMPTS", default=5),
     "ack_failures": True,
-    "save_limit": env.int("Q_SAVE_LIMIT", default=10000),
+    # Successful tasks are not kept: with a positive limit django-q2's monitor locks and counts
+    # every kept success row (SELECT … FOR UPDATE) after each task, so each task gets slower as
+    # the table grows. Failed tasks are always kept, for operations to see.
+    "save_limit": env.int("Q_SAVE_LIMIT", default=-1),
     "catch_up": False,
     "poll": 0.5,
     "label": "Task queue",
@@ -205,7 +208,7 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "ccm.api.auth.SessionUserRateThrottle",
         "ccm.api.auth.ApiKeyRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
