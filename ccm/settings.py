@@ -338,6 +338,9 @@ CCM_DISPATCH_INLINE_RETRIES = env.int("CCM_DISPATCH_INLINE_RETRIES", default=2)
 CCM_DISPATCH_MAX_ATTEMPTS = env.int("CCM_DISPATCH_MAX_ATTEMPTS", default=8)
 # A delivery in `sending` this long lost its worker; it is reconciled with the provider.
 CCM_SENDING_STALE_AFTER_S = env.int("CCM_SENDING_STALE_AFTER_S", default=300)
+# A delivery whose outcome the provider cannot tell after this many checks fails with
+# "outcome unknown" (and an exception case) instead of waiting in `sending` for ever.
+CCM_RECONCILE_MAX_CHECKS = env.int("CCM_RECONCILE_MAX_CHECKS", default=6)
 CCM_PORTAL_LINK_TTL_DAYS = env.int("CCM_PORTAL_LINK_TTL_DAYS", default=30)
 CCM_PORTAL_RENEWAL_TEMPLATE = env.str("CCM_PORTAL_RENEWAL_TEMPLATE", default="document_ready")
 CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & Insurance")

@@ -22,3 +22,8 @@ communication_escalated = Signal()
 # reminder: kwargs phone (E.164), body, customers (those who have the number; may be empty),
 # message_sid. Sent inside the transaction that records it.
 sms_received = Signal()
+
+# The pipeline moved many communications at once with one guarded UPDATE (a chunk), which
+# django-fsm's post_transition does not see: kwargs ids (the communications moved), target
+# (their new state). Sent inside the transaction that moves them.
+communications_transitioned = Signal()
