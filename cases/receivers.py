@@ -76,6 +76,16 @@ def on_communication_transition(sender, instance, name, source, target, **kwargs
         enqueue(SETTLE_TASK, pk)
 
 
+def on_delivery_outcome_unknown(sender, delivery, reason: str, **kwargs) -> None:
+    # Nobody can tell whether the customer got it: a person must find out before it is resent.
+    _open(
+        kind=ExceptionKind.UNDELIVERABLE,
+        communication=delivery.communication,
+        delivery=delivery,
+        reason=reason,
+    )
+
+
 def on_communications_transitioned(sender, ids: list[int], target: str, **kwargs) -> None:
     """The same for a chunk the pipeline moved with one UPDATE."""
     if target not in exception_cases.SENT_STATES | exception_cases.FAILED_STATES:
@@ -86,6 +96,9 @@ def on_communications_transitioned(sender, ids: list[int], target: str, **kwargs
 
 
 def connect() -> None:
+    signals.delivery_outcome_unknown.connect(
+        on_delivery_outcome_unknown, dispatch_uid="cases.on_delivery_outcome_unknown"
+    )
     signals.communications_transitioned.connect(
         on_communications_transitioned, dispatch_uid="cases.on_communications_transitioned"
     )

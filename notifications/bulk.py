@@ -746,10 +746,11 @@ def _record_composed(
                 for c, _, exc in failed
             ]
         history.steps_record(steps, at=now)
-        webhooks.webhook_events_emit(events)
         counts["composed"] = len(composed)
         counts["compose_failed"] = len(failed)
-        counts.update(_gate([x.communication.pk for x in composed]))
+        counts.update(_gate([x.communication.pk for x in composed], events))
+        # One outbox INSERT for the chunk's events.
+        webhooks.webhook_events_emit(events)
     # After the transaction: receivers (an exception case) see the failure committed.
     for communication, _, _exc in failed:
         _signal(signals.communication_compose_failed, communication.pk)
@@ -759,10 +760,13 @@ def _record_composed(
 def gate_chunk(ids: Sequence[int]) -> dict[str, int]:
     """composed → awaiting_approval (the release gate) or dispatching; safe to run twice."""
     with transaction.atomic():
-        return _gate(list(ids))
+        events: list[webhooks.Occurrence] = []
+        counts = _gate(list(ids), events)
+        webhooks.webhook_events_emit(events)
+        return counts
 
 
-def _gate(ids: list[int]) -> dict[str, int]:
+def _gate(ids: list[int], events: list[webhooks.Occurrence]) -> dict[str, int]:
     """Inside the caller's transaction: the composed communications `ids` wait for a reviewer's
     release where their template or amount needs one; the rest start dispatching."""
     locked = list(
@@ -790,7 +794,7 @@ def _gate(ids: list[int]) -> dict[str, int]:
         [history.Step(c.pk, "communication.awaiting_approval", {"reason": why}) for c, why in held]
     )
     waiting = {c.pk for c, _ in held}
-    counts = dispatch_start([c for c in locked if c.pk not in waiting])
+    counts = dispatch_start([c for c in locked if c.pk not in waiting], events=events)
     return {"awaiting_approval": len(held), **counts}
 
 
@@ -804,7 +808,9 @@ def targets_of(communication: Communication) -> list[dict]:
     return [t for t in communication.decision_trace if t.get("decision") == "chosen"]
 
 
-def dispatch_start(communications: Sequence[Communication]) -> dict[str, int]:
+def dispatch_start(
+    communications: Sequence[Communication], *, events: list[webhooks.Occurrence] | None = None
+) -> dict[str, int]:
     """Inside the caller's transaction: composed or released communications get one delivery
     per chosen channel and go to `dispatching` (dispatch enqueued in chunks after commit); one
     that nothing can reach becomes `undeliverable`."""
@@ -846,14 +852,16 @@ def dispatch_start(communications: Sequence[Communication]) -> dict[str, int]:
         ],
         at=now,
     )
-    webhooks.webhook_events_emit(
-        [
-            webhooks.Occurrence(
-                webhooks.WebhookEvent.UNDELIVERABLE, c, CommState.UNDELIVERABLE, reason=reason
-            )
-            for c in unreachable
-        ]
-    )
+    undeliverable = [
+        webhooks.Occurrence(
+            webhooks.WebhookEvent.UNDELIVERABLE, c, CommState.UNDELIVERABLE, reason=reason
+        )
+        for c in unreachable
+    ]
+    if events is None:
+        webhooks.webhook_events_emit(undeliverable)
+    else:
+        events += undeliverable  # the caller writes them with its own
     for c in unreachable:
         transaction.on_commit(partial(_signal, signals.communication_undeliverable, c.pk))
     delivery_ids = [d.pk for d in deliveries]
@@ -1179,11 +1187,23 @@ def _retry_inline(connection, email: _ConnectedEmailBackend, by_id, outcome: _Ou
         for d in again:
             if d.channel != "email":
                 _send_each(backend_for(d.channel), [d], outcome)
-    # Unknown outcomes that are still unknown after the last try wait in `sending` too.
+    # Unknown outcomes that are still unknown after the last try wait in `sending` too, for
+    # reconciliation to ask the provider, never back to `pending` blind. A provider that cannot
+    # be asked (push) gets the message again later: a possible duplicate is the lesser harm.
     for pk, exc in list(outcome.transient.items()):
-        if exc.maybe_sent:
+        if exc.maybe_sent and provider_can_be_asked(by_id[pk].channel):
             del outcome.transient[pk]
             outcome.unknown[pk] = str(exc)
+
+
+def provider_can_be_asked(channel: str) -> bool:
+    """Whether the provider can say if it got a message: Postmark (outbound search by
+    metadata) and Twilio (its message list); the others cannot."""
+    if channel == "email":
+        return settings.EMAIL_BACKEND.startswith("anymail.backends.postmark")
+    if channel == "sms":
+        return settings.CCM_SMS_BACKEND.endswith(".TwilioSmsBackend")
+    return False
 
 
 def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[str, int]:
@@ -1357,6 +1377,12 @@ def deliveries_reconcile(ids: Sequence[int]) -> dict[str, int]:
             },
             fall_back=False,
         )
+        for delivery in Delivery.objects.filter(pk__in=[pk for pk, _ in given_up]).select_related(
+            "communication"
+        ):
+            signals.delivery_outcome_unknown.send(
+                sender=Delivery, delivery=delivery, reason=delivery.last_error
+            )
         history.steps_record(
             history.Step(
                 by_id[pk].communication_id,

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 from ccm.api.auth import api_key_create
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import bulk, history, services
+from notifications import bulk, services
 from notifications.models import Communication, Delivery, SuppressionReason
 from tests.notifications.conftest import publish
 
@@ -118,9 +118,9 @@ def test_portal_link_template_is_accepted_and_sent_with_its_link(document_ready,
     assert communication.data["portal_url"] in mail.outbox[0].body
 
 
-def test_address_suppressed_after_intake_is_not_sent(letter, customer, entry, queued):
+def test_address_suppressed_after_intake_is_not_sent(document_ready, customer, entry, queued):
     # given a communication composed for ada@example.org, its delivery waiting to go out
-    comm_id = entry("letter", DATA)
+    comm_id = entry("document_ready", {**READY, "portal_url": "https://portal.example/d/1"})
     while not Delivery.objects.filter(communication_id=comm_id).exists():
         assert queued(), "nothing composed the communication"
     # when the address hard-bounces another message before this one goes out
@@ -152,12 +152,16 @@ def test_every_communication_has_its_own_history_proved_by_the_chain(
     assert timeline[0]["actor"] != "system"  # who asked
     assert all(e["at"] for e in timeline)
     # and the audit chain covers each step: the command proves this communication's history
+    from notifications import history
+
     history.steps_seal_all()
     call_command("audit_verify_communication", str(comm_id))
     assert f"communication {comm_id}: {len(actions)} steps proved" in capsys.readouterr().out
 
 
 def test_a_changed_step_fails_the_proof(letter, entry, queued):
+    from notifications import history
+
     comm_id = entry("letter", DATA)
     queued.drain()
     history.steps_seal_all()
