@@ -244,6 +244,7 @@ class IntakeResult:
 
     index: int
     communication_id: int | None = None
+    communication: Communication | None = None  # the new one, as created
     created: bool = False
     error: Exception | None = None
     errors: list[dict] = field(default_factory=list)
@@ -414,6 +415,7 @@ def _create(
     first = {id(c) for c in new}
     for index, communication in slots.items():
         results[index].communication_id = communication.pk
+        results[index].communication = communication
         results[index].created = id(communication) in first
         first.discard(id(communication))
     history.steps_record(

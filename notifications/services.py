@@ -243,7 +243,6 @@ def release_required(version: TemplateVersion, data: Mapping) -> str | None:
     return None
 
 
-@transaction.atomic
 def communication_request(
     *,
     template_code: str,
@@ -294,6 +293,8 @@ def communication_request(
     )
     if result.error is not None:
         raise result.error
+    if result.communication is not None:
+        return result.communication, result.created
     return Communication.objects.get(pk=result.communication_id), result.created
 
 
