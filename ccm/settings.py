@@ -341,6 +341,20 @@ CCM_SENDING_STALE_AFTER_S = env.int("CCM_SENDING_STALE_AFTER_S", default=300)
 # A delivery whose outcome the provider cannot tell after this many checks fails with
 # "outcome unknown" (and an exception case) instead of waiting in `sending` for ever.
 CCM_RECONCILE_MAX_CHECKS = env.int("CCM_RECONCILE_MAX_CHECKS", default=6)
+# Messages per second each provider takes, shared by every process and cluster (a token
+# bucket row per provider), e.g. "postmark=50,twilio=10"; a provider not named is not throttled.
+# Provider names: the email backend's module (postmark, smtp, …), the SMS backend (twilio, …),
+# push. Bulk traffic (marketing, service) leaves CCM_THROTTLE_RESERVE of each bucket to
+# transactional and regulatory messages, so a campaign never starves them.
+CCM_PROVIDER_RATES = {
+    name.strip(): float(rate)
+    for name, rate in (
+        pair.split("=", 1) for pair in env.list("CCM_PROVIDER_RATES", default=[]) if "=" in pair
+    )
+}
+CCM_THROTTLE_RESERVE = env.float("CCM_THROTTLE_RESERVE", default=0.2)
+# A chunk waits at most this long for tokens; what is left goes back to `pending` for later.
+CCM_THROTTLE_MAX_WAIT_S = env.float("CCM_THROTTLE_MAX_WAIT_S", default=30.0)
 CCM_PORTAL_LINK_TTL_DAYS = env.int("CCM_PORTAL_LINK_TTL_DAYS", default=30)
 CCM_PORTAL_RENEWAL_TEMPLATE = env.str("CCM_PORTAL_RENEWAL_TEMPLATE", default="document_ready")
 CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & Insurance")

@@ -55,7 +55,7 @@ from documents.composition import (
     data_errors,
 )
 from documents.models import Template, TemplateVersion
-from notifications import history, selection, selectors, signals, webhooks
+from notifications import history, selection, selectors, signals, throttle, webhooks
 from notifications.channels import (
     EmailBackend,
     PermanentSendError,
@@ -885,6 +885,7 @@ class _Outcome:
     transient: dict[int, TransientSendError] = field(default_factory=dict)
     permanent: dict[int, str] = field(default_factory=dict)
     unknown: dict[int, str] = field(default_factory=dict)  # maybe sent, provider not answering
+    throttled: list[int] = field(default_factory=list)  # not sent: the provider's rate is used up
 
 
 class _ConnectedEmailBackend(EmailBackend):
@@ -1138,25 +1139,51 @@ def dispatch_chunk(ids: Sequence[int]) -> dict[str, int]:
     outcome = _Outcome()
     outcome.permanent.update(send_time_refusals(deliveries))
     deliveries = [d for d in deliveries if d.pk not in outcome.permanent]
-    emails = [d for d in deliveries if d.channel == "email"]
-    others = [d for d in deliveries if d.channel != "email"]
-    connection = _open_connection() if emails else None
+    connection = _open_connection() if any(d.channel == "email" for d in deliveries) else None
+    deadline = time.monotonic() + settings.CCM_THROTTLE_MAX_WAIT_S
     try:
         email = _ConnectedEmailBackend(connection)
-        if emails and _is_postmark(connection):
-            _send_postmark_batch(connection, email, emails, outcome)
-        else:
-            _send_each(email, emails, outcome)
-        for d in others:
-            _send_each(backend_for(d.channel), [d], outcome)
-        _retry_inline(connection, email, by_id, outcome)
+        outcome.throttled += _send(connection, email, deliveries, outcome, deadline)
+        _retry_inline(connection, email, by_id, outcome, deadline)
     finally:
         if connection is not None:
             connection.close()
     return _record_dispatched(by_id, outcome)
 
 
-def _retry_inline(connection, email: _ConnectedEmailBackend, by_id, outcome: _Outcome) -> None:
+def _send(
+    connection, email: _ConnectedEmailBackend, deliveries: list[Delivery], outcome, deadline
+) -> list[int]:
+    """Send `deliveries` as fast as each provider's throttle allows (transactional and
+    regulatory messages may use the reserve); return the ids the throttle did not let out
+    before `deadline`."""
+    groups: dict[tuple[str, bool], list[Delivery]] = defaultdict(list)
+    for d in deliveries:
+        c = d.communication
+        groups[(d.channel, throttle.is_priority(category=c.category, urgency=c.urgency))].append(d)
+    left: list[int] = []
+    for (channel, priority), group in groups.items():
+        provider = throttle.provider_of(channel)
+        while group:
+            granted = throttle.throttle_wait(
+                provider=provider, want=len(group), priority=priority, deadline=deadline
+            )
+            if not granted:
+                left += [d.pk for d in group]
+                break
+            part, group = group[:granted], group[granted:]
+            if channel != "email":
+                _send_each(backend_for(channel), part, outcome)
+            elif _is_postmark(connection):
+                _send_postmark_batch(connection, email, part, outcome)
+            else:
+                _send_each(email, part, outcome)
+    return left
+
+
+def _retry_inline(
+    connection, email: _ConnectedEmailBackend, by_id, outcome: _Outcome, deadline: float
+) -> None:
     """Transient failures get CCM_DISPATCH_INLINE_RETRIES more tries after the rest of the
     chunk went out; a send whose outcome is unknown is first looked up at the provider."""
     for attempt in range(1, settings.CCM_DISPATCH_INLINE_RETRIES + 1):
@@ -1181,14 +1208,7 @@ def _retry_inline(connection, email: _ConnectedEmailBackend, by_id, outcome: _Ou
                     continue
             del outcome.transient[pk]
             again.append(delivery)
-        emails = [d for d in again if d.channel == "email"]
-        if emails and connection is not None and _is_postmark(connection):
-            _send_postmark_batch(connection, email, emails, outcome)
-        else:
-            _send_each(email, emails, outcome)
-        for d in again:
-            if d.channel != "email":
-                _send_each(backend_for(d.channel), [d], outcome)
+        outcome.throttled += _send(connection, email, again, outcome, deadline)
     # Unknown outcomes that are still unknown after the last try wait in `sending` too, for
     # reconciliation to ask the provider, never back to `pending` blind. A provider that cannot
     # be asked (push) gets the message again later: a possible duplicate is the lesser harm.
@@ -1257,6 +1277,16 @@ def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[st
             target=DeliveryState.FAILED,
             per_row={pk: {"last_error": reason[:2000]} for pk, reason in failed.items()},
         )
+        # Not sent for the provider's rate: back in line, this attempt not counted.
+        throttled = deliveries_move(
+            ids=outcome.throttled,
+            source=DeliveryState.SENDING,
+            target=DeliveryState.PENDING,
+            action="delivery.throttled",
+            values={"attempts": F("attempts") - 1, "next_attempt_at": None},
+        )
+        for chunk in _chunks(throttled, chunk_size()):
+            _enqueue_ids("notifications.bulk.dispatch_chunk", chunk)
         # Maybe sent, the provider not answering: it waits in `sending` for reconciliation,
         # which asks the provider before anything is sent again.
         history.steps_record(
@@ -1274,6 +1304,7 @@ def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[st
         "retry_later": len(later),
         "failed": len(failed),
         "unknown": len(outcome.unknown),
+        "throttled": len(outcome.throttled),
     }
 
 
