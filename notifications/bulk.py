@@ -771,17 +771,28 @@ def gate_chunk(ids: Sequence[int]) -> dict[str, int]:
 def _gate(ids: list[int], events: list[webhooks.Occurrence]) -> dict[str, int]:
     """Inside the caller's transaction: the composed communications `ids` wait for a reviewer's
     release where their template or amount needs one; the rest start dispatching."""
+    # What the gate and the deliveries need, not the rendered outputs (decoding those again
+    # would cost more than the rest of the gate).
     locked = list(
         Communication.objects.select_for_update(of=("self",))
-        .select_related("template_version__template", "created_by", "customer")
+        .select_related("template_version")
+        .only("id", "state", "data", "decision_trace", "created_by_id", "template_version")
         .filter(pk__in=ids, state=CommState.COMPOSED)
         .order_by("pk")
     )
-    held = []
-    for c in locked:
-        why = release_required(c.template_version, c.data) if c.template_version else None
-        if why and c.created_by is not None:
-            held.append((c, why))
+    held_ids = {
+        c.pk
+        for c in locked
+        if c.created_by_id is not None
+        and c.template_version is not None
+        and release_required(c.template_version, c.data)
+    }
+    held = [
+        (c, release_required(c.template_version, c.data) or "")
+        for c in Communication.objects.select_related(
+            "template_version__template", "created_by", "customer"
+        ).filter(pk__in=held_ids)
+    ]
     for c, why in held:
         c.await_approval()
         c.decision_trace = [*c.decision_trace, {"decision": "release", "reason": why}]
