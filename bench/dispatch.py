@@ -140,7 +140,7 @@ def wait_for_cluster(cluster: subprocess.Popen) -> None:
     from django_q.models import Success
     from django_q.tasks import async_task
 
-    task_id = async_task("math.floor", 1.5)
+    task_id = async_task("math.floor", 1.5, q_options={"save": True})  # kept despite save_limit
     deadline = time.monotonic() + 60
     while not Success.objects.filter(id=task_id).exists():
         if cluster.poll() is not None or time.monotonic() > deadline:

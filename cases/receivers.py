@@ -76,7 +76,32 @@ def on_communication_transition(sender, instance, name, source, target, **kwargs
         enqueue(SETTLE_TASK, pk)
 
 
+def on_delivery_outcome_unknown(sender, delivery, reason: str, **kwargs) -> None:
+    # Nobody can tell whether the customer got it: a person must find out before it is resent.
+    _open(
+        kind=ExceptionKind.UNDELIVERABLE,
+        communication=delivery.communication,
+        delivery=delivery,
+        reason=reason,
+    )
+
+
+def on_communications_transitioned(sender, ids: list[int], target: str, **kwargs) -> None:
+    """The same for a chunk the pipeline moved with one UPDATE."""
+    if target not in exception_cases.SENT_STATES | exception_cases.FAILED_STATES:
+        return
+    awaiting = Case.objects.filter(recovery_communication_id__in=ids).exclude(recovery_action="")
+    for pk in awaiting.values_list("pk", flat=True):
+        enqueue(SETTLE_TASK, pk)
+
+
 def connect() -> None:
+    signals.delivery_outcome_unknown.connect(
+        on_delivery_outcome_unknown, dispatch_uid="cases.on_delivery_outcome_unknown"
+    )
+    signals.communications_transitioned.connect(
+        on_communications_transitioned, dispatch_uid="cases.on_communications_transitioned"
+    )
     signals.communication_compose_failed.connect(
         on_compose_failed, dispatch_uid="cases.on_compose_failed"
     )

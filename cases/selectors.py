@@ -11,7 +11,13 @@ from django.utils import timezone
 from cases.models import OPEN_STATES, Case, CaseState, SlaStatus
 from ccm import audit
 from ccm.models import AuditEvent
-from notifications.models import Communication, Delivery, DeliveryEvent, EventType
+from notifications.models import (
+    Communication,
+    CommunicationStep,
+    Delivery,
+    DeliveryEvent,
+    EventType,
+)
 
 # Audit actions the timeline shows through richer entries of their own.
 _SHOWN_ELSEWHERE = ("case.note_added", "case.milestone_reached")
@@ -136,6 +142,20 @@ def case_timeline(case: Case) -> list[TimelineEntry]:
                 {**about, **(event.after or {})},
             )
         )
+    entries += [
+        TimelineEntry(
+            step.at,
+            "communication",
+            step.action,
+            step.actor_label,
+            {
+                "communication": step.communication_id,
+                **({"delivery": step.delivery_id} if step.delivery_id else {}),
+                **step.detail,
+            },
+        )
+        for step in CommunicationStep.objects.filter(communication_id__in=communication_ids)
+    ]
     for provider_event in DeliveryEvent.objects.filter(
         delivery_id__in=list(deliveries), event_type__in=_EVENT_ONLY
     ):

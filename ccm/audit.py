@@ -142,3 +142,46 @@ def history(subject: models.Model) -> models.QuerySet[AuditEvent]:
     return AuditEvent.objects.filter(subject_type=subject_type, subject_id=subject_id).order_by(
         "id"
     )
+
+
+# --- batches of leaf hashes (Merkle roots) ---------------------------------------------------
+
+
+def leaf_hash(body: dict) -> str:
+    """SHA-256 of a record's canonical JSON: what a batch event's Merkle root is built from."""
+    canonical = json.dumps(_jsonable(body), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def merkle_root(leaves: list[str]) -> str:
+    """The root of a binary Merkle tree over `leaves` in order (an odd node is paired with
+    itself, as in Bitcoin); the empty tree's root is the genesis hash."""
+    if not leaves:
+        return GENESIS_HASH
+    level = list(leaves)
+    while len(level) > 1:
+        if len(level) % 2:
+            level.append(level[-1])
+        level = [
+            hashlib.sha256((level[i] + level[i + 1]).encode()).hexdigest()
+            for i in range(0, len(level), 2)
+        ]
+    return level[0]
+
+
+def record_batch(*, action: str, leaves: list[str], after: dict | None = None) -> AuditEvent:
+    """One chained event that vouches for many records at once: its `after` carries the count
+    and the Merkle root of their hashes, so the chain lock is taken once per batch."""
+    return record(
+        actor=None,
+        action=action,
+        after={**(after or {}), "count": len(leaves), "merkle_root": merkle_root(leaves)},
+    )
+
+
+def event_verify(event: AuditEvent) -> bool:
+    """Whether one event's row still matches its hash and links to the row before it."""
+    if compute_hash(event.prev_hash, event) != event.hash:
+        return False
+    previous = AuditEvent.objects.filter(id__lt=event.id).order_by("-id").first()
+    return event.prev_hash == (previous.hash if previous else GENESIS_HASH)

@@ -211,7 +211,10 @@ Q_CLUSTER = {
     "retry": env.int("Q_RETRY", default=180),
     "max_attempts": env.int("Q_MAX_ATTEMPTS", default=5),
     "ack_failures": True,
-    "save_limit": env.int("Q_SAVE_LIMIT", default=10000),
+    # Successful tasks are not kept: with a positive limit django-q2's monitor locks and counts
+    # every kept success row (SELECT … FOR UPDATE) after each task, so each task gets slower as
+    # the table grows. Failed tasks are always kept, for operations to see.
+    "save_limit": env.int("Q_SAVE_LIMIT", default=-1),
     "catch_up": False,
     "poll": 0.5,
     "label": "Task queue",
@@ -233,7 +236,7 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "ccm.api.auth.SessionUserRateThrottle",
         "ccm.api.auth.ApiKeyRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
@@ -377,6 +380,23 @@ CCM_DISPATCH_INLINE_RETRIES = env.int("CCM_DISPATCH_INLINE_RETRIES", default=2)
 CCM_DISPATCH_MAX_ATTEMPTS = env.int("CCM_DISPATCH_MAX_ATTEMPTS", default=8)
 # A delivery in `sending` this long lost its worker; it is reconciled with the provider.
 CCM_SENDING_STALE_AFTER_S = env.int("CCM_SENDING_STALE_AFTER_S", default=300)
+# A delivery whose outcome the provider cannot tell after this many checks fails with
+# "outcome unknown" (and an exception case) instead of waiting in `sending` for ever.
+CCM_RECONCILE_MAX_CHECKS = env.int("CCM_RECONCILE_MAX_CHECKS", default=6)
+# Messages per second each provider takes, shared by every process and cluster (a token
+# bucket row per provider), e.g. "postmark=50,twilio=10"; a provider not named is not throttled.
+# Provider names: the email backend's module (postmark, smtp, …), the SMS backend (twilio, …),
+# push. Bulk traffic (marketing, service) leaves CCM_THROTTLE_RESERVE of each bucket to
+# transactional and regulatory messages, so a campaign never starves them.
+CCM_PROVIDER_RATES = {
+    name.strip(): float(rate)
+    for name, rate in (
+        pair.split("=", 1) for pair in env.list("CCM_PROVIDER_RATES", default=[]) if "=" in pair
+    )
+}
+CCM_THROTTLE_RESERVE = env.float("CCM_THROTTLE_RESERVE", default=0.2)
+# A chunk waits at most this long for tokens; what is left goes back to `pending` for later.
+CCM_THROTTLE_MAX_WAIT_S = env.float("CCM_THROTTLE_MAX_WAIT_S", default=30.0)
 CCM_PORTAL_LINK_TTL_DAYS = env.int("CCM_PORTAL_LINK_TTL_DAYS", default=30)
 CCM_PORTAL_RENEWAL_TEMPLATE = env.str("CCM_PORTAL_RENEWAL_TEMPLATE", default="document_ready")
 CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & Insurance")

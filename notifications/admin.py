@@ -7,10 +7,10 @@ from django.shortcuts import redirect
 from django.urls import path
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 
-from ccm import approvals, audit
+from ccm import approvals
 from ccm.forms import DecisionForm
 from ccm.review import sandboxed_html
-from notifications import selectors, services
+from notifications import history, selectors, services
 from notifications.devices import device_deactivate
 from notifications.models import (
     Communication,
@@ -157,7 +157,7 @@ class CommunicationAdmin(admin.ModelAdmin):
             return redirect(request.path)
         context = {
             **(extra_context or {}),
-            "timeline": audit.history(communication),
+            "timeline": history.communication_history(communication),
             "trace": communication.decision_trace,
             "rendered": communication.rendered,
             "consent_applied": selectors.consent_applied(communication),

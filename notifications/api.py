@@ -9,7 +9,6 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
-from ccm import audit
 from ccm.api.auth import visible_to_caller
 from ccm.api.errors import Conflict, Unprocessable
 from ccm.api.idempotency import HEADER, client_of
@@ -17,7 +16,7 @@ from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from documents.api import composition_problem
 from documents.composition import CompositionError
 from documents.models import Category
-from notifications import selectors, services
+from notifications import history, selectors, services
 from notifications.models import (
     Channel,
     Communication,
@@ -322,7 +321,7 @@ class CommunicationDetailSerializer(CommunicationSerializer):
     def get_timeline(self, communication) -> list[dict]:
         return [
             {"at": e.created_at, "action": e.action, "actor": e.actor_label, "detail": e.after}
-            for e in audit.history(communication)
+            for e in history.communication_history(communication)
         ]
 
     def get_consent_applied(self, communication) -> list[dict]:

@@ -35,28 +35,25 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-import jsonschema
 import requests
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
-from ccm import audit
+from ccm import approvals
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
-from documents.addressee import identity_errors, with_addressee
 from documents.composition import (
     CompositionError,
     DataInvalid,
     data_errors,
-    schema_validator,
 )
 from documents.models import Template, TemplateVersion
-from notifications import fallback, selection, selectors, signals, webhooks
+from notifications import history, selection, selectors, signals, throttle, webhooks
 from notifications.channels import (
     EmailBackend,
     PermanentSendError,
@@ -77,19 +74,27 @@ from notifications.models import (
 )
 from notifications.postmark_batch import PostmarkPayloads, direct_payloads_allowed
 from notifications.services import (
+    RELEASE_PURPOSE,
     IntakeError,
+    address_normalise,
     addressee_mismatches,
     addressee_of,
     backoff_seconds,
     composition_context,
     delivery_message_id,
     enabled_channels,
+    intake_data_validate,
+    intake_validator,
+    portal_linked,
     release_required,
 )
+from notifications.transitions import deliveries_move
 
 logger = logging.getLogger(__name__)
 
 POSTMARK_BATCH_MAX = 500  # Postmark's limit for one /email/batch call
+# Below this many rows one INSERT … RETURNING is cheaper than drawing ids and a COPY.
+COPY_FROM = 50
 
 
 def chunk_size() -> int:
@@ -190,7 +195,7 @@ def insert_rows(model, objs: list) -> None:
     `bulk_create`'s INSERT … RETURNING for thousands of rows). Elsewhere `bulk_create`."""
     if not objs:
         return
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or len(objs) < COPY_FROM:
         model.objects.bulk_create(objs, batch_size=1000)
         return
     opts = model._meta
@@ -232,16 +237,201 @@ class BulkIntakeError(IntakeError):
         self.errors = errors
 
 
-_validators: dict[tuple[int, str], jsonschema.protocols.Validator] = {}
+@dataclass
+class IntakeResult:
+    """What became of one item: its communication (new, or the one its idempotency key made the
+    first time), or the reason it was refused (`error`, with `errors` per field)."""
+
+    index: int
+    communication_id: int | None = None
+    communication: Communication | None = None  # the new one, as created
+    created: bool = False
+    error: Exception | None = None
+    errors: list[dict] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return self.error is None
 
 
-def _validator(version: TemplateVersion) -> jsonschema.protocols.Validator:
-    """The compiled validator of a version's schema, built once per process."""
-    key = (version.pk, version.content_hash)
-    validator = _validators.get(key)
-    if validator is None:
-        validator = _validators[key] = schema_validator(version.content.get("schema", {}))
-    return validator
+def _refuse(result: IntakeResult, exc: Exception) -> None:
+    result.error = exc
+    if isinstance(exc, CompositionError) and exc.errors:
+        result.errors = [{"field": e.field, "message": e.message} for e in exc.errors]
+    else:
+        result.errors = [{"field": getattr(exc, "field", ""), "message": str(exc)}]
+
+
+def communications_intake(
+    *,
+    items: Sequence[Mapping[str, Any]],
+    client: str,
+    by,
+    source: str = "api",
+    all_or_nothing: bool = False,
+) -> list[IntakeResult]:
+    """Accept communications: the one intake of every entry point (one API call is a batch of
+    one). Returns one result per item, in order; a bad item does not refuse the good ones
+    (unless `all_or_nothing`, which raises BulkIntakeError naming every bad item).
+
+    An item: {"template": code, "customer": Customer or id, "data": {…}} and optionally
+    "idempotency_key", "category", "urgency", "source", "channel" (an override), "address"
+    (with "channel": send there instead), "document" (an archived Document to carry instead
+    of composing), "parent" (a Communication this one follows up), "correlation_id".
+
+    The data is validated now against the version that will render it (pinned on the
+    communication); the same idempotency key from the same client returns the communication it
+    made the first time. Composition is enqueued in chunks after commit.
+    """
+    results = [IntakeResult(index) for index in range(len(items))]
+    prepared: dict[int, Communication] = {}
+    codes = {str(item.get("template") or "") for item in items}
+    templates = {t.code: t for t in Template.objects.filter(code__in=codes)}
+    published: dict[str, TemplateVersion | None] = {}
+    customer_ids = {
+        c
+        for c in (item.get("customer") for item in items)
+        if c is not None and not isinstance(c, Customer)
+    }
+    # The customers' records: intake checks the data's identity fields against them.
+    known = Customer.objects.in_bulk(customer_ids) if customer_ids else {}
+    created_by = by if by is not None and getattr(by, "pk", None) else None
+    for item, result in zip(items, results, strict=True):
+        try:
+            prepared[result.index] = _prepare(
+                item,
+                templates=templates,
+                published=published,
+                known=known,
+                client=client,
+                created_by=created_by,
+                source=source,
+            )
+        except (IntakeError, DataInvalid) as exc:
+            _refuse(result, exc)
+    refused = [r for r in results if not r.accepted]
+    if refused and all_or_nothing:
+        raise BulkIntakeError(
+            f"{len(refused)} of {len(items)} items are invalid; nothing was created.",
+            errors=[{"index": r.index, "errors": r.errors} for r in refused],
+        )
+    try:
+        _create(prepared, results, client=client, by=by)
+    except IntegrityError:
+        # Another request used one of the idempotency keys meanwhile: once more, now that its
+        # communications are visible, they are returned instead of created.
+        _create(prepared, results, client=client, by=by)
+    return results
+
+
+def _prepare(
+    item: Mapping[str, Any], *, templates, published, known, client, created_by, source
+) -> Communication:
+    code = str(item.get("template") or "")
+    template = templates.get(code)
+    if template is None:
+        raise IntakeError(f"There is no template {code!r}.", field="template")
+    document = item.get("document")
+    # A copy of one of the template's own documents (a reprint) is pinned to the version that
+    # rendered it; anything else speaks with the template's published version.
+    pinned = document is not None and document.template_version.template_id == template.pk
+    if pinned:
+        version = document.template_version  # type: ignore[union-attr]
+    else:
+        if code not in published:
+            published[code] = document_selectors.version_for_sending(code=code)
+        version = published[code]
+    if version is None:
+        raise IntakeError(f"Template {code!r} has no published version yet.", field="template")
+    customer = item.get("customer")
+    if not isinstance(customer, Customer):
+        customer = known.get(customer)
+        if customer is None:
+            raise IntakeError("unknown customer", field="customer")
+    customer_id = customer.pk
+    channel = str(item.get("channel") or "")
+    address = ""
+    if item.get("address"):
+        if not channel:
+            raise IntakeError("An address needs the channel it is for.", field="channel")
+        address, _ = address_normalise(channel, item["address"])
+    snapshot = documents.data_snapshot(item.get("data") or {})
+    printed_to = address.split(" / ") if address and channel == "print" else None
+    intake_data_validate(version, snapshot, addressee=addressee_of(customer, address=printed_to))
+    parent = item.get("parent")
+    key = str(item.get("idempotency_key") or "") or None
+    return Communication(
+        customer_id=customer_id,
+        template=template,
+        # Composition renders the version published then (and checks the data against it
+        # again); only a reprint of the template's own document keeps that document's version.
+        template_version=version if pinned else None,
+        data=snapshot,
+        category=item.get("category") or template.category,
+        urgency=item.get("urgency") or "normal",
+        source=item.get("source") or source,
+        channel_override=channel,
+        address_override=address,
+        correlation_id=str(item.get("correlation_id") or ""),
+        client=client,
+        idempotency_key=key,
+        created_by=created_by,
+        parent_id=parent.pk if parent is not None else None,
+        document_id=document.pk if document is not None else None,
+    )
+
+
+@transaction.atomic
+def _create(
+    prepared: dict[int, Communication], results: list[IntakeResult], *, client: str, by
+) -> None:
+    keys = {c.idempotency_key for c in prepared.values() if c.idempotency_key}
+    existing: dict[str, int] = {}
+    if keys:
+        existing = dict(
+            Communication.objects.filter(client=client, idempotency_key__in=keys).values_list(
+                "idempotency_key", "pk"
+            )
+        )
+    new: list[Communication] = []
+    new_by_key: dict[str, Communication] = {}  # a key repeated within the batch makes one
+    slots: dict[int, Communication] = {}
+    for index, communication in prepared.items():
+        key = communication.idempotency_key
+        result = results[index]
+        if key and key in existing:
+            result.communication_id, result.created = existing[key], False
+            continue
+        if key and key in new_by_key:
+            slots[index] = new_by_key[key]
+            continue
+        communication.pk = None
+        communication._state.adding = True
+        if key:
+            new_by_key[key] = communication
+        new.append(communication)
+        slots[index] = communication
+    insert_rows(Communication, new)
+    first = {id(c) for c in new}
+    for index, communication in slots.items():
+        results[index].communication_id = communication.pk
+        results[index].communication = communication
+        results[index].created = id(communication) in first
+        first.discard(id(communication))
+    history.steps_record(
+        [
+            history.Step(
+                c.pk,
+                "communication.received",
+                {"template": c.template.code, "source": c.source},
+            )
+            for c in new
+        ],
+        actor=by,
+        seal_soon=False,  # sealed by the chunk that composes them: no chain lock per request
+    )
+    for ids in _chunks([c.pk for c in new], chunk_size()):
+        _enqueue_ids("notifications.bulk.compose_chunk", ids)
 
 
 def communications_request_bulk(
@@ -255,159 +445,28 @@ def communications_request_bulk(
     urgency: str = "normal",
     correlation_id: str = "",
 ) -> list[int]:
-    """Accept many communications of one template; return their ids in the order of `items`.
-
-    Each item is {"customer": Customer or its id, "data": {…}, "idempotency_key": optional}.
-    All or nothing: if any item's data does not match the published schema (or names an unknown
-    customer), nothing is created and `BulkIntakeError` lists every bad item by index. An item
-    whose idempotency key this client already used gets the communication made the first time.
-    The version validated against is pinned on the communications, so composition renders the
-    exact version the data was checked against.
-    """
+    """Many communications of one template, all or nothing (BulkIntakeError lists every bad
+    item by index); their ids in the order of `items`."""
     template = Template.objects.filter(code=template_code).first()
     if template is None:
         raise IntakeError(f"There is no template {template_code!r}.", field="template")
-    version = document_selectors.version_for_sending(code=template_code)
-    if version is None:
-        raise IntakeError(
-            f"Template {template_code!r} has no published version yet.", field="template"
-        )
-    validator = _validator(version)
-    schema = version.content.get("schema", {})
-    problems: list[dict] = []
-    snapshots: list[dict] = []
-    customer_ids: list[int] = [
-        item["customer"].pk if isinstance(item.get("customer"), Customer) else item["customer"]
-        for item in items
-    ]
-    customers = Customer.objects.in_bulk({pk for pk in customer_ids if isinstance(pk, int)})
-    for index, (item, customer_id) in enumerate(zip(items, customer_ids, strict=True)):
-        customer = customers.get(customer_id)
-        if customer is None:
-            problems.append(
-                {"index": index, "errors": [{"field": "customer", "message": "unknown customer"}]}
-            )
-        try:
-            snapshot = documents.data_snapshot(item.get("data") or {})
-        except DataInvalid as exc:
-            problems.append({"index": index, "errors": [{"field": "", "message": exc.reason}]})
-            snapshots.append({})
-            continue
-        snapshots.append(snapshot)
-        context = snapshot
-        errors = []
-        if customer is not None:
-            # The same checks as one request's intake: identity fields name this customer, and
-            # the schema sees the customer's own variables.
-            addressee = addressee_of(customer)
-            errors = identity_errors(schema, snapshot, addressee)
-            context = with_addressee(snapshot, addressee)
-        errors += data_errors(validator, context)
-        if errors:
-            problems.append(
-                {
-                    "index": index,
-                    "errors": [{"field": e.field, "message": e.message} for e in errors],
-                }
-            )
-    if problems:
-        problems.sort(key=lambda p: p["index"])
-        raise BulkIntakeError(
-            f"{len({p['index'] for p in problems})} of {len(items)} items are invalid; "
-            "nothing was created.",
-            errors=problems,
-        )
-    create = partial(
-        _create,
-        template=template,
-        version=version,
-        items=items,
-        snapshots=snapshots,
-        customer_ids=customer_ids,
+    results = communications_intake(
+        items=[
+            {
+                "template": template_code,
+                "category": category,
+                "urgency": urgency,
+                "correlation_id": correlation_id,
+                **item,
+            }
+            for item in items
+        ],
         client=client,
         by=by,
         source=source,
-        category=category or template.category,
-        urgency=urgency,
-        correlation_id=correlation_id,
+        all_or_nothing=True,
     )
-    try:
-        return create()
-    except IntegrityError:
-        # Another request used one of the idempotency keys meanwhile: once more, now that its
-        # communications are visible, they are returned instead of created.
-        return create()
-
-
-@transaction.atomic
-def _create(
-    *,
-    template: Template,
-    version: TemplateVersion,
-    items: Sequence[Mapping[str, Any]],
-    snapshots: list[dict],
-    customer_ids: list[int],
-    client: str,
-    by,
-    source: str,
-    category: str,
-    urgency: str,
-    correlation_id: str,
-) -> list[int]:
-    keys = [str(item.get("idempotency_key") or "") or None for item in items]
-    existing: dict[str, int] = {}
-    wanted = {k for k in keys if k}
-    if wanted:
-        existing = dict(
-            Communication.objects.filter(client=client, idempotency_key__in=wanted).values_list(
-                "idempotency_key", "pk"
-            )
-        )
-    new: list[Communication] = []
-    new_index: dict[str, int] = {}  # a key repeated within the batch makes one communication
-    slots: list[int | Communication] = []
-    created_by = by if by is not None and getattr(by, "pk", None) else None
-    for key, snapshot, customer_id in zip(keys, snapshots, customer_ids, strict=True):
-        if key and key in existing:
-            slots.append(existing[key])
-            continue
-        if key and key in new_index:
-            slots.append(new[new_index[key]])
-            continue
-        communication = Communication(
-            customer_id=customer_id,
-            template=template,
-            template_version=version,
-            data=snapshot,
-            category=category,
-            urgency=urgency,
-            source=source,
-            correlation_id=correlation_id,
-            client=client,
-            idempotency_key=key,
-            created_by=created_by,
-        )
-        if key:
-            new_index[key] = len(new)
-        new.append(communication)
-        slots.append(communication)
-    insert_rows(Communication, new)
-    new_ids = [c.pk for c in new]
-    if new_ids:
-        audit.record(
-            actor=by,
-            action="communications.received_bulk",
-            after={
-                "template": template.code,
-                "version": version.pk,
-                "source": source,
-                "count": len(new_ids),
-                "ids": id_ranges(new_ids),
-            },
-        )
-        for ids in _chunks(new_ids, chunk_size()):
-            _enqueue_ids("notifications.bulk.compose_chunk", ids)
-    return [slot if isinstance(slot, int) else slot.pk for slot in slots]
+    return [r.communication_id for r in results if r.communication_id is not None]
 
 
 def _enqueue_ids(task: str, ids: list[int]) -> None:
@@ -434,7 +493,9 @@ def _claim_communications(ids: Sequence[int], source: str, target: str) -> list[
     return claimed
 
 
-def _facts(communications: list[Communication], renditions: dict[int, list[str]]):
+def facts_for_chunk(
+    communications: list[Communication], renditions: dict[int, list[str]]
+) -> dict[int, selection.Facts]:
     """Selection facts for a chunk, from six queries instead of six per communication."""
     customer_ids = {c.customer_id for c in communications}
     categories = {c.category for c in communications}
@@ -448,6 +509,48 @@ def _facts(communications: list[Communication], renditions: dict[int, list[str]]
         .values_list("customer_id", "kind", "value")
     ):
         by_kind[kind][customer_id].append(value)
+    consents, preferences = _consents(customer_ids, categories)
+    devices = selectors.device_addresses(customer_ids=customer_ids)
+    addresses = {a for found in (*emails.values(), *phones.values()) for a in found}
+    addresses.update(a for found in devices.values() for a in found)
+    addresses.update(c.address_override for c in communications if c.address_override)
+    suppressed = frozenset(
+        Suppression.objects.filter(address__in=addresses, lifted_at__isnull=True).values_list(
+            "channel", "address"
+        )
+    )
+    facts: dict[int, selection.Facts] = {}
+    for c in communications:
+        customer = c.customer
+        mine_emails = emails.get(c.customer_id, [])
+        mine_phones = phones.get(c.customer_id, [])
+        postal = customer.postal_address if customer.postal_address_valid else []
+        target = c.address_override
+        if target and c.channel_override == "email":
+            mine_emails = [target]
+        elif target and c.channel_override == "sms":
+            mine_phones = [target]
+        elif target and c.channel_override == "print":
+            postal = target.split(" / ")
+        mine = {*mine_emails, *mine_phones, *devices.get(c.customer_id, ())}
+        facts[c.pk] = selection.Facts(
+            category=c.category,
+            urgency=c.urgency,
+            renditions=renditions[c.pk],
+            emails=mine_emails,
+            phones=mine_phones,
+            devices=devices.get(c.customer_id, []),
+            postal_address=postal,
+            preferences=preferences.get((c.customer_id, c.category), {}),
+            consents=consents.get((c.customer_id, c.category), {}),
+            suppressed=frozenset(s for s in suppressed if s[1] in mine),
+            override=c.channel_override,
+        )
+    return facts
+
+
+def _consents(customer_ids, categories):
+    """The latest consent and the preference per (customer, category) → channel."""
     consents: dict[tuple[int, str], dict[str, bool]] = defaultdict(dict)
     for customer_id, cat, channel, granted in (
         ConsentRecord.objects.filter(customer_id__in=customer_ids, category__in=categories)
@@ -460,51 +563,13 @@ def _facts(communications: list[Communication], renditions: dict[int, list[str]]
         customer_id__in=customer_ids, category__in=categories
     ).values_list("customer_id", "category", "channel", "allowed"):
         preferences[(customer_id, cat)][channel] = allowed
-    devices = selectors.device_addresses(customer_ids=customer_ids)
-    addresses = {a for found in (*emails.values(), *phones.values()) for a in found}
-    addresses.update(a for found in devices.values() for a in found)
-    suppressed = frozenset(
-        Suppression.objects.filter(address__in=addresses, lifted_at__isnull=True).values_list(
-            "channel", "address"
-        )
-    )
-    facts: dict[int, selection.Facts] = {}
-    for c in communications:
-        mine = {*emails.get(c.customer_id, ()), *phones.get(c.customer_id, ())}
-        mine.update(devices.get(c.customer_id, ()))
-        customer = c.customer
-        facts[c.pk] = selection.Facts(
-            category=c.category,
-            urgency=c.urgency,
-            renditions=renditions[c.pk],
-            emails=emails.get(c.customer_id, []),
-            phones=phones.get(c.customer_id, []),
-            devices=devices.get(c.customer_id, []),
-            postal_address=customer.postal_address if customer.postal_address_valid else [],
-            preferences=preferences.get((c.customer_id, c.category), {}),
-            consents=consents.get((c.customer_id, c.category), {}),
-            suppressed=frozenset(s for s in suppressed if s[1] in mine),
-            override=c.channel_override,
-        )
-    return facts
+    return consents, preferences
 
 
-def _per_message(version: TemplateVersion | None, communication: Communication) -> bool:
-    """A PDF to archive or a release to wait for: the per-message pipeline's work."""
-    if version is None:
-        return True
+def needs_pdf(version: TemplateVersion) -> bool:
+    """A PDF is archived for a template that prints or attaches its letter to the email."""
     meta = version.meta
-    if communication.document_id is None and (
-        "print" in meta.get("channels", []) or meta.get("delivery", "attach") == "attach"
-    ):
-        return True
-    if addressee_mismatches(communication, version):
-        # The customer record changed since intake: held or failed there, with the reason.
-        return True
-    return (
-        communication.created_by_id is not None
-        and release_required(version, communication.data) is not None
-    )
+    return "print" in meta.get("channels", []) or meta.get("delivery", "attach") == "attach"
 
 
 @dataclass
@@ -513,79 +578,115 @@ class _Composed:
     version: TemplateVersion
     selection: selection.Selection
     rendered: dict
+    data: dict
+    document_id: int | None
 
 
 def compose_chunk(ids: Sequence[int]) -> dict[str, int]:
-    """received → composing → dispatching (deliveries created) for a chunk; safe to run twice.
+    """received → composing → composed → (gate) for a chunk; safe to run twice.
 
-    Returns counts by outcome (for logs and tests)."""
-    ids = list(ids)
-    candidates = list(
-        Communication.objects.filter(pk__in=ids, state=CommState.RECEIVED)
-        .select_related("customer", "template")
+    Every communication, whatever brought it in: portal links made and kept in the data, a PDF
+    archived where the template needs one, channels chosen, outputs rendered. Returns counts by
+    outcome (for logs and tests)."""
+    claimed = _claim_communications(list(ids), CommState.RECEIVED, CommState.COMPOSING)
+    counts = {"claimed": len(claimed)}
+    if not claimed:
+        return counts
+    communications = list(
+        Communication.objects.filter(pk__in=claimed)
+        .select_related("customer", "template", "document", "created_by")
         .defer("rendered", "decision_trace", "failure_errors")
+        .order_by("pk")
     )
-    # Bulk intake pins the version; anything else is the per-message pipeline's to compose.
     versions = {
         v.pk: v
         for v in TemplateVersion.objects.select_related("template").filter(
-            pk__in={c.template_version_id for c in candidates if c.template_version_id}
+            pk__in={c.template_version_id for c in communications if c.template_version_id}
         )
     }
-    handed_over = {
-        c.pk for c in candidates if _per_message(versions.get(c.template_version_id or 0), c)
-    }
-    for pk in sorted(handed_over):
-        enqueue("notifications.tasks.communication_compose", pk)
-    claimed = _claim_communications(
-        [c.pk for c in candidates if c.pk not in handed_over],
-        CommState.RECEIVED,
-        CommState.COMPOSING,
-    )
-    counts = {"handed_over": len(handed_over), "claimed": len(claimed)}
-    if not claimed:
-        return counts
-    # Loaded before the claim; what composition reads (data, customer) does not change.
-    mine = set(claimed)
-    communications = [c for c in candidates if c.pk in mine]
+    published: dict[str, TemplateVersion | None] = {}
+
+    def version_of(c: Communication) -> TemplateVersion | None:
+        if c.template_version_id:
+            return versions[c.template_version_id]  # a reprint of its own document
+        code = c.template.code
+        if code not in published:
+            published[code] = document_selectors.version_for_sending(code=code)
+        return published[code]
+
     enabled = set(enabled_channels())
-    renditions: dict[int, list[str]] = {}
-    for c in communications:
-        version = versions[c.template_version_id]
-        renditions[c.pk] = [ch for ch in version.meta.get("channels", []) if ch in enabled]
-    facts = _facts(communications, renditions)
+    chosen_version = {c.pk: version_of(c) for c in communications}
+    renditions = {
+        pk: [ch for ch in (v.meta.get("channels", []) if v else []) if ch in enabled]
+        for pk, v in chosen_version.items()
+    }
+    facts = facts_for_chunk(communications, renditions)
     composed: list[_Composed] = []
     failed: list[tuple[Communication, TemplateVersion | None, CompositionError]] = []
-    # One trip to the render worker per template version and language in the chunk.
-    groups: dict[tuple[int, str], list[tuple[Communication, selection.Selection]]] = {}
+    # The text channels go to the render worker in one trip per template version and language.
+    groups: dict[tuple[int, str], list[tuple[Communication, selection.Selection, dict]]] = {}
+    documents_made: dict[int, int | None] = {}
     for c in communications:
-        version = versions[c.template_version_id]
+        version = chosen_version[c.pk]
         try:
+            if version is None:
+                raise CompositionError("the template has no published version")
+            if portal_linked(version) and "portal_url" not in c.data:
+                # The link is part of the archived data, so the letter that prints it
+                # regenerates byte for byte.
+                from notifications.portal import portal_url
+
+                c.data = {**c.data, "portal_url": portal_url(c)}
+            # The addressee comes from the customer record, never from the data.
+            context = composition_context(c, version)
+            mismatches = addressee_mismatches(c, version)
+            if mismatches and c.created_by_id is None:
+                # The record changed since intake and nobody asked for this one to hold it
+                # for a release (the gate holds the others): it fails with the reason.
+                raise DataInvalid("; ".join(e.message for e in mismatches), errors=mismatches)
+            errors = data_errors(intake_validator(version), context)
+            if errors:
+                reason = "; ".join(f"{e.field or '(root)'}: {e.message}" for e in errors)
+                raise DataInvalid(
+                    f"data does not match the template's schema: {reason}", errors=errors
+                )
             chosen = selection.select_channels(facts[c.pk])
+            document_id = c.document_id
+            if document_id is None and needs_pdf(version):
+                # The archived snapshot records the addressee it was composed for (the print
+                # close checks it against the envelope); the document belongs to whoever asked
+                # for the communication (API ownership).
+                document_id = documents.document_compose(
+                    version=version, data=context, language=c.customer.language, by=c.created_by
+                ).pk
         except CompositionError as exc:
             failed.append((c, version, exc))
             continue
+        documents_made[c.pk] = document_id
         language = documents.language_for(version, c.customer.language)
-        groups.setdefault((version.pk, language), []).append((c, chosen))
-    for (version_pk, language), members in groups.items():
-        version = versions[version_pk]
+        groups.setdefault((version.pk, language), []).append((c, chosen, context))
+    for (_, language), members in groups.items():
+        version = chosen_version[members[0][0].pk]
+        assert version is not None  # grouped only once composed with one
         results = documents.text_channels_compose(
             version=version,
             language=language,
-            items=[(composition_context(c, version), chosen.channels) for c, chosen in members],
+            items=[(context, chosen.channels) for _, chosen, context in members],
         )
-        for (c, chosen), rendered in zip(members, results, strict=True):
+        for (c, chosen, _), rendered in zip(members, results, strict=True):
             if isinstance(rendered, CompositionError):
                 failed.append((c, version, rendered))
             else:
-                composed.append(_Composed(c, version, chosen, rendered))
+                composed.append(
+                    _Composed(c, version, chosen, rendered, dict(c.data), documents_made[c.pk])
+                )
     counts.update(_record_composed(composed, failed))
     return counts
 
 
 def _signal(signal, comm_id: int) -> None:
-    """Tell the higher layers, with the communication as it now is (as the per-message path
-    does: receivers look at its state and reason)."""
+    """Tell the higher layers, with the communication as it now is (receivers look at its
+    state and reason)."""
     communication = Communication.objects.get(pk=comm_id)
     signal.send(
         sender=Communication, communication=communication, reason=communication.failure_reason
@@ -597,6 +698,7 @@ def _record_composed(
     failed: list[tuple[Communication, TemplateVersion | None, CompositionError]],
 ) -> dict[str, int]:
     now = timezone.now()
+    counts: dict[str, int] = {"composed": 0, "compose_failed": 0}
     with transaction.atomic():
         # Still ours? A sweep may have reset a chunk that took far too long.
         ours = set(
@@ -611,100 +713,220 @@ def _record_composed(
         failed = [f for f in failed if f[0].pk in ours]
         update_rows(
             Communication,
-            ["rendered", "decision_trace"],
-            {x.communication.pk: (x.rendered, x.selection.trace) for x in composed},
+            ["data", "template_version", "document", "rendered", "decision_trace"],
+            {
+                x.communication.pk: (
+                    x.data,
+                    x.version.pk,
+                    x.document_id,
+                    x.rendered,
+                    x.selection.trace,
+                )
+                for x in composed
+            },
         )
-        reachable = [x for x in composed if x.selection.targets]
-        unreachable = [x for x in composed if not x.selection.targets]
         Communication.objects.filter(
-            pk__in=[x.communication.pk for x in reachable], state=CommState.COMPOSING
-        ).update(state=CommState.DISPATCHING, updated_at=now)
-        Communication.objects.filter(
-            pk__in=[x.communication.pk for x in unreachable], state=CommState.COMPOSING
-        ).update(state=CommState.UNDELIVERABLE, failure_reason="no channel can reach the customer")
-        deliveries = [
-            Delivery(
-                communication_id=x.communication.pk,
-                channel=target.channel,
-                address=target.address,
-                message_id=delivery_message_id(x.communication, i, target.channel),
+            pk__in=[x.communication.pk for x in composed], state=CommState.COMPOSING
+        ).update(state=CommState.COMPOSED, updated_at=now)
+        steps = [
+            history.Step(
+                x.communication.pk,
+                "communication.composed",
+                {"version": x.version.pk, "channels": x.selection.channels},
             )
-            for x in reachable
-            for i, target in enumerate(x.selection.targets)
+            for x in composed
         ]
-        insert_rows(Delivery, deliveries)
+        events = [
+            webhooks.Occurrence(webhooks.WebhookEvent.COMPOSED, x.communication, CommState.COMPOSED)
+            for x in composed
+        ]
         if failed:
             update_rows(
                 Communication,
-                ["failure_reason", "failure_errors"],
+                ["template_version", "failure_reason", "failure_errors"],
                 {
                     c.pk: (
+                        v.pk if v else None,
                         exc.reason,
                         [{"field": e.field, "message": e.message} for e in exc.errors],
                     )
-                    for c, _, exc in failed
+                    for c, v, exc in failed
                 },
             )
             Communication.objects.filter(
                 pk__in=[f[0].pk for f in failed], state=CommState.COMPOSING
             ).update(state=CommState.COMPOSE_FAILED, updated_at=now)
-        delivery_ids = [d.pk for d in deliveries]
-        webhooks.webhook_events_emit(_composed_occurrences(composed, unreachable, failed))
-        audit.record(
-            actor=None,
-            action="communications.composed_bulk",
-            after={
-                "dispatching": id_ranges(x.communication.pk for x in reachable),
-                "undeliverable": id_ranges(x.communication.pk for x in unreachable),
-                "compose_failed": {str(f[0].pk): f[2].reason for f in failed},
-                "deliveries": id_ranges(delivery_ids),
-            },
+            _moved([f[0].pk for f in failed], CommState.COMPOSE_FAILED)
+            steps += [
+                history.Step(c.pk, "communication.compose_failed", {"reason": exc.reason})
+                for c, _, exc in failed
+            ]
+            events += [
+                webhooks.Occurrence(
+                    webhooks.WebhookEvent.FAILED, c, CommState.COMPOSE_FAILED, reason=exc.reason
+                )
+                for c, _, exc in failed
+            ]
+        history.steps_record(steps, at=now)
+        counts["composed"] = len(composed)
+        counts["compose_failed"] = len(failed)
+        counts.update(_gate([x.communication.pk for x in composed], events))
+        # One outbox INSERT for the chunk's events.
+        webhooks.webhook_events_emit(events)
+    # After the transaction: receivers (an exception case) see the failure committed.
+    for communication, _, _exc in failed:
+        _signal(signals.communication_compose_failed, communication.pk)
+    return counts
+
+
+def gate_chunk(ids: Sequence[int]) -> dict[str, int]:
+    """composed → awaiting_approval (the release gate) or dispatching; safe to run twice."""
+    with transaction.atomic():
+        events: list[webhooks.Occurrence] = []
+        counts = _gate(list(ids), events)
+        webhooks.webhook_events_emit(events)
+        return counts
+
+
+def _gate(ids: list[int], events: list[webhooks.Occurrence]) -> dict[str, int]:
+    """Inside the caller's transaction: the composed communications `ids` wait for a reviewer's
+    release where their template or amount needs one; the rest start dispatching."""
+    # What the gate and the deliveries need, not the rendered outputs (decoding those again
+    # would cost more than the rest of the gate).
+    locked = list(
+        Communication.objects.select_for_update(of=("self",))
+        .select_related("template_version", "customer")
+        .only(
+            "id",
+            "state",
+            "data",
+            "decision_trace",
+            "created_by_id",
+            "template_version",
+            "channel_override",
+            "address_override",
+            "customer__name",
+            "customer__salutation",
+            "customer__postal_address",
+            "customer__external_ref",
+            "customer__language",
         )
-        for ids in _chunks(delivery_ids, chunk_size()):
-            _enqueue_ids("notifications.bulk.dispatch_chunk", ids)
-        for x in unreachable:
-            transaction.on_commit(
-                partial(_signal, signals.communication_undeliverable, x.communication.pk)
-            )
-        for communication, _, _exc in failed:
-            transaction.on_commit(
-                partial(_signal, signals.communication_compose_failed, communication.pk)
-            )
+        .filter(pk__in=ids, state=CommState.COMPOSED)
+        .order_by("pk")
+    )
+    reasons = {c.pk: why for c in locked if (why := _hold_reason(c))}
+    held = [
+        (c, reasons[c.pk])
+        for c in Communication.objects.select_related(
+            "template_version__template", "created_by", "customer"
+        ).filter(pk__in=reasons)
+    ]
+    for c, why in held:
+        c.await_approval()
+        c.decision_trace = [*c.decision_trace, {"decision": "release", "reason": why}]
+        c.save()
+        approvals.approval_request(
+            subject=c,
+            requested_by=c.created_by,
+            purpose=RELEASE_PURPOSE,
+            summary=f"Release {c.template_version.template.code} to {c.customer}: {why}",
+        )
+    history.steps_record(
+        [history.Step(c.pk, "communication.awaiting_approval", {"reason": why}) for c, why in held]
+    )
+    waiting = {c.pk for c, _ in held}
+    counts = dispatch_start([c for c in locked if c.pk not in waiting], events=events)
+    return {"awaiting_approval": len(held), **counts}
+
+
+def _hold_reason(c: Communication) -> str | None:
+    """Why a composed communication waits for a reviewer's release: data naming someone other
+    than the customer on record (the record changed since intake), or its template or amount
+    needs one. Only communications somebody asked for are held; a system-made one has nobody
+    to request the release (the addressee check fails it at composition instead)."""
+    version = c.template_version
+    if c.created_by_id is None or version is None:
+        return None
+    mismatches = addressee_mismatches(c, version)
+    if mismatches:
+        return "; ".join(e.message for e in mismatches)
+    return release_required(version, c.data)
+
+
+def _moved(ids: list[int], target: str) -> None:
+    if ids:
+        signals.communications_transitioned.send(sender=Communication, ids=ids, target=target)
+
+
+def targets_of(communication: Communication) -> list[dict]:
+    """The channels and addresses chosen at composition (from its decision trace)."""
+    return [t for t in communication.decision_trace if t.get("decision") == "chosen"]
+
+
+def dispatch_start(
+    communications: Sequence[Communication], *, events: list[webhooks.Occurrence] | None = None
+) -> dict[str, int]:
+    """Inside the caller's transaction: composed or released communications get one delivery
+    per chosen channel and go to `dispatching` (dispatch enqueued in chunks after commit); one
+    that nothing can reach becomes `undeliverable`."""
+    now = timezone.now()
+    reachable = [c for c in communications if targets_of(c)]
+    unreachable = [c for c in communications if not targets_of(c)]
+    ready = (CommState.COMPOSED, CommState.APPROVED)
+    Communication.objects.filter(pk__in=[c.pk for c in reachable], state__in=ready).update(
+        state=CommState.DISPATCHING, updated_at=now
+    )
+    reason = "no channel can reach the customer"
+    Communication.objects.filter(pk__in=[c.pk for c in unreachable], state__in=ready).update(
+        state=CommState.UNDELIVERABLE, failure_reason=reason, updated_at=now
+    )
+    _moved([c.pk for c in reachable], CommState.DISPATCHING)
+    _moved([c.pk for c in unreachable], CommState.UNDELIVERABLE)
+    deliveries = [
+        Delivery(
+            communication_id=c.pk,
+            channel=target["channel"],
+            address=target["address"],
+            message_id=delivery_message_id(c, i, target["channel"]),
+        )
+        for c in reachable
+        for i, target in enumerate(targets_of(c))
+    ]
+    insert_rows(Delivery, deliveries)
+    by_comm: dict[int, list[int]] = defaultdict(list)
+    for d in deliveries:
+        by_comm[d.communication_id].append(d.pk)
+    history.steps_record(
+        [
+            history.Step(c.pk, "communication.dispatching", {"deliveries": by_comm[c.pk]})
+            for c in reachable
+        ]
+        + [
+            history.Step(c.pk, "communication.undeliverable", {"reason": reason})
+            for c in unreachable
+        ],
+        at=now,
+    )
+    undeliverable = [
+        webhooks.Occurrence(
+            webhooks.WebhookEvent.UNDELIVERABLE, c, CommState.UNDELIVERABLE, reason=reason
+        )
+        for c in unreachable
+    ]
+    if events is None:
+        webhooks.webhook_events_emit(undeliverable)
+    else:
+        events += undeliverable  # the caller writes them with its own
+    for c in unreachable:
+        transaction.on_commit(partial(_signal, signals.communication_undeliverable, c.pk))
+    delivery_ids = [d.pk for d in deliveries]
+    for chunk in _chunks(delivery_ids, chunk_size()):
+        _enqueue_ids("notifications.bulk.dispatch_chunk", chunk)
     return {
         "dispatching": len(reachable),
         "undeliverable": len(unreachable),
-        "compose_failed": len(failed),
         "deliveries": len(delivery_ids),
     }
-
-
-def _composed_occurrences(
-    composed: list[_Composed],
-    unreachable: list[_Composed],
-    failed: list[tuple[Communication, TemplateVersion | None, CompositionError]],
-) -> list[webhooks.Occurrence]:
-    """The webhook events of a composed chunk: what the per-message path reports one by one
-    (it passes through `composed` before it dispatches or finds nobody to send to)."""
-    events = [
-        webhooks.Occurrence(webhooks.WebhookEvent.COMPOSED, x.communication, CommState.COMPOSED)
-        for x in composed
-    ]
-    events += [
-        webhooks.Occurrence(
-            webhooks.WebhookEvent.UNDELIVERABLE,
-            x.communication,
-            CommState.UNDELIVERABLE,
-            reason="no channel can reach the customer",
-        )
-        for x in unreachable
-    ]
-    events += [
-        webhooks.Occurrence(
-            webhooks.WebhookEvent.FAILED, c, CommState.COMPOSE_FAILED, reason=exc.reason
-        )
-        for c, _, exc in failed
-    ]
-    return events
 
 
 # --- dispatch -------------------------------------------------------------------------------
@@ -716,6 +938,7 @@ class _Outcome:
     transient: dict[int, TransientSendError] = field(default_factory=dict)
     permanent: dict[int, str] = field(default_factory=dict)
     unknown: dict[int, str] = field(default_factory=dict)  # maybe sent, provider not answering
+    throttled: list[int] = field(default_factory=list)  # not sent: the provider's rate is used up
 
 
 class _ConnectedEmailBackend(EmailBackend):
@@ -879,19 +1102,44 @@ def _chunks_of(items: list[Delivery], size: int) -> Iterable[list[Delivery]]:
 
 
 def _claim_deliveries(ids: Sequence[int]) -> list[int]:
+    """pending → sending for the due deliveries of `ids` no other worker holds."""
     now = timezone.now()
-    with transaction.atomic():
-        claimed = list(
-            Delivery.objects.select_for_update(skip_locked=True)
-            .filter(pk__in=ids, state=DeliveryState.PENDING)
-            .exclude(next_attempt_at__gt=now)
-            .values_list("pk", flat=True)
+    return deliveries_move(
+        ids=ids,
+        source=DeliveryState.PENDING,
+        target=DeliveryState.SENDING,
+        where=~Q(next_attempt_at__gt=now),
+        skip_locked=True,
+        values={"attempts": F("attempts") + 1},
+    )
+
+
+def send_time_refusals(deliveries: Sequence[Delivery]) -> dict[int, str]:
+    """Why a claimed delivery must not go out now, checked just before sending: the address was
+    suppressed (a bounce, a complaint) or the customer withdrew consent since it was chosen."""
+    suppressed = dict(
+        ((channel, address), reason)
+        for channel, address, reason in Suppression.objects.filter(
+            address__in={d.address for d in deliveries}, lifted_at__isnull=True
+        ).values_list("channel", "address", "reason")
+    )
+    comms = [d.communication for d in deliveries]
+    consents, preferences = _consents({c.customer_id for c in comms}, {c.category for c in comms})
+    refusals: dict[int, str] = {}
+    for d in deliveries:
+        c = d.communication
+        reason = suppressed.get((d.channel, d.address))
+        if reason is not None:
+            refusals[d.pk] = f"the address is suppressed ({reason})"
+            continue
+        refusal = selection.consent_refusal(
+            category=c.category,
+            consent=consents.get((c.customer_id, c.category), {}).get(d.channel),
+            preference=preferences.get((c.customer_id, c.category), {}).get(d.channel),
         )
-        if claimed:
-            Delivery.objects.filter(pk__in=claimed, state=DeliveryState.PENDING).update(
-                state=DeliveryState.SENDING, attempts=F("attempts") + 1, updated_at=now
-            )
-    return claimed
+        if refusal and d.channel != "print":
+            refusals[d.pk] = f"refused at send time: {refusal}"
+    return refusals
 
 
 DISPATCH_FIELDS = (
@@ -942,25 +1190,53 @@ def dispatch_chunk(ids: Sequence[int]) -> dict[str, int]:
     deliveries = _load(claimed)
     by_id = {d.pk: d for d in deliveries}
     outcome = _Outcome()
-    emails = [d for d in deliveries if d.channel == "email"]
-    others = [d for d in deliveries if d.channel != "email"]
-    connection = _open_connection() if emails else None
+    outcome.permanent.update(send_time_refusals(deliveries))
+    deliveries = [d for d in deliveries if d.pk not in outcome.permanent]
+    connection = _open_connection() if any(d.channel == "email" for d in deliveries) else None
+    deadline = time.monotonic() + settings.CCM_THROTTLE_MAX_WAIT_S
     try:
         email = _ConnectedEmailBackend(connection)
-        if emails and _is_postmark(connection):
-            _send_postmark_batch(connection, email, emails, outcome)
-        else:
-            _send_each(email, emails, outcome)
-        for d in others:
-            _send_each(backend_for(d.channel), [d], outcome)
-        _retry_inline(connection, email, by_id, outcome)
+        outcome.throttled += _send(connection, email, deliveries, outcome, deadline)
+        _retry_inline(connection, email, by_id, outcome, deadline)
     finally:
         if connection is not None:
             connection.close()
     return _record_dispatched(by_id, outcome)
 
 
-def _retry_inline(connection, email: _ConnectedEmailBackend, by_id, outcome: _Outcome) -> None:
+def _send(
+    connection, email: _ConnectedEmailBackend, deliveries: list[Delivery], outcome, deadline
+) -> list[int]:
+    """Send `deliveries` as fast as each provider's throttle allows (transactional and
+    regulatory messages may use the reserve); return the ids the throttle did not let out
+    before `deadline`."""
+    groups: dict[tuple[str, bool], list[Delivery]] = defaultdict(list)
+    for d in deliveries:
+        c = d.communication
+        groups[(d.channel, throttle.is_priority(category=c.category, urgency=c.urgency))].append(d)
+    left: list[int] = []
+    for (channel, priority), group in groups.items():
+        provider = throttle.provider_of(channel)
+        while group:
+            granted = throttle.throttle_wait(
+                provider=provider, want=len(group), priority=priority, deadline=deadline
+            )
+            if not granted:
+                left += [d.pk for d in group]
+                break
+            part, group = group[:granted], group[granted:]
+            if channel != "email":
+                _send_each(backend_for(channel), part, outcome)
+            elif _is_postmark(connection):
+                _send_postmark_batch(connection, email, part, outcome)
+            else:
+                _send_each(email, part, outcome)
+    return left
+
+
+def _retry_inline(
+    connection, email: _ConnectedEmailBackend, by_id, outcome: _Outcome, deadline: float
+) -> None:
     """Transient failures get CCM_DISPATCH_INLINE_RETRIES more tries after the rest of the
     chunk went out; a send whose outcome is unknown is first looked up at the provider."""
     for attempt in range(1, settings.CCM_DISPATCH_INLINE_RETRIES + 1):
@@ -985,22 +1261,29 @@ def _retry_inline(connection, email: _ConnectedEmailBackend, by_id, outcome: _Ou
                     continue
             del outcome.transient[pk]
             again.append(delivery)
-        emails = [d for d in again if d.channel == "email"]
-        if emails and connection is not None and _is_postmark(connection):
-            _send_postmark_batch(connection, email, emails, outcome)
-        else:
-            _send_each(email, emails, outcome)
-        for d in again:
-            if d.channel != "email":
-                _send_each(backend_for(d.channel), [d], outcome)
-    # Unknown outcomes that are still unknown after the last try wait in `sending` too.
+        outcome.throttled += _send(connection, email, again, outcome, deadline)
+    # Unknown outcomes that are still unknown after the last try wait in `sending` too, for
+    # reconciliation to ask the provider, never back to `pending` blind. A provider that cannot
+    # be asked (push) gets the message again later: a possible duplicate is the lesser harm.
     for pk, exc in list(outcome.transient.items()):
-        if exc.maybe_sent:
+        if exc.maybe_sent and provider_can_be_asked(by_id[pk].channel):
             del outcome.transient[pk]
             outcome.unknown[pk] = str(exc)
 
 
+def provider_can_be_asked(channel: str) -> bool:
+    """Whether the provider can say if it got a message: Postmark (outbound search by
+    metadata) and Twilio (its message list); the others cannot."""
+    if channel == "email":
+        return settings.EMAIL_BACKEND.startswith("anymail.backends.postmark")
+    if channel == "sms":
+        return settings.CCM_SMS_BACKEND.endswith(".TwilioSmsBackend")
+    return False
+
+
 def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[str, int]:
+    """Every outcome of a chunk, each through the one transition service (history, webhook
+    events, failure signal and fallback included)."""
     now = timezone.now()
     failed: dict[int, str] = dict(outcome.permanent)
     later: dict[int, TransientSendError] = {}
@@ -1010,101 +1293,196 @@ def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[st
             failed[pk] = f"gave up after {attempts} attempts: {exc}"
         else:
             later[pk] = exc
-    events: list[webhooks.Occurrence] = []
     with transaction.atomic():
-        sending = Delivery.objects.filter(state=DeliveryState.SENDING)
-        sent_ids = list(outcome.sent)
-        if sent_ids:
-            update_rows(
-                Delivery,
-                ["state", "provider", "provider_message_id", "sent_at", "last_error", "updated_at"],
-                {
-                    pk: (
-                        DeliveryState.SENT.value,
-                        by_id[pk].channel,
-                        provider_id or by_id[pk].message_id,
-                        now,
-                        "",
-                        now,
-                    )
-                    for pk, provider_id in outcome.sent.items()
-                },
-                where_state=DeliveryState.SENDING,
-            )
-            # Locked first so that the webhook events name exactly the ones this moved.
-            moved = set(
-                Communication.objects.select_for_update()
-                .filter(
-                    pk__in={by_id[pk].communication_id for pk in sent_ids},
-                    state=CommState.DISPATCHING,
-                )
-                .values_list("pk", flat=True)
-            )
-            Communication.objects.filter(pk__in=moved, state=CommState.DISPATCHING).update(
-                state=CommState.SENT, sent_at=now, updated_at=now
-            )
-            for pk in sent_ids:
-                communication = by_id[pk].communication
-                if communication.pk in moved:
-                    moved.discard(communication.pk)
-                    events.append(
-                        webhooks.Occurrence(
-                            webhooks.WebhookEvent.SENT,
-                            communication,
-                            CommState.SENT,
-                            channel=by_id[pk].channel,
-                        )
-                    )
-        if later:
-            sending.filter(pk__in=list(later)).update(state=DeliveryState.PENDING, updated_at=now)
-            update_rows(
-                Delivery,
-                ["next_attempt_at", "last_error"],
-                {
-                    pk: (
-                        now
-                        + timedelta(
-                            seconds=max(backoff_seconds(by_id[pk].attempts, base=30, cap=3600), 1)
-                        ),
-                        str(exc)[:2000],
-                    )
-                    for pk, exc in later.items()
-                },
-            )
-        failed_rows: list[Delivery] = []
-        if failed:
-            for pk, reason in failed.items():
-                by_id[pk].last_error = reason[:2000]
-                failed_rows.append(by_id[pk])
-            sending.filter(pk__in=list(failed)).update(state=DeliveryState.FAILED, updated_at=now)
-            update_rows(Delivery, ["last_error"], {d.pk: (d.last_error,) for d in failed_rows})
-            events += [webhooks.delivery_failed_occurrence(d) for d in failed_rows]
-        webhooks.webhook_events_emit(events)
-        audit.record(
-            actor=None,
-            action="deliveries.dispatched_bulk",
-            after={
-                "sent": id_ranges(sent_ids),
-                "retry_later": id_ranges(later),
-                "failed": {str(pk): reason[:300] for pk, reason in failed.items()},
-                "unknown": id_ranges(outcome.unknown),
+        sent_ids = deliveries_move(
+            ids=list(outcome.sent),
+            source=DeliveryState.SENDING,
+            target=DeliveryState.SENT,
+            values={"sent_at": now, "last_error": ""},
+            per_row={
+                pk: {
+                    "provider": by_id[pk].channel,
+                    "provider_message_id": provider_id or by_id[pk].message_id,
+                }
+                for pk, provider_id in outcome.sent.items()
             },
         )
-        for delivery in failed_rows:
-            delivery.state = DeliveryState.FAILED
-            transaction.on_commit(
-                partial(
-                    signals.delivery_failed.send,
-                    sender=Delivery,
-                    delivery=delivery,
-                    reason=delivery.last_error,
-                )
+        _communications_sent(sent_ids, by_id, now)
+        deliveries_move(
+            ids=list(later),
+            source=DeliveryState.SENDING,
+            target=DeliveryState.PENDING,
+            action="delivery.retry_later",
+            per_row={
+                pk: {
+                    "next_attempt_at": now
+                    + timedelta(
+                        seconds=max(backoff_seconds(by_id[pk].attempts, base=30, cap=3600), 1)
+                    ),
+                    "last_error": str(exc)[:2000],
+                }
+                for pk, exc in later.items()
+            },
+        )
+        deliveries_move(
+            ids=list(failed),
+            source=DeliveryState.SENDING,
+            target=DeliveryState.FAILED,
+            per_row={pk: {"last_error": reason[:2000]} for pk, reason in failed.items()},
+        )
+        # Not sent for the provider's rate: back in line, this attempt not counted.
+        throttled = deliveries_move(
+            ids=outcome.throttled,
+            source=DeliveryState.SENDING,
+            target=DeliveryState.PENDING,
+            action="delivery.throttled",
+            values={"attempts": F("attempts") - 1, "next_attempt_at": None},
+        )
+        for chunk in _chunks(throttled, chunk_size()):
+            _enqueue_ids("notifications.bulk.dispatch_chunk", chunk)
+        # Maybe sent, the provider not answering: it waits in `sending` for reconciliation,
+        # which asks the provider before anything is sent again.
+        history.steps_record(
+            history.Step(
+                by_id[pk].communication_id,
+                "delivery.outcome_unknown",
+                {"error": reason[:300]},
+                delivery_id=pk,
             )
-            fallback.delivery_fall_back(delivery=delivery, reason=delivery.last_error)
+            for pk, reason in outcome.unknown.items()
+        )
     return {
         "claimed": len(by_id),
         "sent": len(sent_ids),
         "retry_later": len(later),
         "failed": len(failed),
         "unknown": len(outcome.unknown),
+        "throttled": len(outcome.throttled),
+    }
+
+
+def _communications_sent(sent_ids: list[int], by_id: dict[int, Delivery], now) -> None:
+    """dispatching → sent for the communications of the deliveries just sent."""
+    if not sent_ids:
+        return
+    # Locked first so that the webhook events name exactly the ones this moved.
+    moved = set(
+        Communication.objects.select_for_update()
+        .filter(
+            pk__in={by_id[pk].communication_id for pk in sent_ids},
+            state=CommState.DISPATCHING,
+        )
+        .values_list("pk", flat=True)
+    )
+    Communication.objects.filter(pk__in=moved, state=CommState.DISPATCHING).update(
+        state=CommState.SENT, sent_at=now, updated_at=now
+    )
+    _moved(sorted(moved), CommState.SENT)
+    events = []
+    steps = []
+    for pk in sent_ids:
+        communication = by_id[pk].communication
+        if communication.pk in moved:
+            moved.discard(communication.pk)
+            steps.append(history.Step(communication.pk, "communication.sent", {}))
+            events.append(
+                webhooks.Occurrence(
+                    webhooks.WebhookEvent.SENT,
+                    communication,
+                    CommState.SENT,
+                    channel=by_id[pk].channel,
+                )
+            )
+    history.steps_record(steps, at=now)
+    webhooks.webhook_events_emit(events)
+
+
+# --- reconciliation -------------------------------------------------------------------------
+
+
+def deliveries_reconcile(ids: Sequence[int]) -> dict[str, int]:
+    """Deliveries stuck in `sending` (a worker died, or the provider did not answer in time):
+    ask the provider about each before anything is sent again. Found → sent; not found → back
+    to pending and dispatched; the provider cannot tell → asked again later, and after
+    CCM_RECONCILE_MAX_CHECKS checks the delivery fails with "outcome unknown" (an exception
+    case for operations, no automatic fallback: the first message may still have arrived)."""
+    stale = timezone.now() - timedelta(seconds=settings.CCM_SENDING_STALE_AFTER_S)
+    candidates = list(
+        Delivery.objects.filter(
+            pk__in=list(ids), state=DeliveryState.SENDING, updated_at__lt=stale
+        ).values_list("pk", flat=True)
+    )
+    if not candidates:
+        return {"checked": 0}
+    deliveries = _load(candidates)
+    by_id = {d.pk: d for d in deliveries}
+    outcome = _Outcome()
+    missing: list[int] = []
+    for d in deliveries:
+        try:
+            found = backend_for(d.channel).lookup(d)
+        except TransientSendError as exc:
+            outcome.unknown[d.pk] = str(exc)
+            continue
+        if found:
+            outcome.sent[d.pk] = found
+        else:
+            missing.append(d.pk)
+    now = timezone.now()
+    with transaction.atomic():
+        counts = _record_dispatched(by_id, _Outcome(sent=outcome.sent))
+        reset = deliveries_move(
+            ids=missing,
+            source=DeliveryState.SENDING,
+            target=DeliveryState.PENDING,
+            action="delivery.not_at_provider",
+            values={"next_attempt_at": None},
+        )
+        for chunk in _chunks(reset, chunk_size()):
+            _enqueue_ids("notifications.bulk.dispatch_chunk", chunk)
+        unknown = list(outcome.unknown)
+        Delivery.objects.filter(pk__in=unknown, state=DeliveryState.SENDING).update(
+            checks=F("checks") + 1, updated_at=now
+        )
+        limit = settings.CCM_RECONCILE_MAX_CHECKS
+        given_up = list(
+            Delivery.objects.filter(
+                pk__in=unknown, state=DeliveryState.SENDING, checks__gte=limit
+            ).values_list("pk", "checks")
+        )
+        deliveries_move(
+            ids=[pk for pk, _ in given_up],
+            source=DeliveryState.SENDING,
+            target=DeliveryState.FAILED,
+            per_row={
+                pk: {
+                    "last_error": f"outcome unknown after {checks} checks with the provider: "
+                    f"{outcome.unknown[pk]}"[:2000]
+                }
+                for pk, checks in given_up
+            },
+            fall_back=False,
+        )
+        for delivery in Delivery.objects.filter(pk__in=[pk for pk, _ in given_up]).select_related(
+            "communication"
+        ):
+            signals.delivery_outcome_unknown.send(
+                sender=Delivery, delivery=delivery, reason=delivery.last_error
+            )
+        history.steps_record(
+            history.Step(
+                by_id[pk].communication_id,
+                "delivery.outcome_unknown",
+                {"error": outcome.unknown[pk][:300]},
+                delivery_id=pk,
+            )
+            for pk in unknown
+            if pk not in dict(given_up)
+        )
+    return {
+        "checked": len(deliveries),
+        "sent": counts.get("sent", 0),
+        "resent": len(reset),
+        "unknown": len(unknown) - len(given_up),
+        "failed": len(given_up),
     }

@@ -90,14 +90,27 @@ def check_channel(facts: Facts, channel: str) -> tuple[Target | None, str]:
     usable = [a for a in addresses if (channel, a) not in facts.suppressed]
     if not usable:
         return None, "every address on this channel is suppressed"
-    if facts.category == "marketing":
-        if facts.consents.get(channel) is not True:
-            return None, "marketing needs an opt-in on this channel; none is recorded"
-        if facts.preferences.get(channel) is False:
-            return None, "the customer opted out of marketing on this channel"
-    elif facts.category != "regulatory" and facts.preferences.get(channel) is False:
-        return None, f"the customer does not want {facts.category} messages on this channel"
+    refusal = consent_refusal(
+        category=facts.category,
+        consent=facts.consents.get(channel),
+        preference=facts.preferences.get(channel),
+    )
+    if refusal:
+        return None, refusal
     return Target(channel, usable[0]), "eligible"
+
+
+def consent_refusal(*, category: str, consent: bool | None, preference: bool | None) -> str:
+    """Why the customer's consent or preference on a channel forbids this category there ("" if
+    it does not): checked when channels are chosen and again when each message is sent."""
+    if category == "marketing":
+        if consent is not True:
+            return "marketing needs an opt-in on this channel; none is recorded"
+        if preference is False:
+            return "the customer opted out of marketing on this channel"
+    elif category != "regulatory" and preference is False:
+        return f"the customer does not want {category} messages on this channel"
+    return ""
 
 
 def select_channels(facts: Facts) -> Selection:

@@ -8,43 +8,39 @@ import logging
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+import jsonschema
 import phonenumbers
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
-from django.db.models import F
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 from django_fsm import can_proceed
 
 from ccm import approvals, audit
 from ccm.models import Approval, ApprovalState
-from ccm.tasks import enqueue
-from documents import selectors as document_selectors
 from documents import services as documents
 from documents.addressee import identity_errors, with_addressee
 from documents.composition import (
     CompositionError,
     DataInvalid,
     FieldError,
-    validate_data,
+    data_errors,
+    schema_validator,
 )
-from documents.models import Template, TemplateVersion
-from notifications import fallback, selection, selectors, signals, webhooks
-from notifications.channels import PermanentSendError, TransientSendError, backend_for
+from documents.models import TemplateVersion
+from notifications import selection
 from notifications.models import (
-    CommState,
     Communication,
     ConsentRecord,
     ContactKind,
     ContactPoint,
     Customer,
     Delivery,
-    DeliveryState,
     Preference,
     Suppression,
 )
@@ -213,7 +209,7 @@ def suppression_add(*, channel: str, address: str, reason: str, detail: str = ""
 PORTAL_URL_PLACEHOLDER = "https://portal.invalid/link-made-at-composition"
 
 
-def _portal_linked(version: TemplateVersion) -> bool:
+def portal_linked(version: TemplateVersion) -> bool:
     return version.meta.get("delivery") == "portal_link"
 
 
@@ -242,7 +238,7 @@ def composition_context(communication: Communication, version: TemplateVersion) 
     from the customer record in the reserved `customer` namespace (replacing whatever the data
     said there). The one place both pipelines (here and notifications.bulk) build it."""
     data = dict(communication.data)
-    if _portal_linked(version) and "portal_url" not in data:
+    if portal_linked(version) and "portal_url" not in data:
         from notifications.portal import portal_url
 
         data["portal_url"] = portal_url(communication)
@@ -256,22 +252,36 @@ def addressee_mismatches(communication: Communication, version: TemplateVersion)
     )
 
 
+_validators: dict[tuple[int, str], jsonschema.protocols.Validator] = {}
+
+
+def intake_validator(version: TemplateVersion) -> jsonschema.protocols.Validator:
+    """The compiled validator of a version's schema, built (and its schema checked against the
+    metaschema) once per process: a published version's content is frozen."""
+    key = (version.pk, version.content_hash)
+    validator = _validators.get(key)
+    if validator is None:
+        validator = _validators[key] = schema_validator(version.content.get("schema", {}))
+    return validator
+
+
 def intake_data_validate(
     version: TemplateVersion, data: dict, *, addressee: Mapping[str, Any] | None = None
 ) -> None:
     """The check a request's data passes before it is accepted (DataInvalid lists the fields):
-    the schema, with the customer's own variables in place, and the identity fields, which must
-    name this customer. A portal link is made at composition, so a placeholder stands in for it
+    the identity fields, which must name this customer, and the schema, with the customer's own
+    variables in place. A portal link is made at composition, so a placeholder stands in for it
     here."""
-    if _portal_linked(version) and "portal_url" not in data:
+    if portal_linked(version) and "portal_url" not in data:
         data = {**data, "portal_url": PORTAL_URL_PLACEHOLDER}
-    schema = version.content.get("schema", {})
+    errors: list[FieldError] = []
     if addressee is not None:
-        errors: list[FieldError] = identity_errors(schema, data, addressee)
-        if errors:
-            raise DataInvalid("; ".join(e.message for e in errors), errors=errors)
+        errors = identity_errors(version.content.get("schema", {}), data, addressee)
         data = with_addressee(data, addressee)
-    validate_data(schema, data)
+    errors += data_errors(intake_validator(version), data)
+    if errors:
+        reason = "; ".join(f"{e.field or '(root)'}: {e.message}" for e in errors)
+        raise DataInvalid(f"data does not match the template's schema: {reason}", errors=errors)
 
 
 def release_required(version: TemplateVersion, data: Mapping) -> str | None:
@@ -291,7 +301,6 @@ def release_required(version: TemplateVersion, data: Mapping) -> str | None:
     return None
 
 
-@transaction.atomic
 def communication_request(
     *,
     template_code: str,
@@ -309,70 +318,42 @@ def communication_request(
     document=None,
     address_override: str | Sequence[str] = "",
 ) -> tuple[Communication, bool]:
-    """Accept a request for a communication and enqueue its composition after commit.
-
-    The data is checked against the published version's schema now, so a caller learns at once
-    what to fix; the same key from the same client returns the communication made the first time.
+    """One communication: a batch of one through `bulk.communications_intake`, the intake of
+    every entry point. Raises IntakeError or DataInvalid (with the fields) when refused.
 
     With `document` (an archived document) nothing is composed: the communication carries that
     file; a document of this template (a reprint's duplicate) pins the version that rendered it.
     With `address_override` it goes to that address on `channel_override` instead of the
     customer's own.
     """
-    if idempotency_key:
-        existing = Communication.objects.filter(
-            client=client, idempotency_key=idempotency_key
-        ).first()
-        if existing is not None:
-            return existing, False
-    template = Template.objects.filter(code=template_code).first()
-    if template is None:
-        raise IntakeError(f"There is no template {template_code!r}.", field="template")
-    # A copy of one of the template's own documents (a reprint) is pinned to the version that
-    # rendered it; a message carrying another template's document (a portal link renewal)
-    # speaks with the template's published version.
-    pinned = document is not None and document.template_version.template_id == template.pk
-    if pinned:
-        version = document.template_version
-    else:
-        version = document_selectors.version_for_sending(code=template_code)
-    if version is None:
-        raise IntakeError(
-            f"Template {template_code!r} has no published version yet.", field="template"
-        )
-    address = ""
-    if address_override:
-        if not channel_override:
-            raise IntakeError("An address needs the channel it is for.", field="channel")
-        address, _ = address_normalise(channel_override, address_override)
-    snapshot = documents.data_snapshot(data)
-    printed_to = address.split(" / ") if address and channel_override == "print" else None
-    intake_data_validate(version, snapshot, addressee=addressee_of(customer, address=printed_to))
-    communication = Communication.objects.create(
-        customer=customer,
-        template=template,
-        data=snapshot,
-        category=category or template.category,
-        urgency=urgency,
-        source=source,
-        channel_override=channel_override,
-        address_override=address,
-        template_version=version if pinned else None,
-        correlation_id=correlation_id,
+    from notifications import bulk
+
+    [result] = bulk.communications_intake(
+        items=[
+            {
+                "template": template_code,
+                "customer": customer,
+                "data": data,
+                "idempotency_key": idempotency_key,
+                "category": category,
+                "urgency": urgency,
+                "source": source,
+                "channel": channel_override,
+                "address": address_override,
+                "correlation_id": correlation_id,
+                "parent": parent,
+                "document": document,
+            }
+        ],
         client=client,
-        idempotency_key=idempotency_key or None,
-        created_by=by,
-        parent=parent,
-        document=document,
+        by=by,
+        source=source,
     )
-    audit.record(
-        actor=by,
-        action="communication.received",
-        subject=communication,
-        after={"template": template_code, "customer": customer.external_ref, "source": source},
-    )
-    enqueue("notifications.tasks.communication_compose", communication.pk)
-    return communication, True
+    if result.error is not None:
+        raise result.error
+    if result.communication is not None:
+        return result.communication, result.created
+    return Communication.objects.get(pk=result.communication_id), result.created
 
 
 @transaction.atomic
@@ -394,64 +375,17 @@ def communication_cancel(*, communication: Communication, by, reason: str) -> Co
 # --- the pipeline ---------------------------------------------------------------------------
 
 
-def _claim(comm_id: int, source: str, target: str) -> bool:
-    """Move a communication from `source` to `target` if nobody else has: the one guarded
-    update that makes every pipeline task safe to run twice."""
-    return (
-        Communication.objects.filter(pk=comm_id, state=source).update(
-            state=target, updated_at=timezone.now()
-        )
-        == 1
-    )
-
-
 def enabled_channels() -> list[str]:
     return list(settings.CCM_ENABLED_CHANNELS)
 
 
 def facts_for(communication: Communication, version: TemplateVersion) -> selection.Facts:
-    customer = communication.customer
-    contacts = list(customer.contacts.filter(valid=True))
-    emails = [c.value for c in contacts if c.kind == ContactKind.EMAIL]
-    phones = [c.value for c in contacts if c.kind == ContactKind.PHONE]
-    postal = customer.postal_address if customer.postal_address_valid else []
-    target = communication.address_override
-    if target and communication.channel_override == "email":
-        emails = [target]
-    elif target and communication.channel_override == "sms":
-        phones = [target]
-    elif target and communication.channel_override == "print":
-        postal = target.split(" / ")
+    """Selection facts for one communication (the chunk's function, for a chunk of one)."""
+    from notifications.bulk import facts_for_chunk
+
     enabled = set(enabled_channels())
     renditions = [c for c in version.meta.get("channels", []) if c in enabled]
-    consents: dict[str, bool] = {}
-    for record in ConsentRecord.objects.filter(
-        customer=customer, category=communication.category
-    ).order_by("recorded_at", "id"):
-        consents[record.channel] = record.granted
-    preferences = {
-        p.channel: p.allowed for p in customer.preferences.filter(category=communication.category)
-    }
-    devices = selectors.device_addresses(customer_ids=[customer.pk]).get(customer.pk, [])
-    addresses = [*emails, *phones, *devices]
-    suppressed = frozenset(
-        Suppression.objects.filter(address__in=addresses, lifted_at__isnull=True).values_list(
-            "channel", "address"
-        )
-    )
-    return selection.Facts(
-        category=communication.category,
-        urgency=communication.urgency,
-        renditions=renditions,
-        emails=emails,
-        phones=phones,
-        devices=devices,
-        postal_address=postal,
-        preferences=preferences,
-        consents=consents,
-        suppressed=suppressed,
-        override=communication.channel_override,
-    )
+    return facts_for_chunk([communication], {communication.pk: renditions})[communication.pk]
 
 
 def render_outputs(
@@ -471,147 +405,6 @@ def render_outputs(
     if isinstance(rendered, CompositionError):
         raise rendered
     return rendered
-
-
-def communication_compose_run(comm_id: int) -> None:
-    """received → composing → composed (document archived, channels chosen, outputs rendered),
-    or compose_failed with the reason. Then the gate."""
-    if not _claim(comm_id, CommState.RECEIVED, CommState.COMPOSING):
-        return
-    communication = Communication.objects.select_related("customer", "template").get(pk=comm_id)
-    version = communication.template_version or document_selectors.version_for_sending(
-        code=communication.template.code
-    )
-    try:
-        if version is None:
-            raise CompositionError("the template has no published version")
-        context = composition_context(communication, version)
-        if context.get("portal_url") != communication.data.get("portal_url"):
-            # The link is part of the archived data, so the letter that prints it regenerates
-            # byte for byte.
-            communication.data = {**communication.data, "portal_url": context["portal_url"]}
-            Communication.objects.filter(pk=comm_id).update(data=communication.data)
-        mismatches = addressee_mismatches(communication, version)
-        if mismatches and communication.created_by_id is None:
-            # Nobody to ask for a release (the gate holds the others for a reviewer).
-            raise DataInvalid("; ".join(e.message for e in mismatches), errors=mismatches)
-        validate_data(version.content.get("schema", {}), context)
-        chosen = selection.select_channels(facts_for(communication, version))
-        document = communication.document
-        needs_pdf = "print" in version.meta.get("channels", [])
-        if needs_pdf and document is None:
-            # The archived snapshot records the addressee it was composed for; the print
-            # batch's close checks it against the envelope.
-            document = documents.document_compose(
-                version=version,
-                data=context,
-                language=communication.customer.language,
-                # The document belongs to whoever asked for the communication (API ownership).
-                by=communication.created_by,
-            )
-        rendered = render_outputs(communication, version, chosen.channels, context)
-    except CompositionError as exc:
-        _compose_failed(communication, version, exc)
-        return
-    with transaction.atomic():
-        locked = Communication.objects.select_for_update().get(pk=comm_id)
-        locked.template_version = version
-        locked.data = communication.data
-        locked.document = document
-        locked.rendered = rendered
-        locked.decision_trace = chosen.trace
-        locked.composed()
-        locked.save()
-        audit.record(
-            actor=None,
-            action="communication.composed",
-            subject=locked,
-            after={"version": version.pk, "channels": chosen.channels},
-        )
-        enqueue("notifications.tasks.communication_gate", comm_id)
-
-
-def _compose_failed(communication: Communication, version, exc: CompositionError) -> None:
-    errors = [{"field": e.field, "message": e.message} for e in exc.errors]
-    with transaction.atomic():
-        locked = Communication.objects.select_for_update().get(pk=communication.pk)
-        locked.template_version = version
-        locked.compose_failed(reason=exc.reason, errors=errors)
-        locked.save()
-        audit.record(
-            actor=None,
-            action="communication.compose_failed",
-            subject=locked,
-            after={"reason": exc.reason, "errors": errors},
-        )
-    signals.communication_compose_failed.send(
-        sender=Communication, communication=locked, reason=exc.reason
-    )
-
-
-def communication_gate_run(comm_id: int) -> None:
-    """composed → awaiting_approval (release gate) or → dispatching with its deliveries."""
-    with transaction.atomic():
-        locked = (
-            Communication.objects.select_for_update(of=("self",))
-            .select_related("template_version", "created_by")
-            .filter(pk=comm_id, state=CommState.COMPOSED)
-            .first()
-        )
-        if locked is None:
-            return
-        version = locked.template_version
-        assert version is not None  # set when composed
-        mismatches = addressee_mismatches(locked, version)
-        why = "; ".join(e.message for e in mismatches) or release_required(version, locked.data)
-        if why and locked.created_by is not None:
-            locked.await_approval()
-            locked.save()
-            locked.decision_trace = [*locked.decision_trace, {"decision": "release", "reason": why}]
-            locked.save(update_fields=["decision_trace"])
-            approvals.approval_request(
-                subject=locked,
-                requested_by=locked.created_by,
-                purpose=RELEASE_PURPOSE,
-                summary=f"Release {version.template.code} to {locked.customer}: {why}",
-            )
-            return
-        _start_dispatch(locked)
-
-
-def _start_dispatch(locked: Communication) -> None:
-    """Create one delivery per chosen channel and enqueue them (inside the caller's atomic)."""
-    chosen = [t for t in locked.decision_trace if t.get("decision") == "chosen"]
-    if not chosen:
-        locked.dispatch()
-        locked.undeliverable(reason="no channel can reach the customer")
-        locked.save()
-        audit.record(actor=None, action="communication.undeliverable", subject=locked)
-        transaction.on_commit(
-            lambda: signals.communication_undeliverable.send(
-                sender=Communication, communication=locked, reason=locked.failure_reason
-            )
-        )
-        return
-    locked.dispatch()
-    locked.save()
-    deliveries = [
-        Delivery.objects.create(
-            communication=locked,
-            channel=target["channel"],
-            address=target["address"],
-            message_id=delivery_message_id(locked, i, target["channel"]),
-        )
-        for i, target in enumerate(chosen)
-    ]
-    audit.record(
-        actor=None,
-        action="communication.dispatching",
-        subject=locked,
-        after={"deliveries": [d.pk for d in deliveries]},
-    )
-    for delivery in deliveries:
-        enqueue("notifications.tasks.delivery_dispatch", delivery.pk)
 
 
 def delivery_message_id(communication: Communication, index: int | str, channel: str) -> str:
@@ -641,10 +434,15 @@ def _message_id_seal(name: str) -> str:
 def _on_release_decision(communication: Communication, approval: Approval) -> None:
     locked = Communication.objects.select_for_update().get(pk=communication.pk)
     if approval.state == ApprovalState.APPROVED:
+        from notifications import bulk, history
+
         locked.release()
         locked.save()
         audit.record(actor=approval.decided_by, action="communication.released", subject=locked)
-        _start_dispatch(locked)
+        history.step_record(
+            communication=locked, action="communication.released", actor=approval.decided_by
+        )
+        bulk.dispatch_start([locked])
     elif approval.state in {ApprovalState.REJECTED, ApprovalState.CHANGES_REQUESTED}:
         locked.reject(reason=approval.comment or "rejected by the reviewer")
         locked.save()
@@ -685,132 +483,24 @@ class DispatchOutcome:
     detail: str = ""
 
 
+def _outcome(delivery_id: int) -> DispatchOutcome:
+    state, error = Delivery.objects.values_list("state", "last_error").get(pk=delivery_id)
+    return DispatchOutcome(state, error)
+
+
 def delivery_dispatch_run(delivery_id: int) -> DispatchOutcome:
-    """pending → sending → sent (or failed, or back to pending for a later retry).
+    """Dispatch one delivery: a chunk of one (see `bulk.dispatch_chunk`)."""
+    from notifications import bulk
 
-    The guarded claim means two workers never send the same delivery; a crash while sending
-    leaves it in `sending`, which `delivery_reconcile_run` settles by asking the provider
-    before anything is sent again."""
-    now = timezone.now()
-    claimed = (
-        Delivery.objects.filter(pk=delivery_id, state=DeliveryState.PENDING)
-        .exclude(next_attempt_at__gt=now)
-        .update(state=DeliveryState.SENDING, attempts=F("attempts") + 1, updated_at=now)
-    )
-    if claimed != 1:
+    if not bulk.dispatch_chunk([delivery_id]).get("claimed"):
         return DispatchOutcome("skipped")
-    delivery = Delivery.objects.select_related("communication__customer").get(pk=delivery_id)
-    # Checked again now: a bounce or complaint may have arrived since the channel was chosen.
-    suppression = Suppression.objects.filter(
-        channel=delivery.channel, address=delivery.address, lifted_at__isnull=True
-    ).first()
-    if suppression is not None:
-        return _fail(delivery, f"the address is suppressed ({suppression.reason})")
-    backend = backend_for(delivery.channel)
-    inline = settings.CCM_DISPATCH_INLINE_RETRIES
-    for attempt in range(inline + 1):
-        try:
-            provider_id = backend.send(delivery)
-        except TransientSendError as exc:
-            if attempt < inline:
-                if exc.maybe_sent:
-                    found = backend.lookup(delivery)
-                    if found:
-                        return _mark_sent(delivery, found)
-                import time
-
-                time.sleep(backoff_seconds(attempt + 1, base=0.1, cap=2.0))
-                continue
-            return _retry_later(delivery, exc)
-        except PermanentSendError as exc:
-            return _fail(delivery, str(exc))
-        else:
-            return _mark_sent(delivery, provider_id)
-    return DispatchOutcome("pending")  # pragma: no cover - the loop always returns
-
-
-def _mark_sent(delivery: Delivery, provider_id: str) -> DispatchOutcome:
-    now = timezone.now()
-    with transaction.atomic():
-        updated = Delivery.objects.filter(pk=delivery.pk, state=DeliveryState.SENDING).update(
-            state=DeliveryState.SENT,
-            provider=delivery.channel,
-            provider_message_id=provider_id or "",
-            sent_at=now,
-            last_error="",
-            updated_at=now,
-        )
-        if not updated:
-            # A provider's report overtook us (e.g. an SMS status callback while we were still
-            # in `sending`): the state is already past sent, but keep the provider's id.
-            Delivery.objects.filter(pk=delivery.pk, provider_message_id="").update(
-                provider=delivery.channel, provider_message_id=provider_id or ""
-            )
-            return DispatchOutcome("skipped")
-        communication = Communication.objects.select_for_update().get(pk=delivery.communication_id)
-        if can_proceed(communication.mark_sent):
-            communication.mark_sent(when=now)
-            communication.save()
-        audit.record(
-            actor=None,
-            action="delivery.sent",
-            subject=delivery,
-            after={"provider_message_id": provider_id, "message_id": delivery.message_id},
-        )
-    return DispatchOutcome(DeliveryState.SENT)
-
-
-def _retry_later(delivery: Delivery, exc: TransientSendError) -> DispatchOutcome:
-    attempts = Delivery.objects.values_list("attempts", flat=True).get(pk=delivery.pk)
-    if attempts >= settings.CCM_DISPATCH_MAX_ATTEMPTS:
-        return _fail(delivery, f"gave up after {attempts} attempts: {exc}")
-    delay = backoff_seconds(attempts, base=30, cap=3600)
-    Delivery.objects.filter(pk=delivery.pk, state=DeliveryState.SENDING).update(
-        state=DeliveryState.PENDING,
-        next_attempt_at=timezone.now() + timedelta(seconds=max(delay, 1)),
-        last_error=str(exc)[:2000],
-        updated_at=timezone.now(),
-    )
-    return DispatchOutcome(DeliveryState.PENDING, str(exc))
-
-
-def _fail(delivery: Delivery, reason: str) -> DispatchOutcome:
-    with transaction.atomic():
-        updated = Delivery.objects.filter(pk=delivery.pk, state=DeliveryState.SENDING).update(
-            state=DeliveryState.FAILED, last_error=reason[:2000], updated_at=timezone.now()
-        )
-        if not updated:
-            return DispatchOutcome("skipped")
-        audit.record(
-            actor=None, action="delivery.failed", subject=delivery, after={"reason": reason}
-        )
-        delivery.refresh_from_db()
-        webhooks.delivery_failed_emit(delivery)
-        # Registered before the fallback runs, so receivers hear of this failure before they
-        # hear that the communication as a whole became undeliverable.
-        transaction.on_commit(
-            lambda: signals.delivery_failed.send(sender=Delivery, delivery=delivery, reason=reason)
-        )
-        fallback.delivery_fall_back(delivery=delivery, reason=reason)
-    return DispatchOutcome(DeliveryState.FAILED, reason)
+    return _outcome(delivery_id)
 
 
 def delivery_reconcile_run(delivery_id: int) -> DispatchOutcome:
-    """A delivery stuck in `sending` (its worker died): ask the provider whether the message
-    got there; if it did, record it as sent, otherwise hand it back to dispatch."""
-    stale = timezone.now() - timedelta(seconds=settings.CCM_SENDING_STALE_AFTER_S)
-    delivery = Delivery.objects.filter(
-        pk=delivery_id, state=DeliveryState.SENDING, updated_at__lt=stale
-    ).first()
-    if delivery is None:
+    """Settle one delivery stuck in `sending` (see `bulk.deliveries_reconcile`)."""
+    from notifications import bulk
+
+    if not bulk.deliveries_reconcile([delivery_id]).get("checked"):
         return DispatchOutcome("skipped")
-    found = backend_for(delivery.channel).lookup(delivery)
-    if found:
-        return _mark_sent(delivery, found)
-    reset = Delivery.objects.filter(
-        pk=delivery.pk, state=DeliveryState.SENDING, updated_at=delivery.updated_at
-    ).update(state=DeliveryState.PENDING, next_attempt_at=None, updated_at=timezone.now())
-    if reset:
-        enqueue("notifications.tasks.delivery_dispatch", delivery.pk)
-        return DispatchOutcome(DeliveryState.PENDING, "not found at the provider; re-sending")
-    return DispatchOutcome("skipped")
+    return _outcome(delivery_id)

@@ -22,3 +22,13 @@ communication_escalated = Signal()
 # reminder: kwargs phone (E.164), body, customers (those who have the number; may be empty),
 # message_sid. Sent inside the transaction that records it.
 sms_received = Signal()
+
+# The pipeline moved many communications at once with one guarded UPDATE (a chunk), which
+# django-fsm's post_transition does not see: kwargs ids (the communications moved), target
+# (their new state). Sent inside the transaction that moves them.
+communications_transitioned = Signal()
+
+# Reconciliation gave up: the provider could not say, after CCM_RECONCILE_MAX_CHECKS checks,
+# whether it got the message; the delivery is failed without a fallback (it may have arrived):
+# kwargs delivery, reason. Sent inside the transaction that fails it.
+delivery_outcome_unknown = Signal()

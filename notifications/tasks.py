@@ -9,16 +9,19 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ccm.tasks import Sweep, register_schedule, register_sweep
-from notifications import followups, services
+from notifications import bulk, followups, history
 from notifications.models import CommState, Communication, Delivery, DeliveryState
+
+# The per-message task paths stay importable: django-q2 keeps dotted paths in queued rows.
+# Each is the chunk operation for a chunk of one.
 
 
 def communication_compose(comm_id: int) -> None:
-    services.communication_compose_run(comm_id)
+    bulk.compose_chunk([comm_id])
 
 
 def communication_gate(comm_id: int) -> None:
-    services.communication_gate_run(comm_id)
+    bulk.gate_chunk([comm_id])
 
 
 def communication_recompose(comm_id: int) -> None:
@@ -28,15 +31,19 @@ def communication_recompose(comm_id: int) -> None:
         pk=comm_id, state=CommState.COMPOSING, updated_at__lt=stale
     ).update(state=CommState.RECEIVED, updated_at=timezone.now())
     if reset:
-        services.communication_compose_run(comm_id)
+        bulk.compose_chunk([comm_id])
 
 
 def delivery_dispatch(delivery_id: int) -> None:
-    services.delivery_dispatch_run(delivery_id)
+    bulk.dispatch_chunk([delivery_id])
 
 
 def delivery_reconcile(delivery_id: int) -> None:
-    services.delivery_reconcile_run(delivery_id)
+    bulk.deliveries_reconcile([delivery_id])
+
+
+def steps_seal() -> None:
+    history.steps_seal_all()
 
 
 def follow_ups_apply() -> None:
@@ -45,13 +52,26 @@ def follow_ups_apply() -> None:
 
 def register_sweeps() -> None:
     register_schedule("notifications.follow_ups", "notifications.tasks.follow_ups_apply", 15)
+    register_schedule("notifications.steps_seal", "notifications.tasks.steps_seal", 1)
     after = timedelta(seconds=settings.CCM_SWEEP_AFTER_SECONDS)
+    compose = ("notifications.tasks.communication_compose", "notifications.bulk.compose_chunk")
+    dispatch = ("notifications.tasks.delivery_dispatch", "notifications.bulk.dispatch_chunk")
+    reconcile = (
+        "notifications.tasks.delivery_reconcile",
+        "notifications.bulk.deliveries_reconcile",
+    )
+    chunk = bulk.chunk_size()
+    # A row is stuck when no queued or running task carries it (ccm.tasks.Sweep), not when it
+    # is old: a backlog waits its turn. The short ages only keep a sweep from racing a commit
+    # whose enqueue is just being written.
     register_sweep(
         Sweep(
             name="notifications.received",
             queryset=lambda: Communication.objects.filter(state=CommState.RECEIVED),
-            task="notifications.tasks.communication_compose",
+            task="notifications.bulk.compose_chunk",
             older_than=timedelta(minutes=2),
+            covered_by=compose,
+            chunk=chunk,
         )
     )
     register_sweep(
@@ -60,14 +80,17 @@ def register_sweeps() -> None:
             queryset=lambda: Communication.objects.filter(state=CommState.COMPOSING),
             task="notifications.tasks.communication_recompose",
             older_than=after,
+            covered_by=compose,
         )
     )
     register_sweep(
         Sweep(
             name="notifications.composed",
             queryset=lambda: Communication.objects.filter(state=CommState.COMPOSED),
-            task="notifications.tasks.communication_gate",
+            task="notifications.bulk.gate_chunk",
             older_than=timedelta(minutes=2),
+            covered_by=(*compose, "notifications.tasks.communication_gate"),
+            chunk=chunk,
         )
     )
     register_sweep(
@@ -81,15 +104,20 @@ def register_sweeps() -> None:
                     updated_at__lt=timezone.now() - timedelta(minutes=2),
                 )
             ),
-            task="notifications.tasks.delivery_dispatch",
+            task="notifications.bulk.dispatch_chunk",
             older_than=timedelta(seconds=0),
+            covered_by=dispatch,
+            chunk=chunk,
         )
     )
     register_sweep(
         Sweep(
             name="notifications.sending_stale",
             queryset=lambda: Delivery.objects.filter(state=DeliveryState.SENDING),
-            task="notifications.tasks.delivery_reconcile",
+            task="notifications.bulk.deliveries_reconcile",
             older_than=timedelta(seconds=settings.CCM_SENDING_STALE_AFTER_S),
+            # A delivery a live dispatch still holds is not asked about behind its back.
+            covered_by=(*reconcile, *dispatch),
+            chunk=chunk,
         )
     )

@@ -28,9 +28,8 @@ from django_fsm import can_proceed
 
 from ccm import audit
 from ccm.tasks import Sweep, enqueue
-from notifications import fallback, signals, unsubscribe, webhooks
+from notifications import transitions, unsubscribe
 from notifications.models import (
-    DELIVERY_PROGRESS,
     Channel,
     Communication,
     ContactKind,
@@ -296,38 +295,22 @@ def _address(event: DeliveryEvent, delivery: Delivery | None) -> str:
 def _delivery_move(
     delivery: Delivery, state: DeliveryState, event: DeliveryEvent, **fields: Any
 ) -> bool:
-    """Move the delivery to `state` if that is forward; a late event never moves it back."""
-    before = delivery.state
-    if DELIVERY_PROGRESS[state] <= DELIVERY_PROGRESS[DeliveryState(before)]:
-        return False
-    delivery.state = state
-    for name, value in fields.items():
-        setattr(delivery, name, value)
-    delivery.save(update_fields=["state", *fields, "updated_at"])
-    audit.record(
-        actor=None,
+    """Move the delivery to `state` if that is forward; a late event never moves it back. The
+    transition service records the step (and for a failure the webhook event, the signal and
+    the fallback)."""
+    moved = transitions.delivery_move(
+        delivery=delivery,
+        target=state,
+        values=fields,
         action=f"delivery.{event.event_type}",
-        subject=delivery,
-        before={"state": before},
-        after={
-            "state": state,
-            "event": event.pk,
-            "provider": event.provider,
-            "event_id": event.event_id,
-            **fields,
-        },
+        detail={"event": event.pk, "provider": event.provider, "event_id": event.event_id},
     )
-    return True
+    return moved
 
 
 def _delivery_fail(delivery: Delivery, state: DeliveryState, event: DeliveryEvent) -> None:
     reason = event.description or f"{event.provider}: {event.event_type}"
-    if _delivery_move(delivery, state, event, last_error=reason):
-        webhooks.delivery_failed_emit(delivery)
-        # Inside the transaction: the next channel of the fallback chain, and whatever a higher
-        # layer does about it (open a case), commit with the failure or not at all.
-        fallback.delivery_fall_back(delivery=delivery, reason=reason)
-        signals.delivery_failed.send(sender=Delivery, delivery=delivery, reason=reason)
+    _delivery_move(delivery, state, event, last_error=reason)
 
 
 def _communication_advance(delivery: Delivery, event: DeliveryEvent) -> None:

@@ -195,6 +195,16 @@ class HasScope(permissions.BasePermission):
         return True
 
 
+class SessionUserRateThrottle(throttling.UserRateThrottle):
+    """DRF's per-user rate, for people signed in: a key's calls are counted by
+    `ApiKeyRateThrottle` alone (its service user would otherwise cap it at the user rate)."""
+
+    def get_cache_key(self, request, view):
+        if isinstance(request.auth, ApiKey):
+            return None
+        return super().get_cache_key(request, view)
+
+
 class ApiKeyRateThrottle(throttling.SimpleRateThrottle):
     scope = "api_key"
 

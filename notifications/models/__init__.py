@@ -377,21 +377,29 @@ DELIVERY_PROGRESS = {
 }
 
 
-class Delivery(models.Model):
-    """One attempt to reach the customer on one channel at one address."""
+_BEFORE_SENT = [DeliveryState.PENDING, DeliveryState.SENDING]
+
+
+class Delivery(ConcurrentTransitionMixin, models.Model):
+    """One attempt to reach the customer on one channel at one address.
+
+    Its state changes only through `notifications.transitions` (one row or a chunk); the
+    transitions below are the rules that service checks."""
 
     communication = models.ForeignKey(
         Communication, on_delete=models.PROTECT, related_name="deliveries"
     )
     channel = models.CharField(max_length=10, choices=Channel.choices)
     address = models.CharField(max_length=254, blank=True)
-    state = models.CharField(
-        max_length=10, choices=DeliveryState.choices, default=DeliveryState.PENDING
+    state = FSMField(
+        max_length=10, choices=DeliveryState.choices, default=DeliveryState.PENDING, protected=True
     )
     message_id = models.CharField(max_length=200, unique=True, help_text="Our dedupe key")
     provider = models.CharField(max_length=50, blank=True)
     provider_message_id = models.CharField(max_length=200, blank=True, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # How often reconciliation asked the provider about a send whose outcome was unknown.
+    checks = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     meta = models.JSONField(
@@ -409,6 +417,43 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} to {self.address} ({self.state})"
+
+    @transition(field=state, source=DeliveryState.PENDING, target=DeliveryState.SENDING)
+    def claim(self) -> None:
+        """A dispatcher took it (guarded: only one can)."""
+
+    # Back to pending: a retry later, or reconciliation found the provider never got it.
+    @transition(field=state, source=DeliveryState.SENDING, target=DeliveryState.PENDING)
+    def retry_later(self) -> None:
+        pass
+
+    # A provider's report may overtake the dispatcher, hence the earlier sources.
+    @transition(field=state, source=_BEFORE_SENT, target=DeliveryState.SENT)
+    def mark_sent(self) -> None:
+        pass
+
+    @transition(
+        field=state, source=[*_BEFORE_SENT, DeliveryState.SENT], target=DeliveryState.DELIVERED
+    )
+    def mark_delivered(self) -> None:
+        pass
+
+    # A bounce may follow "delivered" (accepted, then bounced by the receiving server).
+    @transition(
+        field=state,
+        source=[*_BEFORE_SENT, DeliveryState.SENT, DeliveryState.DELIVERED],
+        target=DeliveryState.BOUNCED,
+    )
+    def bounce(self) -> None:
+        pass
+
+    @transition(
+        field=state,
+        source=[*_BEFORE_SENT, DeliveryState.SENT, DeliveryState.DELIVERED],
+        target=DeliveryState.FAILED,
+    )
+    def fail(self) -> None:
+        pass
 
 
 class EventType(models.TextChoices):
@@ -453,5 +498,7 @@ class DeliveryEvent(models.Model):
 
 
 from notifications.models.devices import Device, Platform, device_address  # noqa: E402, F401
+from notifications.models.history import CommunicationStep  # noqa: E402, F401
 from notifications.models.printing import PrintBatch, PrintBatchState, PrintItem  # noqa: E402, F401
+from notifications.models.throttle import ProviderBucket  # noqa: E402, F401
 from notifications.models.webhooks import *  # noqa: E402, F403

@@ -250,3 +250,22 @@ def test_api_keys_are_throttled_with_a_problem(db, client_for, monkeypatch):
     assert response["Content-Type"] == PROBLEM
     assert int(response["Retry-After"]) > 0
     cache.clear()
+
+
+def test_api_key_gets_its_own_rate_not_the_user_rate(db, client_for, monkeypatch):
+    # given: the user rate is lower than the key rate (as 1,200/min is below 6,000/min)
+    from django.core.cache import cache
+    from rest_framework.throttling import UserRateThrottle
+
+    from ccm.api.auth import ApiKeyRateThrottle
+
+    cache.clear()
+    monkeypatch.setattr(UserRateThrottle, "THROTTLE_RATES", {"user": "2/min", "anon": "60/min"})
+    monkeypatch.setattr(ApiKeyRateThrottle, "THROTTLE_RATES", {"api_key": "5/min"})
+    issued = api_key_create(name="busy", scopes=["me:read"])
+    client = client_for(issued.key)
+    # when: the key calls more often than the user rate allows
+    codes = [client.get("/api/v1/me").status_code for _ in range(6)]
+    # then: only the key's own rate applies
+    assert codes == [200] * 5 + [429]
+    cache.clear()

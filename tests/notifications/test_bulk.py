@@ -6,7 +6,7 @@ from django.core import mail
 from ccm.models import AuditEvent
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import bulk, services
+from notifications import bulk, history, services
 from notifications.models import Communication, Delivery
 from tests.notifications.conftest import publish
 
@@ -104,17 +104,19 @@ def test_bulk_request_to_sent_emails(document_ready, customers, integrator, sync
         assert message.subject == "Your annual statement is ready to view"
         assert "https://portal.example/documents/" in message.body
     assert all(d.provider_message_id for d in deliveries.values())
-    # and the trail is per batch, per chunk
-    actions = list(AuditEvent.objects.values_list("action", flat=True))
-    assert actions.count("communications.received_bulk") == 1
-    assert actions.count("communications.composed_bulk") == 1
-    assert actions.count("deliveries.dispatched_bulk") == 1
+    # and every communication has its own history, sealed by a few chained audit events
+    for communication in Communication.objects.all():
+        actions = [step.action for step in communication.steps.all()]
+        assert actions[0] == "communication.received"
+        assert {"communication.composed", "delivery.sent", "communication.sent"} <= set(actions)
+        assert history.communication_verify(communication.pk).ok
+    assert AuditEvent.objects.filter(action="communication_steps.sealed").count() <= 4
 
 
 def test_running_chunks_again_sends_nothing_more(document_ready, customers, integrator, sync_tasks):
     ids = sync_tasks(request, customers, integrator)
     delivery_ids = list(Delivery.objects.values_list("pk", flat=True))
-    assert bulk.compose_chunk(ids) == {"handed_over": 0, "claimed": 0}
+    assert bulk.compose_chunk(ids) == {"claimed": 0}
     assert bulk.dispatch_chunk(delivery_ids) == {"claimed": 0}
     assert len(mail.outbox) == 5
     assert Delivery.objects.count() == 5

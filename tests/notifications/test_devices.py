@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
 from ccm.models import AuditEvent
-from notifications import services
+from notifications import bulk
 from notifications.devices import device_register
 from notifications.models import ConsentRecord, Customer, Device
 from tests.notifications.conftest import FCM_TOKEN, b64url, browser_keys, send_alert
@@ -88,10 +88,10 @@ def test_opt_out_is_recorded_and_push_is_no_longer_chosen(api, app_user, alert, 
     )
     # when
     communication = send_alert(app_user, integrator)
-    services.communication_compose_run(communication.pk)
+    bulk.compose_chunk([communication.pk])
     # then
     communication.refresh_from_db()
-    assert communication.state == "composed"
+    assert communication.state == "undeliverable"  # push was its only channel
     push_trace = [t for t in communication.decision_trace if t.get("channel") == "push"]
     assert push_trace == [
         {

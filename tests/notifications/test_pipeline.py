@@ -11,7 +11,7 @@ from ccm import approvals
 from ccm.models import AuditEvent
 from documents import services as document_services
 from documents.composition import DataInvalid
-from notifications import services, signals
+from notifications import history, services, signals
 from notifications.channels import EmailBackend, PermanentSendError, TransientSendError
 from notifications.models import Communication, Delivery
 from tests.documents.factories import letter_bundle
@@ -54,18 +54,19 @@ def test_request_to_sent_email_with_the_pdf_attached(letter, customer, integrato
 
 
 def test_every_step_is_audited(letter, customer, integrator, sync_tasks):
-    sync_tasks(request, customer, integrator)
-    actions = set(
-        AuditEvent.objects.filter(subject_type="notifications.communication").values_list(
-            "action", flat=True
-        )
-    )
+    communication, _ = sync_tasks(request, customer, integrator)
+    actions = [step.action for step in communication.steps.all()]
     assert {
         "communication.received",
         "communication.composed",
         "communication.dispatching",
-    } <= actions
-    assert AuditEvent.objects.filter(action="delivery.sent").count() == 1
+        "delivery.sent",
+    } <= set(actions)
+    # Every step is covered by the audit chain, and the proof holds.
+    sealed = AuditEvent.objects.filter(action="communication_steps.sealed")
+    assert sealed.exists()
+    proof = history.communication_verify(communication.pk)
+    assert (proof.ok, proof.steps, proof.unsealed) == (True, len(actions), 0)
 
 
 def test_same_idempotency_key_makes_one_communication(letter, customer, integrator, sync_tasks):

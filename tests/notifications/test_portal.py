@@ -14,7 +14,7 @@ from ccm.models import AuditEvent
 from documents import bundle as bundles
 from documents import services as documents
 from documents.demo import LIBRARY
-from notifications import portal, services
+from notifications import bulk, portal
 from notifications.models import CommState, Communication
 from tests.documents.factories import TemplateFactory, letter_bundle
 
@@ -450,9 +450,9 @@ def test_the_renewal_message_carries_the_fresh_link(sent, document_ready):
         _client().post(reverse("portal-renew", args=[token]))
         renewal = _renewals(sent).get()
 
-        services.communication_compose_run(renewal.pk)
+        bulk.compose_chunk([renewal.pk])
 
     renewal.refresh_from_db()
-    assert renewal.state == CommState.COMPOSED
+    assert renewal.state == CommState.DISPATCHING
     assert renewal.data["portal_url"] in renewal.rendered["email"]["text"]
     assert "Balance letter" in renewal.rendered["email"]["text"]

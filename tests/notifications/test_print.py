@@ -27,6 +27,7 @@ from notifications.channels import PermanentSendError, TransientSendError
 from notifications.channels.print import PrintBackend
 from notifications.models import (
     Communication,
+    CommunicationStep,
     Customer,
     Delivery,
     DeliveryEvent,
@@ -477,7 +478,7 @@ def test_mailed_batch_delivers_its_letters(handed_over, letters, ops, sync_tasks
         assert (event.provider, event.event_type) == ("print", "delivered")
         assert event.event_id == f"{delivery.provider_message_id}/mailed"
         assert event.processed_at is not None
-    assert AuditEvent.objects.filter(action="delivery.delivered").count() == 2
+    assert CommunicationStep.objects.filter(action="delivery.delivered").count() == 2
 
 
 def test_returned_mail_bounces_and_invalidates_the_address(

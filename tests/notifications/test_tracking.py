@@ -22,9 +22,10 @@ from django_q.conf import Conf
 
 from ccm.models import AuditEvent
 from documents.models import Template
-from notifications import signals
+from notifications import history, signals
 from notifications.models import (
     Communication,
+    CommunicationStep,
     ContactPoint,
     Customer,
     Delivery,
@@ -277,11 +278,11 @@ def test_delivered_moves_delivery_and_communication_forward(client, delivery, co
     assert comm.state == "delivered"
     assert comm.sent_at is not None
     assert DeliveryEvent.objects.get().processed_at is not None
-    assert list(
-        AuditEvent.objects.filter(action__in=["delivery.delivered", "communication.delivered"])
-        .order_by("id")
-        .values_list("action", flat=True)
-    ) == ["delivery.delivered", "communication.delivered"]
+    assert [
+        e.action
+        for e in history.communication_history(comm)
+        if e.action in ("delivery.delivered", "communication.delivered")
+    ] == ["delivery.delivered", "communication.delivered"]
 
 
 def test_delivered_end_to_end_through_the_task_queue(
@@ -426,7 +427,7 @@ def test_processing_an_event_twice_does_the_work_once(client, delivery, failures
     assert Suppression.objects.count() == 1
     assert DeliveryEvent.objects.get().processed_at == processed_at
     assert failures == [(delivery.pk, Delivery.objects.get(pk=delivery.pk).last_error)]
-    assert AuditEvent.objects.filter(action="delivery.bounced").count() == 1
+    assert CommunicationStep.objects.filter(action="delivery.bounced").count() == 1
 
 
 def test_late_sent_after_delivered_changes_nothing(delivery, communication):

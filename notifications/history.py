@@ -1,0 +1,258 @@
+"""Every communication's own history, written in bulk and sealed into the audit chain.
+
+The pipeline works in chunks, and one audit event per communication step would make the chain's
+lock the bottleneck of every chunk and every API request. Instead:
+
+- each step (received, composed, released, a delivery sent, failed, bounced, …) is a
+  `CommunicationStep` row with its time, actor and details, inserted with the chunk's other
+  rows in the chunk's transaction (no lock, one INSERT for the whole chunk);
+- each row carries the SHA-256 of its canonical content;
+- `steps_seal` (after each chunk commits, and every minute) takes the steps no audit event
+  covers yet, in id order, and appends ONE chained audit event whose Merkle root covers their
+  hashes; the steps point at it;
+- `communication_verify` proves one communication's history: every step's hash matches its
+  content, every sealing event's root matches the steps it sealed, and the event is intact and
+  linked in the chain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from ccm import audit
+from ccm.models import AuditEvent
+from notifications.models import Communication, CommunicationStep, Delivery
+
+SEAL_LIMIT = 5000
+# Only one sealer at a time (the others skip: nothing is lost, the next run seals it).
+_SEAL_LOCK_ID = 0x4343_4D53_4541_4C53  # "CCMSEALS"
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step to record: the communication, optionally its delivery, and what happened."""
+
+    communication_id: int
+    action: str
+    detail: dict = field(default_factory=dict)
+    delivery_id: int | None = None
+
+
+def _body(row: CommunicationStep) -> dict:
+    return _content(
+        row.communication_id,
+        row.delivery_id,
+        row.at,
+        row.actor_id,
+        row.actor_label,
+        row.action,
+        row.detail,
+    )
+
+
+def _content(communication_id, delivery_id, at, actor_id, actor_label, action, detail) -> dict:
+    """What a step's hash covers."""
+    return {
+        "communication": communication_id,
+        "delivery": delivery_id,
+        "at": at.isoformat(),
+        "actor_id": actor_id,
+        "actor_label": actor_label,
+        "action": action,
+        "detail": detail,
+    }
+
+
+def _actor_parts(actor) -> tuple[Any, str]:
+    if actor is None:
+        return None, "system"
+    return (actor if actor.pk else None), actor.get_username()
+
+
+def steps_record(
+    steps: Iterable[Step], *, actor=None, at: datetime | None = None, seal_soon: bool = True
+) -> int:
+    """Insert the steps in the caller's transaction (one statement); they are sealed into the
+    audit chain after it commits (`seal_soon`), or by the next chunk or the periodic seal."""
+    when = at or timezone.now()
+    user, label = _actor_parts(actor)
+    actor_id = user.pk if user is not None else None
+    rows = []
+    for step in steps:
+        detail = audit._jsonable(step.detail) or {}
+        content = _content(
+            step.communication_id, step.delivery_id, when, actor_id, label, step.action, detail
+        )
+        rows.append((*content.values(), audit.leaf_hash(content)))
+    if rows:
+        _insert(rows, when)
+        if seal_soon:
+            transaction.on_commit(steps_seal_soon)
+    return len(rows)
+
+
+def _insert(rows: list[tuple], when: datetime) -> None:
+    """Plain tuples, no model instances: a chunk writes thousands of steps."""
+    if connection.vendor != "postgresql":
+        CommunicationStep.objects.bulk_create(
+            [
+                CommunicationStep(
+                    communication_id=r[0],
+                    delivery_id=r[1],
+                    at=when,
+                    actor_id=r[3],
+                    actor_label=r[4],
+                    action=r[5],
+                    detail=r[6],
+                    hash=r[7],
+                )
+                for r in rows
+            ]
+        )
+        return
+    table = CommunicationStep._meta.db_table
+    columns = "communication_id, delivery_id, at, actor_id, actor_label, action, detail, hash"
+    # Names are the model's own; every value travels in the COPY stream.
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+    ):
+        for r in rows:
+            copy.write_row((r[0], r[1], when, r[3], r[4], r[5], json.dumps(r[6]), r[7]))
+
+
+def step_record(
+    *,
+    communication: Communication,
+    action: str,
+    detail: dict | None = None,
+    actor=None,
+    delivery: Delivery | None = None,
+) -> None:
+    steps_record(
+        [Step(communication.pk, action, detail or {}, delivery.pk if delivery else None)],
+        actor=actor,
+    )
+
+
+def steps_seal_soon() -> None:
+    """Seal what the committed transaction wrote, unless the sealer is busy (it then will)."""
+    try:
+        steps_seal()
+    except Exception:
+        import logging
+
+        logging.getLogger(__name__).exception("sealing communication steps failed")
+
+
+def steps_seal(*, limit: int = SEAL_LIMIT) -> int:
+    """Append one audit event covering (Merkle root) up to `limit` unsealed steps."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_SEAL_LOCK_ID])
+                if not cursor.fetchone()[0]:
+                    return 0
+        rows = list(
+            CommunicationStep.objects.filter(seal__isnull=True)
+            .order_by("id")
+            .values_list("id", "hash")[:limit]
+        )
+        if not rows:
+            return 0
+        ids = [pk for pk, _ in rows]
+        event = audit.record_batch(
+            action="communication_steps.sealed",
+            leaves=[h for _, h in rows],
+            after={"first_step": ids[0], "last_step": ids[-1]},
+        )
+        CommunicationStep.objects.filter(id__in=ids).update(seal=event)
+    return len(rows)
+
+
+def steps_seal_all() -> int:
+    """The periodic task: seal everything that is waiting."""
+    total = 0
+    while sealed := steps_seal():
+        total += sealed
+    return total
+
+
+@dataclass(frozen=True)
+class Proof:
+    ok: bool
+    steps: int
+    seals: list[int]
+    unsealed: int = 0
+    reason: str = ""
+
+
+def communication_verify(communication_id: int) -> Proof:
+    """Prove one communication's history against the audit chain (see the module docstring)."""
+    mine = list(CommunicationStep.objects.filter(communication_id=communication_id).order_by("id"))
+    for row in mine:
+        if audit.leaf_hash(_body(row)) != row.hash:
+            return Proof(False, len(mine), [], reason=f"step {row.pk} does not match its hash")
+    seal_ids = sorted({row.seal_id for row in mine if row.seal_id is not None})
+    for seal_id in seal_ids:
+        event = AuditEvent.objects.get(pk=seal_id)
+        if not audit.event_verify(event):
+            return Proof(False, len(mine), seal_ids, reason=f"audit event {seal_id} is broken")
+        sealed = list(
+            CommunicationStep.objects.filter(seal_id=seal_id)
+            .order_by("id")
+            .values_list("hash", flat=True)
+        )
+        after = event.after or {}
+        if after.get("count") != len(sealed) or audit.merkle_root(sealed) != after.get(
+            "merkle_root"
+        ):
+            return Proof(
+                False, len(mine), seal_ids, reason=f"steps sealed by event {seal_id} changed"
+            )
+    unsealed = sum(1 for row in mine if row.seal_id is None)
+    return Proof(True, len(mine), seal_ids, unsealed=unsealed)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of a communication's timeline (the API's and the back-office's)."""
+
+    created_at: datetime
+    action: str
+    actor_label: str
+    after: dict | None
+
+
+def communication_history(communication: Communication) -> list[Entry]:
+    """The communication's steps and the audit events about it or its deliveries, in time
+    order: pipeline steps live in `CommunicationStep`, people's decisions (cancel, resend,
+    corrections) and older history in the audit log."""
+    entries = [
+        Entry(
+            s.at,
+            s.action,
+            s.actor_label,
+            {**s.detail, **({"delivery": s.delivery_id} if s.delivery_id else {})},
+        )
+        for s in communication.steps.order_by("id")
+    ]
+    delivery_ids = [str(pk) for pk in communication.deliveries.values_list("pk", flat=True)]
+    subject_type, subject_id = audit.subject_label(communication)
+    events = AuditEvent.objects.filter(
+        subject_type=subject_type, subject_id=subject_id
+    ) | AuditEvent.objects.filter(
+        subject_type="notifications.delivery", subject_id__in=delivery_ids
+    )
+    entries += [
+        Entry(e.created_at, e.action, e.actor_label, e.after) for e in events.order_by("id")
+    ]
+    entries.sort(key=lambda e: e.created_at)
+    return entries

@@ -1,0 +1,43 @@
+"""Per-communication history: every pipeline step of every communication, with its time and
+actor, sealed into the audit hash chain in batches (see notifications/history.py)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class CommunicationStep(models.Model):
+    """One step in one communication's life (received, composed, a delivery sent, …).
+
+    Rows are written in bulk by the pipeline, never updated except to point at the audit event
+    that seals them: `hash` covers the row's content, the seal's Merkle root covers the hashes."""
+
+    communication = models.ForeignKey(
+        "notifications.Communication", on_delete=models.PROTECT, related_name="steps"
+    )
+    delivery_id = models.BigIntegerField(null=True, blank=True)
+    at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    actor_label = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=100)
+    detail = models.JSONField(default=dict, blank=True)
+    hash = models.CharField(max_length=64)
+    seal = models.ForeignKey(
+        "ccm.AuditEvent", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["communication", "id"]),
+            # The sealer looks for what no audit event covers yet.
+            models.Index(
+                fields=["id"], condition=models.Q(seal__isnull=True), name="step_unsealed"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.action} of communication {self.communication_id}"

@@ -1,0 +1,42 @@
+"""What one POST /api/v1/communications costs the database: few statements, one transaction,
+no audit-chain lock (the steps are sealed later, per chunk)."""
+
+from __future__ import annotations
+
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django_q.conf import Conf
+from rest_framework.test import APIClient
+
+from ccm.api.auth import api_key_create
+
+DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
+STATEMENTS_PER_POST = 10
+
+
+def test_a_request_costs_few_statements_and_takes_no_chain_lock(
+    letter, customer, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr(Conf, "SYNC", False)
+    issued = api_key_create(name="core-banking", scopes=["communications:write"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+
+    def post(key: str):
+        with django_capture_on_commit_callbacks(execute=True):
+            return client.post(
+                "/api/v1/communications",
+                {"template": "letter", "customer": "C-1", "data": DATA},
+                format="json",
+                HTTP_IDEMPOTENCY_KEY=key,
+            )
+
+    assert post("warm-up").status_code == 202  # caches: key, template schema validator
+    with CaptureQueriesContext(connection) as queries:
+        response = post("order-1")
+    assert response.status_code == 202
+    every = [q["sql"] for q in queries]
+    statements = [sql for sql in every if not sql.startswith(("SAVEPOINT", "RELEASE"))]
+    print(f"\nstatements per POST: {len(statements)} (+{len(every) - len(statements)} savepoints)")
+    assert not [sql for sql in statements if "pg_advisory" in sql]
+    assert len(statements) <= STATEMENTS_PER_POST
