@@ -205,7 +205,7 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_THROTTLE_CLASSES": [
         "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "ccm.api.auth.SessionUserRateThrottle",
         "ccm.api.auth.ApiKeyRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
