@@ -105,6 +105,55 @@ def one_run(client: Client, path: str, start: int, n: int, connections: int):
     return wall, [c.seconds for c in calls]
 
 
+def profile(master_pid: int, api: Client, n: int, out: Path) -> None:
+    import subprocess
+
+    spy = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(master_pid),
+            "--subprocesses",
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(2)
+    wall, _ = one_run(api, "/api/v1/communications", 10_000_000, n, 8)
+    spy.send_signal(signal.SIGINT)
+    spy.wait(timeout=60)
+    print(f"profiled {n} API requests ({n / wall:.0f} req/s while sampled) into {out}")
+    print_profile(out)
+
+
+def print_profile(path: Path, top: int = 40) -> None:
+    """Inclusive share of the samples taken inside a request, per function (project code and
+    the libraries it calls)."""
+    from collections import Counter
+
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not any("get_response" in f for f in frames):
+            continue  # the worker idling between requests
+        total += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    print(f"{total} samples inside requests; inclusive share per function:")
+    for frame, count in inclusive.most_common(top):
+        print(f"  {100 * count / total:5.1f} %  {frame[:150]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -113,6 +162,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="bare/api run pairs per level")
     parser.add_argument("--connections", default="8,32", help="comma-separated levels")
     parser.add_argument("--web-workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="instead of the comparison: sample the API's workers with py-spy (pip install "
+        "py-spy) during one run of --requests at 8 connections; write the collapsed stacks "
+        "to FILE and print where the time goes",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.connections.split(",")]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -154,6 +210,9 @@ def main() -> None:
         one_run(api, "/api/v1/communications", 0, 50, 8)
         one_run(bare, "/bench/bare", 0, 50, 8)
         counter = itertools.count(100, args.requests)
+        if args.profile:
+            profile(web.pid, api, args.requests, Path(args.profile))
+            return
         lines = []
         for connections in levels:
             figures: dict[str, tuple[float, list[float]]] = {"bare": (0.0, []), "api": (0.0, [])}
