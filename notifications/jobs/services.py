@@ -271,7 +271,9 @@ def send_job_batch_submit(
     submitted.accepted = result.accepted
     submitted.refused.update(result.refused)
     by_index = {i.index: i for i in items}
-    SendJobItem.objects.bulk_create(
+    # COPY, not bulk_create: a thousand rows in a few milliseconds (see bulk.insert_rows).
+    bulk.insert_rows(
+        SendJobItem,
         [
             SendJobItem(
                 job=job,
@@ -285,14 +287,11 @@ def send_job_batch_submit(
             )
             for index in sorted({*submitted.accepted, *submitted.refused})
         ],
-        batch_size=1000,
     )
     job.refused = len(submitted.refused)
     job.validated()
-    if submitted.accepted:
-        job.start(at=now)
-    else:
-        job.start(at=now)
+    job.start(at=now)
+    if not submitted.accepted:
         job.complete(at=now)  # nothing to wait for
     job.save()
     audit.record(
