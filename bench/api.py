@@ -24,6 +24,7 @@ import argparse
 import itertools
 import os
 import secrets
+import shutil
 import signal
 import sys
 import tempfile
@@ -110,7 +111,7 @@ def profile(master_pid: int, api: Client, n: int, out: Path) -> None:
 
     spy = subprocess.Popen(
         [
-            "py-spy",
+            shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
             "record",
             "--pid",
             str(master_pid),
