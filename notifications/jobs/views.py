@@ -18,7 +18,6 @@ from datetime import datetime
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -27,6 +26,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ccm.forms import AccessibleForm
+from ccm.views import staff_only
 from documents import selectors as document_selectors
 from documents import services as documents
 from documents.composition import CompositionError
@@ -41,15 +41,6 @@ SEND = "notifications.change_sendjob"
 LIST_PAGE_SIZE = 25
 BAD_ROWS_SHOWN = 1000
 PREVIEW_ROWS = 3
-
-
-def staff_only(*perms: str):
-    """Signed-out people go to the login form; signed-in people without the role get a 403."""
-
-    def decorate(view):
-        return login_required(permission_required(perms, raise_exception=True)(view))
-
-    return decorate
 
 
 class PublishedTemplateField(forms.ModelChoiceField):
