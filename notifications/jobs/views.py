@@ -163,7 +163,8 @@ def _previews(job: SendJob) -> list[dict]:
     if version is None:
         return []
     channels = [c for c in version.meta.get("channels", []) if c != "print"]
-    out = []
+    letter = "print" in version.meta.get("channels", []) or version.meta.get("delivery") == "attach"
+    out: list[dict] = []
     items = selectors.send_job_items(job).filter(errors=[])[:PREVIEW_ROWS]
     for item in items:
         data = dict(item.data)
@@ -172,9 +173,9 @@ def _previews(job: SendJob) -> list[dict]:
         try:
             preview = documents.template_preview(version=version, data=data, channels=channels)
         except CompositionError as exc:
-            out.append({"item": item, "error": exc.reason if hasattr(exc, "reason") else str(exc)})
+            out.append({"item": item, "error": str(exc), "letter": letter})
             continue
-        out.append({"item": item, "preview": preview})
+        out.append({"item": item, "preview": preview, "letter": letter})
     return out
 
 

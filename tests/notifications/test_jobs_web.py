@@ -54,6 +54,7 @@ def test_every_bad_row_is_shown_with_its_reason_before_anything_is_sent(
     # the first good rows as they will read
     assert "Your balance, Ada" in html
     assert "Your balance, Bob" in html
+    assert "The letter (print and attached PDF) is rendered and archived" in html
     assert not Communication.objects.exists()
     assert mail.outbox == []
 
