@@ -66,6 +66,7 @@ bench: system-deps install-dev
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/compose_text.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,30 +1,34 @@
-"""Dispatch benchmark: "document ready" emails end to end, CCM's bulk path against post_office.
+"""Dispatch benchmark through the public HTTP API: "document ready" emails end to end.
 
-    .venv/bin/python bench/dispatch.py                     # 20,000 messages
-    .venv/bin/python bench/dispatch.py --messages 2000     # a quick run
+    .venv/bin/python bench/dispatch.py                              # 20,000 batch + 5,000 single
+    .venv/bin/python bench/dispatch.py --batch 2000 --single 500    # a quick run
 
-CCM: `notifications.bulk.communications_request_bulk` (in batches, from this process) →
-`compose_chunk` → `dispatch_chunk`, run by a real django-q2 cluster (`manage.py qcluster`, ORM
-broker, Q_WORKERS=2) on a throwaway PostgreSQL database, sending through Anymail's Postmark
-backend to a loopback Postmark stub (bench/postmark_stub.py, its own process). Timed from the
-first intake call until every delivery is `sent` in the database.
+The project is served by gunicorn with production settings (DEBUG off, a generated SECRET_KEY,
+ALLOWED_HOSTS=127.0.0.1) on a throwaway PostgreSQL database, with a real django-q2 cluster
+(`manage.py qcluster`, ORM broker, Q_WORKERS=2) sending through Anymail's Postmark backend to a
+loopback Postmark stub (bench/postmark_stub.py, its own process). An integrator's API key calls:
+
+- batch: `POST /api/v1/communications/batch` with 1,000 items per call (4 connections);
+- single: `POST /api/v1/communications`, one per message (16 keep-alive connections).
+
+Each mode is timed from its first request until every delivery of its communications is `sent`
+in the database. Lost and duplicated messages are counted at the stub by Message-ID.
 
 post_office: the same messages rendered by the same composer and queued with
 `post_office.mail.send(..., priority="medium")`, then `manage.py send_queued_mail --processes 2`
 through the same Anymail backend and stub. Timed from the first `mail.send` to the command's end.
 
-Lost and duplicated messages are counted at the stub by Message-ID.
-
-Last line:
-dispatch: ccm=<messages/s> post_office=<messages/s> ratio=<ccm/post_office> lost=<n> duplicated=<n>
+Last lines:
+dispatch batch: ccm=<msg/s> post_office=<msg/s> ratio=<ccm/post_office> lost=<n> duplicated=<n>
+dispatch single: ccm=<msg/s> post_office=<msg/s> ratio=<ccm/post_office> lost=<n> duplicated=<n>
+(`complete=no sent=<k>/<n>` is added to a mode that ran out of time: its rate is k / timeout.)
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
+import secrets
 import signal
 import subprocess
 import sys
@@ -34,21 +38,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+from serve import (  # noqa: E402
+    Client,
+    machine_line,
+    production_env,
+    run_pool,
+    sql_admin,
+    start_cluster,
+    start_gunicorn,
+    stop,
+)
+
 TOKEN = "bench-server-token"  # noqa: S105 - the loopback stub's token
-INTAKE_BATCH = 1000
-TIMEOUT_S = 900
+BATCH_SIZE = 1000
+BATCH_CONNECTIONS = 4
+SINGLE_CONNECTIONS = 16
+TIMEOUT_S = 900  # for post_office's send_queued_mail
 
 
-def sql_admin(statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(statement)
-
-
-def start_stub(workdir: Path) -> tuple[subprocess.Popen, str]:
+def start_stub(workdir: Path, lifetime_s: float) -> tuple[subprocess.Popen, str]:
     stub = subprocess.Popen(
         [
             sys.executable,
@@ -56,7 +66,7 @@ def start_stub(workdir: Path) -> tuple[subprocess.Popen, str]:
             "--token",
             TOKEN,
             "--max-lifetime-s",
-            str(TIMEOUT_S * 3),
+            str(lifetime_s),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -65,21 +75,6 @@ def start_stub(workdir: Path) -> tuple[subprocess.Popen, str]:
     assert stub.stdout is not None
     port = int(stub.stdout.readline())
     return stub, f"http://127.0.0.1:{port}/"
-
-
-def stop(process: subprocess.Popen | None, *, group: bool = True) -> None:
-    if process is None or process.poll() is not None:
-        return
-    try:
-        if group:
-            os.killpg(process.pid, signal.SIGTERM)
-        else:
-            process.terminate()
-        process.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 def setup_django() -> None:
@@ -123,18 +118,6 @@ def item_data(i: int) -> dict:
     }
 
 
-def start_cluster(env: dict, log: Path) -> subprocess.Popen:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
 def wait_for_cluster(cluster: subprocess.Popen) -> None:
     """Until a trivial task has gone through the cluster: workers forked and polling."""
     from django_q.models import Success
@@ -148,48 +131,86 @@ def wait_for_cluster(cluster: subprocess.Popen) -> None:
         time.sleep(0.2)
 
 
-def run_ccm(n: int, cluster: subprocess.Popen) -> float:
-    from django.contrib.auth import get_user_model
+def api_key() -> str:
+    from ccm.api.auth import api_key_create
+
+    return api_key_create(
+        name=f"bench-{time.monotonic_ns()}",
+        scopes=["communications:read", "communications:write"],
+    ).key
+
+
+def item(i: int) -> dict:
+    return {"template": "document_ready", "customer": f"B-{i:06d}", "data": item_data(i)}
+
+
+def wait_sent(client_label: str, n: int, started: float, cluster, timeout_s: float) -> int:
+    """Until every delivery of this client's n communications is `sent`; the number sent."""
     from django_q.models import Failure
 
-    from notifications import bulk
-    from notifications.models import Customer, Delivery
+    from notifications.models import Delivery
 
-    by = get_user_model().objects.get(username="integrator")
-    customers = list(Customer.objects.order_by("pk").values_list("pk", flat=True))
-    items = [{"customer": pk, "data": item_data(i)} for i, pk in enumerate(customers[:n])]
-    started = time.perf_counter()
-    for start in range(0, n, INTAKE_BATCH):
-        bulk.communications_request_bulk(
-            template_code="document_ready",
-            items=items[start : start + INTAKE_BATCH],
-            client="bench",
-            by=by,
-        )
-    intake = time.perf_counter() - started
-    print(f"  intake: {n} communications in {intake:.2f} s ({n / intake:.0f}/s)")
     last_print = 0.0
     while True:
-        sent = Delivery.objects.filter(state="sent").count()
+        sent = Delivery.objects.filter(communication__client=client_label, state="sent").count()
         elapsed = time.perf_counter() - started
         if sent >= n:
-            break
-        if elapsed - last_print >= 2:
-            print(f"  {elapsed:5.1f} s: {sent} of {n} sent")
+            return sent
+        if elapsed - last_print >= 5:
+            print(f"  {elapsed:6.1f} s: {sent} of {n} sent", flush=True)
             last_print = elapsed
         if cluster.poll() is not None:
             raise SystemExit("the q cluster died; see its log")
-        if Failure.objects.exists():
-            raise SystemExit(f"a task failed: {Failure.objects.values_list('result')[0][0]}")
-        if elapsed > TIMEOUT_S:
-            raise SystemExit(f"timed out with {sent} of {n} sent")
-        time.sleep(0.1)
-    elapsed = time.perf_counter() - started
-    from notifications.models import Communication
+        failed = Failure.objects.values_list("func", "result").first()
+        if failed:
+            raise SystemExit(f"a task failed: {failed}")
+        if elapsed > timeout_s:
+            print(f"  timed out after {elapsed:.0f} s with {sent} of {n} sent")
+            return sent
+        time.sleep(0.25)
 
-    states = set(Communication.objects.values_list("state", flat=True).distinct())
-    print(f"  all {n} sent in {elapsed:.2f} s; communication states: {sorted(states)}")
-    return n / elapsed
+
+def run_mode(mode: str, first: int, n: int, port: int, cluster, timeout_s: float):
+    """Send customers first…first+n through the API; (messages/s, sent, client label)."""
+    from ccm.api.auth import api_key_lookup
+    from ccm.api.idempotency import api_key_client
+
+    key = api_key()
+    label = api_key_client(api_key_lookup(key))
+    client = Client(port, headers={"Authorization": f"Api-Key {key}"})
+    started = time.perf_counter()
+    if mode == "batch":
+        calls = [
+            [item(i) for i in range(start, min(first + n, start + BATCH_SIZE))]
+            for start in range(first, first + n, BATCH_SIZE)
+        ]
+        results = run_pool(
+            lambda items: client.request("POST", "/api/v1/communications/batch", {"items": items}),
+            calls,
+            connections=BATCH_CONNECTIONS,
+        )
+    else:
+        results = run_pool(
+            lambda i: client.request("POST", "/api/v1/communications", item(i)),
+            range(first, first + n),
+            connections=SINGLE_CONNECTIONS,
+        )
+    refused = [r for r in results if r.status != 202]
+    if refused:
+        raise SystemExit(
+            f"{len(refused)} calls refused, e.g. {refused[0].status} {refused[0].body[:300]!r}"
+        )
+    intake = time.perf_counter() - started
+    latencies = sorted(r.seconds for r in results)
+    print(
+        f"  intake: {n} communications in {intake:.2f} s ({n / intake:.0f}/s), "
+        f"{len(results)} calls, p50 {latencies[len(latencies) // 2] * 1000:.0f} ms",
+        flush=True,
+    )
+    sent = wait_sent(label, n, started, cluster, timeout_s)
+    elapsed = time.perf_counter() - started
+    print(f"  {sent} of {n} sent in {elapsed:.2f} s")
+    return sent / elapsed, sent, label
 
 
 def run_post_office(n: int, env: dict, log: Path) -> float:
@@ -248,7 +269,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--messages", type=int, default=20000, help="messages per run")
+    parser.add_argument(
+        "--batch", type=int, default=20000, help="messages through the batch endpoint"
+    )
+    parser.add_argument("--single", type=int, default=5000, help="messages through single POSTs")
+    parser.add_argument(
+        "--post-office", type=int, default=None, help="messages for post_office (default: --batch)"
+    )
     parser.add_argument("--chunk", type=int, default=250, help="CCM_BULK_CHUNK")
     parser.add_argument(
         "--postmark-batch",
@@ -256,18 +283,21 @@ def main() -> None:
         default=500,
         help="messages per Postmark batch call (1: one Anymail send per message)",
     )
+    parser.add_argument("--web-workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds per mode at most")
     parser.add_argument("--skip-post-office", action="store_true", help="CCM only")
     args = parser.parse_args()
-    n = args.messages
+    po_n = args.batch if args.post_office is None else args.post_office
+    n_customers = args.batch + args.single
     # Killed from outside: still stop what was started and drop the database (finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     workdir = Path(tempfile.mkdtemp(prefix="ccm-bench-dispatch-"))
     db_name = f"ccm_bench_{os.getpid()}"
-    stub = cluster = None
+    stub = cluster = web = None
     created = False
     try:
-        stub, stub_url = start_stub(workdir)
+        stub, stub_url = start_stub(workdir, args.timeout * 4)
         sql_admin(f'CREATE DATABASE "{db_name}"')
         created = True
         env = {
@@ -281,55 +311,71 @@ def main() -> None:
             "LOG_LEVEL": "WARNING",
             "Q_WORKERS": "2",
             "Q_SYNC": "false",
+            "SECRET_KEY": secrets.token_urlsafe(64),
             "CCM_BULK_CHUNK": str(args.chunk),
             "CCM_POSTMARK_BATCH": str(args.postmark_batch),
+            # The benchmark measures capacity, not an integrator's quota.
+            "API_THROTTLE_USER": "10000000/min",
+            "API_THROTTLE_API_KEY": "10000000/min",
         }
         os.environ.update(env)
         setup_django()
-        from importlib.metadata import version
-
-        import django
-
+        print(machine_line())
         print(
-            f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"Django {django.get_version()}, Anymail {version('django-anymail')}, "
-            f"django-q2 {version('django-q2')}, post_office {version('django-post-office')}, "
-            f"psycopg {version('psycopg')}"
-        )
-        print(
-            f"setup: {n} customers, chunk={args.chunk}, postmark batch={args.postmark_batch}, "
+            f"setup: {args.batch} batch + {args.single} single messages, chunk={args.chunk}, "
+            f"postmark batch={args.postmark_batch}, gunicorn workers={args.web_workers}, "
             f"stub at {stub_url}"
         )
-        prepare(n)
-
-        print("ccm: bulk intake → compose_chunk → dispatch_chunk on qcluster (2 workers)")
-        cluster = start_cluster(env, workdir / "qcluster.log")
-        wait_for_cluster(cluster)
-        ccm = run_ccm(n, cluster)
-        stop(cluster)
-        cluster = None
-        from notifications.models import Delivery
-
-        expected = set(Delivery.objects.values_list("message_id", flat=True))
-        lost, duplicated = count_at_stub(stub_url, expected)
-        print(f"  at the stub: lost={lost} duplicated={duplicated}")
-
-        if args.skip_post_office:
-            po = 0.0
-        else:
-            print("post_office: mail.send (medium) for each, then send_queued_mail --processes 2")
-            po = run_post_office(n, env, workdir / "send_queued_mail.log")
+        prepare(n_customers)
+        served = production_env(env)
+        web, port = start_gunicorn(served, workdir / "gunicorn.log", workers=args.web_workers)
+        po = 0.0
+        if not args.skip_post_office and po_n:
+            # First, with no cluster running: post_office has the machine to itself.
+            print(
+                f"post_office: mail.send (medium) for {po_n}, then send_queued_mail --processes 2"
+            )
+            po = run_post_office(po_n, env, workdir / "send_queued_mail.log")
             po_lost, po_dup = count_at_stub(
-                stub_url, {f"<po.{i}@bench.localhost>" for i in range(n)}
+                stub_url, {f"<po.{i}@bench.localhost>" for i in range(po_n)}
             )
             print(f"  at the stub: lost={po_lost} duplicated={po_dup}")
-        ratio = ccm / po if po else 0.0
-        print(f"ccm {ccm:.0f} messages/s (target >= 1000); ratio {ratio:.2f} (target >= 2)")
-        print(
-            f"dispatch: ccm={ccm:.0f} post_office={po:.0f} ratio={ratio:.2f} "
-            f"lost={lost} duplicated={duplicated}"
-        )
+        cluster = start_cluster(served, workdir / "qcluster.log")
+        wait_for_cluster(cluster)
+
+        from notifications.models import Delivery
+
+        lines = []
+        first = 0
+        for mode, n in (("batch", args.batch), ("single", args.single)):
+            if not n:
+                continue
+            print(f"ccm {mode}: {n} messages through the API (gunicorn) → qcluster → stub")
+            rate, sent, label = run_mode(mode, first, n, port, cluster, args.timeout)
+            first += n
+            # Lost: recorded as sent, never received. (A run that timed out still has messages
+            # in flight; they are neither lost nor sent.)
+            expected = set(
+                Delivery.objects.filter(communication__client=label, state="sent").values_list(
+                    "message_id", flat=True
+                )
+            )
+            lost, duplicated = count_at_stub(stub_url, expected)
+            print(f"  at the stub: lost={lost} duplicated={duplicated}")
+            ratio = rate / po if po else 0.0
+            digits = 0 if rate >= 10 else 2  # a few messages a second still shows
+            line = (
+                f"dispatch {mode}: ccm={rate:.{digits}f} post_office={po:.0f} "
+                f"ratio={ratio:.{digits + 2}f} lost={lost} duplicated={duplicated}"
+            )
+            if sent < n:
+                line += f" complete=no sent={sent}/{n}"
+            lines.append(line)
+        print("targets: batch >= 1000 msg/s and >= 4 x post_office; single >= 200 msg/s")
+        for line in lines:
+            print(line)
     finally:
+        stop(web)
         stop(cluster)
         stop(stub)
         try:

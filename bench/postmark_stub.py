@@ -20,7 +20,10 @@ It speaks just enough of the API for Anymail's Postmark backend and for CCM's re
 
 Faults, chosen per send by a seeded RNG with probability `failure_ratio`: 429, 500, or
 "timeout" — the message IS recorded as accepted, then the answer is held back longer than the
-client waits (the case where the sender cannot know it got through). `reject=True` answers every
+client waits (the case where the sender cannot know it got through). On top of those,
+`unanswered_ratio` of the sends are neither accepted nor answered (the connection is held past
+the client's timeout, then closed), and `late_ratio` are accepted and answered too late (as
+"timeout"). `reject=True` answers every
 send with Postmark's permanent 422 / ErrorCode 300 "Invalid 'To' address". `delay_s` slows every
 accepted send (to catch a worker mid-dispatch).
 
@@ -63,6 +66,8 @@ class _State:
             self.reject = bool(config.get("reject", False))
             self.delay_s = float(config.get("delay_s", 0.0))
             self.timeout_delay_s = float(config.get("timeout_delay_s", 2.0))
+            self.unanswered_ratio = float(config.get("unanswered_ratio", 0.0))
+            self.late_ratio = float(config.get("late_ratio", 0.0))
             self.rng = random.Random(config.get("seed", 7))
 
     def reset(self) -> None:
@@ -76,11 +81,17 @@ class _State:
 
     def fault(self) -> str | None:
         with self.lock:
-            if self.failure_ratio and self.rng.random() < self.failure_ratio:
+            draw = self.rng.random()
+            kind = None
+            if draw < self.failure_ratio:
                 kind = self.rng.choice(self.faults)
+            elif draw < self.failure_ratio + self.unanswered_ratio:
+                kind = "unanswered"
+            elif draw < self.failure_ratio + self.unanswered_ratio + self.late_ratio:
+                kind = "timeout"
+            if kind:
                 self.faulted[kind] += 1
-                return kind
-        return None
+            return kind
 
     def accept(self, message: dict) -> dict:
         ours = _header(message, "Message-ID") or str(message.get("MessageID", ""))
@@ -223,6 +234,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault == "500":
             self._reply(500, {"ErrorCode": 500, "Message": "Internal server error."})
+            return
+        if fault == "unanswered":
+            # Never accepted, never answered: the sender's timeout is all it learns.
+            time.sleep(state.timeout_delay_s)
+            self.close_connection = True
             return
         answers = [state.accept(m) for m in messages]
         if fault == "timeout":

@@ -15,7 +15,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -38,6 +37,7 @@ from cases.web_forms import (
     attachment_max_bytes,
 )
 from cases.web_timeline import CASE_TEXT, timeline_rows
+from ccm.views import staff_only
 from documents.composition import CompositionError
 from notifications.models import Communication
 from notifications.services import IntakeError
@@ -50,15 +50,6 @@ RECOVERY_OUTCOMES = {
     for action in ("regenerate", "resend")
     for outcome in ("succeeded", "failed")
 }
-
-
-def staff_only(*perms: str):
-    """Signed-out people go to the login form; signed-in people without the role get a 403."""
-
-    def decorate(view):
-        return login_required(permission_required(perms, raise_exception=True)(view))
-
-    return decorate
 
 
 def case_or_404(ref: str) -> Case:

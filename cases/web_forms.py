@@ -18,6 +18,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 
 from cases.models import Team
+from ccm.forms import AccessibleForm
 from ccm.roles import Role
 from notifications.recovery import RESENDABLE_CHANNELS
 
@@ -37,25 +38,6 @@ def team_members(team: str):
         .distinct()
         .order_by("username")
     )
-
-
-class AccessibleForm(forms.Form):
-    """A field with an error says so to assistive technology: `aria-invalid`, and
-    `aria-describedby` naming the error (and help) the templates render with those ids
-    (templates/cases/_field.html)."""
-
-    def add_error(self, field, error) -> None:
-        super().add_error(field, error)
-        for name in self.errors:
-            if name not in self.fields:
-                continue
-            bound = self[name]
-            described = [f"{bound.auto_id}_error"]
-            if bound.help_text:
-                described.append(f"{bound.auto_id}_helptext")
-            bound.field.widget.attrs.update(
-                {"aria-invalid": "true", "aria-describedby": " ".join(described)}
-            )
 
 
 class TeamMemberField(forms.ModelChoiceField):

@@ -1,10 +1,29 @@
-"""Forms the kernel's screens share with the apps' admin pages."""
+"""Forms the kernel's screens share with the apps' screens and admin pages."""
 
 from __future__ import annotations
 
 from django import forms
 
 from ccm.models import Decision
+
+
+class AccessibleForm(forms.Form):
+    """A field with an error says so to assistive technology: `aria-invalid`, and
+    `aria-describedby` naming the error (and help) the templates render with those ids
+    (templates/cases/_field.html)."""
+
+    def add_error(self, field, error) -> None:
+        super().add_error(field, error)
+        for name in self.errors:
+            if name not in self.fields:
+                continue
+            bound = self[name]
+            described = [f"{bound.auto_id}_error"]
+            if bound.help_text:
+                described.append(f"{bound.auto_id}_helptext")
+            bound.field.widget.attrs.update(
+                {"aria-invalid": "true", "aria-describedby": " ".join(described)}
+            )
 
 
 class DecisionForm(forms.Form):

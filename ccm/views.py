@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
@@ -9,6 +9,15 @@ from django.views.decorators.http import require_GET
 from ccm.api import errors
 from ccm.health import run_checks
 from ccm.selectors import home_sections
+
+
+def staff_only(*perms: str):
+    """Signed-out people go to the login form; signed-in people without the role get a 403."""
+
+    def decorate(view):
+        return login_required(permission_required(perms, raise_exception=True)(view))
+
+    return decorate
 
 
 @require_GET

@@ -17,9 +17,11 @@ class NotificationsConfig(AppConfig):
         from ccm.tasks import register_sweep
         from notifications import demo as notifications_demo
         from notifications import services, tasks, tracking, webhook_send, webhooks
+        from notifications.jobs import tasks as job_tasks
         from notifications.models import Communication
 
         services.register_approvable()
+        job_tasks.register_schedules()
         tasks.register_sweeps()
         webhook_send.register_sweeps()
         post_transition.connect(
@@ -49,3 +51,18 @@ class NotificationsConfig(AppConfig):
                 "Close, hand over and follow print runs; record returned mail",
             ),
         )
+        register_home_link(
+            Role.OPERATIONS,
+            HomeLink(
+                "Send a file",
+                "jobs-new",
+                "Send a published template to the customers of a CSV file; bad rows shown first",
+            ),
+        )
+        for role in (Role.OPERATIONS, Role.COMPLIANCE_REVIEWER):
+            register_home_link(
+                role,
+                HomeLink(
+                    "Send jobs", "jobs-list", "Batches and files sent: progress, refused rows"
+                ),
+            )

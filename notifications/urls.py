@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.urls import path
 
 from notifications import api, device_api, printing_api, webhooks_api
+from notifications.jobs import api as jobs_api
 
 urlpatterns = [
     path("customers", api.CustomerUpsertView.as_view(), name="api-customers"),
@@ -24,6 +25,13 @@ urlpatterns = [
         name="api-device",
     ),
     path("communications", api.CommunicationListCreateView.as_view(), name="api-communications"),
+    path(
+        "communications/batch",
+        jobs_api.CommunicationBatchView.as_view(),
+        name="api-communications-batch",
+    ),
+    path("jobs/<int:pk>", jobs_api.JobDetailView.as_view(), name="api-job"),
+    path("jobs/<int:pk>/items", jobs_api.JobItemListView.as_view(), name="api-job-items"),
     path(
         "communications/<uuid:public_id>",
         api.CommunicationDetailView.as_view(),

@@ -56,7 +56,7 @@ _TITLES = {
 }
 
 
-def _flatten(errors, prefix: str = "") -> list[dict]:
+def field_errors(errors, prefix: str = "") -> list[dict]:
     """DRF's nested error dict → a flat list of {field, message} with dotted paths."""
     out: list[dict] = []
     if isinstance(errors, dict):
@@ -67,13 +67,13 @@ def _flatten(errors, prefix: str = "") -> list[dict]:
                 path = prefix
             else:
                 path = f"{prefix}.{key}" if prefix else str(key)
-            out.extend(_flatten(value, path))
+            out.extend(field_errors(value, path))
     elif isinstance(errors, list):
         if all(not isinstance(e, dict | list) for e in errors):
             out.extend({"field": prefix, "message": str(e)} for e in errors)
         else:
             for i, value in enumerate(errors):
-                out.extend(_flatten(value, f"{prefix}[{i}]" if prefix else f"[{i}]"))
+                out.extend(field_errors(value, f"{prefix}[{i}]" if prefix else f"[{i}]"))
     else:
         out.append({"field": prefix, "message": str(errors)})
     return out
@@ -116,7 +116,7 @@ def problem_exception_handler(exc, context):
             request=request,
         )
     elif isinstance(exc, exceptions.ValidationError):
-        errors = _flatten(exc.detail)
+        errors = field_errors(exc.detail)
         body = problem(
             status_code=response.status_code,
             detail="; ".join(

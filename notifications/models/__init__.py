@@ -499,6 +499,12 @@ class DeliveryEvent(models.Model):
 
 from notifications.models.devices import Device, Platform, device_address  # noqa: E402, F401
 from notifications.models.history import CommunicationStep  # noqa: E402, F401
+from notifications.models.jobs import (  # noqa: E402, F401
+    JobSource,
+    JobState,
+    SendJob,
+    SendJobItem,
+)
 from notifications.models.printing import PrintBatch, PrintBatchState, PrintItem  # noqa: E402, F401
 from notifications.models.throttle import ProviderBucket  # noqa: E402, F401
 from notifications.models.webhooks import *  # noqa: E402, F403

@@ -235,6 +235,19 @@ def test_list_is_cursor_paginated(admin_user, client_for):
     assert "cursor=" in page["next"]
 
 
+def test_an_api_key_is_held_to_its_own_limit_not_the_user_limit(db, client_for, monkeypatch):
+    from django.core.cache import cache
+
+    from ccm.api.auth import ApiKeyRateThrottle, SessionUserRateThrottle
+
+    cache.clear()
+    monkeypatch.setattr(SessionUserRateThrottle, "THROTTLE_RATES", {"user": "2/min"})
+    monkeypatch.setattr(ApiKeyRateThrottle, "THROTTLE_RATES", {"api_key": "5/min"})
+    client = client_for(api_key_create(name="busy", scopes=["me:read"]).key)
+    assert [client.get("/api/v1/me").status_code for _ in range(6)] == [200] * 5 + [429]
+    cache.clear()
+
+
 def test_api_keys_are_throttled_with_a_problem(db, client_for, monkeypatch):
     from django.core.cache import cache
 

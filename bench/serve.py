@@ -1,0 +1,189 @@
+"""What the HTTP benchmarks share: a throwaway PostgreSQL database, the project served by
+gunicorn with production settings on loopback, and a keep-alive client driven by a thread pool.
+
+Only the standard library and the project's own dependencies."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+def sql_admin(statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def production_env(env: dict[str, str]) -> dict[str, str]:
+    """The settings a deployment runs with (DEBUG off, a generated SECRET_KEY, one allowed
+    host), except TLS: the benchmark speaks plain HTTP on loopback. Give the benchmark's own
+    process the same SECRET_KEY (`env`'s, if set): django-q2 signs the tasks it queues."""
+    return {
+        **env,
+        "DEBUG": "false",
+        "SECRET_KEY": env.get("SECRET_KEY") or secrets.token_urlsafe(64),
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "false",
+        "ANYMAIL_WEBHOOK_SECRET": f"bench:{secrets.token_urlsafe(16)}",
+    }
+
+
+def stop(process: subprocess.Popen | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def start_gunicorn(env: dict, log: Path, *, workers: int) -> tuple[subprocess.Popen, int]:
+    """gunicorn serving ccm.wsgi (sync workers) on a free loopback port, ready to answer."""
+    port = free_port()
+    with log.open("ab") as out:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "ccm.wsgi:application",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                str(workers),
+                "--keep-alive",
+                "30",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/login/")
+            if conn.getresponse().status < 500:
+                conn.close()
+                return server, port
+        except OSError:
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            stop(server)
+            raise SystemExit(f"gunicorn did not start; see {log}")
+        time.sleep(0.2)
+
+
+def start_cluster(env: dict, log: Path) -> subprocess.Popen:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+@dataclass
+class Call:
+    status: int
+    body: bytes
+    seconds: float
+
+
+@dataclass
+class Client:
+    """One keep-alive HTTP/1.1 connection per thread to the served project."""
+
+    port: int
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float = 120.0
+    _local: threading.local = field(default_factory=threading.local)
+
+    def _conn(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(
+                "127.0.0.1", self.port, timeout=self.timeout
+            )
+        return conn
+
+    def request(self, method: str, path: str, body: Any = None, headers=None) -> Call:
+        payload = json.dumps(body).encode() if body is not None else None
+        sent = {**self.headers, **(headers or {})}
+        if payload is not None:
+            sent["Content-Type"] = "application/json"
+        for attempt in range(2):
+            conn = self._conn()
+            started = time.perf_counter()
+            try:
+                conn.request(method, path, body=payload, headers=sent)
+                response = conn.getresponse()
+                data = response.read()
+            except (http.client.HTTPException, ConnectionError):
+                # The server closed a kept-alive connection (a worker recycled): reconnect once.
+                conn.close()
+                self._local.conn = None
+                if attempt:
+                    raise
+                continue
+            return Call(response.status, data, time.perf_counter() - started)
+        raise AssertionError("unreachable")
+
+
+def run_pool(fn: Callable[[Any], Call], work: Iterable[Any], *, connections: int) -> list[Call]:
+    with ThreadPoolExecutor(max_workers=connections) as pool:
+        return list(pool.map(fn, work))
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def machine_line() -> str:
+    import platform
+    from importlib.metadata import version
+
+    return (
+        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"Django {version('Django')}, DRF {version('djangorestframework')}, "
+        f"gunicorn {version('gunicorn')}, django-q2 {version('django-q2')}, "
+        f"psycopg {version('psycopg')}"
+    )

@@ -1,0 +1,48 @@
+"""The project's URLs plus `POST /bench/bare`: what a minimal Django endpoint costs — parse a
+small JSON body, check its fields, one INSERT — to compare `POST /api/v1/communications` with.
+Mounted only by bench/settings_api.py."""
+
+from __future__ import annotations
+
+import json
+
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.urls import path
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from ccm.urls import handler404, handler500  # noqa: F401
+from ccm.urls import urlpatterns as project_urlpatterns
+
+TABLE = "bench_bare_request"
+CREATE_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {TABLE} (id bigserial PRIMARY KEY, template varchar(100), "
+    "customer varchar(100), data jsonb, created_at timestamptz DEFAULT now())"
+)
+
+
+@csrf_exempt
+@require_POST
+def bare(request: HttpRequest) -> JsonResponse:
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        return JsonResponse({"detail": "not JSON"}, status=400)
+    if not (
+        isinstance(body, dict)
+        and isinstance(body.get("template"), str)
+        and isinstance(body.get("customer"), str)
+        and isinstance(body.get("data"), dict)
+    ):
+        return JsonResponse({"detail": "give template, customer and data"}, status=400)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {TABLE} (template, customer, data) VALUES (%s, %s, %s) RETURNING id",  # noqa: S608
+            [body["template"], body["customer"], json.dumps(body["data"])],
+        )
+        (pk,) = cursor.fetchone()
+    return JsonResponse({"id": pk, "status": "received"}, status=202)
+
+
+urlpatterns = [path("bench/bare", bare), *project_urlpatterns]

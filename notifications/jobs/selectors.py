@@ -1,0 +1,64 @@
+"""Reads for send jobs: progress for the API and the progress bar, lists for the screens."""
+
+from __future__ import annotations
+
+from django.db.models import Count, QuerySet
+from django.utils import timezone
+
+from notifications.jobs.services import SETTLED_STATES
+from notifications.models import JobState, SendJob, SendJobItem
+
+
+def send_job_list() -> QuerySet[SendJob]:
+    return SendJob.objects.select_related("template", "created_by").order_by("-id")
+
+
+def send_job_for_client(*, pk: int, client: str) -> SendJob | None:
+    """A job is its client's: another client's id reads as absent."""
+    return SendJob.objects.select_related("template").filter(pk=pk, client=client).first()
+
+
+def send_job_items(job: SendJob) -> QuerySet[SendJobItem]:
+    return SendJobItem.objects.filter(job=job).select_related("communication")
+
+
+def send_job_refused_items(job: SendJob) -> QuerySet[SendJobItem]:
+    return SendJobItem.objects.filter(job=job).exclude(errors=[]).order_by("index")
+
+
+def send_job_progress(job: SendJob) -> dict:
+    """Counts per communication state, rows still to hand over, rate and ETA.
+
+    `done` counts communications that will not move because of the job any more (sent, failed,
+    cancelled…); the rate is done per second since the job started; the ETA assumes it holds.
+    """
+    counts = {
+        row["communication__state"]: row["n"]
+        for row in SendJobItem.objects.filter(job=job, communication__isnull=False)
+        .values("communication__state")
+        .annotate(n=Count("id"))
+    }
+    waiting = SendJobItem.objects.filter(job=job, communication__isnull=True, errors=[]).count()
+    accepted = job.total - job.refused
+    done = sum(n for state, n in counts.items() if state in SETTLED_STATES)
+    if job.state == JobState.CANCELLED:
+        # Rows never handed over and communications cancelled are all the job will do.
+        done = accepted
+    end = job.finished_at or timezone.now()
+    elapsed = (end - job.started_at).total_seconds() if job.started_at else 0.0
+    rate = done / elapsed if elapsed > 0 else 0.0
+    remaining = max(0, accepted - done)
+    eta = None
+    if job.state == JobState.SENDING and rate > 0:
+        eta = round(remaining / rate, 1)
+    return {
+        "total": job.total,
+        "accepted": accepted,
+        "refused": job.refused,
+        "waiting": waiting,
+        "by_state": dict(sorted(counts.items())),
+        "done": done,
+        "percent": 100 if accepted == 0 else min(100, round(100 * done / accepted)),
+        "rate_per_s": round(rate, 1),
+        "eta_s": eta,
+    }
