@@ -18,6 +18,7 @@ from cases.request_models import (
     RequestSource,
 )
 from cases.request_selectors import last_approval
+from ccm.api.schema import JSONObjectField
 from ccm.api.views import CcmAPIView
 from documents.models import Document
 from notifications.models import Communication, Customer
@@ -190,15 +191,10 @@ class CorrespondenceCreateSerializer(serializers.Serializer):
     template = serializers.SlugField(max_length=100, help_text="A published letter template")
     customer = serializers.CharField(max_length=100)
     source_system = serializers.CharField(max_length=100, default="default")
-    data = serializers.JSONField(  # type: ignore[assignment]
-        help_text="Checked against the template's JSON Schema"
+    data = JSONObjectField(  # type: ignore[assignment]
+        help_text="A JSON object, checked against the template's JSON Schema"
     )
     channel = serializers.CharField(max_length=10, required=False, default="")
-
-    def validate_data(self, value):
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("data is a JSON object.")
-        return value
 
 
 class CorrespondenceSerializer(serializers.ModelSerializer):

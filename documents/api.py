@@ -7,20 +7,27 @@ import base64
 from django.http import FileResponse, HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, serializers
 from rest_framework.response import Response
 
 from ccm.api.errors import ApiProblem, Unprocessable
+from ccm.api.schema import JSONObjectField
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from documents import selectors, services
 from documents.composition import CompositionError, DataInvalid
-from documents.models import Document, Template
+from documents.models import Document, Template, VersionState
 
 
 class VersionSerializer(serializers.Serializer):
     number = serializers.IntegerField()
-    state = serializers.CharField()
+    state = serializers.ChoiceField(choices=VersionState.choices)
     author = serializers.CharField(source="author.username")
     content_hash = serializers.CharField()
     created_at = serializers.DateTimeField()
@@ -62,6 +69,7 @@ class TemplateDetailSerializer(TemplateSerializer):
         return version.content.get("schema", {}) if version else {}
 
 
+@extend_schema_view(get=extend_schema(summary="List templates, with their published version"))
 class TemplateListView(CcmGenericAPIView, generics.ListAPIView):
     required_scopes = ("templates:read",)
     serializer_class = TemplateSerializer
@@ -71,6 +79,13 @@ class TemplateListView(CcmGenericAPIView, generics.ListAPIView):
         return selectors.template_list()
 
 
+@extend_schema_view(
+    get=extend_schema(
+        summary="A template: the JSON Schema its data must match, and its versions",
+        description="`schema` is the published version's JSON Schema (the latest version's "
+        "while none is published): the `data` of a communication must match it.",
+    )
+)
 class TemplateDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
     required_scopes = ("templates:read",)
     serializer_class = TemplateDetailSerializer
@@ -81,8 +96,8 @@ class TemplateDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
 
 
 class PreviewRequestSerializer(serializers.Serializer):
-    data = serializers.JSONField(  # type: ignore[assignment]
-        required=False, help_text="Default: the version's sample data"
+    data = JSONObjectField(  # type: ignore[assignment]
+        required=False, help_text="A JSON object; default: the version's sample data"
     )
     sample = serializers.CharField(required=False, default="default")
     version = serializers.IntegerField(required=False, help_text="Default: the published one")
@@ -95,6 +110,38 @@ class PreviewRequestSerializer(serializers.Serializer):
         default="json",
         help_text="pdf: the response is the PDF itself; json: every channel, the PDF in base64",
     )
+
+
+class PreviewPdfSerializer(serializers.Serializer):
+    pages = serializers.IntegerField()
+    base64 = serializers.CharField(help_text="The PDF, base64-encoded")
+
+
+class PreviewEmailSerializer(serializers.Serializer):
+    subject = serializers.CharField()
+    html = serializers.CharField()
+    text = serializers.CharField()
+
+
+class PreviewSmsSerializer(serializers.Serializer):
+    text = serializers.CharField()
+    segments = serializers.IntegerField(help_text="SMS parts the text takes")
+    encoding = serializers.CharField(help_text="GSM-7 or UCS-2")
+
+
+class PreviewPushSerializer(serializers.Serializer):
+    title = serializers.CharField()
+    body = serializers.CharField()
+
+
+class PreviewSerializer(serializers.Serializer):
+    template = serializers.CharField()
+    version = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=VersionState.choices)
+    pdf = PreviewPdfSerializer(allow_null=True, help_text="null: no print channel asked for")
+    email = PreviewEmailSerializer(allow_null=True)
+    sms = PreviewSmsSerializer(allow_null=True)
+    push = PreviewPushSerializer(allow_null=True)
 
 
 def composition_problem(exc: CompositionError) -> ApiProblem:
@@ -110,10 +157,66 @@ class TemplatePreviewView(CcmAPIView):
     @extend_schema(
         request=PreviewRequestSerializer,
         responses={
-            200: OpenApiResponse(description="Channel outputs (JSON) or the PDF"),
-            422: OpenApiResponse(description="Data does not match the template's schema"),
+            (200, "application/json"): OpenApiResponse(
+                PreviewSerializer, description="format json: every channel asked for"
+            ),
+            (200, "application/pdf"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="format pdf: the PDF itself"
+            ),
+            422: OpenApiResponse(
+                description="The data does not match the template's schema (each field at "
+                "fault in `errors`, as a path under `data`), or the template cannot render it"
+            ),
         },
         summary="Render a template's channels from data, archiving nothing",
+        description="Renders the published version (or `version`) with your data, or with "
+        "one of its sample data sets, so you can check your data before requesting a "
+        "communication. A version that is not published is stamped PROOF.",
+        examples=[
+            OpenApiExample(
+                "Email and SMS from your data",
+                request_only=True,
+                value={
+                    "data": {
+                        "account_number": "NW-3310-0457",
+                        "reference": "PR-2026-04-0009931",
+                        "document_date": "2026-04-01",
+                        "amount_due": 288.59,
+                        "original_due_date": "2026-03-25",
+                        "statement_reference": "ST-2026-02-0051907",
+                        "pay_by": "2026-04-11",
+                    },
+                    "channels": ["email", "sms"],
+                },
+            ),
+            OpenApiExample(
+                "The PDF from the default sample",
+                request_only=True,
+                value={"sample": "default", "format": "pdf"},
+            ),
+            OpenApiExample(
+                "Rendered",
+                response_only=True,
+                media_type="application/json",
+                value={
+                    "template": "payment_reminder",
+                    "version": 3,
+                    "state": "published",
+                    "pdf": None,
+                    "email": {
+                        "subject": "A reminder about your account NW-3310-0457",
+                        "html": "<p>Dear Ms Lovelace, …</p>",
+                        "text": "Dear Ms Lovelace, …",
+                    },
+                    "sms": {
+                        "text": "Northwind: £288.59 is due on 11 Apr 2026.",
+                        "segments": 1,
+                        "encoding": "GSM-7",
+                    },
+                    "push": None,
+                },
+            ),
+        ],
     )
     def post(self, request, code: str):
         body = PreviewRequestSerializer(data=request.data)
@@ -185,6 +288,9 @@ class DocumentSerializer(serializers.ModelSerializer):
         return self.context["request"].build_absolute_uri(f"/api/v1/documents/{document.pk}/pdf")
 
 
+@extend_schema_view(
+    get=extend_schema(summary="An archived document: its template version, hash and size")
+)
 class DocumentDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
     required_scopes = ("documents:read",)
     serializer_class = DocumentSerializer
