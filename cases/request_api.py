@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
@@ -20,6 +20,7 @@ from cases.request_models import (
 from cases.request_selectors import last_approval
 from ccm.api.schema import JSONObjectField
 from ccm.api.views import CcmAPIView
+from ccm.models import ApprovalState
 from documents.models import Document
 from notifications.models import Communication, Customer
 
@@ -37,6 +38,10 @@ def _customer(ref: str, source_system: str) -> Customer:
             {"customer": [f"There is no customer {ref!r} in source system {source_system!r}."]}
         )
     return customer
+
+
+# The state of the last sign-off asked for (null: none was needed).
+APPROVAL_STATE = serializers.ChoiceField(choices=ApprovalState.choices, allow_null=True)
 
 
 def _approval_state(subject) -> str | None:
@@ -125,6 +130,7 @@ class ReprintSerializer(serializers.ModelSerializer):
             "fulfilled_at",
         ]
 
+    @extend_schema_field(APPROVAL_STATE)
     def get_approval_state(self, reprint: ReprintRequest) -> str | None:
         return _approval_state(reprint)
 
@@ -232,6 +238,7 @@ class CorrespondenceSerializer(serializers.ModelSerializer):
             "created_at",
         ]
 
+    @extend_schema_field(APPROVAL_STATE)
     def get_approval_state(self, letter: CorrespondenceRequest) -> str | None:
         return _approval_state(letter)
 

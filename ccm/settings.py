@@ -264,6 +264,7 @@ SPECTACULAR_SETTINGS = {
         "ReprintChannelEnum": ["email", "print"],
         "CommunicationSourceEnum": "notifications.models.Source",
         "CommunicationStatusEnum": "notifications.models.CommState",
+        "ApprovalStateEnum": "ccm.models.ApprovalState",
         "DeliveryStateEnum": "notifications.models.DeliveryState",
         "DeliveryEventTypeEnum": "notifications.models.EventType",
         "ContactKindEnum": "notifications.models.ContactKind",

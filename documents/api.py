@@ -304,7 +304,16 @@ class DocumentPdfView(CcmAPIView):
 
     @extend_schema(
         responses={(200, "application/pdf"): OpenApiTypes.BINARY},
-        parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)],
+        parameters=[
+            OpenApiParameter("id", int, OpenApiParameter.PATH),
+            OpenApiParameter(
+                "X-Content-SHA256",
+                str,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description="The SHA-256 of the PDF's bytes, in hex, as archived",
+            ),
+        ],
         summary="The archived PDF, byte for byte",
     )
     def get(self, request, pk: int):

@@ -223,12 +223,19 @@ class _BatchFileView(CcmAPIView):
 
 
 ID_PARAM = OpenApiParameter("id", int, OpenApiParameter.PATH)
+SHA256_HEADER = OpenApiParameter(
+    "X-Content-SHA256",
+    str,
+    OpenApiParameter.HEADER,
+    response=[200],
+    description="The SHA-256 of the file's bytes, in hex, as fixed when the batch closed",
+)
 
 
 @extend_schema_view(
     get=extend_schema(
         responses={(200, "application/pdf"): OpenApiTypes.BINARY},
-        parameters=[ID_PARAM],
+        parameters=[ID_PARAM, SHA256_HEADER],
         summary="The print stream: a cover sheet and the archived document per letter",
     )
 )
@@ -241,7 +248,7 @@ class PrintBatchStreamView(_BatchFileView):
 @extend_schema_view(
     get=extend_schema(
         responses={(200, "text/csv"): OpenApiTypes.STR},
-        parameters=[ID_PARAM],
+        parameters=[ID_PARAM, SHA256_HEADER],
         summary="The manifest: one CSV row per letter, with pages and document SHA-256",
     )
 )

@@ -77,7 +77,12 @@ ERROR_DESCRIPTIONS = {
     "customer or template, or an Idempotency-Key already used with a different body.",
     429: "Too many requests: wait the seconds the `Retry-After` header gives, then retry.",
 }
-WRITE_METHODS = {"POST", "PUT", "PATCH"}
+SUCCESS_DESCRIPTIONS = {
+    "200": "OK",
+    "201": "Created",
+    "202": "Accepted: the work goes on in the background",
+    "204": "Done; no body",
+}
 
 
 @extend_schema_field({"type": "object", "additionalProperties": True})
@@ -162,6 +167,9 @@ class CcmAutoSchema(AutoSchema):
         )
         problem = self.resolve_serializer(ProblemSerializer, "response").ref
         responses = operation["responses"]
+        for status_code, response in responses.items():
+            if not response.get("description"):
+                response["description"] = SUCCESS_DESCRIPTIONS.get(status_code, "")
         for status_code in self._error_statuses(operation):
             declared = responses.get(str(status_code), {})
             responses[str(status_code)] = {
