@@ -18,7 +18,7 @@ from rest_framework import generics, permissions, serializers, status
 from rest_framework.response import Response
 
 from cases import exception_cases, selectors, services
-from cases.models import Case, CaseType, Priority, Team
+from cases.models import Case, CaseState, CaseType, Priority, Team
 from ccm.api.auth import HasScope, visible_to_caller
 from ccm.api.errors import Conflict, Unprocessable
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
@@ -318,13 +318,22 @@ class TimelineEntrySerializer(serializers.Serializer):
 BOOL_CHOICES = {"true": True, "1": True, "false": False, "0": False}
 LIST_PARAMETERS = [
     OpenApiParameter("type", str, enum=CaseType.values),
-    OpenApiParameter("state", str),
+    OpenApiParameter("state", str, enum=CaseState.values),
     OpenApiParameter("team", str, enum=Team.values),
     OpenApiParameter("assignee", str, description="username"),
     OpenApiParameter("customer", str, description="the customer's external reference"),
     OpenApiParameter("flagged", bool, description="approaching or past a deadline"),
     OpenApiParameter("overdue", bool, description="past its next deadline now"),
 ]
+
+
+def _choice_param(request, name: str, choices: list[str]) -> str | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in choices:
+        raise serializers.ValidationError({name: [f"Use one of: {', '.join(choices)}."]})
+    return raw
 
 
 def _bool_param(request, name: str) -> bool | None:
@@ -346,9 +355,9 @@ class CaseListCreateView(CcmGenericAPIView, generics.ListAPIView):
         params = self.request.query_params
         return selectors.case_list(
             within=_cases(self.request),
-            case_type=params.get("type"),
-            state=params.get("state"),
-            team=params.get("team"),
+            case_type=_choice_param(self.request, "type", CaseType.values),
+            state=_choice_param(self.request, "state", CaseState.values),
+            team=_choice_param(self.request, "team", Team.values),
             assignee=params.get("assignee"),
             customer=params.get("customer"),
             flagged=_bool_param(self.request, "flagged"),

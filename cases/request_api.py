@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from django.urls import path
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
@@ -19,7 +19,9 @@ from cases.request_models import (
 )
 from cases.request_selectors import last_approval
 from ccm.api.auth import visible_to_caller
+from ccm.api.schema import JSONObjectField
 from ccm.api.views import CcmAPIView
+from ccm.models import ApprovalState
 from documents.models import Document
 from notifications.models import Communication, Customer
 
@@ -37,6 +39,10 @@ def _customer(ref: str, source_system: str) -> Customer:
             {"customer": [f"There is no customer {ref!r} in source system {source_system!r}."]}
         )
     return customer
+
+
+# The state of the last sign-off asked for (null: none was needed).
+APPROVAL_STATE = serializers.ChoiceField(choices=ApprovalState.choices, allow_null=True)
 
 
 def _approval_state(subject) -> str | None:
@@ -125,6 +131,7 @@ class ReprintSerializer(serializers.ModelSerializer):
             "fulfilled_at",
         ]
 
+    @extend_schema_field(APPROVAL_STATE)
     def get_approval_state(self, reprint: ReprintRequest) -> str | None:
         return _approval_state(reprint)
 
@@ -213,15 +220,10 @@ class CorrespondenceCreateSerializer(serializers.Serializer):
     template = serializers.SlugField(max_length=100, help_text="A published letter template")
     customer = serializers.CharField(max_length=100)
     source_system = serializers.CharField(max_length=100, default="default")
-    data = serializers.JSONField(  # type: ignore[assignment]
-        help_text="Checked against the template's JSON Schema"
+    data = JSONObjectField(  # type: ignore[assignment]
+        help_text="A JSON object, checked against the template's JSON Schema"
     )
     channel = serializers.CharField(max_length=10, required=False, default="")
-
-    def validate_data(self, value):
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("data is a JSON object.")
-        return value
 
 
 class CorrespondenceSerializer(serializers.ModelSerializer):
@@ -259,6 +261,7 @@ class CorrespondenceSerializer(serializers.ModelSerializer):
             "created_at",
         ]
 
+    @extend_schema_field(APPROVAL_STATE)
     def get_approval_state(self, letter: CorrespondenceRequest) -> str | None:
         return _approval_state(letter)
 

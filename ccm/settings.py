@@ -277,6 +277,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # After the enums get their names: say which states of each state machine are final.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "ccm.api.schema.postprocess_final_states",
+    ],
     # One name for a choice set used by fields of different names (category, categories).
     "ENUM_NAME_OVERRIDES": {
         "CategoryEnum": "documents.models.Category",
@@ -289,6 +294,12 @@ SPECTACULAR_SETTINGS = {
         "RequestSourceEnum": "cases.request_models.RequestSource",
         "ReprintChannelEnum": ["email", "print"],
         "CommunicationSourceEnum": "notifications.models.Source",
+        "CommunicationStatusEnum": "notifications.models.CommState",
+        "ApprovalStateEnum": "ccm.models.ApprovalState",
+        "DeliveryStateEnum": "notifications.models.DeliveryState",
+        "DeliveryEventTypeEnum": "notifications.models.EventType",
+        "ContactKindEnum": "notifications.models.ContactKind",
+        "TemplateVersionStateEnum": "documents.models.VersionState",
     },
 }
 IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)

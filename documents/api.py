@@ -7,12 +7,19 @@ import base64
 from django.http import FileResponse, HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, serializers
 from rest_framework.response import Response
 
 from ccm.api.auth import visible_to_caller
 from ccm.api.errors import ApiProblem, Unprocessable
+from ccm.api.schema import JSONObjectField
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from ccm.models import ApiKey
 from documents import selectors, services
@@ -22,7 +29,7 @@ from documents.models import Document, Template, TemplateVersion, VersionState
 
 class VersionSerializer(serializers.Serializer):
     number = serializers.IntegerField()
-    state = serializers.CharField()
+    state = serializers.ChoiceField(choices=VersionState.choices)
     author = serializers.CharField(source="author.username")
     content_hash = serializers.CharField()
     created_at = serializers.DateTimeField()
@@ -64,6 +71,7 @@ class TemplateDetailSerializer(TemplateSerializer):
         return version.content.get("schema", {}) if version else {}
 
 
+@extend_schema_view(get=extend_schema(summary="List templates, with their published version"))
 class TemplateListView(CcmGenericAPIView, generics.ListAPIView):
     required_scopes = ("templates:read",)
     serializer_class = TemplateSerializer
@@ -73,6 +81,13 @@ class TemplateListView(CcmGenericAPIView, generics.ListAPIView):
         return selectors.template_list()
 
 
+@extend_schema_view(
+    get=extend_schema(
+        summary="A template: the JSON Schema its data must match, and its versions",
+        description="`schema` is the published version's JSON Schema (the latest version's "
+        "while none is published): the `data` of a communication must match it.",
+    )
+)
 class TemplateDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
     required_scopes = ("templates:read",)
     serializer_class = TemplateDetailSerializer
@@ -83,8 +98,8 @@ class TemplateDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
 
 
 class PreviewRequestSerializer(serializers.Serializer):
-    data = serializers.JSONField(  # type: ignore[assignment]
-        required=False, help_text="Default: the version's sample data"
+    data = JSONObjectField(  # type: ignore[assignment]
+        required=False, help_text="A JSON object; default: the version's sample data"
     )
     sample = serializers.CharField(required=False, default="default")
     version = serializers.IntegerField(required=False, help_text="Default: the published one")
@@ -97,6 +112,38 @@ class PreviewRequestSerializer(serializers.Serializer):
         default="json",
         help_text="pdf: the response is the PDF itself; json: every channel, the PDF in base64",
     )
+
+
+class PreviewPdfSerializer(serializers.Serializer):
+    pages = serializers.IntegerField()
+    base64 = serializers.CharField(help_text="The PDF, base64-encoded")
+
+
+class PreviewEmailSerializer(serializers.Serializer):
+    subject = serializers.CharField()
+    html = serializers.CharField()
+    text = serializers.CharField()
+
+
+class PreviewSmsSerializer(serializers.Serializer):
+    text = serializers.CharField()
+    segments = serializers.IntegerField(help_text="SMS parts the text takes")
+    encoding = serializers.CharField(help_text="GSM-7 or UCS-2")
+
+
+class PreviewPushSerializer(serializers.Serializer):
+    title = serializers.CharField()
+    body = serializers.CharField()
+
+
+class PreviewSerializer(serializers.Serializer):
+    template = serializers.CharField()
+    version = serializers.IntegerField()
+    state = serializers.ChoiceField(choices=VersionState.choices)
+    pdf = PreviewPdfSerializer(allow_null=True, help_text="null: no print channel asked for")
+    email = PreviewEmailSerializer(allow_null=True)
+    sms = PreviewSmsSerializer(allow_null=True)
+    push = PreviewPushSerializer(allow_null=True)
 
 
 def composition_problem(exc: CompositionError) -> ApiProblem:
@@ -140,17 +187,71 @@ class TemplatePreviewView(CcmAPIView):
     @extend_schema(
         request=PreviewRequestSerializer,
         responses={
-            200: OpenApiResponse(description="Channel outputs (JSON) or the PDF"),
+            (200, "application/json"): OpenApiResponse(
+                PreviewSerializer, description="format json: every channel asked for"
+            ),
+            (200, "application/pdf"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="format pdf: the PDF itself"
+            ),
             403: OpenApiResponse(
                 description="An unpublished version, asked for by an API key or a session "
                 "without the template author or compliance reviewer role"
             ),
             422: OpenApiResponse(
-                description="Data does not match the template's schema, or composition failed "
+                description="The data does not match the template's schema (each field at "
+                "fault in `errors`, as a path under `data`), or the template cannot render it "
                 "(including exceeding its time or memory limit)"
             ),
         },
         summary="Render a template's channels from data, archiving nothing",
+        description="Renders the published version (or `version`) with your data, or with "
+        "one of its sample data sets, so you can check your data before requesting a "
+        "communication. A version that is not published is stamped PROOF.",
+        examples=[
+            OpenApiExample(
+                "Email and SMS from your data",
+                request_only=True,
+                value={
+                    "data": {
+                        "account_number": "NW-3310-0457",
+                        "reference": "PR-2026-04-0009931",
+                        "document_date": "2026-04-01",
+                        "amount_due": 288.59,
+                        "original_due_date": "2026-03-25",
+                        "statement_reference": "ST-2026-02-0051907",
+                        "pay_by": "2026-04-11",
+                    },
+                    "channels": ["email", "sms"],
+                },
+            ),
+            OpenApiExample(
+                "The PDF from the default sample",
+                request_only=True,
+                value={"sample": "default", "format": "pdf"},
+            ),
+            OpenApiExample(
+                "Rendered",
+                response_only=True,
+                media_type="application/json",
+                value={
+                    "template": "payment_reminder",
+                    "version": 3,
+                    "state": "published",
+                    "pdf": None,
+                    "email": {
+                        "subject": "A reminder about your account NW-3310-0457",
+                        "html": "<p>Dear Ms Lovelace, …</p>",
+                        "text": "Dear Ms Lovelace, …",
+                    },
+                    "sms": {
+                        "text": "Northwind: £288.59 is due on 11 Apr 2026.",
+                        "segments": 1,
+                        "encoding": "GSM-7",
+                    },
+                    "push": None,
+                },
+            ),
+        ],
     )
     def post(self, request, code: str):
         body = PreviewRequestSerializer(data=request.data)
@@ -232,6 +333,9 @@ def _documents(request):
     return visible_to_caller(Document.objects.all(), request)
 
 
+@extend_schema_view(
+    get=extend_schema(summary="An archived document: its template version, hash and size")
+)
 class DocumentDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
     required_scopes = ("documents:read",)
     serializer_class = DocumentSerializer
@@ -246,7 +350,16 @@ class DocumentPdfView(CcmAPIView):
 
     @extend_schema(
         responses={(200, "application/pdf"): OpenApiTypes.BINARY},
-        parameters=[OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        parameters=[
+            OpenApiParameter("public_id", OpenApiTypes.UUID, OpenApiParameter.PATH),
+            OpenApiParameter(
+                "X-Content-SHA256",
+                str,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description="The SHA-256 of the PDF's bytes, in hex, as archived",
+            ),
+        ],
         summary="The archived PDF, byte for byte",
     )
     def get(self, request, public_id):

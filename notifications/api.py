@@ -5,26 +5,50 @@ from __future__ import annotations
 import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
 from ccm.api.auth import visible_to_caller
 from ccm.api.errors import Conflict, Unprocessable
+from ccm.api.filters import IsoDateTimeFilter
 from ccm.api.idempotency import HEADER, client_of
+from ccm.api.schema import JSONObjectField, final_states_declare
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from documents.api import composition_problem
 from documents.composition import CompositionError
 from documents.models import Category
 from notifications import history, selectors, services
+from notifications.api_examples import (
+    CANCEL_EXAMPLE,
+    CANCELLED_EXAMPLE,
+    COMMUNICATION_ACCEPTED_EXAMPLE,
+    COMMUNICATION_DETAIL_EXAMPLE,
+    COMMUNICATION_EXAMPLE,
+    COMMUNICATION_REQUEST_EXAMPLE,
+    CUSTOMER_EXAMPLE,
+    CUSTOMER_WRITE_EXAMPLE,
+)
 from notifications.models import (
     Channel,
+    CommState,
     Communication,
     ConsentRecord,
+    ContactKind,
     Customer,
+    DeliveryState,
+    EventType,
     LegalBasis,
     Urgency,
 )
+
+# A delivery is a plain state field (not a state machine): a bounce may still follow "delivered".
+final_states_declare(DeliveryState, final=[DeliveryState.BOUNCED, DeliveryState.FAILED])
 
 SOURCE_PARAM = OpenApiParameter(
     "source_system", str, description="The customer's source system (default: 'default')"
@@ -32,7 +56,7 @@ SOURCE_PARAM = OpenApiParameter(
 
 
 class ContactPointSerializer(serializers.Serializer):
-    kind = serializers.CharField()
+    kind = serializers.ChoiceField(choices=ContactKind.choices)
     value = serializers.CharField()
     is_primary = serializers.BooleanField()
     valid = serializers.BooleanField()
@@ -101,6 +125,10 @@ class CustomerUpsertView(CcmAPIView):
         request=CustomerWriteSerializer,
         responses={200: CustomerSerializer, 201: CustomerSerializer},
         summary="Create or update a customer by external reference",
+        description="Creates the customer (201) or, when `source_system` + `external_ref` "
+        "already exist, updates it (200). Emails and phone numbers are normalised (phones to "
+        "E.164); an invalid one is a 400 naming it, e.g. `emails[1]`.",
+        examples=[CUSTOMER_WRITE_EXAMPLE, CUSTOMER_EXAMPLE],
     )
     def post(self, request):
         body = CustomerWriteSerializer(data=request.data)
@@ -123,7 +151,12 @@ def _customer(request, ref: str) -> Customer:
 class CustomerDetailView(CcmAPIView):
     required_scopes = {"GET": ("customers:read",), "PATCH": ("customers:write",)}
 
-    @extend_schema(responses=CustomerSerializer, parameters=[SOURCE_PARAM])
+    @extend_schema(
+        responses=CustomerSerializer,
+        parameters=[SOURCE_PARAM],
+        summary="A customer, with contact points",
+        examples=[CUSTOMER_EXAMPLE],
+    )
     def get(self, request, ref: str):
         return Response(CustomerSerializer(_customer(request, ref)).data)
 
@@ -131,6 +164,16 @@ class CustomerDetailView(CcmAPIView):
         request=CustomerWriteSerializer(partial=True),
         responses=CustomerSerializer,
         parameters=[SOURCE_PARAM],
+        summary="Change some of a customer's details",
+        description="Only the fields given change; `external_ref` cannot be changed.",
+        examples=[
+            OpenApiExample(
+                "A new postal address",
+                request_only=True,
+                value={"postal_address": ["2 Difference Lane", "Cambridge", "CB1 2AB"]},
+            ),
+            CUSTOMER_EXAMPLE,
+        ],
     )
     def patch(self, request, ref: str):
         customer = _customer(request, ref)
@@ -171,15 +214,19 @@ class ConsentWriteSerializer(serializers.Serializer):
 
 
 class PreferenceSerializer(serializers.Serializer):
-    category = serializers.CharField()
-    channel = serializers.CharField()
+    category = serializers.ChoiceField(choices=Category.choices)
+    channel = serializers.ChoiceField(choices=Channel.choices)
     allowed = serializers.BooleanField()
 
 
 class CustomerConsentView(CcmAPIView):
     required_scopes = {"GET": ("customers:read",), "POST": ("customers:write",)}
 
-    @extend_schema(responses=ConsentSerializer(many=True), parameters=[SOURCE_PARAM])
+    @extend_schema(
+        responses=ConsentSerializer(many=True),
+        parameters=[SOURCE_PARAM],
+        summary="The customer's consent ledger (the latest 500 records)",
+    )
     def get(self, request, ref: str):
         customer = _customer(request, ref)
         return Response(ConsentSerializer(customer.consents.all()[:500], many=True).data)
@@ -201,7 +248,11 @@ class CustomerConsentView(CcmAPIView):
 class CustomerPreferencesView(CcmAPIView):
     required_scopes = ("customers:read",)
 
-    @extend_schema(responses=PreferenceSerializer(many=True), parameters=[SOURCE_PARAM])
+    @extend_schema(
+        responses=PreferenceSerializer(many=True),
+        parameters=[SOURCE_PARAM],
+        summary="The customer's channel preferences, per category",
+    )
     def get(self, request, ref: str):
         customer = _customer(request, ref)
         return Response(
@@ -218,28 +269,24 @@ class CommunicationRequestSerializer(serializers.Serializer):
     template = serializers.SlugField(help_text="The template code")
     customer = serializers.CharField(help_text="The customer's external reference")
     source_system = serializers.CharField(default="default")
-    data = serializers.JSONField(  # type: ignore[assignment]
-        help_text="Validated against the template's schema"
+    data = JSONObjectField(  # type: ignore[assignment]
+        help_text="The template's data: a JSON object, checked against the template's JSON "
+        "Schema (GET /api/v1/templates/{code} shows it)"
     )
     urgency = serializers.ChoiceField(choices=Urgency.choices, default=Urgency.NORMAL)
     category = serializers.ChoiceField(choices=Category.choices, required=False)
     channel = serializers.ChoiceField(choices=Channel.choices, required=False, default="")
     correlation_id = serializers.CharField(max_length=100, required=False, default="")
 
-    def validate_data(self, value):
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("Give the template's data as a JSON object.")
-        return value
-
 
 class CommunicationAcceptedSerializer(serializers.Serializer):
     id = serializers.UUIDField()
-    status = serializers.CharField()
-    url = serializers.CharField()
+    status = serializers.ChoiceField(choices=CommState.choices)
+    url = serializers.CharField(help_text="Where to GET the communication")
 
 
 class DeliveryEventSerializer(serializers.Serializer):
-    event_type = serializers.CharField()
+    event_type = serializers.ChoiceField(choices=EventType.choices)
     provider = serializers.CharField()
     occurred_at = serializers.DateTimeField()
     description = serializers.CharField()
@@ -247,9 +294,9 @@ class DeliveryEventSerializer(serializers.Serializer):
 
 class DeliverySerializer(serializers.Serializer):
     id = serializers.IntegerField()
-    channel = serializers.CharField()
+    channel = serializers.ChoiceField(choices=Channel.choices)
     address = serializers.CharField()
-    state = serializers.CharField()
+    state = serializers.ChoiceField(choices=DeliveryState.choices)
     message_id = serializers.CharField()
     provider_message_id = serializers.CharField()
     attempts = serializers.IntegerField()
@@ -261,7 +308,7 @@ class DeliverySerializer(serializers.Serializer):
 
 class CommunicationSerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(source="public_id", read_only=True)
-    status = serializers.CharField(source="state")
+    status = serializers.ChoiceField(source="state", choices=CommState.choices)
     template = serializers.CharField(source="template.code")
     template_version = serializers.IntegerField(source="template_version.number", allow_null=True)
     customer = serializers.CharField(source="customer.external_ref")
@@ -329,18 +376,27 @@ class CommunicationDetailSerializer(CommunicationSerializer):
 
 
 class CommunicationFilter(django_filters.FilterSet):
-    status = django_filters.CharFilter(field_name="state")
+    status = django_filters.ChoiceFilter(field_name="state", choices=CommState.choices)
     template = django_filters.CharFilter(field_name="template__code")
     customer = django_filters.CharFilter(field_name="customer__external_ref")
     correlation_id = django_filters.CharFilter()
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Communication
         fields = ["status", "template", "customer", "correlation_id", "category", "source"]
 
 
+@extend_schema_view(
+    get=extend_schema(
+        summary="List communications, newest first",
+        description="Filter by `status`, `template`, `customer`, `correlation_id`, `category`, "
+        "`source` and creation time; an unknown status, category or source is a 400 naming "
+        "the parameter.",
+        examples=[COMMUNICATION_EXAMPLE],
+    )
+)
 class CommunicationListCreateView(CcmGenericAPIView, generics.ListAPIView):
     required_scopes = {"GET": ("communications:read",), "POST": ("communications:write",)}
     serializer_class = CommunicationSerializer
@@ -355,6 +411,11 @@ class CommunicationListCreateView(CcmGenericAPIView, generics.ListAPIView):
         request=CommunicationRequestSerializer,
         responses={202: CommunicationAcceptedSerializer},
         summary="Request a communication (composed and sent in the background)",
+        description="The data is checked against the template's schema at once: what it "
+        "refuses is a 422 whose `errors[].field` are paths under `data`. Accepted requests "
+        "answer 202 with the communication's id; follow its status with GET or a webhook. "
+        "Send an `Idempotency-Key` so a retry never sends the notice twice.",
+        examples=[COMMUNICATION_REQUEST_EXAMPLE, COMMUNICATION_ACCEPTED_EXAMPLE],
     )
     def post(self, request):
         body = CommunicationRequestSerializer(data=request.data)
@@ -414,6 +475,12 @@ def _communications(request):
     )
 
 
+@extend_schema_view(
+    get=extend_schema(
+        summary="A communication: its status, deliveries, documents and history",
+        examples=[COMMUNICATION_DETAIL_EXAMPLE],
+    )
+)
 class CommunicationDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
     required_scopes = ("communications:read",)
     serializer_class = CommunicationDetailSerializer
@@ -434,7 +501,13 @@ class CancelSerializer(serializers.Serializer):
 class CommunicationCancelView(CcmAPIView):
     required_scopes = ("communications:write",)
 
-    @extend_schema(request=CancelSerializer, responses=CommunicationSerializer, summary="Cancel")
+    @extend_schema(
+        request=CancelSerializer,
+        responses=CommunicationSerializer,
+        summary="Cancel a communication that has not been sent",
+        description="Possible until it is dispatched; later it is a 409 saying its status.",
+        examples=[CANCEL_EXAMPLE, CANCELLED_EXAMPLE],
+    )
     def post(self, request, public_id):
         communication = get_object_or_404(_communications(request), public_id=public_id)
         body = CancelSerializer(data=request.data)

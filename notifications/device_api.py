@@ -136,7 +136,11 @@ class CustomerDevicesView(CcmAPIView):
 
     required_scopes = {"GET": ("customers:read",), "POST": ("customers:write",)}
 
-    @extend_schema(responses=DeviceSerializer(many=True), parameters=[SOURCE_PARAM])
+    @extend_schema(
+        responses=DeviceSerializer(many=True),
+        parameters=[SOURCE_PARAM],
+        summary="The customer's push devices (the latest 500)",
+    )
     def get(self, request, ref: str):
         customer = _customer(request, ref)
         return Response(DeviceSerializer(customer.devices.all()[:500], many=True).data)

@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from ccm.api.errors import ApiProblem, Conflict, Unprocessable
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from notifications import printing
-from notifications.models import PrintBatch, PrintItem
+from notifications.models import DeliveryState, PrintBatch, PrintItem
 
 SCOPE = ("print",)
 # Refusals about where the batch or letter is in its life; the rest are about its content.
@@ -83,7 +83,7 @@ class PrintItemSerializer(serializers.ModelSerializer):
     reference = serializers.CharField(source="provider_id", read_only=True)
     batch = serializers.CharField(source="batch.reference")
     customer = serializers.CharField(source="customer.external_ref")
-    delivery_state = serializers.CharField(source="delivery.state")
+    delivery_state = serializers.ChoiceField(source="delivery.state", choices=DeliveryState.choices)
     returned_by = serializers.CharField(source="returned_by.username", allow_null=True)
 
     class Meta:
@@ -111,6 +111,7 @@ def _batches():
     return PrintBatch.objects.select_related("closed_by", "handed_over_by", "mailed_by")
 
 
+@extend_schema_view(get=extend_schema(summary="Print batches, newest first"))
 class PrintBatchListView(CcmGenericAPIView, generics.ListAPIView):
     """Print batches, newest first; filter with ?state=open|closed|handed_over|mailed."""
 
@@ -123,6 +124,9 @@ class PrintBatchListView(CcmGenericAPIView, generics.ListAPIView):
         return _batches()
 
 
+@extend_schema_view(
+    get=extend_schema(summary="A print batch: its state, who moved it on, its files' SHA-256")
+)
 class PrintBatchDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
     """One print batch: its state, who moved it on and when, and its files' SHA-256."""
 
@@ -134,6 +138,9 @@ class PrintBatchDetailView(CcmGenericAPIView, generics.RetrieveAPIView):
         return _batches()
 
 
+@extend_schema_view(
+    get=extend_schema(summary="The letters of a batch; ?sequence=N finds the one a cover names")
+)
 class PrintBatchItemsView(CcmGenericAPIView, generics.ListAPIView):
     """The letters of a batch; ?sequence=N finds the one a cover sheet names."""
 
@@ -216,12 +223,19 @@ class _BatchFileView(CcmAPIView):
 
 
 ID_PARAM = OpenApiParameter("id", int, OpenApiParameter.PATH)
+SHA256_HEADER = OpenApiParameter(
+    "X-Content-SHA256",
+    str,
+    OpenApiParameter.HEADER,
+    response=[200],
+    description="The SHA-256 of the file's bytes, in hex, as fixed when the batch closed",
+)
 
 
 @extend_schema_view(
     get=extend_schema(
         responses={(200, "application/pdf"): OpenApiTypes.BINARY},
-        parameters=[ID_PARAM],
+        parameters=[ID_PARAM, SHA256_HEADER],
         summary="The print stream: a cover sheet and the archived document per letter",
     )
 )
@@ -234,7 +248,7 @@ class PrintBatchStreamView(_BatchFileView):
 @extend_schema_view(
     get=extend_schema(
         responses={(200, "text/csv"): OpenApiTypes.STR},
-        parameters=[ID_PARAM],
+        parameters=[ID_PARAM, SHA256_HEADER],
         summary="The manifest: one CSV row per letter, with pages and document SHA-256",
     )
 )

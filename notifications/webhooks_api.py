@@ -10,21 +10,46 @@ from contextlib import contextmanager
 
 import django_filters
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import OpenApiResponse, OpenApiWebhook, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    OpenApiWebhook,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
 from ccm.api.errors import Conflict
 from ccm.api.idempotency import client_of
+from ccm.api.schema import final_states_declare
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from ccm.models import ApiKey
 from notifications import webhooks
 from notifications.models import (
+    Channel,
+    CommState,
     WebhookAttempt,
     WebhookDelivery,
     WebhookDeliveryState,
     WebhookEvent,
     WebhookSubscription,
+)
+
+# Replaying an event moves its delivery back to pending, whatever state it reached.
+final_states_declare(WebhookDeliveryState, final=[])
+
+SUBSCRIPTION_EXAMPLE_VALUE = {
+    "id": 12,
+    "url": "https://crm.example.com/hooks/ccm",
+    "events": ["sent", "delivered", "failed"],
+    "description": "CRM status feed",
+    "active": True,
+    "created_at": "2026-05-01T09:30:00Z",
+    "updated_at": "2026-05-01T09:30:00Z",
+}
+SUBSCRIPTION_EXAMPLE = OpenApiExample(
+    "A subscription", response_only=True, value=SUBSCRIPTION_EXAMPLE_VALUE
 )
 
 READ = ("webhooks:read",)
@@ -109,6 +134,9 @@ def _subscriptions(request):
     ).select_related("api_key")
 
 
+@extend_schema_view(
+    get=extend_schema(summary="Your webhook subscriptions", examples=[SUBSCRIPTION_EXAMPLE])
+)
 class WebhookListCreateView(CcmGenericAPIView, generics.ListAPIView):
     required_scopes = {"GET": READ, "POST": WRITE}
     serializer_class = WebhookSubscriptionSerializer
@@ -120,7 +148,29 @@ class WebhookListCreateView(CcmGenericAPIView, generics.ListAPIView):
         request=WebhookSubscriptionWriteSerializer,
         responses={201: WebhookSubscriptionCreatedSerializer},
         summary="Subscribe a URL to status events of your communications",
-        description="The response carries the signing secret; it is never shown again.",
+        description="The response carries the signing secret; it is never shown again. "
+        "The URL must be https:// and reach a public address. Leave `events` out for all "
+        "of them.",
+        examples=[
+            OpenApiExample(
+                "Status events for a CRM",
+                request_only=True,
+                value={
+                    "url": "https://crm.example.com/hooks/ccm",
+                    "events": ["sent", "delivered", "failed"],
+                    "description": "CRM status feed",
+                },
+            ),
+            OpenApiExample(
+                "Subscribed",
+                response_only=True,
+                status_codes=["201"],
+                value={
+                    **SUBSCRIPTION_EXAMPLE_VALUE,
+                    "secret": "whsec_4q8ZlN0pV2xYc7Rk1mT9bW3sF6hJ5dGa",
+                },
+            ),
+        ],
     )
     def post(self, request):
         body = WebhookSubscriptionWriteSerializer(data=request.data)
@@ -139,7 +189,11 @@ class WebhookListCreateView(CcmGenericAPIView, generics.ListAPIView):
 class WebhookDetailView(CcmAPIView):
     required_scopes = {"GET": READ, "PATCH": WRITE, "DELETE": WRITE}
 
-    @extend_schema(responses=WebhookSubscriptionSerializer, summary="A subscription")
+    @extend_schema(
+        responses=WebhookSubscriptionSerializer,
+        summary="A subscription",
+        examples=[SUBSCRIPTION_EXAMPLE],
+    )
     def get(self, request, pk: int):
         subscription = get_object_or_404(_subscriptions(request), pk=pk)
         return Response(WebhookSubscriptionSerializer(subscription).data)
@@ -148,6 +202,14 @@ class WebhookDetailView(CcmAPIView):
         request=WebhookSubscriptionWriteSerializer(partial=True),
         responses=WebhookSubscriptionSerializer,
         summary="Change the URL, the events, or pause it (active: false)",
+        examples=[
+            OpenApiExample("Pause it", request_only=True, value={"active": False}),
+            OpenApiExample(
+                "Paused",
+                response_only=True,
+                value={**SUBSCRIPTION_EXAMPLE_VALUE, "active": False},
+            ),
+        ],
     )
     def patch(self, request, pk: int):
         subscription = get_object_or_404(_subscriptions(request), pk=pk)
@@ -221,13 +283,17 @@ class WebhookEventDataSerializer(serializers.Serializer):
     communication_id = serializers.UUIDField(
         help_text="The communication's id in the API (GET /api/v1/communications/<id>)"
     )
-    status = serializers.CharField(help_text="The communication's status the event reports")
+    status = serializers.ChoiceField(
+        choices=CommState.choices, help_text="The communication's status the event reports"
+    )
     template_code = serializers.CharField()
     customer_ref = serializers.CharField(help_text="The customer's external reference")
     customer_source_system = serializers.CharField()
     correlation_id = serializers.CharField(help_text="As given when requesting it; may be empty")
-    channel = serializers.CharField(
-        allow_null=True, help_text="sent, delivered, failed: the channel concerned"
+    channel = serializers.ChoiceField(
+        choices=Channel.choices,
+        allow_null=True,
+        help_text="sent, delivered, failed: the channel concerned",
     )
     reason = serializers.CharField(
         allow_null=True, help_text="failed, undeliverable: why, in words"

@@ -205,6 +205,16 @@ class SessionUserRateThrottle(throttling.UserRateThrottle):
         return super().get_cache_key(request, view)
 
 
+class SessionOnly(permissions.BasePermission):
+    """Refuses API keys: the operation is for staff signed in to CCM. The OpenAPI schema lists
+    only the session scheme for views that use it (or a subclass)."""
+
+    message = "This operation is for staff signed in to CCM, not for API keys."
+
+    def has_permission(self, request, view) -> bool:
+        return not isinstance(request.auth, ApiKey)
+
+
 class ApiKeyRateThrottle(throttling.SimpleRateThrottle):
     scope = "api_key"
 

@@ -1,9 +1,14 @@
 """`Idempotency-Key` on POST: same key and body → the stored response again; same key, other
-body → 422; while the first request runs → 409. Keys are scoped per client and expire."""
+body → 422; while the first request runs → 409. Keys are scoped per client and expire.
+
+"The same body" means the same JSON value: a client that re-serialises its request on retry
+(other whitespace, other key order) still gets the replay, not a 422."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from datetime import timedelta
 
 from django.conf import settings
@@ -17,6 +22,9 @@ from ccm.models import ApiKey, IdempotencyRecord
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
+# Printable ASCII, no space at either end (HTTP would strip it, so the key would not round-trip).
+KEY_PATTERN = r"^[!-~]([ -~]*[!-~])?$"
+_KEY_RE = re.compile(KEY_PATTERN)
 # A request still "in progress" after this long died with its worker; its key may be reused.
 ABANDONED_AFTER = timedelta(minutes=2)
 
@@ -38,10 +46,22 @@ def api_key_client(api_key: ApiKey) -> str:
 
 
 def fingerprint(request) -> str:
+    """The request's method, path and body as a JSON value (whitespace and key order aside)."""
     digest = hashlib.sha256()
     digest.update(request.method.encode() + b" " + request.path.encode() + b"\n")
-    digest.update(request._request.body)
+    body = request._request.body
+    try:
+        value = json.loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        digest.update(b"raw:" + body)  # not JSON: the parser will refuse it anyway
+    else:
+        canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        digest.update(b"json:" + canonical.encode())
     return digest.hexdigest()
+
+
+def key_valid(key: str) -> bool:
+    return len(key) <= MAX_KEY_LENGTH and _KEY_RE.fullmatch(key) is not None
 
 
 def idempotency_claim(*, client: str, key: str, method: str, path: str, request_hash: str):
@@ -96,10 +116,14 @@ class IdempotentMixin:
         key = request.headers.get(HEADER)
         if request.method not in self.idempotent_methods or key is None:
             return
-        key = key.strip()
-        if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        if not key_valid(key):
             raise exceptions.ValidationError(
-                {HEADER: [f"Give 1 to {MAX_KEY_LENGTH} printable characters."]}
+                {
+                    HEADER: [
+                        f"Give 1 to {MAX_KEY_LENGTH} printable ASCII characters, "
+                        "with no space at either end."
+                    ]
+                }
             )
         self._idempotency_record = idempotency_claim(
             client=client_of(request),

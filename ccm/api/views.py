@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_view
 from rest_framework import generics, permissions, serializers, status
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -12,6 +13,7 @@ from ccm import approvals
 from ccm.api.auth import (
     SCOPES,
     HasScope,
+    SessionOnly,
     UnknownScope,
     api_key_create,
     api_key_revoke,
@@ -23,14 +25,17 @@ from ccm.models import ApiKey, Approval, ApprovalState, Decision
 
 
 class CcmAPIView(IdempotentMixin, APIView):
-    """Base for API views: authenticated, scope-checked, Idempotency-Key on POST."""
+    """Base for API views: authenticated, scope-checked, Idempotency-Key on POST, JSON bodies
+    only (a view that takes a real upload names its own parsers)."""
 
     permission_classes = [permissions.IsAuthenticated, HasScope]
+    parser_classes = [JSONParser]
     required_scopes: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
 
 
 class CcmGenericAPIView(IdempotentMixin, generics.GenericAPIView):
     permission_classes = [permissions.IsAuthenticated, HasScope]
+    parser_classes = [JSONParser]
     required_scopes: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
 
 
@@ -56,11 +61,13 @@ class MeView(CcmAPIView):
         return Response(MeSerializer(data).data)
 
 
-class IsKeyManager(permissions.BasePermission):
+class IsKeyManager(SessionOnly):
     message = "Managing API keys needs the ccm.manage_api_keys permission (staff only)."
 
     def has_permission(self, request, view) -> bool:
-        return not isinstance(request.auth, ApiKey) and request.user.has_perm("ccm.manage_api_keys")
+        return super().has_permission(request, view) and request.user.has_perm(
+            "ccm.manage_api_keys"
+        )
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
@@ -100,13 +107,18 @@ class ApiKeyIssuedSerializer(ApiKeySerializer):
         fields = [*ApiKeySerializer.Meta.fields, "key"]
 
 
+@extend_schema_view(get=extend_schema(summary="List API keys (never their secrets)"))
 class ApiKeyListCreateView(CcmGenericAPIView, generics.ListAPIView):
     permission_classes = [permissions.IsAuthenticated, IsKeyManager]
     serializer_class = ApiKeySerializer
     queryset = ApiKey.objects.all()
 
     @extend_schema(
-        request=ApiKeyCreateSerializer, responses={201: ApiKeyIssuedSerializer}, summary="Issue"
+        request=ApiKeyCreateSerializer,
+        responses={201: ApiKeyIssuedSerializer},
+        summary="Issue an API key for an integrator",
+        description="The response carries the key; only its hash is kept, so it is never "
+        "shown again.",
     )
     def post(self, request):
         body = ApiKeyCreateSerializer(data=request.data)
@@ -164,13 +176,11 @@ class ApprovalDecisionSerializer(serializers.Serializer):
         return attrs
 
 
-class StaffOnly(permissions.BasePermission):
+class StaffOnly(SessionOnly):
     message = "Sign-off is done by staff in person, not with an API key."
 
-    def has_permission(self, request, view) -> bool:
-        return not isinstance(request.auth, ApiKey)
 
-
+@extend_schema_view(get=extend_schema(summary="Approvals waiting for a decision (or in `state`)"))
 class ApprovalListView(CcmGenericAPIView, generics.ListAPIView):
     permission_classes = [permissions.IsAuthenticated, StaffOnly]
     serializer_class = ApprovalSerializer
