@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from ccm.roles import Role
+
 
 def test_login_page_and_redirect(db, client):
     response = client.get("/")
@@ -49,3 +51,25 @@ def test_request_id_is_echoed(db, client):
     response = client.get("/healthz", HTTP_X_REQUEST_ID="abc-123")
     assert response["X-Request-ID"] == "abc-123"
     assert len(client.get("/healthz")["X-Request-ID"]) == 32
+
+
+@pytest.mark.parametrize("role", [r.value for r in Role])
+def test_every_home_link_opens_for_its_role(make_user, client, role):
+    # given a user holding only this role
+    user = make_user(f"only-{role}", role)
+    client.force_login(user)
+
+    # when they follow every link on their home page
+    sections = client.get("/").context["sections"]
+    links = [link["url"] for section in sections for link in section["links"]]
+
+    # then none of them is refused
+    refused = {url: client.get(url).status_code for url in links}
+    refused = {url: status for url, status in refused.items() if status >= 400}
+    assert refused == {}
+
+
+def test_operations_home_does_not_offer_the_task_queue_they_cannot_open(ops, client):
+    client.force_login(ops)
+    assert "Task queue" not in client.get("/").content.decode()
+    assert client.get("/admin/django_q/failure/").status_code == 403
