@@ -351,6 +351,19 @@ CCM_WEBHOOK_MAX_ATTEMPTS = env.int("CCM_WEBHOOK_MAX_ATTEMPTS", default=20)
 # addresses (the cloud metadata endpoint, the database) are refused unless allowed here.
 CCM_WEBHOOK_REQUIRE_HTTPS = env.bool("CCM_WEBHOOK_REQUIRE_HTTPS", default=not DEBUG)
 CCM_WEBHOOK_ALLOW_PRIVATE = env.bool("CCM_WEBHOOK_ALLOW_PRIVATE", default=DEBUG)
+# The Gmail gateway (notifications/gmail.py): a service account key with domain-wide delegation
+# and the mailbox it acts as.
+GMAIL_SERVICE_ACCOUNT_FILE = env.str("GMAIL_SERVICE_ACCOUNT_FILE", default="") or None
+GMAIL_DELEGATED_USER = env.str("GMAIL_DELEGATED_USER", default="") or None
+# Which channel sends each kind of internal mail: "internal_alert=gmail,approval=gmail,
+# report=esp". Unset: Gmail for all three when the gateway is configured, else the ESP
+# (EMAIL_BACKEND; the console in `make run`), so a setup without Gmail still delivers them.
+CCM_SENDER_PROFILE = env.dict(
+    "CCM_SENDER_PROFILE",
+    default=dict.fromkeys(
+        ("internal_alert", "approval", "report"), "gmail" if GMAIL_SERVICE_ACCOUNT_FILE else "esp"
+    ),
+)
 # The Django email backend that sends internal mail the sender profile routes to Gmail.
 CCM_GMAIL_EMAIL_BACKEND = env.str(
     "CCM_GMAIL_EMAIL_BACKEND", default="notifications.gmail.GmailEmailBackend"
