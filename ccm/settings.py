@@ -168,9 +168,14 @@ if not DEBUG and not ANYMAIL["WEBHOOK_SECRET"]:
 if env.str("MAILGUN_WEBHOOK_SIGNING_KEY", default=""):
     ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = env.str("MAILGUN_WEBHOOK_SIGNING_KEY")
 
-# One shared cache for rate limits and throttles when there is more than one process
-# (e.g. CACHE_URL=rediscache://127.0.0.1:6379/1 or dbcache://ccm_cache).
-CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+# One cache shared by every process, for rate limits and throttles: the database by default
+# (its table is made by a migration), Redis with CACHE_URL=rediscache://127.0.0.1:6379/1.
+# A per-process memory cache would let each process count alone.
+CACHES = {"default": env.cache_url("CACHE_URL", default="dbcache://ccm_cache")}
+# Reverse proxies in front of CCM whose X-Forwarded-For is believed (addresses or networks,
+# comma-separated). The client is the right-most address in it that is not one of them;
+# without any, the client is the connecting address (REMOTE_ADDR), whatever a header says.
+CCM_TRUSTED_PROXIES = env.list("CCM_TRUSTED_PROXIES", default=[])
 
 # --- task queue (django-q2) -------------------------------------------------------------
 # The defaults of django-q2 retry a failed task forever; these bound it. `retry` must exceed
