@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from ccm.roles import Role
+from tests.approvables import version_submitted
 
 
 def test_login_page_and_redirect(db, client):
@@ -73,3 +74,21 @@ def test_operations_home_does_not_offer_the_task_queue_they_cannot_open(ops, cli
     client.force_login(ops)
     assert "Task queue" not in client.get("/").content.decode()
     assert client.get("/admin/django_q/failure/").status_code == 403
+
+
+def test_read_only_links_lead_only_to_pages_the_viewer_may_open(
+    reviewer, author, admin_user, client
+):
+    # given an approval requested by the author, which links to their user record
+    _version, approval = version_submitted(author=author)
+    url = f"/admin/ccm/approval/{approval.pk}/change/"
+
+    # when a reviewer (who may not open user records) looks at it, the author is named, not linked
+    client.force_login(reviewer)
+    page = client.get(url).content.decode()
+    assert "alex" in page
+    assert f"/admin/auth/user/{author.pk}/change/" not in page
+
+    # and an administrator gets the link
+    client.force_login(admin_user)
+    assert f"/admin/auth/user/{author.pk}/change/" in client.get(url).content.decode()
