@@ -584,7 +584,8 @@ def test_a_dead_link_and_a_forged_one_cost_the_same(sent):
                 times[kind].append(answer(token)[2])
     dead_ms, forged_ms = (statistics.median(times[k]) * 1000 for k in ("dead", "forged"))
     print(f"portal dead link {dead_ms:.1f} ms, forged {forged_ms:.1f} ms (medians of 50)")
-    assert abs(dead_ms - forged_ms) <= max(2.0, 0.25 * max(dead_ms, forged_ms)), (
+    # (before: ~24 ms against ~3 ms; the query count above is the exact check)
+    assert abs(dead_ms - forged_ms) <= max(5.0, 0.5 * max(dead_ms, forged_ms)), (
         dead_ms,
         forged_ms,
     )
