@@ -125,7 +125,9 @@ class Crawler:
                     continue
                 seen.add(local)
                 result.found_on[local] = url
-                if shapes[shape(local)] >= SAMPLE_PER_SHAPE:
+                # Filtered and sorted lists: one of each (their page is the list's template).
+                limit = 1 if shape(local).endswith("?query") else SAMPLE_PER_SHAPE
+                if shapes[shape(local)] >= limit:
                     continue
                 shapes[shape(local)] += 1
                 queue.append((local, depth + 1))

@@ -35,8 +35,8 @@ ROLES = ["reviewer", "author", "agent", "ops", "integrator", "admin"]
 ROLES = [r for r in os.environ.get("CCM_CRAWL_ROLES", ",".join(ROLES)).split(",") if r]
 # Bounds that keep the whole crawl within a few minutes on a loaded 2-core machine: the admin
 # (a superuser) reaches every screen; the other roles prove theirs and their links.
-MAX_PAGES = {"admin": 150}
-DEFAULT_MAX_PAGES = 30
+MAX_PAGES = {"admin": 130}
+DEFAULT_MAX_PAGES = 20
 MAX_DEPTH = 6
 REPORT = Path(__file__).resolve().parents[2] / "var" / "reports" / "crawl.json"
 
