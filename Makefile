@@ -8,8 +8,12 @@ PORT ?= 8000
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-liberation2
 # Extra Debian packages the test suite needs: Chromium for the browser tests.
 TEST_SYSTEM_PACKAGES := chromium
+# axe-core (accessibility rules) for the browser crawler, from npm into var/ (no lock file, not
+# committed); tests/browser/test_crawl.py injects axe.min.js into every page it visits.
+AXE_CORE_VERSION := 4.10.3
+AXE_JS := var/node/node_modules/axe-core/axe.min.js
 
-.PHONY: run test lint typecheck system-deps test-system-deps install install-dev bench clean
+.PHONY: run test lint typecheck system-deps test-system-deps test-js-deps install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +36,13 @@ system-deps:
 
 test-system-deps:
 	@$(call ensure_debs,$(SYSTEM_PACKAGES) $(TEST_SYSTEM_PACKAGES))
+	@command -v npm >/dev/null || $(call ensure_debs,npm)
+
+$(AXE_JS):
+	@mkdir -p var/node
+	npm install --no-save --no-package-lock --no-audit --no-fund --silent --prefix var/node axe-core@$(AXE_CORE_VERSION)
+
+test-js-deps: $(AXE_JS)
 
 define ensure_debs
 	missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -59,7 +70,7 @@ lint: install-dev
 typecheck: install-dev
 	$(BIN)/mypy ccm documents notifications cases
 
-test: test-system-deps install-dev lint typecheck
+test: test-system-deps test-js-deps install-dev lint typecheck
 	$(BIN)/pytest
 
 bench: system-deps install-dev

@@ -54,8 +54,9 @@ class DocumentLinkInline(ReadOnlyInline):
     verbose_name_plural = "documents"
 
 
-class NoteInline(admin.TabularInline):
-    """Notes are added here (through the service, audited) and never edited."""
+class NoteInline(admin.StackedInline):
+    """Notes are added here (through the service, audited) and never edited. Stacked, not
+    tabular: a tabular row's inputs have no label of their own (only a column heading)."""
 
     model = CaseNote
     extra = 1
@@ -67,7 +68,7 @@ class NoteInline(admin.TabularInline):
         return False
 
 
-class AttachmentInline(admin.TabularInline):
+class AttachmentInline(admin.StackedInline):
     model = CaseAttachment
     extra = 1
     can_delete = False

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from django.contrib import admin
 
+from cases import alerts, approval_mail
+from cases.models import CaseAlert
 from cases.request_models import (
     ApprovalMail,
     CorrespondenceRequest,
     ProcessedInboxMessage,
     ReprintRequest,
 )
+from notifications.internal import internal_mail_state
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -49,6 +52,24 @@ class ProcessedInboxMessageAdmin(ReadOnlyAdmin):
 
 @admin.register(ApprovalMail)
 class ApprovalMailAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "approval", "to", "sent_at", "attempts", "last_error"]
+    list_display = ["created_at", "approval", "to", "state", "sent_at", "attempts", "last_error"]
     # The text carries a live reply token: the list shows who and when, not the mail itself.
     exclude = ["text", "subject"]
+
+    @admin.display(description="state")
+    def state(self, mail: ApprovalMail) -> str:
+        return internal_mail_state(mail, max_attempts=approval_mail.MAX_ATTEMPTS)
+
+
+@admin.register(CaseAlert)
+class CaseAlertAdmin(ReadOnlyAdmin):
+    """Internal alert mails about cases: sent, pending, or failed with the reason."""
+
+    list_display = ["created_at", "case", "subject", "state", "sent_at", "attempts", "last_error"]
+    list_select_related = ["case"]
+    search_fields = ["key", "subject", "case__reference"]
+    readonly_fields = ["state"]
+
+    @admin.display(description="state")
+    def state(self, alert: CaseAlert) -> str:
+        return internal_mail_state(alert, max_attempts=alerts.MAX_ATTEMPTS)

@@ -39,6 +39,16 @@ STATED_IDENTITY_CHECKS = [
 ]
 
 
+def _outcome(request, handed_over: str) -> str:
+    """What a request's screens say about where it stands: once it has handed its letter to a
+    communication, that communication's state (sent, delivered, undeliverable...) is the answer;
+    "sent" beside an undeliverable communication would not be true."""
+    communication = request.communication
+    if request.state == handed_over and communication is not None:
+        return str(communication.get_state_display())
+    return str(request.get_state_display())
+
+
 class ReprintState(models.TextChoices):
     REQUESTED = "requested"
     AWAITING_RELEASE = "awaiting_release", "Awaiting release"
@@ -107,6 +117,10 @@ class ReprintRequest(ConcurrentTransitionMixin, models.Model):
     @property
     def needs_release(self) -> bool:
         return bool(self.release_reasons)
+
+    @property
+    def outcome(self) -> str:
+        return _outcome(self, ReprintState.FULFILLED)
 
     @transition(field=state, source=ReprintState.REQUESTED, target=ReprintState.AWAITING_RELEASE)
     def await_release(self) -> None:
@@ -190,6 +204,10 @@ class CorrespondenceRequest(ConcurrentTransitionMixin, models.Model):
 
     def __str__(self) -> str:
         return f"Correspondence {self.pk} ({self.template_id}, {self.state})"
+
+    @property
+    def outcome(self) -> str:
+        return _outcome(self, CorrespondenceState.SENT)
 
     @transition(
         field=state,

@@ -103,10 +103,10 @@ def requests_of(user) -> dict[str, QuerySet]:
     """The agent's own reprint and correspondence requests, newest first."""
     return {
         "reprints": ReprintRequest.objects.filter(requested_by=user)
-        .select_related("customer", "case", "document__template_version__template")
+        .select_related("customer", "case", "document__template_version__template", "communication")
         .order_by("-created_at", "-id"),
         "correspondence": CorrespondenceRequest.objects.filter(requested_by=user)
-        .select_related("customer", "case", "template")
+        .select_related("customer", "case", "template", "communication")
         .order_by("-created_at", "-id"),
     }
 

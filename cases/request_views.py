@@ -271,7 +271,9 @@ def correspondence_new(request: HttpRequest) -> HttpResponse:
 @_allowed(VIEW_LETTER)
 def correspondence_detail(request: HttpRequest, pk: int) -> HttpResponse:
     letter = get_object_or_404(
-        CorrespondenceRequest.objects.select_related("customer", "case", "template", "document"),
+        CorrespondenceRequest.objects.select_related(
+            "customer", "case", "template", "document", "communication"
+        ),
         pk=pk,
     )
     return render(

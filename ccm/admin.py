@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
 from ccm import approvals
+from ccm.admin_site import current_admin_request
 from ccm.api.auth import api_key_revoke
 from ccm.models import ApiKey, Approval, AuditEvent, Decision, SignedLink
 
@@ -72,7 +76,16 @@ class ApprovalAdmin(ReadOnlyAdmin):
     @admin.display(description="Review")
     def review(self, obj):
         url = approvals.review_url_for(obj)
-        return format_html('<a href="{}">Open proofs</a>', url) if url else "—"
+        if not url:
+            return "—"
+        # Linked for those who may see what is approved (else the link would answer 403).
+        request = current_admin_request()
+        subject = obj.subject_type
+        if request is None or not request.user.has_perm(
+            f"{subject.app_label}.view_{subject.model}"
+        ):
+            return "—"
+        return format_html('<a href="{}">Open proofs</a>', url)
 
     def has_decide_permission(self, request):
         return request.user.has_perm("ccm.decide_approval")
@@ -114,3 +127,29 @@ class SignedLinkAdmin(ReadOnlyAdmin):
     ]
     list_filter = ["purpose"]
     exclude = ["nonce"]
+
+
+# Roles are groups that `roles_sync` (ccm/roles.py) puts back in step after every migrate: an
+# edit here would be undone, so the back-office shows them and does not offer to edit them.
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class RoleAdmin(ReadOnlyAdmin):
+    list_display = ["name", "permission_count"]
+    fields = ["name", "permissions"]
+
+    @admin.display(description="permissions")
+    def permission_count(self, group: Group) -> int:
+        return group.permissions.count()
+
+
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class StaffUserAdmin(UserAdmin):
+    # Django's two-box picker puts aria-label on a bare span, which assistive technology
+    # ignores (axe: aria-prohibited-attr); a plain multiple select is labelled and works with
+    # the keyboard alone.
+    filter_horizontal = ()

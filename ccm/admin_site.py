@@ -1,7 +1,37 @@
 from __future__ import annotations
 
+from contextvars import ContextVar
+from functools import wraps
+
 from django.contrib import admin
+from django.contrib.admin import helpers
 from django.contrib.admin.apps import AdminConfig
+from django.http import HttpRequest
+
+# The request an admin view is answering, for the read-only field links below (Django's
+# AdminReadonlyField is not given the request).
+_admin_request: ContextVar[HttpRequest | None] = ContextVar("ccm_admin_request", default=None)
+_django_readonly_link = helpers.AdminReadonlyField.get_admin_url
+
+
+def current_admin_request() -> HttpRequest | None:
+    """The request the admin view being rendered answers (None outside the admin)."""
+    return _admin_request.get()
+
+
+def _readonly_link_if_allowed(self, remote_field, remote_obj):
+    """Django links a read-only foreign key to the related object's change page whoever looks;
+    a role that may not open that page would get a link that answers 403. Link it only for
+    those who may view it, else show its name."""
+    request = _admin_request.get()
+    related_admin = self.model_admin.admin_site._registry.get(remote_field.model)
+    if (
+        request is None
+        or related_admin is None
+        or not related_admin.has_view_or_change_permission(request, remote_obj)
+    ):
+        return str(remote_obj)
+    return _django_readonly_link(self, remote_field, remote_obj)
 
 
 class CcmAdminSite(admin.AdminSite):
@@ -10,6 +40,27 @@ class CcmAdminSite(admin.AdminSite):
     index_title = "Customer communications"
     login_template = "registration/login.html"
 
+    def admin_view(self, view, cacheable=False):
+        inner = super().admin_view(view, cacheable)
+
+        @wraps(inner)
+        def with_request(request, *args, **kwargs):
+            token = _admin_request.set(request)
+            try:
+                response = inner(request, *args, **kwargs)
+                # Rendered here, while the request is known (a TemplateResponse renders late).
+                if hasattr(response, "render") and not getattr(response, "is_rendered", True):
+                    response.render()
+                return response
+            finally:
+                _admin_request.reset(token)
+
+        return with_request
+
 
 class CcmAdminConfig(AdminConfig):
     default_site = "ccm.admin_site.CcmAdminSite"
+
+    def ready(self):
+        super().ready()
+        helpers.AdminReadonlyField.get_admin_url = _readonly_link_if_allowed  # type: ignore[method-assign]

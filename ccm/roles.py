@@ -104,6 +104,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "cases.view_correspondencerequest",
         "cases.view_processedinboxmessage",
         "cases.view_approvalmail",
+        "cases.view_casealert",
         *CASE_RECORDS_VIEW,
         *CASE_RECORDS_ADD,
     ],

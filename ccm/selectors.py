@@ -19,6 +19,9 @@ class HomeLink:
     description: str
     count: Callable[[object], int] | None = None
     url_args: tuple = ()
+    # Who may open it. Empty: for an admin list, view (or change) on its model; else anyone
+    # holding the role. A home page never links to a page that answers 403.
+    permission: str = ""
 
 
 # role → links; apps add theirs with `register_home_link` in AppConfig.ready().
@@ -84,6 +87,27 @@ register_home_link(
 )
 
 
+def _admin_list_permissions(url_name: str) -> tuple[str, ...]:
+    from django.contrib import admin  # the registry is complete once apps are ready
+
+    for model in admin.site._registry:
+        opts = model._meta
+        if url_name == f"admin:{opts.app_label}_{opts.model_name}_changelist":
+            return (
+                f"{opts.app_label}.view_{opts.model_name}",
+                f"{opts.app_label}.change_{opts.model_name}",
+            )
+    return ()
+
+
+def home_link_allowed(user, link: HomeLink) -> bool:
+    """Whether `user` may open the page `link` leads to."""
+    if link.permission:
+        return user.has_perm(link.permission)
+    needed = _admin_list_permissions(link.url_name)
+    return not needed or any(user.has_perm(perm) for perm in needed)
+
+
 def home_sections(user) -> list[dict]:
     """One section per role the user holds (every role for a superuser)."""
     held = (
@@ -95,6 +119,8 @@ def home_sections(user) -> list[dict]:
             continue
         links = []
         for link in _links[role.value]:
+            if not home_link_allowed(user, link):
+                continue
             try:
                 url = reverse(link.url_name, args=link.url_args)
             except NoReverseMatch:

@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.forms",
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -86,6 +87,9 @@ TEMPLATES = [
         },
     },
 ]
+
+# Widgets render through TEMPLATES, so templates/ can fix one (admin/widgets/split_datetime.html).
+FORM_RENDERER = "django.forms.renderers.TemplatesSetting"
 
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'ccm.sqlite3'}"),
@@ -196,9 +200,14 @@ for _key in esp.signing_keys(CCM_TRACKING_ESPS):
             "ESP's tracking webhook, and without its key a forged bounce could not be told apart."
         )
 
-# One shared cache for rate limits and throttles when there is more than one process
-# (e.g. CACHE_URL=rediscache://127.0.0.1:6379/1 or dbcache://ccm_cache).
-CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+# One cache shared by every process, for rate limits and throttles: the database by default
+# (its table is made by a migration), Redis with CACHE_URL=rediscache://127.0.0.1:6379/1.
+# A per-process memory cache would let each process count alone.
+CACHES = {"default": env.cache_url("CACHE_URL", default="dbcache://ccm_cache")}
+# Reverse proxies in front of CCM whose X-Forwarded-For is believed (addresses or networks,
+# comma-separated). The client is the right-most address in it that is not one of them;
+# without any, the client is the connecting address (REMOTE_ADDR), whatever a header says.
+CCM_TRUSTED_PROXIES = env.list("CCM_TRUSTED_PROXIES", default=[])
 
 # --- task queue (django-q2) -------------------------------------------------------------
 # The defaults of django-q2 retry a failed task forever; these bound it. `retry` must exceed
@@ -424,6 +433,19 @@ CCM_WEBHOOK_MAX_ATTEMPTS = env.int("CCM_WEBHOOK_MAX_ATTEMPTS", default=20)
 # addresses (the cloud metadata endpoint, the database) are refused unless allowed here.
 CCM_WEBHOOK_REQUIRE_HTTPS = env.bool("CCM_WEBHOOK_REQUIRE_HTTPS", default=not DEBUG)
 CCM_WEBHOOK_ALLOW_PRIVATE = env.bool("CCM_WEBHOOK_ALLOW_PRIVATE", default=DEBUG)
+# The Gmail gateway (notifications/gmail.py): a service account key with domain-wide delegation
+# and the mailbox it acts as.
+GMAIL_SERVICE_ACCOUNT_FILE = env.str("GMAIL_SERVICE_ACCOUNT_FILE", default="") or None
+GMAIL_DELEGATED_USER = env.str("GMAIL_DELEGATED_USER", default="") or None
+# Which channel sends each kind of internal mail: "internal_alert=gmail,approval=gmail,
+# report=esp". Unset: Gmail for all three when the gateway is configured, else the ESP
+# (EMAIL_BACKEND; the console in `make run`), so a setup without Gmail still delivers them.
+CCM_SENDER_PROFILE = env.dict(
+    "CCM_SENDER_PROFILE",
+    default=dict.fromkeys(
+        ("internal_alert", "approval", "report"), "gmail" if GMAIL_SERVICE_ACCOUNT_FILE else "esp"
+    ),
+)
 # The Django email backend that sends internal mail the sender profile routes to Gmail.
 CCM_GMAIL_EMAIL_BACKEND = env.str(
     "CCM_GMAIL_EMAIL_BACKEND", default="notifications.gmail.GmailEmailBackend"

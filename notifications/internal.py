@@ -7,16 +7,25 @@ Customer mail never goes this way: it is a Communication with deliveries, consen
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from notifications.gmail import sender_for
+from notifications.gmail import GmailPermanentError, sender_for
+
+logger = logging.getLogger(__name__)
+
+# A mail that the configuration cannot send (its gateway is not set up) or that the provider
+# refused will not go out on a retry either: it fails at once, with the reason on the row, and
+# neither the task queue nor the sweep tries it again.
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (ImproperlyConfigured, GmailPermanentError)
 
 
 def internal_mail_send(
@@ -64,7 +73,8 @@ def internal_mail_send_once(
     task that is safe to run twice). The row has `sent_at`, `attempts`, `last_error` and
     `message_id`; `mail(row)` gives the rest of `internal_mail_send`'s arguments. A failure is
     kept on the row and raised, so the task queue retries it (and a sweep, up to
-    `max_attempts`). Returns whether this call sent it."""
+    `max_attempts`). A permanent error (PERMANENT_ERRORS) uses up the attempts at once and is
+    not raised. Returns whether this call sent it."""
     manager = model._default_manager
     tried = manager.filter(pk=pk, sent_at__isnull=True, attempts__lt=max_attempts).update(
         attempts=F("attempts") + 1
@@ -85,7 +95,19 @@ def internal_mail_send_once(
             row.sent_at = timezone.now()
             row.last_error = ""
             row.save(update_fields=["sent_at", "last_error"])
+    except PERMANENT_ERRORS as exc:
+        manager.filter(pk=pk).update(attempts=max_attempts, last_error=f"failed: {exc}"[:2000])
+        logger.error("internal %s mail %s failed for good: %s", kind, pk, exc)
+        return False
     except Exception as exc:
         manager.filter(pk=pk).update(last_error=str(exc)[:2000])
         raise
     return True
+
+
+def internal_mail_state(row: Any, *, max_attempts: int) -> str:
+    """Where an outbox row stands: "sent", "failed" (attempts used up; `last_error` says why)
+    or "pending"."""
+    if row.sent_at is not None:
+        return "sent"
+    return "failed" if row.attempts >= max_attempts else "pending"

@@ -10,7 +10,6 @@ the visitor gives.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
@@ -20,21 +19,22 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.core import signing
-from django.core.cache import cache
 from django.db import transaction
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare, salted_hmac
 from django.utils.text import slugify
 from django.views.decorators.clickjacking import xframe_options_sameorigin
-from django.views.decorators.csrf import csrf_exempt, csrf_protect
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 from django_fsm import can_proceed
 
 from ccm import audit, links
 from ccm.links import LinkInvalid
 from ccm.models import SignedLink
+from ccm.ratelimit import client_ip, rate_limit_hit, rate_limit_key
 from documents.composition import CompositionError
 from notifications.models import CommState, Communication
 from notifications.services import IntakeError, communication_request
@@ -56,7 +56,8 @@ OPENABLE_STATES = {
 }
 RENEWABLE_REASONS = {"expired", "revoked"}
 
-REQUESTS_PER_MINUTE = 30  # per client IP, every portal endpoint
+REQUESTS_PER_MINUTE = 30  # per client address, every portal endpoint
+REQUESTS_PER_LINK_PER_MINUTE = 30  # per token, whichever address it comes from
 RENEWALS_PER_DAY = 3  # per original communication
 RENEWALS_PER_IP_PER_HOUR = 10
 
@@ -262,57 +263,63 @@ def portal_link_renew(*, token: str, ip: str, user_agent: str) -> Communication 
     return renewal
 
 
-# --- rate limiting --------------------------------------------------------------------------
-
-
-def rate_limit_hit(key: str, *, limit: int, window: int) -> int:
-    """Count one hit for `key` in the current fixed window of `window` seconds. Returns 0 when
-    it is within `limit`, else the seconds until the window ends (for Retry-After)."""
-    now = int(time.time())
-    bucket = f"ccm:portal:rl:{key}:{now // window}"
-    cache.add(bucket, 0, timeout=window + 1)  # a no-op when the window already has hits
-    try:
-        count = cache.incr(bucket)  # atomic on memcached, redis, locmem and the database cache
-    except ValueError:  # the window expired between add and incr
-        cache.add(bucket, 1, timeout=window + 1)
-        count = 1
-    if count <= limit:
-        return 0
-    return max(1, window - now % window)
-
-
 # --- views ----------------------------------------------------------------------------------
-
-
-def _client_ip(request: HttpRequest) -> str:
-    # REMOTE_ADDR only: X-Forwarded-For is whatever the client says unless a trusted proxy
-    # rewrites it, and trusting it would let anyone step around the rate limit.
-    return request.META.get("REMOTE_ADDR", "")
 
 
 def _user_agent(request: HttpRequest) -> str:
     return request.headers.get("User-Agent", "")[:500]
 
 
-def _portal_view(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    """Rate limit, CSRF and the privacy headers on every portal response.
+def portal_form_key(token: str) -> str:
+    """The hidden field the portal's forms carry: a MAC of the link's token.
 
-    CSRF is checked inside the wrapper (not by the middleware) so that its 403 carries the same
-    headers as every other portal answer."""
-    protected = csrf_protect(view)
+    The portal's POSTs are exempt from Django's CSRF check. That check refuses them in Chromium:
+    the portal sends `Referrer-Policy: no-referrer` (the token is in the URL and must not leak),
+    so Chromium sends `Origin: null`, which Django cannot match to our origin. CSRF protection
+    is not what guards the portal anyway: there is no session or cookie to ride on, and the
+    secret that authorises an action is the token itself, which a forging site does not know.
+    What the key adds is that a POST came from the page CCM rendered for this very link (not a
+    bare request built from a URL), and `_foreign_origin` refuses a POST that a browser says
+    came from another site."""
+    return salted_hmac("ccm.portal.form", token).hexdigest()
+
+
+def _form_ok(request: HttpRequest, token: str) -> bool:
+    return constant_time_compare(request.POST.get("form_key", ""), portal_form_key(token))
+
+
+def _foreign_origin(request: HttpRequest) -> bool:
+    """True when the browser names an origin other than ours ("null" is what no-referrer
+    gives, and no header is what non-browser clients send: both pass to the form key)."""
+    origin = request.headers.get("Origin")
+    if not origin or origin == "null":
+        return False
+    return origin != f"{request.scheme}://{request.get_host()}"
+
+
+def _portal_view(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """Rate limits and the privacy headers on every portal response.
+
+    Two limits, both in the shared cache: per client address (as the trusted proxies saw it)
+    and per link, so that one address cannot try many links and many addresses cannot hammer
+    one link."""
 
     @wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        token = str(kwargs.get("token", ""))
         retry_after = rate_limit_hit(
-            f"ip:{_client_ip(request)}", limit=REQUESTS_PER_MINUTE, window=60
+            rate_limit_key("portal-ip", client_ip(request)), limit=REQUESTS_PER_MINUTE, window=60
+        ) or rate_limit_hit(
+            rate_limit_key("portal-link", token), limit=REQUESTS_PER_LINK_PER_MINUTE, window=60
         )
+        response: HttpResponseBase
         if retry_after:
-            response: HttpResponseBase = render(
+            response = render(
                 request, "portal/rate_limited.html", {"company": _company()}, status=429
             )
             response["Retry-After"] = str(retry_after)
         else:
-            response = protected(request, *args, **kwargs)
+            response = view(request, *args, **kwargs)
         response["Referrer-Policy"] = "no-referrer"
         response["Cache-Control"] = "no-store, private"
         response["X-Robots-Tag"] = "noindex, nofollow"
@@ -322,11 +329,27 @@ def _portal_view(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpRes
     return csrf_exempt(wrapper)
 
 
+def _portal_form(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """A portal POST must carry its page's form key and must not come from another site."""
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, token: str) -> HttpResponse:
+        if _foreign_origin(request) or not _form_ok(request, token):
+            context = {"company": _company(), "token": token}
+            return render(request, "portal/form_refused.html", context, status=403)
+        return view(request, token)
+
+    return wrapper
+
+
 def _unavailable(request: HttpRequest, token: str) -> HttpResponse:
     # One status and one text for every reason: the status is part of the answer, and a
     # different one for expired links would tell a guesser which tokens were ever real.
     return render(
-        request, "portal/unavailable.html", {"company": _company(), "token": token}, status=404
+        request,
+        "portal/unavailable.html",
+        {"company": _company(), "token": token, "form_key": portal_form_key(token)},
+        status=404,
     )
 
 
@@ -342,7 +365,7 @@ def portal_document(request: HttpRequest, token: str) -> HttpResponse:
     except LinkInvalid:
         return _unavailable(request, token)
     communication = portal_view_record(
-        communication=communication, ip=_client_ip(request), user_agent=_user_agent(request)
+        communication=communication, ip=client_ip(request), user_agent=_user_agent(request)
     )
     context = {
         "company": _company(),
@@ -352,6 +375,7 @@ def portal_document(request: HttpRequest, token: str) -> HttpResponse:
         "action": requested_action(communication),
         "actioned_at": communication.actioned_at,
         "token": token,
+        "form_key": portal_form_key(token),
     }
     return render(request, "portal/document.html", context)
 
@@ -380,21 +404,25 @@ def portal_pdf(request: HttpRequest, token: str) -> HttpResponseBase:
 
 @_portal_view
 @require_POST
+@_portal_form
 def portal_action(request: HttpRequest, token: str) -> HttpResponse:
     try:
         communication = portal_communication(token)
     except LinkInvalid:
         return _unavailable(request, token)
     portal_action_record(
-        communication=communication, ip=_client_ip(request), user_agent=_user_agent(request)
+        communication=communication, ip=client_ip(request), user_agent=_user_agent(request)
     )
     return redirect("portal-document", token)
 
 
 @_portal_view
 @require_POST
+@_portal_form
 def portal_renew(request: HttpRequest, token: str) -> HttpResponse:
-    ip = _client_ip(request)
-    if not rate_limit_hit(f"renew:{ip}", limit=RENEWALS_PER_IP_PER_HOUR, window=3600):
+    ip = client_ip(request)
+    if not rate_limit_hit(
+        rate_limit_key("portal-renew", ip), limit=RENEWALS_PER_IP_PER_HOUR, window=3600
+    ):
         portal_link_renew(token=token, ip=ip, user_agent=_user_agent(request))
     return render(request, "portal/renew_requested.html", {"company": _company()})

@@ -80,7 +80,7 @@ class PrintBatchAdmin(admin.ModelAdmin):
         "reference",
         "state",
         "item_count",
-        "page_count",
+        "pages",
         "created_at",
         "closed_at",
         "handed_over_at",
@@ -91,7 +91,7 @@ class PrintBatchAdmin(admin.ModelAdmin):
     readonly_fields = [
         "state",
         "item_count",
-        "page_count",
+        "pages",
         "files",
         "stream_sha256",
         "manifest_sha256",
@@ -152,6 +152,18 @@ class PrintBatchAdmin(admin.ModelAdmin):
             done="Marked mailed",
         )
 
+    @admin.display(description="pages")
+    def pages(self, batch: PrintBatch) -> str:
+        # `page_count` is the print stream's, known once the batch is closed; before that the
+        # letters' own pages say how big it is so far (0 would read as "nothing to print").
+        if batch.stream:
+            return f"{batch.page_count} pages in the print stream ({batch.item_count} letters)"
+        letters = selectors.print_batch_letter_pages(batch)
+        return (
+            f"{letters} pages in {batch.item_count} letter{'s' if batch.item_count != 1 else ''}"
+            " (cover sheets are added when the batch is closed)"
+        )
+
     @admin.display(description="files")
     def files(self, batch: PrintBatch) -> str:
         if not batch.stream:
@@ -190,8 +202,12 @@ class PrintBatchAdmin(admin.ModelAdmin):
         file = getattr(batch, field)
         if not file:
             raise Http404(f"{batch.reference} is {batch.state}; it has no {field} yet.")
+        # A download, not a page: the mail house's files are saved, never opened in the tab.
         response = FileResponse(
-            file.open("rb"), content_type=content_type, filename=f"{batch.reference}{suffix}"
+            file.open("rb"),
+            content_type=content_type,
+            as_attachment=True,
+            filename=f"{batch.reference}{suffix}",
         )
         response["X-Content-SHA256"] = getattr(batch, f"{field}_sha256")
         return response

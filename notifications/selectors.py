@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 
+from django.db.models import Sum
 from django.utils import timezone
 
 from notifications.models import (
@@ -13,6 +14,7 @@ from notifications.models import (
     ConsentRecord,
     Customer,
     Device,
+    PrintBatch,
     PrintItem,
     device_address,
 )
@@ -80,3 +82,8 @@ def print_item_by_reference(reference: str) -> PrintItem | None:
         .filter(batch_id=int(batch), sequence=int(sequence))
         .first()
     )
+
+
+def print_batch_letter_pages(batch: PrintBatch) -> int:
+    """The pages of the letters in `batch` (without the cover sheets the stream adds)."""
+    return batch.items.aggregate(pages=Sum("pages"))["pages"] or 0

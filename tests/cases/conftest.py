@@ -8,6 +8,7 @@ from ccm.roles import Role
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications import services, tasks
+from notifications.gmail import DEFAULT_SENDER_PROFILE
 from notifications.models import Communication
 from tests.documents.factories import letter_bundle
 from tests.notifications import conftest as notifications_fixtures
@@ -33,6 +34,7 @@ ALERT_MAILBOX = "ccm-alerts@northwind.example"
 def _alerts_captured(settings):
     # Internal alerts take the Gmail route of the sender profile; here its backend is locmem,
     # so they land in mail.outbox (test_alerts.py drives the real Gmail backend).
+    settings.CCM_SENDER_PROFILE = DEFAULT_SENDER_PROFILE
     settings.CCM_GMAIL_EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.GMAIL_DELEGATED_USER = ALERT_MAILBOX
     settings.GMAIL_SERVICE_ACCOUNT_FILE = None

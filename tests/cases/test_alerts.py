@@ -13,7 +13,8 @@ from googleapiclient.http import HttpMockSequence
 
 from cases import alerts, services
 from cases.models import CaseAlert
-from notifications.gmail import GmailEmailBackend, GmailGateway, GmailPermanentError
+from notifications.gmail import GmailEmailBackend, GmailGateway
+from notifications.internal import internal_mail_state
 
 MAILBOX = "ccm-alerts@northwind.example"
 SENT = (
@@ -85,15 +86,34 @@ def test_alert_goes_out_through_gmail_once(gmail, alert):
     assert alerts.case_alert_send_run(alert.pk) is False
 
 
-def test_a_refused_alert_keeps_the_reason_and_stays_unsent(gmail, alert):
+def test_a_refused_alert_fails_for_good_with_the_reason(gmail, alert):
     gmail.script = [BAD_REQUEST]
-    with pytest.raises(GmailPermanentError):
-        alerts.case_alert_send_run(alert.pk)
+    # when Gmail refuses it (retrying cannot help), nothing is raised for the queue to retry
+    assert alerts.case_alert_send_run(alert.pk) is False
+    # then it is failed, with the reason, and the sweep leaves it alone
     alert.refresh_from_db()
     assert alert.sent_at is None
-    assert alert.attempts == 1
+    assert internal_mail_state(alert, max_attempts=alerts.MAX_ATTEMPTS) == "failed"
     assert "Invalid To header" in alert.last_error
-    assert CaseAlert.objects.filter(pk=alert.pk, sent_at__isnull=True).exists()
+    assert not alerts.UNSENT_SWEEP.queryset().filter(pk=alert.pk).exists()
+
+
+def test_an_alert_for_an_unconfigured_gateway_fails_once_with_the_reason(settings, alert):
+    # given the profile routes alerts to Gmail, which is not set up (the demo's situation)
+    settings.CCM_GMAIL_EMAIL_BACKEND = "notifications.gmail.GmailEmailBackend"
+    settings.GMAIL_SERVICE_ACCOUNT_FILE = None
+
+    # when the task and then the sweep's re-run try it
+    first = alerts.case_alert_send_run(alert.pk)
+    again = alerts.case_alert_send_run(alert.pk)
+
+    # then it failed once, says why, and is not tried again
+    alert.refresh_from_db()
+    assert (first, again) == (False, False)
+    assert alert.attempts == alerts.MAX_ATTEMPTS
+    assert "GMAIL_SERVICE_ACCOUNT_FILE is not set" in alert.last_error
+    assert internal_mail_state(alert, max_attempts=alerts.MAX_ATTEMPTS) == "failed"
+    assert not alerts.UNSENT_SWEEP.queryset().filter(pk=alert.pk).exists()
 
 
 def test_alert_recipients_can_be_configured_per_team(settings, ops):

@@ -16,6 +16,7 @@ from cases.models import CorrespondenceRequest
 from ccm import approvals
 from ccm.models import AuditEvent
 from documents.composition import DataInvalid
+from notifications.models import CommState, Communication
 from tests.cases.reprint_fixtures import pdf_text
 
 LETTER = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
@@ -291,3 +292,27 @@ def test_balance_is_kept_as_a_json_number():
     assert form.is_valid(), form.errors
     assert form.cleaned_data["data"]["balance"] == 10
     assert form.cleaned_data["balance"] == Decimal("10")
+
+
+def test_a_sent_letter_whose_communication_is_undeliverable_says_so(
+    client, agent, reviewer, letter, customer, sync_tasks
+):
+    # given a released letter whose communication then could not be delivered
+    client.force_login(agent)
+    sync_tasks(client.post, letter_url(customer), {**FORM, "action": "submit"})
+    letter_request = CorrespondenceRequest.objects.get()
+    approval = approvals.pending_for(letter_request)
+    sync_tasks(approvals.approval_decide, approval=approval, by=reviewer, decision="approve")
+    letter_request.refresh_from_db()
+    Communication.objects.filter(pk=letter_request.communication_id).update(
+        state=CommState.UNDELIVERABLE
+    )
+
+    # when the agent looks at it
+    detail = client.get(f"/agent/correspondence/{letter_request.pk}/").content.decode()
+    listing = client.get("/agent/requests/").content.decode()
+
+    # then its state is the communication's outcome, not "Sent"
+    assert '<strong class="state">Undeliverable</strong>' in detail
+    assert '<strong class="state">Sent</strong>' not in detail
+    assert '<span class="state">Undeliverable</span>' in listing

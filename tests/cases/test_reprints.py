@@ -331,7 +331,9 @@ def test_the_agent_sees_their_requests_with_their_states(
     client.force_login(agent)
     page = client.get("/agent/requests/").content.decode()
     assert f'href="/agent/reprints/{reprint.pk}/">{reprint.case.reference}</a>' in page
-    assert "Fulfilled" in page
+    # a fulfilled reprint says where its copy stands: its communication's state
+    assert reprint.state == "fulfilled"
+    assert f'<span class="state">{reprint.communication.get_state_display()}</span>' in page
     home = client.get("/").content.decode()
     assert 'href="/agent/reprints/new/"' in home
     assert 'href="/agent/correspondence/new/"' in home

@@ -142,8 +142,8 @@ def test_template_data_is_typed_as_an_object(schema):
     [
         ("POST", "/api/v1/communications", True),
         ("GET", "/api/v1/communications", False),
-        ("GET", "/api/v1/communications/{id}", False),
-        ("POST", "/api/v1/communications/{id}/cancel", True),
+        ("GET", "/api/v1/communications/{public_id}", False),
+        ("POST", "/api/v1/communications/{public_id}/cancel", True),
         ("POST", "/api/v1/customers", True),
         ("GET", "/api/v1/customers/{ref}", False),
         ("PATCH", "/api/v1/customers/{ref}", True),

@@ -146,3 +146,27 @@ def test_production_refuses_to_start_without_an_audit_signing_key(key):
     )
     assert result.returncode != 0
     assert "AUDIT_SIGNING_KEY must be set to a random value" in result.stderr
+
+
+def _setting(name: str, **env: str) -> str:
+    result = _manage(
+        "shell", "-c", f"from django.conf import settings; print(settings.{name})", **env
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_sender_profile_is_read_from_the_environment():
+    assert _setting(
+        "CCM_SENDER_PROFILE", CCM_SENDER_PROFILE="internal_alert=esp,approval=gmail"
+    ) == str({"internal_alert": "esp", "approval": "gmail"})
+
+
+def test_without_gmail_internal_mail_goes_through_the_email_backend():
+    # The demo (`make run`) has no Gmail gateway: its alerts go to the console backend.
+    assert _setting("CCM_SENDER_PROFILE", GMAIL_SERVICE_ACCOUNT_FILE="") == str(
+        {"internal_alert": "esp", "approval": "esp", "report": "esp"}
+    )
+    assert _setting("CCM_SENDER_PROFILE", GMAIL_SERVICE_ACCOUNT_FILE="/etc/ccm/gmail.json") == str(
+        {"internal_alert": "gmail", "approval": "gmail", "report": "gmail"}
+    )

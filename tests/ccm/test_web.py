@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from ccm.roles import Role
+from tests.approvables import version_submitted
+
 
 def test_login_page_and_redirect(db, client):
     response = client.get("/")
@@ -68,3 +71,43 @@ def test_the_demo_integrator_cannot_use_the_back_office(db, client):
     assert response["Location"].startswith("/admin/login/")
     # while the staff roles keep the back-office
     assert get_user_model().objects.get(username="ops").is_staff
+
+
+@pytest.mark.parametrize("role", [r.value for r in Role])
+def test_every_home_link_opens_for_its_role(make_user, client, role):
+    # given a user holding only this role
+    user = make_user(f"only-{role}", role)
+    client.force_login(user)
+
+    # when they follow every link on their home page
+    sections = client.get("/").context["sections"]
+    links = [link["url"] for section in sections for link in section["links"]]
+
+    # then none of them is refused
+    refused = {url: client.get(url).status_code for url in links}
+    refused = {url: status for url, status in refused.items() if status >= 400}
+    assert refused == {}
+
+
+def test_operations_home_does_not_offer_the_task_queue_they_cannot_open(ops, client):
+    client.force_login(ops)
+    assert "Task queue" not in client.get("/").content.decode()
+    assert client.get("/admin/django_q/failure/").status_code == 403
+
+
+def test_read_only_links_lead_only_to_pages_the_viewer_may_open(
+    reviewer, author, admin_user, client
+):
+    # given an approval requested by the author, which links to their user record
+    _version, approval = version_submitted(author=author)
+    url = f"/admin/ccm/approval/{approval.pk}/change/"
+
+    # when a reviewer (who may not open user records) looks at it, the author is named, not linked
+    client.force_login(reviewer)
+    page = client.get(url).content.decode()
+    assert "alex" in page
+    assert f"/admin/auth/user/{author.pk}/change/" not in page
+
+    # and an administrator gets the link
+    client.force_login(admin_user)
+    assert f"/admin/auth/user/{author.pk}/change/" in client.get(url).content.decode()

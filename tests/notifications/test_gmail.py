@@ -16,6 +16,7 @@ from google.auth import jwt
 from googleapiclient.http import HttpMockSequence
 
 from notifications.gmail import (
+    DEFAULT_SENDER_PROFILE,
     GmailGateway,
     GmailPermanentError,
     GmailTransientError,
@@ -489,7 +490,8 @@ def test_email_backend_raises_gmail_errors_unless_failing_silently():
     assert quiet.send_messages([message]) == 0
 
 
-def test_sender_for_uses_gmail_for_internal_kinds_by_default():
+def test_sender_for_uses_gmail_for_internal_kinds_by_default(settings):
+    settings.CCM_SENDER_PROFILE = DEFAULT_SENDER_PROFILE
     assert sender_for("internal_alert") == "gmail"
     assert sender_for("approval") == "gmail"
     assert sender_for("report") == "gmail"

@@ -47,7 +47,7 @@ def test_batch_accepts_the_good_items_and_refuses_the_bad_ones(api, letter, cust
         "items": [
             item("C-0"),
             item("C-404"),
-            item("C-1", data={"customer": {"name": ""}, "balance": "lots", "as_of": "2026-05-01"}),
+            item("C-1", data={"balance": "lots", "as_of": "not a date"}),
             item("C-2", idempotency_key="invoice-7"),
             {"customer": "C-0", "data": DATA},
             item("C-1", channel="sms"),
@@ -65,7 +65,7 @@ def test_batch_accepts_the_good_items_and_refuses_the_bad_ones(api, letter, cust
         {"field": "customer", "message": "There is no customer 'C-404'."}
     ]
     fields = {e["field"] for e in result["items"][2]["problem"]["errors"]}
-    assert fields == {"data.balance", "data.customer.name"}
+    assert fields == {"data.balance", "data.as_of"}
     assert result["items"][2]["problem"]["status"] == 422
     assert result["items"][4]["problem"]["errors"][0]["field"] == "template"
     sent = Communication.objects.get(public_id=result["items"][3]["id"])

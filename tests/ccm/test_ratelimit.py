@@ -1,0 +1,81 @@
+"""Rate limits in the shared cache, and the client address behind trusted proxies."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from django.core.cache import caches
+from django.test import RequestFactory, override_settings
+
+from ccm import ratelimit
+from tests.ccm.test_settings import _setting
+
+REDIS_DB = 4
+
+
+@pytest.mark.parametrize(
+    ("proxies", "remote", "forwarded", "client"),
+    [
+        ([], "203.0.113.7", "1.2.3.4", "203.0.113.7"),  # no proxy: the header is the client's word
+        (["10.0.0.0/8"], "203.0.113.7", "1.2.3.4", "203.0.113.7"),  # not via the proxy
+        (["10.0.0.0/8"], "10.0.0.5", "198.51.100.1, 203.0.113.7", "203.0.113.7"),
+        (["10.0.0.0/8"], "10.0.0.5", "203.0.113.7, 10.0.0.9", "203.0.113.7"),  # two proxies
+        (
+            ["10.0.0.0/8", "2001:db8::/32"],
+            "2001:db8::1",
+            "2001:db9::5, 2001:db8::2",
+            "2001:db9::5",
+        ),
+        (["10.0.0.0/8"], "10.0.0.5", "", "10.0.0.5"),
+        (["10.0.0.0/8"], "10.0.0.5", "not-an-ip, 10.0.0.7", "not-an-ip"),
+    ],
+)
+def test_client_address_is_read_from_the_right_through_trusted_proxies(
+    proxies, remote, forwarded, client
+):
+    request = RequestFactory().get("/", REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR=forwarded)
+    with override_settings(CCM_TRUSTED_PROXIES=proxies):
+        assert ratelimit.client_ip(request) == client
+
+
+def test_the_default_cache_is_the_database_and_redis_when_configured():
+    assert _setting("CACHES['default']['BACKEND']") == (
+        "django.core.cache.backends.db.DatabaseCache"
+    )
+    assert _setting("CACHES['default']['LOCATION']") == "ccm_cache"
+    assert _setting("CACHES['default']['BACKEND']", CACHE_URL="rediscache://127.0.0.1:6379/1") == (
+        "django.core.cache.backends.redis.RedisCache"
+    )
+
+
+def _redis_up() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379")
+def test_limits_count_across_connections_in_redis(settings, monkeypatch):
+    # given two processes' caches pointing at the same Redis
+    location = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    backend = "django.core.cache.backends.redis.RedisCache"
+    settings.CACHES = {
+        "default": {"BACKEND": backend, "LOCATION": location},
+        "other": {"BACKEND": backend, "LOCATION": location},
+    }
+    caches["default"].clear()
+    key = ratelimit.rate_limit_key("test", "203.0.113.7")
+
+    # when each counts hits for the same client
+    first = [ratelimit.rate_limit_hit(key, limit=3, window=60) for _ in range(2)]
+    monkeypatch.setattr(ratelimit, "cache", caches["other"])
+    later = [ratelimit.rate_limit_hit(key, limit=3, window=60) for _ in range(2)]
+    caches["default"].clear()
+
+    # then the second sees the first's hits: the fourth is over the limit
+    assert first == [0, 0]
+    assert later[0] == 0
+    assert later[1] > 0
