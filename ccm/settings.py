@@ -393,3 +393,18 @@ LOGGING = {
         "fontTools": {"level": "WARNING"},
     },
 }
+
+# --- Cluster health, dashboard, reports, metrics -------------------------------------------
+# /healthz answers 503 when the task cluster has not picked up due work within these bounds: the
+# newest heartbeat (a task scheduled every minute) is older, or a queued task has been due longer.
+CCM_HEALTH_HEARTBEAT_MAX_AGE_S = env.int("CCM_HEALTH_HEARTBEAT_MAX_AGE_S", default=180)
+CCM_HEALTH_DUE_TASK_MAX_AGE_S = env.int("CCM_HEALTH_DUE_TASK_MAX_AGE_S", default=300)
+# run_ccm probes its cluster this often and restarts it when the health check says it is wedged.
+CCM_WATCHDOG_INTERVAL_S = env.float("CCM_WATCHDOG_INTERVAL_S", default=20.0)
+# Mailbox providers' limits, drawn as lines on the dashboard (Gmail/Yahoo bulk-sender rules).
+CCM_COMPLAINT_RATE_LIMIT = env.float("CCM_COMPLAINT_RATE_LIMIT", default=0.001)
+CCM_BOUNCE_RATE_LIMIT = env.float("CCM_BOUNCE_RATE_LIMIT", default=0.02)
+# Reconciliation calls an item in progress longer than this stuck.
+CCM_STUCK_AFTER_S = env.int("CCM_STUCK_AFTER_S", default=3600)
+# /metrics: scraped with "Authorization: Bearer <token>"; staff sessions may read it too.
+CCM_METRICS_TOKEN = env.str("CCM_METRICS_TOKEN", default="")

@@ -447,3 +447,4 @@ class DeliveryEvent(models.Model):
 from notifications.models.devices import Device, Platform, device_address  # noqa: E402, F401
 from notifications.models.printing import PrintBatch, PrintBatchState, PrintItem  # noqa: E402, F401
 from notifications.models.webhooks import *  # noqa: E402, F403
+from notifications.reporting.models import *  # noqa: E402, F403
