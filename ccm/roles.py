@@ -44,6 +44,10 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         *CASE_RECORDS_VIEW,
         "cases.view_reprintrequest",
         "cases.view_correspondencerequest",
+        # The compliance page: reconciliation, complaint rates, archived reports.
+        "notifications.view_dailystat",
+        "notifications.view_reportdefinition",
+        "notifications.view_reportrun",
     ],
     Role.TEMPLATE_AUTHOR: [
         "ccm.view_approval",
@@ -100,6 +104,14 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "cases.view_correspondencerequest",
         "cases.view_processedinboxmessage",
         "cases.view_approvalmail",
+        # The operations dashboard, reconciliation and production reports (run now).
+        "notifications.view_dailystat",
+        "notifications.view_reportdefinition",
+        "notifications.add_reportdefinition",
+        "notifications.change_reportdefinition",
+        "notifications.view_reportrun",
+        "notifications.add_reportrun",
+        "ccm.view_clusterheartbeat",
         *CASE_RECORDS_VIEW,
         *CASE_RECORDS_ADD,
     ],

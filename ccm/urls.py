@@ -16,6 +16,7 @@ urlpatterns = [
     path("review/", review.queue, name="review-queue"),
     path("review/<int:pk>/", review.approval_review, name="review-approval"),
     path("cases/", include("cases.web_urls")),
+    path("ops/", include("notifications.reporting.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

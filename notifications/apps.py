@@ -46,6 +46,33 @@ class NotificationsConfig(AppConfig):
         register_home_link(
             Role.OPERATIONS,
             HomeLink(
+                "Operations dashboard",
+                "reporting-dashboard",
+                "Today and the last 30 days: volumes, delivery, failures, time to send, queues, "
+                "task cluster heartbeats, reconciliation",
+            ),
+            first=True,
+        )
+        for role in (Role.OPERATIONS, Role.COMPLIANCE_REVIEWER):
+            register_home_link(
+                role,
+                HomeLink(
+                    "Production reports",
+                    "reporting-reports",
+                    "Scheduled reports, run now, history of runs with their archived files",
+                ),
+            )
+        register_home_link(
+            Role.COMPLIANCE_REVIEWER,
+            HomeLink(
+                "Compliance overview",
+                "reporting-compliance",
+                "Reconciliation of every requested communication, complaint and bounce rates",
+            ),
+        )
+        register_home_link(
+            Role.OPERATIONS,
+            HomeLink(
                 "Print batches",
                 "admin:notifications_printbatch_changelist",
                 "Close, hand over and follow print runs; record returned mail",

@@ -19,6 +19,8 @@ class StatLevel(models.TextChoices):
     # its latest delivery) or deliveries (status = the delivery's state; every attempt counts).
     COMMUNICATION = "communication"
     DELIVERY = "delivery"
+    # Deliveries that got a provider event of type `status` (complained, opened, clicked…).
+    EVENT = "event"
 
 
 class DailyStat(models.Model):
@@ -49,10 +51,13 @@ class DailyStat(models.Model):
 
 
 class ProcessingStat(models.Model):
-    """Time from request to composed and to handed to a provider, per day and slice."""
+    """Time from request to composed and to handed to a provider, per day and slice; the row
+    without a template is the whole day (percentiles do not add up across slices)."""
 
     day = models.DateField()
-    template = models.ForeignKey(Template, on_delete=models.CASCADE, related_name="+")
+    template = models.ForeignKey(
+        Template, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
     template_version = models.ForeignKey(
         TemplateVersion, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
     )

@@ -18,7 +18,14 @@ from django.db.models import Case, Count, F, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce, Left
 from django.utils import timezone
 
-from notifications.models import CommState, Communication, Delivery, DeliveryState
+from notifications.models import (
+    CommState,
+    Communication,
+    Delivery,
+    DeliveryEvent,
+    DeliveryState,
+    EventType,
+)
 from notifications.reporting.models import DailyStat, FailureStat, ProcessingStat, StatLevel
 
 # How many days back statuses may still change, per channel: providers report bounces within
@@ -28,6 +35,8 @@ TRAILING_DAYS = {"email": 7, "sms": 7, "push": 7, "portal": 7, "print": 14}
 RETURNED = "returned"
 # Communication.source values as reports name them; a source not listed passes through.
 SOURCE_NAMES = {"event": "incident"}
+# Provider events counted per delivery (complaint rate is what mailbox providers police).
+COUNTED_EVENTS = (EventType.COMPLAINED, EventType.OPENED, EventType.CLICKED)
 COMPOSED_WITHIN_S = 10
 DISPATCHED_WITHIN_S = 60
 
@@ -127,6 +136,40 @@ def delivery_counts(deliveries: QuerySet[Delivery]) -> list[dict]:
     ]
 
 
+def event_counts(start: datetime, end: datetime) -> list[dict]:
+    """Deliveries of communications requested in [start, end) that got a provider event of a
+    counted kind (a complaint, an open, a click), each delivery once per kind."""
+    deliveries = Delivery.objects.filter(
+        communication__created_at__gte=start, communication__created_at__lt=end
+    )
+    rows = (
+        DeliveryEvent.objects.filter(delivery__in=deliveries, event_type__in=COUNTED_EVENTS)
+        .annotate(r_source=_source_expr("delivery__communication__source"))
+        .values(
+            "event_type",
+            "delivery__channel",
+            "delivery__communication__template_id",
+            "delivery__communication__template_version_id",
+            "delivery__communication__category",
+            "r_source",
+        )
+        .annotate(r_count=Count("delivery_id", distinct=True))
+        .order_by()
+    )
+    return [
+        {
+            "template_id": row["delivery__communication__template_id"],
+            "template_version_id": row["delivery__communication__template_version_id"],
+            "category": row["delivery__communication__category"],
+            "channel": row["delivery__channel"],
+            "source": row["r_source"],
+            "status": row["event_type"],
+            "count": row["r_count"],
+        }
+        for row in rows
+    ]
+
+
 def _first_line(text: str) -> str:
     line = (text or "").strip().splitlines()[0] if (text or "").strip() else "(no reason given)"
     return line[:200]
@@ -195,7 +238,7 @@ SELECT template_id, template_version_id, channel, category, source,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM dispatched_at - created_at)),
        percentile_cont(0.95) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM dispatched_at - created_at))
 FROM c
-GROUP BY template_id, template_version_id, channel, category, source
+GROUP BY GROUPING SETS ((template_id, template_version_id, channel, category, source), ())
 """
 
 _PROCESSING_FIELDS = (
@@ -285,6 +328,7 @@ def _processing_counts_python(start: datetime, end: datetime) -> list[dict]:
             row["r_source"],
         )
         groups[key].append(row)
+        groups[None, None, None, None, None].append(row)
     result = []
     for key, items in groups.items():
         compose_s, dispatch_s = [], []
@@ -329,9 +373,19 @@ def rollup_day(*, day: date) -> int:
         for row in delivery_counts(deliveries)
     ]
     processing = [
-        ProcessingStat(day=day, computed_at=now, **row) for row in processing_counts(start, end)
+        ProcessingStat(
+            day=day,
+            computed_at=now,
+            **{**row, **{k: row[k] or "" for k in ("channel", "category", "source")}},
+        )
+        for row in processing_counts(start, end)
+    ]
+    events = [
+        DailyStat(day=day, level=StatLevel.EVENT, outcome="", computed_at=now, **row)
+        for row in event_counts(start, end)
     ]
     failures = [FailureStat(day=day, computed_at=now, **row) for row in failure_counts(start, end)]
+    daily += events
     with transaction.atomic():
         for model in (DailyStat, ProcessingStat, FailureStat):
             model.objects.filter(day=day).delete()

@@ -8,7 +8,7 @@ from django.core.management import call_command
 from django.db.models import Count, Sum
 from freezegun import freeze_time
 
-from notifications.models import Communication, Delivery
+from notifications.models import Communication, Delivery, DeliveryEvent
 from notifications.reporting.models import DailyStat, FailureStat, ProcessingStat
 from notifications.reporting.rollups import rollups_refresh
 from tests.notifications.reporting_fixtures import comm_make
@@ -38,7 +38,18 @@ def rollup_rows() -> list[tuple]:
 
 @pytest.fixture
 def a_day_of_traffic(db):
-    comm_make(at=at(8), state="delivered", deliveries=(("email", "delivered"),), sent_after_s=2)
+    first = comm_make(
+        at=at(8), state="delivered", deliveries=(("email", "delivered"),), sent_after_s=2
+    )
+    # a complaint, reported twice by the provider: one complained delivery
+    for event_id in ("c-1", "c-2"):
+        DeliveryEvent.objects.create(
+            delivery=first.deliveries.get(),
+            provider="postmark",
+            event_id=event_id,
+            event_type="complained",
+            occurred_at=at(18),
+        )
     comm_make(at=at(9), state="delivered", deliveries=(("email", "delivered"),), sent_after_s=30)
     comm_make(
         at=at(10),
@@ -97,6 +108,9 @@ def test_rollups_equal_the_counts_taken_from_the_rows(a_day_of_traffic):
     assert (statement.channel, statement.outcome) == ("print", "returned")
     # and the event source is reported as an incident
     assert DailyStat.objects.get(day=DAY, status="received").source == "incident"
+    # and the complaint counts its delivery once
+    complained = DailyStat.objects.get(day=DAY, level="event")
+    assert (complained.channel, complained.status, complained.count) == ("email", "complained", 1)
     # and the next day has its own rows
     assert DailyStat.objects.filter(day=date(2026, 3, 11), level="delivery").get().channel == "sms"
 
@@ -115,6 +129,9 @@ def test_rollup_of_processing_times_and_failures(a_day_of_traffic):
     letter = ProcessingStat.objects.get(day=DAY, channel="email", template__code="letter")
     assert letter.dispatch_p50_s == pytest.approx(30)
     assert letter.dispatch_p95_s == pytest.approx(30 + 0.9 * 60)
+    whole_day = ProcessingStat.objects.get(day=DAY, template=None)
+    assert (whole_day.requested, whole_day.dispatched, whole_day.dispatched_within_60s) == (6, 4, 3)
+    assert whole_day.dispatch_p50_s == pytest.approx((5 + 30) / 2)
     failures = {
         (f.stage, f.channel, f.reason): f.count for f in FailureStat.objects.filter(day=DAY)
     }
