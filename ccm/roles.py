@@ -128,6 +128,9 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_printbatch",
         "notifications.view_printitem",
         "notifications.record_print_outcome",
+        # BI tools with the "stats:read" / "reports:read" scopes read rollups and report runs.
+        "notifications.view_dailystat",
+        "notifications.view_reportrun",
     ],
 }
 

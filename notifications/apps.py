@@ -18,10 +18,12 @@ class NotificationsConfig(AppConfig):
         from notifications import demo as notifications_demo
         from notifications import services, tasks, tracking, webhook_send, webhooks
         from notifications.models import Communication
+        from notifications.reporting import metrics as reporting_metrics
         from notifications.reporting import tasks as reporting_tasks
 
         services.register_approvable()
         reporting_tasks.register_schedules()
+        reporting_metrics.register()
         tasks.register_sweeps()
         webhook_send.register_sweeps()
         post_transition.connect(
