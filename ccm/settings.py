@@ -352,9 +352,14 @@ CCM_WEBHOOK_MAX_ATTEMPTS = env.int("CCM_WEBHOOK_MAX_ATTEMPTS", default=20)
 # addresses (the cloud metadata endpoint, the database) are refused unless allowed here.
 CCM_WEBHOOK_REQUIRE_HTTPS = env.bool("CCM_WEBHOOK_REQUIRE_HTTPS", default=not DEBUG)
 CCM_WEBHOOK_ALLOW_PRIVATE = env.bool("CCM_WEBHOOK_ALLOW_PRIVATE", default=DEBUG)
-# The Django email backend that sends internal mail the sender profile routes to Gmail.
+# The Django email backend that sends internal mail the sender profile routes to Gmail. In
+# development without a service account (`make run`) it is the console, so approval mails and
+# scheduled reports show in the terminal instead of failing.
 CCM_GMAIL_EMAIL_BACKEND = env.str(
-    "CCM_GMAIL_EMAIL_BACKEND", default="notifications.gmail.GmailEmailBackend"
+    "CCM_GMAIL_EMAIL_BACKEND",
+    default="django.core.mail.backends.console.EmailBackend"
+    if DEBUG and not env.str("GMAIL_SERVICE_ACCOUNT_FILE", default="")
+    else "notifications.gmail.GmailEmailBackend",
 )
 
 # --- cases ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ class NotificationsConfig(AppConfig):
         from notifications import demo as notifications_demo
         from notifications import services, tasks, tracking, webhook_send, webhooks
         from notifications.models import Communication
+        from notifications.reporting import demo as reporting_demo
         from notifications.reporting import metrics as reporting_metrics
         from notifications.reporting import tasks as reporting_tasks
 
@@ -34,6 +35,7 @@ class NotificationsConfig(AppConfig):
         anymail_tracking.connect(tracking.tracking_received, dispatch_uid=tracking.DISPATCH_UID)
         register_sweep(tracking.DELIVERY_EVENT_SWEEP)
         demo.register_seeder(notifications_demo.seed_customers_and_communications)
+        demo.register_seeder(reporting_demo.seed_reports)
         communications = HomeLink(
             "Communications",
             "admin:notifications_communication_changelist",

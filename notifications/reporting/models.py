@@ -109,6 +109,8 @@ class ReportKind(models.TextChoices):
 
 
 class ReportPeriod(models.TextChoices):
+    # Today so far: an end-of-day report; its figures may still move (statuses settle late).
+    TODAY = "today", "Today so far"
     YESTERDAY = "yesterday", "Yesterday"
     LAST_7_DAYS = "last_7_days", "Last 7 days"
     LAST_30_DAYS = "last_30_days", "Last 30 days"

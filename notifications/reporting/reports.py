@@ -39,6 +39,7 @@ from notifications.reporting.models import (
     StatLevel,
 )
 from notifications.reporting.reconciliation import Scope, reconcile
+from notifications.reporting.rollups import local_today, rollup_day
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ def period_for(definition: ReportDefinition, *, at: datetime) -> tuple[date, dat
     """The days (inclusive) a run at `at` covers, counted in the definition's time zone."""
     today = at.astimezone(zoneinfo.ZoneInfo(definition.time_zone)).date()
     yesterday = today - timedelta(days=1)
+    if definition.period == ReportPeriod.TODAY:
+        return today, today
     if definition.period == ReportPeriod.YESTERDAY:
         return yesterday, yesterday
     if definition.period == ReportPeriod.LAST_7_DAYS:
@@ -204,6 +207,10 @@ def report_run_execute(run_id: int) -> str:
 
 def _produce(run: ReportRun) -> str:
     definition = run.definition
+    today = local_today()
+    if run.period_end >= today:
+        # Today's rollup is rebuilt nightly only; a report that covers today brings it up to now.
+        rollup_day(day=today)
     data = report_data(definition, start=run.period_start, end=run.period_end)
     if definition.skip_if_empty and data["empty"]:
         with transaction.atomic():

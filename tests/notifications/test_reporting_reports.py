@@ -190,3 +190,19 @@ def test_periods_are_counted_in_the_definitions_time_zone():
     # 22:00 UTC on 31 March is already 1 April in Sydney
     start, end = period_for(definition, at=datetime(2026, 3, 31, 22, tzinfo=UTC))
     assert (start, end) == (date(2026, 3, 1), date(2026, 3, 31))
+
+
+def test_the_demo_defines_a_daily_production_report_and_emails_a_run(db, sync_tasks, settings):
+    from ccm.demo import seed_all
+
+    settings.CCM_ENABLED_CHANNELS = ["email", "sms", "push", "print"]
+    sync_tasks(seed_all)
+    sync_tasks(seed_all)  # seeding twice defines and runs it once
+
+    definition = ReportDefinition.objects.get(name="Daily production report")
+    assert (definition.kind, definition.schedule) == ("production", "0 18 * * *")
+    run = ReportRun.objects.get()
+    assert run.state == "succeeded", run.error
+    [mail] = gmail_sent
+    assert mail.to == ["operations@northwind.example", "head-of-ops@northwind.example"]
+    assert mail.attachments[0][1].startswith(b"%PDF")
