@@ -110,3 +110,54 @@ def run_checks() -> tuple[bool, dict]:
             results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
     return healthy, results
+
+
+class ClusterWatchdog:
+    """Probes the task cluster on this host with a heartbeat task and says when it is wedged:
+    a probe that has not run within `stale_after` seconds.
+
+    Why: django-q2 workers block in `multiprocessing.Queue.get()`, which holds the queue's read
+    lock while waiting; a worker SIGKILLed while idle never releases it, so the reincarnated
+    workers wait on the lock forever and the cluster takes no more work (django-q2 issue #23).
+    Restarting the cluster is the only safe cure (`run_ccm` does it)."""
+
+    def __init__(self, *, interval: float, stale_after: float) -> None:
+        self.interval = interval
+        self.stale_after = stale_after
+        self.reset()
+
+    def reset(self) -> None:
+        self._next_probe = time.monotonic() + self.interval
+        self._outstanding_since: datetime | None = None
+
+    def wedged(self) -> bool:
+        """Call often; probes every `interval` and answers whether the cluster is wedged."""
+        import socket
+
+        from django.db import close_old_connections
+        from django_q.conf import Conf
+        from django_q.tasks import async_task
+
+        from ccm.models import ClusterHeartbeat
+
+        if time.monotonic() < self._next_probe:
+            return False
+        self._next_probe = time.monotonic() + self.interval
+        close_old_connections()
+        now = timezone.now()
+        if self._outstanding_since is not None:
+            beat_at = (
+                ClusterHeartbeat.objects.filter(
+                    cluster=Conf.CLUSTER_NAME or "default", host=socket.gethostname()
+                )
+                .values_list("beat_at", flat=True)
+                .first()
+            )
+            if beat_at is not None and beat_at >= self._outstanding_since:
+                self._outstanding_since = None
+            elif (now - self._outstanding_since).total_seconds() > self.stale_after:
+                return True
+        if self._outstanding_since is None:
+            self._outstanding_since = now
+            async_task("ccm.tasks.cluster_heartbeat")
+        return False

@@ -405,8 +405,13 @@ LOGGING = {
 # newest heartbeat (a task scheduled every minute) is older, or a queued task has been due longer.
 CCM_HEALTH_HEARTBEAT_MAX_AGE_S = env.int("CCM_HEALTH_HEARTBEAT_MAX_AGE_S", default=180)
 CCM_HEALTH_DUE_TASK_MAX_AGE_S = env.int("CCM_HEALTH_DUE_TASK_MAX_AGE_S", default=300)
-# run_ccm probes its cluster this often and restarts it when the health check says it is wedged.
+# run_ccm probes its cluster this often (a heartbeat task) and restarts the cluster when a probe
+# has not run within CCM_WATCHDOG_STALE_AFTER_S: longer than a task may take (Q_TIMEOUT), so
+# workers busy with long tasks are not mistaken for a wedged cluster.
 CCM_WATCHDOG_INTERVAL_S = env.float("CCM_WATCHDOG_INTERVAL_S", default=20.0)
+CCM_WATCHDOG_STALE_AFTER_S = env.float(
+    "CCM_WATCHDOG_STALE_AFTER_S", default=Q_CLUSTER["timeout"] + 60
+)
 # Mailbox providers' limits, drawn as lines on the dashboard (Gmail/Yahoo bulk-sender rules).
 CCM_COMPLAINT_RATE_LIMIT = env.float("CCM_COMPLAINT_RATE_LIMIT", default=0.001)
 CCM_BOUNCE_RATE_LIMIT = env.float("CCM_BOUNCE_RATE_LIMIT", default=0.02)
