@@ -6,6 +6,7 @@ Periods read the rollups; only "today" and the queues read live tables, through 
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,7 +91,13 @@ def stats_filter(
 
 def items_url(level: str, flt: StatFilter, **more: str) -> str:
     """The screen listing the communications or deliveries behind a figure."""
-    return reverse("reporting-items") + "?" + flt.query(level=level, **more)
+    return _items_path() + "?" + flt.query(level=level, **more)
+
+
+@functools.cache
+def _items_path() -> str:
+    # A page has hundreds of figures; the URL conf does not change while the process runs.
+    return reverse("reporting-items")
 
 
 def rate(numerator: int, denominator: int) -> float | None:
@@ -351,10 +358,15 @@ def task_queue() -> dict:
     from django_q.models import OrmQ
 
     now = timezone.now()
-    oldest = OrmQ.objects.filter(lock__lte=now).aggregate(oldest=Min("lock"))["oldest"]
+    figures = OrmQ.objects.aggregate(
+        due=Count("id", filter=Q(lock__lte=now)),
+        in_progress=Count("id", filter=Q(lock__gt=now)),
+        oldest=Min("lock", filter=Q(lock__lte=now)),
+    )
+    oldest = figures["oldest"]
     return {
-        "due": OrmQ.objects.filter(lock__lte=now).count(),
-        "in_progress": OrmQ.objects.filter(lock__gt=now).count(),
+        "due": figures["due"],
+        "in_progress": figures["in_progress"],
         "oldest_due_age_s": (now - oldest).total_seconds() if oldest else None,
     }
 

@@ -6,8 +6,10 @@ from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import Max
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
@@ -15,7 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from ccm.health import cluster_state
 from notifications.reporting import selectors
 from notifications.reporting.charts import svg_chart
-from notifications.reporting.models import ReportDefinition, ReportRun
+from notifications.reporting.models import DailyStat, ReportDefinition, ReportRun
 from notifications.reporting.reconciliation import Scope, reconcile
 from notifications.reporting.reports import report_run_request
 from notifications.reporting.rollups import local_today
@@ -99,19 +101,36 @@ def processing_chart(flt: selectors.StatFilter) -> dict:
     }
 
 
+def _rollup_section(flt: selectors.StatFilter) -> dict:
+    """The period's figures and charts. They change only when the rollups do, so they are
+    cached under the newest rollup time of the period (drawing the charts is the slow part)."""
+    stamp = DailyStat.objects.filter(day__gte=flt.start, day__lte=flt.end).aggregate(
+        newest=Max("computed_at")
+    )["newest"]
+    key = f"reporting:period:{flt.start}:{flt.end}:{stamp.timestamp() if stamp else 0}"
+    section = cache.get_or_set(
+        key,
+        lambda: {
+            "channels": selectors.channel_summary(flt),
+            "charts": volume_chart(flt),
+            "processing": processing_chart(flt),
+            "failures": selectors.failure_reasons(flt),
+        },
+        timeout=6 * 3600,
+    )
+    assert isinstance(section, dict)
+    return section
+
+
 @require_GET
 @staff_only(VIEW_STATS)
 def dashboard(request: HttpRequest) -> HttpResponse:
     flt = _period()
-    channels = selectors.channel_summary(flt)
     today = selectors.today_summary()
     context = {
         "period": flt,
         "today": today,
-        "channels": channels,
-        "charts": volume_chart(flt),
-        "processing": processing_chart(flt),
-        "failures": selectors.failure_reasons(flt),
+        **_rollup_section(flt),
         "queues": selectors.queue_depths(),
         "tasks": selectors.task_queue(),
         "print_batches": selectors.print_batches(),
@@ -131,11 +150,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 def compliance(request: HttpRequest) -> HttpResponse:
     flt = _period()
     regulatory = selectors.StatFilter(start=flt.start, end=flt.end, category="regulatory")
-    channels = selectors.channel_summary(flt)
+    section = _rollup_section(flt)
     context = {
         "period": flt,
-        "channels": channels,
-        "charts": volume_chart(flt),
+        "channels": section["channels"],
+        "charts": section["charts"],
         "reconciliation": reconcile(Scope(start=flt.start, end=flt.end)),
         "regulatory_channels": selectors.channel_summary(regulatory),
         "runs": selectors.report_runs()[:20],
