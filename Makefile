@@ -65,6 +65,7 @@ test: test-system-deps install-dev lint typecheck
 bench: system-deps install-dev
 	$(BIN)/python bench/render.py
 	$(BIN)/python bench/dispatch.py
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -108,9 +109,23 @@ def sql_admin(statement: str) -> None:
         conn.execute(statement)
 
 
+def _slowest_statements(client, top: int = 6) -> str:
+    from django.db import connection, reset_queries
+    from django.test.utils import CaptureQueriesContext
+
+    reset_queries()
+    with CaptureQueriesContext(connection) as captured:
+        client.get("/ops/")
+    ranked = sorted(captured.captured_queries, key=lambda q: -float(q["time"]))[:top]
+    lines = [f"  {len(captured.captured_queries)} statements"]
+    lines += [f"  {float(q['time']) * 1000:7.1f} ms  {q['sql'][:150]}" for q in ranked]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--communications", type=int, default=1_000_000)
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
 
     sql_admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
@@ -134,6 +149,14 @@ def main() -> None:
     from ccm.roles import Role
     from notifications.reporting.rollups import rollups_refresh
 
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW server_version")
+        pg = cursor.fetchone()[0]
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}, Django {django.get_version()}, PostgreSQL {pg}",
+        flush=True,
+    )
     started = time.perf_counter()
     with connection.cursor() as cursor:
         cursor.execute(SEED_SQL.replace("__N__", str(int(args.communications))))
@@ -172,8 +195,11 @@ def main() -> None:
         f"dashboard: communications={communications} deliveries={deliveries} "
         f"rollup_s={rollup_s:.1f} p50_ms={p50:.0f} p95_ms={p95:.0f} max_ms={timings[-1]:.0f}"
     )
+    slowest = _slowest_statements(client)
+    print("slowest statements of one request:\n" + slowest)
     connection.close()
-    sql_admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+    if not args.keep:
+        sql_admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from ccm import metrics
-from notifications.models import Delivery
 from notifications.reporting import selectors
 from notifications.reporting.models import DailyStat, StatLevel
 from notifications.reporting.rollups import day_bounds, delivery_counts, local_today
@@ -34,11 +33,7 @@ def notification_metrics() -> Iterable[GaugeMetricFamily]:
     for channel, status, n in rolled:
         totals[channel, status] = totals.get((channel, status), 0) + n
     start, end = day_bounds(today)
-    for row in delivery_counts(
-        Delivery.objects.filter(
-            communication__created_at__gte=start, communication__created_at__lt=end
-        )
-    ):
+    for row in delivery_counts(selectors.todays_deliveries(start, end)):
         key = (row["channel"], row["status"])
         totals[key] = totals.get(key, 0) + row["count"]
     sends = GaugeMetricFamily(
