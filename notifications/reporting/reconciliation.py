@@ -26,7 +26,7 @@ from django.utils import timezone
 from notifications.models import CommState, Communication
 from notifications.reporting.models import DailyStat, StatLevel
 from notifications.reporting.rollups import RETURNED, communication_counts, day_bounds
-from notifications.reporting.selectors import StatFilter, items_url
+from notifications.reporting.selectors import COUNT_CAP, StatFilter, capped_count, items_url
 
 IN_PROGRESS = (CommState.RECEIVED, CommState.COMPOSING)
 HELD = (CommState.COMPOSED, CommState.AWAITING_APPROVAL, CommState.APPROVED)
@@ -161,6 +161,7 @@ def reconcile(scope: Scope) -> dict:
         "lines": lines,
         "stuck": {
             "count": stuck,
+            "capped": stuck > COUNT_CAP,
             "after_s": settings.CCM_STUCK_AFTER_S,
             "url": items_url(
                 "communication", flt, states=",".join(STUCK_STATES), stuck="1", **extra
@@ -177,17 +178,16 @@ def _outcome(figure, label: str, outcome: str, n: int) -> dict:
 
 
 def stuck_count(scope: Scope) -> int:
-    """Items of the scope in progress for longer than the bound (live, on state + updated_at)."""
+    """Items of the scope in progress for longer than the bound (live, on state + updated_at;
+    counted up to COUNT_CAP + 1)."""
     start, _ = day_bounds(scope.start)
     _, end = day_bounds(scope.end)
     cutoff = timezone.now() - timedelta(seconds=settings.CCM_STUCK_AFTER_S)
-    return (
-        _live(scope)
-        .filter(
+    return capped_count(
+        _live(scope).filter(
             Q(state__in=STUCK_STATES),
             updated_at__lt=cutoff,
             created_at__gte=start,
             created_at__lt=end,
         )
-        .count()
     )
