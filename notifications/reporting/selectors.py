@@ -331,9 +331,9 @@ COMMUNICATION_STAGES = (
 DELIVERY_STAGES = (DeliveryState.PENDING, DeliveryState.SENDING)
 
 
-# Counting a backlog stops here: past it the number is shown as "10000+", so the dashboard
+# Counting a backlog stops here: past it the number is shown as "1000+", so the dashboard
 # stays fast exactly when something is piling up.
-COUNT_CAP = 10_000
+COUNT_CAP = 1_000
 
 
 def capped_count(qs: QuerySet) -> int:

@@ -132,6 +132,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "today": today,
         **_rollup_section(flt),
         "queues": selectors.queue_depths(),
+        "cap": selectors.COUNT_CAP,
         "tasks": selectors.task_queue(),
         "print_batches": selectors.print_batches(),
         "panels": selectors.dashboard_panels(),
@@ -158,6 +159,7 @@ def compliance(request: HttpRequest) -> HttpResponse:
         "reconciliation": reconcile(Scope(start=flt.start, end=flt.end)),
         "regulatory_channels": selectors.channel_summary(regulatory),
         "runs": selectors.report_runs()[:20],
+        "cap": selectors.COUNT_CAP,
         "limits": {
             "bounce": selectors.percent(_limit("CCM_BOUNCE_RATE_LIMIT")),
             "complaint": selectors.percent(_limit("CCM_COMPLAINT_RATE_LIMIT")),
@@ -182,7 +184,12 @@ def reconciliation(request: HttpRequest) -> HttpResponse:
         template=flt.template,
         reference=(request.GET.get("reference") or "")[:100],
     )
-    context = {"result": reconcile(scope), "scope": scope, "error": error}
+    context = {
+        "result": reconcile(scope),
+        "scope": scope,
+        "error": error,
+        "cap": selectors.COUNT_CAP,
+    }
     return render(request, "reporting/reconciliation.html", context, status=400 if error else 200)
 
 
