@@ -78,6 +78,7 @@ bench: system-deps install-dev
 	$(BIN)/python bench/dispatch.py
 	$(BIN)/python bench/compose_text.py
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/dashboard.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

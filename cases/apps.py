@@ -13,8 +13,12 @@ class CasesConfig(AppConfig):
         from ccm import demo
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
+        from notifications.reporting import selectors as reporting_selectors
 
         receivers.connect()
+        reporting_selectors.register_dashboard_panel(
+            "cases.exceptions_by_age", queues.exceptions_by_age_panel
+        )
         tasks.register()
         request_tasks.register()
         demo.register_seeder(cases_demo.seed_complaint)

@@ -6,7 +6,7 @@ answer one screen each."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from django.db.models import Case as SqlCase
 from django.db.models import F, IntegerField, Prefetch, QuerySet, Value, When
@@ -103,6 +103,47 @@ def my_open_cases_count(user) -> int:
 
 def open_exceptions_count(user) -> int:
     return Case.objects.filter(case_type=CaseType.EXCEPTION, state__in=OPEN_STATES).count()
+
+
+# Age buckets of the dashboard's exception panel: (label, from days, to days).
+EXCEPTION_AGES = (
+    ("under a day", 0, 1),
+    ("1 to 3 days", 1, 3),
+    ("3 to 7 days", 3, 7),
+    ("over a week", 7, None),
+)
+
+
+def exceptions_by_age_panel() -> dict:
+    """Open exception cases by age, for the operations dashboard (registered as its panel);
+    each figure links to the back-office list of those cases."""
+    from urllib.parse import urlencode
+
+    from django.db.models import Count, Q
+    from django.urls import reverse
+
+    now = timezone.now()
+    windows = []
+    for label, newer, older in EXCEPTION_AGES:
+        window: dict[str, datetime] = {"created_at__lte": now - timedelta(days=newer)}
+        if older is not None:
+            window["created_at__gt"] = now - timedelta(days=older)
+        windows.append((label, window))
+    # One query for every bucket.
+    counts = Case.objects.filter(case_type=CaseType.EXCEPTION, state__in=OPEN_STATES).aggregate(
+        **{f"bucket{n}": Count("id", filter=Q(**window)) for n, (_, window) in enumerate(windows)}
+    )
+    changelist = reverse("admin:cases_case_changelist")
+    rows = []
+    for n, (label, window) in enumerate(windows):
+        query = {
+            "case_type__exact": CaseType.EXCEPTION,
+            "state__in": ",".join(OPEN_STATES),
+            **{k: v.isoformat() for k, v in window.items()},
+        }
+        url = f"{changelist}?{urlencode(query)}"
+        rows.append({"label": label, "count": counts[f"bucket{n}"], "url": url})
+    return {"title": "Open exception cases by age", "rows": rows}
 
 
 @dataclass(frozen=True)

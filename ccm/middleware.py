@@ -26,3 +26,28 @@ class RequestIdMiddleware:
             context.reset_request_id(token)
         response["X-Request-ID"] = rid
         return response
+
+
+class RequestMetricsMiddleware:
+    """Counts requests and their time for /metrics (per process: with several web processes,
+    Prometheus sums the targets it scrapes)."""
+
+    def __init__(self, get_response):
+        from prometheus_client import Counter, Histogram
+
+        from ccm import metrics
+
+        self.get_response = get_response
+        self.requests: Counter = metrics.HTTP_REQUESTS
+        self.latency: Histogram = metrics.HTTP_LATENCY
+
+    def __call__(self, request):
+        import time
+
+        started = time.perf_counter()
+        response = self.get_response(request)
+        match = getattr(request, "resolver_match", None)
+        view = match.view_name if match and match.view_name else "unresolved"
+        self.requests.labels(request.method, str(response.status_code)).inc()
+        self.latency.labels(view).observe(time.perf_counter() - started)
+        return response

@@ -254,3 +254,25 @@ class AuditCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint #{self.pk}: {self.count} events up to #{self.head_id}"
+
+
+class ClusterHeartbeat(models.Model):
+    """The last run of the heartbeat task on one task cluster (django-q2 cluster name and host).
+
+    The task is scheduled every minute; a heartbeat that stops advancing means the cluster is
+    not taking scheduled work (stopped, or wedged), which `/healthz` reports."""
+
+    cluster = models.CharField(max_length=100)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField(default=0)
+    beat_at = models.DateTimeField()
+    beats = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["cluster", "host"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "host"], name="one_heartbeat_per_cluster")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cluster}@{self.host} {self.beat_at:%Y-%m-%d %H:%M:%S}"

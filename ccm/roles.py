@@ -45,6 +45,10 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         *CASE_RECORDS_VIEW,
         "cases.view_reprintrequest",
         "cases.view_correspondencerequest",
+        # The compliance page: reconciliation, complaint rates, archived reports.
+        "notifications.view_dailystat",
+        "notifications.view_reportdefinition",
+        "notifications.view_reportrun",
     ],
     Role.TEMPLATE_AUTHOR: [
         "ccm.view_approval",
@@ -105,6 +109,14 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "cases.view_processedinboxmessage",
         "cases.view_approvalmail",
         "cases.view_casealert",
+        # The operations dashboard, reconciliation and production reports (run now).
+        "notifications.view_dailystat",
+        "notifications.view_reportdefinition",
+        "notifications.add_reportdefinition",
+        "notifications.change_reportdefinition",
+        "notifications.view_reportrun",
+        "notifications.add_reportrun",
+        "ccm.view_clusterheartbeat",
         *CASE_RECORDS_VIEW,
         *CASE_RECORDS_ADD,
     ],
@@ -121,6 +133,9 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_printbatch",
         "notifications.view_printitem",
         "notifications.record_print_outcome",
+        # BI tools with the "stats:read" / "reports:read" scopes read rollups and report runs.
+        "notifications.view_dailystat",
+        "notifications.view_reportrun",
     ],
 }
 
@@ -158,6 +173,8 @@ ROLE_SCOPES: dict[str, list[str]] = {
         "webhooks:read",
         "webhooks:write",
         "print",
+        "stats:read",
+        "reports:read",
     ],
     # Integrators call the API with a key, never with a session.
     Role.INTEGRATOR: [],

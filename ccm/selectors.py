@@ -28,9 +28,10 @@ class HomeLink:
 _links: dict[str, list[HomeLink]] = {role: [] for role in Role.values}
 
 
-def register_home_link(role: str, link: HomeLink) -> None:
+def register_home_link(role: str, link: HomeLink, *, first: bool = False) -> None:
+    """Add a link to a role's section of the home page (`first`: at its top)."""
     if link not in _links[role]:
-        _links[role].append(link)
+        _links[role].insert(0 if first else len(_links[role]), link)
 
 
 def pending_approvals_count(user) -> int:

@@ -57,6 +57,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "ccm.middleware.RequestIdMiddleware",
+    "ccm.middleware.RequestMetricsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -446,9 +447,14 @@ CCM_SENDER_PROFILE = env.dict(
         ("internal_alert", "approval", "report"), "gmail" if GMAIL_SERVICE_ACCOUNT_FILE else "esp"
     ),
 )
-# The Django email backend that sends internal mail the sender profile routes to Gmail.
+# The Django email backend that sends internal mail the sender profile routes to Gmail. In
+# development without a service account (`make run`) it is the console, so approval mails and
+# scheduled reports show in the terminal instead of failing.
 CCM_GMAIL_EMAIL_BACKEND = env.str(
-    "CCM_GMAIL_EMAIL_BACKEND", default="notifications.gmail.GmailEmailBackend"
+    "CCM_GMAIL_EMAIL_BACKEND",
+    default="django.core.mail.backends.console.EmailBackend"
+    if DEBUG and not env.str("GMAIL_SERVICE_ACCOUNT_FILE", default="")
+    else "notifications.gmail.GmailEmailBackend",
 )
 
 # --- cases ------------------------------------------------------------------------------
@@ -488,6 +494,26 @@ LOGGING = {
         "fontTools": {"level": "WARNING"},
     },
 }
+
+# --- Cluster health, dashboard, reports, metrics -------------------------------------------
+# /healthz answers 503 when the task cluster has not picked up due work within these bounds: the
+# newest heartbeat (a task scheduled every minute) is older, or a queued task has been due longer.
+CCM_HEALTH_HEARTBEAT_MAX_AGE_S = env.int("CCM_HEALTH_HEARTBEAT_MAX_AGE_S", default=180)
+CCM_HEALTH_DUE_TASK_MAX_AGE_S = env.int("CCM_HEALTH_DUE_TASK_MAX_AGE_S", default=300)
+# run_ccm probes its cluster this often (a heartbeat task) and restarts the cluster when a probe
+# has not run within CCM_WATCHDOG_STALE_AFTER_S: longer than a task may take (Q_TIMEOUT), so
+# workers busy with long tasks are not mistaken for a wedged cluster.
+CCM_WATCHDOG_INTERVAL_S = env.float("CCM_WATCHDOG_INTERVAL_S", default=20.0)
+CCM_WATCHDOG_STALE_AFTER_S = env.float(
+    "CCM_WATCHDOG_STALE_AFTER_S", default=Q_CLUSTER["timeout"] + 60
+)
+# Mailbox providers' limits, drawn as lines on the dashboard (Gmail/Yahoo bulk-sender rules).
+CCM_COMPLAINT_RATE_LIMIT = env.float("CCM_COMPLAINT_RATE_LIMIT", default=0.001)
+CCM_BOUNCE_RATE_LIMIT = env.float("CCM_BOUNCE_RATE_LIMIT", default=0.02)
+# Reconciliation calls an item in progress longer than this stuck.
+CCM_STUCK_AFTER_S = env.int("CCM_STUCK_AFTER_S", default=3600)
+# /metrics: scraped with "Authorization: Bearer <token>"; staff sessions may read it too.
+CCM_METRICS_TOKEN = env.str("CCM_METRICS_TOKEN", default="")
 
 # Checked last, so that the other production checks above report first.
 if not DEBUG and (

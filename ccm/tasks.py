@@ -119,6 +119,26 @@ def sweep_all() -> dict[str, int]:
     return {sweep.name: sweep_run(sweep, live=live) for sweep in registered_sweeps()}
 
 
+def cluster_heartbeat() -> int:
+    """Record that this cluster ran a scheduled task now (see `ccm.health.check_cluster`)."""
+    import os
+    import socket
+
+    from django_q.conf import Conf
+
+    from ccm.models import ClusterHeartbeat
+
+    heartbeat, _ = ClusterHeartbeat.objects.get_or_create(
+        cluster=Conf.CLUSTER_NAME or "default",
+        host=socket.gethostname(),
+        defaults={"beat_at": timezone.now()},
+    )
+    ClusterHeartbeat.objects.filter(pk=heartbeat.pk).update(
+        beat_at=timezone.now(), pid=os.getpid(), beats=models.F("beats") + 1
+    )
+    return heartbeat.pk
+
+
 def idempotency_records_purge() -> int:
     from ccm.models import IdempotencyRecord
 
@@ -126,28 +146,30 @@ def idempotency_records_purge() -> int:
     return deleted
 
 
-# Periodic tasks the kernel schedules (name → (dotted path, minutes between runs)).
-SCHEDULES: dict[str, tuple[str, int]] = {
+# Periodic tasks the kernel schedules (name → (dotted path, minutes between runs or a cron
+# expression evaluated in settings.TIME_ZONE)).
+SCHEDULES: dict[str, tuple[str, int | str]] = {
     "ccm.sweep_all": ("ccm.tasks.sweep_all", 1),
     "ccm.idempotency_records_purge": ("ccm.tasks.idempotency_records_purge", 60),
+    "ccm.cluster_heartbeat": ("ccm.tasks.cluster_heartbeat", 1),
 }
 
 
-def register_schedule(name: str, func: str, minutes: int) -> None:
-    """Declare a periodic task; `schedules_sync` (run after every migrate) creates its row."""
+def register_schedule(name: str, func: str, minutes: int | str) -> None:
+    """Declare a periodic task every `minutes`, or at the times of a cron expression (a str);
+    `schedules_sync` (run after every migrate) creates its row."""
     SCHEDULES[name] = (func, minutes)
 
 
 def schedules_sync() -> None:
     from django_q.models import Schedule
 
-    for name, (func, minutes) in SCHEDULES.items():
+    for name, (func, every) in SCHEDULES.items():
+        timing: dict = (
+            {"schedule_type": Schedule.CRON, "cron": every, "minutes": None}
+            if isinstance(every, str)
+            else {"schedule_type": Schedule.MINUTES, "minutes": every, "cron": None}
+        )
         Schedule.objects.update_or_create(
-            name=name,
-            defaults={
-                "func": func,
-                "schedule_type": Schedule.MINUTES,
-                "minutes": minutes,
-                "repeats": -1,
-            },
+            name=name, defaults={"func": func, "repeats": -1, **timing}
         )

@@ -7,16 +7,19 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ccm import review, views
 from notifications import hooks_urls, unsubscribe
+from notifications.reporting import metrics
 
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("review/", review.queue, name="review-queue"),
     path("review/<int:pk>/", review.approval_review, name="review-approval"),
     path("cases/", include("cases.web_urls")),
     path("jobs/", include("notifications.jobs.urls")),
+    path("ops/", include("notifications.reporting.urls")),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -19,9 +19,14 @@ class NotificationsConfig(AppConfig):
         from notifications import services, tasks, tracking, webhook_send, webhooks
         from notifications.jobs import tasks as job_tasks
         from notifications.models import Communication
+        from notifications.reporting import demo as reporting_demo
+        from notifications.reporting import metrics as reporting_metrics
+        from notifications.reporting import tasks as reporting_tasks
 
         services.register_approvable()
         job_tasks.register_schedules()
+        reporting_tasks.register_schedules()
+        reporting_metrics.register()
         tasks.register_sweeps()
         webhook_send.register_sweeps()
         post_transition.connect(
@@ -32,6 +37,7 @@ class NotificationsConfig(AppConfig):
         anymail_tracking.connect(tracking.tracking_received, dispatch_uid=tracking.DISPATCH_UID)
         register_sweep(tracking.DELIVERY_EVENT_SWEEP)
         demo.register_seeder(notifications_demo.seed_customers_and_communications)
+        demo.register_seeder(reporting_demo.seed_reports)
         communications = HomeLink(
             "Communications",
             "admin:notifications_communication_changelist",
@@ -43,6 +49,33 @@ class NotificationsConfig(AppConfig):
         for role in (Role.OPERATIONS, Role.SERVICE_AGENT, Role.COMPLIANCE_REVIEWER):
             register_home_link(role, communications)
             register_home_link(role, customers)
+        register_home_link(
+            Role.OPERATIONS,
+            HomeLink(
+                "Operations dashboard",
+                "reporting-dashboard",
+                "Today and the last 30 days: volumes, delivery, failures, time to send, queues, "
+                "task cluster heartbeats, reconciliation",
+            ),
+            first=True,
+        )
+        for role in (Role.OPERATIONS, Role.COMPLIANCE_REVIEWER):
+            register_home_link(
+                role,
+                HomeLink(
+                    "Production reports",
+                    "reporting-reports",
+                    "Scheduled reports, run now, history of runs with their archived files",
+                ),
+            )
+        register_home_link(
+            Role.COMPLIANCE_REVIEWER,
+            HomeLink(
+                "Compliance overview",
+                "reporting-compliance",
+                "Reconciliation of every requested communication, complaint and bounce rates",
+            ),
+        )
         register_home_link(
             Role.OPERATIONS,
             HomeLink(

@@ -36,6 +36,7 @@ def internal_mail_send(
     text: str,
     message_id: str,
     html: str = "",
+    attachments: Sequence[tuple[str, bytes, str]] = (),
 ) -> None:
     """Send one internal mail now; errors propagate so the caller's task can retry it.
 
@@ -58,6 +59,8 @@ def internal_mail_send(
     )
     if html:
         message.attach_alternative(html, "text/html")
+    for filename, content, mimetype in attachments:
+        message.attach(filename, content, mimetype)
     message.send(fail_silently=False)
 
 

@@ -386,7 +386,7 @@ def _chunks(items: QuerySet[PrintItem], size: int) -> Iterator[list[PrintItem]]:
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _cell(value: str) -> str:
+def csv_cell(value: str) -> str:
     """A text cell a spreadsheet will not run: the mail house opens manifests in Excel, and a
     name or address line starting like a formula (=HYPERLINK(…)) would be executed (OWASP CSV
     injection); a leading apostrophe makes it text."""
@@ -420,12 +420,12 @@ def stream_build(
                     f"{item.pages}",
                     code="document_pages",
                 )
-            address = [_cell(line) for line in item.postal_address] + [""] * address_lines
+            address = [csv_cell(line) for line in item.postal_address] + [""] * address_lines
             rows.writerow(
                 [
                     item.sequence,
-                    _cell(item.customer.external_ref),
-                    _cell(item.recipient_name),
+                    csv_cell(item.customer.external_ref),
+                    csv_cell(item.recipient_name),
                     *address[:address_lines],
                     item.pages,
                     item.document_sha256,

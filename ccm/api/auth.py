@@ -38,6 +38,8 @@ SCOPES: dict[str, str] = {
     "webhooks:read": "See webhook subscriptions and the log of events sent to them",
     "webhooks:write": "Manage webhook subscriptions and replay their events",
     "print": "Print batches: fetch streams and manifests, report mailing and returned mail",
+    "stats:read": "Read the daily rollups: volumes, statuses, channels, sources",
+    "reports:read": "Read production report runs and download their archived files",
 }
 
 

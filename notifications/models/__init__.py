@@ -508,3 +508,4 @@ from notifications.models.jobs import (  # noqa: E402, F401
 from notifications.models.printing import PrintBatch, PrintBatchState, PrintItem  # noqa: E402, F401
 from notifications.models.throttle import ProviderBucket  # noqa: E402, F401
 from notifications.models.webhooks import *  # noqa: E402, F403
+from notifications.reporting.models import *  # noqa: E402, F403

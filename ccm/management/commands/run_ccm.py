@@ -7,14 +7,17 @@ import subprocess
 import sys
 import time
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from ccm.demo import DEMO_PASSWORD, DEMO_USERS
+from ccm.health import ClusterWatchdog
 
 
 class Command(BaseCommand):
     help = (
-        "Run the web server and a django-q2 cluster together in the foreground (Ctrl-C stops both)."
+        "Run the web server and a django-q2 cluster together in the foreground (Ctrl-C stops "
+        "both); restart the cluster when it stops taking work."
     )
 
     def add_arguments(self, parser):
@@ -33,6 +36,10 @@ class Command(BaseCommand):
             name: subprocess.Popen(cmd, start_new_session=True)  # noqa: S603
             for name, cmd in commands.items()
         }
+        watchdog = ClusterWatchdog(
+            interval=settings.CCM_WATCHDOG_INTERVAL_S,
+            stale_after=settings.CCM_WATCHDOG_STALE_AFTER_S,
+        )
         base = f"http://{host}:{port}"
         self.stdout.write(
             "\n".join(
@@ -43,6 +50,7 @@ class Command(BaseCommand):
                     f"  Sign-off queue  {base}/review/ (reviewer, reviewer2)",
                     f"  Back-office     {base}/admin/",
                     f"  API docs        {base}/api/docs/",
+                    f"  Dashboard       {base}/ops/ (ops)",
                     f"  Health          {base}/healthz",
                     f"Demo logins (password {DEMO_PASSWORD}): "
                     + ", ".join(username for username, _, _ in DEMO_USERS),
@@ -65,6 +73,17 @@ class Command(BaseCommand):
                     self.stderr.write(f"The {name} exited with {child.returncode}; stopping.")
                     code = child.returncode or 1
                     stopping = True
+            if not stopping and watchdog.wedged():
+                self.stderr.write(
+                    "The task cluster has not run a heartbeat task in "
+                    f"{watchdog.stale_after:.0f} s (wedged); restarting the task cluster."
+                )
+                cluster = children["task cluster"]
+                _stop(cluster, grace_s=10)
+                children["task cluster"] = subprocess.Popen(  # noqa: S603
+                    commands["task cluster"], start_new_session=True
+                )
+                watchdog.reset()
             time.sleep(0.3)
         # The leaders stop their own processes (django-q2's cluster winds its workers down);
         # signalling every process at once would cut the cluster's own shutdown short.
@@ -82,6 +101,16 @@ class Command(BaseCommand):
         self.stdout.write("CCM stopped.")
         if code:
             sys.exit(code)
+
+
+def _stop(child: subprocess.Popen, *, grace_s: float) -> None:
+    """Ask a child's process group to stop, then kill what is left after `grace_s`: a wedged
+    cluster's own shutdown waits on the workers that cannot move."""
+    _signal_group(child, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=grace_s)
+    _signal_group(child, signal.SIGKILL)
+    child.wait()
 
 
 def _signal_group(child: subprocess.Popen, signum: int) -> None:

@@ -1,0 +1,421 @@
+"""Scheduled production reports: a definition says what and when; a run produces the PDF (with
+charts) and the CSV, archives them with their SHA-256, emails them through the report sender
+profile (Gmail in production, the console in `make run`) and records what happened.
+
+    queued → running → succeeded | failed | skipped (nothing in the period, skip-if-empty)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import zoneinfo
+from datetime import date, datetime, timedelta
+
+from croniter import croniter
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from ccm import audit
+from ccm.tasks import enqueue
+from notifications.internal import internal_mail_send
+from notifications.printstream import csv_cell
+from notifications.reporting import selectors
+from notifications.reporting.charts import svg_chart
+from notifications.reporting.models import (
+    DailyStat,
+    ReportDefinition,
+    ReportKind,
+    ReportPeriod,
+    ReportRun,
+    ReportRunState,
+    StatLevel,
+)
+from notifications.reporting.reconciliation import Scope, reconcile
+from notifications.reporting.rollups import local_today, rollup_day
+
+logger = logging.getLogger(__name__)
+
+# Delivered green, in flight blue, bounced amber, failed red: the colours people expect.
+OUTCOME_COLORS = ("#1f7a3f", "#0b5cad", "#e07b00", "#b3261e")
+FILTER_KEYS = ("channel", "source", "category", "template")
+CSV_COLUMNS = (
+    "day",
+    "level",
+    "template",
+    "template_version",
+    "channel",
+    "category",
+    "source",
+    "status",
+    "outcome",
+    "count",
+)
+
+
+# --- definitions -----------------------------------------------------------------------------
+
+
+def report_definition_validate(definition: ReportDefinition) -> None:
+    """Raise ValidationError naming the field at fault."""
+    errors: dict[str, str] = {}
+    if not croniter.is_valid(definition.schedule):
+        errors["schedule"] = f"{definition.schedule!r} is not a cron expression (m h dom mon dow)"
+    try:
+        zoneinfo.ZoneInfo(definition.time_zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        errors["time_zone"] = f"{definition.time_zone!r} is not a known time zone"
+    if not isinstance(definition.recipients, list) or not all(
+        isinstance(r, str) and "@" in r for r in definition.recipients
+    ):
+        errors["recipients"] = "recipients must be a list of email addresses"
+    unknown = set(definition.filters or {}) - set(FILTER_KEYS)
+    if unknown:
+        errors["filters"] = f"unknown filters {sorted(unknown)}; use {list(FILTER_KEYS)}"
+    if not (definition.pdf or definition.csv):
+        errors["pdf"] = "choose at least one format (PDF or CSV)"
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def report_definition_save(*, definition: ReportDefinition, by=None) -> ReportDefinition:
+    report_definition_validate(definition)
+    created = definition.pk is None
+    if created:
+        definition.created_by = by
+    definition.next_run_at = next_slot(definition, after=timezone.now())
+    definition.save()
+    audit.record(
+        actor=by,
+        action="report_definition.created" if created else "report_definition.changed",
+        subject=definition,
+        after={"kind": definition.kind, "schedule": definition.schedule},
+    )
+    return definition
+
+
+def next_slot(definition: ReportDefinition, *, after: datetime) -> datetime:
+    """The next time the definition's cron expression names, in its own time zone."""
+    tz = zoneinfo.ZoneInfo(definition.time_zone)
+    return croniter(definition.schedule, after.astimezone(tz)).get_next(datetime)
+
+
+def period_for(definition: ReportDefinition, *, at: datetime) -> tuple[date, date]:
+    """The days (inclusive) a run at `at` covers, counted in the definition's time zone."""
+    today = at.astimezone(zoneinfo.ZoneInfo(definition.time_zone)).date()
+    yesterday = today - timedelta(days=1)
+    if definition.period == ReportPeriod.TODAY:
+        return today, today
+    if definition.period == ReportPeriod.YESTERDAY:
+        return yesterday, yesterday
+    if definition.period == ReportPeriod.LAST_7_DAYS:
+        return yesterday - timedelta(days=6), yesterday
+    if definition.period == ReportPeriod.PREVIOUS_MONTH:
+        last = today.replace(day=1) - timedelta(days=1)
+        return last.replace(day=1), last
+    return yesterday - timedelta(days=29), yesterday
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def report_run_request(
+    *,
+    definition: ReportDefinition,
+    by=None,
+    trigger: str = "manual",
+    scheduled_for: datetime | None = None,
+) -> ReportRun:
+    """Queue a run (now, or for a schedule slot: one run per slot however often it is asked)."""
+    start, end = period_for(definition, at=scheduled_for or timezone.now())
+    try:
+        with transaction.atomic():
+            run = ReportRun.objects.create(
+                definition=definition,
+                trigger=trigger,
+                requested_by=by,
+                scheduled_for=scheduled_for,
+                period_start=start,
+                period_end=end,
+                recipients=list(definition.recipients),
+            )
+    except IntegrityError:
+        return ReportRun.objects.get(definition=definition, scheduled_for=scheduled_for)
+    audit.record(actor=by, action="report_run.queued", subject=run, after={"trigger": trigger})
+    enqueue("notifications.reporting.tasks.report_run_execute", run.pk)
+    return run
+
+
+def reports_due(*, now: datetime | None = None) -> int:
+    """Queue a run for every enabled definition whose next slot has come; returns how many."""
+    now = now or timezone.now()
+    queued = 0
+    for definition in ReportDefinition.objects.filter(enabled=True, next_run_at__lte=now):
+        with transaction.atomic():
+            locked = ReportDefinition.objects.select_for_update(skip_locked=True).filter(
+                pk=definition.pk, next_run_at__lte=now
+            )
+            row = locked.first()
+            if row is None or row.next_run_at is None:
+                continue
+            report_run_request(definition=row, trigger="schedule", scheduled_for=row.next_run_at)
+            row.next_run_at = next_slot(row, after=now)
+            row.save(update_fields=["next_run_at"])
+            queued += 1
+    # Definitions without a next slot (created before their schedule was set) get one.
+    for definition in ReportDefinition.objects.filter(enabled=True, next_run_at__isnull=True):
+        ReportDefinition.objects.filter(pk=definition.pk).update(
+            next_run_at=next_slot(definition, after=now)
+        )
+    return queued
+
+
+def report_run_execute(run_id: int) -> str:
+    """Produce, archive and email one run; safe to run twice (only a queued run is taken)."""
+    with transaction.atomic():
+        run = (
+            ReportRun.objects.select_for_update(skip_locked=True)
+            .select_related("definition")
+            .filter(pk=run_id, state=ReportRunState.QUEUED)
+            .first()
+        )
+        if run is None:
+            return "not queued"
+        run.start(when=timezone.now())
+        run.save()
+    try:
+        return _produce(run)
+    except Exception as exc:
+        logger.exception("report run %s failed", run.pk)
+        with transaction.atomic():
+            run = ReportRun.objects.select_for_update().get(pk=run.pk)
+            if run.state == ReportRunState.RUNNING:
+                run.fail(when=timezone.now(), error=f"{type(exc).__name__}: {exc}"[:2000])
+                run.save()
+                audit.record(actor=None, action="report_run.failed", subject=run)
+        return "failed"
+
+
+def _produce(run: ReportRun) -> str:
+    definition = run.definition
+    today = local_today()
+    if run.period_end >= today:
+        # Today's rollup is rebuilt nightly only; a report that covers today brings it up to now.
+        rollup_day(day=today)
+    data = report_data(definition, start=run.period_start, end=run.period_end)
+    if definition.skip_if_empty and data["empty"]:
+        with transaction.atomic():
+            run.skip(when=timezone.now(), reason="Nothing was requested in the period.")
+            run.save()
+            audit.record(actor=None, action="report_run.skipped", subject=run)
+        return "skipped"
+    stem = f"{definition.kind}-{run.period_start:%Y%m%d}-{run.period_end:%Y%m%d}-run{run.pk}"
+    attachments = []
+    if definition.pdf:
+        pdf = report_pdf(definition, run=run, data=data)
+        run.pdf_sha256 = hashlib.sha256(pdf).hexdigest()
+        run.pdf_file.save(f"{stem}.pdf", ContentFile(pdf), save=False)
+        attachments.append((f"{stem}.pdf", pdf, "application/pdf"))
+    if definition.csv:
+        content = report_csv(definition, start=run.period_start, end=run.period_end)
+        run.csv_sha256 = hashlib.sha256(content).hexdigest()
+        run.csv_file.save(f"{stem}.csv", ContentFile(content), save=False)
+        attachments.append((f"{stem}.csv", content, "text/csv"))
+    run.save()
+    if run.recipients:
+        internal_mail_send(
+            kind="report",
+            to=run.recipients,
+            subject=f"{definition.name}: {_period_label(run.period_start, run.period_end)}",
+            text=render_to_string("reporting/report_mail.txt", {"run": run, "data": data}),
+            message_id=f"<report-run-{run.pk}@{settings.CCM_MESSAGE_ID_DOMAIN}>",
+            attachments=attachments,
+        )
+    with transaction.atomic():
+        run = ReportRun.objects.select_for_update().get(pk=run.pk)
+        run.emailed_at = timezone.now() if run.recipients else None
+        run.succeed(when=timezone.now(), summary=data["summary"])
+        run.save()
+        audit.record(
+            actor=None,
+            action="report_run.succeeded",
+            subject=run,
+            after={"pdf_sha256": run.pdf_sha256, "csv_sha256": run.csv_sha256},
+        )
+    return "succeeded"
+
+
+def _period_label(start: date, end: date) -> str:
+    if start == end:
+        return f"{start:%d %b %Y}"
+    return f"{start:%d %b} to {end:%d %b %Y}"
+
+
+# --- content ---------------------------------------------------------------------------------
+
+
+def _stats(definition: ReportDefinition, start: date, end: date):
+    stats = DailyStat.objects.filter(day__gte=start, day__lte=end)
+    filters = definition.filters or {}
+    for key in ("channel", "source", "category"):
+        if filters.get(key):
+            stats = stats.filter(**{key: filters[key]})
+    if filters.get("template"):
+        stats = stats.filter(template__code=filters["template"])
+    return stats
+
+
+def report_data(definition: ReportDefinition, *, start: date, end: date) -> dict:
+    """The figures of a report, read from the rollups of the period."""
+    filters = definition.filters or {}
+    flt = selectors.StatFilter(start=start, end=end, **{k: filters.get(k, "") for k in FILTER_KEYS})
+    stats = _stats(definition, start, end)
+    comms = stats.filter(level=StatLevel.COMMUNICATION)
+    requested = comms.aggregate(n=Sum("count"))["n"] or 0
+    by_status = dict(comms.values_list("status").annotate(n=Sum("count")).order_by())
+    channels = selectors.channel_summary(flt)
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+    per_day = dict(comms.values_list("day").annotate(n=Sum("count")).order_by())
+    templates = list(
+        comms.values("template__code", "template_version__number")
+        .annotate(n=Sum("count"))
+        .order_by("-n", "template__code")
+    )
+    failures = selectors.failure_reasons(flt, limit=15)
+    recon = reconcile(
+        Scope(
+            start=start,
+            end=end,
+            source=filters.get("source", ""),
+            template=filters.get("template", ""),
+        )
+    )
+    processing = selectors.processing_series(flt)
+    delivered = sum(c["delivered"] for c in channels)
+    deliveries = sum(c["total"] for c in channels)
+    summary = {
+        "requested": requested,
+        "deliveries": deliveries,
+        "delivered": delivered,
+        "failed": sum(c["failed"] for c in channels) + by_status.get("compose_failed", 0),
+        "bounced": sum(c["bounced"] + c["returned"] for c in channels),
+        "dispatched_within_60s": processing["dispatched_share"],
+        "balanced": recon["balanced"],
+    }
+    if len(days) == 1:
+        top = templates[:10]
+        volume = svg_chart(
+            "bar",
+            [t["template__code"] for t in top] or ["\u2013"],
+            {"Requested": [t["n"] for t in top] or [0]},
+            title="Communications requested by template",
+            width=640,
+            height=220,
+            chart_id="report-volume",
+            counts=True,
+        )
+    else:
+        volume = svg_chart(
+            "bar",
+            [d.strftime("%d %b") for d in days],
+            {"Requested": [per_day.get(d, 0) for d in days]},
+            title="Communications requested per day",
+            width=640,
+            height=220,
+            chart_id="report-volume",
+            counts=True,
+        )
+    charts = {
+        "volume": volume,
+        "channels": svg_chart(
+            "stacked",
+            [c["channel"] for c in channels] or ["\u2013"],
+            {
+                "Delivered": [c["delivered"] for c in channels] or [0],
+                "In flight": [c["in_flight"] for c in channels] or [0],
+                "Bounced / returned": [c["bounced"] + c["returned"] for c in channels] or [0],
+                "Failed": [c["failed"] for c in channels] or [0],
+            },
+            title="Deliveries by channel and outcome",
+            width=640,
+            height=240,
+            chart_id="report-channels",
+            colors=OUTCOME_COLORS,
+            counts=True,
+        ),
+    }
+    return {
+        "kind": definition.kind,
+        "start": start,
+        "end": end,
+        "empty": requested == 0,
+        "summary": summary,
+        "by_status": sorted(by_status.items(), key=lambda kv: -kv[1]),
+        "channels": channels,
+        "templates": templates,
+        "failures": failures,
+        "reconciliation": recon,
+        "processing": processing,
+        "dispatched_share_pct": selectors.percent(processing["dispatched_share"]),
+        "charts": charts,
+    }
+
+
+def report_pdf(definition: ReportDefinition, *, run: ReportRun, data: dict) -> bytes:
+    import weasyprint
+
+    from documents.rendering import SafeURLFetcher
+
+    html = render_to_string(
+        "reporting/report_pdf.html",
+        {
+            "definition": definition,
+            "run": run,
+            "data": data,
+            "kind_label": ReportKind(definition.kind).label,
+            "period_label": _period_label(run.period_start, run.period_end),
+            "company": settings.CCM_COMPANY_NAME,
+            "generated_at": timezone.localtime(),
+            "limits": {
+                "bounce": selectors.percent(settings.CCM_BOUNCE_RATE_LIMIT),
+                "complaint": selectors.percent(settings.CCM_COMPLAINT_RATE_LIMIT),
+            },
+        },
+    )
+    return weasyprint.HTML(string=html, url_fetcher=SafeURLFetcher()).write_pdf()
+
+
+def report_csv(definition: ReportDefinition, *, start: date, end: date) -> bytes:
+    """The rollup rows behind the report, one line per day and slice."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    rows = (
+        _stats(definition, start, end)
+        .filter(level__in=[StatLevel.COMMUNICATION, StatLevel.DELIVERY])
+        .values_list(
+            "day",
+            "level",
+            "template__code",
+            "template_version__number",
+            "channel",
+            "category",
+            "source",
+            "status",
+            "outcome",
+            "count",
+        )
+        .order_by("day", "level", "template__code", "channel", "status")
+    )
+    for row in rows:
+        writer.writerow([csv_cell(v) if isinstance(v, str) else v for v in row])
+    return out.getvalue().encode("utf-8")

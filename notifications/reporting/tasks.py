@@ -1,0 +1,33 @@
+"""Reporting's background work: the nightly rollup and scheduled reports (thin, safe to rerun)."""
+
+from __future__ import annotations
+
+from ccm.tasks import register_schedule
+
+
+def rollups_nightly() -> dict[str, int]:
+    from notifications.reporting.rollups import rollups_refresh
+
+    return rollups_refresh()
+
+
+def reports_due() -> int:
+    from notifications.reporting.reports import reports_due as queue_due
+
+    return queue_due()
+
+
+def report_run_execute(run_id: int) -> str:
+    from notifications.reporting.reports import report_run_execute as execute
+
+    return execute(run_id)
+
+
+def register_schedules() -> None:
+    # Nightly, after midnight local time, when the day before is complete.
+    register_schedule(
+        "notifications.rollups_nightly",
+        "notifications.reporting.tasks.rollups_nightly",
+        "15 0 * * *",
+    )
+    register_schedule("notifications.reports_due", "notifications.reporting.tasks.reports_due", 1)
