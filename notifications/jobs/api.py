@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.http import Http404
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_view, inline_serializer
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
@@ -28,7 +28,16 @@ class BatchItemSerializer(CommunicationRequestSerializer):
 
 
 class BatchRequestSerializer(serializers.Serializer):
-    items = BatchItemSerializer(many=True, help_text=f"1 to {MAX_BATCH_ITEMS} communications")
+    # Each item is checked on its own (a bad one is refused in the answer, the good ones are
+    # accepted), so the call's schema takes any object per item; the shape an item must have is
+    # that of POST /api/v1/communications plus an optional idempotency_key.
+    items = serializers.ListField(
+        child=serializers.DictField(),
+        min_length=1,
+        max_length=MAX_BATCH_ITEMS,
+        help_text=f"1 to {MAX_BATCH_ITEMS} communications, each shaped like the body of POST "
+        "/api/v1/communications (template, customer, data, …) with an optional idempotency_key",
+    )
 
 
 def _refused(errors: list[dict]) -> dict:
@@ -226,6 +235,13 @@ class JobItemCursor(CursorPagination):
     page_size = 100
 
 
+@extend_schema_view(
+    get=extend_schema(
+        summary="A send job's items, in order",
+        description="Each item's status (accepted, refused, waiting), its communication and "
+        "that communication's state, or the errors it was refused with. Paged by cursor.",
+    )
+)
 class JobItemListView(CcmGenericAPIView, generics.ListAPIView):
     required_scopes = ("communications:read",)
     serializer_class = JobItemSerializer

@@ -54,6 +54,10 @@ class CanViewReports(HasPerm):
 
 
 @extend_schema(
+    summary="Daily figures: volumes and outcomes by template, channel, source and status",
+    description="The daily rollups summed over the dimensions named in `group_by`, over a range "
+    "of days (default: the last 30), optionally narrowed to one template, channel, status, "
+    "source, category or level.",
     parameters=[
         OpenApiParameter("start", OpenApiTypes.DATE, description="First day (default: 30 days)"),
         OpenApiParameter("end", OpenApiTypes.DATE, description="Last day, inclusive (today)"),
@@ -157,7 +161,12 @@ class ReportRunSerializer(serializers.ModelSerializer):
         return self._url(run, "csv")
 
 
-@extend_schema(parameters=[OpenApiParameter("report", int, description="A definition's id")])
+@extend_schema(
+    summary="Production report runs, newest first",
+    description="Each run's state, duration, recipients and its archived files (PDF, CSV) with "
+    "their SHA-256 and download URLs. `report` narrows the list to one report definition.",
+    parameters=[OpenApiParameter("report", int, description="A report definition's id")],
+)
 class ReportRunListView(CcmGenericAPIView, generics.ListAPIView):
     """Runs of the production reports, newest first, with their files' SHA-256."""
 

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from datetime import date, datetime, time, timedelta
 
 from django.db import connection, transaction
-from django.db.models import Case, Count, F, OuterRef, QuerySet, Subquery, Value, When
+from django.db.models import Case, CharField, Count, F, OuterRef, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce, Left
 from django.utils import timezone
 
@@ -54,13 +54,15 @@ def local_today() -> date:
 
 def _source_expr(field: str = "source"):
     whens = [When(**{field: raw}, then=Value(name)) for raw, name in SOURCE_NAMES.items()]
-    return Case(*whens, default=F(field)) if whens else F(field)
+    # output_field: states are FSMFields, which Django does not take for plain text.
+    return Case(*whens, default=F(field), output_field=CharField()) if whens else F(field)
 
 
 def _delivery_status_expr(state: str, channel: str):
     return Case(
         When(**{state: DeliveryState.BOUNCED, channel: "print"}, then=Value(RETURNED)),
         default=F(state),
+        output_field=CharField(),
     )
 
 
@@ -71,7 +73,9 @@ def communication_counts(communications: QuerySet[Communication]) -> list[dict]:
     rows = (
         communications.annotate(
             r_channel=Coalesce(Subquery(latest.values("channel")[:1]), Value("")),
-            r_last_state=Coalesce(Subquery(latest.values("state")[:1]), Value("")),
+            r_last_state=Coalesce(
+                Subquery(latest.values("state")[:1]), Value(""), output_field=CharField()
+            ),
         )
         .annotate(
             r_outcome=_delivery_status_expr("r_last_state", "r_channel"),

@@ -39,4 +39,8 @@ def test_a_request_costs_few_statements_and_takes_no_chain_lock(
     statements = [sql for sql in every if not sql.startswith(("SAVEPOINT", "RELEASE"))]
     print(f"\nstatements per POST: {len(statements)} (+{len(every) - len(statements)} savepoints)")
     assert not [sql for sql in statements if "pg_advisory" in sql]
+    # The rate limit's counter lives in the shared cache: the database cache by default (four
+    # statements a request; Redis when CACHE_URL names it). That is the API's throttle, not the
+    # intake, and a deployment under load points CACHE_URL at Redis.
+    statements = [sql for sql in statements if '"ccm_cache"' not in sql]
     assert len(statements) <= STATEMENTS_PER_POST

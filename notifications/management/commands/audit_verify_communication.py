@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import uuid
+
 from django.core.management.base import BaseCommand, CommandError
 
 from notifications import history
+from notifications.models import Communication
 
 
 class Command(BaseCommand):
@@ -12,10 +15,21 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("communication_id", type=int)
+        parser.add_argument(
+            "communication_id", help="the communication's id in the API (a UUID) or its number"
+        )
 
-    def handle(self, *args, communication_id: int, **options) -> None:
-        proof = history.communication_verify(communication_id)
+    def handle(self, *args, communication_id: str, **options) -> None:
+        lookup = {"pk": communication_id} if communication_id.isdigit() else None
+        if lookup is None:
+            try:
+                lookup = {"public_id": uuid.UUID(communication_id)}
+            except ValueError:
+                raise CommandError(f"{communication_id!r} is not a communication id") from None
+        pk = Communication.objects.filter(**lookup).values_list("pk", flat=True).first()
+        if pk is None:
+            raise CommandError(f"There is no communication {communication_id}.")
+        proof = history.communication_verify(pk)
         if not proof.ok:
             raise CommandError(
                 f"communication {communication_id}: history NOT proved: {proof.reason}",
