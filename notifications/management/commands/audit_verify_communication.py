@@ -20,7 +20,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, communication_id: str, **options) -> None:
-        lookup = {"pk": communication_id} if communication_id.isdigit() else None
+        lookup: dict[str, object] | None = (
+            {"pk": communication_id} if communication_id.isdigit() else None
+        )
         if lookup is None:
             try:
                 lookup = {"public_id": uuid.UUID(communication_id)}
