@@ -327,7 +327,9 @@ def test_closing_refuses_a_letter_whose_customer_moved_after_it_was_composed(
         postal_address=["9 New Road", "Bath"],
         by=integrator,
     )
-    sync_tasks(tasks.communication_gate, communication.pk)
+    # (composition already released it: the letter is handed to print after the move)
+    for delivery in communication.deliveries.all():
+        sync_tasks(tasks.delivery_dispatch, delivery.pk)
     with pytest.raises(PrintError, match=r"1 Old Road / Bath.*9 New Road / Bath"):
         printing.print_batch_close(batch=PrintBatch.objects.get(state="open"), by=ops)
 

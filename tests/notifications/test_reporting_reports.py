@@ -37,6 +37,8 @@ class RecordingGmailBackend(BaseEmailBackend):
 @pytest.fixture(autouse=True)
 def _gmail(settings):
     settings.CCM_GMAIL_EMAIL_BACKEND = f"{__name__}.RecordingGmailBackend"
+    # Reports go through the Gmail sender profile (configured, as in production).
+    settings.CCM_SENDER_PROFILE = {**settings.CCM_SENDER_PROFILE, "report": "gmail"}
     gmail_sent.clear()
 
 
