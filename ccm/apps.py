@@ -26,3 +26,9 @@ class CcmConfig(AppConfig):
         from ccm.api import schema  # noqa: F401 - registers the OpenAPI extension
 
         post_migrate.connect(_after_migrate, dispatch_uid="ccm.after_migrate")
+        from django_q.signals import post_execute_in_worker, pre_execute
+
+        from ccm.tasks import task_context_enter, task_context_exit
+
+        pre_execute.connect(task_context_enter, dispatch_uid="ccm.task_context_enter")
+        post_execute_in_worker.connect(task_context_exit, dispatch_uid="ccm.task_context_exit")
