@@ -48,9 +48,12 @@ _outer_request_ids: list[str | None] = []
 
 def task_context_enter(sender, func=None, task: dict | None = None, **kwargs) -> None:
     """django-q2's pre_execute: the task runs under the request id it was enqueued with."""
-    rid = (task or {}).get("kwargs", {}).pop(REQUEST_ID_KWARG, None)
+    task = task or {}
+    rid = task.get("kwargs", {}).pop(REQUEST_ID_KWARG, None)
     _outer_request_ids.append(context.request_id())
     context.set_request_id(rid)
+    # The first line under the task's request id (django-q's own comes before it is set).
+    logger.info("task %s started: %s", task.get("id", ""), task.get("func", ""))
 
 
 def task_context_exit(sender, func=None, task: dict | None = None, **kwargs) -> None:

@@ -121,3 +121,50 @@ def test_run_ccm_production_runs_gunicorn(monkeypatch):
     assert web[4].endswith("deploy/gunicorn.conf.py")
     assert web[-2:] == ["--bind", "127.0.0.1:8123"]
     assert cluster[-1] == "qcluster"
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [("", "inactive None"), ("http://key@127.0.0.1:9/42", "active http://key@127.0.0.1:9/42")],
+)
+def test_errors_go_to_sentry_only_when_a_dsn_is_set(dsn, expected):
+    code = (
+        "import django; django.setup(); import sentry_sdk; c = sentry_sdk.get_client(); "
+        "from sentry_sdk.integrations.django import DjangoIntegration; "
+        "print('active' if c.is_active() else 'inactive', c.dsn, "
+        "c.get_integration(DjangoIntegration) is not None if c.is_active() else '')"
+    )
+    env = {**os.environ, "SENTRY_DSN": dsn, "DJANGO_SETTINGS_MODULE": "ccm.settings"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    line = out.stdout.strip().splitlines()[-1]
+    assert line.startswith(expected)
+    if dsn:
+        assert line.endswith("True")  # with the Django integration
+
+
+def test_a_redis_cache_url_is_one_cache_shared_by_every_process():
+    # given two processes (as two web servers) configured with the same Redis CACHE_URL
+    url = "rediscache://127.0.0.1:6379/10"
+    key = f"ccm-test-{os.getpid()}"
+    env = {**os.environ, "CACHE_URL": url, "DJANGO_SETTINGS_MODULE": "ccm.settings"}
+
+    def in_process(code: str) -> str:
+        setup = "import django; django.setup(); from django.core.cache import cache; "
+        done = subprocess.run(
+            [sys.executable, "-c", setup + code], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]
+
+    # when each counts one request (as a rate limit does)
+    in_process(f"cache.set({key!r}, 0, 60); print(cache.incr({key!r}))")
+    second = in_process(f"print(cache.incr({key!r}))")
+    backend = in_process(
+        "from django.core.cache import caches; print(type(caches['default']).__module__)"
+    )
+    in_process(f"cache.delete({key!r}); print('ok')")
+    # then the second process saw the first one's count: one shared counter, in Redis
+    assert second == "2"
+    assert backend == "django.core.cache.backends.redis"
