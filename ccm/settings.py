@@ -437,6 +437,20 @@ CASES_APPROVAL_REPLY_TTL_HOURS = env.int("CASES_APPROVAL_REPLY_TTL_HOURS", defau
 CASES_GMAIL_INTAKE_MINUTES = env.int("CASES_GMAIL_INTAKE_MINUTES", default=5)
 CASES_GMAIL_INTAKE_BATCH = env.int("CASES_GMAIL_INTAKE_BATCH", default=100)
 
+# --- retention ----------------------------------------------------------------------------
+# Days a document (and the data it was rendered from) is kept, per category; the daily purge
+# (cases/retention.py) removes what is older, unless a legal hold covers it. Seven years for
+# what a regulator may ask about; every category must be listed.
+CCM_RETENTION_DAYS = env.dict(
+    "CCM_RETENTION_DAYS",
+    cast={"value": int},
+    default={"regulatory": 2555, "transactional": 2555, "service": 730, "marketing": 365},
+)
+if set(CCM_RETENTION_DAYS) != {"regulatory", "transactional", "service", "marketing"}:
+    raise ImproperlyConfigured(
+        "CCM_RETENTION_DAYS must give days for regulatory, transactional, service and marketing."
+    )
+
 # --- logs and errors ---------------------------------------------------------------------
 # json: one object a line with the request id (and communication/delivery ids where bound),
 # for a log shipper; plain: for a terminal. Production defaults to json.
