@@ -182,4 +182,5 @@ class CaseAdmin(admin.ModelAdmin):
         messages.success(request, "SLA checked.")
 
 
-from cases import request_admin  # noqa: E402, F401  (reprint and correspondence requests)
+# Reprint and correspondence requests; legal holds and purged documents.
+from cases import request_admin, retention_admin  # noqa: E402, F401

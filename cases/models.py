@@ -347,3 +347,4 @@ class ReferenceCounter(models.Model):
 
 
 from cases.request_models import *  # noqa: E402, F403
+from cases.retention_models import *  # noqa: E402, F403

@@ -26,9 +26,16 @@ def exceptions_reconcile() -> dict[str, int]:
     return exception_cases.exceptions_reconcile()
 
 
+def retention_purge() -> int:
+    from cases import retention
+
+    return len(retention.retention_purge_run())
+
+
 def register() -> None:
     register_schedule(
         "cases.sla_sweep", "cases.tasks.case_sla_sweep", settings.CASES_SLA_SWEEP_MINUTES
     )
     register_schedule("cases.exceptions_reconcile", "cases.tasks.exceptions_reconcile", 5)
+    register_schedule("cases.retention_purge", "cases.tasks.retention_purge", 24 * 60)
     register_sweep(alerts.UNSENT_SWEEP)

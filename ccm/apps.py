@@ -34,3 +34,10 @@ class CcmConfig(AppConfig):
             "ccm.audit_checkpoints.audit_checkpoint_task",
             settings.AUDIT_CHECKPOINT_MINUTES,
         )
+
+        from django_q.signals import post_execute_in_worker, pre_execute
+
+        from ccm.tasks import task_context_enter, task_context_exit
+
+        pre_execute.connect(task_context_enter, dispatch_uid="ccm.task_context_enter")
+        post_execute_in_worker.connect(task_context_exit, dispatch_uid="ccm.task_context_exit")

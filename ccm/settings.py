@@ -126,15 +126,46 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "var" / "static")
 MEDIA_ROOT = env.path("MEDIA_ROOT", default=BASE_DIR / "var" / "media")
 MEDIA_URL = "media/"
+# Where documents, print streams and case attachments live: the local disk (one machine), or
+# S3-API object storage shared by every web process and cluster (STORAGE_BACKEND=s3). Objects
+# are private and encrypted at rest; downloads are streamed through CCM's own permission-checked
+# views, never by a public or pre-signed bucket URL (see docs/deployment.md).
+STORAGE_BACKEND = env.str("STORAGE_BACKEND", default="filesystem")
+if STORAGE_BACKEND not in ("filesystem", "s3"):
+    raise ImproperlyConfigured("STORAGE_BACKEND must be 'filesystem' or 's3'.")
+_default_storage: dict = {
+    "BACKEND": env.str(
+        "DEFAULT_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
+    )
+}
+if STORAGE_BACKEND == "s3":
+    _default_storage = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("AWS_STORAGE_BUCKET_NAME"),
+            # Empty: AWS itself; set for MinIO, Ceph, moto or another S3-API server.
+            "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
+            # Empty: boto3's own chain (instance role, AWS_* environment, config files).
+            "access_key": env.str("AWS_ACCESS_KEY_ID", default="") or None,
+            "secret_key": env.str("AWS_SECRET_ACCESS_KEY", default="") or None,
+            "location": env.str("AWS_LOCATION", default=""),
+            # Private objects (the bucket's policy decides; never a public-read ACL) ...
+            "default_acl": None,
+            # ... any URL the storage hands out is signed and short-lived ...
+            "querystring_auth": True,
+            "querystring_expire": env.int("AWS_QUERYSTRING_EXPIRE", default=300),
+            # ... and every object is encrypted at rest by the server.
+            "object_parameters": {"ServerSideEncryption": "AES256"},
+            # An archived document is never overwritten: a second save gets a new name.
+            "file_overwrite": False,
+        },
+    }
 STORAGES = {
-    # Documents live here; object storage through django-storages is a settings change.
-    "default": {
-        "BACKEND": env.str(
-            "DEFAULT_STORAGE_BACKEND", default="django.core.files.storage.FileSystemStorage"
-        ),
-    },
+    "default": _default_storage,
     "staticfiles": {
-        "BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
+        # Hashed names (cache forever) and compressed copies; `collectstatic` builds them.
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if not DEBUG
         else "django.contrib.staticfiles.storage.StaticFilesStorage",
     },
@@ -481,11 +512,41 @@ CASES_APPROVAL_REPLY_TTL_HOURS = env.int("CASES_APPROVAL_REPLY_TTL_HOURS", defau
 CASES_GMAIL_INTAKE_MINUTES = env.int("CASES_GMAIL_INTAKE_MINUTES", default=5)
 CASES_GMAIL_INTAKE_BATCH = env.int("CASES_GMAIL_INTAKE_BATCH", default=100)
 
+# --- retention ----------------------------------------------------------------------------
+# Days a document (and the data it was rendered from) is kept, per category; the daily purge
+# (cases/retention.py) removes what is older, unless a legal hold covers it. Seven years for
+# what a regulator may ask about; every category must be listed.
+CCM_RETENTION_DAYS = env.dict(
+    "CCM_RETENTION_DAYS",
+    cast={"value": int},
+    default={"regulatory": 2555, "transactional": 2555, "service": 730, "marketing": 365},
+)
+if set(CCM_RETENTION_DAYS) != {"regulatory", "transactional", "service", "marketing"}:
+    raise ImproperlyConfigured(
+        "CCM_RETENTION_DAYS must give days for regulatory, transactional, service and marketing."
+    )
+
+# --- logs and errors ---------------------------------------------------------------------
+# json: one object a line with the request id (and communication/delivery ids where bound),
+# for a log shipper; plain: for a terminal. Production defaults to json.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "plain"):
+    raise ImproperlyConfigured("LOG_FORMAT must be 'json' or 'plain'.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "ccm.observability.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "ccm.observability.json_formatter_factory"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
@@ -522,4 +583,16 @@ if not DEBUG and (
     raise ImproperlyConfigured(
         "AUDIT_SIGNING_KEY must be set to a random value of at least 32 characters when DEBUG is "
         "off: without it a truncated audit chain cannot be told from a complete one."
+    )
+
+# Unhandled errors of web requests and tasks go to Sentry when a DSN is set (and only then).
+SENTRY_DSN = env.str("SENTRY_DSN", default="")
+if SENTRY_DSN:
+    from ccm.observability import sentry_init
+
+    sentry_init(
+        dsn=SENTRY_DSN,
+        environment=env.str("SENTRY_ENVIRONMENT", default="development" if DEBUG else "production"),
+        release=env.str("SENTRY_RELEASE", default=""),
+        traces_sample_rate=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
     )

@@ -17,18 +17,48 @@ from django.db import models, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
+from ccm import context
+
 logger = logging.getLogger(__name__)
+
+# The keyword `enqueue` adds to a task so the worker knows which request asked for it; the
+# pre_execute handler takes it out again before the task function is called.
+REQUEST_ID_KWARG = "ccm_request_id"
 
 
 def enqueue(task: str, *args: int | str | list[int], group: str | None = None, **kwargs) -> None:
     """Enqueue dotted-path `task` with `args` (ids, or a chunk of ids) once the current
-    transaction commits."""
+    transaction commits. The request id of the enqueueing request travels with it, so the
+    task's log lines and audit events carry it too."""
+    rid = context.request_id()
+    if rid:
+        kwargs[REQUEST_ID_KWARG] = rid
 
     def _send() -> None:
         options = {"group": group} if group else {}
         async_task(task, *args, q_options=options, **kwargs)
 
     transaction.on_commit(_send, robust=False)
+
+
+# What the worker had before each running task set its own context (a stack: a task run in
+# sync mode runs inside the request that enqueued it and must give the request its id back).
+_outer_request_ids: list[str | None] = []
+
+
+def task_context_enter(sender, func=None, task: dict | None = None, **kwargs) -> None:
+    """django-q2's pre_execute: the task runs under the request id it was enqueued with."""
+    task = task or {}
+    rid = task.get("kwargs", {}).pop(REQUEST_ID_KWARG, None)
+    _outer_request_ids.append(context.request_id())
+    context.set_request_id(rid)
+    # The first line under the task's request id (django-q's own comes before it is set).
+    logger.info("task %s started: %s", task.get("id", ""), task.get("func", ""))
+
+
+def task_context_exit(sender, func=None, task: dict | None = None, **kwargs) -> None:
+    """django-q2's post_execute_in_worker: restore what was there before the task."""
+    context.set_request_id(_outer_request_ids.pop() if _outer_request_ids else None)
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument(
+            "--production",
+            action="store_true",
+            help="Serve with gunicorn (deploy/gunicorn.conf.py) instead of runserver.",
+        )
 
-    def handle(self, *args, port: int, host: str, **options):
+    def handle(self, *args, port: int, host: str, production: bool = False, **options):
         manage = [sys.executable, "manage.py"]
-        commands = {
-            "web server": [*manage, "runserver", f"{host}:{port}", "--noreload"],
-            "task cluster": [*manage, "qcluster"],
-        }
+        web = [*manage, "runserver", f"{host}:{port}", "--noreload"]
+        if production:
+            conf = settings.BASE_DIR / "deploy" / "gunicorn.conf.py"
+            web = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", f"{host}:{port}"]
+        commands = {"web server": web, "task cluster": [*manage, "qcluster"]}
         # Each child leads its own process group, so that stopping it reaches the processes it
         # forks (the cluster's workers and their render workers) and Ctrl-C is forwarded once.
         children = {

@@ -1,0 +1,115 @@
+"""A request's id follows it into the tasks it enqueued: a cluster worker (another process,
+another time) runs them under that id, so their log lines and audit events carry it."""
+
+from __future__ import annotations
+
+import contextvars
+import io
+import json
+import logging
+
+import pytest
+from django_q.brokers import get_broker
+from django_q.signing import SignedPackage
+from django_q.tasks import _sync
+from rest_framework.test import APIClient
+
+from ccm import context
+from ccm.api.auth import api_key_create
+from ccm.models import AuditEvent
+from ccm.observability import ContextFilter, json_formatter_factory
+from notifications.models import Communication
+
+DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
+
+
+@pytest.fixture
+def json_log():
+    """What the JSON console handler of LOG_FORMAT=json would print."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(json_formatter_factory())
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    root.removeHandler(handler)
+    root.setLevel(old_level)
+
+
+def run_queued_tasks_as_a_worker(capture_on_commit) -> int:
+    """Run what the request enqueued the way a cluster worker does, outside the request's
+    context (a fresh one, as in another process), until the queue is empty."""
+    broker = get_broker()
+    ran = 0
+    while tasks := broker.dequeue():
+        for ack_id, package in tasks:
+            # sync: in this test's database transaction (a worker would open its own).
+            task = SignedPackage.loads(package)
+            task["sync"] = True
+            with capture_on_commit(execute=True):
+                contextvars.Context().run(_sync, SignedPackage.dumps(task))
+            broker.acknowledge(ack_id)
+            ran += 1
+    return ran
+
+
+def test_the_request_id_reaches_the_tasks_log_lines_and_audit_events(
+    db, letter, customer, django_capture_on_commit_callbacks, json_log
+):
+    # given an integrator's API key
+    issued = api_key_create(
+        name="core-banking", scopes=["communications:read", "communications:write"]
+    )
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    # when a request asks for a communication, with its own request id
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(
+            "/api/v1/communications",
+            {"template": "letter", "customer": "C-1", "data": DATA},
+            format="json",
+            HTTP_X_REQUEST_ID="trace-0042",
+        )
+    assert response.status_code == 202
+    assert context.request_id() is None  # the request is over
+    # and a worker later composes and sends it
+    assert run_queued_tasks_as_a_worker(django_capture_on_commit_callbacks) >= 2
+    # then the communication went out, and the task's audit events name the request
+    communication = Communication.objects.get()
+    assert communication.state == "sent"
+    # (compose, then the dispatch task that compose enqueued: the id travels on)
+    for action in ("communication.composed", "delivery.sent"):
+        assert AuditEvent.objects.get(action=action).request_id == "trace-0042", action
+    # and so do the task's JSON log lines
+    lines = json_log()
+    started = [line for line in lines if line["logger"] == "ccm.tasks"]
+    assert len(started) >= 2
+    assert {line["request_id"] for line in started} == {"trace-0042"}
+    rendering = [line for line in lines if line["logger"] == "ccm.documents.sandbox"]
+    assert {line["request_id"] for line in rendering} <= {"trace-0042"}
+
+
+def test_a_log_line_carries_the_ids_bound_to_it(json_log):
+    token = context.set_request_id("req-7")
+    try:
+        with context.bound(communication_id=12, delivery_id=34):
+            logging.getLogger("notifications.test").warning("sending")
+        logging.getLogger("notifications.test").warning("after")
+    finally:
+        context.reset_request_id(token)
+    inside, after = json_log()
+    assert (inside["request_id"], inside["communication_id"], inside["delivery_id"]) == (
+        "req-7",
+        12,
+        34,
+    )
+    assert (inside["level"], inside["logger"], inside["message"]) == (
+        "WARNING",
+        "notifications.test",
+        "sending",
+    )
+    assert "communication_id" not in after
+    assert after["request_id"] == "req-7"
