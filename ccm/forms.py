@@ -7,6 +7,24 @@ from django import forms
 from ccm.models import Decision
 
 
+class AccessibleForm(forms.Form):
+    """A field with an error says so to assistive technology: `aria-invalid`, and
+    `aria-describedby` naming the error (and help) the field template renders with those ids."""
+
+    def add_error(self, field, error) -> None:
+        super().add_error(field, error)
+        for name in self.errors:
+            if name not in self.fields:
+                continue
+            bound = self[name]
+            described = [f"{bound.auto_id}_error"]
+            if bound.help_text:
+                described.append(f"{bound.auto_id}_helptext")
+            bound.field.widget.attrs.update(
+                {"aria-invalid": "true", "aria-describedby": " ".join(described)}
+            )
+
+
 class DecisionForm(forms.Form):
     """A reviewer's decision on an approval; rejecting or requesting changes needs a reason,
     because the author (and the audit log) must be able to read why."""

@@ -27,6 +27,12 @@ CASE_RECORDS_VIEW = [
 ]
 CASE_RECORDS_ADD = ["cases.add_casenote", "cases.add_caseattachment"]
 
+CAMPAIGNS_VIEW = [
+    "notifications.view_campaign",
+    "notifications.view_segment",
+    "notifications.view_campaignrecipient",
+]
+
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     Role.COMPLIANCE_REVIEWER: [
         "ccm.decide_approval",
@@ -44,6 +50,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         *CASE_RECORDS_VIEW,
         "cases.view_reprintrequest",
         "cases.view_correspondencerequest",
+        *CAMPAIGNS_VIEW,
     ],
     Role.TEMPLATE_AUTHOR: [
         "ccm.view_approval",
@@ -55,6 +62,10 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "documents.view_templateversion",
         "documents.publish_templateversion",
         "documents.view_document",
+        # Authors prepare campaigns (segment, data) and submit them for sign-off.
+        *CAMPAIGNS_VIEW,
+        "notifications.add_segment",
+        "notifications.add_campaign",
     ],
     Role.SERVICE_AGENT: [
         "documents.view_template",
@@ -102,6 +113,9 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "cases.view_approvalmail",
         *CASE_RECORDS_VIEW,
         *CASE_RECORDS_ADD,
+        # Operations schedule, pause, resume and cancel campaigns.
+        *CAMPAIGNS_VIEW,
+        "notifications.change_campaign",
     ],
     Role.INTEGRATOR: [
         "documents.view_template",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
@@ -16,6 +17,7 @@ from documents.api import composition_problem
 from documents.composition import CompositionError
 from documents.models import Category
 from notifications import history, selectors, services
+from notifications.campaigns import services as campaign_services
 from notifications.models import (
     Channel,
     Communication,
@@ -50,6 +52,7 @@ class CustomerSerializer(serializers.ModelSerializer):
             "language",
             "postal_address",
             "postal_address_valid",
+            "attributes",
             "contacts",
             "created_at",
             "updated_at",
@@ -66,6 +69,8 @@ class CustomerWriteSerializer(serializers.Serializer):
     )
     emails = serializers.ListField(child=serializers.CharField(max_length=254), required=False)
     phones = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
+    # Replaces the customer's attributes (what campaign segments filter on) when given.
+    attributes = serializers.DictField(required=False)
 
     def validate_emails(self, value: list[str]) -> list[str]:
         return self._each(value, services.normalise_email)
@@ -97,7 +102,14 @@ class CustomerUpsertView(CcmAPIView):
     def post(self, request):
         body = CustomerWriteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        customer, created = services.customer_upsert(**body.validated_data, by=request.user)
+        fields = dict(body.validated_data)
+        attributes = fields.pop("attributes", None)
+        with transaction.atomic():
+            customer, created = services.customer_upsert(**fields, by=request.user)
+            if attributes is not None:
+                campaign_services.customer_attributes_set(
+                    customer=customer, attributes=attributes, by=request.user
+                )
         return Response(
             CustomerSerializer(customer).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
@@ -131,9 +143,15 @@ class CustomerDetailView(CcmAPIView):
         fields = {k: v for k, v in body.validated_data.items() if k not in {"external_ref"}}
         fields.setdefault("name", customer.name)
         fields["source_system"] = customer.source_system
-        updated, _ = services.customer_upsert(
-            external_ref=customer.external_ref, **fields, by=request.user
-        )
+        attributes = fields.pop("attributes", None)
+        with transaction.atomic():
+            updated, _ = services.customer_upsert(
+                external_ref=customer.external_ref, **fields, by=request.user
+            )
+            if attributes is not None:
+                campaign_services.customer_attributes_set(
+                    customer=updated, attributes=attributes, by=request.user
+                )
         return Response(CustomerSerializer(updated).data)
 
 
