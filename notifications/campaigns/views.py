@@ -126,7 +126,7 @@ def campaign_list(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @_needs(ADD)
 def campaign_create(request: HttpRequest) -> HttpResponse:
-    form = CampaignForm(request.POST or None)
+    form = CampaignForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
         if form.is_valid():
@@ -154,7 +154,7 @@ def campaign_create(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @_needs("notifications.add_segment")
 def segment_create(request: HttpRequest) -> HttpResponse:
-    form = SegmentForm(request.POST or None)
+    form = SegmentForm(request.POST if request.method == "POST" else None)
     status = 200
     if request.method == "POST":
         if form.is_valid():
