@@ -136,10 +136,13 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
 # Who may do what, in words; the README's table is generated from the same source.
 ROLE_DUTIES: dict[str, str] = {
     Role.COMPLIANCE_REVIEWER: "Decides approvals (never their own), reads the audit log",
-    Role.TEMPLATE_AUTHOR: "Writes templates and versions, submits them for sign-off",
+    Role.TEMPLATE_AUTHOR: (
+        "Writes templates and versions, prepares campaigns, submits both for sign-off"
+    ),
     Role.SERVICE_AGENT: "Works cases, requests reprints and ad hoc correspondence",
     Role.OPERATIONS: (
         "Handles exceptions, watches queues and reports, reads the audit log, runs print batches"
+        " and campaigns"
     ),
     Role.INTEGRATOR: "Calls the API: customers, communications, templates (read)",
 }
