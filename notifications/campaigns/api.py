@@ -145,6 +145,8 @@ class CampaignSerializer(serializers.ModelSerializer):
             "data_source",
             "schedule_at",
             "throttle",
+            "window_start_hour",
+            "window_end_hour",
             "created_by",
             "created_at",
             "submitted_by",
@@ -175,6 +177,13 @@ class CampaignWriteSerializer(serializers.Serializer):
     data_csv = serializers.CharField(required=False, allow_blank=True, default="")
     schedule_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
     throttle = serializers.DictField(child=serializers.IntegerField(min_value=1), required=False)
+    window = serializers.ListField(
+        child=serializers.IntegerField(min_value=0, max_value=23),
+        min_length=2,
+        max_length=2,
+        required=False,
+        help_text="[start hour, end hour) of sending, in the business's time zone",
+    )
 
 
 def _campaigns():
@@ -214,6 +223,7 @@ class CampaignListCreateView(CampaignAPIView):
                 data_csv=fields["data_csv"],
                 schedule_at=fields["schedule_at"],
                 throttle=fields.get("throttle") or {},
+                window=tuple(fields["window"]) if fields.get("window") else None,
                 by=request.user,
             )
         except services.CampaignError as exc:

@@ -81,6 +81,9 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
     )
     data_csv = models.TextField(blank=True, help_text="With data_source=csv: the uploaded CSV")
     schedule_at = models.DateTimeField(null=True, blank=True, help_text="Empty: as scheduled")
+    # Hours of the day (business time zone, TIME_ZONE) in which chunks are handed: [start, end).
+    window_start_hour = models.PositiveSmallIntegerField(null=True, blank=True)
+    window_end_hour = models.PositiveSmallIntegerField(null=True, blank=True)
     # Messages per minute per channel, on top of the provider throttle every sender shares.
     throttle = models.JSONField(default=dict, blank=True)
     state = FSMField(default=CampaignState.DRAFT, choices=CampaignState.choices, protected=True)

@@ -264,5 +264,16 @@ class Migration(migrations.Migration):
                 fields=("name", "version"), name="segment_version_unique"
             ),
         ),
+
+        migrations.AddField(
+            model_name='campaign',
+            name='window_end_hour',
+            field=models.PositiveSmallIntegerField(blank=True, null=True),
+        ),
+        migrations.AddField(
+            model_name='campaign',
+            name='window_start_hour',
+            field=models.PositiveSmallIntegerField(blank=True, null=True),
+        ),
         migrations.RunPython(_gin_create, _gin_drop),
     ]

@@ -267,3 +267,26 @@ def test_a_changed_published_version_pauses_the_campaign(approved, ops, author, 
     assert approved.state == "paused"
     assert "no longer the published one" in approved.note
     assert Communication.objects.count() == 0
+
+
+def test_nothing_is_handed_outside_the_send_window(
+    campaign_factory, mortgage_customers, author, reviewer2, ops
+):
+    from django.utils import timezone
+
+    hour = timezone.localtime().hour
+    campaign = campaign_factory(window=((hour + 1) % 24, (hour + 2) % 24))
+    approval = campaigns.campaign_submit(campaign=campaign, by=author)
+    approvals.approval_decide(approval=approval, by=reviewer2, decision="approve")
+    campaigns.campaign_schedule(campaign=campaign, by=ops)
+    campaigns.campaign_start(campaign.pk)
+    # when a chunk runs outside the window
+    outcome = campaigns.campaign_chunk_send(campaign.pk)
+    # then nothing went, and the campaign still waits to send
+    campaign.refresh_from_db()
+    assert (outcome.handed, campaign.state) == (0, "sending")
+    assert Communication.objects.count() == 0
+    # and inside the window it goes
+    campaign.window_start_hour, campaign.window_end_hour = hour, (hour + 1) % 24
+    campaign.save(update_fields=["window_start_hour", "window_end_hour"])
+    assert campaigns.campaign_chunk_send(campaign.pk).handed == 4
