@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from documents.models import TemplateVersion
@@ -184,31 +184,33 @@ def channel_breakdown(
     """The channels `selection.select_channels` would choose for each customer, counted.
 
     One aggregate statement groups the customers by what selection looks at (a usable address
-    per channel, the preference and the latest consent per channel for this category); the
-    selection function then runs once per group, not once per customer. Uncorrelated `IN`
-    subqueries let PostgreSQL hash each fact once, so 1M customers take about a second."""
-    facts: dict[str, Any] = {}
-    emails = _usable_contacts(ContactKind.EMAIL, "email")
-    phones = _usable_contacts(ContactKind.PHONE, "sms")
-    facts["e"] = Q(pk__in=emails)
-    facts["s"] = Q(pk__in=phones)
-    facts["d"] = Q(pk__in=Device.objects.filter(active=True).values("customer_id"))
-    facts["p"] = Q(postal_address_valid=True) & ~Q(postal_address=[])
-    for channel in CHANNELS:
-        prefs = Preference.objects.filter(category=category, channel=channel)
-        facts[f"pref_yes_{channel}"] = Q(pk__in=prefs.filter(allowed=True).values("customer_id"))
-        facts[f"pref_no_{channel}"] = Q(pk__in=prefs.filter(allowed=False).values("customer_id"))
-        if category == "marketing":
-            facts[f"opt_in_{channel}"] = Q(pk__in=_latest_consent_granted(channel, category))
-    annotations = {name: _flag(condition) for name, condition in facts.items()}
-    groups = (
-        customers.order_by().annotate(**annotations).values(*annotations).annotate(n=Count("pk"))
+    per channel, the preference and, for marketing, the latest consent per channel for this
+    category); the selection function then runs once per group, not once per customer. Each
+    fact is one pre-aggregated table LEFT JOINed on the customer id (hash joins: a second or
+    two at 1M customers), never a subquery per customer."""
+    segment_sql, segment_params = customers.order_by().values("pk").query.sql_with_params()
+    columns, joins, params = _fact_sql(category)
+    empty = "'[]'::jsonb" if connection.vendor == "postgresql" else "'[]'"
+    names = [name for name, _ in columns]
+    sql = (
+        "SELECT "
+        + ", ".join(f"{expression} AS {name}" for name, expression in columns)
+        + f", (c.postal_address_valid AND c.postal_address <> {empty}) AS p, COUNT(*) AS n "
+        + f"FROM {Customer._meta.db_table} c "
+        + " ".join(joins)
+        + f" WHERE c.id IN ({segment_sql}) "
+        + "GROUP BY "
+        + ", ".join(str(i) for i in range(1, len(columns) + 2))
     )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *segment_params])
+        rows = cursor.fetchall()
     result = Breakdown()
     channel_counts: Counter[str] = Counter()
     combinations: Counter[str] = Counter()
-    for group in groups:
-        n = group["n"]
+    for row in rows:
+        group = dict(zip([*names, "p"], row[:-1], strict=True))
+        n = row[-1]
         result.total += n
         chosen = selection.select_channels(_facts_of(group, category, urgency, renditions))
         if not chosen.targets:
@@ -223,43 +225,62 @@ def channel_breakdown(
     return result
 
 
-def _flag(condition: Q):
-    from django.db.models import BooleanField, Case, Value, When
-
-    return Case(
-        When(condition, then=Value(True)), default=Value(False), output_field=BooleanField()
-    )
-
-
-def _usable_contacts(kind: str, channel: str) -> QuerySet:
-    suppressed = Suppression.objects.filter(
-        channel=channel, address=OuterRef("value"), lifted_at__isnull=True
-    )
-    return (
-        ContactPoint.objects.filter(kind=kind, valid=True)
-        .exclude(Exists(suppressed))
-        .values("customer_id")
-    )
-
-
-def _latest_consent_granted(channel: str, category: str) -> QuerySet:
-    if connection.vendor == "postgresql":
-        latest = (
-            ConsentRecord.objects.filter(channel=channel, category=category)
-            .order_by("customer_id", "-recorded_at", "-id")
-            .distinct("customer_id")
+def _fact_sql(category: str) -> tuple[list[tuple[str, str]], list[str], list]:
+    """(name, expression) columns, the joins that feed them and their parameters, in order.
+    Table names come from the models' metadata; every value is a parameter."""
+    contacts = ContactPoint._meta.db_table
+    suppressions = Suppression._meta.db_table
+    params: list = []
+    joins = []
+    for alias, kind, channel in (
+        ("e", ContactKind.EMAIL, "email"),
+        ("s", ContactKind.PHONE, "sms"),
+    ):
+        joins.append(
+            f"LEFT JOIN (SELECT DISTINCT cp.customer_id FROM {contacts} cp "  # noqa: S608
+            f"WHERE cp.kind = %s AND cp.valid AND NOT EXISTS (SELECT 1 FROM {suppressions} su "
+            f"WHERE su.channel = %s AND su.address = cp.value AND su.lifted_at IS NULL)) {alias} "
+            f"ON {alias}.customer_id = c.id"
         )
-        return ConsentRecord.objects.filter(pk__in=latest.values("pk"), granted=True).values(
-            "customer_id"
-        )
-    newest = ConsentRecord.objects.filter(
-        customer_id=OuterRef("customer_id"), channel=channel, category=category
-    ).order_by("-recorded_at", "-id")
-    return (
-        ConsentRecord.objects.filter(channel=channel, category=category, granted=True)
-        .filter(pk=Subquery(newest.values("pk")[:1]))
-        .values("customer_id")
+        params += [kind, channel]
+    joins.append(
+        f"LEFT JOIN (SELECT DISTINCT customer_id FROM {Device._meta.db_table} WHERE active) d "  # noqa: S608
+        "ON d.customer_id = c.id"
     )
+    columns = [(a, f"({a}.customer_id IS NOT NULL)") for a in ("e", "s", "d")]
+    flags = []
+    for channel in CHANNELS:
+        flags += [
+            f"MAX(CASE WHEN channel = %s AND allowed THEN 1 ELSE 0 END) AS pref_yes_{channel}",
+            f"MAX(CASE WHEN channel = %s AND NOT allowed THEN 1 ELSE 0 END) AS pref_no_{channel}",
+        ]
+        params += [channel, channel]
+        columns += [
+            (f"pref_yes_{channel}", f"COALESCE(pr.pref_yes_{channel}, 0)"),
+            (f"pref_no_{channel}", f"COALESCE(pr.pref_no_{channel}, 0)"),
+        ]
+    joins.append(
+        f"LEFT JOIN (SELECT customer_id, {', '.join(flags)} FROM {Preference._meta.db_table} "  # noqa: S608
+        "WHERE category = %s GROUP BY customer_id) pr ON pr.customer_id = c.id"
+    )
+    params.append(category)
+    if category == "marketing":
+        flags = []
+        for channel in CHANNELS:
+            flags.append(
+                f"MAX(CASE WHEN channel = %s AND granted THEN 1 ELSE 0 END) AS opt_in_{channel}"
+            )
+            params.append(channel)
+            columns.append((f"opt_in_{channel}", f"COALESCE(k.opt_in_{channel}, 0)"))
+        joins.append(
+            f"LEFT JOIN (SELECT customer_id, {', '.join(flags)} FROM (SELECT customer_id, "  # noqa: S608
+            "channel, granted, ROW_NUMBER() OVER (PARTITION BY customer_id, channel "
+            f"ORDER BY recorded_at DESC, id DESC) AS latest FROM {ConsentRecord._meta.db_table} "
+            "WHERE category = %s) x WHERE latest = 1 GROUP BY customer_id) k "
+            "ON k.customer_id = c.id"
+        )
+        params.append(category)
+    return columns, joins, params
 
 
 def _facts_of(group: dict, category: str, urgency: str, renditions) -> selection.Facts:
@@ -271,7 +292,7 @@ def _facts_of(group: dict, category: str, urgency: str, renditions) -> selection
             preferences[channel] = True
         elif group[f"pref_no_{channel}"]:
             preferences[channel] = False
-        if category == "marketing" and group[f"opt_in_{channel}"]:
+        if group.get(f"opt_in_{channel}"):
             consents[channel] = True
     return selection.Facts(
         category=category,
