@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--send", type=int, default=2000)
     parser.add_argument("--rate", type=int, default=600)
     parser.add_argument("--throttle-seconds", type=int, default=60)
+    parser.add_argument("--preview-only", action="store_true", help="skip sending")
     args = parser.parse_args()
     import django as dj
 
@@ -252,8 +253,10 @@ def main() -> None:
         publish(people[0], people[1])
         print(f"  {args.customers} customers made in {make_customers(args.customers):.1f} s")
         preview_s, _ = preview(args.customers)
-        per_s = throughput(args.send, people)
-        measured, error = throttle(args.rate, args.throttle_seconds, people)
+        per_s, measured, error = 0.0, 0.0, 0.0
+        if not args.preview_only:
+            per_s = throughput(args.send, people)
+            measured, error = throttle(args.rate, args.throttle_seconds, people)
         print(
             f"campaign: preview_s={preview_s:.2f} customers={args.customers} "
             f"send_per_s={per_s:.0f} throttle_rate={measured:.0f} throttle_error_pct={error:.1f}"
