@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
+from django.db import connection, transaction
+from django.db.models import BooleanField, Count, ExpressionWrapper, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
 from documents.models import TemplateVersion
@@ -171,6 +171,8 @@ class Breakdown:
 
 
 CHANNELS = ("email", "sms", "push", "print")
+# Up to this many customers, the facts are looked up per customer of the segment.
+SMALL_SEGMENT = 100_000
 
 
 def renditions_of(version: TemplateVersion) -> list[str]:
@@ -189,21 +191,29 @@ def channel_breakdown(
     fact is one table, aggregated over the segment's customers only (the segment is a CTE
     evaluated once) and LEFT JOINed on the customer id: hash joins for a large segment, index
     lookups for a small one, never a subquery per customer."""
-    segment_sql, segment_params = customers.order_by().values("pk").query.sql_with_params()
-    columns, joins, params = _fact_sql(category)
-    empty = "'[]'::jsonb" if connection.vendor == "postgresql" else "'[]'"
+    postal = ExpressionWrapper(
+        Q(postal_address_valid=True) & ~Q(postal_address=[]), output_field=BooleanField()
+    )
+    segment_sql, segment_params = (
+        customers.order_by().annotate(postal=postal).values("pk", "postal").query.sql_with_params()
+    )
+    small = customers.count() <= SMALL_SEGMENT
+    columns, joins, params = _fact_sql(category, small=small)
     names = [name for name, _ in columns]
     sql = (
-        f"WITH seg(id) AS ({segment_sql}) SELECT "  # noqa: S608 - the segment's own SQL
+        f"WITH seg(id, p) AS ({segment_sql}) SELECT "  # noqa: S608 - the segment's own SQL
         + ", ".join(f"{expression} AS {name}" for name, expression in columns)
-        + f", (c.postal_address_valid AND c.postal_address <> {empty}) AS p, COUNT(*) AS n "
-        + f"FROM {Customer._meta.db_table} c "
+        + ", c.p AS p, COUNT(*) AS n FROM seg c "
         + " ".join(joins)
-        + " WHERE c.id IN (SELECT id FROM seg) "
-        + "GROUP BY "
+        + " GROUP BY "
         + ", ".join(str(i) for i in range(1, len(columns) + 2))
     )
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Compiling this one statement costs more than it saves (~0.2 s).
+            cursor.execute("SET LOCAL jit = off")
+            # Hash tables of a million ids stay in memory instead of spilling in batches.
+            cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(sql, [*segment_params, *params])
         rows = cursor.fetchall()
     result = Breakdown()
@@ -226,31 +236,35 @@ def channel_breakdown(
     return result
 
 
-def _fact_sql(category: str) -> tuple[list[tuple[str, str]], list[str], list]:
+def _fact_sql(category: str, *, small: bool) -> tuple[list[tuple[str, str]], list[str], list]:
     """(name, expression) columns, the joins that feed them and their parameters, in order.
     Table names come from the models' metadata; every value is a parameter."""
+
+    def within(column: str) -> str:
+        # A small segment: index lookups for its customers only; a large one: one scan of the
+        # whole table is cheaper than a lookup per customer.
+        return f" AND {column} IN (SELECT id FROM seg)" if small else ""  # noqa: S608
+
     contacts = ContactPoint._meta.db_table
     suppressions = Suppression._meta.db_table
-    params: list = []
-    joins = []
-    for alias, kind, channel in (
-        ("e", ContactKind.EMAIL, "email"),
-        ("s", ContactKind.PHONE, "sms"),
-    ):
-        joins.append(
-            f"LEFT JOIN (SELECT DISTINCT cp.customer_id FROM {contacts} cp "  # noqa: S608
-            f"WHERE cp.customer_id IN (SELECT id FROM seg) AND cp.kind = %s AND cp.valid "
-            f"AND NOT EXISTS (SELECT 1 FROM {suppressions} su "
-            f"WHERE su.channel = %s AND su.address = cp.value AND su.lifted_at IS NULL)) {alias} "
-            f"ON {alias}.customer_id = c.id"
-        )
-        params += [kind, channel]
-    joins.append(
+    joins = [
+        # One pass over the contact points: is there a usable (valid, unsuppressed) email, phone?
+        "LEFT JOIN (SELECT cp.customer_id, "  # noqa: S608
+        "MAX(CASE WHEN cp.kind = %s THEN 1 ELSE 0 END) AS e, "
+        "MAX(CASE WHEN cp.kind = %s THEN 1 ELSE 0 END) AS s "
+        f"FROM {contacts} cp LEFT JOIN {suppressions} su ON su.address = cp.value "
+        "AND su.lifted_at IS NULL AND su.channel = CASE WHEN cp.kind = %s THEN %s ELSE %s END "
+        f"WHERE cp.valid AND su.id IS NULL{within('cp.customer_id')} GROUP BY cp.customer_id) "
+        "cps ON cps.customer_id = c.id",
         f"LEFT JOIN (SELECT DISTINCT customer_id FROM {Device._meta.db_table} "  # noqa: S608
-        "WHERE active AND customer_id IN (SELECT id FROM seg)) d "
-        "ON d.customer_id = c.id"
-    )
-    columns = [(a, f"({a}.customer_id IS NOT NULL)") for a in ("e", "s", "d")]
+        f"WHERE active{within('customer_id')}) d ON d.customer_id = c.id",
+    ]
+    params: list = [ContactKind.EMAIL, ContactKind.PHONE, ContactKind.EMAIL, "email", "sms"]
+    columns = [
+        ("e", "COALESCE(cps.e, 0)"),
+        ("s", "COALESCE(cps.s, 0)"),
+        ("d", "(d.customer_id IS NOT NULL)"),
+    ]
     flags = []
     for channel in CHANNELS:
         flags += [
@@ -264,7 +278,7 @@ def _fact_sql(category: str) -> tuple[list[tuple[str, str]], list[str], list]:
         ]
     joins.append(
         f"LEFT JOIN (SELECT customer_id, {', '.join(flags)} FROM {Preference._meta.db_table} "  # noqa: S608
-        "WHERE category = %s AND customer_id IN (SELECT id FROM seg) GROUP BY customer_id) pr "
+        f"WHERE category = %s{within('customer_id')} GROUP BY customer_id) pr "
         "ON pr.customer_id = c.id"
     )
     params.append(category)
@@ -280,9 +294,8 @@ def _fact_sql(category: str) -> tuple[list[tuple[str, str]], list[str], list]:
             f"LEFT JOIN (SELECT customer_id, {', '.join(flags)} FROM (SELECT customer_id, "  # noqa: S608
             "channel, granted, ROW_NUMBER() OVER (PARTITION BY customer_id, channel "
             f"ORDER BY recorded_at DESC, id DESC) AS latest FROM {ConsentRecord._meta.db_table} "
-            "WHERE category = %s AND customer_id IN (SELECT id FROM seg)) x "
-            "WHERE latest = 1 GROUP BY customer_id) k "
-            "ON k.customer_id = c.id"
+            f"WHERE category = %s{within('customer_id')}) x "
+            "WHERE latest = 1 GROUP BY customer_id) k ON k.customer_id = c.id"
         )
         params.append(category)
     return columns, joins, params

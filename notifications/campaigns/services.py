@@ -385,7 +385,10 @@ def _on_decision(campaign: Campaign, approval: Approval) -> None:
     if approval.state == ApprovalState.APPROVED:
         # The rows are what was signed: a changed row refuses the approval (and rolls it back).
         if recipients_hash(campaign) != campaign.audience_hash:
-            raise CampaignError("The frozen audience changed after submission; submit again.")
+            # A conflict the sign-off screens and API already report (409), nothing decided.
+            raise approvals.ApprovalConflict(
+                "The frozen audience changed after submission; it must be submitted again."
+            )
         campaign.approve()
         campaign.approved_at = timezone.now()
         action = "campaign.approved"

@@ -290,3 +290,41 @@ def test_nothing_is_handed_outside_the_send_window(
     campaign.window_start_hour, campaign.window_end_hour = hour, (hour + 1) % 24
     campaign.save(update_fields=["window_start_hour", "window_end_hour"])
     assert campaigns.campaign_chunk_send(campaign.pk).handed == 4
+
+
+def test_a_tampered_audience_cannot_be_approved(
+    campaign_factory, mortgage_customers, author, reviewer2
+):
+    campaign = campaign_factory()
+    approval = campaigns.campaign_submit(campaign=campaign, by=author)
+    # given a data row changed behind the reviewer's back
+    CampaignRecipient.objects.filter(customer=mortgage_customers[0]).update(data={"x": 1})
+    # then approving is refused and the campaign stays in review
+    with pytest.raises(approvals.ApprovalConflict):
+        approvals.approval_decide(approval=approval, by=reviewer2, decision="approve")
+    campaign.refresh_from_db()
+    assert campaign.state == "in_review"
+
+
+@pytest.mark.parametrize("small_segment", [100_000, 0])
+def test_breakdown_is_the_same_by_lookup_or_by_scan(
+    mortgage_customers, admin_user, monkeypatch, small_segment
+):
+    # given a customer who also has a phone, and one whose email is suppressed
+    services.customer_upsert(
+        external_ref="M-000", name="Customer 0", phones=["07911 123456"], by=admin_user
+    )
+    from notifications.models import Suppression
+
+    Suppression.objects.create(channel="email", address="c1@example.org", reason="hard_bounce")
+    monkeypatch.setattr(selectors, "SMALL_SEGMENT", small_segment)
+    # when
+    breakdown = selectors.channel_breakdown(
+        selectors.segment_customers({"attributes": {"product": "variable_mortgage"}}),
+        category="service",
+        renditions=["email", "sms"],
+    )
+    # then
+    assert breakdown.combinations == {"email": 3, "none": 1}
+    assert breakdown.channels == {"email": 3}
+    assert breakdown.unreachable == 1
