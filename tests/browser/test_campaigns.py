@@ -48,3 +48,27 @@ def test_reviewer_approves_a_campaign_and_its_progress_moves(
     expect(page.locator("#progress-done")).to_have_text("4")
     expect(page.locator("#campaign-state")).to_have_text("completed")
     assert page.locator("#progress-bar").get_attribute("value") is not None
+
+
+def test_operations_pause_a_sending_campaign_and_nothing_more_is_handed(
+    page: Page, login, author, reviewer2, ops, campaign_factory, mortgage_customers
+):
+    from ccm import approvals
+
+    # given a campaign that is sending, nothing handed yet (its task has not run)
+    campaign = campaign_factory()
+    approval = campaigns.campaign_submit(campaign=campaign, by=author)
+    approvals.approval_decide(approval=approval, by=reviewer2, decision="approve")
+    campaigns.campaign_schedule(campaign=campaign, by=ops)
+    assert campaigns.campaign_start(campaign.pk)
+    # when operations pause it from its page, saying why
+    login(ops)
+    page.goto(f"/campaigns/{campaign.pk}/")
+    page.get_by_label("Reason").first.fill("Call centre closed")
+    page.get_by_role("button", name="Pause").click()
+    # then the page says so and the next chunk hands nobody
+    expect(page.locator("#campaign-state")).to_have_text("Paused")
+    expect(page.get_by_text("Call centre closed")).to_be_visible()
+    assert campaigns.campaign_chunk_send(campaign.pk).handed == 0
+    campaign.refresh_from_db()
+    assert campaign.state == "paused"
