@@ -27,6 +27,12 @@ CASE_RECORDS_VIEW = [
 ]
 CASE_RECORDS_ADD = ["cases.add_casenote", "cases.add_caseattachment"]
 
+CAMPAIGNS_VIEW = [
+    "notifications.view_campaign",
+    "notifications.view_segment",
+    "notifications.view_campaignrecipient",
+]
+
 ROLE_PERMISSIONS: dict[str, list[str]] = {
     Role.COMPLIANCE_REVIEWER: [
         "ccm.decide_approval",
@@ -49,6 +55,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_dailystat",
         "notifications.view_reportdefinition",
         "notifications.view_reportrun",
+        *CAMPAIGNS_VIEW,
     ],
     Role.TEMPLATE_AUTHOR: [
         "ccm.view_approval",
@@ -60,6 +67,10 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "documents.view_templateversion",
         "documents.publish_templateversion",
         "documents.view_document",
+        # Authors prepare campaigns (segment, data) and submit them for sign-off.
+        *CAMPAIGNS_VIEW,
+        "notifications.add_segment",
+        "notifications.add_campaign",
     ],
     Role.SERVICE_AGENT: [
         "documents.view_template",
@@ -119,6 +130,9 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "ccm.view_clusterheartbeat",
         *CASE_RECORDS_VIEW,
         *CASE_RECORDS_ADD,
+        # Operations schedule, pause, resume and cancel campaigns.
+        *CAMPAIGNS_VIEW,
+        "notifications.change_campaign",
     ],
     Role.INTEGRATOR: [
         "documents.view_template",
@@ -150,8 +164,15 @@ ROLE_SCOPES: dict[str, list[str]] = {
         "customers:read",
         "communications:read",
         "cases:read",
+        "campaigns:read",
     ],
-    Role.TEMPLATE_AUTHOR: ["me:read", "templates:read", "documents:read"],
+    Role.TEMPLATE_AUTHOR: [
+        "me:read",
+        "templates:read",
+        "documents:read",
+        "campaigns:read",
+        "campaigns:write",
+    ],
     Role.SERVICE_AGENT: [
         "me:read",
         "templates:read",
@@ -175,6 +196,8 @@ ROLE_SCOPES: dict[str, list[str]] = {
         "print",
         "stats:read",
         "reports:read",
+        "campaigns:read",
+        "campaigns:write",
     ],
     # Integrators call the API with a key, never with a session.
     Role.INTEGRATOR: [],
@@ -183,10 +206,13 @@ ROLE_SCOPES: dict[str, list[str]] = {
 # Who may do what, in words; the README's table is generated from the same source.
 ROLE_DUTIES: dict[str, str] = {
     Role.COMPLIANCE_REVIEWER: "Decides approvals (never their own), reads the audit log",
-    Role.TEMPLATE_AUTHOR: "Writes templates and versions, submits them for sign-off",
+    Role.TEMPLATE_AUTHOR: (
+        "Writes templates and versions, prepares campaigns, submits both for sign-off"
+    ),
     Role.SERVICE_AGENT: "Works cases, requests reprints and ad hoc correspondence",
     Role.OPERATIONS: (
         "Handles exceptions, watches queues and reports, reads the audit log, runs print batches"
+        " and campaigns"
     ),
     Role.INTEGRATOR: "Calls the API: customers, communications, templates (read)",
 }

@@ -6,6 +6,7 @@ storage). With DEBUG off the process refuses to start without a real SECRET_KEY 
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -454,6 +455,8 @@ CCM_PORTAL_RENEWAL_TEMPLATE = env.str("CCM_PORTAL_RENEWAL_TEMPLATE", default="do
 CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & Insurance")
 # Communications per queue row in the bulk path (DESIGN: a few hundred at most).
 CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=250)
+# A sending campaign no chunk has touched for this long lost its task: the sweep restarts it.
+CCM_CAMPAIGN_STALL_AFTER = timedelta(seconds=env.int("CCM_CAMPAIGN_STALL_SECONDS", default=120))
 # Messages per call to Postmark's batch endpoint (its limit is 500); 1 sends one call each.
 CCM_POSTMARK_BATCH = env.int("CCM_POSTMARK_BATCH", default=500)
 # Status webhooks to integrators (notifications/webhook_send.py): each POST gets this long; a

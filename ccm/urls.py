@@ -26,6 +26,8 @@ urlpatterns = [
     path("api/v1/", include("ccm.api.urls")),
     path("api/v1/", include("documents.urls")),
     path("api/v1/", include("notifications.urls")),
+    path("api/v1/", include("notifications.campaigns.urls")),
+    path("campaigns/", include("notifications.campaigns.web_urls")),
     path("api/v1/", include("cases.urls")),
     path("api/v1/", include("cases.request_api")),
     path("agent/", include("cases.request_urls")),

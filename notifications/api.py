@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -34,6 +35,7 @@ from notifications.api_examples import (
     CUSTOMER_EXAMPLE,
     CUSTOMER_WRITE_EXAMPLE,
 )
+from notifications.campaigns import services as campaign_services
 from notifications.models import (
     Channel,
     CommState,
@@ -76,6 +78,7 @@ class CustomerSerializer(serializers.ModelSerializer):
             "language",
             "postal_address",
             "postal_address_valid",
+            "attributes",
             "contacts",
             "created_at",
             "updated_at",
@@ -98,6 +101,8 @@ class CustomerWriteSerializer(serializers.Serializer):
     )
     emails = serializers.ListField(child=serializers.CharField(max_length=254), required=False)
     phones = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
+    # Replaces the customer's attributes (what campaign segments filter on) when given.
+    attributes = serializers.DictField(required=False)
 
     def validate_emails(self, value: list[str]) -> list[str]:
         return self._each(value, services.normalise_email)
@@ -133,7 +138,14 @@ class CustomerUpsertView(CcmAPIView):
     def post(self, request):
         body = CustomerWriteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        customer, created = services.customer_upsert(**body.validated_data, by=request.user)
+        fields = dict(body.validated_data)
+        attributes = fields.pop("attributes", None)
+        with transaction.atomic():
+            customer, created = services.customer_upsert(**fields, by=request.user)
+            if attributes is not None:
+                campaign_services.customer_attributes_set(
+                    customer=customer, attributes=attributes, by=request.user
+                )
         return Response(
             CustomerSerializer(customer).data,
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
@@ -182,9 +194,15 @@ class CustomerDetailView(CcmAPIView):
         fields = {k: v for k, v in body.validated_data.items() if k not in {"external_ref"}}
         fields.setdefault("name", customer.name)
         fields["source_system"] = customer.source_system
-        updated, _ = services.customer_upsert(
-            external_ref=customer.external_ref, **fields, by=request.user
-        )
+        attributes = fields.pop("attributes", None)
+        with transaction.atomic():
+            updated, _ = services.customer_upsert(
+                external_ref=customer.external_ref, **fields, by=request.user
+            )
+            if attributes is not None:
+                campaign_services.customer_attributes_set(
+                    customer=updated, attributes=attributes, by=request.user
+                )
         return Response(CustomerSerializer(updated).data)
 
 

@@ -14,9 +14,10 @@ class NotificationsConfig(AppConfig):
         from ccm import demo
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
-        from ccm.tasks import register_sweep
+        from ccm.tasks import register_schedule, register_sweep
         from notifications import demo as notifications_demo
         from notifications import services, tasks, tracking, webhook_send, webhooks
+        from notifications.campaigns import services as campaign_services
         from notifications.jobs import tasks as job_tasks
         from notifications.models import Communication
         from notifications.reporting import demo as reporting_demo
@@ -27,6 +28,10 @@ class NotificationsConfig(AppConfig):
         job_tasks.register_schedules()
         reporting_tasks.register_schedules()
         reporting_metrics.register()
+        campaign_services.register_approvable()
+        register_schedule(
+            "notifications.campaigns_sweep", "notifications.campaigns.tasks.campaigns_sweep", 1
+        )
         tasks.register_sweeps()
         webhook_send.register_sweeps()
         post_transition.connect(
@@ -49,6 +54,13 @@ class NotificationsConfig(AppConfig):
         for role in (Role.OPERATIONS, Role.SERVICE_AGENT, Role.COMPLIANCE_REVIEWER):
             register_home_link(role, communications)
             register_home_link(role, customers)
+        campaigns = HomeLink(
+            "Campaigns",
+            "campaign-list",
+            "Mandatory notices to segments: audience, sign-off, progress",
+        )
+        for role in (Role.OPERATIONS, Role.COMPLIANCE_REVIEWER, Role.TEMPLATE_AUTHOR):
+            register_home_link(role, campaigns)
         register_home_link(
             Role.OPERATIONS,
             HomeLink(

@@ -37,6 +37,8 @@ SCOPES: dict[str, str] = {
     "cases:write": "Open and move cases, request reprints and correspondence",
     "webhooks:read": "See webhook subscriptions and the log of events sent to them",
     "webhooks:write": "Manage webhook subscriptions and replay their events",
+    "campaigns:read": "Read segments and campaigns: previews, progress, evidence packs",
+    "campaigns:write": "Create segments and campaigns; submit, schedule, pause, resume, cancel",
     "print": "Print batches: fetch streams and manifests, report mailing and returned mail",
     "stats:read": "Read the daily rollups: volumes, statuses, channels, sources",
     "reports:read": "Read production report runs and download their archived files",

@@ -34,6 +34,9 @@ class Customer(models.Model):
     language = models.CharField(max_length=10, default="en")
     postal_address = models.JSONField(default=list, blank=True, help_text="Address lines")
     postal_address_valid = models.BooleanField(default=True)
+    # Free-form facts integrators push (product, postcode, tags, …): what segments filter on
+    # and what campaign data can be taken from. GIN-indexed on PostgreSQL (migration 0011).
+    attributes = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -497,6 +500,13 @@ class DeliveryEvent(models.Model):
         return f"{self.provider} {self.event_type} {self.event_id}"
 
 
+from notifications.campaigns.models import (  # noqa: E402, F401
+    Campaign,
+    CampaignRecipient,
+    CampaignState,
+    RecipientState,
+    Segment,
+)
 from notifications.models.devices import Device, Platform, device_address  # noqa: E402, F401
 from notifications.models.history import CommunicationStep  # noqa: E402, F401
 from notifications.models.jobs import (  # noqa: E402, F401

@@ -1,0 +1,744 @@
+"""Every write of segments and campaigns: create, submit (freeze the audience), decide, schedule,
+send in chunks through the one pipeline, pause, resume, cancel."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.urls import reverse
+from django.utils import timezone
+from django_fsm import can_proceed
+
+from ccm import approvals, audit
+from ccm.models import Approval, ApprovalState
+from ccm.tasks import enqueue
+from documents import selectors as document_selectors
+from documents.composition import DataInvalid
+from documents.models import Category, VersionState
+from notifications import selection
+from notifications.bulk import communications_intake, facts_for_chunk, update_rows
+from notifications.campaigns import selectors
+from notifications.campaigns.models import (
+    Campaign,
+    CampaignRecipient,
+    CampaignState,
+    DataSource,
+    RecipientState,
+    Segment,
+)
+from notifications.models import CommState, Communication, Customer, Source
+from notifications.services import communication_cancel, intake_data_validate
+
+logger = logging.getLogger(__name__)
+
+APPROVAL_PURPOSE = "campaign"
+CLIENT = "campaign"  # the client name of every campaign communication (idempotency scope)
+SEND_TASK = "notifications.campaigns.tasks.campaign_send"
+# A send task hands chunks for at most this long, then enqueues its successor: a worker is
+# never held for a whole campaign and a pause is seen before the next chunk.
+TASK_BUDGET_SECONDS = 50.0
+# Communications in these states have not reached a provider: cancelling a campaign stops them.
+NOT_HANDED_TO_PROVIDER = [
+    CommState.RECEIVED,
+    CommState.COMPOSED,
+    CommState.COMPOSE_FAILED,
+    CommState.AWAITING_APPROVAL,
+    CommState.APPROVED,
+]
+
+
+class CampaignError(Exception):
+    """A request the campaign cannot take now; `errors` lists every bad item (CSV rows)."""
+
+    def __init__(self, message: str, *, errors: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+# --- customers' attributes ------------------------------------------------------------------
+
+
+@transaction.atomic
+def customer_attributes_set(*, customer: Customer, attributes: dict, by) -> Customer:
+    """Replace a customer's free-form attributes (what segments filter on)."""
+    if not isinstance(attributes, dict):
+        raise CampaignError("attributes must be a JSON object.")
+    before = customer.attributes
+    Customer.objects.filter(pk=customer.pk).update(attributes=attributes)
+    customer.attributes = attributes
+    audit.record(
+        actor=by,
+        action="customer.attributes_set",
+        subject=customer,
+        before={"attributes": before},
+        after={"attributes": attributes},
+    )
+    return customer
+
+
+# --- segments -------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def segment_create(*, name: str, definition: dict, by, description: str = "") -> Segment:
+    """A segment, or a new version of the segment of that name (earlier versions stay as
+    campaigns bound them)."""
+    errors = selectors.segment_definition_errors(definition)
+    if errors:
+        raise CampaignError("The segment definition is invalid.", errors=[{"errors": errors}])
+    latest = Segment.objects.filter(name=name).aggregate(v=Max("version"))["v"] or 0
+    segment = Segment.objects.create(
+        name=name,
+        version=latest + 1,
+        definition=definition,
+        description=description,
+        created_by=by,
+    )
+    try:
+        selectors.segment_customers(definition).exists()
+    except selectors.SegmentInvalid as exc:
+        raise CampaignError(str(exc), errors=[{"errors": [str(exc)]}]) from exc
+    audit.record(
+        actor=by,
+        action="segment.created",
+        subject=segment,
+        after={"name": name, "version": segment.version, "definition": definition},
+    )
+    return segment
+
+
+# --- campaigns ------------------------------------------------------------------------------
+
+
+def throttle_errors(throttle: Any) -> list[str]:
+    if not isinstance(throttle, dict):
+        return ["throttle must be an object {channel: messages per minute}."]
+    return [
+        f"throttle for {channel!r}: give a channel of {', '.join(selectors.CHANNELS)} and a "
+        "whole number of messages per minute above 0."
+        for channel, rate in throttle.items()
+        if channel not in selectors.CHANNELS or not isinstance(rate, int) or rate <= 0
+    ]
+
+
+@transaction.atomic
+def campaign_create(
+    *,
+    name: str,
+    template_code: str,
+    segment: Segment,
+    by,
+    category: str = "",
+    data_source: str = DataSource.ATTRIBUTES,
+    data_csv: str = "",
+    schedule_at: datetime | None = None,
+    throttle: dict | None = None,
+    window: tuple[int, int] | None = None,
+) -> Campaign:
+    """A draft campaign bound to the template's published version."""
+    version = document_selectors.version_for_sending(code=template_code)
+    if version is None:
+        raise CampaignError(f"Template {template_code!r} has no published version to send.")
+    category = category or version.template.category
+    if category not in Category.values:
+        raise CampaignError(f"Unknown category {category!r}.")
+    if data_source not in DataSource.values:
+        raise CampaignError(f"Unknown data source {data_source!r}.")
+    if data_source == DataSource.CSV and not data_csv.strip():
+        raise CampaignError("A campaign with CSV data needs the CSV.")
+    errors = throttle_errors(throttle or {})
+    if window is not None and (
+        len(window) != 2 or not all(0 <= h <= 23 for h in window) or window[0] == window[1]
+    ):
+        errors.append("The send window is two different hours of the day, 0 to 23.")
+    if errors:
+        raise CampaignError("The throttle is invalid.", errors=[{"errors": errors}])
+    campaign = Campaign.objects.create(
+        name=name,
+        template_version=version,
+        segment=segment,
+        category=category,
+        data_source=data_source,
+        data_csv=data_csv,
+        schedule_at=schedule_at,
+        throttle=throttle or {},
+        window_start_hour=window[0] if window else None,
+        window_end_hour=window[1] if window else None,
+        created_by=by,
+    )
+    audit.record(
+        actor=by,
+        action="campaign.created",
+        subject=campaign,
+        after={
+            "name": name,
+            "template_version": version.pk,
+            "segment": segment.pk,
+            "category": category,
+        },
+    )
+    return campaign
+
+
+def _csv_value(raw: str) -> Any:
+    """A CSV cell as JSON when it reads as JSON (numbers, true/false, quoted strings), else as
+    text: "12.50" is the number the schema expects, "2026-03-01" stays a date string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _nested(row: dict[str, str]) -> dict:
+    """Dotted columns ("customer.name") become nested objects."""
+    data: dict[str, Any] = {}
+    for column, raw in row.items():
+        node = data
+        *parents, leaf = column.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = _csv_value(raw)
+    return data
+
+
+def attributes_data(customer: Customer) -> dict:
+    """A customer's data row from their attributes, with their name and reference."""
+    facts = dict(customer.attributes or {})
+    own = facts.get("customer")
+    if not isinstance(own, dict):
+        own = {}
+    return {**facts, "customer": {"name": customer.name, "reference": customer.external_ref, **own}}
+
+
+def campaign_data_rows(
+    campaign: Campaign, customers: Iterable[Customer]
+) -> tuple[dict[int, dict], list[dict]]:
+    """Each audience customer's data row, and every problem found (row number, reference,
+    errors): all of them, so the author fixes the file once."""
+    version = campaign.template_version
+    rows: dict[int, dict] = {}
+    errors: list[dict] = []
+    audience = {c.external_ref: c for c in customers}
+    if campaign.data_source == DataSource.ATTRIBUTES:
+        for customer in audience.values():
+            rows[customer.pk] = attributes_data(customer)
+    else:
+        reader = csv.DictReader(io.StringIO(campaign.data_csv))
+        if "reference" not in (reader.fieldnames or []):
+            return {}, [
+                {"row": 1, "reference": "", "errors": ["The CSV needs a reference column."]}
+            ]
+        seen: set[str] = set()
+        for number, row in enumerate(reader, start=2):
+            reference = (row.pop("reference") or "").strip()
+            found = audience.get(reference)
+            if found is None:
+                errors.append(
+                    {"row": number, "reference": reference, "errors": ["not in the segment"]}
+                )
+                continue
+            if reference in seen:
+                errors.append({"row": number, "reference": reference, "errors": ["a second row"]})
+                continue
+            seen.add(reference)
+            rows[found.pk] = _nested({k: v for k, v in row.items() if k})
+        for reference in sorted(set(audience) - seen):
+            errors.append({"row": None, "reference": reference, "errors": ["no data row"]})
+    by_pk = {c.pk: c.external_ref for c in audience.values()}
+    for customer_id, data in rows.items():
+        try:
+            intake_data_validate(version, data)
+        except DataInvalid as exc:
+            errors.append(
+                {
+                    "row": None,
+                    "reference": by_pk[customer_id],
+                    "errors": [f"{e.field}: {e.message}" for e in exc.errors],
+                }
+            )
+    return rows, errors
+
+
+def audience_hash(rows: Iterable[tuple[int, dict]]) -> str:
+    """SHA-256 over the frozen audience: customer ids in order, each with its data row as
+    canonical JSON. What the reviewer signs; recomputed before sending."""
+    digest = hashlib.sha256()
+    for customer_id, data in rows:
+        digest.update(f"{customer_id}\t{json.dumps(data, sort_keys=True)}\n".encode())
+    return digest.hexdigest()
+
+
+def recipients_hash(campaign: Campaign) -> str:
+    return audience_hash(
+        CampaignRecipient.objects.filter(campaign=campaign)
+        .order_by("customer_id")
+        .values_list("customer_id", "data")
+        .iterator(chunk_size=5000)
+    )
+
+
+def _locked(campaign: Campaign) -> Campaign:
+    return Campaign.objects.select_for_update().get(pk=campaign.pk)
+
+
+def _refuse(campaign: Campaign, transition, what: str) -> None:
+    if not can_proceed(transition):
+        raise CampaignError(f"A campaign that is {campaign.state} cannot be {what}.")
+
+
+@transaction.atomic
+def campaign_submit(*, campaign: Campaign, by) -> Approval:
+    """Freeze the audience and ask for sign-off on it.
+
+    The segment is evaluated once; its customers and their data rows become the campaign's
+    recipients, hashed. Every bad data row is listed (CampaignError) and nothing changes."""
+    campaign = _locked(campaign)
+    _refuse(campaign, campaign.submit, "submitted")
+    if campaign.template_version.state != VersionState.PUBLISHED:
+        raise CampaignError("The campaign's template version is no longer published.")
+    customers = list(
+        selectors.segment_customers(campaign.segment.definition)
+        .order_by("pk")
+        .only("pk", "external_ref", "name", "attributes")
+    )
+    if not customers:
+        raise CampaignError("The segment selects no customer; there is nothing to send.")
+    rows, errors = campaign_data_rows(campaign, customers)
+    if errors:
+        raise CampaignError(
+            f"{len(errors)} data rows are invalid; nothing was frozen.", errors=errors
+        )
+    CampaignRecipient.objects.filter(campaign=campaign).delete()
+    CampaignRecipient.objects.bulk_create(
+        (
+            CampaignRecipient(campaign=campaign, customer_id=pk, data=rows[pk])
+            for pk in sorted(rows)
+        ),
+        batch_size=5000,
+    )
+    audience = Customer.objects.filter(
+        pk__in=CampaignRecipient.objects.filter(campaign=campaign).values("customer_id")
+    )
+    plan = selectors.channel_breakdown(
+        audience,
+        category=campaign.category,
+        renditions=selectors.renditions_of(campaign.template_version),
+    )
+    campaign.audience_hash = audience_hash((pk, rows[pk]) for pk in sorted(rows))
+    campaign.audience_count = len(rows)
+    campaign.segment_snapshot = {
+        "id": campaign.segment.pk,
+        "name": campaign.segment.name,
+        "version": campaign.segment.version,
+        "definition": campaign.segment.definition,
+    }
+    campaign.channel_plan = plan.as_dict()
+    campaign.submitted_by = by
+    campaign.submitted_at = timezone.now()
+    campaign.note = ""
+    campaign.submit()
+    campaign.save()
+    audit.record(actor=by, action="campaign.submitted", subject=campaign, after=signed(campaign))
+    approval = approvals.approval_request(
+        subject=campaign,
+        requested_by=by,
+        purpose=APPROVAL_PURPOSE,
+        summary=(
+            f"Campaign {campaign.name}: {campaign.audience_count} customers, "
+            f"audience {campaign.audience_hash[:12]}"
+        ),
+    )
+    Campaign.objects.filter(pk=campaign.pk).update(approval=approval)
+    return approval
+
+
+def signed(campaign: Campaign) -> dict:
+    """What the reviewer signs: the audience (hash and count), the segment as it was, the
+    template version and the channel plan."""
+    return {
+        "audience_hash": campaign.audience_hash,
+        "audience_count": campaign.audience_count,
+        "segment": campaign.segment_snapshot,
+        "template_version": campaign.template_version_id,
+        "template_content_hash": campaign.template_version.content_hash,
+        "category": campaign.category,
+        "channel_plan": campaign.channel_plan,
+    }
+
+
+def _on_decision(campaign: Campaign, approval: Approval) -> None:
+    campaign = _locked(campaign)
+    by = approval.decided_by
+    if approval.state == ApprovalState.APPROVED:
+        # The rows are what was signed: a changed row refuses the approval (and rolls it back).
+        if recipients_hash(campaign) != campaign.audience_hash:
+            # A conflict the sign-off screens and API already report (409), nothing decided.
+            raise approvals.ApprovalConflict(
+                "The frozen audience changed after submission; it must be submitted again."
+            )
+        campaign.approve()
+        campaign.approved_at = timezone.now()
+        action = "campaign.approved"
+    elif approval.state == ApprovalState.CHANGES_REQUESTED:
+        campaign.request_changes()
+        action = "campaign.changes_requested"
+    elif approval.state == ApprovalState.REJECTED:
+        campaign.cancel(reason=f"Rejected by the reviewer: {approval.comment}")
+        action = "campaign.rejected"
+    else:  # withdrawn by the requester
+        campaign.reopen()
+        by = approval.requested_by
+        action = "campaign.withdrawn"
+    campaign.save()
+    audit.record(actor=by, action=action, subject=campaign, after=signed(campaign))
+
+
+def register_approvable() -> None:
+    from notifications.campaigns.review import campaign_proof
+
+    approvals.register(
+        Campaign,
+        author_of=lambda campaign: campaign.created_by,  # type: ignore[attr-defined]
+        on_decision=_on_decision,  # type: ignore[arg-type]
+        review_url=lambda campaign: reverse("campaign-detail", args=[campaign.pk]),
+        label="Campaign",
+        proof=campaign_proof,  # type: ignore[arg-type]
+    )
+
+
+@transaction.atomic
+def campaign_reopen(*, campaign: Campaign, by) -> Campaign:
+    """changes requested → draft: the author edits, then submits (and freezes) again."""
+    campaign = _locked(campaign)
+    _refuse(campaign, campaign.reopen, "reopened")
+    if campaign.state == CampaignState.IN_REVIEW:
+        raise CampaignError("Withdraw the approval request to reopen a campaign in review.")
+    campaign.reopen()
+    campaign.save()
+    audit.record(actor=by, action="campaign.reopened", subject=campaign)
+    return campaign
+
+
+@transaction.atomic
+def campaign_schedule(*, campaign: Campaign, by, at: datetime | None = None) -> Campaign:
+    """approved → scheduled; it starts at `at` (or its own schedule_at; now when neither)."""
+    campaign = _locked(campaign)
+    _refuse(campaign, campaign.schedule, "scheduled")
+    if at is not None:
+        campaign.schedule_at = at
+    campaign.schedule()
+    campaign.save()
+    audit.record(
+        actor=by,
+        action="campaign.scheduled",
+        subject=campaign,
+        after={"at": campaign.schedule_at.isoformat() if campaign.schedule_at else "now"},
+    )
+    if campaign.schedule_at is None or campaign.schedule_at <= timezone.now():
+        enqueue(SEND_TASK, campaign.pk)
+    return campaign
+
+
+@transaction.atomic
+def campaign_pause(*, campaign: Campaign, by, reason: str = "") -> Campaign:
+    campaign = _locked(campaign)
+    _refuse(campaign, campaign.pause, "paused")
+    campaign.pause(reason=reason or "Paused by operations.")
+    campaign.save()
+    audit.record(actor=by, action="campaign.paused", subject=campaign, after={"reason": reason})
+    return campaign
+
+
+@transaction.atomic
+def campaign_resume(*, campaign: Campaign, by) -> Campaign:
+    campaign = _locked(campaign)
+    _refuse(campaign, campaign.resume, "resumed")
+    campaign.resume()
+    campaign.save()
+    audit.record(actor=by, action="campaign.resumed", subject=campaign)
+    enqueue(SEND_TASK, campaign.pk)
+    return campaign
+
+
+@transaction.atomic
+def campaign_cancel(*, campaign: Campaign, by, reason: str = "") -> Campaign:
+    """Cancel before completion: nobody still waiting is sent to, and communications not yet
+    handed to a provider are cancelled too."""
+    campaign = _locked(campaign)
+    _refuse(campaign, campaign.cancel, "cancelled")
+    reason = reason or "Cancelled by operations."
+    was = campaign.state
+    campaign.cancel(reason=reason)
+    campaign.save()
+    skipped = CampaignRecipient.objects.filter(
+        campaign=campaign, state=RecipientState.PENDING
+    ).update(state=RecipientState.SKIPPED, reason=f"campaign cancelled: {reason}"[:500])
+    stopped = 0
+    for communication in Communication.objects.filter(
+        pk__in=CampaignRecipient.objects.filter(campaign=campaign).values("communication_id"),
+        state__in=NOT_HANDED_TO_PROVIDER,
+    ):
+        communication_cancel(
+            communication=communication, by=by, reason=f"campaign cancelled: {reason}"
+        )
+        stopped += 1
+    if was == CampaignState.IN_REVIEW and campaign.approval_id:
+        Approval.objects.filter(pk=campaign.approval_id, state=ApprovalState.PENDING).update(
+            state=ApprovalState.WITHDRAWN
+        )
+    audit.record(
+        actor=by,
+        action="campaign.cancelled",
+        subject=campaign,
+        after={"reason": reason, "skipped": skipped, "communications_cancelled": stopped},
+    )
+    return campaign
+
+
+# --- sending --------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkOutcome:
+    handed: int = 0
+    skipped: int = 0
+    per_channel: Counter | None = None
+    more: bool = False
+
+
+def in_send_window(campaign: Campaign, now: datetime) -> bool:
+    """Whether `now` (in the business's time zone) is inside the campaign's hours of sending."""
+    start, end = campaign.window_start_hour, campaign.window_end_hour
+    if start is None or end is None:
+        return True
+    hour = timezone.localtime(now).hour
+    return start <= hour < end if start < end else hour >= start or hour < end
+
+
+def chunk_size(campaign: Campaign) -> int:
+    """At most the pipeline's chunk; with a throttle, a tenth of a minute's allowance, so the
+    rate is held smoothly rather than in bursts."""
+    size = max(1, settings.CCM_BULK_CHUNK)
+    if campaign.throttle:
+        size = min(size, max(1, min(campaign.throttle.values()) // 6))
+    return size
+
+
+def _skip_reason(category: str, trace: list[dict]) -> str:
+    refused = [f"{t['channel']}: {t['reason']}" for t in trace if t.get("eligible") is False]
+    if category == "marketing" and any("marketing" in r for r in refused):
+        return "opted out of marketing since approval (" + "; ".join(refused) + ")"
+    return "unreachable: " + ("; ".join(refused) or "no channel can reach the customer")
+
+
+def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
+    """Hand the next chunk of a sending campaign's recipients to the pipeline.
+
+    One transaction holds the campaign's row lock: two tasks never hand the same chunk, and the
+    recipients' rows commit with their communications. Were the commit lost, the per-customer
+    idempotency key returns the same communication next time: never two per customer."""
+    with transaction.atomic():
+        campaign = (
+            Campaign.objects.select_for_update(of=("self",))
+            .select_related("template_version__template", "submitted_by")
+            .get(pk=campaign_id)
+        )
+        if campaign.state != CampaignState.SENDING:
+            return ChunkOutcome()
+        version = campaign.template_version
+        published = document_selectors.version_for_sending(code=version.template.code)
+        if published is None or published.pk != version.pk:
+            # The intake renders the published version: sending now would not be what was signed.
+            campaign.pause(reason="The approved template version is no longer the published one.")
+            campaign.save()
+            audit.record(
+                actor=None,
+                action="campaign.paused",
+                subject=campaign,
+                after={"reason": campaign.note},
+            )
+            return ChunkOutcome()
+        if not in_send_window(campaign, timezone.now()):
+            # Nothing is lost: the sweep enqueues the campaign again once it has been quiet
+            # for CCM_CAMPAIGN_STALL_SECONDS, and it goes on when the window opens.
+            Campaign.objects.filter(pk=campaign.pk).update(last_chunk_at=timezone.now())
+            return ChunkOutcome()
+        recipients = list(
+            CampaignRecipient.objects.filter(campaign=campaign, state=RecipientState.PENDING)
+            .select_related("customer")
+            .order_by("customer_id")[: chunk_size(campaign)]
+        )
+        now = timezone.now()
+        if not recipients:
+            campaign.complete(when=now)
+            campaign.save()
+            audit.record(
+                actor=None,
+                action="campaign.completed",
+                subject=campaign,
+                after={"audience_count": campaign.audience_count},
+            )
+            return ChunkOutcome()
+        facts = facts_for_chunk(
+            [_probe(r, campaign.category) for r in recipients],
+            {r.customer_id: selectors.renditions_of(version) for r in recipients},
+        )
+        rows: dict[int, tuple] = {}
+        items, sendable = [], []
+        per_channel: Counter[str] = Counter()
+        for recipient in recipients:
+            chosen = selection.select_channels(facts[recipient.customer_id])
+            if not chosen.targets:
+                rows[recipient.pk] = (
+                    RecipientState.SKIPPED,
+                    _skip_reason(campaign.category, chosen.trace)[:500],
+                    None,
+                    now,
+                    [],
+                )
+                continue
+            per_channel.update(chosen.channels)
+            sendable.append((recipient, chosen.channels))
+            items.append(
+                {
+                    "template": version.template.code,
+                    "customer": recipient.customer_id,
+                    "data": recipient.data,
+                    "category": campaign.category,
+                    "idempotency_key": f"campaign:{campaign.pk}:{recipient.customer_id}",
+                    "correlation_id": f"campaign:{campaign.pk}",
+                }
+            )
+        results = communications_intake(
+            items=items, client=CLIENT, by=campaign.submitted_by, source=Source.CAMPAIGN
+        )
+        for (recipient, channels), result in zip(sendable, results, strict=True):
+            if result.accepted:
+                rows[recipient.pk] = (
+                    RecipientState.HANDED,
+                    "",
+                    result.communication_id,
+                    now,
+                    channels,
+                )
+            else:
+                rows[recipient.pk] = (
+                    RecipientState.SKIPPED,
+                    f"refused by the intake: {result.error}"[:500],
+                    None,
+                    now,
+                    [],
+                )
+        update_rows(
+            CampaignRecipient,
+            ["state", "reason", "communication", "handed_at", "channels"],
+            rows,
+        )
+        Campaign.objects.filter(pk=campaign.pk).update(last_chunk_at=now)
+        skipped = sum(1 for v in rows.values() if v[0] == RecipientState.SKIPPED)
+        return ChunkOutcome(
+            handed=len(rows) - skipped, skipped=skipped, per_channel=per_channel, more=True
+        )
+
+
+def _probe(recipient: CampaignRecipient, category: str) -> Communication:
+    """A stand-in communication, so selection sees this customer exactly as the pipeline will."""
+    probe = Communication(
+        customer=recipient.customer, category=category, urgency="normal", channel_override=""
+    )
+    probe.pk = recipient.customer_id
+    return probe
+
+
+def pause_after(campaign: Campaign, per_channel: Counter | None) -> float:
+    """Seconds to wait after a chunk so no channel goes over its messages per minute."""
+    if not campaign.throttle or not per_channel:
+        return 0.0
+    return max(
+        (per_channel.get(channel, 0) * 60.0 / rate for channel, rate in campaign.throttle.items()),
+        default=0.0,
+    )
+
+
+def campaign_start(campaign_id: int) -> bool:
+    """scheduled → sending once its time has come, after checking the recipients still hash to
+    what was signed. False when it is not due (or not scheduled)."""
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign_id)
+        if campaign.state != CampaignState.SCHEDULED:
+            return campaign.state == CampaignState.SENDING
+        if campaign.schedule_at and campaign.schedule_at > timezone.now():
+            return False
+        if recipients_hash(campaign) != campaign.audience_hash:
+            campaign.cancel(reason="The frozen audience no longer matches what was approved.")
+            campaign.save()
+            audit.record(
+                actor=None,
+                action="campaign.cancelled",
+                subject=campaign,
+                after={"reason": campaign.note},
+            )
+            return False
+        campaign.start()
+        campaign.started_at = timezone.now()
+        campaign.save()
+        audit.record(
+            actor=None,
+            action="campaign.started",
+            subject=campaign,
+            after={"audience_hash": campaign.audience_hash},
+        )
+        return True
+
+
+def campaign_send(campaign_id: int, *, budget: float | None = None) -> int:
+    """Start a due campaign and hand its chunks, throttled, for up to `budget` seconds; then
+    the next task takes over. Returns how many recipients this run handed or skipped."""
+    if not campaign_start(campaign_id):
+        return 0
+    deadline = time.monotonic() + (TASK_BUDGET_SECONDS if budget is None else budget)
+    done = 0
+    while True:
+        started = time.monotonic()
+        outcome = campaign_chunk_send(campaign_id)
+        done += outcome.handed + outcome.skipped
+        if not outcome.more:
+            return done
+        campaign = Campaign.objects.get(pk=campaign_id)
+        wait = pause_after(campaign, outcome.per_channel) - (time.monotonic() - started)
+        if wait > 0:
+            time.sleep(wait)
+        if time.monotonic() >= deadline:
+            with transaction.atomic():
+                enqueue(SEND_TASK, campaign_id)
+            return done
+
+
+def campaigns_due() -> list[int]:
+    """Scheduled campaigns whose time has come, and sending ones no chunk has touched for a
+    while (their task died): the periodic sweep hands them to `campaign_send` again."""
+    now = timezone.now()
+    stale = now - settings.CCM_CAMPAIGN_STALL_AFTER
+    due = Campaign.objects.filter(state=CampaignState.SCHEDULED, schedule_at__lte=now)
+    stalled = Campaign.objects.filter(state=CampaignState.SENDING, last_chunk_at__lt=stale)
+    never = Campaign.objects.filter(
+        state=CampaignState.SENDING, last_chunk_at__isnull=True, started_at__lt=stale
+    )
+    return sorted(
+        set(due.values_list("pk", flat=True))
+        | set(stalled.values_list("pk", flat=True))
+        | set(never.values_list("pk", flat=True))
+    )

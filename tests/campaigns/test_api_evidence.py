@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+
+import pytest
+from pypdf import PdfReader
+from rest_framework.test import APIClient
+
+from ccm.api.auth import api_key_create
+from notifications.campaigns import services as campaigns
+from notifications.models import Customer
+
+PROBLEM = "application/problem+json"
+
+
+def key_client(*scopes: str) -> APIClient:
+    issued = api_key_create(name="crm", scopes=list(scopes))
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    return client
+
+
+@pytest.fixture
+def api(db):
+    return key_client("campaigns:read", "campaigns:write", "customers:write", "customers:read")
+
+
+def test_customer_attributes_are_set_and_read_through_the_customers_api(api):
+    body = {"external_ref": "A-1", "name": "Ann", "attributes": {"product": "variable_mortgage"}}
+    created = api.post("/api/v1/customers", body, format="json")
+    assert created.status_code == 201
+    assert created.json()["attributes"] == {"product": "variable_mortgage"}
+    patched = api.patch("/api/v1/customers/A-1", {"attributes": {"tags": ["vip"]}}, format="json")
+    assert patched.json()["attributes"] == {"tags": ["vip"]}
+    assert Customer.objects.get(external_ref="A-1").attributes == {"tags": ["vip"]}
+
+
+def test_segment_api_creates_versions_and_previews(api, mortgage_customers):
+    body = {"name": "Mortgages", "definition": {"attributes": {"product": "variable_mortgage"}}}
+    first = api.post("/api/v1/segments", body, format="json")
+    second = api.post("/api/v1/segments", body, format="json")
+    assert (first.status_code, second.json()["version"]) == (201, 2)
+    preview = api.get(f"/api/v1/segments/{first.json()['id']}/preview?channels=email,print")
+    assert preview.status_code == 200
+    assert preview.json()["count"] == 4
+    assert preview.json()["breakdown"]["combinations"] == {"email": 4}
+    bad = api.post("/api/v1/segments", {"name": "x", "definition": {"nope": 1}}, format="json")
+    assert bad.status_code == 422
+    assert bad["Content-Type"] == PROBLEM
+
+
+def test_campaign_api_lifecycle_and_refusals(api, document_ready, segment, mortgage_customers):
+    created = api.post(
+        "/api/v1/campaigns",
+        {
+            "name": "Rate change",
+            "template": "document_ready",
+            "segment": segment.pk,
+            "category": "regulatory",
+            "throttle": {"email": 600},
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.json()
+    pk = created.json()["id"]
+    submitted = api.post(f"/api/v1/campaigns/{pk}/submit", {}, format="json")
+    assert submitted.status_code == 200
+    assert submitted.json()["state"] == "in_review"
+    assert submitted.json()["audience_count"] == 4
+    # scheduling before approval is a conflict, not a 500
+    refused = api.post(f"/api/v1/campaigns/{pk}/schedule", {}, format="json")
+    assert refused.status_code == 409
+    assert "in_review" in refused.json()["detail"]
+    progress = api.get(f"/api/v1/campaigns/{pk}/progress")
+    assert progress.json()["recipients"]["pending"] == 4
+
+
+def test_read_scope_cannot_write(db, segment, document_ready):
+    reader = key_client("campaigns:read")
+    response = reader.post(
+        "/api/v1/campaigns",
+        {"name": "x", "template": "document_ready", "segment": segment.pk},
+        format="json",
+    )
+    assert response.status_code == 403
+
+
+def test_evidence_pack_is_complete_and_byte_reproducible(api, approved, ops, sync_tasks):
+    # given a finished campaign
+    sync_tasks(campaigns.campaign_schedule, campaign=approved, by=ops)
+    # when the pack is fetched twice
+    first = api.get(f"/api/v1/campaigns/{approved.pk}/evidence")
+    second = api.get(f"/api/v1/campaigns/{approved.pk}/evidence")
+    # then
+    assert first.status_code == 200
+    assert first["Content-Type"] == "application/zip"
+    assert first.content == second.content
+    archive = zipfile.ZipFile(io.BytesIO(first.content))
+    assert archive.namelist() == ["manifest.json", "recipients.csv", "report.pdf"]
+    rows = list(csv.DictReader(io.StringIO(archive.read("recipients.csv").decode())))
+    assert [r["reference"] for r in rows] == ["M-000", "M-001", "M-002", "M-003"]
+    assert {(r["channel"], r["delivery_state"]) for r in rows} == {("email", "sent")}
+    assert all(r["sent_at"] for r in rows)
+    manifest = json.loads(archive.read("manifest.json"))
+    assert manifest["campaign"]["audience_hash"] == approved.audience_hash
+    assert manifest["campaign"]["approved_by"] == "rory"
+    actions = [e["action"] for e in manifest["audit_events"]]
+    assert {"campaign.submitted", "approval.approved", "campaign.completed"} <= set(actions)
+    text = "".join(
+        p.extract_text() for p in PdfReader(io.BytesIO(archive.read("report.pdf"))).pages
+    )
+    assert approved.audience_hash[:20] in text.replace("\n", "")
+    assert "Rate change" in text

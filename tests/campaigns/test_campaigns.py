@@ -1,0 +1,330 @@
+from __future__ import annotations
+
+import pytest
+from django.core import mail
+from django.core.exceptions import PermissionDenied
+
+from ccm import approvals
+from ccm.models import AuditEvent
+from notifications import services
+from notifications.campaigns import selectors
+from notifications.campaigns import services as campaigns
+from notifications.campaigns.models import CampaignRecipient
+from notifications.models import Communication, Customer
+from tests.campaigns.conftest import make_customer
+
+
+def test_segment_compiles_filters_includes_and_excludes(mortgage_customers, admin_user, author):
+    # given two other customers: a fixed-rate one and a variable one on a list of references
+    make_customer(10, admin_user, product="fixed")
+    everyone_n0 = campaigns.segment_create(
+        name="N0", definition={"postcode_prefixes": ["n0"]}, by=author
+    )
+    definition = {
+        "attributes": {"product": ["variable_mortgage", "fixed"]},
+        "exclude": [everyone_n0.pk],
+    }
+    # when
+    refs = sorted(selectors.segment_customers(definition).values_list("external_ref", flat=True))
+    listed = selectors.segment_customers({"references": ["M-001", "M-010"]})
+    # then the N0 postcodes (even numbers) are excluded, the fixed one is included
+    assert refs == ["M-001", "M-003"]
+    assert sorted(listed.values_list("external_ref", flat=True)) == ["M-001", "M-010"]
+
+
+def test_a_bad_definition_is_refused_with_every_reason(author):
+    with pytest.raises(campaigns.CampaignError) as caught:
+        campaigns.segment_create(
+            name="x", definition={"lnguages": ["en"], "include": [999]}, by=author
+        )
+    assert caught.value.errors[0]["errors"] == [
+        "Unknown filter 'lnguages'; use one of attributes, consent, exclude, include, languages, "
+        "postcode_prefixes, references, source_systems, tags.",
+        "include names segments that do not exist: [999].",
+    ]
+
+
+def test_preview_breakdown_matches_selection_per_customer(mortgage_customers, admin_user):
+    # given one customer with no email but a postal address, and one nobody can reach
+    services.customer_upsert(
+        external_ref="M-100", name="Paper", postal_address=["1 Lane", "N1 1AA"], by=admin_user
+    )
+    services.customer_upsert(external_ref="M-101", name="Ghost", by=admin_user)
+    for ref in ("M-100", "M-101"):
+        customer = Customer.objects.get(external_ref=ref)
+        campaigns.customer_attributes_set(
+            customer=customer, attributes={"product": "variable_mortgage"}, by=admin_user
+        )
+    # when
+    preview = selectors.segment_preview(
+        {"attributes": {"product": "variable_mortgage"}},
+        category="regulatory",
+        renditions=["email", "print"],
+    )
+    # then
+    assert preview.count == 6
+    assert preview.breakdown.combinations == {"email": 4, "print": 1, "none": 1}
+    assert preview.breakdown.unreachable == 1
+    assert [c.external_ref for c in preview.sample][:2] == ["M-000", "M-001"]
+
+
+def test_submit_freezes_audience_and_reviewer_signs_it(
+    campaign_factory, mortgage_customers, author
+):
+    campaign = campaign_factory()
+    # when
+    approval = campaigns.campaign_submit(campaign=campaign, by=author)
+    # then
+    campaign.refresh_from_db()
+    assert campaign.state == "in_review"
+    assert campaign.audience_count == 4
+    assert campaign.audience_hash == campaigns.recipients_hash(campaign)
+    assert len(campaign.audience_hash) == 64
+    assert campaign.channel_plan["channels"] == {"email": 4}
+    assert campaign.segment_snapshot["definition"] == {
+        "attributes": {"product": "variable_mortgage"}
+    }
+    assert approval.state == "pending"
+    submitted = AuditEvent.objects.get(action="campaign.submitted")
+    assert submitted.after["audience_hash"] == campaign.audience_hash
+    data = CampaignRecipient.objects.get(campaign=campaign, customer__external_ref="M-002").data
+    assert data["customer"] == {"name": "Customer 2", "reference": "M-002"}
+
+
+def test_author_cannot_approve_own_campaign(campaign_factory, mortgage_customers, make_user):
+    from ccm.roles import Role
+
+    # given an author who is also a reviewer
+    both = make_user("both", Role.TEMPLATE_AUTHOR, Role.COMPLIANCE_REVIEWER)
+    campaign = campaign_factory(by=both)
+    approval = campaigns.campaign_submit(campaign=campaign, by=both)
+    # then
+    with pytest.raises(PermissionDenied):
+        approvals.approval_decide(approval=approval, by=both, decision="approve")
+    campaign.refresh_from_db()
+    assert campaign.state == "in_review"
+
+
+def test_bad_csv_rows_are_all_listed_and_nothing_is_frozen(
+    campaign_factory, mortgage_customers, author
+):
+    csv_text = (
+        "reference,customer.name,reference_doc,document_title,document_date\n"
+        "M-000,Ann,D1,Rate change,2026-04-12\n"
+        "M-001,,D2,Rate change,2026-04-12\n"
+        "M-999,Zed,D3,Rate change,2026-04-12\n"
+    )
+    campaign = campaign_factory(data_source="csv", data_csv=csv_text)
+    with pytest.raises(campaigns.CampaignError) as caught:
+        campaigns.campaign_submit(campaign=campaign, by=author)
+    problems = {(e["row"], e["reference"]) for e in caught.value.errors}
+    assert (4, "M-999") in problems  # not in the segment
+    assert (None, "M-002") in problems
+    assert (None, "M-003") in problems
+    assert (None, "M-001") in problems  # empty name, and no reference/document fields
+    assert CampaignRecipient.objects.count() == 0
+    campaign.refresh_from_db()
+    assert campaign.state == "draft"
+
+
+def test_audience_is_frozen_and_an_opt_out_is_skipped_with_reason(
+    approved, admin_user, ops, sync_tasks
+):
+    # given a customer who joins the segment after approval
+    make_customer(50, admin_user)
+    # and a marketing-style opt-out is irrelevant to a regulatory notice, but an unreachable
+    # customer (their email removed) is skipped with the reason
+    customer = Customer.objects.get(external_ref="M-003")
+    customer.contacts.update(valid=False)
+    # when
+    sync_tasks(campaigns.campaign_schedule, campaign=approved, by=ops)
+    # then
+    approved.refresh_from_db()
+    assert approved.state == "completed"
+    recipients = {
+        r.customer.external_ref: r for r in approved.recipients.select_related("customer")
+    }
+    assert set(recipients) == {"M-000", "M-001", "M-002", "M-003"}
+    assert recipients["M-003"].state == "skipped"
+    assert recipients["M-003"].reason.startswith("unreachable: ")
+    sent_to = sorted(m.to[0].split("<")[1].rstrip(">") for m in mail.outbox)
+    assert sent_to == ["c0@example.org", "c1@example.org", "c2@example.org"]
+    assert Communication.objects.filter(source="campaign").count() == 3
+
+
+def test_marketing_opt_out_after_approval_is_skipped(
+    campaign_factory, mortgage_customers, author, reviewer2, ops, admin_user, sync_tasks
+):
+    # given every customer opted in to marketing email
+    for customer in mortgage_customers:
+        services.consent_record(
+            customer=customer,
+            channel="email",
+            category="marketing",
+            granted=True,
+            legal_basis="consent",
+            source="form",
+            by=admin_user,
+        )
+    campaign = campaign_factory(category="marketing")
+    approval = campaigns.campaign_submit(campaign=campaign, by=author)
+    approvals.approval_decide(approval=approval, by=reviewer2, decision="approve")
+    # when one opts out after approval
+    services.consent_record(
+        customer=mortgage_customers[1],
+        channel="email",
+        category="marketing",
+        granted=False,
+        legal_basis="consent",
+        source="unsubscribe",
+        by=admin_user,
+    )
+    campaign.refresh_from_db()
+    sync_tasks(campaigns.campaign_schedule, campaign=campaign, by=ops)
+    # then
+    skipped = CampaignRecipient.objects.get(campaign=campaign, customer=mortgage_customers[1])
+    assert skipped.state == "skipped"
+    assert skipped.reason.startswith("opted out of marketing since approval")
+    assert len(mail.outbox) == 3
+
+
+def test_running_the_send_twice_gives_one_communication_per_customer(approved, ops, sync_tasks):
+    # given a crash after the first chunk: its communications exist, the recipients were not
+    # marked (as if the commit of the recipients' rows was lost)
+    campaigns.campaign_schedule(campaign=approved, by=ops)  # no sync: nothing runs yet
+    assert campaigns.campaign_start(approved.pk)
+    sync_tasks(campaigns.campaign_chunk_send, approved.pk)
+    CampaignRecipient.objects.filter(campaign=approved).update(
+        state="pending", communication=None, handed_at=None
+    )
+    # when the task runs again, twice
+    sync_tasks(campaigns.campaign_send, approved.pk)
+    sync_tasks(campaigns.campaign_send, approved.pk)
+    # then
+    approved.refresh_from_db()
+    assert approved.state == "completed"
+    assert Communication.objects.filter(source="campaign").count() == 4
+    assert len(mail.outbox) == 4
+    handed = CampaignRecipient.objects.filter(campaign=approved, state="handed")
+    assert handed.count() == 4
+    assert set(handed.values_list("communication__idempotency_key", flat=True)) == {
+        f"campaign:{approved.pk}:{pk}" for pk in handed.values_list("customer_id", flat=True)
+    }
+
+
+def test_pause_stops_further_chunks_and_resume_finishes(approved, ops, settings, sync_tasks):
+    settings.CCM_BULK_CHUNK = 1
+    campaigns.campaign_schedule(campaign=approved, by=ops)
+    campaigns.campaign_start(approved.pk)
+    sync_tasks(campaigns.campaign_chunk_send, approved.pk)
+    # when operations pause it
+    campaigns.campaign_pause(campaign=approved, by=ops, reason="Call centre overloaded")
+    outcome = campaigns.campaign_chunk_send(approved.pk)
+    # then nothing more is handed
+    assert outcome.handed == 0
+    assert CampaignRecipient.objects.filter(campaign=approved, state="handed").count() == 1
+    approved.refresh_from_db()
+    progress = selectors.campaign_progress(approved)
+    assert progress["recipients"]["pending"] == 3
+    assert progress["state"] == "paused"
+    # and resuming finishes the rest
+    sync_tasks(campaigns.campaign_resume, campaign=approved, by=ops)
+    approved.refresh_from_db()
+    assert approved.state == "completed"
+    assert Communication.objects.filter(source="campaign").count() == 4
+
+
+def test_cancel_skips_everyone_still_waiting(approved, ops):
+    campaigns.campaign_schedule(campaign=approved, by=ops)
+    campaigns.campaign_start(approved.pk)
+    campaigns.campaign_cancel(campaign=approved, by=ops, reason="Wrong rate")
+    approved.refresh_from_db()
+    assert approved.state == "cancelled"
+    assert set(approved.recipients.values_list("state", flat=True)) == {"skipped"}
+    assert campaigns.campaign_chunk_send(approved.pk).handed == 0
+
+
+def test_a_changed_published_version_pauses_the_campaign(approved, ops, author, reviewer):
+    from documents import services as documents
+    from documents.bundle import read_folder
+    from documents.demo import LIBRARY
+
+    version = documents.template_version_create(
+        template=approved.template_version.template,
+        bundle=read_folder(LIBRARY / "document_ready"),
+        by=author,
+    )
+    approval = documents.template_version_submit(version=version, by=author)
+    approvals.approval_decide(approval=approval, by=reviewer, decision="approve")
+    version.refresh_from_db()
+    documents.template_version_publish(version=version, by=author)
+    campaigns.campaign_schedule(campaign=approved, by=ops)
+    campaigns.campaign_start(approved.pk)
+    # when
+    campaigns.campaign_chunk_send(approved.pk)
+    # then
+    approved.refresh_from_db()
+    assert approved.state == "paused"
+    assert "no longer the published one" in approved.note
+    assert Communication.objects.count() == 0
+
+
+def test_nothing_is_handed_outside_the_send_window(
+    campaign_factory, mortgage_customers, author, reviewer2, ops
+):
+    from django.utils import timezone
+
+    hour = timezone.localtime().hour
+    campaign = campaign_factory(window=((hour + 1) % 24, (hour + 2) % 24))
+    approval = campaigns.campaign_submit(campaign=campaign, by=author)
+    approvals.approval_decide(approval=approval, by=reviewer2, decision="approve")
+    campaigns.campaign_schedule(campaign=campaign, by=ops)
+    campaigns.campaign_start(campaign.pk)
+    # when a chunk runs outside the window
+    outcome = campaigns.campaign_chunk_send(campaign.pk)
+    # then nothing went, and the campaign still waits to send
+    campaign.refresh_from_db()
+    assert (outcome.handed, campaign.state) == (0, "sending")
+    assert Communication.objects.count() == 0
+    # and inside the window it goes
+    campaign.window_start_hour, campaign.window_end_hour = hour, (hour + 1) % 24
+    campaign.save(update_fields=["window_start_hour", "window_end_hour"])
+    assert campaigns.campaign_chunk_send(campaign.pk).handed == 4
+
+
+def test_a_tampered_audience_cannot_be_approved(
+    campaign_factory, mortgage_customers, author, reviewer2
+):
+    campaign = campaign_factory()
+    approval = campaigns.campaign_submit(campaign=campaign, by=author)
+    # given a data row changed behind the reviewer's back
+    CampaignRecipient.objects.filter(customer=mortgage_customers[0]).update(data={"x": 1})
+    # then approving is refused and the campaign stays in review
+    with pytest.raises(approvals.ApprovalConflict):
+        approvals.approval_decide(approval=approval, by=reviewer2, decision="approve")
+    campaign.refresh_from_db()
+    assert campaign.state == "in_review"
+
+
+@pytest.mark.parametrize("small_segment", [100_000, 0])
+def test_breakdown_is_the_same_by_lookup_or_by_scan(
+    mortgage_customers, admin_user, monkeypatch, small_segment
+):
+    # given a customer who also has a phone, and one whose email is suppressed
+    services.customer_upsert(
+        external_ref="M-000", name="Customer 0", phones=["07911 123456"], by=admin_user
+    )
+    from notifications.models import Suppression
+
+    Suppression.objects.create(channel="email", address="c1@example.org", reason="hard_bounce")
+    monkeypatch.setattr(selectors, "SMALL_SEGMENT", small_segment)
+    # when
+    breakdown = selectors.channel_breakdown(
+        selectors.segment_customers({"attributes": {"product": "variable_mortgage"}}),
+        category="service",
+        renditions=["email", "sms"],
+    )
+    # then
+    assert breakdown.combinations == {"email": 3, "none": 1}
+    assert breakdown.channels == {"email": 3}
+    assert breakdown.unreachable == 1

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from notifications.campaigns.models import Campaign
+
+
+def test_author_creates_a_campaign_and_sees_form_errors(client, author, segment, document_ready):
+    client.force_login(author)
+    # when the form is sent empty
+    empty = client.post("/campaigns/new/", {})
+    # then every missing field is named, tied to its control
+    assert empty.status_code == 400
+    html = empty.content.decode()
+    assert "Name the campaign." in html
+    assert "Choose the segment to send to." in html
+    assert 'aria-invalid="true"' in html
+    # when it is filled in
+    created = client.post(
+        "/campaigns/new/",
+        {
+            "name": "Rate change",
+            "template": "document_ready",
+            "segment": segment.pk,
+            "category": "regulatory",
+            "data_source": "attributes",
+            "throttle": '{"email": 600}',
+        },
+    )
+    campaign = Campaign.objects.get()
+    assert created.status_code == 302
+    assert created["Location"] == f"/campaigns/{campaign.pk}/"
+    assert campaign.throttle == {"email": 600}
+
+
+def test_campaign_page_tells_the_story_and_refuses_a_wrong_move(client, ops, approved):
+    client.force_login(ops)
+    page = client.get(f"/campaigns/{approved.pk}/")
+    html = page.content.decode()
+    assert page.status_code == 200
+    assert approved.audience_hash in html
+    assert "rory at" in html  # who approved
+    assert "campaign_progress.js" in html
+    # resuming a campaign that is not paused is refused on the page, not a 500
+    refused = client.post(f"/campaigns/{approved.pk}/resume/")
+    assert refused.status_code == 409
+    assert "cannot be resumed" in refused.content.decode()
+    listed = client.get("/campaigns/?state=approved")
+    assert "Rate change" in listed.content.decode()
+    assert client.get("/campaigns/?state=nonsense").status_code == 400
+
+
+def test_progress_json_for_the_polling_bar(client, ops, approved):
+    client.force_login(ops)
+    progress = client.get(f"/campaigns/{approved.pk}/progress.json").json()
+    assert progress["total"] == 4
+    assert progress["recipients"]["pending"] == 4
+
+
+def test_agent_without_the_role_cannot_see_campaigns(client, agent, approved):
+    client.force_login(agent)
+    assert client.get("/campaigns/").status_code == 403
