@@ -10,12 +10,14 @@ class CasesConfig(AppConfig):
     def ready(self) -> None:
         from cases import demo as cases_demo
         from cases import queues, receivers, request_tasks, tasks
+        from cases.incidents import tasks as incident_tasks
         from ccm import demo
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
 
         receivers.connect()
         tasks.register()
+        incident_tasks.register()
         request_tasks.register()
         demo.register_seeder(cases_demo.seed_complaint)
         # The agent and operations screens (cases/web.py), with what waits for each.

@@ -24,6 +24,8 @@ urlpatterns = [
     path("api/v1/", include("notifications.urls")),
     path("api/v1/", include("cases.urls")),
     path("api/v1/", include("cases.request_api")),
+    path("api/v1/", include("cases.incidents.urls")),
+    path("incidents/", include("cases.incidents.web_urls")),
     path("agent/", include("cases.request_urls")),
     path("anymail/", include("anymail.urls")),
     path("p/", include("notifications.portal_urls")),

@@ -3,8 +3,15 @@ from __future__ import annotations
 from django.urls import path
 
 from notifications import api, device_api, printing_api, webhooks_api
+from notifications.assets import api as assets_api
 
 urlpatterns = [
+    path("assets", assets_api.AssetUpsertView.as_view(), name="api-assets"),
+    path(
+        "service-points",
+        assets_api.ServicePointUpsertView.as_view(),
+        name="api-service-points",
+    ),
     path("customers", api.CustomerUpsertView.as_view(), name="api-customers"),
     path("customers/<str:ref>", api.CustomerDetailView.as_view(), name="api-customer"),
     path("customers/<str:ref>/consents", api.CustomerConsentView.as_view(), name="api-consents"),

@@ -33,6 +33,7 @@ SCOPES: dict[str, str] = {
     "cases:write": "Open and move cases, request reprints and correspondence",
     "webhooks:read": "See webhook subscriptions and the log of events sent to them",
     "webhooks:write": "Manage webhook subscriptions and replay their events",
+    "events:write": "Send operational and IoT events (they become incidents and notices)",
     "print": "Print batches: fetch streams and manifests, report mailing and returned mail",
 }
 

@@ -170,6 +170,7 @@ class Source(models.TextChoices):
     CAMPAIGN = "campaign"
     REPRINT = "reprint"
     FOLLOW_UP = "follow_up"
+    INCIDENT = "incident"
 
 
 class CommState(models.TextChoices):
@@ -489,6 +490,7 @@ class DeliveryEvent(models.Model):
         return f"{self.provider} {self.event_type} {self.event_id}"
 
 
+from notifications.assets.models import Asset, AssetKind, ServicePoint  # noqa: E402, F401
 from notifications.models.devices import Device, Platform, device_address  # noqa: E402, F401
 from notifications.models.history import CommunicationStep  # noqa: E402, F401
 from notifications.models.printing import PrintBatch, PrintBatchState, PrintItem  # noqa: E402, F401

@@ -27,6 +27,7 @@ EXPECTED = {
     "rate_change_notice",
     "document_ready",
     "exception_alert",
+    "outage_update",
 }
 
 
