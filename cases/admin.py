@@ -182,3 +182,4 @@ class CaseAdmin(admin.ModelAdmin):
 
 
 from cases import request_admin  # noqa: E402, F401  (reprint and correspondence requests)
+from cases.incidents import admin as incidents_admin  # noqa: E402, F401

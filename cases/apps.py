@@ -41,6 +41,15 @@ class CasesConfig(AppConfig):
             ),
         )
         register_home_link(
+            Role.OPERATIONS,
+            HomeLink(
+                "Incidents",
+                "incident-list",
+                "Events grouped into incidents, their notices and delivery; acknowledge, hold, "
+                "update, resolve",
+            ),
+        )
+        register_home_link(
             Role.COMPLIANCE_REVIEWER,
             HomeLink("Cases", "admin:cases_case_changelist", "Cases and their SLA clocks"),
         )

@@ -252,3 +252,4 @@ class DeviceAdmin(admin.ModelAdmin):
 
 # The print batch and webhook screens register themselves on import.
 from notifications import printing_admin, webhooks_admin  # noqa: E402, F401
+from notifications.assets import admin as assets_admin  # noqa: E402, F401

@@ -10,7 +10,11 @@ from notifications.models import DeliveryState
 
 
 def incident_list() -> QuerySet[Incident]:
-    return Incident.objects.select_related("asset").annotate(event_count=Count("events"))
+    return (
+        Incident.objects.select_related("asset")
+        .annotate(event_count=Count("events"))
+        .order_by("-first_event_at", "-id")
+    )
 
 
 def updates_with_delivery(*, incident: Incident) -> list[dict]:

@@ -182,3 +182,40 @@ def test_a_new_severe_incident_alerts_operations(events_api, run_tasks, ops, set
     alerts = [m for m in mail.outbox if "control-room@example.org" in m.to]
     assert len(alerts) == 1
     assert Incident.objects.get().reference in alerts[0].subject
+
+
+def test_the_operations_screen_shows_the_incident_and_its_actions_work(
+    events_api, run_tasks, ops, client
+):
+    # given an incident whose customers were told
+    meters = grid(devices=2, customers=4)
+    post(events_api, [event(m, 1) for m in meters], run_tasks)
+    incident = Incident.objects.get()
+    client.force_login(ops)
+    # when operations open the list and the incident
+    listing = client.get("/incidents/")
+    page = client.get(f"/incidents/{incident.reference}/")
+    # then they see it with its affected customers by region and its notices
+    assert incident.reference in listing.content.decode()
+    html = page.content.decode()
+    assert "region-north" in html
+    assert "<td>4</td>" in html  # 4 customers, 4 notices
+    # when they hold notices, then resolve it by hand
+    client.post(f"/incidents/{incident.reference}/action", {"action": "hold"})
+    incident.refresh_from_db()
+    assert incident.held
+    with_tasks = run_tasks(
+        client.post,
+        f"/incidents/{incident.reference}/action",
+        {"action": "resolve", "message": "a blown fuse"},
+    )
+    assert with_tasks.status_code == 302
+    incident.refresh_from_db()
+    assert incident.state == IncidentState.RESOLVED
+    assert "restored" in sms.outbox[-1].body
+    assert len(sms.outbox) == 8
+
+
+def test_customers_cannot_see_the_operations_screen(client, make_user):
+    client.force_login(make_user("someone"))
+    assert client.get("/incidents/").status_code == 403
