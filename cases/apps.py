@@ -10,6 +10,7 @@ class CasesConfig(AppConfig):
     def ready(self) -> None:
         from cases import demo as cases_demo
         from cases import queues, receivers, request_tasks, tasks
+        from cases.incidents import demo as incidents_demo
         from cases.incidents import tasks as incident_tasks
         from ccm import demo
         from ccm.roles import Role
@@ -20,6 +21,7 @@ class CasesConfig(AppConfig):
         incident_tasks.register()
         request_tasks.register()
         demo.register_seeder(cases_demo.seed_complaint)
+        demo.register_seeder(incidents_demo.seed_network)
         # The agent and operations screens (cases/web.py), with what waits for each.
         for role in (Role.SERVICE_AGENT, Role.OPERATIONS):
             register_home_link(

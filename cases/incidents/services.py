@@ -45,7 +45,7 @@ from ccm import audit
 from ccm.tasks import enqueue
 from notifications.assets import selectors as asset_selectors
 from notifications.assets.models import PATH_SEP, Asset, ServicePoint
-from notifications.bulk import communications_intake
+from notifications.bulk import communications_intake, insert_rows
 from notifications.models import Customer
 
 MAX_EVENTS = 1000  # per call
@@ -148,34 +148,44 @@ def events_ingest(*, items: Sequence[Mapping[str, Any]], by=None) -> list[EventR
     for key in seen & set(good):
         results[good[key][0]].status = "duplicate"
     new = [event for key, (_, event) in good.items() if key not in seen]
-    # ON CONFLICT DO NOTHING: an event a concurrent call stored first is not stored twice.
-    Event.objects.bulk_create(new, ignore_conflicts=True, batch_size=1000)
-    stored = list(
-        Event.objects.filter(
-            source__in=sources, event_id__in={e.event_id for e in new}, incident__isnull=True
-        ).select_related("asset")
-    )
-    wanted = {(e.source, e.event_id) for e in new}
-    stored = [e for e in stored if (e.source, e.event_id) in wanted]
-    by_key = events_group(events=stored)
+    try:
+        with transaction.atomic():
+            insert_rows(Event, new)  # COPY, the ids drawn first: no second read
+    except IntegrityError:
+        # A concurrent call stored some of these first: insert the rest, once each.
+        for e in new:
+            e.pk, e._state.adding = None, True
+        Event.objects.bulk_create(new, ignore_conflicts=True, batch_size=1000)
+        fresh = {
+            (source, event_id): pk
+            for source, event_id, pk in Event.objects.filter(
+                source__in=sources, event_id__in={e.event_id for e in new}, incident__isnull=True
+            ).values_list("source", "event_id", "pk")
+        }
+        new = [e for e in new if (e.source, e.event_id) in fresh]
+        for e in new:
+            e.pk = fresh[(e.source, e.event_id)]
+    paths = {pk: path for pk, _, path in assets.values()}
+    by_key = events_group(events=new, paths=paths)
     for key, (index, _) in good.items():
         if key in by_key:
             results[index].incident = by_key[key]
     return results
 
 
-def _group_asset(event: Event, rule: Rule, kinds: Mapping[str, tuple[int, str, str]]) -> str:
-    """The code of the event asset's nearest ancestor (or itself) of the rule's kind."""
-    codes = [c for c in event.asset.path.split(PATH_SEP) if c]
+def _group_asset(path: str, rule: Rule, kinds: Mapping[str, tuple[int, str, str]]) -> str:
+    """The code of the nearest ancestor (or the asset itself) of the rule's kind."""
+    codes = [c for c in path.split(PATH_SEP) if c]
     for code in reversed(codes):
         if kinds.get(code, (0, "", ""))[1] == rule.group_by:
             return code
-    return event.asset.code
+    return codes[-1]
 
 
-def events_group(*, events: list[Event]) -> dict[tuple[str, str], str]:
-    """Put new events into incidents; {(source, event_id): incident reference}."""
-    ancestors = {c for e in events for c in e.asset.path.split(PATH_SEP) if c}
+def events_group(*, events: list[Event], paths: Mapping[int, str]) -> dict[tuple[str, str], str]:
+    """Put new events into incidents; {(source, event_id): incident reference}. `paths`: the
+    asset path of each event's asset id."""
+    ancestors = {c for e in events for c in paths[e.asset_id].split(PATH_SEP) if c}
     kinds = asset_selectors.assets_by_code(codes=ancestors)
     groups: dict[str, list[Event]] = defaultdict(list)
     rules: dict[str, Rule] = {}
@@ -183,7 +193,7 @@ def events_group(*, events: list[Event]) -> dict[tuple[str, str], str]:
     for event in events:
         rule = rule_for(event.event_type)
         assert rule is not None  # checked at intake
-        anchor = _group_asset(event, rule, kinds)
+        anchor = _group_asset(paths[event.asset_id], rule, kinds)
         key = f"{event.event_type}:{anchor}"
         groups[key].append(event)
         rules[key], anchors[key] = rule, anchor
