@@ -8,6 +8,8 @@ from datetime import timedelta
 from django.utils import timezone
 
 from cases.incidents import services
+from cases.incidents.models import Incident
+from cases.incidents.rules import rule_for
 from notifications.assets import services as assets
 from notifications.demo import CUSTOMERS
 
@@ -48,9 +50,12 @@ def seed_network() -> None:
 
 
 def simulate_outage(*, resolve: bool = True, run: str = "") -> list[services.EventResult]:
-    """The demo feeder's meters trip (and, with `resolve`, clear a minute later)."""
+    """The demo feeder's meters trip (and, with `resolve`, clear). The trips are dated
+    `group_wait` ago, so the first notice goes out now instead of after the wait."""
     run = run or timezone.now().strftime("%Y%m%d%H%M%S")
-    start = timezone.now() - timedelta(minutes=5)
+    rule = rule_for("power_outage")
+    assert rule is not None
+    start = timezone.now() - timedelta(seconds=rule.group_wait + 120)
     events = [
         {
             "source": DEMO_SOURCE,
@@ -65,6 +70,8 @@ def simulate_outage(*, resolve: bool = True, run: str = "") -> list[services.Eve
         for action, offset in [("trigger", 0), *([("resolve", 1)] if resolve else [])]
         for i in range(3)
     ]
-    return services.events_ingest(items=events[:3]) + (
-        services.events_ingest(items=events[3:]) if resolve else []
-    )
+    tripped = services.events_ingest(items=events[:3])
+    for reference in {r.incident for r in tripped if r.incident}:
+        incident = Incident.objects.get(reference=reference)
+        services.incident_evaluate(incident_id=incident.pk)
+    return tripped + (services.events_ingest(items=events[3:]) if resolve else [])

@@ -560,7 +560,11 @@ def incident_update_send(*, update_id: int) -> dict[str, int]:
     incident = update.incident
     if update.kind in (UpdateKind.NOTICE, UpdateKind.UPDATE):
         customer_ids = asset_selectors.customer_ids_under(asset=incident.asset)
-    else:  # the confirmation or retraction goes to whoever was told
+    else:
+        # The confirmation or retraction goes to whoever was told: earlier updates still on
+        # their way are finished first (their sends are idempotent), so nobody is left out.
+        for earlier in incident.updates.filter(sequence__lt=update.sequence, completed_at=None):
+            incident_update_send(update_id=earlier.pk)
         customer_ids = sorted(
             set(
                 IncidentNotice.objects.filter(incident=incident)

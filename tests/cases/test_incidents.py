@@ -219,3 +219,24 @@ def test_the_operations_screen_shows_the_incident_and_its_actions_work(
 def test_customers_cannot_see_the_operations_screen(client, make_user):
     client.force_login(make_user("someone"))
     assert client.get("/incidents/").status_code == 403
+
+
+def test_the_demo_outage_runs_the_whole_loop(run_tasks, settings, admin_user):
+    # given the demo customers on the demo network
+    from django.core.management import call_command
+
+    from cases.incidents.demo import seed_network
+    from notifications import services as notifications
+    from notifications.demo import CUSTOMERS
+
+    for spec in CUSTOMERS:
+        notifications.customer_upsert(**spec, by=admin_user)
+    seed_network()
+    # when the demo outage is simulated
+    run_tasks(call_command, "simulate_outage")
+    # then the customers under feeder 1 were told, then told it is restored
+    incident = Incident.objects.get()
+    assert incident.state == IncidentState.RESOLVED
+    kinds = list(incident.updates.values_list("kind", flat=True))
+    assert kinds == ["notice", "resolution"]
+    assert incident.notices.count() == 6  # 3 customers, 2 updates
