@@ -28,6 +28,11 @@ EXPECTED = {
     "document_ready",
     "exception_alert",
     "outage_update",
+    "water_quality_advisory",
+    "planned_maintenance",
+    "technician_appointment",
+    "abnormal_consumption_alert",
+    "maintenance_plan_offer",
 }
 
 
