@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -140,11 +140,7 @@ def events_ingest(*, items: Sequence[Mapping[str, Any]], by=None) -> list[EventR
         return results
     sources = {s for s, _ in good}
     event_ids = {e for _, e in good}
-    seen = set(
-        Event.objects.filter(source__in=sources, event_id__in=event_ids).values_list(
-            "source", "event_id"
-        )
-    )
+    seen = _received(sources, event_ids)
     for key in seen & set(good):
         results[good[key][0]].status = "duplicate"
     new = [event for key, (_, event) in good.items() if key not in seen]
@@ -171,6 +167,23 @@ def events_ingest(*, items: Sequence[Mapping[str, Any]], by=None) -> list[EventR
         if key in by_key:
             results[index].incident = by_key[key]
     return results
+
+
+def _received(sources: set[str], event_ids: set[str]) -> set[tuple[str, str]]:
+    """(source, event_id) pairs among these already stored."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:  # arrays bind as one parameter each
+            cursor.execute(
+                "SELECT source, event_id FROM cases_event "
+                "WHERE event_id = ANY(%s) AND source = ANY(%s)",
+                [list(event_ids), list(sources)],
+            )
+            return {(source, event_id) for source, event_id in cursor.fetchall()}
+    return set(
+        Event.objects.filter(source__in=sources, event_id__in=event_ids).values_list(
+            "source", "event_id"
+        )
+    )
 
 
 def _group_asset(path: str, rule: Rule, kinds: Mapping[str, tuple[int, str, str]]) -> str:
@@ -240,7 +253,15 @@ def _group_one(
 def _attach(incident: Incident, events: list[Event], placed: dict) -> None:
     if not events:
         return
-    Event.objects.filter(pk__in=[e.pk for e in events]).update(incident=incident)
+    ids = [e.pk for e in events]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:  # one array parameter, not 1,000 placeholders
+            cursor.execute(
+                "UPDATE cases_event SET incident_id = %s WHERE id = ANY(%s)",
+                [incident.pk, ids],
+            )
+    else:
+        Event.objects.filter(pk__in=ids).update(incident=incident)
     worst = max([incident.severity, *(e.severity for e in events)], key=SEVERITY_ORDER.index)
     last = max(e.occurred_at for e in events)
     Incident.objects.filter(pk=incident.pk).update(
