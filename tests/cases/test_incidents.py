@@ -12,7 +12,7 @@ from cases.incidents import services
 from cases.incidents.models import Event, Incident, IncidentNotice, IncidentState, UpdateKind
 from ccm.models import AuditEvent
 from notifications.channels import sms
-from notifications.models import Communication
+from notifications.models import Communication, ContactPoint, Customer
 from tests.cases.incident_fixtures import T0, event, grid
 
 pytestmark = pytest.mark.usefixtures("outage_templates")
@@ -240,3 +240,36 @@ def test_the_demo_outage_runs_the_whole_loop(run_tasks, settings, admin_user):
     kinds = list(incident.updates.values_list("kind", flat=True))
     assert kinds == ["notice", "resolution"]
     assert incident.notices.count() == 6  # 3 customers, 2 updates
+
+
+def test_a_customer_newly_under_the_incident_gets_the_current_state_once(
+    events_api, run_tasks, ops
+):
+    # given an incident whose two customers were told
+    from notifications.assets import services as assets
+
+    meters = grid(devices=1, customers=2)
+    post(events_api, [event(meters[0], 1)], run_tasks)
+    incident = Incident.objects.get()
+    # when a third customer is connected under the feeder and an update goes out
+    newcomer = Customer.objects.create(
+        external_ref="NEW-1", name="Newcomer", postal_address=["1 New Row", "LS6 3QT"]
+    )
+    ContactPoint.objects.create(customer=newcomer, kind="phone", value="+447700999999")
+    assets.service_points_upsert(
+        items=[{"code": "sp-new", "customer": "NEW-1", "asset": meters[0]}]
+    )
+    run_tasks(
+        services.incident_update_send_now,
+        incident=incident,
+        message={"text": "Engineers are on site.", "expected_end": "2026-05-01T11:00:00+00:00"},
+        by=ops,
+    )
+    # then the old customers get the update, the newcomer the first notice with the new estimate
+    update = incident.updates.get(sequence=2)
+    templates = dict(update.notices.values_list("customer__external_ref", "template"))
+    assert templates.pop("NEW-1") == "outage_notice"
+    assert set(templates.values()) == {"outage_update"}
+    to_newcomer = [m for m in sms.outbox if m.to == "+447700999999"]
+    assert len(to_newcomer) == 1
+    assert "11:00" in to_newcomer[0].body
