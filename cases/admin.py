@@ -184,3 +184,4 @@ class CaseAdmin(admin.ModelAdmin):
 
 # Reprint and correspondence requests; legal holds and purged documents.
 from cases import request_admin, retention_admin  # noqa: E402, F401
+from cases.incidents import admin as incidents_admin  # noqa: E402, F401

@@ -10,6 +10,8 @@ class CasesConfig(AppConfig):
     def ready(self) -> None:
         from cases import demo as cases_demo
         from cases import queues, receivers, request_tasks, tasks
+        from cases.incidents import demo as incidents_demo
+        from cases.incidents import tasks as incident_tasks
         from ccm import demo
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
@@ -20,8 +22,10 @@ class CasesConfig(AppConfig):
             "cases.exceptions_by_age", queues.exceptions_by_age_panel
         )
         tasks.register()
+        incident_tasks.register()
         request_tasks.register()
         demo.register_seeder(cases_demo.seed_complaint)
+        demo.register_seeder(incidents_demo.seed_network)
         # The agent and operations screens (cases/web.py), with what waits for each.
         for role in (Role.SERVICE_AGENT, Role.OPERATIONS):
             register_home_link(
@@ -40,6 +44,15 @@ class CasesConfig(AppConfig):
                 "cases-exceptions",
                 "Failed compositions, undeliverable and returned mail to regenerate or resend",
                 queues.open_exceptions_count,
+            ),
+        )
+        register_home_link(
+            Role.OPERATIONS,
+            HomeLink(
+                "Incidents",
+                "incident-list",
+                "Events grouped into incidents, their notices and delivery; acknowledge, hold, "
+                "update, resolve",
             ),
         )
         register_home_link(

@@ -346,5 +346,12 @@ class ReferenceCounter(models.Model):
         return f"{self.prefix}-{self.year}: {self.last}"
 
 
+from cases.incidents.models import (  # noqa: E402, F401
+    Event,
+    Incident,
+    IncidentAlert,
+    IncidentNotice,
+    IncidentUpdate,
+)
 from cases.request_models import *  # noqa: E402, F403
 from cases.retention_models import *  # noqa: E402, F403

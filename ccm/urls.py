@@ -30,6 +30,8 @@ urlpatterns = [
     path("campaigns/", include("notifications.campaigns.web_urls")),
     path("api/v1/", include("cases.urls")),
     path("api/v1/", include("cases.request_api")),
+    path("api/v1/", include("cases.incidents.urls")),
+    path("incidents/", include("cases.incidents.web_urls")),
     path("agent/", include("cases.request_urls")),
     hooks_urls.tracking_path("anymail/"),
     path("p/", include("notifications.portal_urls")),

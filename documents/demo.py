@@ -13,13 +13,13 @@ from documents.models import VersionState
 LIBRARY = Path(__file__).resolve().parent / "library"
 
 
-def seed_library() -> None:
+def seed_library(folder: Path = LIBRARY) -> None:
     """Import the library as the demo author and publish every new version through a real
     four-eyes sign-off by the demo reviewer. Running it again changes nothing."""
     User = get_user_model()
     author = User.objects.get(username="author")
     reviewer = User.objects.get(username="reviewer")
-    for result in services.templates_import(folder=LIBRARY, by=author):
+    for result in services.templates_import(folder=folder, by=author):
         if result.outcome == "invalid":
             raise RuntimeError(f"demo template {result.code} is invalid: {result.reason}")
         if result.outcome == "unchanged" or result.version is None:

@@ -3,12 +3,19 @@ from __future__ import annotations
 from django.urls import path
 
 from notifications import api, device_api, printing_api, webhooks_api
+from notifications.assets import api as assets_api
 from notifications.jobs import api as jobs_api
 from notifications.reporting import api as reporting_api
 
 urlpatterns = [
     path("stats", reporting_api.StatsView.as_view(), name="api-stats"),
     path("reports/runs", reporting_api.ReportRunListView.as_view(), name="api-report-runs"),
+    path("assets", assets_api.AssetUpsertView.as_view(), name="api-assets"),
+    path(
+        "service-points",
+        assets_api.ServicePointUpsertView.as_view(),
+        name="api-service-points",
+    ),
     path("customers", api.CustomerUpsertView.as_view(), name="api-customers"),
     path("customers/<str:ref>", api.CustomerDetailView.as_view(), name="api-customer"),
     path("customers/<str:ref>/consents", api.CustomerConsentView.as_view(), name="api-consents"),

@@ -39,6 +39,7 @@ SCOPES: dict[str, str] = {
     "webhooks:write": "Manage webhook subscriptions and replay their events",
     "campaigns:read": "Read segments and campaigns: previews, progress, evidence packs",
     "campaigns:write": "Create segments and campaigns; submit, schedule, pause, resume, cancel",
+    "events:write": "Send operational and IoT events (they become incidents and notices)",
     "print": "Print batches: fetch streams and manifests, report mailing and returned mail",
     "stats:read": "Read the daily rollups: volumes, statuses, channels, sources",
     "reports:read": "Read production report runs and download their archived files",

@@ -178,6 +178,7 @@ class Source(models.TextChoices):
     CAMPAIGN = "campaign"
     REPRINT = "reprint"
     FOLLOW_UP = "follow_up"
+    INCIDENT = "incident"
 
 
 class CommState(models.TextChoices):
@@ -500,6 +501,7 @@ class DeliveryEvent(models.Model):
         return f"{self.provider} {self.event_type} {self.event_id}"
 
 
+from notifications.assets.models import Asset, AssetKind, ServicePoint  # noqa: E402, F401
 from notifications.campaigns.models import (  # noqa: E402, F401
     Campaign,
     CampaignRecipient,

@@ -120,3 +120,6 @@ def compose_failed(
     communication.refresh_from_db()
     assert communication.state == "compose_failed"
     return communication
+
+
+from tests.cases.incident_fixtures import events_api, outage_templates, run_tasks  # noqa: E402, F401

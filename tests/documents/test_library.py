@@ -27,6 +27,12 @@ EXPECTED = {
     "rate_change_notice",
     "document_ready",
     "exception_alert",
+    "outage_update",
+    "water_quality_advisory",
+    "planned_maintenance",
+    "technician_appointment",
+    "abnormal_consumption_alert",
+    "maintenance_plan_offer",
 }
 
 

@@ -1,0 +1,1 @@
+"""Operational and IoT events become incidents: intake, grouping, affected customers, notices."""

@@ -1,0 +1,218 @@
+"""Events, the incidents they are grouped into, each incident's updates and the notice every
+affected customer got for each update."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django_fsm import ConcurrentTransitionMixin, FSMField, transition
+
+from notifications.models import Asset, Communication, Customer
+
+
+class EventAction(models.TextChoices):
+    TRIGGER = "trigger"
+    UPDATE = "update"
+    RESOLVE = "resolve"
+
+
+class Severity(models.TextChoices):
+    INFO = "info"
+    WARNING = "warning"
+    MAJOR = "major"
+    CRITICAL = "critical"
+
+
+SEVERE = {Severity.MAJOR, Severity.CRITICAL}
+
+
+class Event(models.Model):
+    """One event from a device or platform, as received (kept even when it changes nothing)."""
+
+    source = models.CharField(max_length=100)
+    event_id = models.CharField(max_length=200)
+    event_type = models.CharField(max_length=100)
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    action = models.CharField(max_length=10, choices=EventAction.choices)
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True)
+    dedup_key = models.CharField(max_length=255, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    incident = models.ForeignKey(
+        "Incident", null=True, blank=True, on_delete=models.SET_NULL, related_name="events"
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "event_id"], name="event_once_per_source")
+        ]
+        indexes = [models.Index(fields=["incident", "asset", "occurred_at"], name="event_alarm")]
+        ordering = ["occurred_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.event_id}"
+
+
+class IncidentState(models.TextChoices):
+    DETECTED = "detected"
+    NOTIFYING = "notifying"
+    MONITORING = "monitoring"
+    RESOLVED = "resolved"
+    SUPPRESSED = "suppressed"
+    FALSE_ALARM = "false_alarm"
+
+
+INCIDENT_OPEN_STATES = [
+    IncidentState.DETECTED,
+    IncidentState.NOTIFYING,
+    IncidentState.MONITORING,
+    IncidentState.SUPPRESSED,
+]
+
+
+class Incident(ConcurrentTransitionMixin, models.Model):
+    """Events of one type under one asset (the rule's grouping ancestor), told to the customers
+    served under that asset once per update."""
+
+    reference = models.CharField(max_length=20, unique=True)
+    event_type = models.CharField(max_length=100)
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    dedup_key = models.CharField(max_length=255)
+    severity = models.CharField(max_length=10, choices=Severity.choices)
+    state = FSMField(default=IncidentState.DETECTED, choices=IncidentState.choices, protected=True)
+    title = models.CharField(max_length=200)
+    held = models.BooleanField(default=False, help_text="Notices wait while an operator holds them")
+    suppressed_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    first_event_at = models.DateTimeField()
+    last_event_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            # One open incident per grouping key: concurrent intakes cannot open two.
+            models.UniqueConstraint(
+                fields=["dedup_key"],
+                condition=Q(state__in=INCIDENT_OPEN_STATES),
+                name="incident_open_once_per_key",
+            )
+        ]
+        ordering = ["-first_event_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.reference} {self.title}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in INCIDENT_OPEN_STATES
+
+    @transition(field=state, source=IncidentState.DETECTED, target=IncidentState.NOTIFYING)
+    def notify(self) -> None:
+        pass
+
+    @transition(field=state, source=IncidentState.NOTIFYING, target=IncidentState.MONITORING)
+    def monitor(self) -> None:
+        pass
+
+    @transition(field=state, source=IncidentState.MONITORING, target=IncidentState.NOTIFYING)
+    def renotify(self) -> None:
+        pass
+
+    @transition(field=state, source=IncidentState.DETECTED, target=IncidentState.SUPPRESSED)
+    def suppress(self) -> None:
+        pass
+
+    @transition(
+        field=state,
+        source=[
+            IncidentState.DETECTED,
+            IncidentState.NOTIFYING,
+            IncidentState.MONITORING,
+            IncidentState.SUPPRESSED,
+        ],
+        target=IncidentState.RESOLVED,
+    )
+    def resolve(self) -> None:
+        pass
+
+    @transition(field=state, source=INCIDENT_OPEN_STATES, target=IncidentState.FALSE_ALARM)
+    def mark_false_alarm(self) -> None:
+        pass
+
+
+class UpdateKind(models.TextChoices):
+    NOTICE = "notice"
+    UPDATE = "update"
+    RESOLUTION = "resolution"
+    RETRACTION = "retraction"
+
+
+class IncidentUpdate(models.Model):
+    """One thing the incident tells its customers; each customer hears it once."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="updates")
+    sequence = models.PositiveIntegerField()
+    kind = models.CharField(max_length=12, choices=UpdateKind.choices)
+    message = models.JSONField(default=dict, blank=True, help_text="What the notice says")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    customers_total = models.PositiveIntegerField(default=0)
+    notices_sent = models.PositiveIntegerField(default=0, help_text="Handed to the pipeline")
+    notices_refused = models.PositiveIntegerField(default=0)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["incident", "sequence"], name="incident_update_seq")
+        ]
+        ordering = ["incident", "sequence"]
+
+    def __str__(self) -> str:
+        return f"{self.incident.reference} #{self.sequence} {self.kind}"
+
+
+class IncidentNotice(models.Model):
+    """What one customer got for one update: at most one, whatever re-runs."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="notices")
+    update = models.ForeignKey(IncidentUpdate, on_delete=models.CASCADE, related_name="notices")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    template = models.CharField(max_length=100)
+    communication = models.ForeignKey(
+        Communication, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["update", "customer"], name="incident_notice_once")
+        ]
+        indexes = [models.Index(fields=["incident", "customer"], name="incident_notice_customer")]
+
+    def __str__(self) -> str:
+        return f"{self.update} → customer {self.customer_id}"
+
+
+class IncidentAlert(models.Model):
+    """The internal mail telling operations of a new severe incident (an outbox row)."""
+
+    incident = models.OneToOneField(Incident, on_delete=models.CASCADE, related_name="alert")
+    message_id = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"alert for incident {self.incident_id}"

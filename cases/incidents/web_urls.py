@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from cases.incidents import web
+
+urlpatterns = [
+    path("", web.incident_list, name="incident-list"),
+    path("<str:ref>/", web.incident_detail, name="incident-detail"),
+    path("<str:ref>/action", web.incident_action, name="incident-action"),
+]
