@@ -5,6 +5,7 @@ from __future__ import annotations
 import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -153,11 +154,13 @@ class CustomerUpsertView(CcmAPIView):
 
 
 def _customer(request, ref: str) -> Customer:
-    return get_object_or_404(
-        Customer,
-        source_system=request.query_params.get("source_system", "default"),
-        external_ref=ref,
-    )
+    source_system = request.query_params.get("source_system", "default")
+    # NUL is the one character a PostgreSQL text column refuses: no customer has it.
+    if "\x00" in source_system:
+        raise serializers.ValidationError({"source_system": ["Must not contain NUL."]})
+    if "\x00" in ref:
+        raise Http404
+    return get_object_or_404(Customer, source_system=source_system, external_ref=ref)
 
 
 class CustomerDetailView(CcmAPIView):

@@ -26,7 +26,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from ccm import audit
+from ccm import audit, context
 from ccm.models import AuditEvent
 from notifications.models import Communication, CommunicationStep, Delivery
 
@@ -54,12 +54,15 @@ def _body(row: CommunicationStep) -> dict:
         row.actor_label,
         row.action,
         row.detail,
+        row.request_id,
     )
 
 
-def _content(communication_id, delivery_id, at, actor_id, actor_label, action, detail) -> dict:
-    """What a step's hash covers."""
-    return {
+def _content(
+    communication_id, delivery_id, at, actor_id, actor_label, action, detail, request_id=""
+) -> dict:
+    """What a step's hash covers (the request id only when there is one)."""
+    content = {
         "communication": communication_id,
         "delivery": delivery_id,
         "at": at.isoformat(),
@@ -68,6 +71,9 @@ def _content(communication_id, delivery_id, at, actor_id, actor_label, action, d
         "action": action,
         "detail": detail,
     }
+    if request_id:
+        content["request_id"] = request_id
+    return content
 
 
 def _actor_parts(actor) -> tuple[Any, str]:
@@ -84,13 +90,33 @@ def steps_record(
     when = at or timezone.now()
     user, label = _actor_parts(actor)
     actor_id = user.pk if user is not None else None
+    request_id = (context.request_id() or "")[:200]
     rows = []
     for step in steps:
         detail = audit._jsonable(step.detail) or {}
         content = _content(
-            step.communication_id, step.delivery_id, when, actor_id, label, step.action, detail
+            step.communication_id,
+            step.delivery_id,
+            when,
+            actor_id,
+            label,
+            step.action,
+            detail,
+            request_id,
         )
-        rows.append((*content.values(), audit.leaf_hash(content)))
+        rows.append(
+            (
+                step.communication_id,
+                step.delivery_id,
+                when,
+                actor_id,
+                label,
+                step.action,
+                detail,
+                audit.leaf_hash(content),
+                request_id,
+            )
+        )
     if rows:
         _insert(rows, when)
         if seal_soon:
@@ -112,20 +138,23 @@ def _insert(rows: list[tuple], when: datetime) -> None:
                     action=r[5],
                     detail=r[6],
                     hash=r[7],
+                    request_id=r[8],
                 )
                 for r in rows
             ]
         )
         return
     table = CommunicationStep._meta.db_table
-    columns = "communication_id, delivery_id, at, actor_id, actor_label, action, detail, hash"
+    columns = (
+        "communication_id, delivery_id, at, actor_id, actor_label, action, detail, hash, request_id"
+    )
     # Names are the model's own; every value travels in the COPY stream.
     with (
         connection.cursor() as cursor,
         cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
     ):
         for r in rows:
-            copy.write_row((r[0], r[1], when, r[3], r[4], r[5], json.dumps(r[6]), r[7]))
+            copy.write_row((r[0], r[1], when, r[3], r[4], r[5], json.dumps(r[6]), r[7], r[8]))
 
 
 def step_record(

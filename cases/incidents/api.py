@@ -20,7 +20,16 @@ class EventIntakeView(CcmAPIView):
 
     required_scopes = ("events:write",)
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses=OpenApiTypes.OBJECT,
+        summary="Report one event, or a batch of up to 1,000",
+        description="One event object → 201 when stored, 200 when it was already received "
+        "(idempotent on `source` and `event_id`: a replay answers `duplicate` and changes "
+        'nothing); an invalid event → 422 naming the field. A batch `{"events": [...]}` → '
+        "200 with a result per event; if any is refused, 422 listing `events[i].field` errors "
+        "(the valid events of the batch are stored, so sending the batch again is safe).",
+    )
     def post(self, request):
         body = request.data
         if not isinstance(body, dict):

@@ -48,7 +48,14 @@ class AssetUpsertView(CcmAPIView):
 
     required_scopes = ("customers:write",)
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses=OpenApiTypes.OBJECT,
+        summary="Create or update up to 1,000 assets by code (all or nothing)",
+        description='Send `{"items": [{"code", "kind", "parent", "name"}, …]}`. Each asset is '
+        "created, or updated when its `code` exists. If any item is refused nothing is "
+        "stored, and the 422 names each fault as `items[i].field`.",
+    )
     def post(self, request):
         return _upsert(request, services.assets_upsert)
 
@@ -58,6 +65,13 @@ class ServicePointUpsertView(CcmAPIView):
 
     required_scopes = ("customers:write",)
 
-    @extend_schema(request=OpenApiTypes.OBJECT, responses=OpenApiTypes.OBJECT)
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses=OpenApiTypes.OBJECT,
+        summary="Create or update up to 1,000 service points by code (all or nothing)",
+        description='Send `{"items": [{"code", "customer", "asset", "address", "postcode"}, '
+        "…]}`. Each service point is created, or updated when its `code` exists. If any item "
+        "is refused nothing is stored, and the 422 names each fault as `items[i].field`.",
+    )
     def post(self, request):
         return _upsert(request, services.service_points_upsert)

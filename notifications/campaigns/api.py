@@ -13,6 +13,7 @@ from rest_framework.response import Response
 
 from ccm.api.auth import caller_scopes
 from ccm.api.errors import Conflict, Unprocessable
+from ccm.api.schema import CcmAutoSchema
 from ccm.api.views import CcmAPIView
 from documents.models import Category
 from notifications.campaigns import evidence, selectors, services
@@ -38,8 +39,15 @@ class CampaignAPIView(CcmAPIView):
     permission_classes = [*CcmAPIView.permission_classes, CampaignPermission]
 
 
-def _problem(exc: services.CampaignError) -> Unprocessable:
-    return Unprocessable(str(exc), code="campaign_invalid", errors=exc.errors or None)
+def _problem(exc: services.CampaignError, field: str = "") -> Unprocessable:
+    """A 422 whose `errors` keep to the Problem schema: one {field, message} per fault, the
+    data row or customer reference (if any) leading the message."""
+    errors = []
+    for item in exc.errors:
+        where = ", ".join(f"{k} {item[k]}" for k in ("row", "reference") if item.get(k) is not None)
+        for message in item.get("errors", []):
+            errors.append({"field": field, "message": f"{where}: {message}" if where else message})
+    return Unprocessable(str(exc), code="campaign_invalid", errors=errors or None)
 
 
 class SegmentSerializer(serializers.ModelSerializer):
@@ -75,7 +83,7 @@ class SegmentListCreateView(CampaignAPIView):
         try:
             segment = services.segment_create(**body.validated_data, by=request.user)
         except services.CampaignError as exc:
-            raise _problem(exc) from exc
+            raise _problem(exc, "definition") from exc
         return Response(SegmentSerializer(segment).data, status=status.HTTP_201_CREATED)
 
 
@@ -83,7 +91,10 @@ class SegmentDetailView(CampaignAPIView):
     required_scopes = READ
     permission_for = {"GET": "view_segment"}
 
-    @extend_schema(responses=SegmentSerializer)
+    @extend_schema(
+        responses=SegmentSerializer,
+        summary="A segment version: its name, version and definition",
+    )
     def get(self, request, pk: int):
         return Response(SegmentSerializer(get_object_or_404(Segment, pk=pk)).data)
 
@@ -237,7 +248,10 @@ class CampaignListCreateView(CampaignAPIView):
 class CampaignDetailView(CampaignAPIView):
     required_scopes = READ
 
-    @extend_schema(responses=CampaignSerializer)
+    @extend_schema(
+        responses=CampaignSerializer,
+        summary="A campaign: its state, template, audience and who submitted and approved it",
+    )
     def get(self, request, pk: int):
         return Response(CampaignSerializer(get_object_or_404(_campaigns(), pk=pk)).data)
 
@@ -247,12 +261,30 @@ class ScheduleSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="")
 
 
+ACTION_SUMMARIES = {
+    "submit": "Submit a draft campaign for approval",
+    "schedule": "Schedule an approved campaign (`at`, or now when it is null)",
+    "pause": "Pause a sending campaign (with an optional `reason`)",
+    "resume": "Resume a paused campaign",
+    "cancel": "Cancel a campaign (with an optional `reason`); unsent messages are not sent",
+}
+
+
+class CampaignActionSchema(CcmAutoSchema):
+    """One view serves five operations: each gets the summary of its own action."""
+
+    def get_summary(self):
+        view: CampaignActionView = self.view  # type: ignore[assignment]
+        return ACTION_SUMMARIES[view.action]
+
+
 class CampaignActionView(CampaignAPIView):
     """POST /campaigns/{id}/{action}: submit, schedule, pause, resume, cancel."""
 
     required_scopes = WRITE
     action = ""
     permission_for = {"POST": "change_campaign"}
+    schema = CampaignActionSchema()
 
     @extend_schema(request=ScheduleSerializer, responses=CampaignSerializer)
     def post(self, request, pk: int):
@@ -293,7 +325,12 @@ class CampaignProgressView(CampaignAPIView):
 class CampaignEvidenceView(CampaignAPIView):
     required_scopes = READ
 
-    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
+    @extend_schema(
+        responses={(200, "application/zip"): OpenApiTypes.BINARY},
+        summary="The campaign's evidence pack (a ZIP file)",
+        description="What was sent to whom and when, with the approval and the frozen "
+        "audience, as one ZIP file to keep as evidence.",
+    )
     def get(self, request, pk: int):
         campaign = get_object_or_404(Campaign, pk=pk)
         return evidence_response(campaign)

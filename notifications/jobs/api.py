@@ -86,6 +86,13 @@ class CommunicationBatchView(CcmAPIView):
                 "Split it into several calls.",
                 code="too_many_items",
             )
+        # The call's schema takes any object per item, but only objects: anything else refuses
+        # the whole call (400), as the schema says.
+        not_objects = {
+            str(i): ["Give a JSON object."] for i, b in enumerate(raw) if not isinstance(b, dict)
+        }
+        if not_objects:
+            raise serializers.ValidationError({"items": not_objects})
         items: list[services.BatchItem] = []
         refused: dict[int, list[dict]] = {}
         # One serializer for every item: building one per item (DRF deep-copies its fields

@@ -24,6 +24,8 @@ class CommunicationStep(models.Model):
     actor_label = models.CharField(max_length=200, blank=True)
     action = models.CharField(max_length=100)
     detail = models.JSONField(default=dict, blank=True)
+    # The id of the web request (or the task it enqueued) that took this step, for tracing.
+    request_id = models.CharField(max_length=200, blank=True, default="")
     hash = models.CharField(max_length=64)
     seal = models.ForeignKey(
         "ccm.AuditEvent",

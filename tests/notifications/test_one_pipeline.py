@@ -15,6 +15,7 @@ from django_q.models import OrmQ
 from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
+from ccm.tasks import task_context_enter, task_context_exit
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications import bulk, services
@@ -51,10 +52,15 @@ def queued(monkeypatch, django_capture_on_commit_callbacks):
         for row in rows:
             task = row.task
             func = task["func"]
-            with django_capture_on_commit_callbacks(execute=True):
-                (import_string(func) if isinstance(func, str) else func)(
-                    *task["args"], **task["kwargs"]
-                )
+            # As a cluster worker: its pre/post-execute hooks take the request id kwarg.
+            task_context_enter(None, func=func, task=task)
+            try:
+                with django_capture_on_commit_callbacks(execute=True):
+                    (import_string(func) if isinstance(func, str) else func)(
+                        *task["args"], **task["kwargs"]
+                    )
+            finally:
+                task_context_exit(None, func=func, task=task)
         return len(rows)
 
     def call(fn, *args, **kwargs):

@@ -1,5 +1,6 @@
 """A request's id follows it into the tasks it enqueued: a cluster worker (another process,
-another time) runs them under that id, so their log lines and audit events carry it."""
+another time) runs them under that id, so their log lines and the communication's history steps
+(sealed into the audit chain) carry it."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from rest_framework.test import APIClient
 
 from ccm import context
 from ccm.api.auth import api_key_create
-from ccm.models import AuditEvent
 from ccm.observability import ContextFilter, json_formatter_factory
-from notifications.models import Communication
+from notifications import history
+from notifications.models import Communication, CommunicationStep
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
 
@@ -56,7 +57,7 @@ def run_queued_tasks_as_a_worker(capture_on_commit) -> int:
     return ran
 
 
-def test_the_request_id_reaches_the_tasks_log_lines_and_audit_events(
+def test_the_request_id_reaches_the_tasks_log_lines_and_history_steps(
     db, letter, customer, django_capture_on_commit_callbacks, json_log
 ):
     # given an integrator's API key
@@ -77,12 +78,18 @@ def test_the_request_id_reaches_the_tasks_log_lines_and_audit_events(
     assert context.request_id() is None  # the request is over
     # and a worker later composes and sends it
     assert run_queued_tasks_as_a_worker(django_capture_on_commit_callbacks) >= 2
-    # then the communication went out, and the task's audit events name the request
+    # then the communication went out, and the steps the tasks recorded name the request
     communication = Communication.objects.get()
     assert communication.state == "sent"
+    steps = CommunicationStep.objects.filter(communication=communication)
     # (compose, then the dispatch task that compose enqueued: the id travels on)
     for action in ("communication.composed", "delivery.sent"):
-        assert AuditEvent.objects.get(action=action).request_id == "trace-0042", action
+        assert steps.get(action=action).request_id == "trace-0042", action
+    assert set(steps.values_list("request_id", flat=True)) == {"trace-0042"}
+    # and the request id is part of what each step's hash (sealed in the chain) covers
+    history.steps_seal()
+    assert steps.filter(seal__isnull=True).count() == 0
+    assert history.communication_verify(communication.pk).ok
     # and so do the task's JSON log lines
     lines = json_log()
     started = [line for line in lines if line["logger"] == "ccm.tasks"]
