@@ -36,7 +36,7 @@ system-deps:
 
 test-system-deps:
 	@$(call ensure_debs,$(SYSTEM_PACKAGES) $(TEST_SYSTEM_PACKAGES))
-	@command -v npm >/dev/null || $(call ensure_debs,npm)
+	@if ! command -v npm >/dev/null; then $(call ensure_debs,npm); fi
 
 $(AXE_JS):
 	@mkdir -p var/node

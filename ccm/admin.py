@@ -24,10 +24,28 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class SubjectTypeFilter(admin.SimpleListFilter):
+    """The kinds of subject in the log, with a name for events that have none (a batch seal of
+    communication steps, a chain checkpoint): an empty choice would be a link without text."""
+
+    title = "subject type"
+    parameter_name = "subject_type"
+
+    def lookups(self, request, model_admin):
+        kinds = AuditEvent.objects.order_by("subject_type").values_list("subject_type", flat=True)
+        return [(kind or "-", kind or "(no subject)") for kind in kinds.distinct()]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(subject_type="" if value == "-" else value)
+
+
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
     list_display = ["id", "created_at", "actor_label", "action", "subject_type", "subject_id"]
-    list_filter = ["action", "subject_type"]
+    list_filter = ["action", SubjectTypeFilter]
     search_fields = ["action", "subject_id", "actor_label", "request_id", "hash"]
     date_hierarchy = "created_at"
 

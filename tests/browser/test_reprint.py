@@ -91,7 +91,8 @@ def test_agent_files_a_reprint_to_a_new_address_and_a_reviewer_releases_it(
     reprint.refresh_from_db()
     assert reprint.state == "fulfilled"
     page.goto(f"/agent/reprints/{reprint.pk}/")
-    expect(page.get_by_text("Fulfilled", exact=True)).to_be_visible()
+    # (a fulfilled reprint shows what became of its letter: sent)
+    expect(page.get_by_text("Sent", exact=True)).to_be_visible()
     link = page.get_by_role("link", name="Download the duplicate PDF")
     download = page.request.get(link.get_attribute("href") or "")
     assert download.status == 200
