@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema, extend_schema_view, inline_seri
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 
-from ccm.api.errors import ApiProblem, field_errors, problem
+from ccm.api.errors import field_errors, problem
 from ccm.api.idempotency import MAX_KEY_LENGTH, client_of
 from ccm.api.pagination import CursorPagination
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
@@ -79,12 +79,15 @@ class CommunicationBatchView(CcmAPIView):
                 {"items": [f"Give a list of 1 to {MAX_BATCH_ITEMS} communications."]}
             )
         if len(raw) > MAX_BATCH_ITEMS:
-            raise ApiProblem(
-                status_code=413,
-                title="Content too large",
-                detail=f"{len(raw)} items: a batch holds at most {MAX_BATCH_ITEMS}. "
-                "Split it into several calls.",
-                code="too_many_items",
+            # 400 on `items`, as the schema's maxItems says (not 413: the body is not too large
+            # for the server, the list is too long for one job).
+            raise serializers.ValidationError(
+                {
+                    "items": [
+                        f"{len(raw)} items: a batch holds at most {MAX_BATCH_ITEMS}. "
+                        "Split it into several calls."
+                    ]
+                }
             )
         # The call's schema takes any object per item, but only objects: anything else refuses
         # the whole call (400), as the schema says.

@@ -114,9 +114,10 @@ def test_more_than_a_thousand_items_is_refused_whole(api, letter, customers):
     response = api.post(
         "/api/v1/communications/batch", {"items": [item("C-0")] * 1001}, format="json"
     )
-    assert response.status_code == 413
+    assert response.status_code == 400
     assert response["Content-Type"] == PROBLEM
-    assert "at most 1000" in response.json()["detail"]
+    assert "at most 1000" in response.json()["errors"][0]["message"]
+    assert response.json()["errors"][0]["field"] == "items"
     assert not SendJob.objects.exists()
 
 
