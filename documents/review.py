@@ -27,6 +27,8 @@ def version_proof_context(version: TemplateVersion) -> dict[str, Any]:
     live = version.template.published_version
     return {
         "version": version,
+        # A template without a print rendition has no PDF proof to show (the link would 404).
+        "prints": "print" in version.meta.get("channels", []),
         "live": live if live and live.pk != version.pk else None,
         "preview": preview,
         "preview_error": preview_error,
