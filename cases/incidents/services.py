@@ -286,7 +286,9 @@ def _incident_open(key: str, events: list[Event], rule: Rule, anchor: str) -> In
         first_event_at=events[0].occurred_at,
         last_event_at=events[0].occurred_at,
     )
-    incident.reference = f"INC-{now.year}-{incident.pk % 100000:05d}"
+    # The whole id, not a remainder of it: the reference is unique, and a remainder would
+    # repeat after 100,000 incidents (an IntegrityError at event intake).
+    incident.reference = f"INC-{now.year}-{incident.pk:05d}"
     Incident.objects.filter(pk=incident.pk).update(reference=incident.reference)
     # Inhibition: an open incident on an ancestor already speaks for this subtree.
     ancestors = [c for c in asset.path.split(PATH_SEP) if c and c != asset.code]
