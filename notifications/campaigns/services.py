@@ -39,6 +39,7 @@ from notifications.campaigns.models import (
     RecipientState,
     Segment,
 )
+from notifications.jobs.csv_rows import cells_data
 from notifications.models import CommState, Communication, Customer, Source
 from notifications.services import communication_cancel, intake_data_validate
 
@@ -193,27 +194,6 @@ def campaign_create(
     return campaign
 
 
-def _csv_value(raw: str) -> Any:
-    """A CSV cell as JSON when it reads as JSON (numbers, true/false, quoted strings), else as
-    text: "12.50" is the number the schema expects, "2026-03-01" stays a date string."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
-
-
-def _nested(row: dict[str, str]) -> dict:
-    """Dotted columns ("customer.name") become nested objects."""
-    data: dict[str, Any] = {}
-    for column, raw in row.items():
-        node = data
-        *parents, leaf = column.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = _csv_value(raw)
-    return data
-
-
 def attributes_data(customer: Customer) -> dict:
     """A customer's data row from their attributes, with their name and reference."""
     facts = dict(customer.attributes or {})
@@ -236,6 +216,7 @@ def campaign_data_rows(
         for customer in audience.values():
             rows[customer.pk] = attributes_data(customer)
     else:
+        schema = version.content.get("schema", {})
         reader = csv.DictReader(io.StringIO(campaign.data_csv))
         if "reference" not in (reader.fieldnames or []):
             return {}, [
@@ -254,7 +235,20 @@ def campaign_data_rows(
                 errors.append({"row": number, "reference": reference, "errors": ["a second row"]})
                 continue
             seen.add(reference)
-            rows[found.pk] = _nested({k: v for k, v in row.items() if k})
+            # Cells typed by the template's schema, as a send job's file is read.
+            data, cell_errors = cells_data(
+                ((k, v or "") for k, v in row.items() if k), schema=schema
+            )
+            if cell_errors:
+                errors.append(
+                    {
+                        "row": number,
+                        "reference": reference,
+                        "errors": [f"{e['field']}: {e['message']}" for e in cell_errors],
+                    }
+                )
+                continue
+            rows[found.pk] = data
         for reference in sorted(set(audience) - seen):
             errors.append({"row": None, "reference": reference, "errors": ["no data row"]})
     by_pk = {c.pk: c.external_ref for c in audience.values()}

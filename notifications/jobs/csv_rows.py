@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from notifications.jobs.services import Row
@@ -78,6 +78,25 @@ def _place(data: dict, path: list[str], value: Any) -> None:
     data[path[-1]] = value
 
 
+def cells_data(cells: Iterable[tuple[str, str]], *, schema: Mapping) -> tuple[dict, list[dict]]:
+    """Template data from (column, cell) pairs: dotted columns nest, each cell converted to the
+    type the schema gives its field, an empty cell left out. Also the cells' errors
+    ({field, message}). Send jobs and campaigns read their CSV files through it."""
+    data: dict = {}
+    errors: list[dict] = []
+    for name, raw in cells:
+        if raw.strip() == "":
+            continue
+        path = name.split(".")
+        try:
+            _place(data, path, _convert(raw, _field_schema(schema, path)))
+        except ValueError as exc:
+            errors.append({"field": f"data.{name}", "message": str(exc)})
+        except (AttributeError, TypeError):
+            errors.append({"field": f"data.{name}", "message": "clashes with another column"})
+    return data, errors
+
+
 def rows_read(content: bytes, *, schema: Mapping) -> list[Row]:
     """Every row of the file, each parsed or with its errors. CsvInvalid if the file itself
     cannot be used."""
@@ -137,17 +156,10 @@ def _row(number: int, line: list[str], header, at, data_columns, schema) -> Row:
     customer_ref = cell(CUSTOMER_COLUMN)
     if not customer_ref:
         errors.append({"field": CUSTOMER_COLUMN, "message": "is empty"})
-    data: dict = {}
-    for index, name, path in data_columns:
-        raw = line[index]
-        if raw.strip() == "":
-            continue
-        try:
-            _place(data, path, _convert(raw, _field_schema(schema, path)))
-        except ValueError as exc:
-            errors.append({"field": f"data.{name}", "message": str(exc)})
-        except (AttributeError, TypeError):
-            errors.append({"field": f"data.{name}", "message": "clashes with another column"})
+    data, cell_errors = cells_data(
+        ((name, line[index]) for index, name, _ in data_columns), schema=schema
+    )
+    errors += cell_errors
     return Row(
         index=number,
         customer_ref=customer_ref,
