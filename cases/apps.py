@@ -8,8 +8,8 @@ class CasesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from cases import address_corrections, queues, receivers, request_tasks, tasks
         from cases import demo as cases_demo
-        from cases import queues, receivers, request_tasks, tasks
         from cases.incidents import demo as incidents_demo
         from cases.incidents import tasks as incident_tasks
         from ccm import demo
@@ -26,6 +26,25 @@ class CasesConfig(AppConfig):
         request_tasks.register()
         demo.register_seeder(cases_demo.seed_complaint)
         demo.register_seeder(incidents_demo.seed_network)
+        address_corrections.register_approvable()
+        customers = HomeLink(
+            "Customers",
+            "customer-list",
+            "Find a customer: contact points and their state, preferences, the consent ledger, "
+            "communications and cases; open a case, correct an address",
+        )
+        for role in (Role.SERVICE_AGENT, Role.OPERATIONS, Role.COMPLIANCE_REVIEWER):
+            register_home_link(role, customers)
+        for role in (Role.SERVICE_AGENT, Role.OPERATIONS):
+            register_home_link(
+                role,
+                HomeLink(
+                    "Open a case",
+                    "cases-new",
+                    "A complaint, dispute or letter a customer brought to you, with its "
+                    "acknowledgement letter",
+                ),
+            )
         # The agent and operations screens (cases/web.py), with what waits for each.
         for role in (Role.SERVICE_AGENT, Role.OPERATIONS):
             register_home_link(

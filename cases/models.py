@@ -346,6 +346,7 @@ class ReferenceCounter(models.Model):
         return f"{self.prefix}-{self.year}: {self.last}"
 
 
+from cases.customer_models import *  # noqa: E402, F403
 from cases.incidents.models import (  # noqa: E402, F401
     Event,
     Incident,

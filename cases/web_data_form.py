@@ -215,7 +215,8 @@ def data_from_post(
     return data, items, ok
 
 
-def _readable(message: str) -> str:
+def readable_error(message: str) -> str:
+    """A JSON Schema message in words a person acts on."""
     if message.endswith("is a required property"):
         return "Required: fill this in."
     return message[:1].upper() + message[1:] + ("" if message.endswith(".") else ".")
@@ -234,7 +235,7 @@ def data_errors_attach(items: list[DataField | DataGroup], errors: list[Any]) ->
             key=lambda i: len(i.path),
             default=None,
         )
-        text = _readable(message)
+        text = readable_error(message)
         if owner is None:
             unplaced.append(f"{path or 'The data'}: {text}")
         elif owner.path != path:

@@ -17,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 
+from cases.forms import AccessibleForm as HelpLinkedForm
 from cases.models import Team
 from ccm.forms import AccessibleForm
 from ccm.roles import Role
@@ -226,26 +227,31 @@ class AttachmentForm(AccessibleForm):
 
     def clean_file(self) -> UploadedFile:
         upload: UploadedFile = self.cleaned_data["file"]
-        if upload.size is None or upload.size > attachment_max_bytes():
-            raise forms.ValidationError(too_large_message())
-        name = PurePath((upload.name or "").replace("\\", "/")).name
-        suffix = PurePath(name.lower()).suffix
-        kind = next((t for t in ATTACHMENT_TYPES if suffix in t.extensions), None)
-        if kind is None:
-            raise forms.ValidationError(
-                f"{name or 'This file'} is not a type the case accepts; attach one of: "
-                f"{attachment_types_text()}."
-            )
-        content = b"".join(upload.chunks())
-        upload.seek(0)
-        if not kind.matches(content):
-            raise forms.ValidationError(
-                f"{name} is named {suffix} but its content is not {kind.label}; attach the "
-                "original file."
-            )
-        self.content_type = kind.content_type
-        self.file_name = name
+        self.file_name, self.content_type = attachment_checked(upload)
         return upload
+
+
+def attachment_checked(upload: UploadedFile) -> tuple[str, str]:
+    """The file's name and content type when the case accepts it: not too large, of a type
+    on the list, its bytes what its name says. A ValidationError says what to attach instead."""
+    if upload.size is None or upload.size > attachment_max_bytes():
+        raise forms.ValidationError(too_large_message())
+    name = PurePath((upload.name or "").replace("\\", "/")).name
+    suffix = PurePath(name.lower()).suffix
+    kind = next((t for t in ATTACHMENT_TYPES if suffix in t.extensions), None)
+    if kind is None:
+        raise forms.ValidationError(
+            f"{name or 'This file'} is not a type the case accepts; attach one of: "
+            f"{attachment_types_text()}."
+        )
+    content = b"".join(upload.chunks())
+    upload.seek(0)
+    if not kind.matches(content):
+        raise forms.ValidationError(
+            f"{name} is named {suffix} but its content is not {kind.label}; attach the "
+            "original file."
+        )
+    return name, kind.content_type
 
 
 # --- resend ----------------------------------------------------------------------------------
@@ -280,3 +286,126 @@ class ResendForm(AccessibleForm):
         else:
             data["address"] = address.strip()
         return data
+
+
+# --- opening a case --------------------------------------------------------------------------
+
+CASE_TYPE_LABELS = {
+    "complaint": "Complaint",
+    "dispute": "Dispute (a payment or a charge the customer contests)",
+    "correspondence": "Correspondence (a letter or message that needs a reply)",
+}
+# How the customer got in touch: the complaint templates' enum, in words.
+RECEIVED_BY = [
+    ("phone", "Phone"),
+    ("email", "Email"),
+    ("letter", "Letter"),
+    ("web_chat", "Web chat"),
+    ("social_media", "Social media"),
+    ("in_person", "In person"),
+]
+PRODUCTS = [("energy", "Energy"), ("home_insurance", "Home insurance")]
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    """Any number of files (none is fine); each is checked as a single attachment is."""
+
+    widget = MultipleFileInput
+
+    def clean(self, data, initial=None):
+        uploads = data if isinstance(data, list | tuple) else [data] if data else []
+        single = super().clean
+        return [single(upload, initial) for upload in uploads]
+
+
+class CaseOpenForm(HelpLinkedForm):
+    case_type = forms.ChoiceField(
+        label="Type of case",
+        widget=forms.RadioSelect,
+        choices=list(CASE_TYPE_LABELS.items()),
+        error_messages={"required": "Choose the type of case."},
+    )
+    subject = forms.CharField(
+        label="Subject",
+        max_length=200,
+        help_text="A line that names the case in queues, e.g. “Claim settled late”.",
+        error_messages={"required": "Give the case a subject."},
+    )
+    channel = forms.ChoiceField(
+        label="Received by",
+        choices=[("", "Choose how it came in"), *RECEIVED_BY],
+        error_messages={"required": "Say how the customer got in touch."},
+    )
+    product = forms.ChoiceField(
+        label="Product",
+        required=False,
+        choices=[("", "Choose the product"), *PRODUCTS],
+        help_text="Needed for a complaint: the letters name it.",
+    )
+    account_reference = forms.CharField(
+        label="Account or policy reference",
+        required=False,
+        max_length=100,
+        help_text="Optional; the customer's reference is used when empty.",
+    )
+    description = forms.CharField(
+        label="What the customer told us",
+        max_length=5000,
+        widget=forms.Textarea(attrs={"rows": 4}),
+        help_text="In the customer's terms: a complaint's acknowledgement quotes it "
+        "(“You told us that …”).",
+        error_messages={"required": "Say what the customer told us."},
+    )
+    attachments = MultipleFileField(label="Files the customer sent", required=False)
+    send_first_letter = forms.BooleanField(
+        label="Send the acknowledgement letter now",
+        required=False,
+        initial=True,
+    )
+
+    def __init__(self, *args, too_large: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.too_large = too_large
+        self.fields["attachments"].help_text = (
+            f"Optional. Up to {settings.CASES_ATTACHMENT_MAX_MB} MB each: "
+            f"{attachment_types_text()}. Only staff can download them."
+        )
+
+    def clean_attachments(self) -> list[tuple[UploadedFile, str, str]]:
+        if self.too_large:  # the upload handler dropped it: say why it is missing
+            raise forms.ValidationError(too_large_message())
+        checked = []
+        for upload in self.cleaned_data.get("attachments") or []:
+            name, content_type = attachment_checked(upload)
+            checked.append((upload, name, content_type))
+        return checked
+
+    def clean(self) -> dict:
+        data = super().clean() or {}
+        if data.get("case_type") == "complaint" and not data.get("product"):
+            self.add_error("product", "Choose the product the complaint is about.")
+        return data
+
+
+class AddressCorrectionForm(HelpLinkedForm):
+    postal_address = forms.CharField(
+        label="New postal address",
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 5}),
+        help_text="One line per line, as on the envelope: at least the street and the postcode.",
+        error_messages={"required": "Give the new address."},
+    )
+    reason = forms.CharField(
+        label="Why it changes",
+        max_length=500,
+        help_text="e.g. “Customer moved; confirmed by phone after security questions”.",
+        error_messages={"required": "Say why the address changes."},
+    )
+
+    def clean_postal_address(self) -> list[str]:
+        raw = self.cleaned_data["postal_address"]
+        return [line.strip() for line in raw.splitlines() if line.strip()]

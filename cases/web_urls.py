@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from django.urls import path
 
-from cases import web, web_exceptions
+from cases import web, web_exceptions, web_open
 
 urlpatterns = [
     path("", web.queue, name="cases-queue"),
     path("exceptions/", web_exceptions.exception_queue, name="cases-exceptions"),
+    path("new/", web_open.case_new, name="cases-new"),
     path("<str:ref>/", web.case_detail, name="cases-detail"),
     path("<str:ref>/do/<str:action>/", web.case_action, name="cases-action"),
     path("<str:ref>/notes/", web.note_add, name="cases-note-add"),

@@ -27,6 +27,17 @@ CASE_RECORDS_VIEW = [
 ]
 CASE_RECORDS_ADD = ["cases.add_casenote", "cases.add_caseattachment"]
 
+# The customer page (cases/customer_views.py): contact points with their state, preferences and
+# the consent ledger, for the people who talk to customers and those who check them.
+CUSTOMER_RECORDS_VIEW = [
+    "notifications.view_customer",
+    "notifications.view_contactpoint",
+    "notifications.view_preference",
+    "notifications.view_consentrecord",
+    "notifications.view_suppression",
+    "cases.view_addresscorrection",
+]
+
 CAMPAIGNS_VIEW = [
     "notifications.view_campaign",
     "notifications.view_segment",
@@ -45,7 +56,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "documents.view_document",
         "documents.view_regenerationcheck",
         "notifications.view_communication",
-        "notifications.view_customer",
+        *CUSTOMER_RECORDS_VIEW,
         "notifications.view_sendjob",
         "cases.view_case",
         *CASE_RECORDS_VIEW,
@@ -75,7 +86,8 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
     Role.SERVICE_AGENT: [
         "documents.view_template",
         "documents.view_document",
-        "notifications.view_customer",
+        *CUSTOMER_RECORDS_VIEW,
+        "cases.add_addresscorrection",
         "notifications.view_communication",
         "cases.add_case",
         "cases.change_case",
@@ -96,7 +108,8 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "documents.view_templateversion",
         "documents.view_document",
         "documents.view_regenerationcheck",
-        "notifications.view_customer",
+        *CUSTOMER_RECORDS_VIEW,
+        "cases.add_addresscorrection",
         "notifications.view_communication",
         "notifications.change_communication",
         "notifications.view_delivery",

@@ -506,6 +506,9 @@ CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
 CCM_PRINT_RETURN_ADDRESS = env.str("CCM_PRINT_RETURN_ADDRESS", default="")
 # Files staff attach to a case on the case screens (cases/web_forms.py checks their bytes).
 CASES_ATTACHMENT_MAX_MB = env.int("CASES_ATTACHMENT_MAX_MB", default=10)
+# Every postal address correction needs a second person (by default only one that a held
+# regulated letter would follow does: cases/address_corrections.py).
+CASES_ADDRESS_CORRECTION_FOUR_EYES = env.bool("CASES_ADDRESS_CORRECTION_FOUR_EYES", default=False)
 # Reprints and correspondence (cases/reprints.py, cases/correspondence.py): the channels a
 # reprint may go out on (a duplicate needs a durable medium that carries the document).
 CASES_REPRINT_CHANNELS = env.list("CASES_REPRINT_CHANNELS", default=["email", "print"])

@@ -18,6 +18,7 @@ urlpatterns = [
     path("review/", review.queue, name="review-queue"),
     path("review/<int:pk>/", review.approval_review, name="review-approval"),
     path("cases/", include("cases.web_urls")),
+    path("customers/", include("cases.customer_urls")),
     path("jobs/", include("notifications.jobs.urls")),
     path("ops/", include("notifications.reporting.urls")),
     path("admin/", admin.site.urls),

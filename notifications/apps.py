@@ -48,12 +48,9 @@ class NotificationsConfig(AppConfig):
             "admin:notifications_communication_changelist",
             "Every message with its status, decision trace, deliveries and timeline",
         )
-        customers = HomeLink(
-            "Customers", "admin:notifications_customer_changelist", "Contacts and consent history"
-        )
+        # The customers link is the customer page's (cases/customer_views.py, in cases/apps.py).
         for role in (Role.OPERATIONS, Role.SERVICE_AGENT, Role.COMPLIANCE_REVIEWER):
             register_home_link(role, communications)
-            register_home_link(role, customers)
         campaigns = HomeLink(
             "Campaigns",
             "campaign-list",

@@ -148,6 +148,29 @@ def customer_upsert(
 
 
 @transaction.atomic
+def customer_address_correct(
+    *, customer: Customer, postal_address: Sequence[str], by, reason: str = ""
+) -> Customer:
+    """Replace the customer's postal address with a corrected one (valid again: a person
+    confirmed it), audited with what it was. IntakeError says what is wrong with the lines."""
+    _, meta = address_normalise("print", list(postal_address))
+    lines = meta["postal_address"]
+    locked = Customer.objects.select_for_update().get(pk=customer.pk)
+    before = {"postal_address": locked.postal_address, "valid": locked.postal_address_valid}
+    locked.postal_address = lines
+    locked.postal_address_valid = True
+    locked.save(update_fields=["postal_address", "postal_address_valid", "updated_at"])
+    audit.record(
+        actor=by,
+        action="customer.address_corrected",
+        subject=locked,
+        before=before,
+        after={"postal_address": lines, "valid": True, "reason": reason},
+    )
+    return locked
+
+
+@transaction.atomic
 def consent_record(
     *,
     customer: Customer,
