@@ -53,6 +53,15 @@ def _check_channel(version: TemplateVersion, channel: str) -> None:
         )
 
 
+def known_data(customer: Customer) -> dict:
+    """What CCM knows that a letter's data commonly asks for, to prefill the agent's form (a
+    field the template does not have is not shown)."""
+    return {
+        "document_date": timezone.localdate().isoformat(),
+        "account_reference": customer.external_ref,
+    }
+
+
 def correspondence_preview(
     *, template_code: str, data: Mapping, customer: Customer | None = None
 ) -> RenderedPdf:

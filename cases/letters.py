@@ -74,3 +74,31 @@ def _generic(case: Case, by) -> dict[str, Any]:
 def milestone_letter_data(case: Case, milestone: Milestone, *, by, extra: Mapping) -> dict:
     build = _complaint if case.case_type == CaseType.COMPLAINT else _generic
     return _merged(build(case, by), extra)
+
+
+def milestone_letter_version(milestone: Milestone):
+    """The published version a milestone's letter is written from (None when there is none)."""
+    from documents import selectors as document_selectors
+
+    if not milestone.template_code:
+        return None
+    return document_selectors.version_for_sending(code=milestone.template_code)
+
+
+def milestone_letter_preview(case: Case, milestone: Milestone, *, by, extra: Mapping):
+    """The milestone's letter as it will print (DataInvalid names the fields at fault);
+    nothing is stored."""
+    from documents import services as documents
+    from notifications import services as notifications
+
+    version = milestone_letter_version(milestone)
+    if version is None or case.customer is None:
+        return None
+    preview = documents.template_preview(
+        version=version,
+        data=milestone_letter_data(case, milestone, by=by, extra=extra),
+        language=case.customer.language,
+        channels=["print"],
+        addressee=notifications.addressee_of(case.customer),
+    )
+    return preview.pdf

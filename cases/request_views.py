@@ -12,15 +12,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from cases import correspondence, reprints, request_selectors
-from cases.forms import (
-    CustomerSearchForm,
-    IdentityForm,
-    ReprintForm,
-    SchemaForm,
-    TemplateChoiceForm,
-)
+from cases.forms import CustomerSearchForm, IdentityForm, ReprintForm, TemplateChoiceForm
 from cases.request_models import CorrespondenceRequest, ReprintRequest, ReprintState
 from cases.services import CaseError
+from cases.web_data_form import SchemaForm, schema_initial
 from ccm.approvals import Proof
 from documents import services as documents
 from documents.composition import CompositionError
@@ -224,7 +219,11 @@ def correspondence_new(request: HttpRequest) -> HttpResponse:
     if not chooser.is_valid():
         return render(request, "cases/requests/correspondence_new.html", context)
     version = next(v for v in versions if v.template.code == chooser.cleaned_data["template"])
-    form = SchemaForm(request.POST or None, schema=version.content.get("schema", {}))
+    form = SchemaForm(
+        request.POST or None,
+        schema=version.content.get("schema", {}),
+        initial=schema_initial(correspondence.known_data(customer)),
+    )
     context |= {"version": version, "form": form, "layout": form.layout_items()}
     if request.method != "POST":
         return render(request, "cases/requests/correspondence_new.html", context)
@@ -248,8 +247,7 @@ def correspondence_new(request: HttpRequest) -> HttpResponse:
                 by=request.user,
             )
         except CompositionError as exc:
-            for error in exc.errors:
-                form._error_at(error.field, error.message)
+            form.errors_attach(exc.errors)
             if not exc.errors:
                 form.add_error(None, exc.reason)
         except CaseError as exc:

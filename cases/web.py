@@ -22,14 +22,14 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
-from cases import queues, selectors, services
-from cases.models import Case, CaseState, CaseType, Team
+from cases import letters, queues, selectors, services
+from cases.models import Case, CaseState, CaseType, Milestone, Team
+from cases.web_data_form import SchemaForm, schema_initial
 from cases.web_forms import (
     UPLOAD_TOO_LARGE,
     AssignForm,
     AttachmentForm,
     CappedUploadHandler,
-    MilestoneReachForm,
     NoteForm,
     ReopenForm,
     ResolveForm,
@@ -140,10 +140,28 @@ def _form(name: str, case: Case, data=None, files=None) -> forms.Form:
     return ACTION_FORMS[name](data, prefix=name)
 
 
-def _milestone_rows(case: Case, bound: dict[str, forms.Form], communications) -> list[dict]:
+def letter_form(case: Case, milestone: Milestone, *, by, data=None) -> SchemaForm | None:
+    """The form of a milestone letter's data, from its template's schema, prefilled with what
+    the case supplies (None when the milestone sends no letter, or none is published)."""
+    version = letters.milestone_letter_version(milestone)
+    if version is None or case.customer is None:
+        return None
+    known = letters.milestone_letter_data(case, milestone, by=by, extra={})
+    return SchemaForm(
+        data,
+        schema=version.content.get("schema", {}),
+        base=known,
+        initial=schema_initial(known),
+        prefix=f"milestone-{milestone.code}",
+    )
+
+
+def _milestone_rows(case: Case, bound: dict[str, forms.Form], communications, by) -> list[dict]:
     rows = []
     for milestone in case.milestones.select_related("reached_by").order_by("sequence"):
         key = f"milestone-{milestone.code}"
+        can_reach = milestone.reached_at is None and case.state != CaseState.CLOSED
+        form = bound.get(key) or (letter_form(case, milestone, by=by) if can_reach else None)
         rows.append(
             {
                 "milestone": milestone,
@@ -151,8 +169,9 @@ def _milestone_rows(case: Case, bound: dict[str, forms.Form], communications) ->
                 "on_time": milestone.reached_at <= milestone.due_at
                 if milestone.reached_at
                 else None,
-                "can_reach": milestone.reached_at is None and case.state != CaseState.CLOSED,
-                "form": bound.get(key) or MilestoneReachForm(prefix=key),
+                "can_reach": can_reach,
+                "form": form,
+                "layout": form.layout_items() if isinstance(form, SchemaForm) else [],
                 "key": key,
             }
         )
@@ -196,7 +215,7 @@ def render_case(
             name: bound.get(name) or _form(name, case)
             for name in ("assign", "wait", "resolve", "reopen", "note", "attachment")
         },
-        "milestones": _milestone_rows(case, bound, communications),
+        "milestones": _milestone_rows(case, bound, communications, request.user),
         "timeline": timeline_rows(entries, communications),
         "notes": case.notes.select_related("author"),
         "attachments": case.attachments.select_related("uploaded_by"),
@@ -375,34 +394,41 @@ def milestone_reach(request: HttpRequest, ref: str, code: str) -> HttpResponse:
     case = case_or_404(ref)
     milestone = get_object_or_404(case.milestones, code=code)
     key = f"milestone-{code}"
-    form = MilestoneReachForm(request.POST, prefix=key)
-    if not form.is_valid():
+    form = letter_form(case, milestone, by=request.user, data=request.POST)
+    if form is not None and not form.is_valid():
         return render_case(
             request,
             case,
             status=400,
-            error=f"{milestone.label} was not reached: correct the letter data.",
+            error=f"{milestone.label} was not reached: correct the letter's fields.",
             bound={key: form},
         )
+    data = form.cleaned_data["data"] if form is not None else {}
     try:
-        reached = services.milestone_reach(
-            case=case, code=code, by=request.user, data=form.cleaned_data["letter_data"]
-        )
+        if request.POST.get("action") == "preview":
+            pdf = letters.milestone_letter_preview(case, milestone, by=request.user, extra=data)
+            if pdf is None:
+                raise Http404(f"{milestone.label} sends no letter to preview.")
+            response = HttpResponse(pdf.data, content_type="application/pdf")
+            response["Content-Disposition"] = 'inline; filename="letter-preview.pdf"'
+            return response
+        reached = services.milestone_reach(case=case, code=code, by=request.user, data=data)
     except services.TransitionRefused as exc:
         return render_case(request, case, status=409, error=f"Nothing changed. {exc}")
     except (services.CaseError, IntakeError) as exc:
         return render_case(request, case, status=422, error=f"Nothing changed. {exc}")
     except CompositionError as exc:
-        for problem in exc.errors:
-            form.add_error("letter_data", f"{problem.field or 'The data'}: {problem.message}")
+        if form is None:
+            return render_case(request, case, status=422, error=f"Nothing changed. {exc.reason}")
+        form.errors_attach(exc.errors)
         if not exc.errors:
-            form.add_error("letter_data", exc.reason)
+            form.add_error(None, exc.reason)
         return render_case(
             request,
             case,
             status=422,
             error=f"{milestone.label} was not reached: the letter cannot be written from this "
-            "data. Add what is missing in the letter data below.",
+            "data. Complete the fields marked below.",
             bound={key: form},
         )
     letter = (

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from cases import exception_cases, queues, services
 from cases.models import Case, CaseType, ExceptionKind, RecoveryAction
 from cases.web import HANDLE, QUEUE_PAGE_SIZE, WORK, case_or_404, staff_only
-from cases.web_data_form import data_errors_attach, data_fields, data_from_post
+from cases.web_data_form import SchemaForm
 from cases.web_forms import ResendForm
 from documents import selectors as document_selectors
 from documents.composition import CompositionError, DataInvalid
@@ -112,16 +112,18 @@ def regenerate(request: HttpRequest, ref: str) -> HttpResponse:
         or communication.template_version
     )
     schema = version.content.get("schema", {}) if version is not None else {}
-    error, status, unplaced = "", 200, []
+    error, status = "", 200
     if request.method == "POST":
-        data, items, parsed = data_from_post(schema, communication.data, request.POST)
-        if not parsed:
+        form = SchemaForm(request.POST, schema=schema, base=communication.data)
+        if not form.is_valid():
             error, status = "Nothing was regenerated: correct the fields marked below.", 400
         else:
             try:
-                exception_cases.exception_regenerate(case=case, data=data, by=request.user)
+                exception_cases.exception_regenerate(
+                    case=case, data=form.cleaned_data["data"], by=request.user
+                )
             except DataInvalid as exc:
-                unplaced = data_errors_attach(items, exc.errors)
+                form.errors_attach(exc.errors)
                 error = (
                     "Nothing was regenerated: the data still does not fit the template. "
                     "Correct the fields marked below."
@@ -139,15 +141,15 @@ def regenerate(request: HttpRequest, ref: str) -> HttpResponse:
                 )
                 return redirect("cases-detail", ref=case.reference)
     else:
-        items = data_fields(schema, communication.data)
-        # What failed is marked before anyone types: that is the field to fix.
-        unplaced = data_errors_attach(items, case.error_details.get("errors", []))
+        # The data it failed with, checked: what fails is marked before anyone types.
+        form = SchemaForm.prefilled(schema=schema, data=communication.data)
+        form.is_valid()
     context = {
         "case": case,
         "communication": communication,
         "version": version,
-        "items": items,
-        "unplaced": unplaced,
+        "form": form,
+        "layout": form.layout_items(),
         "error": error,
     }
     return render(request, "cases/regenerate.html", context, status=status)

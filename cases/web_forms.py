@@ -7,7 +7,6 @@ put back on these forms' fields.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import PurePath
 
@@ -101,34 +100,6 @@ class NoteForm(AccessibleForm):
         widget=forms.Textarea(attrs={"rows": 3}),
         error_messages={"required": "A note needs some text."},
     )
-
-
-def _json_object(raw: str, *, what: str) -> dict:
-    """`raw` as a JSON object ({} when blank), or a ValidationError that says where it broke."""
-    if not raw.strip():
-        return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise forms.ValidationError(
-            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
-        ) from exc
-    if not isinstance(value, dict):
-        raise forms.ValidationError(f'{what} must be a JSON object: {{"field": value, …}}.')
-    return value
-
-
-class MilestoneReachForm(AccessibleForm):
-    letter_data = forms.CharField(
-        label="Letter data (JSON)",
-        required=False,
-        widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
-        help_text='What the letter needs beyond the case, e.g. a final response\'s "decision" '
-        'and "findings". Leave empty when the case supplies everything.',
-    )
-
-    def clean_letter_data(self) -> dict:
-        return _json_object(self.cleaned_data["letter_data"], what="The letter data")
 
 
 # --- attachments -----------------------------------------------------------------------------

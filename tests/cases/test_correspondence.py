@@ -11,8 +11,8 @@ from django.core import mail
 from django.core.exceptions import PermissionDenied
 
 from cases import correspondence
-from cases.forms import SchemaForm
 from cases.models import CorrespondenceRequest
+from cases.web_data_form import SchemaForm
 from ccm import approvals
 from ccm.models import AuditEvent
 from documents.composition import DataInvalid
@@ -121,7 +121,7 @@ def test_schema_errors_are_shown_at_their_fields():
     assert not form.is_valid()
     # a type error from the field, a required error from the schema at the nested field
     assert "weeks" in form.errors
-    assert form.errors["kind"] == ["Required."]
+    assert form.errors["kind"] == ["Required: fill this in."]
     assert "reference" in form.errors
     assert form["weeks"].field.widget.attrs["aria-invalid"] == "true"
     assert "id_weeks_error" in form["weeks"].field.widget.attrs["aria-describedby"]

@@ -302,16 +302,31 @@ def test_assigning_to_someone_outside_the_team_is_refused(client, complaint, age
 
 def test_final_response_without_its_findings_names_what_the_letter_needs(client, complaint, agent):
     url = reverse("cases-milestone-reach", args=[complaint.reference, "final_response"])
-    response = signed_in(client, agent).post(url, {"milestone-final_response-letter_data": "{}"})
-    assert response.status_code == 422
+    # given the letter's form, prefilled with what the case knows
+    page = signed_in(client, agent).get(detail_url(complaint))
+    form = page.context["milestones"][2]["form"]
+    assert form["reference"].value() == complaint.reference
+    assert form.fields["decision"].label == "Decision"
+    assert form.fields["payment_note"].label.endswith("(optional)")
+    # when it is sent without the decision and findings
+    posted = {
+        f"milestone-final_response-{k}": v
+        for k, v in web_data_form.schema_initial(
+            {"reference": complaint.reference, "document_date": "2026-05-01"}
+        ).items()
+    }
+    response = client.post(url, posted)
+    # then each is named at its field in words
+    assert response.status_code == 400
     words = text(response)
     assert "Final response was not reached" in words
-    assert "decision: 'decision' is a required property" in words
+    assert "'decision' is a required property" not in words
+    bound = response.context["milestones"][2]["form"]
+    assert bound.errors["decision"] == ["Required: fill this in."]
     assert not complaint.milestones.get(code="final_response").reached_at
-    # bad JSON is caught before anything is tried
-    response = client.post(url, {"milestone-final_response-letter_data": "{decision:"})
-    assert response.status_code == 400
-    assert "The letter data is not valid JSON" in text(response)
+    assert bound.errors["findings"] == ["Required: fill this in."]
+    # and the case's own facts were not asked again: they stood as the case supplies them
+    assert "handler.name" not in bound.errors
 
 
 # --- who may open what -----------------------------------------------------------------------
@@ -440,16 +455,16 @@ def test_regenerate_form_shows_the_data_as_fields_with_the_failed_one_marked(
     assert response.status_code == 200
     html = response.content.decode()
     # (the addressee is the customer record's: not a field to correct)
-    assert 'name="data.customer.name"' not in html
-    assert 'name="data.balance" value="12.5"' in html
-    assert 'name="data.as_of" value="2026-05-01"' in html
+    assert 'name="customer.name"' not in html
+    assert 'name="balance" value="12.5"' in html
+    assert 'name="as_of" value="2026-05-01"' in html
     assert re.search(
-        r'<span class="error" id="data-account-error">Required: fill this in.</span>'
-        r'\s*<input type="text" id="data-account" name="data.account" value=""'
-        r' aria-invalid="true" aria-describedby="data-account-error ',
+        r'<span class="error" id="id_account_error">Required: fill this in.</span>\s*'
+        r'<input type="text" name="account" aria-invalid="true" '
+        r'aria-describedby="id_account_error" id="id_account">',
         html,
     )
-    assert "<legend>customer" not in html
+    assert "<legend>Customer" not in html
 
 
 def test_regenerate_with_data_still_wrong_marks_the_fields_and_changes_nothing(
@@ -458,22 +473,19 @@ def test_regenerate_with_data_still_wrong_marks_the_fields_and_changes_nothing(
     case = Case.objects.get(case_type="exception")
     url = reverse("cases-regenerate", args=[case.reference])
     signed_in(client, ops)
-    form = {"data.customer.name": "", "data.balance": "12.5", "data.as_of": "2026-05-01"}
-    # a number that is not one is caught before the service is asked
-    response = client.post(url, {**form, "data.balance": "twelve", "data.account": "ACC-9"})
-    assert response.status_code == 400
-    assert "Enter a number, e.g. 12.50, not &#x27;twelve&#x27;." in response.content.decode()
-    for not_a_number in ("Infinity", "NaN"):
-        response = client.post(url, {**form, "data.balance": not_a_number, "data.account": "A"})
+    form = {"customer.name": "", "balance": "12.5", "as_of": "2026-05-01", "account": ""}
+    # a number that is not one is caught at its field before the service is asked
+    for not_a_number in ("twelve", "Infinity", "NaN"):
+        response = client.post(url, {**form, "balance": not_a_number, "account": "ACC-9"})
         assert response.status_code == 400
-        assert f"not &#x27;{not_a_number}&#x27;." in response.content.decode()
-    # what the schema refuses is put on its field
+        assert 'id="id_balance_error">Enter a number.' in response.content.decode()
+    # what the schema refuses is put on its field, in words
     response = client.post(url, form)
-    assert response.status_code == 422
+    assert response.status_code == 400
     html = response.content.decode()
-    assert re.search(r'id="data-account-error">Required: fill this in.', html)
+    assert re.search(r'id="id_account_error">Required: fill this in.', html)
     # (an emptied customer name is no error: the addressee comes from the customer record)
-    assert not re.search(r'id="data-customer-name-error">', html)
+    assert "customer.name" not in html
     compose_failed.refresh_from_db()
     case.refresh_from_db()
     assert (compose_failed.state, case.state, case.recovery_action) == ("compose_failed", "new", "")
@@ -488,12 +500,7 @@ def test_regenerate_from_the_form_sends_it_and_the_case_shows_resolved(
     response = sync_tasks(
         client.post,
         reverse("cases-regenerate", args=[case.reference]),
-        {
-            "data.customer.name": "Ada Lovelace",
-            "data.balance": "12.5",
-            "data.as_of": "2026-05-01",
-            "data.account": "ACC-42",
-        },
+        {"balance": "12.5", "as_of": "2026-05-01", "account": "ACC-42"},
     )
     assert response.status_code == 302
     assert response.url == detail_url(case)
@@ -559,36 +566,32 @@ def test_the_data_form_follows_a_library_schema_with_references_enums_and_lists(
     # given the final response letter's schema ($defs for the handler, an enum, a list)
     bundle = read_folder(LIBRARY / "complaint_final_response")
     sample = {k: v for k, v in bundle.samples["default"].items() if k != "customer"}
-    # when it becomes a form
-    items = web_data_form.data_fields(bundle.schema, sample)
-    fields = {item.path: item for item in web_data_form._flat(items)}
+    # when it becomes a form prefilled with the sample
+    form = web_data_form.SchemaForm.prefilled(schema=bundle.schema, data=sample)
+    groups = [i for i in form.layout_items() if i["is_group"]]
     # then the referenced handler is a group of its own fields, the enum a choice, the list JSON
-    assert fields["handler"].is_group
-    assert (fields["handler.name"].widget, fields["handler.name"].value) == (
-        "text",
-        sample["handler"]["name"],
-    )
+    assert "handler" in [g["path"] for g in groups]
+    assert form["handler.name"].value() == sample["handler"]["name"]
     # and the addressee is no field to fill in: it comes from the customer record
-    assert not any(path.startswith("customer") for path in fields)
-    assert fields["decision"].widget == "select"
-    assert fields["decision"].choices == ["upheld", "partly_upheld", "not_upheld"]
-    assert fields["findings"].widget == "json"
-    assert fields["document_date"].widget == "date"
-    # and what is typed back comes out typed, with the broken field named
-    posted = {f"data.{path}": item.value for path, item in fields.items() if not item.is_group}
-    data, _, ok = web_data_form.data_from_post(bundle.schema, sample, posted)
-    assert ok
-    assert data == sample
-    posted["data.findings"] = '["one", "two"'
-    posted["data.decision"] = "upheld"
-    del posted["data.account_reference"]
-    data, typed, ok = web_data_form.data_from_post(bundle.schema, sample, posted)
-    assert not ok
-    [broken] = [i for i in web_data_form._flat(typed) if i.errors]
-    assert broken.path == "findings"
-    assert broken.errors[0].startswith("Not valid JSON: Expecting ',' delimiter")
-    assert data["decision"] == "upheld"
-    assert "account_reference" not in data  # emptied: the schema will name it as missing
+    assert not any(name.startswith("customer") for name in form.fields)
+    assert [c for c, _ in form.fields["decision"].choices] == [
+        "",
+        "upheld",
+        "partly_upheld",
+        "not_upheld",
+    ]
+    assert form.kinds["findings"] in ("raw_json", "lines:string")
+    assert form.kinds["document_date"] == "date"
+    # and what is typed back comes out typed
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data["data"] == sample
+    # and an emptied field is left out, so the schema names it as missing, in words
+    posted = dict(form.data)
+    posted["account_reference"] = ""
+    again = web_data_form.SchemaForm(posted, schema=bundle.schema, base=sample)
+    assert not again.is_valid()
+    assert "account_reference" not in again.cleaned_data["data"]
+    assert again.errors["account_reference"] == ["Required: fill this in."]
 
 
 def test_attachment_upload_still_needs_the_csrf_token(complaint, agent):
