@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet
 
 from cases.customer_models import AddressCorrection
@@ -26,6 +27,7 @@ from notifications.models import (
     Preference,
     Suppression,
 )
+from notifications.services import normalise_phone
 
 LIST_PAGE_SIZE = 25
 COMMUNICATIONS_SHOWN = 50
@@ -39,12 +41,14 @@ def customer_search(query: str, *, limit: int = LIST_PAGE_SIZE) -> list[Customer
     query = query.strip()
     if not query:
         return []
-    contact = Q(value__iexact=query)
-    ids = set(
-        ContactPoint.objects.filter(contact).values_list("customer_id", flat=True)[:limit]
-        if "@" in query or query.lstrip("+").replace(" ", "").isdigit()
-        else []
-    )
+    ids: set[int] = set()
+    contact = _contact_value(query)
+    if contact:
+        ids = set(
+            ContactPoint.objects.filter(value__iexact=contact).values_list(
+                "customer_id", flat=True
+            )[:limit]
+        )
     named = Customer.objects.filter(
         Q(external_ref__iexact=query)
         | Q(external_ref__istartswith=query)
@@ -55,6 +59,18 @@ def customer_search(query: str, *, limit: int = LIST_PAGE_SIZE) -> list[Customer
         found += list(Customer.objects.filter(pk__in=ids - {c.pk for c in found}))
         found.sort(key=lambda c: (c.name, c.pk))
     return found[:limit]
+
+
+def _contact_value(query: str) -> str:
+    """The query as contact points store it (an email address, an E.164 number), or ""."""
+    if "@" in query:
+        return query
+    if not query.lstrip("+").replace(" ", "").isdigit():
+        return ""
+    try:
+        return normalise_phone(query)
+    except ValidationError:
+        return ""
 
 
 def customers_after(after: Customer | None, *, limit: int = LIST_PAGE_SIZE) -> list[Customer]:

@@ -222,7 +222,9 @@ ROLE_DUTIES: dict[str, str] = {
     Role.TEMPLATE_AUTHOR: (
         "Writes templates and versions, prepares campaigns, submits both for sign-off"
     ),
-    Role.SERVICE_AGENT: "Works cases, requests reprints and ad hoc correspondence",
+    Role.SERVICE_AGENT: (
+        "Opens and works cases, requests reprints and ad hoc correspondence, corrects addresses"
+    ),
     Role.OPERATIONS: (
         "Handles exceptions, watches queues and reports, reads the audit log, runs print batches"
         " and campaigns"

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -28,6 +29,13 @@ def healthz(request):
         {"status": "ok" if healthy else "unavailable", "checks": checks},
         status=200 if healthy else 503,
     )
+
+
+@require_GET
+def favicon(request):
+    """Documents without an icon link of their own (a PDF, a sandboxed email frame) make the
+    browser ask for /favicon.ico: send it to the site's icon instead of a 404."""
+    return redirect(static("ccm/favicon.svg"), permanent=True)
 
 
 @login_required

@@ -86,7 +86,7 @@ def test_a_reviewer_sees_the_page_but_not_the_actions(client, reviewer, customer
 
 def test_customers_are_found_by_email_reference_and_name(client, agent, customer):
     client.force_login(agent)
-    for query in ("ada@example.org", "C-1", "lovel"):
+    for query in ("ada@example.org", "07911 123456", "C-1", "lovel"):
         page = client.get(reverse("customer-list"), {"q": query})
         assert reverse("customer-detail", args=[customer.pk]) in page.content.decode(), query
     page = client.get(reverse("customer-list"), {"q": "nobody"})
@@ -223,7 +223,7 @@ def test_an_address_correction_from_an_exception_releases_the_letter_to_the_new_
 
 
 def test_a_held_regulated_letter_makes_the_correction_wait_for_a_second_person(
-    letter, author, reviewer, print_only, integrator, ops, sync_tasks
+    client, letter, author, reviewer, print_only, integrator, ops, sync_tasks
 ):
     publish(letter_bundle("notice", category="regulatory"), author=author, reviewer=reviewer)
     communication = _returned(print_only, integrator, "notice", sync_tasks)
@@ -245,6 +245,11 @@ def test_a_held_regulated_letter_makes_the_correction_wait_for_a_second_person(
         address_corrections.address_correction_request(
             customer=print_only, postal_address=["1 Other Road", "Leeds"], reason="x", by=ops
         )
+    # and the reviewer's proof shows where the letter would go
+    client.force_login(reviewer)
+    proof = client.get(reverse("review-approval", args=[approval.pk])).content.decode()
+    assert "12 New Street / London N2 2BB" in proof
+    assert f"communication {communication.pk}, regulatory" in proof
     sync_tasks(approvals.approval_decide, approval=approval, by=reviewer, decision="approve")
     correction.refresh_from_db()
     print_only.refresh_from_db()
