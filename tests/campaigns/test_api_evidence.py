@@ -38,6 +38,15 @@ def test_customer_attributes_are_set_and_read_through_the_customers_api(api):
     assert Customer.objects.get(external_ref="A-1").attributes == {"tags": ["vip"]}
 
 
+def test_a_customers_time_zone_is_an_iana_name(api):
+    body = {"external_ref": "A-2", "name": "Aki", "time_zone": "Asia/Tokyo"}
+    assert api.post("/api/v1/customers", body, format="json").json()["time_zone"] == "Asia/Tokyo"
+    bad = api.patch("/api/v1/customers/A-2", {"time_zone": "Mars/Olympus"}, format="json")
+    assert bad.status_code == 400
+    assert "give an IANA name such as Europe/Berlin" in json.dumps(bad.json())
+    assert Customer.objects.get(external_ref="A-2").time_zone == "Asia/Tokyo"
+
+
 def test_segment_api_creates_versions_and_previews(api, mortgage_customers):
     body = {"name": "Mortgages", "definition": {"attributes": {"product": "variable_mortgage"}}}
     first = api.post("/api/v1/segments", body, format="json")
@@ -76,6 +85,29 @@ def test_campaign_api_lifecycle_and_refusals(api, document_ready, segment, mortg
     assert "in_review" in refused.json()["detail"]
     progress = api.get(f"/api/v1/campaigns/{pk}/progress")
     assert progress.json()["recipients"]["pending"] == 4
+
+
+def test_a_draft_is_edited_through_the_api_until_it_is_submitted(
+    api, document_ready, segment, mortgage_customers
+):
+    body = {"name": "Rate change", "template": "document_ready", "segment": segment.pk}
+    pk = api.post("/api/v1/campaigns", body, format="json").json()["id"]
+    # when the draft's window is set in customers' time zones
+    edited = api.patch(
+        f"/api/v1/campaigns/{pk}", {"window": [8, 20], "window_zone": "customer"}, format="json"
+    )
+    assert edited.status_code == 200, edited.json()
+    assert (edited.json()["window_start_hour"], edited.json()["window_zone"]) == (8, "customer")
+    assert edited.json()["name"] == "Rate change"  # what was not given did not change
+    # a bad window is a 422 naming the problem
+    bad = api.patch(f"/api/v1/campaigns/{pk}", {"window": [9, 9]}, format="json")
+    assert bad.status_code == 422
+    assert "two different hours" in json.dumps(bad.json())
+    # once submitted, it is frozen: a 409
+    api.post(f"/api/v1/campaigns/{pk}/submit", {}, format="json")
+    frozen = api.patch(f"/api/v1/campaigns/{pk}", {"name": "Other"}, format="json")
+    assert frozen.status_code == 409
+    assert "cannot be edited" in frozen.json()["detail"]
 
 
 def test_read_scope_cannot_write(db, segment, document_ready):
