@@ -95,6 +95,5 @@ def test_author_edits_a_draft_on_its_page(client, author, segment, document_read
     )
     assert campaign.window_zone == "customer"
     assert (
-        "in each customer's time zone"
-        in client.get(f"/campaigns/{campaign.pk}/").content.decode()
+        "in each customer's time zone" in client.get(f"/campaigns/{campaign.pk}/").content.decode()
     )
