@@ -112,7 +112,7 @@ class CampaignForm(AccessibleForm):
         return value
 
     def clean(self):
-        data = super().clean()
+        data = super().clean() or {}
         start, end = data.get("window_start"), data.get("window_end")
         if (start is None) != (end is None):
             self.add_error("window_end", "Give both hours of the send window, or neither.")
