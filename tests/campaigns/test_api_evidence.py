@@ -131,7 +131,12 @@ def test_evidence_pack_is_complete_and_byte_reproducible(api, approved, ops, syn
     assert first["Content-Type"] == "application/zip"
     assert first.content == second.content
     archive = zipfile.ZipFile(io.BytesIO(first.content))
-    assert archive.namelist() == ["manifest.json", "recipients.csv", "report.pdf"]
+    names = archive.namelist()
+    assert {"manifest.json", "signature.json", "recipients.csv", "report.pdf"} <= set(names)
+    # the approved content as the reviewer saw it, channel by channel
+    content = {n for n in names if n.startswith("content/")}
+    assert {n.split(".")[0] for n in content} == {"content/email", "content/sms", "content/push"}
+    assert all(archive.read(n).strip() for n in content)
     rows = list(csv.DictReader(io.StringIO(archive.read("recipients.csv").decode())))
     assert [r["reference"] for r in rows] == ["M-000", "M-001", "M-002", "M-003"]
     assert {(r["channel"], r["delivery_state"]) for r in rows} == {("email", "sent")}
@@ -146,3 +151,37 @@ def test_evidence_pack_is_complete_and_byte_reproducible(api, approved, ops, syn
     )
     assert approved.audience_hash[:20] in text.replace("\n", "")
     assert "Rate change" in text
+
+
+def test_the_evidence_pack_is_signed_and_a_changed_file_is_found(api, approved, ops, sync_tasks):
+    from notifications.campaigns import evidence
+
+    sync_tasks(campaigns.campaign_schedule, campaign=approved, by=ops)
+    pack = api.get(f"/api/v1/campaigns/{approved.pk}/evidence").content
+    # then the pack verifies as issued
+    assert evidence.evidence_verify(pack) == evidence.PackCheck(True, [])
+    signed = json.loads(zipfile.ZipFile(io.BytesIO(pack)).read("signature.json"))
+    assert (signed["algorithm"], len(signed["signature"])) == ("HMAC-SHA256", 64)
+    # when one row of the recipients is changed and the pack zipped again
+    source = zipfile.ZipFile(io.BytesIO(pack))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as forged:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "recipients.csv":
+                data = data.replace(b"sent", b"bounced", 1)
+            forged.writestr(name, data)
+    # then the change is named
+    check = evidence.evidence_verify(out.getvalue())
+    assert not check.ok
+    assert check.problems == ["recipients.csv: changed (SHA-256 differs from the manifest)"]
+
+
+def test_a_pack_signed_under_another_key_is_not_taken_as_ours(api, approved, settings):
+    from notifications.campaigns import evidence
+
+    pack = api.get(f"/api/v1/campaigns/{approved.pk}/evidence").content
+    settings.AUDIT_SIGNING_KEY = "k" * 40
+    check = evidence.evidence_verify(pack)
+    assert not check.ok
+    assert "which is not configured here" in check.problems[0]
