@@ -41,6 +41,7 @@ import os
 import re
 import secrets
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -216,8 +217,12 @@ def approved_campaign(people: dict[str, Session], name: str, refs: list[str], th
     started = time.perf_counter()
     author.api("POST", f"campaigns/{campaign['id']}/submit", {})
     print(f"  {name}: {len(refs)} recipients frozen in {time.perf_counter() - started:.1f} s")
-    pending = reviewer.api("GET", "approvals?state=pending&purpose=campaign")
-    approval = next(a for a in pending["results"] if a["subject_id"] == campaign["id"])
+    pending = reviewer.api("GET", "approvals?state=pending&purpose=campaign&page_size=100")
+    approval = next(
+        a
+        for a in pending["results"]
+        if a["subject_type"] == "campaign" and str(a["subject_id"]) == str(campaign["id"])
+    )
     reviewer.api("POST", f"approvals/{approval['id']}/decide", {"decision": "approve"})
     return campaign["id"]
 
@@ -368,6 +373,8 @@ def main() -> None:
             "Q_WORKERS": "2",
             "Q_SYNC": "false",
             "SECRET_KEY": secrets.token_urlsafe(64),
+            # Production settings refuse to start without it (the audit checkpoints' key).
+            "AUDIT_SIGNING_KEY": secrets.token_urlsafe(48),
             # A killed cluster's campaign is picked up by the sweep after this long.
             "CCM_CAMPAIGN_STALL_SECONDS": "15",
             "API_THROTTLE_USER": "10000000/min",
@@ -381,6 +388,15 @@ def main() -> None:
         made_s = prepare(args.customers, args.send)
         print(f"  {args.customers} customers made in SQL in {made_s:.1f} s")
         served = production_env(env)
+        # Production settings serve hashed static files: the login page needs their manifest
+        # (made once; `make run` and deployments make it too).
+        if not (ROOT / "var" / "static" / "staticfiles.json").exists():
+            subprocess.run(
+                [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+                cwd=ROOT,
+                env=served,
+                check=True,
+            )
         web, port = start_gunicorn(served, workdir / "gunicorn.log", workers=args.web_workers)
         people = {name: Session(port, name) for name in ("author", "reviewer2", "ops")}
         preview_s, preview_all_s = preview(people["author"], args.customers)

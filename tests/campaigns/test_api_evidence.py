@@ -153,7 +153,11 @@ def test_evidence_pack_is_complete_and_byte_reproducible(api, approved, ops, syn
     assert "Rate change" in text
 
 
-def test_the_evidence_pack_is_signed_and_a_changed_file_is_found(api, approved, ops, sync_tasks):
+def test_the_evidence_pack_is_signed_and_a_changed_file_is_found(
+    api, approved, ops, sync_tasks, tmp_path
+):
+    from django.core.management import CommandError, call_command
+
     from notifications.campaigns import evidence
 
     sync_tasks(campaigns.campaign_schedule, campaign=approved, by=ops)
@@ -171,10 +175,18 @@ def test_the_evidence_pack_is_signed_and_a_changed_file_is_found(api, approved, 
             if name == "recipients.csv":
                 data = data.replace(b"sent", b"bounced", 1)
             forged.writestr(name, data)
-    # then the change is named
+    # then the change is named, by the function and by the command
     check = evidence.evidence_verify(out.getvalue())
     assert not check.ok
     assert check.problems == ["recipients.csv: changed (SHA-256 differs from the manifest)"]
+    original, forged_path = tmp_path / "pack.zip", tmp_path / "forged.zip"
+    original.write_bytes(pack)
+    forged_path.write_bytes(out.getvalue())
+    printed = io.StringIO()
+    call_command("campaign_evidence_verify", str(original), stdout=printed)
+    assert printed.getvalue().strip().endswith("pack.zip: ok")
+    with pytest.raises(CommandError, match="does not verify"):
+        call_command("campaign_evidence_verify", str(forged_path), stdout=io.StringIO())
 
 
 def test_a_pack_signed_under_another_key_is_not_taken_as_ours(api, approved, settings):
