@@ -1,223 +1,324 @@
-"""Campaign benchmark: segment preview at scale, campaign throughput, throttle accuracy.
+"""Campaign benchmark through the public entry points: segment preview at scale, a regulatory
+campaign end to end, throttle accuracy, and (optionally) a kill -9 of the cluster mid-send.
 
-    .venv/bin/python bench/campaign.py                                  # 1M customers
-    .venv/bin/python bench/campaign.py --customers 100000 --send 1000   # a quick run
+    .venv/bin/python bench/campaign.py                          # 200,000 customers, send 2,000
+    .venv/bin/python bench/campaign.py --customers 1000000 --send 100000 --kill-after 30000
+    .venv/bin/python bench/campaign.py --customers 20000 --send 500 --rate 600 --throttle-seconds 30
 
-On a throwaway PostgreSQL database (created and dropped here; 127.0.0.1:5432, trust auth):
+The project is served by gunicorn with production settings on a throwaway PostgreSQL database,
+with a real django-q2 cluster (`manage.py qcluster`, Q_WORKERS=2) sending through Anymail's
+Postmark backend to the loopback Postmark stub (bench/postmark_stub.py), as bench/dispatch.py
+does. People work as they would: the author, the second reviewer and operations sign in through
+`/login/` and call the REST API with their sessions (CSRF token and all):
 
-1. `--customers` synthetic customers made in SQL with generate_series (attributes with a product
-   and a postcode, an email for 70 %, a phone for 30 %, a postal address for 80 %, a marketing
-   opt-in for some), then the preview of a segment ("variable_mortgage" and a postcode prefix) —
-   count, sample and channel breakdown — timed (best of 3) through
-   `notifications.campaigns.selectors.segment_preview`, what the preview API calls.
-2. A regulatory campaign to `--send` customers of their own segment, created, submitted,
-   approved and scheduled through the services, sent by `campaign_send` with django-q2 in sync
-   mode (every chunk's compose and dispatch run inline, emails to Django's locmem backend):
-   recipients per second from schedule to the last email, one communication per customer
-   checked.
-3. Throttle accuracy: a campaign with an email throttle of `--rate` messages/minute, big enough
-   to last `--throttle-seconds`; the messages handed per minute (from the recipients'
-   handed_at, first chunk to last) compared with the cap.
+1. `--customers` synthetic customers made in SQL (attributes with a product and a postcode, an
+   email for 70 %, a phone for 30 %, a postal address for 80 %), then
+   `GET /api/v1/segments/{id}/preview` of a segment ("variable_mortgage" in N2: 1/40 of the
+   customers) and of everyone, best of 3 each: count, sample and channel breakdown.
+2. A regulatory campaign to `--send` customers with email: `POST /api/v1/segments`,
+   `POST /api/v1/campaigns`, `…/submit` (author), `POST /api/v1/approvals/{id}/decide`
+   (reviewer2), `…/schedule` (operations); timed from the schedule call until every delivery is
+   `sent`, then checked at the stub: one message per customer, none lost, none duplicated.
+   With `--kill-after N` the whole cluster is killed with SIGKILL once N recipients have been
+   handed, and a new one started: the campaign must still end with exactly one message each.
+3. For comparison, the same number of messages through `POST /api/v1/communications/batch`
+   (bench/dispatch.py's batch mode) on other customers: the pipeline's batch figure.
+4. Throttle accuracy: a campaign with an email throttle of `--rate`/min lasting about
+   `--throttle-seconds`; messages handed per minute (from the recipients' handed_at) vs the cap.
 
 Last line:
-campaign: preview_s=<s> customers=<n> send_per_s=<n> throttle_rate=<per min> throttle_error_pct=<%>
+campaign: preview_s=<s> preview_all_s=<s> customers=<n> send_per_s=<n> batch_per_s=<n>
+  ratio=<campaign/batch> lost=<n> duplicated=<n> killed=<yes|no> throttle_rate=<per min>
+  throttle_error_pct=<%>
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
-import platform
+import re
+import secrets
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+from dispatch import TOKEN, count_at_stub, run_mode, start_stub, wait_for_cluster  # noqa: E402
+from serve import (  # noqa: E402
+    machine_line,
+    production_env,
+    sql_admin,
+    start_cluster,
+    start_gunicorn,
+    stop,
+)
 
-
-def sql_admin(statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(statement)
-
-
+# The same customer references bench/dispatch.py sends to ("B-000001"), so its batch mode can
+# run on customers of this database.
 CUSTOMERS_SQL = """
 INSERT INTO notifications_customer
-  (source_system, external_ref, name, language, postal_address, postal_address_valid,
-   attributes, created_at, updated_at)
-SELECT 'bench', 'B-' || g, 'Customer ' || g, CASE WHEN g %% 5 = 0 THEN 'de' ELSE 'en' END,
+  (source_system, external_ref, name, salutation, language, time_zone, postal_address,
+   postal_address_valid, attributes, created_at, updated_at)
+SELECT 'default', 'B-' || CASE WHEN g < 1000000 THEN lpad(g::text, 6, '0') ELSE g::text END,
+  'Customer ' || g, '', CASE WHEN g %% 5 = 0 THEN 'de' ELSE 'en' END, '',
   CASE WHEN g %% 5 < 4 THEN jsonb_build_array(g || ' Main Street', 'N' || (g %% 10) || ' 1AA')
        ELSE '[]'::jsonb END,
   g %% 5 < 4,
   jsonb_build_object(
     'product', (ARRAY['variable_mortgage','fixed_mortgage','savings','current'])[1 + g %% 4],
     'postcode', 'N' || (g %% 10) || ' 1AA',
-    'reference', 'DOC-' || g, 'document_title', 'Rate change', 'document_date', '2026-04-12'),
+    'reference', 'DOC-' || g, 'document_title', 'Rate change', 'document_date', '2026-04-12',
+    'portal_url', 'https://my.northwind.example/documents/DOC-' || g),
   now(), now()
 FROM generate_series(%(first)s, %(last)s) AS g
 """
+# An email for 70 % (and for everyone in [all_email_from, all_email_to): the customers the
+# batch-endpoint comparison sends to), a phone for the others.
 CONTACTS_SQL = """
+WITH c AS (
+  SELECT id, substr(external_ref, 3)::int AS g FROM notifications_customer
+), e AS (
+  SELECT id, g %% 10 < 7 OR g >= %(all_email_from)s AND g < %(all_email_to)s AS email FROM c
+)
 INSERT INTO notifications_contactpoint (customer_id, kind, value, is_primary, valid,
   invalid_reason, created_at)
-SELECT id, 'email', 'c' || id || '@example.org', true, true, '', now()
-  FROM notifications_customer WHERE substr(external_ref, 3)::int % 10 < 7
-UNION ALL
-SELECT id, 'phone', '+447700' || lpad((id % 1000000)::text, 6, '0'), true, true, '', now()
-  FROM notifications_customer WHERE substr(external_ref, 3)::int % 10 >= 7
+SELECT id, CASE WHEN email THEN 'email' ELSE 'phone' END,
+  CASE WHEN email THEN 'c' || id || '@example.org'
+       ELSE '+447700' || lpad((id %% 1000000)::text, 6, '0') END,
+  true, true, '', now()
+FROM e
 """
+# The batch-endpoint comparison sends to customers B-(BATCH_FROM·send) on.
+BATCH_FROM = 2
 
 
-def setup_django(database_url: str) -> None:
-    os.environ["DATABASE_URL"] = database_url
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ccm.settings")
-    os.environ.setdefault("EMAIL_BACKEND", "django.core.mail.backends.locmem.EmailBackend")
-    import django
-
-    django.setup()
-    from django_q.conf import Conf
-
-    Conf.SYNC = True  # chunks compose and dispatch inline, in this process
+def ref(i: int) -> str:
+    return f"B-{i:06d}"
 
 
-def make_customers(n: int) -> float:
+def prepare(n: int, send: int) -> float:
+    """Migrate, the demo's users and published library, and n customers made in SQL."""
+    from django.core.management import call_command
     from django.db import connection
 
+    from ccm.demo import seed_users
+    from documents.demo import seed_library
+
+    call_command("migrate", verbosity=0)
+    seed_users()
+    seed_library()
     started = time.perf_counter()
     with connection.cursor() as cursor:
         for first in range(1, n + 1, 250_000):
             cursor.execute(CUSTOMERS_SQL, {"first": first, "last": min(n, first + 249_999)})
-        cursor.execute(CONTACTS_SQL)
+        cursor.execute(
+            CONTACTS_SQL,
+            {"all_email_from": BATCH_FROM * send, "all_email_to": (BATCH_FROM + 1) * send},
+        )
         cursor.execute("ANALYZE")
     return time.perf_counter() - started
 
 
-def users():
-    from django.contrib.auth import get_user_model
-    from django.contrib.auth.models import Group
+class Session:
+    """A person signed in through /login/, calling the REST API with their session cookie and
+    CSRF token, as the back-office's own pages do."""
 
-    from ccm.roles import Role
+    def __init__(self, port: int, username: str) -> None:
+        from ccm.demo import DEMO_PASSWORD
 
-    made = []
-    for name, role in (
-        ("author", Role.TEMPLATE_AUTHOR),
-        ("reviewer", Role.COMPLIANCE_REVIEWER),
-        ("reviewer2", Role.COMPLIANCE_REVIEWER),
-        ("ops", Role.OPERATIONS),
-    ):
-        user = get_user_model().objects.create_user(
-            username=name, is_staff=True
-        )  # no password: never signs in
-        user.groups.add(Group.objects.get(name=role))
-        made.append(user)
-    return made
-
-
-def publish(author, reviewer):
-    from ccm import approvals
-    from documents import services as documents
-    from documents.bundle import read_folder
-    from documents.demo import LIBRARY
-    from documents.models import Template
-
-    bundle = read_folder(LIBRARY / "document_ready")
-    template = Template.objects.create(
-        code="document_ready", name="Document ready", category="service"
-    )
-    version = documents.template_version_create(template=template, bundle=bundle, by=author)
-    approval = documents.template_version_submit(version=version, by=author)
-    approvals.approval_decide(approval=approval, by=reviewer, decision="approve")
-    version.refresh_from_db()
-    documents.template_version_publish(version=version, by=author)
-
-
-def preview(n: int) -> tuple[float, int]:
-    from notifications.campaigns import selectors
-
-    definition = {"attributes": {"product": "variable_mortgage"}, "postcode_prefixes": ["N2"]}
-    best = float("inf")
-    count = 0
-    for _ in range(3):
-        started = time.perf_counter()
-        result = selectors.segment_preview(
-            definition, category="regulatory", renditions=["email", "sms", "print"]
+        self.port = port
+        self.cookies: dict[str, str] = {}
+        page = self._call("GET", "/login/")
+        token = re.search(rb'name="csrfmiddlewaretoken" value="([^"]+)"', page[1])
+        assert token, "no CSRF token on the login page"
+        form = {"username": username, "password": DEMO_PASSWORD}
+        form["csrfmiddlewaretoken"] = token.group(1).decode()
+        status, _ = self._call(
+            "POST",
+            "/login/",
+            urlencode(form).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
         )
-        best = min(best, time.perf_counter() - started)
-        count = result.count
-    print(
-        f"  preview of {count} of {n} customers: best {best:.2f} s; "
-        f"breakdown {result.breakdown.combinations}"
-    )
-    everyone = time.perf_counter()
-    whole = selectors.segment_preview({}, category="regulatory", renditions=["email", "print"])
-    print(f"  preview of everyone ({whole.count}): {time.perf_counter() - everyone:.2f} s")
-    return best, count
+        if status != 302 or "sessionid" not in self.cookies:
+            raise SystemExit(f"{username} could not sign in (HTTP {status})")
+
+    def _call(self, method: str, path: str, body: bytes | None = None, headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        sent = {
+            "Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items()),
+            "Referer": f"http://127.0.0.1:{self.port}/",
+            **(headers or {}),
+        }
+        if "csrftoken" in self.cookies:
+            sent["X-CSRFToken"] = self.cookies["csrftoken"]
+        conn.request(method, path, body=body, headers=sent)
+        response = conn.getresponse()
+        for name, value in response.getheaders():
+            if name.lower() == "set-cookie":
+                key, _, rest = value.partition("=")
+                self.cookies[key.strip()] = rest.split(";", 1)[0]
+        data = response.read()
+        conn.close()
+        return response.status, data
+
+    def api(self, method: str, path: str, body: dict | None = None, *, expect=(200, 201)):
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        status, data = self._call(method, f"/api/v1/{path}", payload, headers)
+        if status not in expect:
+            raise SystemExit(f"{method} /api/v1/{path}: HTTP {status} {data[:400]!r}")
+        return json.loads(data) if data else {}
 
 
-def approved_campaign(name: str, refs: list[str], people, throttle=None):
-    from ccm import approvals
-    from notifications.campaigns import services as campaigns
+def preview(author: Session, n: int) -> tuple[float, float]:
+    """Best of 3 previews of a 1/40 segment and of everyone, through the API."""
+    timings = {}
+    for name, definition in (
+        ("N2 variable mortgages", {"attributes": {"product": "variable_mortgage"}}),
+        ("everyone", {}),
+    ):
+        if name != "everyone":
+            definition["postcode_prefixes"] = ["N2"]
+        segment = author.api("POST", "segments", {"name": name, "definition": definition})
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            result = author.api("GET", f"segments/{segment['id']}/preview?channels=email,sms,print")
+            best = min(best, time.perf_counter() - started)
+        timings[name] = best
+        print(
+            f"  preview of {name}: {result['count']} of {n} customers, best {best:.2f} s; "
+            f"breakdown {result['breakdown']['combinations']}",
+            flush=True,
+        )
+    return timings["N2 variable mortgages"], timings["everyone"]
 
-    author, _, reviewer2, _ = people
-    segment = campaigns.segment_create(name=name, definition={"references": refs}, by=author)
-    campaign = campaigns.campaign_create(
-        name=name,
-        template_code="document_ready",
-        segment=segment,
-        category="regulatory",
-        throttle=throttle or {},
-        by=author,
-    )
-    approval = campaigns.campaign_submit(campaign=campaign, by=author)
-    approvals.approval_decide(approval=approval, by=reviewer2, decision="approve")
-    campaign.refresh_from_db()
-    return campaign
 
-
-def throughput(send: int, people) -> float:
-    from django.core import mail
-
-    from notifications.campaigns import services as campaigns
-    from notifications.models import Communication
-
-    refs = [f"B-{i}" for i in range(1, 10 * send) if i % 10 < 7][:send]  # customers with email
-    campaign = approved_campaign("throughput", refs, people)
-    mail.outbox = []
+def approved_campaign(people: dict[str, Session], name: str, refs: list[str], throttle=None):
+    author, reviewer = people["author"], people["reviewer2"]
+    segment = author.api("POST", "segments", {"name": name, "definition": {"references": refs}})
+    body = {
+        "name": name,
+        "template": "document_ready",
+        "segment": segment["id"],
+        "category": "regulatory",
+        "throttle": throttle or {},
+    }
+    campaign = author.api("POST", "campaigns", body)
     started = time.perf_counter()
-    campaigns.campaign_schedule(campaign=campaign, by=people[3])
-    while campaigns.campaign_send(campaign.pk, budget=3600):
-        pass
-    elapsed = time.perf_counter() - started
-    made = Communication.objects.filter(correlation_id=f"campaign:{campaign.pk}")
-    per_customer = made.values("customer_id").distinct().count()
-    print(
-        f"  {send} recipients in {elapsed:.1f} s: {send / elapsed:.0f}/s; "
-        f"communications {made.count()} for {per_customer} customers; emails {len(mail.outbox)}"
+    author.api("POST", f"campaigns/{campaign['id']}/submit", {})
+    print(f"  {name}: {len(refs)} recipients frozen in {time.perf_counter() - started:.1f} s")
+    pending = reviewer.api("GET", "approvals?state=pending&purpose=campaign&page_size=100")
+    approval = next(
+        a
+        for a in pending["results"]
+        if a["subject_type"] == "campaign" and str(a["subject_id"]) == str(campaign["id"])
     )
-    assert made.count() == per_customer == send, "not exactly one communication per customer"
-    return send / elapsed
+    reviewer.api("POST", f"approvals/{approval['id']}/decide", {"decision": "approve"})
+    return campaign["id"]
 
 
-def throttle(rate: int, seconds: int, people) -> tuple[float, float]:
-    from notifications.campaigns import services as campaigns
+def handed(campaign_id: int) -> int:
     from notifications.campaigns.models import CampaignRecipient
 
-    # Sync mode: the task's successor runs inline, so the campaign runs to its end.
-    want = int(rate * seconds / 60) + max(1, rate // 6)
-    refs = [f"B-{i}" for i in range(1, 20 * want) if i % 10 < 7][-want:]
-    campaign = approved_campaign("throttle", refs, people, throttle={"email": rate})
-    campaigns.campaign_schedule(campaign=campaign, by=people[3])
-    campaigns.campaign_send(campaign.pk)
-    stamps = sorted(
-        CampaignRecipient.objects.filter(campaign=campaign, handed_at__isnull=False).values_list(
-            "handed_at", flat=True
+    return CampaignRecipient.objects.filter(campaign_id=campaign_id, state="handed").count()
+
+
+def sent_count(campaign_id: int) -> int:
+    from notifications.models import Delivery
+
+    return Delivery.objects.filter(
+        communication__correlation_id=f"campaign:{campaign_id}", state="sent"
+    ).count()
+
+
+def send(people, n: int, cluster_box: list, served: dict, workdir: Path, kill_after: int, timeout):
+    """A campaign to n customers with email, from the schedule call to the last email sent;
+    (recipients/s, killed)."""
+    refs = [ref(i) for i in range(1, BATCH_FROM * n) if i % 10 < 7][:n]
+    campaign_id = approved_campaign(people, "throughput", refs)
+    started = time.perf_counter()
+    people["ops"].api("POST", f"campaigns/{campaign_id}/schedule", {})
+    killed = False
+    last_print = 0.0
+    while True:
+        elapsed = time.perf_counter() - started
+        done = sent_count(campaign_id)
+        if done >= n:
+            break
+        if kill_after and not killed and handed(campaign_id) >= kill_after:
+            cluster = cluster_box[0]
+            os.killpg(cluster.pid, signal.SIGKILL)
+            cluster.wait()
+            print(
+                f"  {elapsed:6.1f} s: cluster killed (SIGKILL) after {handed(campaign_id)} handed"
+            )
+            cluster_box[0] = start_cluster(served, workdir / "qcluster2.log")
+            killed = True
+        if elapsed - last_print >= 10:
+            print(
+                f"  {elapsed:6.1f} s: {handed(campaign_id)} handed, {done} of {n} sent", flush=True
+            )
+            last_print = elapsed
+        if elapsed > timeout:
+            print(f"  timed out with {done} of {n} sent")
+            break
+        time.sleep(0.5)
+    elapsed = time.perf_counter() - started
+    done = sent_count(campaign_id)
+    print(f"  {done} of {n} sent in {elapsed:.1f} s: {done / elapsed:.0f}/s")
+    return campaign_id, done / elapsed, killed
+
+
+def exactly_once(stub_url: str, campaign_id: int, n: int) -> tuple[int, int]:
+    from notifications.models import Communication, Delivery
+
+    made = Communication.objects.filter(correlation_id=f"campaign:{campaign_id}")
+    per_customer = made.values("customer_id").distinct().count()
+    expected = set(
+        Delivery.objects.filter(communication__in=made, state="sent").values_list(
+            "message_id", flat=True
         )
     )
-    span = (stamps[-1] - stamps[0]).total_seconds()
-    # Messages per minute over the span from the first hand-off to the last chunk's start.
+    lost, duplicated = count_at_stub(stub_url, expected)
+    print(
+        f"  communications {made.count()} for {per_customer} customers (of {n}); "
+        f"at the stub: lost={lost} duplicated={duplicated}"
+    )
+    if made.count() != per_customer:
+        duplicated += made.count() - per_customer
+    return lost + (n - per_customer), duplicated
+
+
+def throttle(people, rate: int, seconds: int, first: int, timeout: float) -> tuple[float, float]:
+    from notifications.campaigns.models import Campaign, CampaignRecipient
+
+    want = int(rate * seconds / 60) + max(1, rate // 6)
+    refs = [ref(i) for i in range(first, first + 2 * want) if i % 10 < 7][:want]
+    campaign_id = approved_campaign(people, "throttle", refs, throttle={"email": rate})
+    people["ops"].api("POST", f"campaigns/{campaign_id}/schedule", {})
+    deadline = time.monotonic() + max(timeout, seconds * 3)
+    while Campaign.objects.get(pk=campaign_id).state != "completed":
+        if time.monotonic() > deadline:
+            print("  the throttled campaign did not complete in time")
+            break
+        time.sleep(1)
+    stamps = sorted(
+        CampaignRecipient.objects.filter(
+            campaign_id=campaign_id, handed_at__isnull=False
+        ).values_list("handed_at", flat=True)
+    )
+    span = (stamps[-1] - stamps[0]).total_seconds() if stamps else 0
+    # Messages per minute from the first hand-off to the start of the last chunk.
     last_chunk = sum(1 for s in stamps if s == stamps[-1])
     measured = (len(stamps) - last_chunk) / span * 60 if span else 0.0
     error = abs(measured - rate) / rate * 100
@@ -232,40 +333,122 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--customers", type=int, default=200_000)
     parser.add_argument("--send", type=int, default=2000)
+    parser.add_argument("--kill-after", type=int, default=0, help="SIGKILL the cluster then")
     parser.add_argument("--rate", type=int, default=600)
     parser.add_argument("--throttle-seconds", type=int, default=60)
+    parser.add_argument("--skip-throttle", action="store_true")
+    parser.add_argument("--skip-batch", action="store_true", help="no batch-endpoint comparison")
     parser.add_argument("--preview-only", action="store_true", help="skip sending")
+    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=1800)
     args = parser.parse_args()
-    import django as dj
+    throttled = 2 * (int(args.rate * args.throttle_seconds / 60) + args.rate // 6 + 1)
+    if (BATCH_FROM + 1) * args.send + throttled > args.customers:
+        raise SystemExit(
+            f"--customers must be at least {(BATCH_FROM + 1) * args.send + throttled} for "
+            "these runs (campaign, batch comparison, throttle: each on its own customers)"
+        )
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    python = platform.python_version()
-    print(f"machine: {os.cpu_count()} cores, Python {python}, Django {dj.__version__}")
-    name = f"ccm_bench_campaign_{os.getpid()}"
-    sql_admin(f"CREATE DATABASE {name}")
+    workdir = Path(tempfile.mkdtemp(prefix="ccm-bench-campaign-"))
+    db_name = f"ccm_bench_campaign_{os.getpid()}"
+    stub = web = None
+    cluster_box: list = [None]
+    created = False
     try:
-        setup_django(f"postgres://postgres@127.0.0.1:5432/{name}")
-        from django.core.management import call_command
+        stub, stub_url = start_stub(workdir, args.timeout * 4)
+        sql_admin(f'CREATE DATABASE "{db_name}"')
+        created = True
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db_name}",
+            "DJANGO_SETTINGS_MODULE": "ccm.settings",
+            "EMAIL_BACKEND": "anymail.backends.postmark.EmailBackend",
+            "POSTMARK_SERVER_TOKEN": TOKEN,
+            "POSTMARK_API_URL": stub_url,
+            "MEDIA_ROOT": str(workdir / "media"),
+            "LOG_LEVEL": "WARNING",
+            "Q_WORKERS": "2",
+            "Q_SYNC": "false",
+            "SECRET_KEY": secrets.token_urlsafe(64),
+            # Production settings refuse to start without it (the audit checkpoints' key).
+            "AUDIT_SIGNING_KEY": secrets.token_urlsafe(48),
+            # A killed cluster's campaign is picked up by the sweep after this long.
+            "CCM_CAMPAIGN_STALL_SECONDS": "15",
+            "API_THROTTLE_USER": "10000000/min",
+            "API_THROTTLE_API_KEY": "10000000/min",
+        }
+        os.environ.update(env)
+        import django
 
-        call_command("migrate", verbosity=0)
-        people = users()
-        publish(people[0], people[1])
-        print(f"  {args.customers} customers made in {make_customers(args.customers):.1f} s")
-        preview_s, _ = preview(args.customers)
-        per_s, measured, error = 0.0, 0.0, 0.0
+        django.setup()
+        print(machine_line())
+        made_s = prepare(args.customers, args.send)
+        print(f"  {args.customers} customers made in SQL in {made_s:.1f} s")
+        served = production_env(env)
+        # Production settings serve hashed static files: the login page needs their manifest
+        # (made once; `make run` and deployments make it too).
+        if not (ROOT / "var" / "static" / "staticfiles.json").exists():
+            subprocess.run(
+                [sys.executable, "manage.py", "collectstatic", "--noinput", "-v", "0"],
+                cwd=ROOT,
+                env=served,
+                check=True,
+            )
+        web, port = start_gunicorn(served, workdir / "gunicorn.log", workers=args.web_workers)
+        people = {name: Session(port, name) for name in ("author", "reviewer2", "ops")}
+        preview_s, preview_all_s = preview(people["author"], args.customers)
+        per_s = batch_per_s = measured = error = 0.0
+        lost = duplicated = 0
+        killed = False
         if not args.preview_only:
-            per_s = throughput(args.send, people)
-            measured, error = throttle(args.rate, args.throttle_seconds, people)
+            cluster_box[0] = start_cluster(served, workdir / "qcluster.log")
+            wait_for_cluster(cluster_box[0])
+            print(f"campaign: {args.send} recipients, API → qcluster → stub")
+            campaign_id, per_s, killed = send(
+                people, args.send, cluster_box, served, workdir, args.kill_after, args.timeout
+            )
+            lost, duplicated = exactly_once(stub_url, campaign_id, args.send)
+            if not args.skip_batch:
+                print(f"batch endpoint: {args.send} messages (bench/dispatch.py's batch mode)")
+                batch_per_s, _, _ = run_mode(
+                    "batch", BATCH_FROM * args.send, args.send, port, cluster_box[0], args.timeout
+                )
+            if not args.skip_throttle:
+                print(f"throttle: {args.rate}/min for about {args.throttle_seconds} s")
+                measured, error = throttle(
+                    people,
+                    args.rate,
+                    args.throttle_seconds,
+                    (BATCH_FROM + 1) * args.send,
+                    args.timeout,
+                )
+        ratio = per_s / batch_per_s if batch_per_s else 0.0
         print(
-            f"campaign: preview_s={preview_s:.2f} customers={args.customers} "
-            f"send_per_s={per_s:.0f} throttle_rate={measured:.0f} throttle_error_pct={error:.1f}"
+            "targets: preview < 2 s at 1M; campaign within 10 % of the batch endpoint; "
+            "throttle within 5 %; lost = duplicated = 0"
+        )
+        print(
+            f"campaign: preview_s={preview_s:.2f} preview_all_s={preview_all_s:.2f} "
+            f"customers={args.customers} send_per_s={per_s:.0f} batch_per_s={batch_per_s:.0f} "
+            f"ratio={ratio:.2f} lost={lost} duplicated={duplicated} "
+            f"killed={'yes' if killed else 'no'} throttle_rate={measured:.0f} "
+            f"throttle_error_pct={error:.1f}"
         )
     finally:
-        from django.db import connections
+        stop(web)
+        stop(cluster_box[0])
+        stop(stub)
+        try:
+            from django.db import connections
 
-        connections.close_all()
-        sql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            connections.close_all()
+        except Exception:  # noqa: S110 - Django may not be set up when setup itself failed
+            pass
+        if created and os.environ.get("BENCH_KEEP_DB") != "1":
+            sql_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":

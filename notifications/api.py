@@ -77,6 +77,7 @@ class CustomerSerializer(serializers.ModelSerializer):
             "name",
             "salutation",
             "language",
+            "time_zone",
             "postal_address",
             "postal_address_valid",
             "attributes",
@@ -97,6 +98,13 @@ class CustomerWriteSerializer(serializers.Serializer):
         help_text="How letters greet the customer, e.g. 'Ms Hartley' (default: the name)",
     )
     language = serializers.RegexField(r"^[a-z]{2}$", required=False)
+    time_zone = serializers.CharField(
+        max_length=64,
+        required=False,
+        allow_blank=True,
+        help_text="IANA time zone, e.g. Europe/Berlin (blank: the business's); campaign send "
+        "windows can be read in it",
+    )
     postal_address = serializers.ListField(
         child=serializers.CharField(max_length=200), max_length=8, required=False
     )
@@ -107,6 +115,12 @@ class CustomerWriteSerializer(serializers.Serializer):
 
     def validate_emails(self, value: list[str]) -> list[str]:
         return self._each(value, services.normalise_email)
+
+    def validate_time_zone(self, value: str) -> str:
+        try:
+            return services.time_zone_checked(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from exc
 
     def validate_phones(self, value: list[str]) -> list[str]:
         return self._each(value, services.normalise_phone)

@@ -3,9 +3,11 @@ compose → gate → dispatch that never loses or double-sends a communication."
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import random
+import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -114,12 +116,15 @@ def customer_upsert(
     postal_address: list[str] | None = None,
     emails: Iterable[str] | None = None,
     phones: Iterable[str] | None = None,
+    time_zone: str | None = None,
 ) -> tuple[Customer, bool]:
     """Create or update a customer by (source system, external reference). Contact points given
     are added (the first becomes primary); existing ones are kept."""
     defaults: dict[str, Any] = {"name": name}
     if language:
         defaults["language"] = language
+    if time_zone is not None:
+        defaults["time_zone"] = time_zone_checked(time_zone)
     if salutation is not None:
         defaults["salutation"] = salutation
     if postal_address is not None:
@@ -145,6 +150,20 @@ def customer_upsert(
         after={"name": name, "external_ref": external_ref},
     )
     return customer, created
+
+
+# The names are read from the system's zone database once a process.
+_time_zones = functools.cache(zoneinfo.available_timezones)
+
+
+def time_zone_checked(name: str) -> str:
+    """An IANA time zone name as given ("" for the business's); ValidationError otherwise."""
+    name = name.strip()
+    if name and name not in _time_zones():
+        raise ValidationError(
+            f"{name!r} is not a time zone; give an IANA name such as Europe/Berlin."
+        )
+    return name
 
 
 @transaction.atomic

@@ -17,7 +17,7 @@ from ccm.api.schema import CcmAutoSchema
 from ccm.api.views import CcmAPIView
 from documents.models import Category
 from notifications.campaigns import evidence, selectors, services
-from notifications.campaigns.models import Campaign, DataSource, Segment
+from notifications.campaigns.models import Campaign, DataSource, Segment, WindowZone
 
 READ = ("campaigns:read",)
 WRITE = ("campaigns:write",)
@@ -158,6 +158,7 @@ class CampaignSerializer(serializers.ModelSerializer):
             "throttle",
             "window_start_hour",
             "window_end_hour",
+            "window_zone",
             "created_by",
             "created_at",
             "submitted_by",
@@ -193,7 +194,13 @@ class CampaignWriteSerializer(serializers.Serializer):
         min_length=2,
         max_length=2,
         required=False,
-        help_text="[start hour, end hour) of sending, in the business's time zone",
+        help_text="[start hour, end hour) of sending, read in `window_zone`",
+    )
+    window_zone = serializers.ChoiceField(
+        choices=WindowZone.choices,
+        default=WindowZone.BUSINESS,
+        help_text="business: the window is read in the business's time zone; customer: in each "
+        "customer's `time_zone`",
     )
 
 
@@ -235,6 +242,7 @@ class CampaignListCreateView(CampaignAPIView):
                 schedule_at=fields["schedule_at"],
                 throttle=fields.get("throttle") or {},
                 window=tuple(fields["window"]) if fields.get("window") else None,
+                window_zone=fields["window_zone"],
                 by=request.user,
             )
         except services.CampaignError as exc:
@@ -246,7 +254,9 @@ class CampaignListCreateView(CampaignAPIView):
 
 
 class CampaignDetailView(CampaignAPIView):
-    required_scopes = READ
+    required_scopes = {"GET": READ, "PATCH": WRITE}
+    # Editing a draft is authoring it: the role that creates campaigns edits them.
+    permission_for = {"GET": "view_campaign", "PATCH": "add_campaign"}
 
     @extend_schema(
         responses=CampaignSerializer,
@@ -254,6 +264,28 @@ class CampaignDetailView(CampaignAPIView):
     )
     def get(self, request, pk: int):
         return Response(CampaignSerializer(get_object_or_404(_campaigns(), pk=pk)).data)
+
+    @extend_schema(
+        request=CampaignWriteSerializer(partial=True),
+        responses=CampaignSerializer,
+        summary="Edit a draft campaign (or one with changes requested)",
+        description="Only the fields given change. A campaign in review or later is a 409: "
+        "what was submitted is frozen; withdraw or have changes requested first.",
+    )
+    def patch(self, request, pk: int):
+        campaign = get_object_or_404(Campaign, pk=pk)
+        body = CampaignWriteSerializer(data=request.data, partial=True)
+        body.is_valid(raise_exception=True)
+        changes = {k: v for k, v in body.validated_data.items() if k in request.data}
+        if "window" in changes:
+            changes["window"] = tuple(changes["window"]) if changes["window"] else None
+        try:
+            services.campaign_update(campaign=campaign, by=request.user, **changes)
+        except services.CampaignError as exc:
+            if exc.errors:
+                raise _problem(exc) from exc
+            raise Conflict(str(exc), code="invalid_state") from exc
+        return Response(CampaignSerializer(_campaigns().get(pk=pk)).data)
 
 
 class ScheduleSerializer(serializers.Serializer):

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import io
 import json
 import zipfile
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from html import escape
 
 import weasyprint
+from django.conf import settings
 from django.db.models import Count
 
 from ccm.audit import subject_label
+from ccm.audit_checkpoints import key_id
 from ccm.models import AuditEvent
-from documents.composition import chart
+from documents.composition import CompositionError, chart
 from documents.rendering import SafeURLFetcher
+from documents.services import template_preview
 from notifications.campaigns.models import Campaign, CampaignRecipient
 from notifications.models import Delivery
 
@@ -244,8 +249,93 @@ def report_pdf(campaign: Campaign, states: Counter, events: list[AuditEvent]) ->
     )
 
 
+def approved_content(campaign: Campaign) -> dict[str, bytes]:
+    """The approved template version as the reviewer saw it: every channel rendered from its
+    sample data (`content/print.pdf`, `content/email.html`, …)."""
+    try:
+        preview = template_preview(version=campaign.template_version)
+    except CompositionError as exc:
+        # The pack is still made: the reason the proof cannot be rendered is what it holds.
+        return {"content/unrendered.txt": f"{exc}\n".encode()}
+    files: dict[str, bytes] = {}
+    if preview.pdf is not None:
+        files["content/print.pdf"] = preview.pdf.data
+    for channel in ("email", "sms", "push"):
+        rendered = getattr(preview, channel)
+        for part, text in sorted((rendered or {}).items()):
+            if isinstance(text, str):
+                suffix = "html" if part == "html" else "txt"
+                files[f"content/{channel}.{part}.{suffix}"] = text.encode()
+    return files
+
+
+SIGNATURE_FORMAT = "ccm-campaign-evidence-v1"
+
+
+def signature(manifest_bytes: bytes) -> bytes:
+    """signature.json: an HMAC-SHA256 over manifest.json under the audit signing key (named by
+    its key id, never shown), the key that signs the audit checkpoints. The manifest holds the
+    SHA-256 of every other file, so the signature covers the whole pack."""
+    key = settings.AUDIT_SIGNING_KEY
+    body: dict = {"format": SIGNATURE_FORMAT, "signed": "manifest.json"}
+    if key:
+        body |= {
+            "algorithm": "HMAC-SHA256",
+            "key_id": key_id(key),
+            "signature": hmac.new(key.encode(), manifest_bytes, hashlib.sha256).hexdigest(),
+        }
+    else:
+        body["unsigned"] = "AUDIT_SIGNING_KEY is not set"
+    return json.dumps(body, indent=2, sort_keys=True).encode()
+
+
+@dataclass
+class PackCheck:
+    ok: bool
+    problems: list[str]
+
+
+def evidence_verify(pack: bytes) -> PackCheck:
+    """Whether a pack is what CCM issued: every file's SHA-256 as the manifest says, no file
+    added or missing, and the manifest's signature under a current or former signing key."""
+    problems: list[str] = []
+    try:
+        with zipfile.ZipFile(io.BytesIO(pack)) as archive:
+            files = {name: archive.read(name) for name in archive.namelist()}
+    except zipfile.BadZipFile:
+        return PackCheck(False, ["not a ZIP file"])
+    try:
+        listed = json.loads(files.pop("manifest.json"))["files"]
+        signed = json.loads(files.pop("signature.json"))
+    except (KeyError, ValueError):
+        return PackCheck(False, ["manifest.json or signature.json is missing or unreadable"])
+    for name in sorted(set(listed) | set(files)):
+        if name not in files:
+            problems.append(f"{name}: listed in the manifest but missing")
+        elif name not in listed:
+            problems.append(f"{name}: not listed in the manifest")
+        elif hashlib.sha256(files[name]).hexdigest() != listed[name]:
+            problems.append(f"{name}: changed (SHA-256 differs from the manifest)")
+    with zipfile.ZipFile(io.BytesIO(pack)) as archive:
+        manifest_bytes = archive.read("manifest.json")
+    keys = {
+        key_id(k): k for k in [settings.AUDIT_SIGNING_KEY, *settings.AUDIT_SIGNING_KEYS_OLD] if k
+    }
+    key = keys.get(signed.get("key_id", ""))
+    if "signature" not in signed:
+        problems.append("the pack is not signed: " + signed.get("unsigned", "no signature"))
+    elif key is None:
+        problems.append(f"signed with key {signed.get('key_id')!r}, which is not configured here")
+    else:
+        expected = hmac.new(key.encode(), manifest_bytes, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signed["signature"]):
+            problems.append("the manifest's signature does not match: it was changed")
+    return PackCheck(not problems, problems)
+
+
 def evidence_pack(campaign: Campaign) -> bytes:
-    """report.pdf, recipients.csv and manifest.json (with the SHA-256 of the other two)."""
+    """report.pdf, recipients.csv, the approved content per channel (content/), manifest.json
+    (with the SHA-256 of every other file and the covering audit events) and signature.json."""
     campaign = Campaign.objects.select_related(
         "template_version__template", "submitted_by", "approval__decided_by"
     ).get(pk=campaign.pk)
@@ -262,8 +352,10 @@ def evidence_pack(campaign: Campaign) -> bytes:
     files = {
         "recipients.csv": recipients_csv(campaign),
         "report.pdf": report_pdf(campaign, states, events),
+        **approved_content(campaign),
     }
     files["manifest.json"] = manifest(campaign, files)
+    files["signature.json"] = signature(files["manifest.json"])
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in sorted(files):

@@ -48,6 +48,11 @@ class CampaignState(models.TextChoices):
     CANCELLED = "cancelled"
 
 
+class WindowZone(models.TextChoices):
+    BUSINESS = "business", "The business's time zone"
+    CUSTOMER = "customer", "Each customer's time zone"
+
+
 class DataSource(models.TextChoices):
     ATTRIBUTES = "attributes", "Customer attributes"
     CSV = "csv", "CSV keyed by customer reference"
@@ -81,9 +86,13 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
     )
     data_csv = models.TextField(blank=True, help_text="With data_source=csv: the uploaded CSV")
     schedule_at = models.DateTimeField(null=True, blank=True, help_text="Empty: as scheduled")
-    # Hours of the day (business time zone, TIME_ZONE) in which chunks are handed: [start, end).
+    # Hours of the day in which chunks are handed: [start, end), read in the business's time
+    # zone (TIME_ZONE) or in each customer's (their `time_zone`, the business's when blank).
     window_start_hour = models.PositiveSmallIntegerField(null=True, blank=True)
     window_end_hour = models.PositiveSmallIntegerField(null=True, blank=True)
+    window_zone = models.CharField(
+        max_length=10, choices=WindowZone.choices, default=WindowZone.BUSINESS
+    )
     # Messages per minute per channel, on top of the provider throttle every sender shares.
     throttle = models.JSONField(default=dict, blank=True)
     state = FSMField(default=CampaignState.DRAFT, choices=CampaignState.choices, protected=True)
@@ -186,6 +195,9 @@ class CampaignRecipient(models.Model):
         Communication, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     handed_at = models.DateTimeField(null=True, blank=True)
+    # The customer's time zone when the audience was frozen (the business's when they had
+    # none): what a send window in customers' time zones is read in.
+    time_zone = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["campaign", "customer"]

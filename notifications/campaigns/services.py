@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import time
+import zoneinfo
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ from notifications.campaigns.models import (
     DataSource,
     RecipientState,
     Segment,
+    WindowZone,
 )
-from notifications.jobs.csv_rows import cells_data
+from notifications.jobs.csv_rows import CUSTOMER_COLUMN, cells_data
 from notifications.models import CommState, Communication, Customer, Source
 from notifications.services import communication_cancel, intake_data_validate
 
@@ -135,6 +137,30 @@ def throttle_errors(throttle: Any) -> list[str]:
     ]
 
 
+def _settings_errors(
+    *,
+    data_source: str,
+    data_csv: str,
+    throttle: dict,
+    window: tuple[int, int] | None,
+    window_zone: str,
+) -> list[str]:
+    """Everything wrong with a campaign's settings, in words (create and edit share it)."""
+    errors = []
+    if data_source not in DataSource.values:
+        errors.append(f"Unknown data source {data_source!r}.")
+    if data_source == DataSource.CSV and not data_csv.strip():
+        errors.append("A campaign with CSV data needs the CSV.")
+    errors += throttle_errors(throttle)
+    if window is not None and (
+        len(window) != 2 or not all(0 <= h <= 23 for h in window) or window[0] == window[1]
+    ):
+        errors.append("The send window is two different hours of the day, 0 to 23.")
+    if window_zone not in WindowZone.values:
+        errors.append(f"The send window's time zone is {' or '.join(WindowZone.values)}.")
+    return errors
+
+
 @transaction.atomic
 def campaign_create(
     *,
@@ -148,6 +174,7 @@ def campaign_create(
     schedule_at: datetime | None = None,
     throttle: dict | None = None,
     window: tuple[int, int] | None = None,
+    window_zone: str = WindowZone.BUSINESS,
 ) -> Campaign:
     """A draft campaign bound to the template's published version."""
     version = document_selectors.version_for_sending(code=template_code)
@@ -156,17 +183,15 @@ def campaign_create(
     category = category or version.template.category
     if category not in Category.values:
         raise CampaignError(f"Unknown category {category!r}.")
-    if data_source not in DataSource.values:
-        raise CampaignError(f"Unknown data source {data_source!r}.")
-    if data_source == DataSource.CSV and not data_csv.strip():
-        raise CampaignError("A campaign with CSV data needs the CSV.")
-    errors = throttle_errors(throttle or {})
-    if window is not None and (
-        len(window) != 2 or not all(0 <= h <= 23 for h in window) or window[0] == window[1]
-    ):
-        errors.append("The send window is two different hours of the day, 0 to 23.")
+    errors = _settings_errors(
+        data_source=data_source,
+        data_csv=data_csv,
+        throttle=throttle or {},
+        window=window,
+        window_zone=window_zone,
+    )
     if errors:
-        raise CampaignError("The throttle is invalid.", errors=[{"errors": errors}])
+        raise CampaignError("The campaign's settings are invalid.", errors=[{"errors": errors}])
     campaign = Campaign.objects.create(
         name=name,
         template_version=version,
@@ -178,18 +203,97 @@ def campaign_create(
         throttle=throttle or {},
         window_start_hour=window[0] if window else None,
         window_end_hour=window[1] if window else None,
+        window_zone=window_zone,
         created_by=by,
     )
     audit.record(
         actor=by,
         action="campaign.created",
         subject=campaign,
-        after={
-            "name": name,
-            "template_version": version.pk,
-            "segment": segment.pk,
-            "category": category,
-        },
+        after=_editable(campaign),
+    )
+    return campaign
+
+
+def _editable(campaign: Campaign) -> dict:
+    """A campaign's settings as the audit trail records them."""
+    return {
+        "name": campaign.name,
+        "template_version": campaign.template_version_id,
+        "segment": campaign.segment_id,
+        "category": campaign.category,
+        "data_source": campaign.data_source,
+        "data_csv_sha256": hashlib.sha256(campaign.data_csv.encode()).hexdigest(),
+        "schedule_at": campaign.schedule_at.isoformat() if campaign.schedule_at else None,
+        "throttle": campaign.throttle,
+        "window": [campaign.window_start_hour, campaign.window_end_hour],
+        "window_zone": campaign.window_zone,
+    }
+
+
+EDITABLE_STATES = (CampaignState.DRAFT, CampaignState.CHANGES_REQUESTED)
+
+
+@transaction.atomic
+def campaign_update(*, campaign: Campaign, by, **changes: Any) -> Campaign:
+    """Edit a draft (or a campaign sent back with changes requested): name, segment, category,
+    data, schedule, throttle, send window. `template` rebinds the template's published
+    version. Nothing is frozen yet, so the next submission freezes what is here now."""
+    campaign = _locked(campaign)
+    if campaign.state not in EDITABLE_STATES:
+        raise CampaignError(
+            f"A campaign that is {campaign.get_state_display().lower()} cannot be edited; "
+            "only a draft or one with changes requested."
+        )
+    unknown = set(changes) - {
+        "name",
+        "template",
+        "segment",
+        "category",
+        "data_source",
+        "data_csv",
+        "schedule_at",
+        "throttle",
+        "window",
+        "window_zone",
+    }
+    if unknown:
+        raise CampaignError(f"These cannot be edited: {', '.join(sorted(unknown))}.")
+    before = _editable(campaign)
+    if "template" in changes:
+        version = document_selectors.version_for_sending(code=changes.pop("template"))
+        if version is None:
+            raise CampaignError("That template has no published version to send.")
+        campaign.template_version = version
+    if "window" in changes:
+        window = changes.pop("window")
+        campaign.window_start_hour, campaign.window_end_hour = window if window else (None, None)
+    for field, value in changes.items():
+        setattr(campaign, field, value if value is not None or field == "schedule_at" else "")
+    campaign.category = campaign.category or campaign.template_version.template.category
+    if campaign.category not in Category.values:
+        raise CampaignError(f"Unknown category {campaign.category!r}.")
+    window_now = (
+        (campaign.window_start_hour, campaign.window_end_hour)
+        if campaign.window_start_hour is not None
+        else None
+    )
+    errors = _settings_errors(
+        data_source=campaign.data_source,
+        data_csv=campaign.data_csv,
+        throttle=campaign.throttle or {},
+        window=window_now,  # type: ignore[arg-type]
+        window_zone=campaign.window_zone,
+    )
+    if errors:
+        raise CampaignError("The campaign's settings are invalid.", errors=[{"errors": errors}])
+    campaign.save()
+    audit.record(
+        actor=by,
+        action="campaign.edited",
+        subject=campaign,
+        before=before,
+        after=_editable(campaign),
     )
     return campaign
 
@@ -218,13 +322,21 @@ def campaign_data_rows(
     else:
         schema = version.content.get("schema", {})
         reader = csv.DictReader(io.StringIO(campaign.data_csv))
-        if "reference" not in (reader.fieldnames or []):
+        # The customer's reference is `customer_ref`, as in a send job's file: a template
+        # field may itself be called `reference`.
+        if CUSTOMER_COLUMN not in (reader.fieldnames or []):
             return {}, [
-                {"row": 1, "reference": "", "errors": ["The CSV needs a reference column."]}
+                {
+                    "row": 1,
+                    "reference": "",
+                    "errors": [
+                        f"The CSV needs a {CUSTOMER_COLUMN} column (the customer's reference)."
+                    ],
+                }
             ]
         seen: set[str] = set()
         for number, row in enumerate(reader, start=2):
-            reference = (row.pop("reference") or "").strip()
+            reference = (row.pop(CUSTOMER_COLUMN) or "").strip()
             found = audience.get(reference)
             if found is None:
                 errors.append(
@@ -306,7 +418,7 @@ def campaign_submit(*, campaign: Campaign, by) -> Approval:
     customers = list(
         selectors.segment_customers(campaign.segment.definition)
         .order_by("pk")
-        .only("pk", "external_ref", "name", "attributes")
+        .only("pk", "external_ref", "name", "attributes", "time_zone")
     )
     if not customers:
         raise CampaignError("The segment selects no customer; there is nothing to send.")
@@ -316,9 +428,10 @@ def campaign_submit(*, campaign: Campaign, by) -> Approval:
             f"{len(errors)} data rows are invalid; nothing was frozen.", errors=errors
         )
     CampaignRecipient.objects.filter(campaign=campaign).delete()
+    zones = {c.pk: c.time_zone or settings.TIME_ZONE for c in customers}
     CampaignRecipient.objects.bulk_create(
         (
-            CampaignRecipient(campaign=campaign, customer_id=pk, data=rows[pk])
+            CampaignRecipient(campaign=campaign, customer_id=pk, data=rows[pk], time_zone=zones[pk])
             for pk in sorted(rows)
         ),
         batch_size=5000,
@@ -513,13 +626,25 @@ class ChunkOutcome:
     more: bool = False
 
 
-def in_send_window(campaign: Campaign, now: datetime) -> bool:
-    """Whether `now` (in the business's time zone) is inside the campaign's hours of sending."""
+def in_send_window(campaign: Campaign, now: datetime, zone: str = "") -> bool:
+    """Whether `now`, read in `zone` (the business's time zone when empty), is inside the
+    campaign's hours of sending."""
     start, end = campaign.window_start_hour, campaign.window_end_hour
     if start is None or end is None:
         return True
-    hour = timezone.localtime(now).hour
+    hour = timezone.localtime(now, zoneinfo.ZoneInfo(zone) if zone else None).hour
     return start <= hour < end if start < end else hour >= start or hour < end
+
+
+def _pending_in_window(campaign: Campaign, now: datetime):
+    """The recipients waiting to be handed whose send window is open now: all of them, none
+    (the business's window is closed), or, with a window in customers' time zones, those whose
+    frozen zone is inside it now."""
+    pending = CampaignRecipient.objects.filter(campaign=campaign, state=RecipientState.PENDING)
+    if campaign.window_start_hour is None or campaign.window_zone != WindowZone.CUSTOMER:
+        return pending if in_send_window(campaign, now) else pending.none()
+    zones = pending.order_by().values_list("time_zone", flat=True).distinct()
+    return pending.filter(time_zone__in=[z for z in zones if in_send_window(campaign, now, z)])
 
 
 def chunk_size(campaign: Campaign) -> int:
@@ -565,17 +690,23 @@ def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
                 after={"reason": campaign.note},
             )
             return ChunkOutcome()
-        if not in_send_window(campaign, timezone.now()):
-            # Nothing is lost: the sweep enqueues the campaign again once it has been quiet
-            # for CCM_CAMPAIGN_STALL_SECONDS, and it goes on when the window opens.
-            Campaign.objects.filter(pk=campaign.pk).update(last_chunk_at=timezone.now())
-            return ChunkOutcome()
+        now = timezone.now()
         recipients = list(
-            CampaignRecipient.objects.filter(campaign=campaign, state=RecipientState.PENDING)
+            _pending_in_window(campaign, now)
             .select_related("customer")
             .order_by("customer_id")[: chunk_size(campaign)]
         )
-        now = timezone.now()
+        if (
+            not recipients
+            and CampaignRecipient.objects.filter(
+                campaign=campaign, state=RecipientState.PENDING
+            ).exists()
+        ):
+            # Outside the send window (everyone's, or every waiting customer's). Nothing is
+            # lost: the sweep enqueues the campaign again once it has been quiet for
+            # CCM_CAMPAIGN_STALL_SECONDS, and it goes on when a window opens.
+            Campaign.objects.filter(pk=campaign.pk).update(last_chunk_at=now)
+            return ChunkOutcome()
         if not recipients:
             campaign.complete(when=now)
             campaign.save()

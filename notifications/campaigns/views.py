@@ -17,7 +17,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from ccm.forms import AccessibleForm
 from documents.models import Category, Template
 from notifications.campaigns import api, selectors, services
-from notifications.campaigns.models import Campaign, CampaignState, DataSource, Segment
+from notifications.campaigns.models import (
+    Campaign,
+    CampaignState,
+    DataSource,
+    Segment,
+    WindowZone,
+)
 
 VIEW = "notifications.view_campaign"
 ADD = "notifications.add_campaign"
@@ -50,12 +56,36 @@ class CampaignForm(AccessibleForm):
         widget=forms.Textarea(attrs={"rows": 4}),
         required=False,
         label="CSV data",
-        help_text="With CSV data: a reference column and one column per field (customer.name).",
+        help_text="With CSV data: a customer_ref column (the customer's reference) and one "
+        "column per template field.",
     )
     throttle = forms.CharField(
         required=False,
         label="Throttle",
         help_text='Messages per minute per channel, as JSON: {"email": 600}',
+    )
+    schedule_at = forms.DateTimeField(
+        required=False,
+        label="Send at",
+        help_text="Empty: as soon as operations schedule it. Business time zone.",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+        error_messages={"invalid": "Give a date and time, e.g. 2026-12-24 09:00."},
+    )
+    window_start = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=23,
+        label="Send window: from hour",
+        help_text="Optional. Messages go only between these hours of the day (0 to 23).",
+    )
+    window_end = forms.IntegerField(
+        required=False, min_value=0, max_value=23, label="Send window: until hour"
+    )
+    window_zone = forms.ChoiceField(
+        choices=WindowZone.choices,
+        initial=WindowZone.BUSINESS,
+        required=False,
+        label="Send window read in",
     )
 
     def __init__(self, *args, **kwargs):
@@ -80,6 +110,46 @@ class CampaignForm(AccessibleForm):
         if errors:
             raise forms.ValidationError(errors)
         return value
+
+    def clean(self):
+        data = super().clean() or {}
+        start, end = data.get("window_start"), data.get("window_end")
+        if (start is None) != (end is None):
+            self.add_error("window_end", "Give both hours of the send window, or neither.")
+        elif start is not None and start == end:
+            self.add_error("window_end", "The window ends at a different hour than it starts.")
+        data["window"] = (start, end) if start is not None and end is not None else None
+        return data
+
+    @classmethod
+    def initial_of(cls, campaign: Campaign) -> dict:
+        return {
+            "name": campaign.name,
+            "template": campaign.template_version.template.code,
+            "segment": campaign.segment_id,
+            "category": campaign.category,
+            "data_source": campaign.data_source,
+            "data_csv": campaign.data_csv,
+            "throttle": json.dumps(campaign.throttle) if campaign.throttle else "",
+            "schedule_at": campaign.schedule_at,
+            "window_start": campaign.window_start_hour,
+            "window_end": campaign.window_end_hour,
+            "window_zone": campaign.window_zone,
+        }
+
+    def settings(self) -> dict:
+        """The cleaned form as the campaign services take it."""
+        data = self.cleaned_data
+        return {
+            "segment": data["segment"],
+            "category": data["category"],
+            "data_source": data["data_source"],
+            "data_csv": data["data_csv"],
+            "throttle": data["throttle"],
+            "schedule_at": data["schedule_at"],
+            "window": data["window"],
+            "window_zone": data["window_zone"] or WindowZone.BUSINESS,
+        }
 
 
 class SegmentForm(AccessibleForm):
@@ -135,20 +205,58 @@ def campaign_create(request: HttpRequest) -> HttpResponse:
                 campaign = services.campaign_create(
                     name=data["name"],
                     template_code=data["template"],
-                    segment=data["segment"],
-                    category=data["category"],
-                    data_source=data["data_source"],
-                    data_csv=data["data_csv"],
-                    throttle=data["throttle"],
                     by=request.user,
+                    **form.settings(),
                 )
             except services.CampaignError as exc:
-                form.add_error(None, str(exc))
+                _errors_on(form, exc)
             else:
                 messages.success(request, f"Campaign {campaign.name} created as a draft.")
                 return redirect("campaign-detail", campaign.pk)
         status = 400
     return render(request, "campaigns/create.html", {"form": form}, status=status)
+
+
+def _errors_on(form: forms.Form, exc: services.CampaignError) -> None:
+    form.add_error(None, str(exc))
+    for row in exc.errors:
+        for error in row.get("errors", []):
+            form.add_error(None, error)
+
+
+@require_http_methods(["GET", "POST"])
+@_needs(ADD)
+def campaign_edit(request: HttpRequest, pk: int) -> HttpResponse:
+    """Edit a draft, or a campaign sent back with changes requested."""
+    campaign = get_object_or_404(
+        Campaign.objects.select_related("template_version__template"), pk=pk
+    )
+    if campaign.state not in services.EDITABLE_STATES:
+        messages.error(
+            request,
+            f"A campaign that is {campaign.get_state_display().lower()} cannot be edited.",
+        )
+        return redirect("campaign-detail", campaign.pk)
+    if request.method == "POST":
+        form = CampaignForm(request.POST)
+        if form.is_valid():
+            try:
+                services.campaign_update(
+                    campaign=campaign,
+                    by=request.user,
+                    name=form.cleaned_data["name"],
+                    template=form.cleaned_data["template"],
+                    **form.settings(),
+                )
+            except services.CampaignError as exc:
+                _errors_on(form, exc)
+            else:
+                messages.success(request, f"Campaign {campaign.name}: changes saved.")
+                return redirect("campaign-detail", campaign.pk)
+        context = {"form": form, "campaign": campaign}
+        return render(request, "campaigns/create.html", context, status=400)
+    form = CampaignForm(initial=CampaignForm.initial_of(campaign))
+    return render(request, "campaigns/create.html", {"form": form, "campaign": campaign})
 
 
 @require_http_methods(["GET", "POST"])
@@ -207,6 +315,7 @@ def _story(campaign: Campaign) -> dict:
         "plan": campaign.channel_plan or {},
         "can": {
             "submit": campaign.state in {CampaignState.DRAFT, CampaignState.CHANGES_REQUESTED},
+            "edit": campaign.state in services.EDITABLE_STATES,
             "schedule": campaign.state == CampaignState.APPROVED,
             "pause": campaign.state == CampaignState.SENDING,
             "resume": campaign.state == CampaignState.PAUSED,

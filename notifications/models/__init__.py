@@ -32,6 +32,9 @@ class Customer(models.Model):
     # the system variable `customer.salutation`, never from request data.
     salutation = models.CharField(max_length=100, blank=True)
     language = models.CharField(max_length=10, default="en")
+    # An IANA zone ("Europe/Berlin"); blank: the business's (TIME_ZONE). A campaign's send
+    # window can be read in it.
+    time_zone = models.CharField(max_length=64, blank=True)
     postal_address = models.JSONField(default=list, blank=True, help_text="Address lines")
     postal_address_valid = models.BooleanField(default=True)
     # Free-form facts integrators push (product, postcode, tags, …): what segments filter on

@@ -38,6 +38,15 @@ def test_customer_attributes_are_set_and_read_through_the_customers_api(api):
     assert Customer.objects.get(external_ref="A-1").attributes == {"tags": ["vip"]}
 
 
+def test_a_customers_time_zone_is_an_iana_name(api):
+    body = {"external_ref": "A-2", "name": "Aki", "time_zone": "Asia/Tokyo"}
+    assert api.post("/api/v1/customers", body, format="json").json()["time_zone"] == "Asia/Tokyo"
+    bad = api.patch("/api/v1/customers/A-2", {"time_zone": "Mars/Olympus"}, format="json")
+    assert bad.status_code == 400
+    assert "give an IANA name such as Europe/Berlin" in json.dumps(bad.json())
+    assert Customer.objects.get(external_ref="A-2").time_zone == "Asia/Tokyo"
+
+
 def test_segment_api_creates_versions_and_previews(api, mortgage_customers):
     body = {"name": "Mortgages", "definition": {"attributes": {"product": "variable_mortgage"}}}
     first = api.post("/api/v1/segments", body, format="json")
@@ -78,6 +87,29 @@ def test_campaign_api_lifecycle_and_refusals(api, document_ready, segment, mortg
     assert progress.json()["recipients"]["pending"] == 4
 
 
+def test_a_draft_is_edited_through_the_api_until_it_is_submitted(
+    api, document_ready, segment, mortgage_customers
+):
+    body = {"name": "Rate change", "template": "document_ready", "segment": segment.pk}
+    pk = api.post("/api/v1/campaigns", body, format="json").json()["id"]
+    # when the draft's window is set in customers' time zones
+    edited = api.patch(
+        f"/api/v1/campaigns/{pk}", {"window": [8, 20], "window_zone": "customer"}, format="json"
+    )
+    assert edited.status_code == 200, edited.json()
+    assert (edited.json()["window_start_hour"], edited.json()["window_zone"]) == (8, "customer")
+    assert edited.json()["name"] == "Rate change"  # what was not given did not change
+    # a bad window is a 422 naming the problem
+    bad = api.patch(f"/api/v1/campaigns/{pk}", {"window": [9, 9]}, format="json")
+    assert bad.status_code == 422
+    assert "two different hours" in json.dumps(bad.json())
+    # once submitted, it is frozen: a 409
+    api.post(f"/api/v1/campaigns/{pk}/submit", {}, format="json")
+    frozen = api.patch(f"/api/v1/campaigns/{pk}", {"name": "Other"}, format="json")
+    assert frozen.status_code == 409
+    assert "cannot be edited" in frozen.json()["detail"]
+
+
 def test_read_scope_cannot_write(db, segment, document_ready):
     reader = key_client("campaigns:read")
     response = reader.post(
@@ -99,7 +131,12 @@ def test_evidence_pack_is_complete_and_byte_reproducible(api, approved, ops, syn
     assert first["Content-Type"] == "application/zip"
     assert first.content == second.content
     archive = zipfile.ZipFile(io.BytesIO(first.content))
-    assert archive.namelist() == ["manifest.json", "recipients.csv", "report.pdf"]
+    names = archive.namelist()
+    assert {"manifest.json", "signature.json", "recipients.csv", "report.pdf"} <= set(names)
+    # the approved content as the reviewer saw it, channel by channel
+    content = {n for n in names if n.startswith("content/")}
+    assert {n.split(".")[0] for n in content} == {"content/email", "content/sms", "content/push"}
+    assert all(archive.read(n).strip() for n in content)
     rows = list(csv.DictReader(io.StringIO(archive.read("recipients.csv").decode())))
     assert [r["reference"] for r in rows] == ["M-000", "M-001", "M-002", "M-003"]
     assert {(r["channel"], r["delivery_state"]) for r in rows} == {("email", "sent")}
@@ -114,3 +151,49 @@ def test_evidence_pack_is_complete_and_byte_reproducible(api, approved, ops, syn
     )
     assert approved.audience_hash[:20] in text.replace("\n", "")
     assert "Rate change" in text
+
+
+def test_the_evidence_pack_is_signed_and_a_changed_file_is_found(
+    api, approved, ops, sync_tasks, tmp_path
+):
+    from django.core.management import CommandError, call_command
+
+    from notifications.campaigns import evidence
+
+    sync_tasks(campaigns.campaign_schedule, campaign=approved, by=ops)
+    pack = api.get(f"/api/v1/campaigns/{approved.pk}/evidence").content
+    # then the pack verifies as issued
+    assert evidence.evidence_verify(pack) == evidence.PackCheck(True, [])
+    signed = json.loads(zipfile.ZipFile(io.BytesIO(pack)).read("signature.json"))
+    assert (signed["algorithm"], len(signed["signature"])) == ("HMAC-SHA256", 64)
+    # when one row of the recipients is changed and the pack zipped again
+    source = zipfile.ZipFile(io.BytesIO(pack))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as forged:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "recipients.csv":
+                data = data.replace(b"sent", b"bounced", 1)
+            forged.writestr(name, data)
+    # then the change is named, by the function and by the command
+    check = evidence.evidence_verify(out.getvalue())
+    assert not check.ok
+    assert check.problems == ["recipients.csv: changed (SHA-256 differs from the manifest)"]
+    original, forged_path = tmp_path / "pack.zip", tmp_path / "forged.zip"
+    original.write_bytes(pack)
+    forged_path.write_bytes(out.getvalue())
+    printed = io.StringIO()
+    call_command("campaign_evidence_verify", str(original), stdout=printed)
+    assert printed.getvalue().strip().endswith("pack.zip: ok")
+    with pytest.raises(CommandError, match="does not verify"):
+        call_command("campaign_evidence_verify", str(forged_path), stdout=io.StringIO())
+
+
+def test_a_pack_signed_under_another_key_is_not_taken_as_ours(api, approved, settings):
+    from notifications.campaigns import evidence
+
+    pack = api.get(f"/api/v1/campaigns/{approved.pk}/evidence").content
+    settings.AUDIT_SIGNING_KEY = "k" * 40
+    check = evidence.evidence_verify(pack)
+    assert not check.ok
+    assert "which is not configured here" in check.problems[0]

@@ -109,9 +109,9 @@ def test_bad_csv_rows_are_all_listed_and_nothing_is_frozen(
     campaign_factory, mortgage_customers, author
 ):
     csv_text = (
-        "reference,customer.name,reference_doc,document_title,document_date\n"
+        "customer_ref,customer.name,reference,document_title,document_date\n"
         "M-000,Ann,D1,Rate change,2026-04-12\n"
-        "M-001,,D2,Rate change,2026-04-12\n"
+        "M-001,Bob,D2,,2026-04-12\n"
         "M-999,Zed,D3,Rate change,2026-04-12\n"
     )
     campaign = campaign_factory(data_source="csv", data_csv=csv_text)
@@ -121,7 +121,9 @@ def test_bad_csv_rows_are_all_listed_and_nothing_is_frozen(
     assert (4, "M-999") in problems  # not in the segment
     assert (None, "M-002") in problems
     assert (None, "M-003") in problems
-    assert (None, "M-001") in problems  # empty name, and no reference/document fields
+    assert (None, "M-001") in problems  # no document title
+    # and the template's own `reference` field is data, not the customer's key
+    assert not any(ref == "M-000" for _, ref in problems)
     assert CampaignRecipient.objects.count() == 0
     campaign.refresh_from_db()
     assert campaign.state == "draft"
@@ -328,3 +330,94 @@ def test_breakdown_is_the_same_by_lookup_or_by_scan(
     assert breakdown.combinations == {"email": 3, "none": 1}
     assert breakdown.channels == {"email": 3}
     assert breakdown.unreachable == 1
+
+
+def test_a_csv_without_the_customer_ref_column_says_so(
+    campaign_factory, mortgage_customers, author
+):
+    campaign = campaign_factory(
+        data_source="csv", data_csv="reference,document_title\nM-000,Rate change\n"
+    )
+    with pytest.raises(campaigns.CampaignError) as caught:
+        campaigns.campaign_submit(campaign=campaign, by=author)
+    assert caught.value.errors == [
+        {
+            "row": 1,
+            "reference": "",
+            "errors": ["The CSV needs a customer_ref column (the customer's reference)."],
+        }
+    ]
+
+
+def test_a_window_in_customers_time_zones_sends_to_each_in_their_own_hours(
+    campaign_factory, mortgage_customers, author, reviewer2, ops, admin_user
+):
+    from zoneinfo import ZoneInfo
+
+    from django.utils import timezone
+
+    # given one customer in Tokyo; the others have no zone (the business's, UTC here)
+    services.customer_upsert(
+        external_ref="M-002", name="Customer 2", time_zone="Asia/Tokyo", by=admin_user
+    )
+    tokyo_hour = timezone.now().astimezone(ZoneInfo("Asia/Tokyo")).hour
+    campaign = campaign_factory(window=(tokyo_hour, (tokyo_hour + 1) % 24), window_zone="customer")
+    approval = campaigns.campaign_submit(campaign=campaign, by=author)
+    approvals.approval_decide(approval=approval, by=reviewer2, decision="approve")
+    campaigns.campaign_schedule(campaign=campaign, by=ops)
+    campaigns.campaign_start(campaign.pk)
+    # when chunks run now, when it is that hour in Tokyo but not in UTC
+    first = campaigns.campaign_chunk_send(campaign.pk)
+    second = campaigns.campaign_chunk_send(campaign.pk)
+    # then only the Tokyo customer was sent to; the others wait for their own window
+    campaign.refresh_from_db()
+    assert (first.handed, second.handed, campaign.state) == (1, 0, "sending")
+    assert list(Communication.objects.values_list("customer__external_ref", flat=True)) == ["M-002"]
+    waiting = CampaignRecipient.objects.filter(campaign=campaign, state="pending")
+    assert sorted(waiting.values_list("time_zone", flat=True)) == ["UTC"] * 3
+
+
+def test_the_business_window_still_holds_everyone(campaign_factory, mortgage_customers, author):
+    from zoneinfo import ZoneInfo
+
+    from django.utils import timezone
+
+    tokyo_hour = timezone.now().astimezone(ZoneInfo("Asia/Tokyo")).hour
+    campaign = campaign_factory(window=(tokyo_hour, (tokyo_hour + 1) % 24))
+    assert campaign.window_zone == "business"
+    assert not campaigns.in_send_window(campaign, timezone.now())
+    assert campaigns.in_send_window(campaign, timezone.now(), "Asia/Tokyo")
+
+
+def test_a_draft_is_edited_and_the_next_submission_freezes_the_edit(
+    campaign_factory, mortgage_customers, author, reviewer2
+):
+    campaign = campaign_factory()
+    # when the author narrows the segment and sets a window before submitting
+    narrow = campaigns.segment_create(
+        name="Two", definition={"references": ["M-000", "M-001"]}, by=author
+    )
+    campaigns.campaign_update(
+        campaign=campaign, by=author, name="Rate change (two)", segment=narrow, window=(8, 20)
+    )
+    campaigns.campaign_submit(campaign=campaign, by=author)
+    # then what is frozen is the edit, and the edit is in the audit trail
+    campaign.refresh_from_db()
+    assert (campaign.name, campaign.audience_count) == ("Rate change (two)", 2)
+    assert (campaign.window_start_hour, campaign.window_end_hour) == (8, 20)
+    edited = AuditEvent.objects.get(action="campaign.edited")
+    assert edited.before["segment"] != edited.after["segment"] == narrow.pk
+    # and a submitted campaign cannot be edited
+    with pytest.raises(campaigns.CampaignError, match="in review cannot be edited"):
+        campaigns.campaign_update(campaign=campaign, by=author, name="Sneaky")
+
+
+def test_an_edit_with_bad_settings_changes_nothing(campaign_factory, author):
+    campaign = campaign_factory()
+    with pytest.raises(campaigns.CampaignError) as caught:
+        campaigns.campaign_update(campaign=campaign, by=author, window=(9, 9), throttle={"fax": 10})
+    reasons = caught.value.errors[0]["errors"]
+    assert reasons[0].startswith("throttle for 'fax': give a channel of email, sms")
+    assert reasons[1] == "The send window is two different hours of the day, 0 to 23."
+    campaign.refresh_from_db()
+    assert (campaign.window_start_hour, campaign.throttle) == (None, {})

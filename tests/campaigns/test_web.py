@@ -58,3 +58,42 @@ def test_progress_json_for_the_polling_bar(client, ops, approved):
 def test_agent_without_the_role_cannot_see_campaigns(client, agent, approved):
     client.force_login(agent)
     assert client.get("/campaigns/").status_code == 403
+
+
+def test_author_edits_a_draft_on_its_page(client, author, segment, document_ready):
+    from notifications.campaigns import services
+
+    campaign = services.campaign_create(
+        name="Rate change", template_code="document_ready", segment=segment, by=author
+    )
+    client.force_login(author)
+    page = client.get(f"/campaigns/{campaign.pk}/")
+    assert f'href="/campaigns/{campaign.pk}/edit/"' in page.content.decode()
+    form = client.get(f"/campaigns/{campaign.pk}/edit/")
+    assert 'value="Rate change"' in form.content.decode()
+    fields = {
+        "name": "Rate change, evenings",
+        "template": "document_ready",
+        "segment": segment.pk,
+        "category": "regulatory",
+        "data_source": "attributes",
+        "window_start": "18",
+        "window_end": "",
+        "window_zone": "customer",
+    }
+    # a half-given window is an error at the field
+    half = client.post(f"/campaigns/{campaign.pk}/edit/", fields)
+    assert half.status_code == 400
+    assert "Give both hours of the send window, or neither." in half.content.decode()
+    saved = client.post(f"/campaigns/{campaign.pk}/edit/", {**fields, "window_end": "21"})
+    assert saved.status_code == 302
+    campaign.refresh_from_db()
+    assert (campaign.name, campaign.window_start_hour, campaign.window_end_hour) == (
+        "Rate change, evenings",
+        18,
+        21,
+    )
+    assert campaign.window_zone == "customer"
+    assert (
+        "in each customer's time zone" in client.get(f"/campaigns/{campaign.pk}/").content.decode()
+    )
