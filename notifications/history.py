@@ -31,6 +31,8 @@ from ccm.models import AuditEvent
 from notifications.models import Communication, CommunicationStep, Delivery
 
 SEAL_LIMIT = 5000
+# Below this many steps one INSERT is cheaper than a COPY (a COPY costs extra round trips).
+COPY_FROM = 50
 # Only one sealer at a time (the others skip: nothing is lost, the next run seals it).
 _SEAL_LOCK_ID = 0x4343_4D53_4541_4C53  # "CCMSEALS"
 
@@ -148,13 +150,23 @@ def _insert(rows: list[tuple], when: datetime) -> None:
     columns = (
         "communication_id, delivery_id, at, actor_id, actor_label, action, detail, hash, request_id"
     )
+    values = [(r[0], r[1], when, r[3], r[4], r[5], json.dumps(r[6]), r[7], r[8]) for r in rows]
+    if len(rows) < COPY_FROM:
+        # A request's few steps: one INSERT is one round trip, a COPY several.
+        row = "(" + ", ".join(["%s"] * 9) + ")"
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(values))}",  # noqa: S608
+                [value for v in values for value in v],
+            )
+        return
     # Names are the model's own; every value travels in the COPY stream.
     with (
         connection.cursor() as cursor,
         cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
     ):
-        for r in rows:
-            copy.write_row((r[0], r[1], when, r[3], r[4], r[5], json.dumps(r[6]), r[7], r[8]))
+        for v in values:
+            copy.write_row(v)
 
 
 def step_record(

@@ -12,7 +12,8 @@ from rest_framework.test import APIClient
 from ccm.api.auth import api_key_create
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
-STATEMENTS_PER_POST = 7
+# Including the history step's INSERT (a COPY before, which this count did not see).
+STATEMENTS_PER_POST = 8
 
 
 def test_a_request_costs_few_statements_and_takes_no_chain_lock(
