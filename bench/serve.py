@@ -104,7 +104,7 @@ def start_gunicorn(env: dict, log: Path, *, workers: int) -> tuple[subprocess.Po
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # four workers booting on a loaded machine
     while True:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
