@@ -44,7 +44,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from ccm import approvals
+from ccm import approvals, context
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
@@ -64,6 +64,7 @@ from notifications.channels import (
 from notifications.models import (
     CommState,
     Communication,
+    CommunicationStep,
     ConsentRecord,
     ContactKind,
     ContactPoint,
@@ -501,10 +502,14 @@ def _compose_enqueue(ids: list[int]) -> None:
         if len(chunk) == size:
             _enqueue_ids("notifications.bulk.compose_chunk", chunk)
         else:
-            transaction.on_commit(compose_drain_request, robust=False)
+            # The drain's log lines name the request that asked for it (on commit, the
+            # request may be over).
+            transaction.on_commit(
+                partial(compose_drain_request, request_id=context.request_id()), robust=False
+            )
 
 
-def compose_drain_request() -> None:
+def compose_drain_request(request_id: str | None = None) -> None:
     """Enqueue a drain unless one is already waiting (the shared cache's flag). If the cache
     cannot be asked, enqueue anyway: a spare drain costs one task, a missing one a delay."""
     try:
@@ -514,7 +519,12 @@ def compose_drain_request() -> None:
         logger.warning("the compose drain flag could not be set; enqueueing", exc_info=True)
         first = True
     if first:
-        enqueue(COMPOSE_DRAIN)
+        token = context.set_request_id(request_id) if request_id else None
+        try:
+            enqueue(COMPOSE_DRAIN)
+        finally:
+            if token is not None:
+                context.reset_request_id(token)
 
 
 def compose_drain() -> dict[str, int]:
@@ -534,7 +544,11 @@ def compose_drain() -> dict[str, int]:
         if not ids:
             return dict(counts)
         # Rows another worker is claiming right now are skipped; the next read leaves them out.
-        for name, value in compose_chunk(ids).items():
+        with history.steps_named_by_request(
+            CommunicationStep.objects.filter(communication_id__in=ids)
+        ):
+            done = compose_chunk(ids)
+        for name, value in done.items():
             counts[name] += value
     compose_drain_request()  # more than one task's worth: a fresh task continues
     return dict(counts)
@@ -1249,7 +1263,15 @@ def dispatch_chunk(ids: Sequence[int]) -> dict[str, int]:
 
     Safe to run twice: only deliveries this call moved out of `pending` are sent. A crash
     leaves them in `sending`, and `services.delivery_reconcile_run` asks the provider about
-    each before anything is sent again."""
+    each before anything is sent again. A chunk may carry the communications of many requests
+    (a drain composed them): each one's steps name its own request."""
+    with history.steps_named_by_request(
+        CommunicationStep.objects.filter(communication__deliveries__in=list(ids))
+    ):
+        return _dispatch_chunk(ids)
+
+
+def _dispatch_chunk(ids: Sequence[int]) -> dict[str, int]:
     claimed = _claim_deliveries(list(ids))
     if not claimed:
         return {"claimed": 0}

@@ -18,12 +18,15 @@ lock the bottleneck of every chunk and every API request. Instead:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ccm import audit, context
@@ -84,6 +87,28 @@ def _actor_parts(actor) -> tuple[Any, str]:
     return (actor if actor.pk else None), actor.get_username()
 
 
+# Communication id → the request that asked for it. A task that carries several requests'
+# communications (the compose drain, a dispatch chunk) names each one's own request in its
+# steps, not the one request that enqueued the task.
+_asked_by: ContextVar[Mapping[int, str]] = ContextVar("ccm_steps_asked_by", default={})  # noqa: B039
+
+
+@contextmanager
+def steps_named_by_request(steps: QuerySet[CommunicationStep]) -> Iterator[None]:
+    """Within: pipeline steps of the communications whose `communication.received` steps are
+    among `steps` carry the request id their intake had."""
+    asked = dict(
+        steps.filter(action="communication.received")
+        .exclude(request_id="")
+        .values_list("communication_id", "request_id")
+    )
+    token = _asked_by.set(asked)
+    try:
+        yield
+    finally:
+        _asked_by.reset(token)
+
+
 def steps_record(
     steps: Iterable[Step], *, actor=None, at: datetime | None = None, seal_soon: bool = True
 ) -> int:
@@ -93,6 +118,7 @@ def steps_record(
     user, label = _actor_parts(actor)
     actor_id = user.pk if user is not None else None
     request_id = (context.request_id() or "")[:200]
+    asked = _asked_by.get()
     rows = []
     for step in steps:
         detail = audit._jsonable(step.detail) or {}
@@ -104,7 +130,7 @@ def steps_record(
             label,
             step.action,
             detail,
-            request_id,
+            asked.get(step.communication_id, request_id),
         )
         rows.append(
             (
@@ -116,7 +142,7 @@ def steps_record(
                 step.action,
                 detail,
                 audit.leaf_hash(content),
-                request_id,
+                asked.get(step.communication_id, request_id),
             )
         )
     if rows:
