@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from serve import (  # noqa: E402
     Client,
+    cache_url,
     machine_line,
     percentile,
     production_env,
@@ -170,6 +171,12 @@ def main() -> None:
         "py-spy) during one run of --requests at 8 connections; write the collapsed stacks "
         "to FILE and print where the time goes",
     )
+    parser.add_argument(
+        "--cache",
+        default="redis",
+        help="CACHE_URL of the served project: redis (loopback, as deployed; default), db (the "
+        "database cache, CCM's default without CACHE_URL), or a URL",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.connections.split(",")]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -188,6 +195,7 @@ def main() -> None:
             "LOG_LEVEL": "WARNING",
             "Q_SYNC": "false",
             "SECRET_KEY": secrets.token_urlsafe(64),
+            "CACHE_URL": cache_url(args.cache, db_name),
             # Capacity, not an integrator's quota, is measured.
             "API_THROTTLE_USER": "10000000/min",
             "API_THROTTLE_API_KEY": "10000000/min",
@@ -205,7 +213,7 @@ def main() -> None:
         bare = Client(port)
         print(
             f"setup: {args.rounds} rounds x {args.requests} requests per side and level, "
-            f"gunicorn workers={args.web_workers}"
+            f"gunicorn workers={args.web_workers}, cache={args.cache}"
         )
         # Warm both paths in every worker (imports, compiled schema, connections).
         one_run(api, "/api/v1/communications", 0, 50, 8)

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from serve import (  # noqa: E402
     Client,
+    cache_url,
     machine_line,
     production_env,
     run_pool,
@@ -286,6 +287,12 @@ def main() -> None:
     parser.add_argument("--web-workers", type=int, default=4, help="gunicorn workers")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per mode at most")
     parser.add_argument("--skip-post-office", action="store_true", help="CCM only")
+    parser.add_argument(
+        "--cache",
+        default="redis",
+        help="CACHE_URL of the served project: redis (loopback, as deployed; default), db (the "
+        "database cache, CCM's default without CACHE_URL), or a URL",
+    )
     args = parser.parse_args()
     po_n = args.batch if args.post_office is None else args.post_office
     n_customers = args.batch + args.single
@@ -312,6 +319,7 @@ def main() -> None:
             "Q_WORKERS": "2",
             "Q_SYNC": "false",
             "SECRET_KEY": secrets.token_urlsafe(64),
+            "CACHE_URL": cache_url(args.cache, db_name),
             "CCM_BULK_CHUNK": str(args.chunk),
             "CCM_POSTMARK_BATCH": str(args.postmark_batch),
             # The benchmark measures capacity, not an integrator's quota.
@@ -324,7 +332,7 @@ def main() -> None:
         print(
             f"setup: {args.batch} batch + {args.single} single messages, chunk={args.chunk}, "
             f"postmark batch={args.postmark_batch}, gunicorn workers={args.web_workers}, "
-            f"stub at {stub_url}"
+            f"stub at {stub_url}, cache={args.cache}"
         )
         prepare(n_customers)
         served = production_env(env)

@@ -50,7 +50,21 @@ def production_env(env: dict[str, str]) -> dict[str, str]:
         "ALLOWED_HOSTS": "127.0.0.1",
         "SECURE_SSL_REDIRECT": "false",
         "ANYMAIL_WEBHOOK_SECRET": f"bench:{secrets.token_urlsafe(16)}",
+        # Production refuses to start without the audit chain's checkpoint key.
+        "AUDIT_SIGNING_KEY": env.get("AUDIT_SIGNING_KEY") or secrets.token_urlsafe(48),
     }
+
+
+def cache_url(choice: str, name: str) -> str:
+    """CACHE_URL for a benchmark: `redis` (what the deployment docs recommend for a served
+    CCM: rate limits and the pipeline's drain flag without a database round trip) on loopback,
+    keyed by the run's own prefix so runs sharing the server never see each other's keys; `db`
+    the database cache (the default when CACHE_URL is not set); anything else as given."""
+    if choice == "redis":
+        return f"rediscache://127.0.0.1:6379/1?key_prefix={name}"
+    if choice == "db":
+        return "dbcache://ccm_cache"
+    return choice
 
 
 def stop(process: subprocess.Popen | None) -> None:
@@ -90,11 +104,12 @@ def start_gunicorn(env: dict, log: Path, *, workers: int) -> tuple[subprocess.Po
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # four workers booting on a loaded machine
     while True:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/login/")
+            # An API path: no template, so no collected static files needed (a 401 is ready).
+            conn.request("GET", "/api/v1/communications")
             if conn.getresponse().status < 500:
                 conn.close()
                 return server, port

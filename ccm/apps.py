@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig, apps
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_delete, post_migrate, post_save
 
 
 def _after_migrate(sender, **kwargs) -> None:
@@ -29,6 +29,16 @@ class CcmConfig(AppConfig):
         from ccm.tasks import register_schedule
 
         post_migrate.connect(_after_migrate, dispatch_uid="ccm.after_migrate")
+
+        from django.contrib.auth import get_user_model
+
+        from ccm.api.auth import api_keys_changed
+        from ccm.models import ApiKey
+
+        # Keys kept by api_key_lookup are read again after any change to a key or a user.
+        for model in (ApiKey, get_user_model()):
+            post_save.connect(api_keys_changed, sender=model, dispatch_uid=f"ccm.keys.{model}")
+            post_delete.connect(api_keys_changed, sender=model, dispatch_uid=f"ccm.keyd.{model}")
         register_schedule(
             "ccm.audit_checkpoint",
             "ccm.audit_checkpoints.audit_checkpoint_task",

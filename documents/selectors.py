@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Iterable
 
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import OuterRef, QuerySet, Subquery
@@ -29,11 +30,37 @@ def version_for_preview(*, template: Template, number: int | None) -> TemplateVe
 
 def version_for_sending(*, code: str) -> TemplateVersion | None:
     """The version a new communication pins: the published one."""
-    return (
+    return versions_for_sending(codes=[code]).get(code)
+
+
+# (version id, content hash) → content. From submission on a version's content is frozen (its
+# hash proves it), so each process reads a published version's content once, not per request.
+# Treat it as read-only: it is shared by every request of the process.
+_frozen_content: dict[tuple[int, str], dict] = {}
+
+
+def versions_for_sending(*, codes: Iterable[str]) -> dict[str, TemplateVersion]:
+    """Code → its published version (with its template), for the codes that have one: one
+    query without the content, which comes from the process's copy once read."""
+    found: dict[str, TemplateVersion] = {}
+    for version in (
         TemplateVersion.objects.select_related("template")
-        .filter(template__code=code, state=VersionState.PUBLISHED)
-        .first()
-    )
+        .filter(template__code__in=set(codes), state=VersionState.PUBLISHED)
+        .defer("content")
+        .order_by("template__code", "-number")
+    ):
+        found.setdefault(version.template.code, version)
+    unread = [v.pk for v in found.values() if (v.pk, v.content_hash) not in _frozen_content]
+    if unread:
+        for pk, content_hash, content in TemplateVersion.objects.filter(pk__in=unread).values_list(
+            "pk", "content_hash", "content"
+        ):
+            _frozen_content[(pk, content_hash)] = content
+    for version in found.values():
+        content = _frozen_content.get((version.pk, version.content_hash))
+        if content is not None:  # else (re-hashed meanwhile) it loads on access, as before
+            version.content = content
+    return found
 
 
 def versions_awaiting_review() -> QuerySet[Approval]:

@@ -37,13 +37,14 @@ from typing import Any
 
 import requests
 from django.conf import settings
+from django.core.cache import cache
 from django.core.mail import EmailMessage, get_connection
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from ccm import approvals
+from ccm import approvals, context
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
@@ -63,6 +64,7 @@ from notifications.channels import (
 from notifications.models import (
     CommState,
     Communication,
+    CommunicationStep,
     ConsentRecord,
     ContactKind,
     ContactPoint,
@@ -286,8 +288,13 @@ def communications_intake(
     results = [IntakeResult(index) for index in range(len(items))]
     prepared: dict[int, Communication] = {}
     codes = {str(item.get("template") or "") for item in items}
-    templates = {t.code: t for t in Template.objects.filter(code__in=codes)}
-    published: dict[str, TemplateVersion | None] = {}
+    published = document_selectors.versions_for_sending(codes=codes)
+    templates = {code: version.template for code, version in published.items()}
+    if codes - set(templates):
+        # Unknown, or not published yet: the refusal says which.
+        templates.update(
+            {t.code: t for t in Template.objects.filter(code__in=codes - set(templates))}
+        )
     customer_ids = {
         c
         for c in (item.get("customer") for item in items)
@@ -335,12 +342,7 @@ def _prepare(
     # A copy of one of the template's own documents (a reprint) is pinned to the version that
     # rendered it; anything else speaks with the template's published version.
     pinned = document is not None and document.template_version.template_id == template.pk
-    if pinned:
-        version = document.template_version  # type: ignore[union-attr]
-    else:
-        if code not in published:
-            published[code] = document_selectors.version_for_sending(code=code)
-        version = published[code]
+    version = document.template_version if pinned else published.get(code)  # type: ignore[union-attr]
     if version is None:
         raise IntakeError(f"Template {code!r} has no published version yet.", field="template")
     customer = item.get("customer")
@@ -430,8 +432,7 @@ def _create(
         actor=by,
         seal_soon=False,  # sealed by the chunk that composes them: no chain lock per request
     )
-    for ids in _chunks([c.pk for c in new], chunk_size()):
-        _enqueue_ids("notifications.bulk.compose_chunk", ids)
+    _compose_enqueue([c.pk for c in new])
 
 
 def communications_request_bulk(
@@ -472,6 +473,85 @@ def communications_request_bulk(
 def _enqueue_ids(task: str, ids: list[int]) -> None:
     # One task carries one chunk of ids (a list argument; `enqueue` only types single ids).
     enqueue(task, ids)
+
+
+# --- the compose drain ----------------------------------------------------------------------
+# A single request is a batch of one, but a task per request would make the cluster pay a
+# task's overhead (queue row, pickling, claim, commit, seal) for every message: under a stream
+# of single POSTs the queue then grows faster than it drains. Full chunks get their own task;
+# what is left (one API call's communication) is composed by a drain task that takes every
+# `received` communication in chunks. At most one drain waits in the queue: a flag in the
+# shared cache says one is pending, and the drain clears it before it reads, so a request that
+# commits after the read enqueues the next one.
+
+COMPOSE_DRAIN = "notifications.bulk.compose_drain"
+DRAIN_FLAG = "ccm:notifications:compose-drain-pending"
+# A lost drain (its process died between the flag and the queue row) delays the next one by at
+# most this long; the `notifications.received` sweep covers anything older as well.
+DRAIN_FLAG_TTL_S = 30
+# One drain composes at most this many chunks, then hands over to a new task (others queued
+# meanwhile get their turn, and a task stays well inside Q_CLUSTER's timeout).
+DRAIN_MAX_CHUNKS = 20
+
+
+def _compose_enqueue(ids: list[int]) -> None:
+    """Composition for new communications, after commit: full chunks as their own tasks, the
+    rest by the drain."""
+    size = chunk_size()
+    for chunk in _chunks(ids, size):
+        if len(chunk) == size:
+            _enqueue_ids("notifications.bulk.compose_chunk", chunk)
+        else:
+            # The drain's log lines name the request that asked for it (on commit, the
+            # request may be over).
+            transaction.on_commit(
+                partial(compose_drain_request, request_id=context.request_id()), robust=False
+            )
+
+
+def compose_drain_request(request_id: str | None = None) -> None:
+    """Enqueue a drain unless one is already waiting (the shared cache's flag). If the cache
+    cannot be asked, enqueue anyway: a spare drain costs one task, a missing one a delay."""
+    try:
+        # Under a stream of requests the flag is mostly there: one read, no write.
+        first = cache.get(DRAIN_FLAG) is None and cache.add(DRAIN_FLAG, 1, timeout=DRAIN_FLAG_TTL_S)
+    except Exception:
+        logger.warning("the compose drain flag could not be set; enqueueing", exc_info=True)
+        first = True
+    if first:
+        token = context.set_request_id(request_id) if request_id else None
+        try:
+            enqueue(COMPOSE_DRAIN)
+        finally:
+            if token is not None:
+                context.reset_request_id(token)
+
+
+def compose_drain() -> dict[str, int]:
+    """Compose every `received` communication, a chunk at a time, oldest first (safe to run
+    twice, and beside chunk tasks: each chunk is claimed with a guarded UPDATE)."""
+    try:
+        cache.delete(DRAIN_FLAG)  # before reading: whatever commits later asks for a new drain
+    except Exception:
+        logger.warning("the compose drain flag could not be cleared", exc_info=True)
+    counts: dict[str, int] = defaultdict(int)
+    for _ in range(DRAIN_MAX_CHUNKS):
+        ids = list(
+            Communication.objects.filter(state=CommState.RECEIVED)
+            .order_by("pk")
+            .values_list("pk", flat=True)[: chunk_size()]
+        )
+        if not ids:
+            return dict(counts)
+        # Rows another worker is claiming right now are skipped; the next read leaves them out.
+        with history.steps_named_by_request(
+            CommunicationStep.objects.filter(communication_id__in=ids)
+        ):
+            done = compose_chunk(ids)
+        for name, value in done.items():
+            counts[name] += value
+    compose_drain_request()  # more than one task's worth: a fresh task continues
+    return dict(counts)
 
 
 # --- compose --------------------------------------------------------------------------------
@@ -1183,7 +1263,15 @@ def dispatch_chunk(ids: Sequence[int]) -> dict[str, int]:
 
     Safe to run twice: only deliveries this call moved out of `pending` are sent. A crash
     leaves them in `sending`, and `services.delivery_reconcile_run` asks the provider about
-    each before anything is sent again."""
+    each before anything is sent again. A chunk may carry the communications of many requests
+    (a drain composed them): each one's steps name its own request."""
+    with history.steps_named_by_request(
+        CommunicationStep.objects.filter(communication__deliveries__in=list(ids))
+    ):
+        return _dispatch_chunk(ids)
+
+
+def _dispatch_chunk(ids: Sequence[int]) -> dict[str, int]:
     claimed = _claim_deliveries(list(ids))
     if not claimed:
         return {"claimed": 0}

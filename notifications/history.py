@@ -18,12 +18,15 @@ lock the bottleneck of every chunk and every API request. Instead:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from ccm import audit, context
@@ -31,6 +34,8 @@ from ccm.models import AuditEvent
 from notifications.models import Communication, CommunicationStep, Delivery
 
 SEAL_LIMIT = 5000
+# Below this many steps one INSERT is cheaper than a COPY (a COPY costs extra round trips).
+COPY_FROM = 50
 # Only one sealer at a time (the others skip: nothing is lost, the next run seals it).
 _SEAL_LOCK_ID = 0x4343_4D53_4541_4C53  # "CCMSEALS"
 
@@ -82,6 +87,28 @@ def _actor_parts(actor) -> tuple[Any, str]:
     return (actor if actor.pk else None), actor.get_username()
 
 
+# Communication id → the request that asked for it. A task that carries several requests'
+# communications (the compose drain, a dispatch chunk) names each one's own request in its
+# steps, not the one request that enqueued the task.
+_asked_by: ContextVar[Mapping[int, str]] = ContextVar("ccm_steps_asked_by", default={})  # noqa: B039
+
+
+@contextmanager
+def steps_named_by_request(steps: QuerySet[CommunicationStep]) -> Iterator[None]:
+    """Within: pipeline steps of the communications whose `communication.received` steps are
+    among `steps` carry the request id their intake had."""
+    asked = dict(
+        steps.filter(action="communication.received")
+        .exclude(request_id="")
+        .values_list("communication_id", "request_id")
+    )
+    token = _asked_by.set(asked)
+    try:
+        yield
+    finally:
+        _asked_by.reset(token)
+
+
 def steps_record(
     steps: Iterable[Step], *, actor=None, at: datetime | None = None, seal_soon: bool = True
 ) -> int:
@@ -91,6 +118,7 @@ def steps_record(
     user, label = _actor_parts(actor)
     actor_id = user.pk if user is not None else None
     request_id = (context.request_id() or "")[:200]
+    asked = _asked_by.get()
     rows = []
     for step in steps:
         detail = audit._jsonable(step.detail) or {}
@@ -102,7 +130,7 @@ def steps_record(
             label,
             step.action,
             detail,
-            request_id,
+            asked.get(step.communication_id, request_id),
         )
         rows.append(
             (
@@ -114,7 +142,7 @@ def steps_record(
                 step.action,
                 detail,
                 audit.leaf_hash(content),
-                request_id,
+                asked.get(step.communication_id, request_id),
             )
         )
     if rows:
@@ -148,13 +176,23 @@ def _insert(rows: list[tuple], when: datetime) -> None:
     columns = (
         "communication_id, delivery_id, at, actor_id, actor_label, action, detail, hash, request_id"
     )
+    values = [(r[0], r[1], when, r[3], r[4], r[5], json.dumps(r[6]), r[7], r[8]) for r in rows]
+    if len(rows) < COPY_FROM:
+        # A request's few steps: one INSERT is one round trip, a COPY several.
+        row = "(" + ", ".join(["%s"] * 9) + ")"
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(values))}",  # noqa: S608
+                [value for v in values for value in v],
+            )
+        return
     # Names are the model's own; every value travels in the COPY stream.
     with (
         connection.cursor() as cursor,
         cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
     ):
-        for r in rows:
-            copy.write_row((r[0], r[1], when, r[3], r[4], r[5], json.dumps(r[6]), r[7], r[8]))
+        for v in values:
+            copy.write_row(v)
 
 
 def step_record(

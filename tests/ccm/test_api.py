@@ -77,6 +77,38 @@ def test_revoked_key_is_refused_with_a_problem(db, client_for, admin_user):
     assert response["WWW-Authenticate"] == "Api-Key"
 
 
+def test_a_busy_key_is_not_read_from_the_database_on_every_request(db, client_for):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    issued = api_key_create(name="busy", scopes=["me:read"])
+    client = client_for(issued.key)
+    assert client.get("/api/v1/me").status_code == 200
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/api/v1/me").status_code == 200
+    assert not [q["sql"] for q in queries if '"ccm_apikey"' in q["sql"]]
+
+
+def test_a_key_revoked_elsewhere_is_refused_at_once_by_a_process_that_kept_it(
+    db, client_for, admin_user, django_capture_on_commit_callbacks
+):
+    from ccm.api import auth
+
+    issued = api_key_create(name="kept", scopes=["me:read"])
+    client = client_for(issued.key)
+    assert client.get("/api/v1/me").status_code == 200
+    kept = dict(auth._kept)  # what this process keeps; another process keeps the same
+    # when an operator revokes the key in another process (its commit bumps the generation)
+    with django_capture_on_commit_callbacks(execute=True):
+        revoke = client_for(user=admin_user).post(f"/api/v1/api-keys/{issued.api_key.pk}/revoke")
+    assert revoke.status_code == 200
+    auth._kept.update(kept)  # the other process's copy, not cleared by the revoke here
+    # then the kept copy is not used: the key is refused
+    response = client.get("/api/v1/me")
+    assert response.status_code == 401
+    assert response.json()["detail"] == "This API key has been revoked."
+
+
 def test_unknown_key_and_no_key_are_401(db, client_for):
     assert client_for("ccm_deadbeef_nope").get("/api/v1/me").status_code == 401
     response = client_for().get("/api/v1/me")

@@ -78,10 +78,50 @@ def test_chunks_carry_at_most_the_configured_number_of_ids(
     monkeypatch.setattr(bulk, "enqueue", lambda task, *args: enqueued.append((task, args)))
     with django_capture_on_commit_callbacks(execute=True):
         ids = request(customers, integrator)
-    assert [task for task, _ in enqueued] == ["notifications.bulk.compose_chunk"] * 3
-    chunks = [args[0] for _, args in enqueued]
-    assert [len(c) for c in chunks] == [2, 2, 1]
-    assert [pk for c in chunks for pk in c] == ids
+    # Full chunks get their own task; the remainder is left to the drain.
+    assert [task for task, _ in enqueued] == [
+        "notifications.bulk.compose_chunk",
+        "notifications.bulk.compose_chunk",
+        "notifications.bulk.compose_drain",
+    ]
+    chunks = [args[0] for _, args in enqueued[:2]]
+    assert [len(c) for c in chunks] == [2, 2]
+    assert [pk for c in chunks for pk in c] == ids[:4]
+
+
+def test_single_requests_share_one_waiting_drain_task(
+    document_ready, customers, integrator, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A stream of single requests must not become a task per request: while a drain waits in
+    the queue no other is enqueued, and the drain composes every one of them."""
+    enqueued = []
+    monkeypatch.setattr(bulk, "enqueue", lambda task, *args: enqueued.append((task, args)))
+    ids = []
+    for i, customer in enumerate(customers):
+        with django_capture_on_commit_callbacks(execute=True):
+            communication, _ = services.communication_request(
+                template_code="document_ready",
+                customer=customer,
+                data=data(i),
+                client="core-banking",
+                by=integrator,
+            )
+        ids.append(communication.pk)
+    assert enqueued == [("notifications.bulk.compose_drain", ())]
+    # when the drain runs
+    counts = bulk.compose_drain()
+    # then every request was composed, and the next request asks for a new drain
+    assert counts["claimed"] == 5
+    assert not Communication.objects.filter(pk__in=ids, state="received").exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        services.communication_request(
+            template_code="document_ready",
+            customer=customers[0],
+            data=data(9),
+            client="core-banking",
+            by=integrator,
+        )
+    assert [task for task, _ in enqueued].count("notifications.bulk.compose_drain") == 2
 
 
 def test_bulk_request_to_sent_emails(document_ready, customers, integrator, sync_tasks):

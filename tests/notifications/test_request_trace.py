@@ -120,3 +120,33 @@ def test_a_log_line_carries_the_ids_bound_to_it(json_log):
     )
     assert "communication_id" not in after
     assert after["request_id"] == "req-7"
+
+
+def test_one_drain_composing_two_requests_names_each_ones_own_request(
+    db, letter, customer, django_capture_on_commit_callbacks
+):
+    # given two requests, each with its own request id, and one drain waiting for both
+    issued = api_key_create(name="core-banking", scopes=["communications:write"])
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    for trace in ("trace-a", "trace-b"):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = api.post(
+                "/api/v1/communications",
+                {"template": "letter", "customer": "C-1", "data": DATA},
+                format="json",
+                HTTP_X_REQUEST_ID=trace,
+            )
+        assert response.status_code == 202
+    # when a worker runs the queue (one drain composes both, one dispatch chunk sends both)
+    run_queued_tasks_as_a_worker(django_capture_on_commit_callbacks)
+    # then every step of each communication names the request that asked for it
+    first, second = Communication.objects.order_by("pk")
+    for communication, trace in ((first, "trace-a"), (second, "trace-b")):
+        assert communication.state == "sent"
+        steps = CommunicationStep.objects.filter(communication=communication)
+        assert {"communication.composed", "delivery.sent"} <= set(
+            steps.values_list("action", flat=True)
+        )
+        assert set(steps.values_list("request_id", flat=True)) == {trace}
+        assert history.communication_verify(communication.pk).ok
