@@ -44,7 +44,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from ccm import approvals
-from ccm.tasks import enqueue
+from ccm.context import each_bound
+from ccm.tasks import Queue, enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
 from documents.composition import (
@@ -316,11 +317,11 @@ def communications_intake(
             errors=[{"index": r.index, "errors": r.errors} for r in refused],
         )
     try:
-        _create(prepared, results, client=client, by=by)
+        _create(prepared, results, client=client, by=by, published=published)
     except IntegrityError:
         # Another request used one of the idempotency keys meanwhile: once more, now that its
         # communications are visible, they are returned instead of created.
-        _create(prepared, results, client=client, by=by)
+        _create(prepared, results, client=client, by=by, published=published)
     return results
 
 
@@ -383,7 +384,12 @@ def _prepare(
 
 @transaction.atomic
 def _create(
-    prepared: dict[int, Communication], results: list[IntakeResult], *, client: str, by
+    prepared: dict[int, Communication],
+    results: list[IntakeResult],
+    *,
+    client: str,
+    by,
+    published: Mapping[str, TemplateVersion | None],
 ) -> None:
     keys = {c.idempotency_key for c in prepared.values() if c.idempotency_key}
     existing: dict[str, int] = {}
@@ -430,8 +436,23 @@ def _create(
         actor=by,
         seal_soon=False,  # sealed by the chunk that composes them: no chain lock per request
     )
-    for ids in _chunks([c.pk for c in new], chunk_size()):
-        _enqueue_ids("notifications.bulk.compose_chunk", ids)
+    # Chunks that archive no PDF are composed on the dispatch queue: no render backlog
+    # stands between an urgent SMS and its provider.
+    for text_only in (True, False):
+        members = [c.pk for c in new if _text_only(c, published) is text_only]
+        for ids in _chunks(members, chunk_size()):
+            enqueue(
+                "notifications.bulk.compose_chunk",
+                ids,
+                queue=Queue.DISPATCH if text_only else None,
+            )
+
+
+def _text_only(c: Communication, published: Mapping[str, TemplateVersion | None]) -> bool:
+    """Whether composing `c` renders no PDF (it carries its document, or its template's
+    published version has no print rendition)."""
+    version = published.get(c.template.code)
+    return c.document_id is not None or (version is not None and not needs_pdf(version))
 
 
 def communications_request_bulk(
@@ -626,7 +647,7 @@ def compose_chunk(ids: Sequence[int]) -> dict[str, int]:
     # The text channels go to the render worker in one trip per template version and language.
     groups: dict[tuple[int, str], list[tuple[Communication, selection.Selection, dict]]] = {}
     documents_made: dict[int, int | None] = {}
-    for c in communications:
+    for c in each_bound(communications, communication_id=lambda c: c.pk):
         version = chosen_version[c.pk]
         try:
             if version is None:
@@ -1005,7 +1026,8 @@ def _is_postmark(connection) -> bool:
 
 
 def _send_each(backend, deliveries: list[Delivery], outcome: _Outcome) -> None:
-    for delivery in deliveries:
+    ids = {"delivery_id": lambda d: d.pk, "communication_id": lambda d: d.communication_id}
+    for delivery in each_bound(deliveries, **ids):
         try:
             outcome.sent[delivery.pk] = backend.send(delivery)
         except TransientSendError as exc:
