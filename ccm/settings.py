@@ -546,6 +546,15 @@ if set(CCM_RETENTION_DAYS) != {"regulatory", "transactional", "service", "market
         "CCM_RETENTION_DAYS must give days for regulatory, transactional, service and marketing."
     )
 
+# Categories kept by law for their retention period even when the customer asks for erasure
+# (e.g. statements and contract notices): the erasure is deferred until the last one expires.
+CCM_ERASURE_KEEPS = env.list("CCM_ERASURE_KEEPS", default=["regulatory", "transactional"])
+if not set(CCM_ERASURE_KEEPS) <= set(CCM_RETENTION_DAYS):
+    raise ImproperlyConfigured(
+        "CCM_ERASURE_KEEPS names categories of CCM_RETENTION_DAYS: regulatory, transactional, "
+        "service, marketing."
+    )
+
 # --- logs and errors ---------------------------------------------------------------------
 # json: one object a line with the request id (and communication/delivery ids where bound),
 # for a log shipper; plain: for a terminal. Production defaults to json.
