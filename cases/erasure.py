@@ -38,6 +38,7 @@ from notifications.models import (
     Communication,
     ConsentRecord,
     ContactPoint,
+    Customer,
     Delivery,
     DeliveryEvent,
     Device,
@@ -46,7 +47,6 @@ from notifications.models import (
     SendJobItem,
     Suppression,
 )
-from notifications.models import Customer
 
 logger = logging.getLogger(__name__)
 

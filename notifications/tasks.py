@@ -54,7 +54,7 @@ def register_tasks() -> None:
     """Each pipeline task's queue and the ids its log lines carry. Composition goes to the
     render queue unless the intake knows the chunk archives no PDF (`bulk._create` sends
     text-only chunks to the dispatch queue), so an urgent SMS never waits behind statements."""
-    render, dispatch = Queue.RENDER, Queue.DISPATCH
+    render, dispatch, hooks = Queue.RENDER, Queue.DISPATCH, Queue.WEBHOOKS
     for task, queue, log_id in (
         ("notifications.bulk.compose_chunk", render, "communication_ids"),
         ("notifications.tasks.communication_compose", render, "communication_id"),
@@ -65,9 +65,17 @@ def register_tasks() -> None:
         ("notifications.tasks.delivery_dispatch", dispatch, "delivery_id"),
         ("notifications.bulk.deliveries_reconcile", dispatch, "delivery_ids"),
         ("notifications.tasks.delivery_reconcile", dispatch, "delivery_id"),
-        ("notifications.webhook_send.webhook_delivery_send", Queue.WEBHOOKS, "webhook_delivery_id"),
-        ("notifications.webhook_send.webhook_deliveries_send", Queue.WEBHOOKS, "webhook_delivery_ids"),
-        ("notifications.webhook_send.webhook_delivery_unstick", Queue.WEBHOOKS, "webhook_delivery_id"),
+        ("notifications.webhook_send.webhook_delivery_send", hooks, "webhook_delivery_id"),
+        (
+            "notifications.webhook_send.webhook_deliveries_send",
+            Queue.WEBHOOKS,
+            "webhook_delivery_ids",
+        ),
+        (
+            "notifications.webhook_send.webhook_delivery_unstick",
+            Queue.WEBHOOKS,
+            "webhook_delivery_id",
+        ),
     ):
         register_task(task, queue=queue, log_id=log_id)
 

@@ -198,3 +198,40 @@ def test_records_kept_by_law_defer_erasure_until_their_retention_ends(
     zebulon.refresh_from_db()
     assert zebulon.name == erasure.ERASED_NAME
     assert found_in_storage() == []
+
+
+def test_the_api_erases_defers_or_refuses_with_the_reason(zebulon, admin_user):
+    from rest_framework.test import APIClient
+
+    from ccm.api.auth import api_key_create
+
+    issued = api_key_create(name="crm", scopes=["customers:write"])
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    url = "/api/v1/customers/ZQ-99017/erasure"
+    # a request without grounds says what to give
+    missing = api.post(url, {}, format="json")
+    assert missing.status_code == 400
+    assert "grounds" in missing.json()["errors"][0]["field"]
+    # a legal hold refuses it: 409 with the hold's reason
+    hold = retention.legal_hold_place(customer=zebulon, reason="Ombudsman case 44", by=admin_user)
+    refused = api.post(url, {"grounds": "Call of 4 May"}, format="json")
+    assert refused.status_code == 409
+    assert "Ombudsman case 44" in refused.json()["detail"]
+    # once released, it is done: 200 with what was erased
+    retention.legal_hold_release(hold=hold, by=admin_user)
+    done = api.post(url, {"grounds": "Call of 4 May"}, format="json")
+    assert done.status_code == 200, done.json()
+    assert done.json()["state"] == "done"
+    assert done.json()["erased"]["contact_points"] == 2
+    # and the customer's reference is gone with the rest
+    assert api.post(url, {"grounds": "again"}, format="json").status_code == 404
+
+
+def test_the_command_erases_a_customer(zebulon, capsys):
+    from django.core.management import call_command
+
+    call_command("erase_customer", "ZQ-99017", "--grounds", "Letter of 5 May")
+    assert "erased (" in capsys.readouterr().out
+    zebulon.refresh_from_db()
+    assert (zebulon.name, zebulon.external_ref) == (erasure.ERASED_NAME, f"erased-{zebulon.pk}")

@@ -58,9 +58,7 @@ def test_a_render_backlog_does_not_delay_an_urgent_sms(
     assert all(r.accepted for r in letters)
     # when an urgent SMS comes in after them
     [urgent] = bulk.communications_intake(
-        items=[
-            {"template": "urgent_sms", "customer": customer, "data": DATA, "urgency": "urgent"}
-        ],
+        items=[{"template": "urgent_sms", "customer": customer, "data": DATA, "urgency": "urgent"}],
         client="alerts",
         by=integrator,
     )
@@ -111,7 +109,7 @@ def test_without_named_queues_everything_goes_to_the_default_queue(
 
 def test_a_settings_typo_in_the_queues_is_refused_at_start(tmp_path):
     env = {**os.environ, "CCM_TASK_QUEUES": "render,dispach"}
-    done = subprocess.run(  # noqa: S603 - our own command
+    done = subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert done.returncode != 0
