@@ -7,7 +7,7 @@ ids (communication, delivery) are bound for a block with `bound(...)` and appear
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from typing import TypeVar
@@ -30,7 +30,7 @@ def reset_request_id(token) -> None:
     _request_id.reset(token)
 
 
-def set_log_ids(ids: dict[str, LogId]) -> dict[str, LogId]:
+def set_log_ids(ids: Mapping[str, LogId]) -> dict[str, LogId]:
     """Replace the bound ids (a task's own, set by the task wrapper); returns what was there."""
     outer = _log_ids.get()
     _log_ids.set(dict(ids))

@@ -66,8 +66,8 @@ def cluster_state(*, now: datetime | None = None) -> dict:
     # No heartbeat yet means no cluster has run since install: due tasks still tell. Each
     # queue (the default one and every named one) needs a live cluster.
     newest: dict[str, float] = {}
-    for beat in heartbeats:
-        newest.setdefault(beat["cluster"], beat["age_s"])
+    for beat in ClusterHeartbeat.objects.order_by("-beat_at").values("cluster", "beat_at"):
+        newest.setdefault(beat["cluster"], round((now - beat["beat_at"]).total_seconds(), 1))
     from django_q.conf import Conf
 
     for cluster in (Conf.PREFIX, *settings.CCM_TASK_QUEUES):
