@@ -46,6 +46,7 @@ from notifications.models import (
     PrintItem,
     SendJobItem,
     Suppression,
+    WebhookDelivery,
 )
 
 logger = logging.getLogger(__name__)
@@ -172,6 +173,7 @@ def _erase(customer: Customer, files: list) -> dict[str, int]:
     files += [d.file for d in documents.exclude(file="")]
     files += [a.file for a in attachments.exclude(file="")]
     old_ref, source_system = customer.external_ref, customer.source_system
+    pseudonym = f"erased-{customer.pk}"
     erased = {
         "documents": documents.update(file="", data={}),
         "communications": communications.update(
@@ -215,13 +217,20 @@ def _erase(customer: Customer, files: list) -> dict[str, int]:
         # contact details once the customer is pseudonymised below.
         "consent_records_kept": ConsentRecord.objects.filter(customer=customer).count(),
     }
+    # Webhook events not yet sent (or to be replayed) name the customer by their reference.
+    hooks = list(WebhookDelivery.objects.filter(communication__customer=customer).only("payload"))
+    for hook in hooks:
+        data = {**hook.payload.get("data", {}), "customer_ref": pseudonym}
+        hook.payload = {**hook.payload, "data": data}
+    WebhookDelivery.objects.bulk_update(hooks, ["payload"], batch_size=500)
+    erased["webhook_events"] = len(hooks)
     Customer.objects.filter(pk=customer.pk).update(
         name=ERASED_NAME,
         salutation="",
         postal_address=[],
         postal_address_valid=False,
         attributes={},
-        external_ref=f"erased-{customer.pk}",
+        external_ref=pseudonym,
         updated_at=timezone.now(),
     )
     return erased

@@ -20,7 +20,13 @@ from cases import erasure, retention, services
 from cases.models import ErasureState
 from ccm.models import AuditEvent
 from notifications import services as notifications
-from notifications.models import Communication, Customer, Delivery
+from notifications.models import (
+    Communication,
+    Customer,
+    Delivery,
+    WebhookDelivery,
+    WebhookSubscription,
+)
 from tests.cases.conftest import COMPLAINT_DETAILS
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
@@ -98,8 +104,11 @@ def zebulon(db, admin_user):
 @pytest.fixture
 def zebulon_everywhere(zebulon, service_letter, agent, sync_tasks, admin_user):
     """The customer's data as the pipeline and the case desk spread it: a sent letter (PDF in
-    storage, email with their name), a suppressed address, a case with a note and an
-    attachment."""
+    storage, email with their name, status webhooks naming their reference), a suppressed
+    address, a case with a note and an attachment."""
+    WebhookSubscription.objects.create(
+        client="t", url="https://hooks.example.org/ccm", secret="s", events=["composed", "sent"]
+    )
     communication, _ = sync_tasks(
         notifications.communication_request,
         template_code="letter",
@@ -134,6 +143,7 @@ def test_after_erasure_no_personal_datum_of_the_customer_is_left(
 ):
     customer = zebulon_everywhere
     # given the customer's data is spread over tables and storage
+    assert WebhookDelivery.objects.filter(communication__customer=customer).count() == 2
     assert found_in_database()
     assert found_in_storage()
     # when their erasure is requested
