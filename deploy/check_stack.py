@@ -100,7 +100,7 @@ def main() -> None:
             started = time.monotonic()
             # Release steps, as the README says.
             stack.manage("migrate", "--noinput", env=env, timeout=600)
-            stack.manage("collectstatic", "--noinput", env=env)
+            stack.manage("collectstatic", "--noinput", env=env, timeout=900)
             # The published template library (seed_demo refuses DEBUG off, for its demo logins;
             # this database is thrown away). A real deployment imports and signs off its own.
             stack.manage("seed_demo", env={**env, "DEBUG": "true"}, timeout=600)
