@@ -81,7 +81,7 @@ def main() -> None:
     processes = []
     sql_admin(f'CREATE DATABASE "{db_name}"')
     try:
-        with PostmarkStub(max_lifetime_s=600) as stub:
+        with PostmarkStub(max_lifetime_s=1800) as stub:
             env = stack.production_env(
                 DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db_name}",
                 STORAGE_BACKEND="s3",
