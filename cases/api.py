@@ -17,8 +17,8 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, permissions, serializers, status
 from rest_framework.response import Response
 
-from cases import exception_cases, selectors, services
-from cases.models import Case, CaseState, CaseType, Priority, Team
+from cases import erasure, exception_cases, selectors, services
+from cases.models import Case, CaseState, CaseType, ErasureRequest, ErasureState, Priority, Team
 from ccm.api.auth import HasScope, visible_to_caller
 from ccm.api.errors import Conflict, Unprocessable
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
@@ -520,3 +520,56 @@ class CaseResendView(ExceptionActionView):
                 by=request.user,
             )
         return Response(CaseDetailSerializer(case).data, status=status.HTTP_202_ACCEPTED)
+
+
+# --- erasure -------------------------------------------------------------------------------
+
+
+class ErasureCreateSerializer(serializers.Serializer):
+    grounds = serializers.CharField(
+        max_length=300, help_text="The request: who asked, how and when (kept with the outcome)"
+    )
+
+
+class ErasureSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ErasureRequest
+        fields = ["id", "state", "grounds", "reason", "due_at", "erased", "requested_at", "done_at"]
+
+
+class CustomerErasureView(CcmAPIView):
+    """The customer's right to erasure (a staff session needs `cases.add_erasurerequest`)."""
+
+    permission_classes = PERMISSIONS
+    required_scopes = ("customers:write",)
+    session_perms = {"POST": ("cases.add_erasurerequest",)}
+
+    @extend_schema(
+        request=ErasureCreateSerializer,
+        parameters=[
+            OpenApiParameter("source_system", str, default="default", description="Whose ref")
+        ],
+        responses={200: ErasureSerializer, 202: ErasureSerializer, 409: OpenApiTypes.OBJECT},
+        summary="Erase a customer's personal data",
+        description=(
+            "200: erased (every personal datum emptied or pseudonymised, documents and "
+            "attachments deleted from storage; ids, states and hashes kept). 202: deferred to "
+            "`due_at`, because communications kept by law are within their retention (`reason` "
+            "says which); it is carried out then. 409: refused, because a legal hold stands "
+            "(the problem's detail gives it); ask again once it is released."
+        ),
+    )
+    def post(self, request, ref: str):
+        source_system = request.query_params.get("source_system", "default")
+        if "\x00" in ref or "\x00" in source_system:
+            raise serializers.ValidationError({"source_system": ["Must not contain NUL."]})
+        customer = get_object_or_404(Customer, source_system=source_system, external_ref=ref)
+        body = ErasureCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        done = erasure.customer_erase(
+            customer=customer, by=request.user, grounds=body.validated_data["grounds"]
+        )
+        if done.state == ErasureState.REFUSED:
+            raise Conflict(done.reason, code="legal_hold")
+        code = status.HTTP_200_OK if done.state == ErasureState.DONE else status.HTTP_202_ACCEPTED
+        return Response(ErasureSerializer(done).data, status=code)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 
-from cases import retention
-from cases.models import DocumentPurge, LegalHold
+from cases import erasure, retention
+from cases.models import DocumentPurge, ErasureRequest, ErasureState, LegalHold
 
 
 class LegalHoldForm(forms.ModelForm):
@@ -65,3 +65,37 @@ class DocumentPurgeAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(ErasureRequest)
+class ErasureRequestAdmin(admin.ModelAdmin):
+    """Erasure requests: adding one carries it out (or refuses or defers it, with the reason)
+    through cases/erasure.py; the rows are the record and cannot be changed."""
+
+    list_display = ["__str__", "state", "grounds", "reason", "due_at", "requested_at", "done_at"]
+    list_filter = ["state"]
+    search_fields = ["grounds", "reason"]
+    raw_id_fields = ["customer"]
+    fields = ["customer", "grounds"]
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return []
+        return ["customer", "state", "grounds", "reason", "due_at", "erased", "done_at"]
+
+    def get_fields(self, request, obj=None):
+        return self.fields if obj is None else self.get_readonly_fields(request, obj)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change) -> None:
+        done = erasure.customer_erase(customer=obj.customer, by=request.user, grounds=obj.grounds)
+        obj.pk = done.pk
+        if done.state == ErasureState.DONE:
+            self.message_user(request, f"{done}: the customer's personal data is erased.")
+        else:
+            self.message_user(request, f"{done}: {done.reason}", level=messages.WARNING)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django_fsm import FSMField, transition
 
 from documents.models import Document
 from notifications.models import Customer
@@ -62,3 +63,60 @@ class DocumentPurge(models.Model):
 
     def __str__(self) -> str:
         return f"Document {self.document_id} purged ({self.category}, {self.retention_days} d)"
+
+
+class ErasureState(models.TextChoices):
+    REQUESTED = "requested"
+    DEFERRED = "deferred"  # regulated records must be kept until `due_at`; erased then
+    REFUSED = "refused"  # a legal hold; ask again once it is released
+    DONE = "done"
+
+
+class ErasureRequest(models.Model):
+    """A customer's right to erasure: what was asked, and what happened to it and why.
+
+    Erasure empties or pseudonymises every personal datum CCM holds on the customer (record,
+    contact points, devices, request data, rendered outputs, documents and attachments in
+    storage, cases) and keeps the facts that prove what was done: ids, states, times, hashes."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="erasures")
+    state = FSMField(default=ErasureState.REQUESTED, choices=ErasureState.choices, protected=True)
+    grounds = models.CharField(max_length=300, help_text="The request: who asked, how, when")
+    reason = models.TextField(blank=True, help_text="Why it was deferred or refused")
+    due_at = models.DateTimeField(null=True, blank=True, help_text="Deferred until")
+    erased = models.JSONField(default=dict, blank=True, help_text="What was erased, by kind")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    requested_at = models.DateTimeField(auto_now_add=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at"]
+
+    def __str__(self) -> str:
+        return f"Erasure of customer {self.customer_id} ({self.state})"
+
+    @transition(
+        field=state,
+        source=[ErasureState.REQUESTED, ErasureState.DEFERRED],
+        target=ErasureState.DEFERRED,
+    )
+    def defer(self, *, reason: str, until) -> None:
+        self.reason, self.due_at = reason, until
+
+    @transition(
+        field=state,
+        source=[ErasureState.REQUESTED, ErasureState.DEFERRED],
+        target=ErasureState.REFUSED,
+    )
+    def refuse(self, *, reason: str) -> None:
+        self.reason = reason
+
+    @transition(
+        field=state,
+        source=[ErasureState.REQUESTED, ErasureState.DEFERRED],
+        target=ErasureState.DONE,
+    )
+    def complete(self, *, erased: dict, when) -> None:
+        self.erased, self.done_at, self.reason = erased, when, ""

@@ -184,7 +184,7 @@ def case_open(
         subject=case,
         after={
             "type": case_type,
-            "customer": customer.external_ref if customer else None,
+            "customer": customer.pk if customer else None,
             "team": case.team,
             "priority": case.priority,
             "received_at": received.isoformat(),

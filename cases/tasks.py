@@ -26,6 +26,13 @@ def exceptions_reconcile() -> dict[str, int]:
     return exception_cases.exceptions_reconcile()
 
 
+def erasures_due() -> int:
+    """Deferred erasures whose records kept by law have left their retention."""
+    from cases import erasure
+
+    return len(erasure.erasures_due_run())
+
+
 def retention_purge() -> int:
     from cases import retention
 
@@ -38,4 +45,5 @@ def register() -> None:
     )
     register_schedule("cases.exceptions_reconcile", "cases.tasks.exceptions_reconcile", 5)
     register_schedule("cases.retention_purge", "cases.tasks.retention_purge", 24 * 60)
+    register_schedule("cases.erasures_due", "cases.tasks.erasures_due", 24 * 60)
     register_sweep(alerts.UNSENT_SWEEP)

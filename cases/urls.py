@@ -6,6 +6,7 @@ from cases import api
 
 urlpatterns = [
     path("cases", api.CaseListCreateView.as_view(), name="api-cases"),
+    path("customers/<str:ref>/erasure", api.CustomerErasureView.as_view(), name="api-erasure"),
     path("cases/<str:ref>", api.CaseDetailView.as_view(), name="api-case"),
     path(
         "cases/<str:ref>/transitions", api.CaseTransitionView.as_view(), name="api-case-transition"

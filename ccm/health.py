@@ -63,12 +63,20 @@ def cluster_state(*, now: datetime | None = None) -> dict:
     )
     due_age = round((now - oldest_due).total_seconds(), 1) if oldest_due else 0.0
     problems = []
-    # No heartbeat yet means no cluster has run since install: due tasks still tell.
-    if heartbeats and heartbeats[0]["age_s"] > settings.CCM_HEALTH_HEARTBEAT_MAX_AGE_S:
-        problems.append(
-            f"no heartbeat for {heartbeats[0]['age_s']:.0f} s "
-            f"(bound {settings.CCM_HEALTH_HEARTBEAT_MAX_AGE_S} s)"
-        )
+    # No heartbeat yet means no cluster has run since install: due tasks still tell. Each
+    # queue (the default one and every named one) needs a live cluster.
+    newest: dict[str, float] = {}
+    for beat in ClusterHeartbeat.objects.order_by("-beat_at").values("cluster", "beat_at"):
+        newest.setdefault(beat["cluster"], round((now - beat["beat_at"]).total_seconds(), 1))
+    from django_q.conf import Conf
+
+    for cluster in (Conf.PREFIX, *settings.CCM_TASK_QUEUES):
+        age_s = newest.get(cluster)
+        if age_s is not None and age_s > settings.CCM_HEALTH_HEARTBEAT_MAX_AGE_S:
+            problems.append(
+                f"no heartbeat for {age_s:.0f} s from the clusters of queue {cluster} "
+                f"(bound {settings.CCM_HEALTH_HEARTBEAT_MAX_AGE_S} s)"
+            )
     if due_age > settings.CCM_HEALTH_DUE_TASK_MAX_AGE_S:
         problems.append(
             f"a task has been due for {due_age:.0f} s "
@@ -121,9 +129,10 @@ class ClusterWatchdog:
     workers wait on the lock forever and the cluster takes no more work (django-q2 issue #23).
     Restarting the cluster is the only safe cure (`run_ccm` does it)."""
 
-    def __init__(self, *, interval: float, stale_after: float) -> None:
+    def __init__(self, *, interval: float, stale_after: float, queue: str | None = None) -> None:
         self.interval = interval
         self.stale_after = stale_after
+        self.queue = queue  # a named queue's cluster; None for the default queue's
         self.reset()
 
     def reset(self) -> None:
@@ -148,7 +157,7 @@ class ClusterWatchdog:
         if self._outstanding_since is not None:
             beat_at = (
                 ClusterHeartbeat.objects.filter(
-                    cluster=Conf.CLUSTER_NAME or "default", host=socket.gethostname()
+                    cluster=self.queue or Conf.PREFIX or "default", host=socket.gethostname()
                 )
                 .values_list("beat_at", flat=True)
                 .first()
@@ -159,5 +168,5 @@ class ClusterWatchdog:
                 return True
         if self._outstanding_since is None:
             self._outstanding_since = now
-            async_task("ccm.tasks.cluster_heartbeat")
+            async_task("ccm.tasks.cluster_heartbeat", cluster=self.queue)
         return False

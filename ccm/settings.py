@@ -261,6 +261,23 @@ Q_CLUSTER = {
     "poll": 0.5,
     "label": "Task queue",
 }
+# Named queues (ccm.tasks.Queue), each served by its own clusters so that one kind of work
+# never waits behind another: "render" (PDFs), "dispatch" (text composition, release gate,
+# sending), "webhooks" (integrators' endpoints). Empty (the embedded default) runs everything
+# on the one default queue; a deployment that names a queue must run a cluster for it
+# (`run_ccm` starts one per queue; by hand `Q_CLUSTER_NAME=dispatch manage.py qcluster`).
+CCM_TASK_QUEUES = env.list("CCM_TASK_QUEUES", default=[])
+_unknown_queues = set(CCM_TASK_QUEUES) - {"render", "dispatch", "webhooks"}
+if _unknown_queues:
+    raise ImproperlyConfigured(
+        f"CCM_TASK_QUEUES names {sorted(_unknown_queues)}: the queues are render, dispatch "
+        "and webhooks."
+    )
+# Each queue's clusters are sized on their own (Q_<QUEUE>_WORKERS, default Q_WORKERS).
+Q_CLUSTER["ALT_CLUSTERS"] = {
+    queue: {"workers": env.int(f"Q_{queue.upper()}_WORKERS", default=Q_CLUSTER["workers"])}
+    for queue in CCM_TASK_QUEUES
+}
 # Tests and `manage.py shell` may run tasks in-process.
 Q_SYNC = env.bool("Q_SYNC", default=False)
 if Q_SYNC:
@@ -530,6 +547,15 @@ CCM_RETENTION_DAYS = env.dict(
 if set(CCM_RETENTION_DAYS) != {"regulatory", "transactional", "service", "marketing"}:
     raise ImproperlyConfigured(
         "CCM_RETENTION_DAYS must give days for regulatory, transactional, service and marketing."
+    )
+
+# Categories kept by law for their retention period even when the customer asks for erasure
+# (e.g. statements and contract notices): the erasure is deferred until the last one expires.
+CCM_ERASURE_KEEPS = env.list("CCM_ERASURE_KEEPS", default=["regulatory", "transactional"])
+if not set(CCM_ERASURE_KEEPS) <= set(CCM_RETENTION_DAYS):
+    raise ImproperlyConfigured(
+        "CCM_ERASURE_KEEPS names categories of CCM_RETENTION_DAYS: regulatory, transactional, "
+        "service, marketing."
     )
 
 # --- logs and errors ---------------------------------------------------------------------

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 
 from django.db import models, transaction
 from django.utils import timezone
@@ -26,17 +27,61 @@ logger = logging.getLogger(__name__)
 REQUEST_ID_KWARG = "ccm_request_id"
 
 
-def enqueue(task: str, *args: int | str | list[int], group: str | None = None, **kwargs) -> None:
+class Queue(StrEnum):
+    """Named queues: each is served by its own clusters (`qcluster` with Q_CLUSTER_NAME set to
+    its name), so a backlog of one kind of work does not hold up another. A task not routed to
+    one of them, or routed to one this deployment does not run (settings.CCM_TASK_QUEUES),
+    goes to the default queue (Q_CLUSTER["name"]), whose clusters also run the schedules."""
+
+    RENDER = "render"  # PDFs: composing communications that archive a letter, print streams
+    DISPATCH = "dispatch"  # text composition, the release gate, sending, reconciling
+    WEBHOOKS = "webhooks"  # calls to integrators' endpoints, which may be slow or down
+
+
+# Task path → the queue it goes to (apps register theirs in AppConfig.ready()).
+_task_queues: dict[str, Queue] = {}
+# Task path → the name under which its first argument (an id or a list of ids) is logged.
+_task_log_ids: dict[str, str] = {}
+
+
+def register_task(task: str, *, queue: Queue | None = None, log_id: str = "") -> None:
+    """Route `task` to `queue`; with `log_id`, every line the task logs carries its first
+    argument under that name (e.g. communication_ids=[…] for a chunk)."""
+    if queue is not None:
+        _task_queues[task] = queue
+    if log_id:
+        _task_log_ids[task] = log_id
+
+
+def queue_for(task: str, queue: Queue | None = None) -> str | None:
+    """The queue `task` goes to (`queue` overrides its registered one); None is the default
+    queue."""
+    from django.conf import settings
+
+    chosen = queue or _task_queues.get(task)
+    return str(chosen) if chosen and str(chosen) in settings.CCM_TASK_QUEUES else None
+
+
+def enqueue(
+    task: str,
+    *args: int | str | list[int],
+    group: str | None = None,
+    queue: Queue | None = None,
+    **kwargs,
+) -> None:
     """Enqueue dotted-path `task` with `args` (ids, or a chunk of ids) once the current
-    transaction commits. The request id of the enqueueing request travels with it, so the
-    task's log lines and audit events carry it too."""
+    transaction commits, on its queue (`queue`, else the one registered for the task). The
+    request id of the enqueueing request travels with it, so the task's log lines and audit
+    events carry it too."""
     rid = context.request_id()
     if rid:
         kwargs[REQUEST_ID_KWARG] = rid
+    options: dict[str, str] = {"group": group} if group else {}
+    if cluster := queue_for(task, queue):
+        options["cluster"] = cluster
 
     def _send() -> None:
-        options = {"group": group} if group else {}
-        async_task(task, *args, q_options=options, **kwargs)
+        async_task(task, *args, q_options=dict(options), **kwargs)
 
     transaction.on_commit(_send, robust=False)
 
@@ -44,6 +89,7 @@ def enqueue(task: str, *args: int | str | list[int], group: str | None = None, *
 # What the worker had before each running task set its own context (a stack: a task run in
 # sync mode runs inside the request that enqueued it and must give the request its id back).
 _outer_request_ids: list[str | None] = []
+_outer_log_ids: list[dict] = []
 
 
 def task_context_enter(sender, func=None, task: dict | None = None, **kwargs) -> None:
@@ -52,6 +98,8 @@ def task_context_enter(sender, func=None, task: dict | None = None, **kwargs) ->
     rid = task.get("kwargs", {}).pop(REQUEST_ID_KWARG, None)
     _outer_request_ids.append(context.request_id())
     context.set_request_id(rid)
+    # The ids the task works on (a chunk of communications, a delivery) go on its log lines.
+    _outer_log_ids.append(context.set_log_ids(_task_ids(task)))
     # The first line under the task's request id (django-q's own comes before it is set).
     logger.info("task %s started: %s", task.get("id", ""), task.get("func", ""))
 
@@ -59,6 +107,18 @@ def task_context_enter(sender, func=None, task: dict | None = None, **kwargs) ->
 def task_context_exit(sender, func=None, task: dict | None = None, **kwargs) -> None:
     """django-q2's post_execute_in_worker: restore what was there before the task."""
     context.set_request_id(_outer_request_ids.pop() if _outer_request_ids else None)
+    context.set_log_ids(_outer_log_ids.pop() if _outer_log_ids else {})
+
+
+def _task_ids(task: dict) -> dict[str, int | list[int]]:
+    from django_q.utils import get_func_repr
+
+    name = _task_log_ids.get(get_func_repr(task.get("func")) if task.get("func") else "")
+    args = task.get("args") or ()
+    if not name or not args or not isinstance(args[0], int | list | tuple):
+        return {}
+    first = args[0]
+    return {name: list(first) if isinstance(first, list | tuple) else first}
 
 
 @dataclass(frozen=True)
@@ -132,12 +192,13 @@ def sweep_run(sweep: Sweep, *, now=None, live: dict[str, set[int]] | None = None
             ids.append(pk)
             if len(ids) >= sweep.limit:
                 break
+    options = {"cluster": cluster} if (cluster := queue_for(sweep.task)) else {}
     if sweep.chunk:
         for start in range(0, len(ids), sweep.chunk):
-            async_task(sweep.task, ids[start : start + sweep.chunk])
+            async_task(sweep.task, ids[start : start + sweep.chunk], q_options=dict(options))
     else:
         for pk in ids:
-            async_task(sweep.task, pk)
+            async_task(sweep.task, pk, q_options=dict(options))
     if ids:
         logger.warning("sweep %s re-enqueued %d stuck rows", sweep.name, len(ids))
     return len(ids)
@@ -192,6 +253,7 @@ def register_schedule(name: str, func: str, minutes: int | str) -> None:
 
 
 def schedules_sync() -> None:
+    from django.conf import settings
     from django_q.models import Schedule
 
     for name, (func, every) in SCHEDULES.items():
@@ -202,4 +264,17 @@ def schedules_sync() -> None:
         )
         Schedule.objects.update_or_create(
             name=name, defaults={"func": func, "repeats": -1, **timing}
+        )
+    # Each named queue's clusters run their own heartbeat (a schedule for that cluster), so
+    # /healthz sees a queue whose clusters stopped.
+    for queue in settings.CCM_TASK_QUEUES:
+        Schedule.objects.update_or_create(
+            name=f"ccm.cluster_heartbeat.{queue}",
+            defaults={
+                "func": "ccm.tasks.cluster_heartbeat",
+                "repeats": -1,
+                "schedule_type": Schedule.MINUTES,
+                "minutes": 1,
+                "cluster": queue,
+            },
         )

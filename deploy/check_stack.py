@@ -4,7 +4,8 @@
 
 Creates a throwaway PostgreSQL database, starts an S3 server (moto, on a free port) with a
 bucket and a Postmark stub, runs the release steps (migrate, collectstatic, check --deploy), then
-the processes (gunicorn with 2 workers, 2 task clusters) with the production environment
+the processes (gunicorn with 2 workers; for each of two machines a cluster for the default queue
+and one for each named queue) with the production environment
 (DEBUG=false, STORAGE_BACKEND=s3, CACHE_URL=redis, JSON logs). It checks /healthz, creates an API
 key, a customer and one communication through the API, and waits until the communication is
 sent, the stub has the message and the document is in the bucket with its hash. Everything is
@@ -27,6 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 from deploy import stack  # noqa: E402
 
+QUEUES = "render,dispatch,webhooks"
 ADMIN_URL = os.environ.get("PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CHECK_REDIS_URL", "rediscache://127.0.0.1:6379/11")
 
@@ -79,7 +81,7 @@ def main() -> None:
     processes = []
     sql_admin(f'CREATE DATABASE "{db_name}"')
     try:
-        with PostmarkStub(max_lifetime_s=600) as stub:
+        with PostmarkStub(max_lifetime_s=1800) as stub:
             env = stack.production_env(
                 DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db_name}",
                 STORAGE_BACKEND="s3",
@@ -92,12 +94,13 @@ def main() -> None:
                 POSTMARK_API_URL=stub.url,
                 STATIC_ROOT=str(workdir / "static"),
                 CCM_ENABLED_CHANNELS="email",
+                CCM_TASK_QUEUES=QUEUES,
                 **creds,
             )
             started = time.monotonic()
             # Release steps, as the README says.
             stack.manage("migrate", "--noinput", env=env, timeout=600)
-            stack.manage("collectstatic", "--noinput", env=env)
+            stack.manage("collectstatic", "--noinput", env=env, timeout=900)
             # The published template library (seed_demo refuses DEBUG off, for its demo logins;
             # this database is thrown away). A real deployment imports and signs off its own.
             stack.manage("seed_demo", env={**env, "DEBUG": "true"}, timeout=600)
@@ -118,8 +121,17 @@ def main() -> None:
             # The processes.
             port = stack.free_port()
             processes.append(stack.gunicorn(port=port, env=env, log=workdir / "web.log"))
-            for name in ("a", "b"):
-                processes.append(stack.qcluster(env=env, log=workdir / f"cluster-{name}.log"))
+            # Two machines, each with a cluster for the default queue and one for each named
+            # queue (one worker each: this is a check, not a benchmark).
+            for machine in ("a", "b"):
+                for queue in ("", *QUEUES.split(",")):
+                    processes.append(
+                        stack.qcluster(
+                            env={**env, **({"Q_CLUSTER_NAME": queue} if queue else {})},
+                            log=workdir / f"cluster-{machine}-{queue or 'default'}.log",
+                            workers=1,
+                        )
+                    )
             base = f"http://127.0.0.1:{port}"
             status = stack.wait_http(f"{base}/healthz", process=processes[0], timeout=120)
             with urllib.request.urlopen(f"{base}/healthz") as response:  # noqa: S310
@@ -163,7 +175,8 @@ def main() -> None:
                 body = client.get_object(Bucket="ccm-documents", Key=documents[0])["Body"].read()
                 check(hashlib.sha256(body).hexdigest() == document["sha256"], document)
             print(
-                f"stack: ok — gunicorn + 2 clusters + PostgreSQL + Redis + S3; communication "
+                "stack: ok — gunicorn + 2 machines' clusters (default, render, dispatch, "
+                f"webhooks queues) + PostgreSQL + Redis + S3; communication "
                 f"{detail['status']} in {time.monotonic() - started:.0f} s from a fresh "
                 f"database; {sent['distinct']} messages at the stub, none twice; "
                 f"{len(documents)} document objects in the bucket"

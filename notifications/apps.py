@@ -32,6 +32,7 @@ class NotificationsConfig(AppConfig):
         register_schedule(
             "notifications.campaigns_sweep", "notifications.campaigns.tasks.campaigns_sweep", 1
         )
+        tasks.register_tasks()
         tasks.register_sweeps()
         webhook_send.register_sweeps()
         post_transition.connect(

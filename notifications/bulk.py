@@ -45,7 +45,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from ccm import approvals, context
-from ccm.tasks import enqueue
+from ccm.context import each_bound
+from ccm.tasks import Queue, enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
 from documents.composition import (
@@ -53,7 +54,7 @@ from documents.composition import (
     DataInvalid,
     data_errors,
 )
-from documents.models import Template, TemplateVersion
+from documents.models import Template, TemplateVersion, VersionState
 from notifications import history, selection, selectors, signals, throttle, webhooks
 from notifications.channels import (
     EmailBackend,
@@ -323,11 +324,11 @@ def communications_intake(
             errors=[{"index": r.index, "errors": r.errors} for r in refused],
         )
     try:
-        _create(prepared, results, client=client, by=by)
+        _create(prepared, results, client=client, by=by, published=published)
     except IntegrityError:
         # Another request used one of the idempotency keys meanwhile: once more, now that its
         # communications are visible, they are returned instead of created.
-        _create(prepared, results, client=client, by=by)
+        _create(prepared, results, client=client, by=by, published=published)
     return results
 
 
@@ -385,7 +386,12 @@ def _prepare(
 
 @transaction.atomic
 def _create(
-    prepared: dict[int, Communication], results: list[IntakeResult], *, client: str, by
+    prepared: dict[int, Communication],
+    results: list[IntakeResult],
+    *,
+    client: str,
+    by,
+    published: Mapping[str, TemplateVersion | None],
 ) -> None:
     keys = {c.idempotency_key for c in prepared.values() if c.idempotency_key}
     existing: dict[str, int] = {}
@@ -432,7 +438,20 @@ def _create(
         actor=by,
         seal_soon=False,  # sealed by the chunk that composes them: no chain lock per request
     )
-    _compose_enqueue([c.pk for c in new])
+    # Communications that archive no PDF are composed on the dispatch queue: no render backlog
+    # stands between an urgent SMS and its provider.
+    for text_only in (True, False):
+        _compose_enqueue(
+            [c.pk for c in new if _text_only(c, published) is text_only],
+            queue=Queue.DISPATCH if text_only else None,
+        )
+
+
+def _text_only(c: Communication, published: Mapping[str, TemplateVersion | None]) -> bool:
+    """Whether composing `c` renders no PDF (it carries its document, or its template's
+    published version has no print rendition)."""
+    version = published.get(c.template.code)
+    return c.document_id is not None or (version is not None and not needs_pdf(version))
 
 
 def communications_request_bulk(
@@ -470,9 +489,9 @@ def communications_request_bulk(
     return [r.communication_id for r in results if r.communication_id is not None]
 
 
-def _enqueue_ids(task: str, ids: list[int]) -> None:
+def _enqueue_ids(task: str, ids: list[int], queue: Queue | None = None) -> None:
     # One task carries one chunk of ids (a list argument; `enqueue` only types single ids).
-    enqueue(task, ids)
+    enqueue(task, ids, queue=queue)
 
 
 # --- the compose drain ----------------------------------------------------------------------
@@ -494,53 +513,83 @@ DRAIN_FLAG_TTL_S = 30
 DRAIN_MAX_CHUNKS = 20
 
 
-def _compose_enqueue(ids: list[int]) -> None:
+def _compose_enqueue(ids: list[int], queue: Queue | None = None) -> None:
     """Composition for new communications, after commit: full chunks as their own tasks, the
-    rest by the drain."""
+    rest by the drain of that queue."""
     size = chunk_size()
     for chunk in _chunks(ids, size):
         if len(chunk) == size:
-            _enqueue_ids("notifications.bulk.compose_chunk", chunk)
+            _enqueue_ids("notifications.bulk.compose_chunk", chunk, queue=queue)
         else:
             # The drain's log lines name the request that asked for it (on commit, the
             # request may be over).
             transaction.on_commit(
-                partial(compose_drain_request, request_id=context.request_id()), robust=False
+                partial(
+                    compose_drain_request,
+                    request_id=context.request_id(),
+                    text_only=queue == Queue.DISPATCH,
+                ),
+                robust=False,
             )
 
 
-def compose_drain_request(request_id: str | None = None) -> None:
-    """Enqueue a drain unless one is already waiting (the shared cache's flag). If the cache
-    cannot be asked, enqueue anyway: a spare drain costs one task, a missing one a delay."""
+def _drain_flag(text_only: bool) -> str:
+    return f"{DRAIN_FLAG}:{'text' if text_only else 'all'}"
+
+
+def compose_drain_request(request_id: str | None = None, *, text_only: bool = False) -> None:
+    """Enqueue a drain unless one is already waiting (the shared cache's flag, one per drain).
+    If the cache cannot be asked, enqueue anyway: a spare drain costs one task, a missing one a
+    delay. The text-only drain runs on the dispatch queue and composes only communications
+    that render no PDF; the other, on the rendering queue, composes any."""
+    flag = _drain_flag(text_only)
     try:
         # Under a stream of requests the flag is mostly there: one read, no write.
-        first = cache.get(DRAIN_FLAG) is None and cache.add(DRAIN_FLAG, 1, timeout=DRAIN_FLAG_TTL_S)
+        first = cache.get(flag) is None and cache.add(flag, 1, timeout=DRAIN_FLAG_TTL_S)
     except Exception:
         logger.warning("the compose drain flag could not be set; enqueueing", exc_info=True)
         first = True
     if first:
         token = context.set_request_id(request_id) if request_id else None
         try:
-            enqueue(COMPOSE_DRAIN)
+            if text_only:
+                enqueue(COMPOSE_DRAIN, text_only=True, queue=Queue.DISPATCH)
+            else:
+                enqueue(COMPOSE_DRAIN)
         finally:
             if token is not None:
                 context.reset_request_id(token)
 
 
-def compose_drain() -> dict[str, int]:
-    """Compose every `received` communication, a chunk at a time, oldest first (safe to run
-    twice, and beside chunk tasks: each chunk is claimed with a guarded UPDATE)."""
+def _text_only_filter() -> Q:
+    """Communications that compose without rendering a PDF: they carry their document, or
+    their template's published version has no print rendition."""
+    published = TemplateVersion.objects.filter(state=VersionState.PUBLISHED).values_list(
+        "template__code", flat=True
+    )
+    templates = [
+        version.template_id
+        for version in document_selectors.versions_for_sending(codes=published).values()
+        if not needs_pdf(version)
+    ]
+    return Q(document__isnull=False) | Q(template_id__in=templates)
+
+
+def compose_drain(text_only: bool = False) -> dict[str, int]:
+    """Compose every `received` communication (only those that render no PDF, for the
+    text-only drain), a chunk at a time, oldest first (safe to run twice, and beside chunk
+    tasks: each chunk is claimed with a guarded UPDATE)."""
     try:
-        cache.delete(DRAIN_FLAG)  # before reading: whatever commits later asks for a new drain
+        # Before reading: whatever commits later asks for a new drain.
+        cache.delete(_drain_flag(text_only))
     except Exception:
         logger.warning("the compose drain flag could not be cleared", exc_info=True)
     counts: dict[str, int] = defaultdict(int)
+    waiting = Communication.objects.filter(state=CommState.RECEIVED)
+    if text_only:
+        waiting = waiting.filter(_text_only_filter())
     for _ in range(DRAIN_MAX_CHUNKS):
-        ids = list(
-            Communication.objects.filter(state=CommState.RECEIVED)
-            .order_by("pk")
-            .values_list("pk", flat=True)[: chunk_size()]
-        )
+        ids = list(waiting.order_by("pk").values_list("pk", flat=True)[: chunk_size()])
         if not ids:
             return dict(counts)
         # Rows another worker is claiming right now are skipped; the next read leaves them out.
@@ -550,7 +599,7 @@ def compose_drain() -> dict[str, int]:
             done = compose_chunk(ids)
         for name, value in done.items():
             counts[name] += value
-    compose_drain_request()  # more than one task's worth: a fresh task continues
+    compose_drain_request(text_only=text_only)  # more than a task's worth: a fresh one goes on
     return dict(counts)
 
 
@@ -706,7 +755,7 @@ def compose_chunk(ids: Sequence[int]) -> dict[str, int]:
     # The text channels go to the render worker in one trip per template version and language.
     groups: dict[tuple[int, str], list[tuple[Communication, selection.Selection, dict]]] = {}
     documents_made: dict[int, int | None] = {}
-    for c in communications:
+    for c in each_bound(communications, communication_id=lambda c: c.pk):
         version = chosen_version[c.pk]
         try:
             if version is None:
@@ -1085,7 +1134,8 @@ def _is_postmark(connection) -> bool:
 
 
 def _send_each(backend, deliveries: list[Delivery], outcome: _Outcome) -> None:
-    for delivery in deliveries:
+    ids = {"delivery_id": lambda d: d.pk, "communication_id": lambda d: d.communication_id}
+    for delivery in each_bound(deliveries, **ids):
         try:
             outcome.sent[delivery.pk] = backend.send(delivery)
         except TransientSendError as exc:

@@ -125,6 +125,6 @@ def _deactivate(device: Device, *, reason: str, by=None) -> bool:
         action="device.deactivated",
         subject=device,
         before={"active": True},
-        after={"active": False, "reason": reason[:300], "address": device.address},
+        after={"active": False, "reason": reason[:300]},
     )
     return True

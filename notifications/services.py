@@ -147,7 +147,13 @@ def customer_upsert(
         actor=by,
         action="customer.created" if created else "customer.updated",
         subject=customer,
-        after={"name": name, "external_ref": external_ref},
+        # Which fields were written, not their values: the chain cannot be rewritten, so it
+        # must hold nothing a customer's erasure would have to remove.
+        after={
+            "fields": sorted(
+                {*defaults, *(["emails"] if emails else []), *(["phones"] if phones else [])}
+            )
+        },
     )
     return customer, created
 

@@ -214,7 +214,7 @@ def sms_number_suppress(*, phone: str, detail: str) -> Suppression:
         actor=None,
         action="suppression.created",
         subject=suppression,
-        after={"address": phone, "reason": suppression.reason, "detail": detail},
+        after={"channel": Channel.SMS, "reason": suppression.reason, "detail": detail},
     )
     return suppression
 
@@ -235,7 +235,7 @@ def sms_number_unsuppress(*, phone: str, detail: str) -> int:
             actor=None,
             action="suppression.lifted",
             subject=suppression,
-            after={"address": phone, "detail": detail},
+            after={"detail": detail},
         )
         lifted += 1
     return lifted

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
-from ccm.tasks import Sweep, register_schedule, register_sweep
+from ccm.tasks import Queue, Sweep, register_schedule, register_sweep, register_task
 from notifications import bulk, followups, history
 from notifications.models import CommState, Communication, Delivery, DeliveryState
 
@@ -48,6 +48,39 @@ def steps_seal() -> None:
 
 def follow_ups_apply() -> None:
     followups.follow_ups_apply()
+
+
+def register_tasks() -> None:
+    """Each pipeline task's queue and the ids its log lines carry. Composition goes to the
+    render queue unless the intake knows the chunk archives no PDF (`bulk._create` sends
+    text-only chunks to the dispatch queue), so an urgent SMS never waits behind statements."""
+    render, dispatch, hooks = Queue.RENDER, Queue.DISPATCH, Queue.WEBHOOKS
+    for task, queue, log_id in (
+        ("notifications.bulk.compose_chunk", render, "communication_ids"),
+        # The drain for the rest of a request's communications; its text-only twin is sent to
+        # the dispatch queue by `bulk.compose_drain_request`.
+        ("notifications.bulk.compose_drain", render, ""),
+        ("notifications.tasks.communication_compose", render, "communication_id"),
+        ("notifications.tasks.communication_recompose", render, "communication_id"),
+        ("notifications.bulk.gate_chunk", dispatch, "communication_ids"),
+        ("notifications.tasks.communication_gate", dispatch, "communication_id"),
+        ("notifications.bulk.dispatch_chunk", dispatch, "delivery_ids"),
+        ("notifications.tasks.delivery_dispatch", dispatch, "delivery_id"),
+        ("notifications.bulk.deliveries_reconcile", dispatch, "delivery_ids"),
+        ("notifications.tasks.delivery_reconcile", dispatch, "delivery_id"),
+        ("notifications.webhook_send.webhook_delivery_send", hooks, "webhook_delivery_id"),
+        (
+            "notifications.webhook_send.webhook_deliveries_send",
+            Queue.WEBHOOKS,
+            "webhook_delivery_ids",
+        ),
+        (
+            "notifications.webhook_send.webhook_delivery_unstick",
+            Queue.WEBHOOKS,
+            "webhook_delivery_id",
+        ),
+    ):
+        register_task(task, queue=queue, log_id=log_id)
 
 
 def register_sweeps() -> None:

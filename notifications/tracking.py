@@ -398,5 +398,5 @@ def _suppress(
         actor=None,
         action="suppression.created",
         subject=suppression,
-        after={"address": address, "reason": reason, "event": event.pk},
+        after={"channel": channel, "reason": reason, "event": event.pk},
     )

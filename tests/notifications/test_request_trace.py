@@ -150,3 +150,57 @@ def test_one_drain_composing_two_requests_names_each_ones_own_request(
         )
         assert set(steps.values_list("request_id", flat=True)) == {trace}
         assert history.communication_verify(communication.pk).ok
+
+
+def test_every_line_logged_while_handling_a_communication_carries_its_ids(
+    db, letter, customer, django_capture_on_commit_callbacks, json_log, monkeypatch
+):
+    from documents import services as documents
+    from notifications import bulk
+    from notifications.models import Delivery
+
+    # given code that logs while rendering a letter and while handing a message to the ESP
+    compose, send = documents.document_compose, bulk._ConnectedEmailBackend.send
+
+    def composing(**kwargs):
+        logging.getLogger("documents.test").info("rendering the letter")
+        return compose(**kwargs)
+
+    def sending(self, delivery):
+        logging.getLogger("notifications.test").info("handing to the ESP")
+        return send(self, delivery)
+
+    monkeypatch.setattr(documents, "document_compose", composing)
+    monkeypatch.setattr(bulk._ConnectedEmailBackend, "send", sending)
+    # when two communications come in as one batch and a worker composes and sends them
+    with django_capture_on_commit_callbacks(execute=True):
+        results = bulk.communications_intake(
+            items=[{"template": "letter", "customer": customer, "data": DATA}] * 2,
+            client="t",
+            by=None,
+        )
+    ids = sorted(r.communication_id for r in results)
+    run_queued_tasks_as_a_worker(django_capture_on_commit_callbacks)
+    # then each line logged while rendering names the communication, and the chunk it is in
+    lines = json_log()
+    rendering = [line for line in lines if line["message"] == "rendering the letter"]
+    assert sorted(line["communication_id"] for line in rendering) == ids
+    assert [line["communication_ids"] for line in rendering] == [ids, ids]
+    # and each line logged while sending names the delivery and its communication
+    emails = dict(Delivery.objects.filter(channel="email").values_list("pk", "communication_id"))
+    assert sorted(emails.values()) == ids
+    handing = [line for line in lines if line["message"] == "handing to the ESP"]
+    assert sorted((line["delivery_id"], line["communication_id"]) for line in handing) == sorted(
+        emails.items()
+    )
+    assert all(line["delivery_ids"] == sorted(emails) for line in handing)
+    # and a task's own lines carry what it works on
+    started = [line["message"] for line in lines if line["logger"] == "ccm.tasks"]
+    assert any("compose_chunk" in m for m in started)
+    for line in lines:
+        if line["logger"] == "ccm.tasks" and "compose_chunk" in line["message"]:
+            assert line["communication_ids"] == ids
+        if line["logger"] == "ccm.tasks" and "dispatch_chunk" in line["message"]:
+            assert line["delivery_ids"] == sorted(emails)
+    # and once the tasks are over, nothing stays bound
+    assert context.log_fields() == {"request_id": ""}

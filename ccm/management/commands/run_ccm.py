@@ -16,8 +16,9 @@ from ccm.health import ClusterWatchdog
 
 class Command(BaseCommand):
     help = (
-        "Run the web server and a django-q2 cluster together in the foreground (Ctrl-C stops "
-        "both); restart the cluster when it stops taking work."
+        "Run the web server and the django-q2 clusters (one for the default queue, one for each "
+        "queue of CCM_TASK_QUEUES) in the foreground (Ctrl-C stops all); restart a cluster "
+        "when it stops taking work."
     )
 
     def add_arguments(self, parser):
@@ -35,23 +36,39 @@ class Command(BaseCommand):
         if production:
             conf = settings.BASE_DIR / "deploy" / "gunicorn.conf.py"
             web = [sys.executable, "-m", "gunicorn", "-c", str(conf), "--bind", f"{host}:{port}"]
-        commands = {"web server": web, "task cluster": [*manage, "qcluster"]}
-        # Each child leads its own process group, so that stopping it reaches the processes it
-        # forks (the cluster's workers and their render workers) and Ctrl-C is forwarded once.
-        children = {
-            name: subprocess.Popen(cmd, start_new_session=True)  # noqa: S603
-            for name, cmd in commands.items()
+        # One cluster for the default queue (it also runs the schedules) and one for each
+        # named queue of CCM_TASK_QUEUES, sized by Q_<QUEUE>_WORKERS.
+        queues: dict[str, str | None] = {"task cluster": None}
+        queues.update({f"{queue} cluster": queue for queue in settings.CCM_TASK_QUEUES})
+        commands = {"web server": web, **{name: [*manage, "qcluster"] for name in queues}}
+        environments = {
+            name: {**os.environ, "Q_CLUSTER_NAME": queue} if queue else None
+            for name, queue in queues.items()
         }
-        watchdog = ClusterWatchdog(
-            interval=settings.CCM_WATCHDOG_INTERVAL_S,
-            stale_after=settings.CCM_WATCHDOG_STALE_AFTER_S,
-        )
+
+        def launch(name: str) -> subprocess.Popen:
+            # Each child leads its own process group, so that stopping it reaches the processes
+            # it forks (a cluster's workers and their render workers) and Ctrl-C is forwarded
+            # once.
+            return subprocess.Popen(  # noqa: S603
+                commands[name], env=environments.get(name), start_new_session=True
+            )
+
+        children = {name: launch(name) for name in commands}
+        watchdogs = {
+            name: ClusterWatchdog(
+                interval=settings.CCM_WATCHDOG_INTERVAL_S,
+                stale_after=settings.CCM_WATCHDOG_STALE_AFTER_S,
+                queue=queue,
+            )
+            for name, queue in queues.items()
+        }
         base = f"http://{host}:{port}"
         self.stdout.write(
             "\n".join(
                 [
                     "",
-                    "CCM is running (Ctrl-C stops the web server and the task cluster):",
+                    "CCM is running (Ctrl-C stops the web server and the task clusters):",
                     f"  Work overview   {base}/",
                     f"  Sign-off queue  {base}/review/ (reviewer, reviewer2)",
                     f"  Back-office     {base}/admin/",
@@ -79,16 +96,15 @@ class Command(BaseCommand):
                     self.stderr.write(f"The {name} exited with {child.returncode}; stopping.")
                     code = child.returncode or 1
                     stopping = True
-            if not stopping and watchdog.wedged():
+            for name, watchdog in watchdogs.items():
+                if stopping or not watchdog.wedged():
+                    continue
                 self.stderr.write(
-                    "The task cluster has not run a heartbeat task in "
-                    f"{watchdog.stale_after:.0f} s (wedged); restarting the task cluster."
+                    f"The {name} has not run a heartbeat task in "
+                    f"{watchdog.stale_after:.0f} s (wedged); restarting the {name}."
                 )
-                cluster = children["task cluster"]
-                _stop(cluster, grace_s=10)
-                children["task cluster"] = subprocess.Popen(  # noqa: S603
-                    commands["task cluster"], start_new_session=True
-                )
+                _stop(children[name], grace_s=10)
+                children[name] = launch(name)
                 watchdog.reset()
             time.sleep(0.3)
         # The leaders stop their own processes (django-q2's cluster winds its workers down);
