@@ -466,6 +466,7 @@ def register_approvable() -> None:
         ),
         label="Communication release",
         proof=communication_proof,  # type: ignore[arg-type]
+        release=True,
     )
 
 

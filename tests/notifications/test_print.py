@@ -732,7 +732,7 @@ def test_api_close_refused_for_a_tampered_document_names_the_item(letters, ops_a
 def admin_action(client, action: str, batch: PrintBatch):
     return client.post(
         "/admin/notifications/printbatch/",
-        {"action": action, "index": 0, "_selected_action": [batch.pk]},
+        {"action": action, "index": 0, "_selected_action": [batch.pk], "confirmed": "yes"},
         follow=True,
     )
 
