@@ -414,6 +414,8 @@ def bundle_check(bundle: bundles.Bundle) -> None:
                 problems.append(
                     f"samples/{name}.json ({language}) does not compose: {result.reason}"
                 )
+        if problems:
+            break  # the other languages would most likely repeat it (a slow one, each time)
     if problems:
         raise bundles.BundleInvalid("; ".join(problems), problems=problems)
 
