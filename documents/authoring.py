@@ -185,7 +185,7 @@ def editor_fields(files: Mapping[str, str], problems: list[Problem]) -> list[dic
         text = files.get(rel, "")
         count = max(text.count("\n") + (0 if text.endswith("\n") else 1), 1)
         mine = [p for p in problems if p.file == rel]
-        at = {}
+        at: dict[int, list[str]] = {}
         for problem in mine:
             if problem.line is not None:
                 at.setdefault(min(problem.line, count + 1), []).append(problem.message)

@@ -170,8 +170,8 @@ def version_edit(request: HttpRequest, pk: int) -> HttpResponse:
         if not editable:
             raise PermissionDenied("Only a draft can be edited, by a template author.")
         files = authoring.posted_files(
-            (key.removeprefix("file:"), text)
-            for key, text in request.POST.items()
+            (key.removeprefix("file:"), request.POST.get(key, ""))
+            for key in request.POST
             if key.startswith("file:")
         )
         new_path = request.POST.get("new_path", "").strip()
