@@ -13,11 +13,25 @@ class CasesConfig(AppConfig):
         from cases.incidents import demo as incidents_demo
         from cases.incidents import tasks as incident_tasks
         from ccm import demo
+        from ccm.notices import WorkCount, register_work_count
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
         from notifications.reporting import selectors as reporting_selectors
 
         receivers.connect()
+        for item in (
+            WorkCount(
+                "cases", "My cases", "cases-queue", "cases.change_case", queues.my_open_cases_count
+            ),
+            WorkCount(
+                "exceptions",
+                "Exceptions",
+                "cases-exceptions",
+                "cases.handle_exception",
+                queues.open_exceptions_count,
+            ),
+        ):
+            register_work_count(item)
         reporting_selectors.register_dashboard_panel(
             "cases.exceptions_by_age", queues.exceptions_by_age_panel
         )

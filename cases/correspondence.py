@@ -231,4 +231,6 @@ def register_approvable() -> None:
         review_url=lambda request: reverse("agent-correspondence", args=[request.pk]),
         label="Correspondence",
         proof=request_views.correspondence_proof,  # type: ignore[arg-type]
+        release=True,
+        decided_url=lambda request: reverse("agent-correspondence", args=[request.pk]),
     )

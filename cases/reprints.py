@@ -335,6 +335,8 @@ def register_approvable() -> None:
         review_url=lambda request: reverse("agent-reprint", args=[request.pk]),
         label="Reprint",
         proof=request_views.reprint_proof,  # type: ignore[arg-type]
+        release=True,
+        decided_url=lambda request: reverse("agent-reprint", args=[request.pk]),
     )
 
 

@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 
 from cases import erasure, retention
 from cases.models import DocumentPurge, ErasureRequest, ErasureState, LegalHold
+from ccm.admin_site import confirm_first
 
 
 class LegalHoldForm(forms.ModelForm):
@@ -44,7 +45,15 @@ class LegalHoldAdmin(admin.ModelAdmin):
         obj.pk = placed.pk
 
     @admin.action(description="Release the selected legal holds")
-    def release(self, request, queryset) -> None:
+    def release(self, request, queryset):
+        page = confirm_first(
+            self,
+            request,
+            queryset,
+            consequence="The documents these holds keep become subject to retention again.",
+        )
+        if page is not None:
+            return page
         released = 0
         for hold in queryset.filter(released_at__isnull=True):
             retention.legal_hold_release(hold=hold, by=request.user)

@@ -4,13 +4,12 @@ from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import Group
-from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
 from ccm import approvals
 from ccm.admin_site import current_admin_request
 from ccm.api.auth import api_key_revoke
-from ccm.models import ApiKey, Approval, AuditEvent, Decision, SignedLink
+from ccm.models import ApiKey, Approval, AuditEvent, SignedLink
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -50,23 +49,6 @@ class AuditEventAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
 
 
-def _decide(modeladmin, request, queryset, decision: str) -> None:
-    done = 0
-    for approval in queryset:
-        try:
-            approvals.approval_decide(approval=approval, by=request.user, decision=decision)
-            done += 1
-        except (PermissionDenied, approvals.ApprovalConflict) as exc:
-            modeladmin.message_user(request, f"{approval}: {exc}", messages.ERROR)
-    if done:
-        modeladmin.message_user(request, f"{done} approval(s): {decision}.", messages.SUCCESS)
-
-
-@admin.action(description="Approve selected (four-eyes)", permissions=["decide"])
-def approve_selected(modeladmin, request, queryset):
-    _decide(modeladmin, request, queryset, Decision.APPROVE)
-
-
 @admin.register(Approval)
 class ApprovalAdmin(ReadOnlyAdmin):
     list_display = [
@@ -82,7 +64,9 @@ class ApprovalAdmin(ReadOnlyAdmin):
         "decided_at",
     ]
     list_filter = ["state", "purpose"]
-    actions = [approve_selected]
+    # No bulk decisions: four-eyes means opening each proof (the review screen) before
+    # deciding it, never ticking a list of rows.
+    actions = None
 
     def get_queryset(self, request):
         return (
@@ -104,9 +88,6 @@ class ApprovalAdmin(ReadOnlyAdmin):
         ):
             return "—"
         return format_html('<a href="{}">Open proofs</a>', url)
-
-    def has_decide_permission(self, request):
-        return request.user.has_perm("ccm.decide_approval")
 
 
 @admin.register(ApiKey)

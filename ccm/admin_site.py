@@ -64,3 +64,30 @@ class CcmAdminConfig(AdminConfig):
     def ready(self):
         super().ready()
         helpers.AdminReadonlyField.get_admin_url = _readonly_link_if_allowed  # type: ignore[method-assign]
+
+
+def confirm_first(modeladmin, request, queryset, *, consequence: str):
+    """An admin action that cannot be undone asks first, on a page of its own listing what it
+    will act on; the action runs only when that page's form comes back (`confirmed=yes`), so a
+    click on "Go" alone never does it, with or without JavaScript. Returns the page to show,
+    or None when confirmed."""
+    from django.template.response import TemplateResponse
+
+    if request.POST.get("confirmed") == "yes":
+        return None
+    action = request.POST.get("action", "")
+    description = modeladmin.get_actions(request).get(action, (None, None, action))[2]
+    opts = modeladmin.model._meta
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": f"{description}?",
+        "opts": opts,
+        "objects": list(queryset[:200]),
+        "count": queryset.count(),
+        "consequence": consequence,
+        "action": action,
+        "action_label": description,
+        "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
+        "select_across": request.POST.get("select_across", "0"),
+    }
+    return TemplateResponse(request, "admin/confirm_action.html", context)

@@ -48,6 +48,10 @@ class Approvable:
     kind: str = ""
     label: str = ""
     proof: Callable[[models.Model], Proof] | None = None
+    # A release lets a held message go out; the rest (template versions, campaigns) are
+    # sign-offs. The navigation counts the two apart.
+    release: bool = False
+    decided_url: Callable[[models.Model], str] | None = None
 
 
 _registry: dict[str, Approvable] = {}
@@ -61,11 +65,15 @@ def register(
     review_url: Callable[[models.Model], str] | None = None,
     label: str = "",
     proof: Callable[[models.Model], Proof] | None = None,
+    release: bool = False,
+    decided_url: Callable[[models.Model], str] | None = None,
 ) -> None:
     """Declare `model` approvable. `on_decision(subject, approval)` runs inside the deciding
     transaction after the approval's state has changed; `review_url(subject)` is the app's own
     page for the subject; `label` names the kind in the sign-off queue (the model's verbose name
-    by default); `proof(subject)` is what the review screen shows above the decision."""
+    by default); `proof(subject)` is what the review screen shows above the decision;
+    `release` marks a held message's release (counted apart from sign-offs); `decided_url(subject)`
+    is where the requester acts once it is decided (publishing an approved template version)."""
     kind = model._meta.label_lower
     _registry[kind] = Approvable(
         author_of=author_of,
@@ -74,6 +82,8 @@ def register(
         kind=kind,
         label=label or str(model._meta.verbose_name).capitalize(),
         proof=proof,
+        release=release,
+        decided_url=decided_url,
     )
 
 
@@ -182,8 +192,43 @@ def approval_decide(*, approval: Approval, by, decision: str, comment: str = "")
         before=before,
         after={"state": locked.state, "comment": comment},
     )
+    _tell_requester(locked, subject)
     approval.refresh_from_db()
     return locked
+
+
+DECISION_WORDS = {
+    ApprovalState.APPROVED: "Approved",
+    ApprovalState.REJECTED: "Rejected",
+    ApprovalState.CHANGES_REQUESTED: "Changes requested",
+}
+
+
+def _tell_requester(approval: Approval, subject: models.Model) -> None:
+    """The requester (and the author, when another person) is told of the decision, in the
+    app and by mail, with a link to where they act on it."""
+    from ccm import notices  # it reads this module's registry
+
+    approvable = _approvable(subject)
+    outcome = DECISION_WORDS[ApprovalState(approval.state)]
+    url = approvable.decided_url(subject) if approvable.decided_url else ""
+    lines = [
+        f"{approvable.label}: {approval.summary}",
+        f"{outcome} by {approval.decided_by} on {approval.decided_at:%d %B %Y at %H:%M} UTC.",
+    ]
+    if approval.comment:
+        lines.append(f"Comment: {approval.comment}")
+    if approval.state == ApprovalState.APPROVED and approvable.decided_url:
+        lines.append("You can publish it now.")
+    people = {p for p in (approval.requested_by, approval.author) if p is not None}
+    for person in sorted(people, key=lambda p: p.pk):
+        notices.notice_create(
+            user=person,
+            kind=f"approval.{approval.state}",
+            title=f"{outcome}: {approval.summary}",
+            body="\n".join(lines),
+            url=url,
+        )
 
 
 @transaction.atomic

@@ -276,3 +276,50 @@ class ClusterHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster}@{self.host} {self.beat_at:%Y-%m-%d %H:%M:%S}"
+
+
+class Notice(models.Model):
+    """Something one person is told in the app, and by mail when they have an address: a
+    reviewer decided what they submitted, or the daily digest of what waits for them. The row
+    is also the mail's outbox (`sent_at`, `attempts`, `last_error`, `message_id`), sent by
+    notifications.notices through the internal sender profile."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices"
+    )
+    kind = models.CharField(max_length=100)
+    title = models.CharField(max_length=300)
+    body = models.TextField(blank=True)
+    url = models.CharField(max_length=500, blank=True, help_text="Where to act on it.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+    mail_to = models.EmailField(blank=True, help_text="Empty: told in the app only.")
+    message_id = models.CharField(max_length=200, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["user", "-created_at"], name="notice_user_recent"),
+            # What the navigation counts on every page: one user's unread notices.
+            models.Index(fields=["user"], condition=Q(read_at__isnull=True), name="notice_unread"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class NoticeSettings(models.Model):
+    """What a person opted into: the daily digest mail of what waits for them (off unless
+    they turn it on)."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notice_settings"
+    )
+    daily_digest = models.BooleanField(default=False)
+    last_digest_on = models.DateField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"notice settings of {self.user_id}"

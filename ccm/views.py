@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.paginator import Paginator
 from django.http import JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.templatetags.static import static
 from django.views.decorators.cache import never_cache
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from ccm import notices
 from ccm.api import errors
 from ccm.health import run_checks
+from ccm.models import Notice
 from ccm.selectors import home_sections
 
 
@@ -53,3 +57,45 @@ def server_error(request):
     if request.path.startswith("/api/"):
         return errors.api_server_error(request)
     return render(request, "500.html", status=500)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def notice_list(request):
+    """The signed-in person's notices, newest first, and their daily digest setting."""
+    if request.method == "POST":
+        if request.POST.get("action") == "read_all":
+            notices.notices_mark_read(user=request.user)
+            messages.success(request, "Every notice is marked read.")
+        elif request.POST.get("action") == "digest":
+            daily = request.POST.get("daily_digest") == "on"
+            notices.digest_set(user=request.user, daily=daily)
+            messages.success(
+                request,
+                "You will get a daily digest mail."
+                if daily
+                else "You will get no daily digest mail.",
+            )
+        return redirect("notices")
+    page = Paginator(
+        Notice.objects.filter(user=request.user).only(
+            "kind", "title", "body", "url", "created_at", "read_at"
+        ),
+        notices.PAGE_SIZE,
+    ).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "unread": notices.unread_count(request.user),
+        "digest": notices.digest_wanted(request.user),
+        "has_email": bool(request.user.email),
+    }
+    return render(request, "notices.html", context)
+
+
+@login_required
+@require_POST
+def notice_open(request, pk: int):
+    """Mark the notice read and go where it points."""
+    notice = get_object_or_404(Notice, pk=pk, user=request.user)
+    notices.notices_mark_read(user=request.user, ids=[notice.pk])
+    return redirect(notice.url or "notices")

@@ -11,6 +11,7 @@ from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django_fsm import TransitionNotAllowed
 
 from ccm import approvals
+from ccm.admin_site import confirm_first
 from ccm.forms import DecisionForm
 from ccm.review import sandboxed_html
 from documents import review, selectors, services
@@ -109,6 +110,15 @@ class TemplateVersionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Publish selected approved versions")
     def publish(self, request, queryset):
+        page = confirm_first(
+            self,
+            request,
+            queryset,
+            consequence="New communications are composed from these versions; the versions "
+            "published now are retired.",
+        )
+        if page is not None:
+            return page
         for version in queryset:
             try:
                 services.template_version_publish(version=version, by=request.user)

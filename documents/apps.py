@@ -20,9 +20,19 @@ class DocumentsConfig(AppConfig):
             (
                 Role.TEMPLATE_AUTHOR,
                 HomeLink(
+                    "Templates",
+                    "authoring-library",
+                    "Write templates in the browser: drafts, live previews of every channel, "
+                    "sign-off and publishing",
+                    permission="documents.add_templateversion",
+                ),
+            ),
+            (
+                Role.TEMPLATE_AUTHOR,
+                HomeLink(
                     "Template versions",
                     "admin:documents_templateversion_changelist",
-                    "Submit drafts for sign-off; publish approved versions",
+                    "Every version and its state, in the back-office",
                 ),
             ),
             (

@@ -38,6 +38,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,7 +128,16 @@ META_SCHEMA: dict[str, Any] = {
 
 
 class BundleInvalid(ValueError):
-    """The bundle cannot become a template version; the message lists what to fix."""
+    """The bundle cannot become a template version; the message lists what to fix, and
+    `problems` holds each on its own (each starts with the file it is about)."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+def _refuse(problems: list[str]) -> BundleInvalid:
+    return BundleInvalid("; ".join(problems), problems=problems)
 
 
 _MM_PER_UNIT = {"mm": 1.0, "cm": 10.0, "q": 0.25, "in": 25.4, "pt": 25.4 / 72, "pc": 25.4 / 6}
@@ -240,7 +250,9 @@ def validate(bundle: Bundle) -> None:
     try:
         jsonschema.Draft202012Validator.check_schema(bundle.schema)
     except jsonschema.SchemaError as exc:
-        problems.append(f"schema.json is not a valid JSON Schema: {exc.message}")
+        where = ".".join(str(p) for p in exc.absolute_path)
+        where = f" {where}" if where else ""
+        problems.append(f"schema.json{where}: not a valid JSON Schema: {exc.message}")
     else:
         validator = jsonschema.Draft202012Validator(
             bundle.schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
@@ -266,27 +278,19 @@ def validate(bundle: Bundle) -> None:
     if size > MAX_BUNDLE_BYTES:
         problems.append(f"the bundle is {size} bytes; the limit is {MAX_BUNDLE_BYTES}")
     if problems:
-        raise BundleInvalid("; ".join(problems))
+        raise _refuse(problems)
 
 
 def read_folder(folder: Path, *, shared_root: Path | None = None) -> Bundle:
     """Read one template folder (see the module docstring), merging in the shared parts its
     template.json names from `shared_root` (by default the `_shared` folder beside it)."""
 
-    def load_json(path: Path) -> Any:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BundleInvalid(f"{path.name}: {exc}") from exc
-
     refuse_links(folder, root=folder.parent)
     if not (folder / "template.json").is_file():
         raise BundleInvalid(f"{folder}: no template.json")
-    meta = load_json(folder / "template.json")
-    schema = load_json(folder / "schema.json") if (folder / "schema.json").exists() else {}
-    samples = {path.stem: load_json(path) for path in sorted((folder / "samples").glob("*.json"))}
-    files, assets = _read_files(folder)
-    files = {rel: text for rel, text in files.items() if not rel.startswith("samples/")}
+    texts, assets = _read_files(folder, json_too=True)
+    bundle = from_files(texts, assets)
+    meta, files = bundle.meta, bundle.files
     if isinstance(meta, dict) and "shared" in meta:
         shared = meta.pop("shared")
         _check_shared(shared)
@@ -295,20 +299,72 @@ def read_folder(folder: Path, *, shared_root: Path | None = None) -> Bundle:
             # The default _shared folder is part of the library; a named shared root is one.
             refuse_links(root / name, root=folder.parent if shared_root is None else root)
         files, assets = _merge_shared(files, assets, names=shared, root=root)
-    return Bundle(meta=meta, schema=schema, samples=samples, files=files, assets=assets)
+    return Bundle(
+        meta=meta, schema=bundle.schema, samples=bundle.samples, files=files, assets=assets
+    )
 
 
-def _read_files(folder: Path) -> tuple[dict[str, str], dict[str, bytes]]:
+def _json_line(message: str, lineno: int) -> str:
+    return f"{message} (line {lineno})"
+
+
+def from_files(texts: Mapping[str, str], assets: Mapping[str, bytes] | None = None) -> Bundle:
+    """The bundle a set of files makes, by path in the folder format (template.json,
+    schema.json, samples/<name>.json, the renditions, partials/, static/, lang/): the one way
+    a version's content is built, whether the files come from a folder kept in git or from the
+    browser editor. Line endings are normalised, so the same text gives the same content hash
+    however it was typed or checked out. A file that is not JSON where JSON is needed is
+    refused with its line (``schema.json line 3: Expecting ',' delimiter``)."""
+    problems: list[str] = []
+
+    def load_json(rel: str) -> Any:
+        try:
+            return json.loads(normalise_text(texts[rel]))
+        except json.JSONDecodeError as exc:
+            problems.append(f"{rel} line {exc.lineno}: {exc.msg} (column {exc.colno})")
+            return {}
+
+    if "template.json" not in texts:
+        raise BundleInvalid("no template.json")
+    meta = load_json("template.json")
+    schema = load_json("schema.json") if "schema.json" in texts else {}
+    samples = {
+        rel.removeprefix("samples/").removesuffix(".json"): load_json(rel)
+        for rel in sorted(texts)
+        if rel.startswith("samples/") and rel.endswith(".json") and rel.count("/") == 1
+    }
+    files = {
+        rel: normalise_text(text)
+        for rel, text in texts.items()
+        if rel not in {"template.json", "schema.json"}
+        and not rel.startswith("samples/")
+        and Path(rel).suffix in TEXT_SUFFIXES
+    }
+    if problems:
+        raise _refuse(problems)
+    return Bundle(meta=meta, schema=schema, samples=samples, files=files, assets=dict(assets or {}))
+
+
+def normalise_text(text: str) -> str:
+    """Text as a checkout with universal newlines reads it: a browser posts CRLF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _read_files(folder: Path, *, json_too: bool = False) -> tuple[dict[str, str], dict[str, bytes]]:
     files: dict[str, str] = {}
     assets: dict[str, bytes] = {}
+    suffixes = TEXT_SUFFIXES | {".json"} if json_too else TEXT_SUFFIXES
     for path in sorted(folder.rglob("*")):
         if not path.is_file() or path.is_symlink():
             continue
         rel = path.relative_to(folder).as_posix()
         if rel.startswith("assets/"):
             assets[rel.removeprefix("assets/")] = path.read_bytes()
-        elif path.suffix in TEXT_SUFFIXES:
-            files[rel] = path.read_text(encoding="utf-8")
+        elif path.suffix in suffixes:
+            try:
+                files[rel] = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise BundleInvalid(f"{rel}: {exc}") from exc
     return files, assets
 
 

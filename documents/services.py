@@ -6,7 +6,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,11 @@ def text_channels_compose(
 
 
 def language_for(version: TemplateVersion, language: str | None) -> str:
-    languages = version.meta.get("languages") or ["en"]
+    return _language(version.meta, language)
+
+
+def _language(meta: Mapping, language: str | None) -> str:
+    languages = meta.get("languages") or ["en"]
     if language is None:
         return languages[0]
     if language not in languages:
@@ -271,6 +275,10 @@ def register_approvable() -> None:
         ),
         label="Template version",
         proof=review.version_proof,  # type: ignore[arg-type]
+        decided_url=lambda version: reverse(
+            "authoring-template",
+            args=[version.template.code],  # type: ignore[attr-defined]
+        ),
     )
 
 
@@ -349,11 +357,10 @@ def templates_import(*, folder: Path, by) -> list[ImportResult]:
 @transaction.atomic
 def _import_one(path: Path, *, by) -> ImportResult:
     bundle = bundles.read_folder(path)
-    bundles.validate(bundle)
+    bundle_check(bundle)
     meta = bundle.meta
     if meta["code"] != path.name:
         raise bundles.BundleInvalid(f"folder {path.name} holds template.json code {meta['code']!r}")
-    _check_samples_compose(bundle)
     template = Template.objects.filter(code=meta["code"]).first()
     created = template is None
     if template is None:
@@ -383,14 +390,18 @@ def _sample_context(data: dict) -> dict:
     return with_addressee(snapshot, sample_addressee(snapshot))
 
 
-def _check_samples_compose(bundle: bundles.Bundle) -> None:
-    """Compose every sample through the email, SMS and push renditions, in every language,
-    under the composition limits: a template that cannot is refused at import with the
-    reason, rather than failing later in a preview, on the review page or in the pipeline."""
+def bundle_check(bundle: bundles.Bundle) -> None:
+    """What a bundle must pass to be stored, from a folder in git or from the browser editor:
+    bundles.validate, then every sample composed through the email, SMS and push renditions,
+    in every language, under the composition limits. A template that cannot is refused with
+    the reason, rather than failing later in a preview, on the review page or in the
+    pipeline."""
+    bundles.validate(bundle)
     channels = sorted(TEXT_CHANNELS.intersection(bundle.meta.get("channels", [])))
     if not channels:
         return
     samples = list(bundle.samples.items())
+    problems = []
     for language in bundle.meta.get("languages") or ["en"]:
         results = compose_text(
             sources=bundles.sources(bundle, language),
@@ -400,9 +411,13 @@ def _check_samples_compose(bundle: bundles.Bundle) -> None:
         )
         for (name, _), result in zip(samples, results, strict=True):
             if isinstance(result, CompositionError):
-                raise bundles.BundleInvalid(
+                problems.append(
                     f"samples/{name}.json ({language}) does not compose: {result.reason}"
                 )
+        if problems:
+            break  # the other languages would most likely repeat it (a slow one, each time)
+    if problems:
+        raise bundles.BundleInvalid("; ".join(problems), problems=problems)
 
 
 def templates_export(
@@ -589,36 +604,85 @@ def template_preview(
     unless the version is the published one. The reserved `customer` variables are
     `addressee` (a real customer's) or else the data's own `customer` block over a sample
     customer."""
-    language = language_for(version, language)
+    return _preview(
+        bundle=version_bundle(version),
+        sources=lambda lang: version_sources(version, lang),
+        data=data,
+        language=language,
+        channels=channels,
+        sample=sample,
+        addressee=addressee,
+        watermark=None if version.state == VersionState.PUBLISHED else PROOF_MARK,
+    )
+
+
+def bundle_preview(
+    *,
+    bundle: bundles.Bundle,
+    language: str | None = None,
+    channels: Iterable[str] | None = None,
+    sample: str = "default",
+) -> Preview:
+    """template_preview for content not stored yet (the browser editor's live preview): the
+    same composition, in the render worker under the same limits, PDF marked PROOF."""
+    cache_key = bundles.content_hash(bundle.to_content())
+    return _preview(
+        bundle=bundle,
+        sources=lambda lang: _sources_cache.get(
+            (cache_key, lang), lambda: bundles.sources(bundle, lang)
+        ),
+        data=None,
+        language=language,
+        channels=channels,
+        sample=sample,
+        addressee=None,
+        watermark=PROOF_MARK,
+    )
+
+
+def _preview(
+    *,
+    bundle: bundles.Bundle,
+    sources: Callable[[str], Sources],
+    data: Mapping | None,
+    language: str | None,
+    channels: Iterable[str] | None,
+    sample: str,
+    addressee: Mapping | None,
+    watermark: str | None,
+) -> Preview:
+    language = _language(bundle.meta, language)
     locale = bundles.locale_for(language)
     if data is None:
-        samples = version.content.get("samples", {})
-        if sample not in samples:
+        if sample not in bundle.samples:
             raise DataInvalid(f"no sample data set named {sample!r}")
-        data = samples[sample]
+        data = bundle.samples[sample]
     snapshot = data_snapshot(data)
     snapshot = with_addressee(
         snapshot, addressee if addressee is not None else sample_addressee(snapshot)
     )
-    validate_data(version.content.get("schema", {}), snapshot)
-    available = version.meta.get("channels", [])
+    validate_data(bundle.schema, snapshot)
+    available = bundle.meta.get("channels", [])
     wanted = [c for c in (channels or available) if c in available]
     out: dict[str, Any] = {"pdf": None, "email": None, "sms": None, "push": None}
     text_channels = [c for c in wanted if c != "print"]
     if text_channels:
         # Text first: it is quick, and a template that fails there fails before a PDF is made.
-        (rendered,) = text_channels_compose(
-            version=version, language=language, items=[(snapshot, text_channels)]
+        (rendered,) = compose_text(
+            sources=sources(language),
+            locale=locale,
+            items=[(snapshot, text_channels)],
+            limits=compose_limits(),
         )
         if isinstance(rendered, CompositionError):
             raise rendered
         out.update(rendered)
     if "print" in wanted:
         out["pdf"] = render_pdf(
-            sources=version_sources(version, language),
+            sources=sources(language),
             locale=locale,
             data=snapshot,
-            watermark=None if version.state == VersionState.PUBLISHED else PROOF_MARK,
+            watermark=watermark,
             limits=render_limits(),
         )
     return Preview(**out)

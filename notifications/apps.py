@@ -16,7 +16,7 @@ class NotificationsConfig(AppConfig):
         from ccm.selectors import HomeLink, register_home_link
         from ccm.tasks import register_schedule, register_sweep
         from notifications import demo as notifications_demo
-        from notifications import services, tasks, tracking, webhook_send, webhooks
+        from notifications import notices, services, tasks, tracking, webhook_send, webhooks
         from notifications.campaigns import services as campaign_services
         from notifications.jobs import tasks as job_tasks
         from notifications.models import Communication
@@ -25,6 +25,7 @@ class NotificationsConfig(AppConfig):
         from notifications.reporting import tasks as reporting_tasks
 
         services.register_approvable()
+        notices.register()
         job_tasks.register_schedules()
         reporting_tasks.register_schedules()
         reporting_metrics.register()

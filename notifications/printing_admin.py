@@ -13,6 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from ccm.admin_site import confirm_first
 from notifications import printing, selectors
 from notifications.models import PrintBatch, PrintItem
 
@@ -132,6 +133,14 @@ class PrintBatchAdmin(admin.ModelAdmin):
 
     @admin.action(description="Hand over to the mail house", permissions=["hand_over"])
     def hand_over(self, request, queryset):
+        page = confirm_first(
+            self,
+            request,
+            queryset,
+            consequence="The mail house will print and post these batches as they are.",
+        )
+        if page is not None:
+            return page
         _run(
             self,
             request,
@@ -143,6 +152,14 @@ class PrintBatchAdmin(admin.ModelAdmin):
 
     @admin.action(description="Mark mailed (letters delivered)", permissions=["record_outcome"])
     def mark_mailed(self, request, queryset):
+        page = confirm_first(
+            self,
+            request,
+            queryset,
+            consequence="Every letter in these batches is recorded as posted to its customer.",
+        )
+        if page is not None:
+            return page
         _run(
             self,
             request,

@@ -514,6 +514,7 @@ def register_approvable() -> None:
         ),
         label="Communication release",
         proof=communication_proof,  # type: ignore[arg-type]
+        release=True,
     )
 
 

@@ -732,7 +732,7 @@ def test_api_close_refused_for_a_tampered_document_names_the_item(letters, ops_a
 def admin_action(client, action: str, batch: PrintBatch):
     return client.post(
         "/admin/notifications/printbatch/",
-        {"action": action, "index": 0, "_selected_action": [batch.pk]},
+        {"action": action, "index": 0, "_selected_action": [batch.pk], "confirmed": "yes"},
         follow=True,
     )
 
@@ -758,6 +758,22 @@ def test_operations_run_a_batch_from_the_back_office(letters, ops, client, sync_
     manifest = client.get(f"/admin/notifications/printbatch/{batch.pk}/manifest.csv")
     assert manifest["Content-Type"] == "text/csv; charset=utf-8"
     assert b"Charles Babbage" in b"".join(manifest.streaming_content)
+
+
+def test_marking_a_batch_mailed_asks_first(letters, ops, client):
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+    printing.print_batch_hand_over(batch=batch, by=ops)
+    client.force_login(ops)
+    # a click on "Go" alone shows what would happen and changes nothing
+    asked = client.post(
+        "/admin/notifications/printbatch/",
+        {"action": "mark_mailed", "index": 0, "_selected_action": [batch.pk]},
+    )
+    page = asked.content.decode()
+    assert "recorded as posted to its customer" in page
+    assert "This cannot be undone" in page
+    batch.refresh_from_db()
+    assert batch.state == "handed_over"
 
 
 def test_back_office_action_errors_are_shown(letters, ops, agent, client):

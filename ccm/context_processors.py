@@ -1,0 +1,24 @@
+"""What every page's navigation shows: what waits for the signed-in person."""
+
+from __future__ import annotations
+
+from django.utils.functional import SimpleLazyObject
+
+from ccm import notices
+
+
+def _summary(user) -> dict:
+    waiting = notices.work_waiting(user)
+    return {
+        "counts": {w["key"]: w["count"] for w in waiting},
+        "unread": notices.unread_count(user),
+    }
+
+
+def work(request) -> dict:
+    """`work.counts.<key>` and `work.unread`, counted only if a template reads them (the
+    admin and the API never do): one small indexed query per kind of work."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return {}
+    return {"work": SimpleLazyObject(lambda: _summary(user))}
