@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cases', '0006_incidents'),
+        ("cases", "0007_address_corrections"),
         ('notifications', '0019_step_request_id'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
