@@ -593,8 +593,12 @@ def compose_drain(text_only: bool = False) -> dict[str, int]:
         if not ids:
             return dict(counts)
         # Rows another worker is claiming right now are skipped; the next read leaves them out.
-        with history.steps_named_by_request(
-            CommunicationStep.objects.filter(communication_id__in=ids)
+        # The drain's log lines name the chunk it composes, as a chunk task's do.
+        with (
+            history.steps_named_by_request(
+                CommunicationStep.objects.filter(communication_id__in=ids)
+            ),
+            context.bound(communication_ids=ids),
         ):
             done = compose_chunk(ids)
         for name, value in done.items():
