@@ -153,11 +153,9 @@ def campaign_outcome_data(*, start: date, end: date, filters: dict) -> dict:
             {
                 "Delivered": series("delivered"),
                 "In flight": series("in_flight"),
-                "Bounced / returned": series("bounced", "returned"),
+                "Bounced": series("bounced", "returned"),
                 "Failed": series("failed"),
-                "Not sent (skipped, failed to compose, cancelled)": series(
-                    "skipped", "compose_failed", "cancelled"
-                ),
+                "Not sent": series("skipped", "compose_failed", "cancelled"),
             },
             title="What became of each campaign's audience",
             width=640,

@@ -294,9 +294,7 @@ def test_a_run_fails_for_good_after_its_last_attempt(
     assert (run.state, run.attempts, run.next_attempt_at) == ("failed", 2, None)
     assert run.attempt_log.filter(outcome="failed").count() == 2
     actions = list(
-        AuditEvent.objects.filter(action__startswith="report_run.").values_list(
-            "action", flat=True
-        )
+        AuditEvent.objects.filter(action__startswith="report_run.").values_list("action", flat=True)
     )
     assert actions.count("report_run.retry_scheduled") == 1
     assert actions[-1] == "report_run.failed"
