@@ -2,16 +2,19 @@
 
     .venv/bin/python bench/dashboard.py                        # 1,000,000 communications
     .venv/bin/python bench/dashboard.py --communications 100000
+    .venv/bin/python bench/dashboard.py --database ccm_bench_mine   # beside someone else's run
 
 On a throwaway PostgreSQL database (migrated here): synthetic customers, communications spread
 over the last 31 days (states, sources, templates and categories mixed) and their deliveries
 (email, SMS, push, print; delivered, sent, failed, bounced, pending) are written with
 INSERT … SELECT generate_series; then the rollups are built (`rollups_refresh(days=31)`, timed)
 and `/ops/` is requested 20 times by a signed-in operations user through Django's test client
-(the whole request: middleware, session, view, template), after one warm-up request.
+(the whole request: middleware, session, view, template), after one warm-up request; then
+`/ops/progress.json` (what the dashboard's progress bars poll every 2 s) 20 times.
 
-Last line:
+Last lines:
 dashboard: communications=<n> deliveries=<n> rollup_s=<s> p50_ms=<ms> p95_ms=<ms> max_ms=<ms>
+progress.json: p50_ms=<ms> p95_ms=<ms>
 """
 
 from __future__ import annotations
@@ -126,11 +129,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--communications", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--database", default=DB_NAME, help=f"throwaway database ({DB_NAME})")
     args = parser.parse_args()
+    db_name = args.database
+    if not db_name.replace("_", "").isalnum():
+        parser.error("--database: letters, digits and underscores only")
 
-    sql_admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    sql_admin(f"CREATE DATABASE {DB_NAME}")
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+    sql_admin(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+    sql_admin(f"CREATE DATABASE {db_name}")
+    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db_name}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ccm.settings")
     os.environ["LOG_LEVEL"] = "WARNING"
     subprocess.run(
@@ -195,11 +202,21 @@ def main() -> None:
         f"dashboard: communications={communications} deliveries={deliveries} "
         f"rollup_s={rollup_s:.1f} p50_ms={p50:.0f} p95_ms={p95:.0f} max_ms={timings[-1]:.0f}"
     )
+    polls = []
+    for _ in range(REQUESTS):
+        t0 = time.perf_counter()
+        response = client.get("/ops/progress.json")
+        polls.append((time.perf_counter() - t0) * 1000)
+        assert response.status_code == 200
+    print(
+        f"progress.json: p50_ms={statistics.median(polls):.0f} "
+        f"p95_ms={statistics.quantiles(polls, n=20, method='inclusive')[18]:.0f}"
+    )
     slowest = _slowest_statements(client)
     print("slowest statements of one request:\n" + slowest)
     connection.close()
     if not args.keep:
-        sql_admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        sql_admin(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,16 @@ logger = logging.getLogger(__name__)
 OUTCOME_COLORS = ("#1f7a3f", "#0b5cad", "#e07b00", "#b3261e")
 FILTER_KEYS = ("channel", "source", "category", "template")
 CAMPAIGN_FILTER_KEYS = ("campaign",)
+# Communication states counted as delivered, and as failed, per template.
+DELIVERED_STATES = ("delivered", "viewed", "actioned")
+FAILED_STATES = ("compose_failed", "undeliverable")
+# What each kind of report shows, in this order (the PDF template draws these sections).
+REPORT_SECTIONS = {
+    ReportKind.PRODUCTION: ("volume", "channels", "templates", "failures", "reconciliation"),
+    ReportKind.DELIVERY: ("channels", "volume", "failures", "reconciliation"),
+    ReportKind.TEMPLATE_USAGE: ("template_chart", "templates", "volume"),
+    ReportKind.EXCEPTION_SUMMARY: ("failures", "reconciliation", "channels"),
+}
 CSV_COLUMNS = (
     "day",
     "level",
@@ -359,10 +369,15 @@ def report_data(definition: ReportDefinition, *, start: date, end: date) -> dict
     per_day = dict(comms.values_list("day").annotate(n=Sum("count")).order_by())
     templates = list(
         comms.values("template__code", "template_version__number")
-        .annotate(n=Sum("count"))
+        .annotate(
+            n=Sum("count"),
+            delivered=Sum("count", filter=Q(status__in=DELIVERED_STATES)),
+            failed=Sum("count", filter=Q(status__in=FAILED_STATES)),
+        )
         .order_by("-n", "template__code")
     )
-    failures = selectors.failure_reasons(flt, limit=15)
+    exceptions = definition.kind == ReportKind.EXCEPTION_SUMMARY
+    failures = selectors.failure_reasons(flt, limit=40 if exceptions else 15)
     recon = reconcile(
         Scope(
             start=start,
@@ -406,7 +421,19 @@ def report_data(definition: ReportDefinition, *, start: date, end: date) -> dict
             chart_id="report-volume",
             counts=True,
         )
+    top = templates[:12]
     charts = {
+        "templates": svg_chart(
+            "bar",
+            [f"{t['template__code']} v{t['template_version__number'] or '-'}" for t in top]
+            or ["\u2013"],
+            {"Requested": [t["n"] for t in top] or [0]},
+            title="Communications requested by template version",
+            width=640,
+            height=240,
+            chart_id="report-templates",
+            counts=True,
+        ),
         "volume": volume,
         "channels": svg_chart(
             "stacked",
@@ -427,6 +454,7 @@ def report_data(definition: ReportDefinition, *, start: date, end: date) -> dict
     }
     return {
         "kind": definition.kind,
+        "sections": REPORT_SECTIONS[ReportKind(definition.kind)],
         "start": start,
         "end": end,
         "empty": requested == 0,

@@ -299,3 +299,37 @@ def test_a_run_fails_for_good_after_its_last_attempt(
     assert actions.count("report_run.retry_scheduled") == 1
     assert actions[-1] == "report_run.failed"
     assert gmail_sent == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "shown", "left_out"),
+    [
+        ("delivery", ["Delivery by channel", "Failed output by reason"], ["Template usage"]),
+        ("template_usage", ["Template usage", "requested by template version"], ["Delivery by"]),
+        ("exception_summary", ["Failed output by reason", "Reconciliation"], ["Template usage"]),
+    ],
+)
+def test_each_kind_of_report_shows_its_own_sections(
+    yesterday_traffic, sync_tasks, ops, kind, shown, left_out
+):
+    from notifications.reporting.reports import report_run_request
+
+    with freeze_time("2026-03-11 09:00:00"):
+        definition = report_definition_save(
+            definition=ReportDefinition(
+                name=f"{kind} report", kind=kind, period="yesterday", recipients=[]
+            ),
+            by=ops,
+        )
+        sync_tasks(report_run_request, definition=definition, by=ops)
+    run = ReportRun.objects.get()
+    assert run.state == "succeeded", run.error
+    reader = pypdf.PdfReader(io.BytesIO(run.pdf_file.read()))
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    for heading in shown:
+        assert heading in text
+    for heading in left_out:
+        assert heading not in text
+    if kind == "template_usage":
+        # annual_statement: 4 requested, 3 delivered, 1 undeliverable (the returned letter)
+        assert re.search(r"annual_statement\s+–?\s*4\s+3\s+1", text), text
