@@ -44,14 +44,15 @@ SELECT 'bench_' || t, 'Bench template ' || t,
 FROM generate_series(1, 8) AS t;
 
 INSERT INTO notifications_customer (source_system, external_ref, name, language, postal_address,
-                                    postal_address_valid, created_at, updated_at)
-SELECT 'bench', 'B-' || c, 'Customer ' || c, 'en', '[]', true, now(), now()
+                                    postal_address_valid, created_at, updated_at, salutation,
+                                    attributes)
+SELECT 'bench', 'B-' || c, 'Customer ' || c, 'en', '[]', true, now(), now(), '', '{}'
 FROM generate_series(1, 20000) AS c;
 
 -- Communications: requested over the last 31 days (a few today), states by share.
 INSERT INTO notifications_communication (data, category, urgency, source, channel_override,
     correlation_id, client, state, rendered, decision_trace, failure_reason, failure_errors,
-    created_at, updated_at, sent_at, template_id, customer_id, address_override)
+    created_at, updated_at, sent_at, template_id, customer_id, address_override, public_id)
 SELECT '{}', t.category, 'normal',
        (ARRAY['api','api','api','campaign','event','case','reprint','form'])[1 + i % 8],
        '', '', 'bench',
@@ -65,7 +66,8 @@ SELECT '{}', t.category, 'normal',
        '[]',
        now() - make_interval(secs => (i::bigint * 7919) % (31 * 86400)),
        now() - make_interval(secs => (i::bigint * 7919) % (31 * 86400)) + interval '20 seconds',
-       NULL, t.id, 1 + (i % 20000) + (SELECT min(id) - 1 FROM notifications_customer), ''
+       NULL, t.id, 1 + (i % 20000) + (SELECT min(id) - 1 FROM notifications_customer), '',
+       gen_random_uuid()
 FROM generate_series(1, __N__) AS i
 JOIN (SELECT id, category, row_number() OVER (ORDER BY id) - 1 AS k FROM documents_template
       WHERE code LIKE 'bench_%') t ON t.k = i % 8;
@@ -73,7 +75,7 @@ JOIN (SELECT id, category, row_number() OVER (ORDER BY id) - 1 AS k FROM documen
 -- One delivery per communication that reached dispatch.
 INSERT INTO notifications_delivery (channel, address, state, message_id, provider,
     provider_message_id, attempts, last_error, created_at, updated_at, sent_at, communication_id,
-    meta)
+    meta, checks)
 SELECT ch.channel, 'someone@example.org',
        CASE c.state WHEN 'delivered' THEN 'delivered' WHEN 'sent' THEN 'sent'
             WHEN 'dispatching' THEN 'pending'
@@ -87,7 +89,7 @@ SELECT ch.channel, 'someone@example.org',
        c.created_at + interval '2 seconds', c.updated_at,
        CASE WHEN c.state IN ('delivered','sent','undeliverable')
             THEN c.created_at + make_interval(secs => 2 + c.id % 90) END,
-       c.id, '{}'
+       c.id, '{}', 0
 FROM notifications_communication c
 CROSS JOIN LATERAL (SELECT (ARRAY['email','email','email','email','email','email','sms','sms',
                                   'push','print'])[1 + c.id % 10] AS channel) ch

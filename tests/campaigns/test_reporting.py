@@ -44,6 +44,9 @@ def test_a_campaign_under_way_has_a_bar_that_links_to_its_reconciliation(
     # and the dashboard draws its bar
     page = client.get("/ops/").content.decode()
     assert re.search(r'<progress max="100" value="25" aria-label="Campaign Rate change">', page)
+    # and the campaign's page links to the same reconciliation
+    detail = client.get(f"/campaigns/{approved.pk}/").content.decode()
+    assert f"/ops/reconciliation/?reference=campaign%3A{approved.pk}&amp;start=" in detail
     # and its reconciliation accounts for the one communication
     recon = client.get(work["reconcile_url"])
     assert recon.status_code == 200

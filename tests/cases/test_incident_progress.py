@@ -24,7 +24,7 @@ def _no_wait(settings):
 
 
 def test_an_incident_notice_moves_its_bar_chunk_by_chunk_and_reconciles(
-    events_api, run_tasks, monkeypatch
+    events_api, run_tasks, monkeypatch, client, ops
 ):
     # given six customers under a feeder, notices handed over two at a time
     monkeypatch.setattr(services, "NOTICE_CHUNK", 2)
@@ -59,3 +59,7 @@ def test_an_incident_notice_moves_its_bar_chunk_by_chunk_and_reconciles(
     result = reconcile(Scope(start=today, end=today, reference=incident.reference))
     assert result["lines"][0]["total"]["count"] == 6
     assert [line["difference"] for line in result["lines"]] == [0, 0, 0]
+    # and the incident's page links operations to that reconciliation
+    client.force_login(ops)
+    page = client.get(f"/incidents/{incident.reference}/").content.decode()
+    assert f"/ops/reconciliation/?reference={incident.reference}&amp;start=" in page
