@@ -180,8 +180,10 @@ def report_run_request(
 
 
 def reports_due(*, now: datetime | None = None) -> int:
-    """Queue a run for every enabled definition whose next slot has come; returns how many."""
+    """Queue a run for every enabled definition whose next slot has come; returns how many.
+    Runs a dead worker left running are recovered first."""
     now = now or timezone.now()
+    report_runs_recover(now=now)
     queued = 0
     for definition in ReportDefinition.objects.filter(enabled=True, next_run_at__lte=now):
         with transaction.atomic():
@@ -273,6 +275,23 @@ def _attempt_failed(run: ReportRun, attempt: ReportRunAttempt, error: str) -> st
             after={"attempts": run.attempts, "error": error},
         )
     return "failed"
+
+
+def report_runs_recover(*, now: datetime | None = None) -> int:
+    """Runs left `running` by a worker that died mid-attempt (longer than a task may run): the
+    attempt counts as failed, with that reason, and the run is retried or failed as any other."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.Q_CLUSTER["timeout"] + 60)
+    recovered = 0
+    for run in ReportRun.objects.filter(state=ReportRunState.RUNNING, started_at__lt=cutoff):
+        attempt = run.attempt_log.filter(outcome="").order_by("-number").first()
+        if attempt is None:
+            attempt = ReportRunAttempt.objects.create(
+                run=run, number=run.attempts or 1, started_at=run.started_at or now
+            )
+        _attempt_failed(run, attempt, "the worker stopped during the attempt (no outcome)")
+        recovered += 1
+    return recovered
 
 
 def report_runs_due() -> QuerySet[ReportRun]:

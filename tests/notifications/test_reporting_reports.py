@@ -333,3 +333,33 @@ def test_each_kind_of_report_shows_its_own_sections(
     if kind == "template_usage":
         # annual_statement: 4 requested, 3 delivered, 1 undeliverable (the returned letter)
         assert re.search(r"annual_statement\s+\S?\s*4\s+3\s+1", text), text
+
+
+def test_a_run_left_running_by_a_dead_worker_is_retried(
+    yesterday_traffic, daily_production, sync_tasks, settings
+):
+    from notifications.reporting.models import ReportRunAttempt
+    from notifications.reporting.reports import report_run_request
+
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 120}
+    ReportDefinition.objects.filter(pk=daily_production.pk).update(enabled=False)  # run now only
+    # given a run whose worker died mid-attempt (running, its attempt without an outcome)
+    with freeze_time("2026-03-11 07:00:00"):
+        run = report_run_request(definition=daily_production, trigger="manual")
+        ReportRun.objects.filter(pk=run.pk).update(
+            state="running", attempts=1, started_at="2026-03-11T07:00:00Z", next_attempt_at=None
+        )
+        ReportRunAttempt.objects.create(run=run, number=1, started_at=run.queued_at)
+    # when the minutely task comes after longer than a task may run
+    with freeze_time("2026-03-11 07:04:00"):
+        reports_due()
+    # then the attempt failed with the reason and the run waits for its retry
+    run.refresh_from_db()
+    assert (run.state, run.attempts) == ("queued", 1)
+    assert list(run.attempt_log.values_list("outcome", "error")) == [
+        ("failed", "the worker stopped during the attempt (no outcome)")
+    ]
+    with freeze_time("2026-03-11 07:06:30"):
+        assert _due_sweep(sync_tasks) == 1
+    run.refresh_from_db()
+    assert (run.state, run.attempts) == ("succeeded", 2)
