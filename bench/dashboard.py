@@ -2,16 +2,19 @@
 
     .venv/bin/python bench/dashboard.py                        # 1,000,000 communications
     .venv/bin/python bench/dashboard.py --communications 100000
+    .venv/bin/python bench/dashboard.py --database ccm_bench_mine   # beside someone else's run
 
 On a throwaway PostgreSQL database (migrated here): synthetic customers, communications spread
 over the last 31 days (states, sources, templates and categories mixed) and their deliveries
 (email, SMS, push, print; delivered, sent, failed, bounced, pending) are written with
 INSERT … SELECT generate_series; then the rollups are built (`rollups_refresh(days=31)`, timed)
 and `/ops/` is requested 20 times by a signed-in operations user through Django's test client
-(the whole request: middleware, session, view, template), after one warm-up request.
+(the whole request: middleware, session, view, template), after one warm-up request; then
+`/ops/progress.json` (what the dashboard's progress bars poll every 2 s) 20 times.
 
-Last line:
+Last lines:
 dashboard: communications=<n> deliveries=<n> rollup_s=<s> p50_ms=<ms> p95_ms=<ms> max_ms=<ms>
+progress.json: p50_ms=<ms> p95_ms=<ms>
 """
 
 from __future__ import annotations
@@ -41,14 +44,15 @@ SELECT 'bench_' || t, 'Bench template ' || t,
 FROM generate_series(1, 8) AS t;
 
 INSERT INTO notifications_customer (source_system, external_ref, name, language, postal_address,
-                                    postal_address_valid, created_at, updated_at)
-SELECT 'bench', 'B-' || c, 'Customer ' || c, 'en', '[]', true, now(), now()
+                                    postal_address_valid, created_at, updated_at, salutation,
+                                    attributes)
+SELECT 'bench', 'B-' || c, 'Customer ' || c, 'en', '[]', true, now(), now(), '', '{}'
 FROM generate_series(1, 20000) AS c;
 
 -- Communications: requested over the last 31 days (a few today), states by share.
 INSERT INTO notifications_communication (data, category, urgency, source, channel_override,
     correlation_id, client, state, rendered, decision_trace, failure_reason, failure_errors,
-    created_at, updated_at, sent_at, template_id, customer_id, address_override)
+    created_at, updated_at, sent_at, template_id, customer_id, address_override, public_id)
 SELECT '{}', t.category, 'normal',
        (ARRAY['api','api','api','campaign','event','case','reprint','form'])[1 + i % 8],
        '', '', 'bench',
@@ -62,7 +66,8 @@ SELECT '{}', t.category, 'normal',
        '[]',
        now() - make_interval(secs => (i::bigint * 7919) % (31 * 86400)),
        now() - make_interval(secs => (i::bigint * 7919) % (31 * 86400)) + interval '20 seconds',
-       NULL, t.id, 1 + (i % 20000) + (SELECT min(id) - 1 FROM notifications_customer), ''
+       NULL, t.id, 1 + (i % 20000) + (SELECT min(id) - 1 FROM notifications_customer), '',
+       gen_random_uuid()
 FROM generate_series(1, __N__) AS i
 JOIN (SELECT id, category, row_number() OVER (ORDER BY id) - 1 AS k FROM documents_template
       WHERE code LIKE 'bench_%') t ON t.k = i % 8;
@@ -70,7 +75,7 @@ JOIN (SELECT id, category, row_number() OVER (ORDER BY id) - 1 AS k FROM documen
 -- One delivery per communication that reached dispatch.
 INSERT INTO notifications_delivery (channel, address, state, message_id, provider,
     provider_message_id, attempts, last_error, created_at, updated_at, sent_at, communication_id,
-    meta)
+    meta, checks)
 SELECT ch.channel, 'someone@example.org',
        CASE c.state WHEN 'delivered' THEN 'delivered' WHEN 'sent' THEN 'sent'
             WHEN 'dispatching' THEN 'pending'
@@ -84,7 +89,7 @@ SELECT ch.channel, 'someone@example.org',
        c.created_at + interval '2 seconds', c.updated_at,
        CASE WHEN c.state IN ('delivered','sent','undeliverable')
             THEN c.created_at + make_interval(secs => 2 + c.id % 90) END,
-       c.id, '{}'
+       c.id, '{}', 0
 FROM notifications_communication c
 CROSS JOIN LATERAL (SELECT (ARRAY['email','email','email','email','email','email','sms','sms',
                                   'push','print'])[1 + c.id % 10] AS channel) ch
@@ -126,11 +131,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--communications", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument("--database", default=DB_NAME, help=f"throwaway database ({DB_NAME})")
     args = parser.parse_args()
+    db_name = args.database
+    if not db_name.replace("_", "").isalnum():
+        parser.error("--database: letters, digits and underscores only")
 
-    sql_admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-    sql_admin(f"CREATE DATABASE {DB_NAME}")
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{DB_NAME}"
+    sql_admin(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
+    sql_admin(f"CREATE DATABASE {db_name}")
+    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{db_name}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ccm.settings")
     os.environ["LOG_LEVEL"] = "WARNING"
     subprocess.run(
@@ -195,11 +204,21 @@ def main() -> None:
         f"dashboard: communications={communications} deliveries={deliveries} "
         f"rollup_s={rollup_s:.1f} p50_ms={p50:.0f} p95_ms={p95:.0f} max_ms={timings[-1]:.0f}"
     )
+    polls = []
+    for _ in range(REQUESTS):
+        t0 = time.perf_counter()
+        response = client.get("/ops/progress.json")
+        polls.append((time.perf_counter() - t0) * 1000)
+        assert response.status_code == 200
+    print(
+        f"progress.json: p50_ms={statistics.median(polls):.0f} "
+        f"p95_ms={statistics.quantiles(polls, n=20, method='inclusive')[18]:.0f}"
+    )
     slowest = _slowest_statements(client)
     print("slowest statements of one request:\n" + slowest)
     connection.close()
     if not args.keep:
-        sql_admin(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        sql_admin(f"DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")
 
 
 if __name__ == "__main__":

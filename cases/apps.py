@@ -11,12 +11,14 @@ class CasesConfig(AppConfig):
         from cases import address_corrections, queues, receivers, request_tasks, tasks
         from cases import demo as cases_demo
         from cases.incidents import demo as incidents_demo
+        from cases.incidents import selectors as incident_selectors
         from cases.incidents import tasks as incident_tasks
         from ccm import demo
         from ccm.notices import WorkCount, register_work_count
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
         from notifications.reporting import selectors as reporting_selectors
+        from notifications.reporting.progress import register_progress_source
 
         receivers.connect()
         for item in (
@@ -32,6 +34,7 @@ class CasesConfig(AppConfig):
             ),
         ):
             register_work_count(item)
+        register_progress_source("incident_update", incident_selectors.incident_updates_progress)
         reporting_selectors.register_dashboard_panel(
             "cases.exceptions_by_age", queues.exceptions_by_age_panel
         )

@@ -47,7 +47,8 @@ class CcmConfig(AppConfig):
 
         from django_q.signals import post_execute_in_worker, pre_execute
 
-        from ccm.tasks import task_context_enter, task_context_exit
+        from ccm.tasks import host_task_record, task_context_enter, task_context_exit
 
         pre_execute.connect(task_context_enter, dispatch_uid="ccm.task_context_enter")
         post_execute_in_worker.connect(task_context_exit, dispatch_uid="ccm.task_context_exit")
+        post_execute_in_worker.connect(host_task_record, dispatch_uid="ccm.host_task_record")

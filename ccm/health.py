@@ -41,27 +41,53 @@ def check_storage() -> dict:
     return {"backend": type(getattr(default_storage, "_wrapped", default_storage)).__name__}
 
 
+def _age(now: datetime, then: datetime | None) -> float | None:
+    return round((now - then).total_seconds(), 1) if then else None
+
+
 def cluster_state(*, now: datetime | None = None) -> dict:
     """What the task cluster has done lately: each cluster's last heartbeat, the oldest task
-    that is due and not picked up, and whether that is within the configured bounds."""
+    that is due and not picked up, and whether that is within the configured bounds; per host,
+    its heartbeat, the last task it ran, its cluster's queue, and whether it has gone stale."""
+    from django.db.models import Count, Min, Q
     from django_q.models import OrmQ
 
     from ccm.models import ClusterHeartbeat
 
     now = now or timezone.now()
-    heartbeats = [
-        {
-            "cluster": beat.cluster,
-            "host": beat.host,
-            "beat_at": beat.beat_at.isoformat(),
-            "age_s": round((now - beat.beat_at).total_seconds(), 1),
-        }
-        for beat in ClusterHeartbeat.objects.order_by("-beat_at")
-    ]
-    oldest_due = (
-        OrmQ.objects.filter(lock__lte=now).order_by("lock").values_list("lock", flat=True).first()
-    )
-    due_age = round((now - oldest_due).total_seconds(), 1) if oldest_due else 0.0
+    # Per queue (an OrmQ key is the cluster name a task was sent to): due now, being worked on.
+    queues = {
+        row["key"]: row
+        for row in OrmQ.objects.values("key")
+        .annotate(
+            due=Count("id", filter=Q(lock__lte=now)),
+            in_progress=Count("id", filter=Q(lock__gt=now)),
+            oldest=Min("lock", filter=Q(lock__lte=now)),
+        )
+        .order_by()
+    }
+    heartbeats = []
+    for beat in ClusterHeartbeat.objects.order_by("-beat_at"):
+        queue = queues.get(beat.cluster, {})
+        alive_age = _age(now, beat.alive_at) or 0.0
+        heartbeats.append(
+            {
+                "cluster": beat.cluster,
+                "host": beat.host,
+                "pid": beat.pid,
+                "beat_at": beat.beat_at.isoformat(),
+                "age_s": _age(now, beat.beat_at),
+                "last_task": beat.last_task,
+                "last_task_at": beat.last_task_at.isoformat() if beat.last_task_at else None,
+                "last_task_age_s": _age(now, beat.last_task_at),
+                "queue_due": queue.get("due", 0),
+                "queue_in_progress": queue.get("in_progress", 0),
+                "queue_oldest_due_age_s": _age(now, queue.get("oldest")),
+                "stale": alive_age > settings.CCM_HEALTH_HOST_STALE_AFTER_S,
+            }
+        )
+    oldest_due = min((q["oldest"] for q in queues.values() if q["oldest"]), default=None)
+    due_age = _age(now, oldest_due) or 0.0
     problems = []
     # No heartbeat yet means no cluster has run since install: due tasks still tell. Each
     # queue (the default one and every named one) needs a live cluster.
@@ -86,15 +112,29 @@ def cluster_state(*, now: datetime | None = None) -> dict:
         "ok": not problems,
         "problems": problems,
         "heartbeats": heartbeats,
+        # Flagged, not failing: the other hosts still take the work (a host taken out of
+        # service on purpose is forgotten after CCM_HEALTH_HOST_FORGET_AFTER_S).
+        "stale_hosts": [f"{b['cluster']}@{b['host']}" for b in heartbeats if b["stale"]],
         "oldest_due_task_age_s": due_age,
     }
 
 
+class CheckFailed(RuntimeError):
+    """A check that failed and still has details to show (the cluster's hosts)."""
+
+    def __init__(self, message: str, detail: dict) -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
 def check_cluster() -> dict:
     state = cluster_state()
+    detail = {k: v for k, v in state.items() if k != "ok"}
     if not state["ok"]:
-        raise RuntimeError("task cluster is not taking work: " + "; ".join(state["problems"]))
-    return {k: v for k, v in state.items() if k != "ok"}
+        raise CheckFailed(
+            "task cluster is not taking work: " + "; ".join(state["problems"]), detail
+        )
+    return detail
 
 
 CHECKS: dict[str, Callable[[], dict]] = {
@@ -115,7 +155,11 @@ def run_checks() -> tuple[bool, dict]:
             results[name] = {"ok": True, **detail}
         except Exception as exc:  # a failing dependency is the answer, not a crash
             healthy = False
-            results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            results[name] = {
+                **getattr(exc, "detail", {}),
+                "ok": False,
+                "error": f"{type(exc).__name__}: {exc}",
+            }
         results[name]["ms"] = round((time.perf_counter() - started) * 1000, 1)
     return healthy, results
 
@@ -155,14 +199,12 @@ class ClusterWatchdog:
         close_old_connections()
         now = timezone.now()
         if self._outstanding_since is not None:
-            beat_at = (
-                ClusterHeartbeat.objects.filter(
-                    cluster=self.queue or Conf.PREFIX or "default", host=socket.gethostname()
-                )
-                .values_list("beat_at", flat=True)
-                .first()
-            )
-            if beat_at is not None and beat_at >= self._outstanding_since:
+            beat = ClusterHeartbeat.objects.filter(
+                cluster=self.queue or Conf.PREFIX or "default", host=socket.gethostname()
+            ).first()
+            # The probe ran here, or this host's workers ran another task since it was sent
+            # (with several hosts on one queue, another host may take the probe).
+            if beat is not None and beat.alive_at >= self._outstanding_since:
                 self._outstanding_since = None
             elif (now - self._outstanding_since).total_seconds() > self.stale_after:
                 return True

@@ -66,9 +66,25 @@ def kernel_metrics() -> Iterable[GaugeMetricFamily]:
         "Seconds since each task cluster last ran its heartbeat",
         labels=["cluster", "host"],
     )
+    last_task = GaugeMetricFamily(
+        "ccm_host_last_task_age_seconds",
+        "Seconds since a worker on each host last ran a task",
+        labels=["cluster", "host"],
+    )
+    stale = GaugeMetricFamily(
+        "ccm_host_stale",
+        "1 when neither a heartbeat nor a task ran on the host within the bound",
+        labels=["cluster", "host"],
+    )
     for beat in state["heartbeats"]:
-        beats.add_metric([beat["cluster"], beat["host"]], beat["age_s"])
+        labels = [beat["cluster"], beat["host"]]
+        beats.add_metric(labels, beat["age_s"])
+        if beat["last_task_age_s"] is not None:
+            last_task.add_metric(labels, beat["last_task_age_s"])
+        stale.add_metric(labels, 1 if beat["stale"] else 0)
     yield beats
+    yield last_task
+    yield stale
     yield GaugeMetricFamily(
         "ccm_cluster_healthy", "1 when the cluster takes due work", value=1 if state["ok"] else 0
     )

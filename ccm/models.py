@@ -260,13 +260,18 @@ class ClusterHeartbeat(models.Model):
     """The last run of the heartbeat task on one task cluster (django-q2 cluster name and host).
 
     The task is scheduled every minute; a heartbeat that stops advancing means the cluster is
-    not taking scheduled work (stopped, or wedged), which `/healthz` reports."""
+    not taking scheduled work (stopped, or wedged), which `/healthz` reports. A host whose
+    heartbeat and last task are both old is flagged stale on `/healthz` and the dashboard."""
 
     cluster = models.CharField(max_length=100)
     host = models.CharField(max_length=255)
     pid = models.PositiveIntegerField(default=0)
     beat_at = models.DateTimeField()
     beats = models.PositiveBigIntegerField(default=0)
+    # The last task a worker on this host ran (recorded at most every few seconds per worker):
+    # the host's own sign of life, whichever host the scheduled heartbeat went to.
+    last_task = models.CharField(max_length=200, blank=True)
+    last_task_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["cluster", "host"]
@@ -276,6 +281,13 @@ class ClusterHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster}@{self.host} {self.beat_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def alive_at(self):
+        """The latest sign of life of this host: its heartbeat or the last task it ran."""
+        if self.last_task_at and self.last_task_at > self.beat_at:
+            return self.last_task_at
+        return self.beat_at
 
 
 class Notice(models.Model):

@@ -594,6 +594,12 @@ LOGGING = {
 # newest heartbeat (a task scheduled every minute) is older, or a queued task has been due longer.
 CCM_HEALTH_HEARTBEAT_MAX_AGE_S = env.int("CCM_HEALTH_HEARTBEAT_MAX_AGE_S", default=180)
 CCM_HEALTH_DUE_TASK_MAX_AGE_S = env.int("CCM_HEALTH_DUE_TASK_MAX_AGE_S", default=300)
+# A task-cluster host whose heartbeat and last task are both older than this is flagged stale on
+# /healthz and the dashboard (every host's workers poll the shared queue, which the schedules
+# feed several tasks a minute, so a live host runs some within minutes); a host silent for longer
+# than CCM_HEALTH_HOST_FORGET_AFTER_S is forgotten (taken out of service).
+CCM_HEALTH_HOST_STALE_AFTER_S = env.int("CCM_HEALTH_HOST_STALE_AFTER_S", default=300)
+CCM_HEALTH_HOST_FORGET_AFTER_S = env.int("CCM_HEALTH_HOST_FORGET_AFTER_S", default=86400)
 # run_ccm probes its cluster this often (a heartbeat task) and restarts the cluster when a probe
 # has not run within CCM_WATCHDOG_STALE_AFTER_S: longer than a task may take (Q_TIMEOUT), so
 # workers busy with long tasks are not mistaken for a wedged cluster.
@@ -604,6 +610,11 @@ CCM_WATCHDOG_STALE_AFTER_S = env.float(
 # Mailbox providers' limits, drawn as lines on the dashboard (Gmail/Yahoo bulk-sender rules).
 CCM_COMPLAINT_RATE_LIMIT = env.float("CCM_COMPLAINT_RATE_LIMIT", default=0.001)
 CCM_BOUNCE_RATE_LIMIT = env.float("CCM_BOUNCE_RATE_LIMIT", default=0.02)
+# A report run whose attempt fails (storage, rendering, the mail gateway…) is tried again after
+# CCM_REPORT_RETRY_BASE_S, doubling up to CCM_REPORT_RETRY_MAX_S, until this many attempts failed.
+CCM_REPORT_RUN_ATTEMPTS = env.int("CCM_REPORT_RUN_ATTEMPTS", default=3)
+CCM_REPORT_RETRY_BASE_S = env.int("CCM_REPORT_RETRY_BASE_S", default=120)
+CCM_REPORT_RETRY_MAX_S = env.int("CCM_REPORT_RETRY_MAX_S", default=3600)
 # Reconciliation calls an item in progress longer than this stuck.
 CCM_STUCK_AFTER_S = env.int("CCM_STUCK_AFTER_S", default=3600)
 # /metrics: scraped with "Authorization: Bearer <token>"; staff sessions may read it too.

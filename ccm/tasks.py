@@ -210,9 +210,8 @@ def sweep_all() -> dict[str, int]:
     return {sweep.name: sweep_run(sweep, live=live) for sweep in registered_sweeps()}
 
 
-def cluster_heartbeat() -> int:
-    """Record that this cluster ran a scheduled task now (see `ccm.health.check_cluster`)."""
-    import os
+def _host_row():
+    """This host's heartbeat row in this cluster (made on first use)."""
     import socket
 
     from django_q.conf import Conf
@@ -224,10 +223,59 @@ def cluster_heartbeat() -> int:
         host=socket.gethostname(),
         defaults={"beat_at": timezone.now()},
     )
+    return heartbeat
+
+
+def cluster_heartbeat() -> int:
+    """Record that this cluster ran a scheduled task now (see `ccm.health.check_cluster`), and
+    forget hosts silent for longer than CCM_HEALTH_HOST_FORGET_AFTER_S (taken out of service)."""
+    import os
+
+    from django.conf import settings
+
+    from ccm.models import ClusterHeartbeat
+
+    heartbeat = _host_row()
+    now = timezone.now()
     ClusterHeartbeat.objects.filter(pk=heartbeat.pk).update(
-        beat_at=timezone.now(), pid=os.getpid(), beats=models.F("beats") + 1
+        beat_at=now, pid=os.getpid(), beats=models.F("beats") + 1
     )
+    forget = now - timedelta(seconds=settings.CCM_HEALTH_HOST_FORGET_AFTER_S)
+    ClusterHeartbeat.objects.filter(beat_at__lt=forget).exclude(last_task_at__gte=forget).delete()
     return heartbeat.pk
+
+
+# A worker stamps its host's row with the task it ran at most this often (one UPDATE per
+# worker process every few seconds, whatever the task rate).
+HOST_TASK_RECORD_EVERY_S = 5.0
+_host_task_recorded_at = -HOST_TASK_RECORD_EVERY_S
+
+
+def host_task_record(sender, func=None, task: dict | None = None, **kwargs) -> None:
+    """django-q2's post_execute_in_worker: record on this host's heartbeat row the task a
+    worker just ran. Not in sync mode (no worker host: the task ran inside a request)."""
+    global _host_task_recorded_at
+    import time
+
+    from django.db import DatabaseError
+    from django_q.conf import Conf
+    from django_q.utils import get_func_repr
+
+    if Conf.SYNC:
+        return
+    now = time.monotonic()
+    if now - _host_task_recorded_at < HOST_TASK_RECORD_EVERY_S:
+        return
+    _host_task_recorded_at = now
+    from ccm.models import ClusterHeartbeat
+
+    name = get_func_repr(func) if func is not None else str((task or {}).get("func", ""))
+    try:
+        ClusterHeartbeat.objects.filter(pk=_host_row().pk).update(
+            last_task=name[:200], last_task_at=timezone.now()
+        )
+    except DatabaseError:  # a sign of life is not worth failing a worker for
+        logger.warning("could not record the last task of this host", exc_info=True)
 
 
 def idempotency_records_purge() -> int:

@@ -16,14 +16,28 @@ class NotificationsConfig(AppConfig):
         from ccm.selectors import HomeLink, register_home_link
         from ccm.tasks import register_schedule, register_sweep
         from notifications import demo as notifications_demo
-        from notifications import notices, services, tasks, tracking, webhook_send, webhooks
+        from notifications import (
+            notices,
+            printing,
+            services,
+            tasks,
+            tracking,
+            webhook_send,
+            webhooks,
+        )
+        from notifications.campaigns import selectors as campaign_selectors
         from notifications.campaigns import services as campaign_services
+        from notifications.jobs import selectors as job_selectors
         from notifications.jobs import tasks as job_tasks
         from notifications.models import Communication
         from notifications.reporting import demo as reporting_demo
         from notifications.reporting import metrics as reporting_metrics
         from notifications.reporting import tasks as reporting_tasks
+        from notifications.reporting.progress import register_progress_source
 
+        register_progress_source("send_job", job_selectors.send_jobs_progress)
+        register_progress_source("campaign", campaign_selectors.campaigns_progress)
+        register_progress_source("print_batch_close", printing.print_batches_progress)
         services.register_approvable()
         notices.register()
         job_tasks.register_schedules()

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from datetime import datetime
 
 from django.core.exceptions import PermissionDenied
 from django.core.files import File
 from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 from django_fsm import can_proceed
 
@@ -33,6 +37,12 @@ from notifications.models import (
     PrintItem,
 )
 from notifications.printstream import PrintError
+from notifications.reporting.progress import (
+    PER_KIND,
+    Work,
+    progress_publisher,
+    published_progress,
+)
 from notifications.selection import postal_address_text
 from notifications.tracking import PROCESS_TASK
 
@@ -234,6 +244,38 @@ def _locked(batch: PrintBatch) -> PrintBatch:
     return PrintBatch.objects.select_for_update().get(pk=batch.pk)
 
 
+CLOSE_PROGRESS = "print_batch_close:"
+
+
+def close_progress_key(batch: PrintBatch) -> str:
+    return f"{CLOSE_PROGRESS}{batch.pk}"
+
+
+def print_batches_progress(*, since: datetime) -> Iterator[Work]:
+    """The dashboard's progress source: batches being closed (the letters written into the
+    stream so far, published from inside the close's transaction) and batches closed since
+    `since`."""
+    published = published_progress(prefix=CLOSE_PROGRESS, since=since)
+    closing = {int(key.removeprefix(CLOSE_PROGRESS)): figures for key, figures in published.items()}
+    batches = PrintBatch.objects.filter(
+        Q(pk__in=closing, state=PrintBatchState.OPEN) | Q(closed_at__gte=since)
+    ).order_by("-id")[:PER_KIND]
+    for batch in batches:
+        finished = batch.state != PrintBatchState.OPEN
+        done, total = (batch.item_count, batch.item_count) if finished else closing[batch.pk]
+        yield Work(
+            kind="print_batch_close",
+            key=close_progress_key(batch),
+            label=f"Print batch {batch.reference}: stream and manifest",
+            state=batch.state if finished else "closing",
+            done=done,
+            total=total,
+            finished=finished,
+            url=reverse("admin:notifications_printbatch_change", args=[batch.pk]),
+            started_at=batch.closed_at,
+        )
+
+
 def print_batch_close(*, batch: PrintBatch, by) -> PrintBatch:
     """open → closed: produce the print stream (cover sheet + archived document per letter, in
     sequence) and the manifest, store both with their SHA-256. Refused, naming the item, when
@@ -252,12 +294,19 @@ def print_batch_close(*, batch: PrintBatch, by) -> PrintBatch:
                     code="empty_batch",
                 )
             _check_addressees(locked)
-            with tempfile.TemporaryFile() as stream, tempfile.TemporaryFile() as manifest:
+            with (
+                tempfile.TemporaryFile() as stream,
+                tempfile.TemporaryFile() as manifest,
+                progress_publisher(close_progress_key(locked)) as publish,
+            ):
+                # The dashboard's bar moves while this transaction is still open.
+                publish(0, locked.item_count)
                 built = printstream.stream_build(
                     reference=locked.reference,
                     items=locked.items.all(),
                     stream=stream,
                     manifest=manifest,
+                    on_progress=publish,
                 )
                 locked.stream.save(f"{locked.reference}.pdf", File(stream), save=False)
                 locked.manifest.save(f"{locked.reference}-manifest.csv", File(manifest), save=False)

@@ -18,7 +18,7 @@ import hashlib
 import io
 import tempfile
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from html import escape
@@ -395,11 +395,16 @@ def csv_cell(value: str) -> str:
 
 
 def stream_build(
-    *, reference: str, items: QuerySet[PrintItem], stream: IO[bytes], manifest: IO[bytes]
+    *,
+    reference: str,
+    items: QuerySet[PrintItem],
+    stream: IO[bytes],
+    manifest: IO[bytes],
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> BuiltStream:
     """Write the print stream and manifest of `items` (in sequence order) to the two files.
     Raises PrintError naming the first item whose archived document cannot be printed exactly
-    as it was archived."""
+    as it was archived. `on_progress(done, total)` is told after each chunk of letters."""
     items = items.select_related("customer", "document").order_by("sequence")
     total = items.count()
     address_lines = max((len(a) for a in items.values_list("postal_address", flat=True)), default=0)
@@ -407,6 +412,7 @@ def stream_build(
     text = io.TextIOWrapper(manifest, encoding="utf-8", newline="")
     rows = csv.writer(text)
     rows.writerow(manifest_header(address_lines))
+    done = 0
     for chunk in _chunks(items, COVER_CHUNK):
         covers = writer.source(cover_sheets(chunk, reference=reference, total=total))
         for index, item in enumerate(chunk):
@@ -432,6 +438,9 @@ def stream_build(
                     first_page,
                 ]
             )
+        done += len(chunk)
+        if on_progress is not None:
+            on_progress(done, total)
     writer.finish(title=f"Print stream {reference}", seed=reference.encode())
     text.flush()
     text.detach()  # the caller's file stays open

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
+
 from django.db.models import Count, Q, QuerySet
+from django.urls import reverse
 
 from cases.incidents.models import Incident, IncidentNotice, IncidentUpdate
 from notifications.assets import selectors as asset_selectors
 from notifications.models import DeliveryState
+from notifications.reporting.progress import PER_KIND, Work
 
 
 def incident_list() -> QuerySet[Incident]:
@@ -52,3 +57,40 @@ def updates_with_delivery(*, incident: Incident) -> list[dict]:
 def affected_by_region(*, incident: Incident) -> list[tuple[str, int]]:
     customer_ids = asset_selectors.customer_ids_under(asset=incident.asset)
     return asset_selectors.customers_by_region(customer_ids=customer_ids)
+
+
+def incident_updates_progress(*, since: datetime) -> Iterator[Work]:
+    """The dashboard's progress source: updates whose notices are being handed over (counted
+    live from the notice rows each chunk commits), and those completed since `since`."""
+    updates = list(
+        IncidentUpdate.objects.select_related("incident")
+        .filter(Q(completed_at__isnull=True) | Q(completed_at__gte=since))
+        .order_by("-id")[:PER_KIND]
+    )
+    handled = dict(
+        IncidentNotice.objects.filter(
+            update__in=[u for u in updates if u.completed_at is None],
+        )
+        .filter(Q(communication__isnull=False) | ~Q(error=""))
+        .order_by()
+        .values_list("update_id")
+        .annotate(n=Count("id"))
+    )
+    for update in updates:
+        finished = update.completed_at is not None
+        yield Work(
+            kind="incident_update",
+            key=f"incident_update:{update.pk}",
+            label=f"Incident {update.incident.reference} {update.kind} #{update.sequence}",
+            state="completed" if finished else "notifying",
+            done=(
+                update.notices_sent + update.notices_refused
+                if finished
+                else handled.get(update.pk, 0)
+            ),
+            total=update.customers_total,
+            finished=finished,
+            url=reverse("incident-detail", args=[update.incident.reference]),
+            reference=update.incident.reference,
+            started_at=update.created_at,
+        )

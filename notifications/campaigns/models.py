@@ -125,6 +125,11 @@ class Campaign(ConcurrentTransitionMixin, models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.state})"
 
+    @property
+    def reference(self) -> str:
+        """The correlation id of the campaign's communications (reconciliation by reference)."""
+        return f"campaign:{self.pk}"
+
     @transition(
         field=state,
         source=[CampaignState.DRAFT, CampaignState.CHANGES_REQUESTED],

@@ -744,7 +744,7 @@ def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
                     "data": recipient.data,
                     "category": campaign.category,
                     "idempotency_key": f"campaign:{campaign.pk}:{recipient.customer_id}",
-                    "correlation_id": f"campaign:{campaign.pk}",
+                    "correlation_id": campaign.reference,
                 }
             )
         results = communications_intake(

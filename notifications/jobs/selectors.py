@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, QuerySet
+from collections.abc import Iterator
+from datetime import datetime
+
+from django.db.models import Count, Q, QuerySet
+from django.urls import reverse
 from django.utils import timezone
 
 from notifications.jobs.services import SETTLED_STATES
 from notifications.models import JobState, SendJob, SendJobItem
+from notifications.reporting.progress import PER_KIND, Work
 
 
 def send_job_list() -> QuerySet[SendJob]:
@@ -62,3 +67,24 @@ def send_job_progress(job: SendJob) -> dict:
         "rate_per_s": round(rate, 1),
         "eta_s": eta,
     }
+
+
+def send_jobs_progress(*, since: datetime) -> Iterator[Work]:
+    """The dashboard's progress source: jobs sending, and those finished since `since`."""
+    finished = (JobState.COMPLETED, JobState.CANCELLED)
+    jobs = SendJob.objects.filter(
+        Q(state=JobState.SENDING) | Q(state__in=finished, finished_at__gte=since)
+    ).order_by("-id")[:PER_KIND]
+    for job in jobs:
+        progress = send_job_progress(job)
+        yield Work(
+            kind="send_job",
+            key=f"send_job:{job.pk}",
+            label=f"Send job {job.pk}" + (f" ({job.file_name})" if job.file_name else ""),
+            state=job.state,
+            done=progress["done"],
+            total=progress["accepted"],
+            finished=job.state in finished,
+            url=reverse("jobs-detail", args=[job.pk]),
+            started_at=job.started_at,
+        )

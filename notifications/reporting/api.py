@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from ccm.api.errors import ApiProblem
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from notifications.reporting import selectors
-from notifications.reporting.models import DailyStat, ReportRun
+from notifications.reporting.models import DailyStat, ReportRun, ReportRunAttempt
 
 # Dimensions a caller may group by; the rollup row's columns.
 GROUP_FIELDS = {
@@ -118,12 +118,19 @@ class StatsView(CcmAPIView):
         )
 
 
+class ReportRunAttemptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ReportRunAttempt
+        fields = ["number", "started_at", "finished_at", "outcome", "error"]
+
+
 class ReportRunSerializer(serializers.ModelSerializer):
     report = serializers.CharField(source="definition.name")
     kind = serializers.CharField(source="definition.kind")
     duration_s = serializers.FloatField(allow_null=True)
     pdf_url = serializers.SerializerMethodField()
     csv_url = serializers.SerializerMethodField()
+    attempt_log = ReportRunAttemptSerializer(many=True, read_only=True)
 
     class Meta:
         model = ReportRun
@@ -139,6 +146,9 @@ class ReportRunSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "duration_s",
+            "attempts",
+            "next_attempt_at",
+            "attempt_log",
             "recipients",
             "emailed_at",
             "summary",

@@ -46,7 +46,7 @@ def svg_chart(
         show_minor_y_labels=False,
         y_labels_major_count=5,
         show_x_guides=False,
-        x_label_rotation=45 if len(labels) > 10 else 0,
+        x_label_rotation=45 if len(labels) > 10 else 25 if _crowded(labels, width) else 0,
         truncate_label=-1,
         disable_xml_declaration=True,
         js=[],
@@ -70,6 +70,12 @@ def svg_chart(
     # pygal embeds its config as a script and stamps a date comment; neither draws anything.
     svg = _SCRIPT_RE.sub("", _XML_COMMENT_RE.sub("", chart.render(is_unicode=True)))
     return Markup(svg)  # noqa: S704 - pygal builds the SVG with an XML serialiser, text escaped
+
+
+def _crowded(labels: list[str], width: int) -> bool:
+    """Whether the labels, written level, would run into each other (about 7 px a character
+    at the chart's label size)."""
+    return any(len(label) * 7 > width / max(1, len(labels)) for label in labels)
 
 
 def _style(colors: tuple[str, ...]):

@@ -1,4 +1,5 @@
-"""Demo data: a daily production report, emailed (to the console in `make run`) at 18:00."""
+"""Demo data: a daily production report, emailed (to the console in `make run`) at 18:00, and a
+weekly campaign-outcome report on Mondays."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from notifications.reporting.reports import report_definition_save, report_run_r
 from notifications.reporting.rollups import rollups_refresh
 
 DEMO_REPORT = "Daily production report"
+DEMO_CAMPAIGN_REPORT = "Weekly campaign outcomes"
 
 
 def seed_reports() -> None:
@@ -25,6 +27,18 @@ def seed_reports() -> None:
                 period="today",
                 recipients=["operations@northwind.example", "head-of-ops@northwind.example"],
                 schedule="0 18 * * *",
+                time_zone="Europe/London",
+            ),
+            by=ops,
+        )
+    if not ReportDefinition.objects.filter(name=DEMO_CAMPAIGN_REPORT).exists():
+        report_definition_save(
+            definition=ReportDefinition(
+                name=DEMO_CAMPAIGN_REPORT,
+                kind="campaign_outcome",
+                period="last_7_days",
+                recipients=["head-of-ops@northwind.example"],
+                schedule="0 8 * * 1",
                 time_zone="Europe/London",
             ),
             by=ops,

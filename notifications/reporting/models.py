@@ -101,11 +101,29 @@ class FailureStat(models.Model):
         return f"{self.day} {self.stage} {self.reason}: {self.count}"
 
 
+class WorkProgress(models.Model):
+    """How far a long piece of work that runs inside one transaction has got (a print batch
+    being closed): written through a connection of its own, so other processes see it before
+    the work's transaction commits. See `notifications.reporting.progress.progress_publisher`."""
+
+    key = models.CharField(max_length=100, unique=True)
+    done = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "work progress"
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.done}/{self.total}"
+
+
 class ReportKind(models.TextChoices):
     PRODUCTION = "production", "Production report"
     DELIVERY = "delivery", "Delivery report"
     TEMPLATE_USAGE = "template_usage", "Template usage"
     EXCEPTION_SUMMARY = "exception_summary", "Exception summary"
+    CAMPAIGN_OUTCOME = "campaign_outcome", "Campaign outcome"
 
 
 class ReportPeriod(models.TextChoices):
@@ -123,7 +141,8 @@ class ReportDefinition(models.Model):
     name = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=30, choices=ReportKind.choices)
     period = models.CharField(max_length=20, choices=ReportPeriod.choices)
-    # Optional slices: {"channel": "email", "source": "api", "template": "<code>", "category": …}
+    # Optional slices: {"channel": "email", "source": "api", "template": "<code>", "category": …};
+    # a campaign-outcome report: {"campaign": "<id>"} (every campaign of the period without it).
     filters = models.JSONField(default=dict, blank=True)
     pdf = models.BooleanField(default=True, help_text="Attach a PDF with charts")
     csv = models.BooleanField(default=True, help_text="Attach the figures as CSV")
@@ -172,6 +191,11 @@ class ReportRun(ConcurrentTransitionMixin, models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     recipients = models.JSONField(default=list, blank=True)
+    # Attempts made so far; a failed attempt is retried after a growing delay until
+    # settings.CCM_REPORT_RUN_ATTEMPTS have failed (each one is a ReportRunAttempt row).
+    attempts = models.PositiveSmallIntegerField(default=0)
+    # When a queued run may be taken: now for a new run, later for a retry.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     emailed_at = models.DateTimeField(null=True, blank=True)
     summary = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
@@ -202,18 +226,29 @@ class ReportRun(ConcurrentTransitionMixin, models.Model):
     @transition(field=state, source=ReportRunState.QUEUED, target=ReportRunState.RUNNING)
     def start(self, *, when) -> None:
         self.started_at = when
+        self.finished_at = None
+        self.next_attempt_at = None
+        self.attempts += 1
+
+    @transition(field=state, source=ReportRunState.RUNNING, target=ReportRunState.QUEUED)
+    def retry_later(self, *, when, error: str, at) -> None:
+        """This attempt failed and another is allowed: queued again, taken from `at` on."""
+        self.finished_at = when
+        self.error = error
+        self.next_attempt_at = at
 
     @transition(field=state, source=ReportRunState.RUNNING, target=ReportRunState.SUCCEEDED)
     def succeed(self, *, when, summary: dict) -> None:
         self.finished_at = when
         self.summary = summary
+        self.error = ""
 
     @transition(field=state, source=ReportRunState.RUNNING, target=ReportRunState.SKIPPED)
     def skip(self, *, when, reason: str) -> None:
         self.finished_at = when
         self.error = reason
 
-    # A run that failed may be retried by the task queue: failed → running again.
+    # The last allowed attempt failed (or the run could not start): failed for good.
     @transition(
         field=state,
         source=[ReportRunState.QUEUED, ReportRunState.RUNNING],
@@ -222,3 +257,24 @@ class ReportRun(ConcurrentTransitionMixin, models.Model):
     def fail(self, *, when, error: str) -> None:
         self.finished_at = when
         self.error = error
+
+
+class ReportRunAttempt(models.Model):
+    """One attempt at producing a run: when, how it ended, and why it failed."""
+
+    run = models.ForeignKey(ReportRun, on_delete=models.CASCADE, related_name="attempt_log")
+    number = models.PositiveSmallIntegerField()
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # succeeded, skipped, failed; "" while it runs.
+    outcome = models.CharField(max_length=20, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "number"], name="one_report_attempt_per_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} attempt {self.number}: {self.outcome or 'running'}"

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import Q, QuerySet, Sum
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -35,9 +35,11 @@ from notifications.reporting.models import (
     ReportKind,
     ReportPeriod,
     ReportRun,
+    ReportRunAttempt,
     ReportRunState,
     StatLevel,
 )
+from notifications.reporting.outcomes import campaign_outcome_csv, campaign_outcome_data
 from notifications.reporting.reconciliation import Scope, reconcile
 from notifications.reporting.rollups import local_today, rollup_day
 
@@ -46,6 +48,17 @@ logger = logging.getLogger(__name__)
 # Delivered green, in flight blue, bounced amber, failed red: the colours people expect.
 OUTCOME_COLORS = ("#1f7a3f", "#0b5cad", "#e07b00", "#b3261e")
 FILTER_KEYS = ("channel", "source", "category", "template")
+CAMPAIGN_FILTER_KEYS = ("campaign",)
+# Communication states counted as delivered, and as failed, per template.
+DELIVERED_STATES = ("delivered", "viewed", "actioned")
+FAILED_STATES = ("compose_failed", "undeliverable")
+# What each kind of report shows, in this order (the PDF template draws these sections).
+REPORT_SECTIONS = {
+    ReportKind.PRODUCTION: ("volume", "channels", "templates", "failures", "reconciliation"),
+    ReportKind.DELIVERY: ("channels", "volume", "failures", "reconciliation"),
+    ReportKind.TEMPLATE_USAGE: ("template_chart", "templates", "volume"),
+    ReportKind.EXCEPTION_SUMMARY: ("failures", "reconciliation", "channels"),
+}
 CSV_COLUMNS = (
     "day",
     "level",
@@ -76,9 +89,19 @@ def report_definition_validate(definition: ReportDefinition) -> None:
         isinstance(r, str) and "@" in r for r in definition.recipients
     ):
         errors["recipients"] = "recipients must be a list of email addresses"
-    unknown = set(definition.filters or {}) - set(FILTER_KEYS)
-    if unknown:
-        errors["filters"] = f"unknown filters {sorted(unknown)}; use {list(FILTER_KEYS)}"
+    campaigns = definition.kind == ReportKind.CAMPAIGN_OUTCOME
+    allowed = CAMPAIGN_FILTER_KEYS if campaigns else FILTER_KEYS
+    filters = definition.filters if isinstance(definition.filters, dict) else {}
+    unknown = set(filters) - set(allowed)
+    if not isinstance(definition.filters, dict):
+        errors["filters"] = 'filters must be an object, e.g. {"channel": "email"}'
+    elif unknown:
+        errors["filters"] = (
+            f"unknown filters {sorted(unknown)} for a {ReportKind(definition.kind).label.lower()}"
+            f" report; use {list(allowed)}"
+        )
+    elif not str(filters.get("campaign", "0")).isdigit():
+        errors["filters"] = "campaign must be a campaign's id (a number)"
     if not (definition.pdf or definition.csv):
         errors["pdf"] = "choose at least one format (PDF or CSV)"
     if errors:
@@ -147,6 +170,7 @@ def report_run_request(
                 period_start=start,
                 period_end=end,
                 recipients=list(definition.recipients),
+                next_attempt_at=timezone.now(),
             )
     except IntegrityError:
         return ReportRun.objects.get(definition=definition, scheduled_for=scheduled_for)
@@ -156,8 +180,10 @@ def report_run_request(
 
 
 def reports_due(*, now: datetime | None = None) -> int:
-    """Queue a run for every enabled definition whose next slot has come; returns how many."""
+    """Queue a run for every enabled definition whose next slot has come; returns how many.
+    Runs a dead worker left running are recovered first."""
     now = now or timezone.now()
+    report_runs_recover(now=now)
     queued = 0
     for definition in ReportDefinition.objects.filter(enabled=True, next_run_at__lte=now):
         with transaction.atomic():
@@ -179,30 +205,99 @@ def reports_due(*, now: datetime | None = None) -> int:
     return queued
 
 
+def retry_delay_s(attempt: int) -> float:
+    """How long after failed attempt `attempt` the next one may start: the base, doubling,
+    capped. No jitter: runs are few, and the history shows when the next attempt is due."""
+    base = float(settings.CCM_REPORT_RETRY_BASE_S)
+    return min(base * 2 ** max(0, attempt - 1), float(settings.CCM_REPORT_RETRY_MAX_S))
+
+
 def report_run_execute(run_id: int) -> str:
-    """Produce, archive and email one run; safe to run twice (only a queued run is taken)."""
+    """Make one attempt at a run: produce, archive and email it. Safe to run twice (only a
+    queued run whose attempt is due is taken). A failed attempt is recorded with its reason and
+    queued again after `retry_delay_s` until CCM_REPORT_RUN_ATTEMPTS attempts have failed; the
+    sweep `reporting.report_runs_due` enqueues it when its time comes."""
     with transaction.atomic():
         run = (
             ReportRun.objects.select_for_update(skip_locked=True)
             .select_related("definition")
-            .filter(pk=run_id, state=ReportRunState.QUEUED)
+            .filter(
+                Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=timezone.now()),
+                pk=run_id,
+                state=ReportRunState.QUEUED,
+            )
             .first()
         )
         if run is None:
             return "not queued"
         run.start(when=timezone.now())
         run.save()
+        attempt = ReportRunAttempt.objects.create(
+            run=run, number=run.attempts, started_at=run.started_at
+        )
     try:
-        return _produce(run)
+        outcome = _produce(run)
     except Exception as exc:
-        logger.exception("report run %s failed", run.pk)
-        with transaction.atomic():
-            run = ReportRun.objects.select_for_update().get(pk=run.pk)
-            if run.state == ReportRunState.RUNNING:
-                run.fail(when=timezone.now(), error=f"{type(exc).__name__}: {exc}"[:2000])
-                run.save()
-                audit.record(actor=None, action="report_run.failed", subject=run)
-        return "failed"
+        logger.exception("report run %s attempt %s failed", run.pk, attempt.number)
+        return _attempt_failed(run, attempt, f"{type(exc).__name__}: {exc}"[:2000])
+    ReportRunAttempt.objects.filter(pk=attempt.pk).update(
+        outcome=outcome, finished_at=timezone.now()
+    )
+    return outcome
+
+
+def _attempt_failed(run: ReportRun, attempt: ReportRunAttempt, error: str) -> str:
+    now = timezone.now()
+    with transaction.atomic():
+        run = ReportRun.objects.select_for_update().get(pk=run.pk)
+        ReportRunAttempt.objects.filter(pk=attempt.pk).update(
+            outcome=ReportRunState.FAILED, finished_at=now, error=error
+        )
+        if run.state != ReportRunState.RUNNING:
+            return "failed"
+        if run.attempts < settings.CCM_REPORT_RUN_ATTEMPTS:
+            at = now + timedelta(seconds=retry_delay_s(run.attempts))
+            run.retry_later(when=now, error=error, at=at)
+            run.save()
+            audit.record(
+                actor=None,
+                action="report_run.retry_scheduled",
+                subject=run,
+                after={"attempt": attempt.number, "error": error, "next_attempt_at": at},
+            )
+            return "retry scheduled"
+        run.fail(when=now, error=error)
+        run.save()
+        audit.record(
+            actor=None,
+            action="report_run.failed",
+            subject=run,
+            after={"attempts": run.attempts, "error": error},
+        )
+    return "failed"
+
+
+def report_runs_recover(*, now: datetime | None = None) -> int:
+    """Runs left `running` by a worker that died mid-attempt (longer than a task may run): the
+    attempt counts as failed, with that reason, and the run is retried or failed as any other."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.Q_CLUSTER["timeout"] + 60)
+    recovered = 0
+    for run in ReportRun.objects.filter(state=ReportRunState.RUNNING, started_at__lt=cutoff):
+        attempt = run.attempt_log.filter(outcome="").order_by("-number").first()
+        if attempt is None:
+            attempt = ReportRunAttempt.objects.create(
+                run=run, number=run.attempts or 1, started_at=run.started_at or now
+            )
+        _attempt_failed(run, attempt, "the worker stopped during the attempt (no outcome)")
+        recovered += 1
+    return recovered
+
+
+def report_runs_due() -> QuerySet[ReportRun]:
+    """Queued runs whose attempt is due (the sweep's rows: a first attempt whose task was lost,
+    or a retry whose delay has passed)."""
+    return ReportRun.objects.filter(state=ReportRunState.QUEUED, next_attempt_at__isnull=False)
 
 
 def _produce(run: ReportRun) -> str:
@@ -226,7 +321,10 @@ def _produce(run: ReportRun) -> str:
         run.pdf_file.save(f"{stem}.pdf", ContentFile(pdf), save=False)
         attachments.append((f"{stem}.pdf", pdf, "application/pdf"))
     if definition.csv:
-        content = report_csv(definition, start=run.period_start, end=run.period_end)
+        if definition.kind == ReportKind.CAMPAIGN_OUTCOME:
+            content = campaign_outcome_csv(data)
+        else:
+            content = report_csv(definition, start=run.period_start, end=run.period_end)
         run.csv_sha256 = hashlib.sha256(content).hexdigest()
         run.csv_file.save(f"{stem}.csv", ContentFile(content), save=False)
         attachments.append((f"{stem}.csv", content, "text/csv"))
@@ -275,8 +373,11 @@ def _stats(definition: ReportDefinition, start: date, end: date):
 
 
 def report_data(definition: ReportDefinition, *, start: date, end: date) -> dict:
-    """The figures of a report, read from the rollups of the period."""
+    """The figures of a report, read from the rollups of the period (a campaign-outcome
+    report reads each campaign's live rows through its reference)."""
     filters = definition.filters or {}
+    if definition.kind == ReportKind.CAMPAIGN_OUTCOME:
+        return campaign_outcome_data(start=start, end=end, filters=filters)
     flt = selectors.StatFilter(start=start, end=end, **{k: filters.get(k, "") for k in FILTER_KEYS})
     stats = _stats(definition, start, end)
     comms = stats.filter(level=StatLevel.COMMUNICATION)
@@ -287,10 +388,15 @@ def report_data(definition: ReportDefinition, *, start: date, end: date) -> dict
     per_day = dict(comms.values_list("day").annotate(n=Sum("count")).order_by())
     templates = list(
         comms.values("template__code", "template_version__number")
-        .annotate(n=Sum("count"))
+        .annotate(
+            n=Sum("count"),
+            delivered=Sum("count", filter=Q(status__in=DELIVERED_STATES)),
+            failed=Sum("count", filter=Q(status__in=FAILED_STATES)),
+        )
         .order_by("-n", "template__code")
     )
-    failures = selectors.failure_reasons(flt, limit=15)
+    exceptions = definition.kind == ReportKind.EXCEPTION_SUMMARY
+    failures = selectors.failure_reasons(flt, limit=40 if exceptions else 15)
     recon = reconcile(
         Scope(
             start=start,
@@ -334,7 +440,19 @@ def report_data(definition: ReportDefinition, *, start: date, end: date) -> dict
             chart_id="report-volume",
             counts=True,
         )
+    top = templates[:12]
     charts = {
+        "templates": svg_chart(
+            "bar",
+            [f"{t['template__code']} v{t['template_version__number'] or '-'}" for t in top]
+            or ["\u2013"],
+            {"Requested": [t["n"] for t in top] or [0]},
+            title="Communications requested by template version",
+            width=640,
+            height=240,
+            chart_id="report-templates",
+            counts=True,
+        ),
         "volume": volume,
         "channels": svg_chart(
             "stacked",
@@ -355,6 +473,7 @@ def report_data(definition: ReportDefinition, *, start: date, end: date) -> dict
     }
     return {
         "kind": definition.kind,
+        "sections": REPORT_SECTIONS[ReportKind(definition.kind)],
         "start": start,
         "end": end,
         "empty": requested == 0,
@@ -376,7 +495,9 @@ def report_pdf(definition: ReportDefinition, *, run: ReportRun, data: dict) -> b
     from documents.rendering import SafeURLFetcher
 
     html = render_to_string(
-        "reporting/report_pdf.html",
+        "reporting/report_campaigns_pdf.html"
+        if definition.kind == ReportKind.CAMPAIGN_OUTCOME
+        else "reporting/report_pdf.html",
         {
             "definition": definition,
             "run": run,

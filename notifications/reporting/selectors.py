@@ -522,7 +522,9 @@ def stat_filter_parse(params, *, default_days: int = 30) -> StatFilter:
 
 
 def report_runs(definition_id: int | None = None) -> QuerySet[ReportRun]:
-    runs = ReportRun.objects.select_related("definition", "requested_by")
+    runs = ReportRun.objects.select_related("definition", "requested_by").prefetch_related(
+        "attempt_log"
+    )
     if definition_id:
         runs = runs.filter(definition_id=definition_id)
     return runs.order_by("-id")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from ccm.tasks import register_schedule
+from datetime import timedelta
+
+from ccm.tasks import Sweep, register_schedule, register_sweep
 
 
 def rollups_nightly() -> dict[str, int]:
@@ -31,3 +33,21 @@ def register_schedules() -> None:
         "15 0 * * *",
     )
     register_schedule("notifications.reports_due", "notifications.reporting.tasks.reports_due", 1)
+    # A queued run whose attempt is due and that no queued task carries: a retry whose delay
+    # has passed, or a first attempt whose task was lost between commit and enqueue.
+    register_sweep(
+        Sweep(
+            name="reporting.report_runs_due",
+            queryset=_report_runs_due,
+            task="notifications.reporting.tasks.report_run_execute",
+            older_than=timedelta(0),
+            timestamp_field="next_attempt_at",
+            limit=50,
+        )
+    )
+
+
+def _report_runs_due():
+    from notifications.reporting.reports import report_runs_due
+
+    return report_runs_due()

@@ -6,6 +6,7 @@ from notifications.reporting import views
 
 urlpatterns = [
     path("", views.dashboard, name="reporting-dashboard"),
+    path("progress.json", views.progress, name="reporting-progress"),
     path("compliance/", views.compliance, name="reporting-compliance"),
     path("reconciliation/", views.reconciliation, name="reporting-reconciliation"),
     path("items/", views.items, name="reporting-items"),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Max
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -18,6 +19,7 @@ from ccm.health import cluster_state
 from notifications.reporting import selectors
 from notifications.reporting.charts import svg_chart
 from notifications.reporting.models import DailyStat, ReportDefinition, ReportRun
+from notifications.reporting.progress import work_in_progress
 from notifications.reporting.reconciliation import Scope, reconcile
 from notifications.reporting.reports import report_run_request
 from notifications.reporting.rollups import local_today
@@ -137,6 +139,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "print_batches": selectors.print_batches(),
         "panels": selectors.dashboard_panels(),
         "cluster": cluster_state(),
+        "work": work_in_progress(),
         "reconciliation": reconcile(Scope(start=flt.start, end=flt.end)),
         "limits": {
             "bounce": selectors.percent(_limit("CCM_BOUNCE_RATE_LIMIT")),
@@ -144,6 +147,13 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         },
     }
     return render(request, "reporting/dashboard.html", context)
+
+
+@require_GET
+@staff_only(VIEW_STATS)
+def progress(request: HttpRequest) -> JsonResponse:
+    """The long work under way (what the dashboard's bars show), for its script to poll."""
+    return JsonResponse({"work": work_in_progress()})
 
 
 @require_GET
@@ -257,7 +267,11 @@ RUN_REPORTS = "notifications.add_reportrun"
 @staff_only(VIEW_REPORTS)
 def reports(request: HttpRequest) -> HttpResponse:
     definitions = ReportDefinition.objects.order_by("name")
-    context = {"definitions": definitions, "runs": selectors.report_runs()[:30]}
+    context = {
+        "definitions": definitions,
+        "runs": selectors.report_runs()[:30],
+        "max_attempts": settings.CCM_REPORT_RUN_ATTEMPTS,
+    }
     return render(request, "reporting/reports.html", context)
 
 
@@ -280,6 +294,7 @@ def report_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "definition": definition,
         "page": page,
         "can_run": request.user.has_perm(RUN_REPORTS),
+        "max_attempts": settings.CCM_REPORT_RUN_ATTEMPTS,
     }
     return render(request, "reporting/report.html", context)
 

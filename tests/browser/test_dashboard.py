@@ -51,3 +51,40 @@ def test_operations_click_a_failure_figure_and_land_on_those_items(page: Page, l
     # and from there the communication in the back-office
     items.first.locator(f'a[href$="/communication/{refused.pk}/change/"]').click()
     expect(page).to_have_url(f"/admin/notifications/communication/{refused.pk}/change/")
+
+
+def test_a_send_jobs_bar_moves_on_the_dashboard_without_reloading(page: Page, login, ops):
+    from notifications.models import Communication, JobSource, JobState, SendJob, SendJobItem
+
+    # given a send job of four communications, one of them sent
+    now = timezone.now()
+    job = SendJob.objects.create(
+        source=JobSource.CSV,
+        client="ops",
+        file_name="rate-letters.csv",
+        total=4,
+        started_at=now,
+    )
+    SendJob.objects.filter(pk=job.pk).update(state=JobState.SENDING)
+    comms = [
+        comm_make(at=now, state="sent" if i == 0 else "composing", deliveries=()) for i in range(4)
+    ]
+    for index, communication in enumerate(comms):
+        SendJobItem.objects.create(job=job, index=index, communication=communication)
+
+    # when operations open the dashboard
+    login(ops)
+    page.goto("/ops/")
+    row = page.locator("#work tr", has_text="Send job")
+    bar = row.get_by_role("progressbar", name=f"Send job {job.pk} (rate-letters.csv)")
+    expect(bar).to_have_js_property("value", 25)
+    expect(row).to_contain_text("1 of 4 (25 %)")
+    page.evaluate("window.__loadedOnce = true")
+
+    # and two more communications are sent while they watch
+    Communication.objects.filter(pk__in=[comms[1].pk, comms[2].pk]).update(state="sent")
+
+    # then the bar moves to 75 % by itself, on the same page (nothing reloaded)
+    expect(bar).to_have_js_property("value", 75)
+    expect(row).to_contain_text("3 of 4 (75 %)")
+    assert page.evaluate("window.__loadedOnce") is True

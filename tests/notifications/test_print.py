@@ -824,3 +824,84 @@ def test_returned_mail_is_recorded_by_the_cover_sheet_reference(
     assert (item.return_reason, item.returned_by) == ("gone away", ops)
     item.delivery.refresh_from_db()
     assert item.delivery.state == "bounced"
+
+
+# --- the close's progress, seen by others while it runs ----------------------------------------
+
+
+def _published_elsewhere(key: str):
+    """The close's progress row as another connection (another process) reads it."""
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute(
+                "SELECT done, total FROM notifications_workprogress WHERE key = %s", [key]
+            )
+            return cursor.fetchone()
+    finally:
+        other.close()
+
+
+@pytest.fixture
+def progress_rows_cleaned():
+    """Progress is committed through a connection of its own: the test's rollback misses it."""
+    yield
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("DELETE FROM notifications_workprogress")
+    finally:
+        other.close()
+
+
+@postgres_only
+def test_closing_a_batch_shows_its_progress_to_others_while_it_runs(
+    letters, ops, monkeypatch, progress_rows_cleaned
+):
+    from notifications import printstream
+    from notifications.reporting.progress import work_in_progress
+
+    monkeypatch.setattr(printstream, "COVER_CHUNK", 1)
+    batch = open_batch()
+    key = f"print_batch_close:{batch.pk}"
+    seen_elsewhere, bars = [], []
+    real = printstream.stream_build
+
+    def observed(**kwargs):
+        publish = kwargs["on_progress"]
+
+        def observe(done: int, total: int) -> None:
+            publish(done, total)
+            seen_elsewhere.append(_published_elsewhere(key))
+            bars.extend(
+                (w["state"], w["percent"])
+                for w in work_in_progress()
+                if w["key"] == key and not w["finished"]
+            )
+
+        return real(**{**kwargs, "on_progress": observe})
+
+    monkeypatch.setattr(printstream, "stream_build", observed)
+    # when the batch of two letters is closed
+    printing.print_batch_close(batch=batch, by=ops)
+    # then another connection saw each letter written while the close's transaction was open
+    assert seen_elsewhere == [(1, 2), (2, 2)]
+    assert bars == [("closing", 50.0), ("closing", 100.0)]
+    # and the closed batch stays on the dashboard at 100 % for a while
+    [done] = [w for w in work_in_progress() if w["key"] == key]
+    assert (done["state"], done["percent"], done["finished"]) == ("closed", 100.0, True)
+
+
+@postgres_only
+def test_a_refused_close_leaves_no_progress_behind(letters, ops, progress_rows_cleaned):
+    from notifications.reporting.progress import work_in_progress
+
+    document = letters[1].document
+    with open(document.file.path, "r+b") as fh:
+        fh.seek(-20, io.SEEK_END)
+        fh.write(b"% tampered          ")
+    batch = open_batch()
+    with pytest.raises(PrintError):
+        printing.print_batch_close(batch=batch, by=ops)
+    assert _published_elsewhere(f"print_batch_close:{batch.pk}") is None
+    assert [w for w in work_in_progress() if w["kind"] == "print_batch_close"] == []

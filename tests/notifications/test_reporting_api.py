@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 
 import pytest
@@ -129,5 +130,6 @@ def test_metrics_show_requests_queue_sends_and_heartbeats(rolled_up, client, set
     assert 'ccm_deliveries{channel="sms",result="failed"} 1.0' in text
     assert 'ccm_task_queue_depth{state="due"}' in text
     assert 'ccm_cluster_heartbeat_age_seconds{cluster="ccm"' in text
+    assert re.search(r'ccm_host_stale\{cluster="ccm",host="[^"]+"\} 0\.0', text)
     assert 'ccm_http_requests_total{method="GET",status="200"}' in text
     assert 'ccm_items_waiting{stage="delivery_pending"} 0.0' in text

@@ -208,3 +208,158 @@ def test_the_demo_defines_a_daily_production_report_and_emails_a_run(db, sync_ta
     [mail] = gmail_sent
     assert mail.to == ["operations@northwind.example", "head-of-ops@northwind.example"]
     assert mail.attachments[0][1].startswith(b"%PDF")
+
+
+class FlakyGmailBackend(BaseEmailBackend):
+    """The Gmail gateway failing its first `failures` sends, then sending."""
+
+    failures = 0
+
+    def send_messages(self, email_messages):
+        if FlakyGmailBackend.failures > 0:
+            FlakyGmailBackend.failures -= 1
+            raise ConnectionError("Gmail API 503: backend error")
+        gmail_sent.extend(email_messages)
+        return len(email_messages)
+
+
+def _due_sweep(sync_tasks) -> int:
+    from ccm.tasks import registered_sweeps, sweep_run
+
+    [sweep] = [s for s in registered_sweeps() if s.name == "reporting.report_runs_due"]
+    return sync_tasks(sweep_run, sweep)
+
+
+def test_a_failed_run_is_retried_with_backoff_and_each_attempt_is_recorded(
+    yesterday_traffic, daily_production, sync_tasks, settings, client, ops
+):
+    settings.CCM_GMAIL_EMAIL_BACKEND = f"{__name__}.FlakyGmailBackend"
+    settings.CCM_REPORT_RUN_ATTEMPTS = 3
+    settings.CCM_REPORT_RETRY_BASE_S = 120
+    FlakyGmailBackend.failures = 2
+    # given the scheduled run whose mail fails: it is queued again two minutes later
+    with freeze_time("2026-03-11 07:00:30"):
+        sync_tasks(reports_due)
+    run = ReportRun.objects.get()
+    assert (run.state, run.attempts) == ("queued", 1)
+    assert run.next_attempt_at == datetime(2026, 3, 11, 7, 2, 30, tzinfo=UTC)
+    assert run.error == "ConnectionError: Gmail API 503: backend error"
+    # when the sweep comes before the delay is over, nothing is tried
+    with freeze_time("2026-03-11 07:02:00"):
+        assert _due_sweep(sync_tasks) == 0
+        assert report_run_execute(run.pk) == "not queued"
+    # and after it, the second attempt fails too and waits twice as long
+    with freeze_time("2026-03-11 07:02:31"):
+        assert _due_sweep(sync_tasks) == 1
+    run.refresh_from_db()
+    assert (run.state, run.attempts) == ("queued", 2)
+    assert run.next_attempt_at == datetime(2026, 3, 11, 7, 6, 31, tzinfo=UTC)
+    # and the third succeeds
+    with freeze_time("2026-03-11 07:06:40"):
+        assert _due_sweep(sync_tasks) == 1
+    run.refresh_from_db()
+    assert (run.state, run.attempts, run.error) == ("succeeded", 3, "")
+    assert len(gmail_sent) == 1
+    # then each attempt is in the history with its reason, on the screen and in the API
+    attempts = list(run.attempt_log.values_list("number", "outcome", "error"))
+    assert attempts == [
+        (1, "failed", "ConnectionError: Gmail API 503: backend error"),
+        (2, "failed", "ConnectionError: Gmail API 503: backend error"),
+        (3, "succeeded", ""),
+    ]
+    client.force_login(ops)
+    page = client.get(f"/ops/reports/{daily_production.pk}/").content.decode()
+    assert "3 of 3" in page
+    assert page.count("failed: ConnectionError: Gmail API 503: backend error") == 2
+    api = client.get("/api/v1/reports/runs").json()["results"][0]
+    assert api["attempts"] == 3
+    assert [a["outcome"] for a in api["attempt_log"]] == ["failed", "failed", "succeeded"]
+
+
+def test_a_run_fails_for_good_after_its_last_attempt(
+    yesterday_traffic, daily_production, sync_tasks, settings
+):
+    from ccm.models import AuditEvent
+
+    settings.CCM_GMAIL_EMAIL_BACKEND = f"{__name__}.FlakyGmailBackend"
+    settings.CCM_REPORT_RUN_ATTEMPTS = 2
+    FlakyGmailBackend.failures = 5
+    with freeze_time("2026-03-11 07:00:30"):
+        sync_tasks(reports_due)
+    with freeze_time("2026-03-11 08:00:00"):
+        assert _due_sweep(sync_tasks) == 1
+        # a failed run is not swept again
+        assert _due_sweep(sync_tasks) == 0
+    run = ReportRun.objects.get()
+    assert (run.state, run.attempts, run.next_attempt_at) == ("failed", 2, None)
+    assert run.attempt_log.filter(outcome="failed").count() == 2
+    actions = list(
+        AuditEvent.objects.filter(action__startswith="report_run.").values_list("action", flat=True)
+    )
+    assert actions.count("report_run.retry_scheduled") == 1
+    assert actions[-1] == "report_run.failed"
+    assert gmail_sent == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "shown", "left_out"),
+    [
+        ("delivery", ["Delivery by channel", "Failed output by reason"], ["Template usage"]),
+        ("template_usage", ["Template usage", "requested by template version"], ["Delivery by"]),
+        ("exception_summary", ["Failed output by reason", "Reconciliation"], ["Template usage"]),
+    ],
+)
+def test_each_kind_of_report_shows_its_own_sections(
+    yesterday_traffic, sync_tasks, ops, kind, shown, left_out
+):
+    from notifications.reporting.reports import report_run_request
+
+    with freeze_time("2026-03-11 09:00:00"):
+        definition = report_definition_save(
+            definition=ReportDefinition(
+                name=f"{kind} report", kind=kind, period="yesterday", recipients=[]
+            ),
+            by=ops,
+        )
+        sync_tasks(report_run_request, definition=definition, by=ops)
+    run = ReportRun.objects.get()
+    assert run.state == "succeeded", run.error
+    reader = pypdf.PdfReader(io.BytesIO(run.pdf_file.read()))
+    text = "\n".join(page.extract_text() for page in reader.pages)
+    for heading in shown:
+        assert heading in text
+    for heading in left_out:
+        assert heading not in text
+    if kind == "template_usage":
+        # annual_statement: 4 requested, 3 delivered, 1 undeliverable (the returned letter)
+        assert re.search(r"annual_statement\s+\S?\s*4\s+3\s+1", text), text
+
+
+def test_a_run_left_running_by_a_dead_worker_is_retried(
+    yesterday_traffic, daily_production, sync_tasks, settings
+):
+    from notifications.reporting.models import ReportRunAttempt
+    from notifications.reporting.reports import report_run_request
+
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "timeout": 120}
+    ReportDefinition.objects.filter(pk=daily_production.pk).update(enabled=False)  # run now only
+    # given a run whose worker died mid-attempt (running, its attempt without an outcome)
+    with freeze_time("2026-03-11 07:00:00"):
+        run = report_run_request(definition=daily_production, trigger="manual")
+        ReportRun.objects.filter(pk=run.pk).update(
+            state="running", attempts=1, started_at="2026-03-11T07:00:00Z", next_attempt_at=None
+        )
+        ReportRunAttempt.objects.create(run=run, number=1, started_at=run.queued_at)
+    # when the minutely task comes after longer than a task may run
+    with freeze_time("2026-03-11 07:04:00"):
+        reports_due()
+    # then the attempt failed with the reason and the run waits for its retry
+    run.refresh_from_db()
+    assert (run.state, run.attempts) == ("queued", 1)
+    assert list(run.attempt_log.values_list("outcome", "error")) == [
+        ("failed", "the worker stopped during the attempt (no outcome)")
+    ]
+    with freeze_time("2026-03-11 07:06:30"):
+        assert _due_sweep(sync_tasks) == 1
+    run.refresh_from_db()
+    assert (run.state, run.attempts) == ("succeeded", 2)
