@@ -112,7 +112,8 @@ class CancelForm(AccessibleForm):
 @staff_only(VIEW)
 def job_list(request: HttpRequest) -> HttpResponse:
     page = Paginator(selectors.send_job_list(), LIST_PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = [{"job": job, "progress": selectors.send_job_progress(job)} for job in page]
+    progress = selectors.send_jobs_progress(list(page))
+    rows = [{"job": job, "progress": progress[job.pk]} for job in page]
     return render(request, "notifications/jobs/list.html", {"page": page, "rows": rows})
 
 
