@@ -102,10 +102,13 @@ class ScaledListAdmin(admin.ModelAdmin):
         return ScaledChangeList
 
     def search_pks(self, term: str) -> QuerySet:
-        """The primary keys matching `term`: a UNION of indexed lookups (ccm/search.py)."""
+        """The primary keys matching `term`: a UNION of indexed lookups (ccm/search.py).
+        Without it, a small table's list searches its `search_fields` as Django does."""
         raise NotImplementedError
 
     def get_search_results(self, request, queryset, search_term_raw):
+        if type(self).search_pks is ScaledListAdmin.search_pks:
+            return super().get_search_results(request, queryset, search_term_raw)
         term = search_term(search_term_raw)
         if not term:
             return queryset, False
