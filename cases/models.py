@@ -170,6 +170,14 @@ class Case(ConcurrentTransitionMixin, models.Model):
                 condition=open_exceptions(),
                 name="case_exception_queue",
             ),
+            # The case queues: a team's or the unassigned (assignee NULL) cases, by deadline or
+            # most urgent first (ascending puts NULLs last on PostgreSQL, as the queues sort).
+            models.Index("team", "next_due_at", "id", name="case_team_deadline"),
+            models.Index("team", priority_rank(), "next_due_at", "id", name="case_team_urgency"),
+            models.Index("assignee", "next_due_at", "id", name="case_assignee_deadline"),
+            models.Index(
+                "assignee", priority_rank(), "next_due_at", "id", name="case_assignee_urgency"
+            ),
         ]
         permissions = [
             ("handle_exception", "Can regenerate or resend a communication from an exception")

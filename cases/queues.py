@@ -23,6 +23,7 @@ from cases.models import (
     open_exceptions,
     priority_rank,
 )
+from ccm.lists import limited_count
 
 MY_CASES, UNASSIGNED = "mine", "unassigned"
 QUEUES = [MY_CASES, UNASSIGNED, *Team.values]
@@ -73,9 +74,10 @@ def case_queue(*, queue: str, user, state: str = OPEN, sort: str = "deadline") -
 
 
 def queue_counts(*, user, state: str = OPEN) -> dict[str, int]:
-    """How many cases each tab holds in `state`."""
+    """How many cases each tab holds in `state`: exact up to ccm.lists.EXACT_COUNT_LIMIT,
+    the planner's estimate beyond (a team's "all states" tab holds every case it ever had)."""
     base = _in_state(Case.objects.all(), state)
-    return {queue: _in_queue(base, queue, user).count() for queue in QUEUES}
+    return {queue: limited_count(_in_queue(base, queue, user)) for queue in QUEUES}
 
 
 def exception_queue(*, kind: str = "") -> QuerySet[Case]:

@@ -22,4 +22,20 @@ class Migration(migrations.Migration):
             model_name='case',
             index=models.Index(models.Case(models.When(priority='urgent', then=models.Value(0)), models.When(priority='high', then=models.Value(1)), models.When(priority='normal', then=models.Value(2)), models.When(priority='low', then=models.Value(3)), default=models.Value(4), output_field=models.IntegerField()), models.F('next_due_at'), models.F('id'), condition=models.Q(('case_type', 'exception'), ('state__in', ['new', 'assigned', 'in_progress', 'waiting'])), name='case_exception_queue'),
         ),
+        migrations.AddIndex(
+            model_name='case',
+            index=models.Index(models.F('team'), models.F('next_due_at'), models.F('id'), name='case_team_deadline'),
+        ),
+        migrations.AddIndex(
+            model_name='case',
+            index=models.Index(models.F('team'), models.Case(models.When(priority='urgent', then=models.Value(0)), models.When(priority='high', then=models.Value(1)), models.When(priority='normal', then=models.Value(2)), models.When(priority='low', then=models.Value(3)), default=models.Value(4), output_field=models.IntegerField()), models.F('next_due_at'), models.F('id'), name='case_team_urgency'),
+        ),
+        migrations.AddIndex(
+            model_name='case',
+            index=models.Index(models.F('assignee'), models.F('next_due_at'), models.F('id'), name='case_assignee_deadline'),
+        ),
+        migrations.AddIndex(
+            model_name='case',
+            index=models.Index(models.F('assignee'), models.Case(models.When(priority='urgent', then=models.Value(0)), models.When(priority='high', then=models.Value(1)), models.When(priority='normal', then=models.Value(2)), models.When(priority='low', then=models.Value(3)), default=models.Value(4), output_field=models.IntegerField()), models.F('next_due_at'), models.F('id'), name='case_assignee_urgency'),
+        ),
     ]
