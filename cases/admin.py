@@ -107,9 +107,6 @@ class CaseAdmin(ScaledListAdmin):
     ]
     # Answered by search_pks: reference, subject, or the customer's name, reference or email.
     search_fields = ["reference", "subject", "customer__external_ref", "customer__name"]
-    search_help_text = (
-        "A part of the case reference or subject, or the customer's name, reference or email."
-    )
     list_select_related = ["customer", "assignee"]
     list_defer = ("details", "error_details", "description")
     inlines = [

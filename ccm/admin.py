@@ -51,9 +51,6 @@ class AuditEventAdmin(ScaledListAdmin, ReadOnlyAdmin):
     list_filter = [("action", IndexedValuesFilter), SubjectTypeFilter, "created_at"]
     # Answered by search_pks, each through an index.
     search_fields = ["action", "subject_id", "actor_label", "request_id", "hash"]
-    search_help_text = (
-        "The start of an action or hash; a subject's id, a request id or who acted, in full."
-    )
     ordering = ["-id"]  # the newest first
     list_defer = ("before", "after")
 

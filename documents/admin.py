@@ -229,7 +229,6 @@ class DocumentAdmin(ScaledListAdmin):
     list_filter = ["kind", "template_version__template"]
     # Answered by search_pks: the start of the SHA-256, the id or the public id.
     search_fields = ["sha256"]
-    search_help_text = "The start of the document's SHA-256, its id or its public id."
     list_select_related = ["template_version__template"]
     list_defer = ("data", "engine", "template_version__content")
     readonly_fields = [f.name for f in Document._meta.fields]

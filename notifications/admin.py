@@ -73,7 +73,6 @@ class CustomerAdmin(ScaledListAdmin):
     list_display = ["name", "external_ref", "source_system", "language", "postal_address_valid"]
     # Answered by search_pks (name, reference, email or phone, each through its index).
     search_fields = ["name", "external_ref", "contacts__value"]
-    search_help_text = "A part of a name, customer reference, email address or phone number."
     list_filter = [("source_system", IndexedValuesFilter), ("language", IndexedValuesFilter)]
     ordering = ["name", "id"]  # read in this order from its index
     inlines = [ContactInline, PreferenceInline, ConsentInline, CommunicationInline]
@@ -109,7 +108,6 @@ class CommunicationAdmin(ScaledListAdmin):
     # Answered by search_pks (the customer's name, reference, email or phone; the correlation
     # id; the id or public id), each through its index.
     search_fields = ["customer__name", "customer__external_ref", "correlation_id"]
-    search_help_text = "A part of the customer's name, reference or email; a correlation id; an id."
     inlines = [DeliveryInline]
     change_form_template = "admin/notifications/communication_change.html"
     readonly_fields = [f.name for f in Communication._meta.fields]
