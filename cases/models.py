@@ -52,6 +52,23 @@ class CaseState(models.TextChoices):
 OPEN_STATES = [CaseState.NEW, CaseState.ASSIGNED, CaseState.IN_PROGRESS, CaseState.WAITING]
 
 
+def priority_rank() -> models.Case:
+    """0 for urgent … 3 for low: what "most urgent first" sorts on (the exception queue's
+    index is built on this very expression, so the queue reads it in order)."""
+    return models.Case(
+        *[
+            models.When(priority=p, then=models.Value(rank))
+            for rank, p in enumerate(reversed(PRIORITY_ORDER))
+        ],
+        default=models.Value(len(PRIORITY_ORDER)),
+        output_field=models.IntegerField(),
+    )
+
+
+def open_exceptions() -> Q:
+    return Q(case_type=CaseType.EXCEPTION, state__in=OPEN_STATES)
+
+
 class SlaStatus(models.TextChoices):
     ON_TRACK = "on_track"
     APPROACHING = "approaching"
@@ -144,6 +161,23 @@ class Case(ConcurrentTransitionMixin, models.Model):
         indexes = [
             models.Index(fields=["state", "next_due_at"]),
             models.Index(fields=["team", "state"]),
+            # The exception queue: open exceptions, most urgent first, then by deadline.
+            models.Index(
+                priority_rank(),
+                # Ascending puts NULLs last on PostgreSQL, as the queue sorts.
+                models.F("next_due_at"),
+                models.F("id"),
+                condition=open_exceptions(),
+                name="case_exception_queue",
+            ),
+            # The case queues: a team's or the unassigned (assignee NULL) cases, by deadline or
+            # most urgent first (ascending puts NULLs last on PostgreSQL, as the queues sort).
+            models.Index("team", "next_due_at", "id", name="case_team_deadline"),
+            models.Index("team", priority_rank(), "next_due_at", "id", name="case_team_urgency"),
+            models.Index("assignee", "next_due_at", "id", name="case_assignee_deadline"),
+            models.Index(
+                "assignee", priority_rank(), "next_due_at", "id", name="case_assignee_urgency"
+            ),
         ]
         permissions = [
             ("handle_exception", "Can regenerate or resend a communication from an exception")

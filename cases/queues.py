@@ -8,21 +8,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from django.db.models import Case as SqlCase
-from django.db.models import F, IntegerField, Prefetch, QuerySet, Value, When
+from django.db.models import F, Prefetch, QuerySet
 from django.utils import timezone
 
 from cases import sla
 from cases.models import (
     OPEN_STATES,
-    PRIORITY_ORDER,
     Case,
     CaseState,
     CaseType,
     Milestone,
     SlaStatus,
     Team,
+    open_exceptions,
+    priority_rank,
 )
+from ccm.lists import limited_count
 
 MY_CASES, UNASSIGNED = "mine", "unassigned"
 QUEUES = [MY_CASES, UNASSIGNED, *Team.values]
@@ -31,19 +32,10 @@ STATES = [OPEN, *CaseState.values, ALL]
 SORTS = {"deadline": "Next deadline first", "priority": "Most urgent first"}
 
 
-def _priority_rank() -> SqlCase:
-    """0 for urgent … 3 for low: what "most urgent first" sorts on."""
-    return SqlCase(
-        *[When(priority=p, then=Value(rank)) for rank, p in enumerate(reversed(PRIORITY_ORDER))],
-        default=Value(len(PRIORITY_ORDER)),
-        output_field=IntegerField(),
-    )
-
-
 def _ordered(cases: QuerySet[Case], sort: str) -> QuerySet[Case]:
     deadline = F("next_due_at").asc(nulls_last=True)
     if sort == "priority":
-        return cases.annotate(rank=_priority_rank()).order_by("rank", deadline, "id")
+        return cases.annotate(rank=priority_rank()).order_by("rank", deadline, "id")
     return cases.order_by(deadline, "id")
 
 
@@ -82,14 +74,15 @@ def case_queue(*, queue: str, user, state: str = OPEN, sort: str = "deadline") -
 
 
 def queue_counts(*, user, state: str = OPEN) -> dict[str, int]:
-    """How many cases each tab holds in `state`."""
+    """How many cases each tab holds in `state`: exact up to ccm.lists.EXACT_COUNT_LIMIT,
+    the planner's estimate beyond (a team's "all states" tab holds every case it ever had)."""
     base = _in_state(Case.objects.all(), state)
-    return {queue: _in_queue(base, queue, user).count() for queue in QUEUES}
+    return {queue: limited_count(_in_queue(base, queue, user)) for queue in QUEUES}
 
 
 def exception_queue(*, kind: str = "") -> QuerySet[Case]:
     """Open exception cases, most urgent first, then by deadline."""
-    cases = Case.objects.filter(case_type=CaseType.EXCEPTION, state__in=OPEN_STATES)
+    cases = Case.objects.filter(open_exceptions())
     if kind:
         cases = cases.filter(exception_kind=kind)
     return _ordered(_with_next_milestone(cases), "priority").select_related(

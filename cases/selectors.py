@@ -11,6 +11,7 @@ from django.utils import timezone
 from cases.models import OPEN_STATES, Case, CaseState, SlaStatus
 from ccm import audit
 from ccm.models import AuditEvent
+from ccm.search import as_uuid, contains, matching_pks
 from notifications.models import (
     Communication,
     CommunicationStep,
@@ -18,6 +19,7 @@ from notifications.models import (
     DeliveryEvent,
     EventType,
 )
+from notifications.selectors import customer_search
 
 # Audit actions the timeline shows through richer entries of their own.
 _SHOWN_ELSEWHERE = ("case.note_added", "case.milestone_reached")
@@ -29,6 +31,19 @@ _EVENT_ONLY = [
     EventType.COMPLAINED,
     EventType.UNSUBSCRIBED,
 ]
+
+
+def case_search(term: str) -> QuerySet:
+    """The ids of the cases whose reference or subject contains `term`, or whose customer's
+    name, reference, email or phone does (each through its index, see ccm/search.py)."""
+    parts = [
+        Case.objects.filter(contains("reference", term)).values("pk"),
+        Case.objects.filter(contains("subject", term)).values("pk"),
+        Case.objects.filter(customer_id__in=customer_search(term)).values("pk"),
+    ]
+    if (public_id := as_uuid(term)) is not None:
+        parts.append(Case.objects.filter(public_id=public_id).values("pk"))
+    return matching_pks(parts)
 
 
 def case_list(

@@ -15,7 +15,6 @@ from typing import Any
 
 from django import forms
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -37,6 +36,7 @@ from cases.web_forms import (
     attachment_max_bytes,
 )
 from cases.web_timeline import CASE_TEXT, timeline_rows
+from ccm.lists import CountLimitedPaginator
 from ccm.views import staff_only
 from documents.composition import CompositionError
 from notifications.models import Communication
@@ -96,7 +96,7 @@ def queue(request: HttpRequest) -> HttpResponse:
     cases = queues.case_queue(
         queue=chosen["queue"], user=request.user, state=chosen["state"], sort=chosen["sort"]
     )
-    page = Paginator(cases, QUEUE_PAGE_SIZE).get_page(params.get("page"))
+    page = CountLimitedPaginator(cases, QUEUE_PAGE_SIZE).get_page(params.get("page"))
     counts = queues.queue_counts(user=request.user, state=chosen["state"])
     context = {
         **chosen,

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
@@ -22,6 +21,7 @@ from cases.models import Case, CaseType, ExceptionKind, RecoveryAction
 from cases.web import HANDLE, QUEUE_PAGE_SIZE, WORK, case_or_404, staff_only
 from cases.web_data_form import SchemaForm
 from cases.web_forms import ResendForm
+from ccm.lists import CountLimitedPaginator
 from documents import selectors as document_selectors
 from documents.composition import CompositionError, DataInvalid
 from notifications.models import Channel, Communication, ContactKind, Suppression
@@ -37,7 +37,7 @@ def exception_queue(request: HttpRequest) -> HttpResponse:
     if kind and kind not in ExceptionKind.values:
         error = f"There is no exception kind {kind!r}; choose one from the list."
         kind = ""
-    page = Paginator(queues.exception_queue(kind=kind), QUEUE_PAGE_SIZE).get_page(
+    page = CountLimitedPaginator(queues.exception_queue(kind=kind), QUEUE_PAGE_SIZE).get_page(
         request.GET.get("page")
     )
     rows = [

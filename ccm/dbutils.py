@@ -44,3 +44,24 @@ def no_truncate(table: str) -> migrations.RunPython:
     """A migration operation that makes `table` reject TRUNCATE on PostgreSQL (a statement
     trigger: the row triggers of append_only do not fire for TRUNCATE)."""
     return _guard(table, "no_truncate", "TRUNCATE", "STATEMENT")
+
+
+def trigram_index(table: str, column: str, name: str) -> migrations.RunPython:
+    """A GIN trigram index on UPPER(column), which is what Django's `icontains` compares on
+    PostgreSQL (`UPPER(col::text) LIKE UPPER('%term%')`), so a search for a part of a name,
+    reference or email reads the index instead of every row. PostgreSQL only (needs the
+    pg_trgm extension: `TrigramExtension()` before it); other databases search without it."""
+
+    def forward(apps, schema_editor):
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(
+                f'CREATE INDEX IF NOT EXISTS "{name}" ON "{table}" '
+                f'USING gin ((UPPER("{column}"::text)) gin_trgm_ops)',
+                params=None,
+            )
+
+    def backward(apps, schema_editor):
+        if schema_editor.connection.vendor == "postgresql":
+            schema_editor.execute(f'DROP INDEX IF EXISTS "{name}"', params=None)
+
+    return migrations.RunPython(forward, backward, elidable=False)

@@ -38,7 +38,13 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["subject_type", "subject_id"])]
+        indexes = [
+            models.Index(fields=["subject_type", "subject_id"]),
+            # The audit log's search: by a subject's id, a request id or who acted.
+            models.Index(fields=["subject_id"], name="audit_subject_id"),
+            models.Index(fields=["request_id"], name="audit_request_id"),
+            models.Index(fields=["actor_label", "id"], name="audit_actor_label"),
+        ]
         permissions = [("verify_audit_chain", "Can verify the audit chain")]
 
     def __str__(self) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
@@ -18,6 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from ccm import approvals, selectors
 from ccm.forms import DecisionForm
+from ccm.lists import CountLimitedPaginator
 from ccm.models import Approval, ApprovalState
 
 DECIDE_PERMISSION = "ccm.decide_approval"
@@ -52,7 +52,7 @@ def queue(request: HttpRequest) -> HttpResponse:
     if kind and kind not in {k.kind for k in kinds}:
         error = f"There is no kind {kind!r} to filter by; choose one from the list."
         kind = ""
-    page = Paginator(selectors.approval_queue(kind=kind), QUEUE_PAGE_SIZE).get_page(
+    page = CountLimitedPaginator(selectors.approval_queue(kind=kind), QUEUE_PAGE_SIZE).get_page(
         request.GET.get("page")
     )
     counts = selectors.approval_queue_counts()

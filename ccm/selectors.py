@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from django.db.models import Count, QuerySet
 from django.urls import NoReverseMatch, reverse
 
-from ccm.models import Approval, ApprovalState
+from ccm.models import Approval, ApprovalState, AuditEvent
 from ccm.roles import ROLE_DUTIES, Role
+from ccm.search import as_int, matching_pks
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,22 @@ class HomeLink:
 
 # role → links; apps add theirs with `register_home_link` in AppConfig.ready().
 _links: dict[str, list[HomeLink]] = {role: [] for role in Role.values}
+
+
+def audit_search(term: str) -> QuerySet:
+    """The ids of the audit events `term` names, each lookup through an index: the start of the
+    action or of the hash; the subject's id, the request id or the actor's label in full; the
+    event's id."""
+    parts = [
+        AuditEvent.objects.filter(action__startswith=term).values("pk"),
+        AuditEvent.objects.filter(hash__startswith=term.lower()).values("pk"),
+        AuditEvent.objects.filter(subject_id=term).values("pk"),
+        AuditEvent.objects.filter(request_id=term).values("pk"),
+        AuditEvent.objects.filter(actor_label=term).values("pk"),
+    ]
+    if (number := as_int(term)) is not None:
+        parts.append(AuditEvent.objects.filter(pk=number).values("pk"))
+    return matching_pks(parts)
 
 
 def register_home_link(role: str, link: HomeLink, *, first: bool = False) -> None:

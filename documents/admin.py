@@ -13,6 +13,7 @@ from django_fsm import TransitionNotAllowed
 from ccm import approvals
 from ccm.admin_site import confirm_first
 from ccm.forms import DecisionForm
+from ccm.lists import ScaledListAdmin
 from ccm.review import sandboxed_html
 from documents import review, selectors, services
 from documents.composition import CompositionError
@@ -225,7 +226,7 @@ class RegenerationCheckInline(admin.TabularInline):
 
 
 @admin.register(Document)
-class DocumentAdmin(admin.ModelAdmin):
+class DocumentAdmin(ScaledListAdmin):
     list_display = [
         "id",
         "template_version",
@@ -236,10 +237,16 @@ class DocumentAdmin(admin.ModelAdmin):
         "created_at",
     ]
     list_filter = ["kind", "template_version__template"]
+    # Answered by search_pks: the start of the SHA-256, the id or the public id.
     search_fields = ["sha256"]
+    list_select_related = ["template_version__template"]
+    list_defer = ("data", "engine", "template_version__content")
     readonly_fields = [f.name for f in Document._meta.fields]
     inlines = [RegenerationCheckInline]
     actions = ["regenerate"]
+
+    def search_pks(self, term: str):
+        return selectors.document_search(term)
 
     def has_add_permission(self, request):
         return False

@@ -172,6 +172,8 @@ class Document(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # The documents list reads newest first.
+        indexes = [models.Index(fields=["created_at", "id"], name="document_created_order")]
 
     def __str__(self) -> str:
         return f"Document {self.pk} ({self.template_version}, {self.kind})"

@@ -11,7 +11,8 @@ from django.contrib.contenttypes.models import ContentType
 from django.db.models import OuterRef, QuerySet, Subquery
 
 from ccm.models import Approval, ApprovalState
-from documents.models import Template, TemplateVersion, VersionState
+from ccm.search import as_int, as_uuid, matching_pks
+from documents.models import Document, Template, TemplateVersion, VersionState
 
 
 def template_list() -> QuerySet[Template]:
@@ -19,6 +20,17 @@ def template_list() -> QuerySet[Template]:
         template=OuterRef("pk"), state=VersionState.PUBLISHED
     ).values("number")[:1]
     return Template.objects.annotate(published_number=Subquery(published)).order_by("code")
+
+
+def document_search(term: str) -> QuerySet:
+    """The ids of the documents `term` names: the start of their SHA-256 (b-tree prefix), their
+    id or their public id."""
+    parts = [Document.objects.filter(sha256__startswith=term.lower()).values("pk")]
+    if (number := as_int(term)) is not None:
+        parts.append(Document.objects.filter(pk=number).values("pk"))
+    if (public_id := as_uuid(term)) is not None:
+        parts.append(Document.objects.filter(public_id=public_id).values("pk"))
+    return matching_pks(parts)
 
 
 def version_for_preview(*, template: Template, number: int | None) -> TemplateVersion | None:

@@ -9,6 +9,7 @@ from django.views.decorators.clickjacking import xframe_options_sameorigin
 
 from ccm import approvals
 from ccm.forms import DecisionForm
+from ccm.lists import IndexedValuesFilter, ScaledListAdmin
 from ccm.review import sandboxed_html
 from notifications import history, selectors, services
 from notifications.devices import device_deactivate
@@ -68,12 +69,17 @@ class CommunicationInline(ReadOnlyInline):
 
 
 @admin.register(Customer)
-class CustomerAdmin(admin.ModelAdmin):
+class CustomerAdmin(ScaledListAdmin):
     list_display = ["name", "external_ref", "source_system", "language", "postal_address_valid"]
+    # Answered by search_pks (name, reference, email or phone, each through its index).
     search_fields = ["name", "external_ref", "contacts__value"]
-    list_filter = ["source_system", "language"]
+    list_filter = [("source_system", IndexedValuesFilter), ("language", IndexedValuesFilter)]
+    ordering = ["name", "id"]  # read in this order from its index
     inlines = [ContactInline, PreferenceInline, ConsentInline, CommunicationInline]
     readonly_fields = ["created_at", "updated_at"]
+
+    def search_pks(self, term: str):
+        return selectors.customer_search(term)
 
 
 class DeliveryInline(ReadOnlyInline):
@@ -92,14 +98,22 @@ class DeliveryInline(ReadOnlyInline):
 
 
 @admin.register(Communication)
-class CommunicationAdmin(admin.ModelAdmin):
+class CommunicationAdmin(ScaledListAdmin):
     list_display = ["id", "template", "customer", "state", "category", "urgency", "created_at"]
-    list_filter = ["state", "category", "urgency", "source", "template"]
+    list_select_related = ["template", "customer"]
+    list_defer = ("data", "rendered", "decision_trace", "failure_errors")
+    # A date range rather than a date hierarchy: the hierarchy lists the years, months and days
+    # that have rows with a SELECT DISTINCT over every communication.
+    list_filter = ["state", "category", "urgency", "source", "template", "created_at"]
+    # Answered by search_pks (the customer's name, reference, email or phone; the correlation
+    # id; the id or public id), each through its index.
     search_fields = ["customer__name", "customer__external_ref", "correlation_id"]
-    date_hierarchy = "created_at"
     inlines = [DeliveryInline]
     change_form_template = "admin/notifications/communication_change.html"
     readonly_fields = [f.name for f in Communication._meta.fields]
+
+    def search_pks(self, term: str):
+        return selectors.communication_search(term)
 
     def has_add_permission(self, request):
         return False

@@ -438,8 +438,12 @@ class CommunicationListCreateView(CcmGenericAPIView, generics.ListAPIView):
     filterset_class = CommunicationFilter
 
     def get_queryset(self):
-        return _communications(self.request).select_related(
-            "template", "template_version", "customer"
+        # A list row shows the version's number: its content (tens of KB) is left unread, and
+        # so are the communication's own data, rendition and decision trace.
+        return (
+            _communications(self.request)
+            .select_related("template", "template_version", "customer")
+            .defer("data", "rendered", "decision_trace", "template_version__content")
         )
 
     @extend_schema(

@@ -35,7 +35,7 @@ class NotificationsConfig(AppConfig):
         from notifications.reporting import tasks as reporting_tasks
         from notifications.reporting.progress import register_progress_source
 
-        register_progress_source("send_job", job_selectors.send_jobs_progress)
+        register_progress_source("send_job", job_selectors.send_jobs_at_work)
         register_progress_source("campaign", campaign_selectors.campaigns_progress)
         register_progress_source("print_batch_close", printing.print_batches_progress)
         services.register_approvable()

@@ -6,12 +6,14 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
+from ccm.search import as_int, as_uuid, contains, matching_pks
 from notifications.models import (
     Communication,
     ConsentRecord,
+    ContactPoint,
     Customer,
     Device,
     PrintBatch,
@@ -87,3 +89,29 @@ def print_item_by_reference(reference: str) -> PrintItem | None:
 def print_batch_letter_pages(batch: PrintBatch) -> int:
     """The pages of the letters in `batch` (without the cover sheets the stream adds)."""
     return batch.items.aggregate(pages=Sum("pages"))["pages"] or 0
+
+
+def customer_search(term: str) -> QuerySet:
+    """The ids of the customers whose name, reference, email or phone number contains `term`
+    (each through its trigram index, see ccm/search.py)."""
+    return matching_pks(
+        [
+            Customer.objects.filter(contains("name", term)).values("pk"),
+            Customer.objects.filter(contains("external_ref", term)).values("pk"),
+            ContactPoint.objects.filter(contains("value", term)).values("customer_id"),
+        ]
+    )
+
+
+def communication_search(term: str) -> QuerySet:
+    """The ids of the communications `term` names: by their customer (name, reference, email,
+    phone), their correlation id, their id or public id."""
+    parts = [
+        Communication.objects.filter(customer_id__in=customer_search(term)).values("pk"),
+        Communication.objects.filter(correlation_id=term).values("pk"),
+    ]
+    if (number := as_int(term)) is not None:
+        parts.append(Communication.objects.filter(pk=number).values("pk"))
+    if (public_id := as_uuid(term)) is not None:
+        parts.append(Communication.objects.filter(public_id=public_id).values("pk"))
+    return matching_pks(parts)

@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html
 
+from ccm.lists import ScaledListAdmin
 from notifications.campaigns.models import Campaign, Segment
 
 
@@ -28,10 +29,11 @@ class SegmentAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Campaign)
-class CampaignAdmin(ReadOnlyAdmin):
+class CampaignAdmin(ScaledListAdmin, ReadOnlyAdmin):
     list_display = ["name", "state", "category", "audience_count", "created_at", "page"]
     list_filter = ["state", "category"]
     search_fields = ["name"]
+    list_defer = ("data_csv", "segment_snapshot", "channel_plan")
 
     @admin.display(description="Campaign page")
     def page(self, campaign: Campaign) -> str:

@@ -18,7 +18,6 @@ from datetime import datetime
 
 from django import forms
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -26,6 +25,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ccm.forms import AccessibleForm
+from ccm.lists import CountLimitedPaginator
 from ccm.views import staff_only
 from documents import selectors as document_selectors
 from documents import services as documents
@@ -111,8 +111,11 @@ class CancelForm(AccessibleForm):
 @require_GET
 @staff_only(VIEW)
 def job_list(request: HttpRequest) -> HttpResponse:
-    page = Paginator(selectors.send_job_list(), LIST_PAGE_SIZE).get_page(request.GET.get("page"))
-    rows = [{"job": job, "progress": selectors.send_job_progress(job)} for job in page]
+    page = CountLimitedPaginator(selectors.send_job_list(), LIST_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    progress = selectors.send_jobs_progress(list(page))
+    rows = [{"job": job, "progress": progress[job.pk]} for job in page]
     return render(request, "notifications/jobs/list.html", {"page": page, "rows": rows})
 
 

@@ -50,6 +50,13 @@ class Customer(models.Model):
             )
         ]
         ordering = ["name", "id"]
+        indexes = [
+            # The customers list reads in this order; its language filter lists the values
+            # through the index (names, references and emails have trigram indexes for the
+            # search, made on PostgreSQL by the migration: see ccm/lists.py).
+            models.Index(fields=["name", "id"], name="customer_name_order"),
+            models.Index(fields=["language"], name="customer_language"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.external_ref})"
@@ -256,7 +263,12 @@ class Communication(ConcurrentTransitionMixin, models.Model):
                 name="communication_idempotency_per_client",
             )
         ]
-        indexes = [models.Index(fields=["state", "updated_at"])]
+        indexes = [
+            models.Index(fields=["state", "updated_at"]),
+            # The list filters by state and by template, newest first.
+            models.Index(fields=["state", "id"], name="communication_state_id"),
+            models.Index(fields=["template", "id"], name="communication_template_id"),
+        ]
         permissions = [("release_communication", "Can release communications for sending")]
 
     def __str__(self) -> str:
