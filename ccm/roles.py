@@ -165,6 +165,7 @@ ROLE_SCOPES: dict[str, list[str]] = {
         "communications:read",
         "cases:read",
         "campaigns:read",
+        "statements:read",
     ],
     Role.TEMPLATE_AUTHOR: [
         "me:read",
@@ -198,6 +199,8 @@ ROLE_SCOPES: dict[str, list[str]] = {
         "reports:read",
         "campaigns:read",
         "campaigns:write",
+        "statements:read",
+        "statements:write",
     ],
     # Integrators call the API with a key, never with a session.
     Role.INTEGRATOR: [],

@@ -32,6 +32,11 @@ class NotificationsConfig(AppConfig):
         register_schedule(
             "notifications.campaigns_sweep", "notifications.campaigns.tasks.campaigns_sweep", 1
         )
+        register_schedule(
+            "notifications.statement_runs_sweep",
+            "notifications.statements.tasks.statement_runs_sweep",
+            1,
+        )
         tasks.register_sweeps()
         webhook_send.register_sweeps()
         post_transition.connect(

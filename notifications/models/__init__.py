@@ -179,6 +179,7 @@ class Source(models.TextChoices):
     REPRINT = "reprint"
     FOLLOW_UP = "follow_up"
     INCIDENT = "incident"
+    STATEMENT_RUN = "statement_run"
 
 
 class CommState(models.TextChoices):
@@ -516,6 +517,17 @@ from notifications.models.jobs import (  # noqa: E402, F401
     JobState,
     SendJob,
     SendJobItem,
+)
+from notifications.statements.models import (  # noqa: E402, F401
+    CustomerTariff,
+    Meter,
+    Reading,
+    ReadingCorrection,
+    RecommendationRuleSet,
+    Statement,
+    StatementRun,
+    Tariff,
+    TariffBand,
 )
 from notifications.models.printing import PrintBatch, PrintBatchState, PrintItem  # noqa: E402, F401
 from notifications.models.throttle import ProviderBucket  # noqa: E402, F401
