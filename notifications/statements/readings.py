@@ -190,6 +190,8 @@ def _merge_postgresql(rows, now: datetime) -> tuple[int, int]:
             "(meter_id bigint, start timestamptz, value numeric(14,3), quality varchar(10)) "
             "ON COMMIT DELETE ROWS"
         )
+        # Empty already after a commit; not when two intakes share one outer transaction.
+        cursor.execute("TRUNCATE readings_in")
         raw = cursor.cursor  # psycopg 3: COPY from a text buffer
         with raw.copy("COPY readings_in (meter_id, start, value, quality) FROM STDIN") as copy:
             copy.write(_copy_text(rows))

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import date, time
+from datetime import UTC, date, time
 from decimal import Decimal
 
 import pytest
@@ -67,3 +67,33 @@ def api(db):
     ).key
     client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
     return client
+
+
+def half_hours(first_day, days: int, value="0.5", serial: str = ""):
+    """Half-hourly rows from local midnight of `first_day` (UTC in tests) for `days` days."""
+    from datetime import datetime, timedelta
+
+    start = datetime(first_day.year, first_day.month, first_day.day, tzinfo=UTC)
+    return [
+        {
+            "meter": serial,
+            "start": (start + timedelta(minutes=30 * n)).isoformat(),
+            "value": value(n) if callable(value) else value,
+        }
+        for n in range(days * 48)
+    ]
+
+
+def load(rows) -> None:
+    from notifications.statements.readings import MAX_READINGS, readings_ingest
+
+    for i in range(0, len(rows), MAX_READINGS):
+        readings_ingest(rows=rows[i : i + MAX_READINGS])
+
+
+@pytest.fixture
+def usage_statement(author, reviewer):
+    from documents.bundle import read_folder
+    from documents.demo import LIBRARY
+
+    return publish(read_folder(LIBRARY / "usage_statement"), author=author, reviewer=reviewer)
