@@ -56,6 +56,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_reportdefinition",
         "notifications.view_reportrun",
         *CAMPAIGNS_VIEW,
+        "notifications.view_statementrun",
     ],
     Role.TEMPLATE_AUTHOR: [
         "ccm.view_approval",
@@ -133,6 +134,8 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         # Operations schedule, pause, resume and cancel campaigns.
         *CAMPAIGNS_VIEW,
         "notifications.change_campaign",
+        "notifications.view_statementrun",
+        "notifications.change_statementrun",
     ],
     Role.INTEGRATOR: [
         "documents.view_template",

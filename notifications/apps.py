@@ -23,12 +23,15 @@ class NotificationsConfig(AppConfig):
         from notifications.reporting import demo as reporting_demo
         from notifications.reporting import metrics as reporting_metrics
         from notifications.reporting import tasks as reporting_tasks
+        from notifications.statements import demo as statements_demo
+        from notifications.statements import services as statement_services
 
         services.register_approvable()
         job_tasks.register_schedules()
         reporting_tasks.register_schedules()
         reporting_metrics.register()
         campaign_services.register_approvable()
+        statement_services.register_approvable()
         register_schedule(
             "notifications.campaigns_sweep", "notifications.campaigns.tasks.campaigns_sweep", 1
         )
@@ -48,6 +51,7 @@ class NotificationsConfig(AppConfig):
         register_sweep(tracking.DELIVERY_EVENT_SWEEP)
         demo.register_seeder(notifications_demo.seed_customers_and_communications)
         demo.register_seeder(reporting_demo.seed_reports)
+        demo.register_seeder(statements_demo.seed_statements)
         communications = HomeLink(
             "Communications",
             "admin:notifications_communication_changelist",
@@ -66,6 +70,15 @@ class NotificationsConfig(AppConfig):
         )
         for role in (Role.OPERATIONS, Role.COMPLIANCE_REVIEWER, Role.TEMPLATE_AUTHOR):
             register_home_link(role, campaigns)
+        for role in (Role.OPERATIONS, Role.COMPLIANCE_REVIEWER):
+            register_home_link(
+                role,
+                HomeLink(
+                    "Statement runs",
+                    "statement-runs",
+                    "Bill runs from meter readings: progress, held customers, totals by tariff",
+                ),
+            )
         register_home_link(
             Role.OPERATIONS,
             HomeLink(

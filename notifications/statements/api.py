@@ -19,14 +19,14 @@ from notifications.statements.models import StatementRun
 
 
 class ReadingsView(CcmAPIView):
-    """POST {"readings": [{"meter", "start", "value", "quality"}, …]}: up to 50,000 a call."""
+    """POST {"readings": [{"meter", "start", "value", "quality"}, …]}: up to 25,000 a call."""
 
     required_scopes = ("readings:write",)
 
     @extend_schema(
         request=OpenApiTypes.OBJECT,
         responses=OpenApiTypes.OBJECT,
-        summary="Send up to 50,000 meter readings (idempotent per meter and interval)",
+        summary="Send up to 25,000 meter readings (idempotent per meter and interval)",
         description='Send `{"readings": [{"meter": serial, "start": ISO time with offset, '
         '"value": number, "quality": "actual"|"estimated"|"customer"|"missing"}, …]}`. '
         "A reading is identified by its meter and the start of its interval: the same reading "
@@ -90,7 +90,9 @@ class StatementRunListView(CcmAPIView):
         body = request.data if isinstance(request.data, dict) else {}
         segment = None
         if body.get("segment") is not None:
-            segment = Segment.objects.filter(pk=body.get("segment")).first()
+            given = body.get("segment")
+            wanted = given if isinstance(given, int) and not isinstance(given, bool) else None
+            segment = Segment.objects.filter(pk=wanted).first() if wanted else None
             if segment is None:
                 raise Unprocessable(
                     "segment: no such segment.",

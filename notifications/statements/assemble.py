@@ -201,13 +201,13 @@ def statements_assemble(
     ):
         months[row["meter_id"]][row["month"].date()] = row["total"]
     tariff_rows: dict[int, list[CustomerTariff]] = defaultdict(list)
-    for row in (
+    for held_tariff in (
         CustomerTariff.objects.filter(customer_id__in=customer_ids)
         .select_related("tariff")
         .prefetch_related("tariff__bands")
         .order_by("customer_id", "valid_from")
     ):
-        tariff_rows[row.customer_id].append(row)
+        tariff_rows[held_tariff.customer_id].append(held_tariff)
     marketing_ok: dict[int, bool] = {}
     for customer_id, granted in (
         ConsentRecord.objects.filter(customer_id__in=customer_ids, category=Category.MARKETING)
@@ -221,10 +221,11 @@ def statements_assemble(
         customer = customers.get(customer_id)
         outcome = Outcome(customer_id)
         out[customer_id] = outcome
-        meter = meters.get(customer_id)
-        if customer is None or meter is None:
+        found = meters.get(customer_id)
+        if customer is None or found is None:
             outcome.held.append("no meter: the customer has no meter on a service point")
             continue
+        meter = found
         tariffs = _tariff_inputs(tariff_rows[customer_id], period_start, period_end)
         if not tariffs:
             outcome.held.append(f"no tariff: none applies in {period_start}-{period_end}")
@@ -288,7 +289,7 @@ def statements_assemble(
         except billing.BillError as exc:
             outcome.held.append(f"bill: {exc}")
             continue
-        comparison = compare.get(meter.pk, {})
+        comparison: dict[str, Any] = dict(compare.get(meter.pk, {}))
         metrics = _metrics(inputs, result, zone, comparison)
         language = customer.language if customer.language else "en"
         recs = (

@@ -9,16 +9,20 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 from django.db import transaction
+from django.urls import reverse
 from django.utils import timezone
 
-from ccm import audit
+from ccm import approvals, audit
+from ccm.models import ApprovalState
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as document_services
 from notifications import bulk
 from notifications.models import Source
-from notifications.statements import assemble, billing, selectors
+from notifications.statements import assemble, billing, recommendations, selectors
 from notifications.statements.models import (
+    RecommendationRuleSet,
+    RuleSetState,
     RunState,
     Statement,
     StatementRun,
@@ -154,7 +158,7 @@ def _hand(run: StatementRun, statements: list[Statement], by) -> int:
     for statement, result in zip(statements, results, strict=True):
         if result.accepted:
             statement.state = StatementState.HANDED
-            statement.communication_id = result.communication.pk
+            statement.communication = result.communication
             handed += 1
         else:
             statement.state = StatementState.HELD
@@ -315,3 +319,74 @@ def statement_reprint(*, statement: Statement, by):
         document=communication.document, by=by, duplicate=True
     )
     return copy
+
+
+# -- recommendation rules: data, versioned, signed off ------------------------------------
+
+
+def rule_set_create(*, rules: list, by) -> RecommendationRuleSet:
+    """A new draft version of the rules; refused with every fault when they are invalid."""
+    errors = recommendations.rules_errors(rules)
+    if errors:
+        raise RunError("The rules are invalid: " + "; ".join(errors))
+    with transaction.atomic():
+        last = RecommendationRuleSet.objects.select_for_update().order_by("-version").first()
+        rule_set = RecommendationRuleSet.objects.create(
+            version=(last.version + 1) if last else 1, rules=rules, created_by=by
+        )
+        audit.record(
+            actor=by,
+            action="recommendation_rules.created",
+            subject=rule_set,
+            after={"rules": rules},
+        )
+    return rule_set
+
+
+@transaction.atomic
+def rule_set_submit(*, rule_set: RecommendationRuleSet, by):
+    rule_set = RecommendationRuleSet.objects.select_for_update().get(pk=rule_set.pk)
+    if rule_set.state != RuleSetState.DRAFT:
+        raise RunError(
+            f"Rules v{rule_set.version} are {rule_set.state}; only a draft is submitted."
+        )
+    rule_set.submit()
+    rule_set.save()
+    audit.record(actor=by, action="recommendation_rules.submitted", subject=rule_set)
+    return approvals.approval_request(
+        subject=rule_set,
+        requested_by=by,
+        purpose="publish",
+        summary=f"Recommendation rules v{rule_set.version}: {len(rule_set.rules)} rules",
+    )
+
+
+def _on_rules_decision(rule_set: RecommendationRuleSet, approval) -> None:
+    rule_set = RecommendationRuleSet.objects.select_for_update().get(pk=rule_set.pk)
+    if approval.state == ApprovalState.APPROVED:
+        for old in RecommendationRuleSet.objects.select_for_update().filter(
+            state=RuleSetState.PUBLISHED
+        ):
+            old.retire()
+            old.save()
+        rule_set.publish(when=timezone.now())
+        action = "recommendation_rules.published"
+    else:
+        rule_set.send_back()
+        action = f"recommendation_rules.{approval.state}"
+    rule_set.save()
+    audit.record(
+        actor=approval.decided_by or approval.requested_by, action=action, subject=rule_set
+    )
+
+
+def register_approvable() -> None:
+    approvals.register(
+        RecommendationRuleSet,
+        author_of=lambda rule_set: rule_set.created_by,  # type: ignore[attr-defined]
+        on_decision=_on_rules_decision,  # type: ignore[arg-type]
+        review_url=lambda rule_set: reverse(
+            "admin:notifications_recommendationruleset_change", args=[rule_set.pk]
+        ),
+        label="Recommendation rules",
+    )

@@ -127,8 +127,7 @@ def interval_series_check(
             checked.held.append(f"impossible: {value} at {_when(moment, zone)}")
         else:
             usual = profile.get(_slot(moment, zone))
-            limit = None if usual is None else max(usual * rules.spike_multiple, rules.spike_floor)
-            if limit is not None and value > limit:
+            if usual is not None and value > max(usual * rules.spike_multiple, rules.spike_floor):
                 checked.held.append(
                     f"spike: {value} at {_when(moment, zone)} "
                     f"(usual {usual.quantize(MILLI)}, limit x{rules.spike_multiple})"

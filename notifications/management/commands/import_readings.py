@@ -4,7 +4,7 @@
     manage.py import_readings readings.csv                    # meter,start,value[,quality]
 
 Readings go through the same intake as the API (idempotent per meter and interval, corrections
-kept), in calls of 50,000; a bad row refuses its call with the row and field named."""
+kept), in calls of 25,000; a bad row refuses its call with the row and field named."""
 
 from __future__ import annotations
 
