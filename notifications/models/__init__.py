@@ -518,6 +518,10 @@ from notifications.models.jobs import (  # noqa: E402, F401
     SendJob,
     SendJobItem,
 )
+from notifications.models.printing import PrintBatch, PrintBatchState, PrintItem  # noqa: E402, F401
+from notifications.models.throttle import ProviderBucket  # noqa: E402, F401
+from notifications.models.webhooks import *  # noqa: E402, F403
+from notifications.reporting.models import *  # noqa: E402, F403
 from notifications.statements.models import (  # noqa: E402, F401
     CustomerTariff,
     Meter,
@@ -529,7 +533,3 @@ from notifications.statements.models import (  # noqa: E402, F401
     Tariff,
     TariffBand,
 )
-from notifications.models.printing import PrintBatch, PrintBatchState, PrintItem  # noqa: E402, F401
-from notifications.models.throttle import ProviderBucket  # noqa: E402, F401
-from notifications.models.webhooks import *  # noqa: E402, F403
-from notifications.reporting.models import *  # noqa: E402, F403
