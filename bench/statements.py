@@ -206,9 +206,12 @@ def bill_run(ops) -> tuple[float, int, int, list[float]]:
     run = services.statement_run_create(period_start=PERIOD[0], period_end=PERIOD[1], by=ops)
     rss = []
     started = time.perf_counter()
+    from django_q.conf import Conf
+
+    Conf.SYNC = False  # the start's task stays queued: this process works the chunks below
     with transaction.atomic():
-        # The start enqueues the run's work after commit; it is drained below, chunk by chunk.
         services.statement_run_start(run=run, by=ops)
+    Conf.SYNC = True  # each chunk's compose and dispatch tasks run inline, as they commit
     while True:
         outcome = services.statement_run_chunk(run.pk)  # compose + dispatch inline (sync)
         rss.append(rss_mb())
@@ -244,6 +247,10 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ccm.settings")
     os.environ["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # Inline tasks are held to the cluster's timeout; a chunk's compose (100 PDFs) on a loaded
+    # machine can take longer than the default 120 s.
+    os.environ["Q_TIMEOUT"] = str(24 * 3600)
+    os.environ["Q_RETRY"] = str(24 * 3600 + 60)
     print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()} (loaded machine)")
     sql_admin(f"CREATE DATABASE {name}")
     workdir = Path(tempfile.mkdtemp(prefix="bench-statements-"))
