@@ -48,7 +48,8 @@ class ReadingAdmin(admin.ModelAdmin):
         return False
 
 
-class BandInline(admin.TabularInline):
+class BandInline(admin.StackedInline):
+    # Stacked: every field keeps a visible label (a tabular inline's cells have none).
     model = TariffBand
     extra = 1
 

@@ -24,6 +24,7 @@ class ReadingsView(CcmAPIView):
     required_scopes = ("readings:write",)
 
     @extend_schema(
+        operation_id="readings_create",
         request=OpenApiTypes.OBJECT,
         responses=OpenApiTypes.OBJECT,
         summary="Send up to 25,000 meter readings (idempotent per meter and interval)",
@@ -74,12 +75,17 @@ def _date(body: dict, name: str) -> date:
 class StatementRunListView(CcmAPIView):
     required_scopes = {"GET": ("statements:read",), "POST": ("statements:write",)}
 
-    @extend_schema(responses=OpenApiTypes.OBJECT, summary="Statement runs, newest first")
+    @extend_schema(
+        operation_id="statement_runs_list",
+        responses=OpenApiTypes.OBJECT,
+        summary="Statement runs, newest first",
+    )
     def get(self, request):
         runs = StatementRun.objects.all()[:100]
         return Response({"results": [selectors.run_summary(run) for run in runs]})
 
     @extend_schema(
+        operation_id="statement_runs_create",
         request=OpenApiTypes.OBJECT,
         responses=OpenApiTypes.OBJECT,
         summary="Create a statement run for a period and a segment (or everyone with readings)",
@@ -116,7 +122,11 @@ class StatementRunListView(CcmAPIView):
 class StatementRunView(CcmAPIView):
     required_scopes = ("statements:read",)
 
-    @extend_schema(responses=OpenApiTypes.OBJECT, summary="A run's progress and report")
+    @extend_schema(
+        operation_id="statement_run_report",
+        responses=OpenApiTypes.OBJECT,
+        summary="A run's progress and report",
+    )
     def get(self, request, pk: int):
         run = get_object_or_404(StatementRun, pk=pk)
         return Response(selectors.run_report(run))
@@ -132,6 +142,7 @@ class StatementRunActionView(CcmAPIView):
     }
 
     @extend_schema(
+        operation_id="statement_run_action",
         request=None,
         responses=OpenApiTypes.OBJECT,
         summary="start, pause, resume or cancel a statement run",
