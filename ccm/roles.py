@@ -67,6 +67,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_reportdefinition",
         "notifications.view_reportrun",
         *CAMPAIGNS_VIEW,
+        "notifications.view_statementrun",
     ],
     Role.TEMPLATE_AUTHOR: [
         "ccm.view_approval",
@@ -146,6 +147,8 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         # Operations schedule, pause, resume and cancel campaigns.
         *CAMPAIGNS_VIEW,
         "notifications.change_campaign",
+        "notifications.view_statementrun",
+        "notifications.change_statementrun",
     ],
     Role.INTEGRATOR: [
         "documents.view_template",
@@ -178,6 +181,7 @@ ROLE_SCOPES: dict[str, list[str]] = {
         "communications:read",
         "cases:read",
         "campaigns:read",
+        "statements:read",
     ],
     Role.TEMPLATE_AUTHOR: [
         "me:read",
@@ -211,6 +215,8 @@ ROLE_SCOPES: dict[str, list[str]] = {
         "reports:read",
         "campaigns:read",
         "campaigns:write",
+        "statements:read",
+        "statements:write",
     ],
     # Integrators call the API with a key, never with a session.
     Role.INTEGRATOR: [],

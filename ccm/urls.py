@@ -33,6 +33,7 @@ urlpatterns = [
     path("api/v1/", include("notifications.urls")),
     path("api/v1/", include("notifications.campaigns.urls")),
     path("campaigns/", include("notifications.campaigns.web_urls")),
+    path("statements/", include("notifications.statements.web_urls")),
     path("api/v1/", include("cases.urls")),
     path("api/v1/", include("cases.request_api")),
     path("api/v1/", include("cases.incidents.urls")),

@@ -269,3 +269,4 @@ from notifications import printing_admin, webhooks_admin  # noqa: E402, F401
 from notifications.assets import admin as assets_admin  # noqa: E402, F401
 from notifications.campaigns import admin as campaigns_admin  # noqa: E402, F401
 from notifications.reporting import admin as reporting_admin  # noqa: E402, F401
+from notifications.statements import admin as statements_admin  # noqa: E402, F401

@@ -34,6 +34,8 @@ class NotificationsConfig(AppConfig):
         from notifications.reporting import metrics as reporting_metrics
         from notifications.reporting import tasks as reporting_tasks
         from notifications.reporting.progress import register_progress_source
+        from notifications.statements import demo as statements_demo
+        from notifications.statements import services as statement_services
 
         register_progress_source("send_job", job_selectors.send_jobs_at_work)
         register_progress_source("campaign", campaign_selectors.campaigns_progress)
@@ -44,10 +46,16 @@ class NotificationsConfig(AppConfig):
         reporting_tasks.register_schedules()
         reporting_metrics.register()
         campaign_services.register_approvable()
+        statement_services.register_approvable()
         register_schedule(
             "notifications.campaigns_sweep", "notifications.campaigns.tasks.campaigns_sweep", 1
         )
         tasks.register_tasks()
+        register_schedule(
+            "notifications.statement_runs_sweep",
+            "notifications.statements.tasks.statement_runs_sweep",
+            1,
+        )
         tasks.register_sweeps()
         webhook_send.register_sweeps()
         post_transition.connect(
@@ -59,6 +67,7 @@ class NotificationsConfig(AppConfig):
         register_sweep(tracking.DELIVERY_EVENT_SWEEP)
         demo.register_seeder(notifications_demo.seed_customers_and_communications)
         demo.register_seeder(reporting_demo.seed_reports)
+        demo.register_seeder(statements_demo.seed_statements)
         communications = HomeLink(
             "Communications",
             "admin:notifications_communication_changelist",
@@ -74,6 +83,15 @@ class NotificationsConfig(AppConfig):
         )
         for role in (Role.OPERATIONS, Role.COMPLIANCE_REVIEWER, Role.TEMPLATE_AUTHOR):
             register_home_link(role, campaigns)
+        for role in (Role.OPERATIONS, Role.COMPLIANCE_REVIEWER):
+            register_home_link(
+                role,
+                HomeLink(
+                    "Statement runs",
+                    "statement-runs",
+                    "Bill runs from meter readings: progress, held customers, totals by tariff",
+                ),
+            )
         register_home_link(
             Role.OPERATIONS,
             HomeLink(

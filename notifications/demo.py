@@ -6,7 +6,8 @@ admin) and a fallback (an email address that the ESP refuses falls through to SM
 
 Each customer gets their own documents: the request data is a library sample made theirs (their
 account number, their supply address); the name, salutation and postal address come from the
-customer record, as for any request."""
+customer record, as for any request. The customers' usage statements are not requested here:
+a statement run computes them from their meters' readings (notifications/statements/demo.py)."""
 
 from __future__ import annotations
 
@@ -57,10 +58,8 @@ DEVICES = [("NW-3310-0042", "android", "demo-fcm-token-tomasz", "northwind-app")
 # (template, sample, customer, idempotency key, urgency, data of this customer's own): each a
 # real request through the pipeline.
 REQUESTS: list[tuple[str, str, str, str, str, dict[str, Any]]] = [
-    ("monthly_statement", "default", "NW-2048-7731", "demo-statement-1", "normal", {}),
     ("payment_reminder", "default", "NW-2048-7731", "demo-reminder-1", "normal", {}),
     ("policy_renewal", "default", "NW-2048-7731", "demo-renewal-1", "normal", {}),
-    ("monthly_statement", "german", "NW-3310-0042", "demo-statement-2", "normal", {}),
     ("final_demand", "default", "NW-5521-9001", "demo-demand-1", "normal", {}),
     ("payment_reminder", "default", "NW-7410-3300", "demo-reminder-sms-1", "high", {}),
     (

@@ -6,6 +6,7 @@ from notifications import api, device_api, printing_api, webhooks_api
 from notifications.assets import api as assets_api
 from notifications.jobs import api as jobs_api
 from notifications.reporting import api as reporting_api
+from notifications.statements import api as statements_api
 
 urlpatterns = [
     path("stats", reporting_api.StatsView.as_view(), name="api-stats"),
@@ -15,6 +16,20 @@ urlpatterns = [
         "service-points",
         assets_api.ServicePointUpsertView.as_view(),
         name="api-service-points",
+    ),
+    path("readings", statements_api.ReadingsView.as_view(), name="api-readings"),
+    path(
+        "statement-runs", statements_api.StatementRunListView.as_view(), name="api-statement-runs"
+    ),
+    path(
+        "statement-runs/<int:pk>",
+        statements_api.StatementRunView.as_view(),
+        name="api-statement-run",
+    ),
+    path(
+        "statement-runs/<int:pk>/<str:action>",
+        statements_api.StatementRunActionView.as_view(),
+        name="api-statement-run-action",
     ),
     path("customers", api.CustomerUpsertView.as_view(), name="api-customers"),
     path("customers/<str:ref>", api.CustomerDetailView.as_view(), name="api-customer"),

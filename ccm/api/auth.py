@@ -46,6 +46,9 @@ SCOPES: dict[str, str] = {
     "print": "Print batches: fetch streams and manifests, report mailing and returned mail",
     "stats:read": "Read the daily rollups: volumes, statuses, channels, sources",
     "reports:read": "Read production report runs and download their archived files",
+    "readings:write": "Send meter readings (bulk, idempotent per meter and interval)",
+    "statements:read": "Read statement runs, their progress, report and statements",
+    "statements:write": "Create, start, pause and resume statement runs; release held statements",
 }
 
 

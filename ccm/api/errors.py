@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
@@ -48,6 +50,7 @@ _TITLES = {
     405: "Method not allowed",
     406: "Not acceptable",
     409: "Conflict",
+    413: "Content too large",
     415: "Unsupported media type",
     422: "Unprocessable content",
     429: "Too many requests",
@@ -100,6 +103,14 @@ def problem_exception_handler(exc, context):
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(
             exc.message_dict if hasattr(exc, "error_dict") else {"": exc.messages}
+        )
+    if isinstance(exc, RequestDataTooBig):
+        exc = ApiProblem(
+            status_code=413,
+            title="Content too large",
+            detail=f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes; "
+            "send it in smaller calls.",
+            code="too_large",
         )
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()

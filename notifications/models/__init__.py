@@ -189,6 +189,7 @@ class Source(models.TextChoices):
     REPRINT = "reprint"
     FOLLOW_UP = "follow_up"
     INCIDENT = "incident"
+    STATEMENT_RUN = "statement_run"
 
 
 class CommState(models.TextChoices):
@@ -536,3 +537,14 @@ from notifications.models.printing import PrintBatch, PrintBatchState, PrintItem
 from notifications.models.throttle import ProviderBucket  # noqa: E402, F401
 from notifications.models.webhooks import *  # noqa: E402, F403
 from notifications.reporting.models import *  # noqa: E402, F403
+from notifications.statements.models import (  # noqa: E402, F401
+    CustomerTariff,
+    Meter,
+    Reading,
+    ReadingCorrection,
+    RecommendationRuleSet,
+    Statement,
+    StatementRun,
+    Tariff,
+    TariffBand,
+)

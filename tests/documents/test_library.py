@@ -33,6 +33,7 @@ EXPECTED = {
     "technician_appointment",
     "abnormal_consumption_alert",
     "maintenance_plan_offer",
+    "usage_statement",
 }
 
 

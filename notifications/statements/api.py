@@ -1,0 +1,158 @@
+"""Readings intake and statement runs over the API."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+
+from ccm.api.errors import Conflict, Unprocessable
+from ccm.api.views import CcmAPIView
+from notifications.campaigns.models import Segment
+from notifications.statements import readings, selectors, services
+from notifications.statements.models import StatementRun
+
+
+class ReadingsView(CcmAPIView):
+    """POST {"readings": [{"meter", "start", "value", "quality"}, …]}: up to 25,000 a call."""
+
+    required_scopes = ("readings:write",)
+
+    @extend_schema(
+        operation_id="readings_create",
+        request=OpenApiTypes.OBJECT,
+        responses=OpenApiTypes.OBJECT,
+        summary="Send up to 25,000 meter readings (idempotent per meter and interval)",
+        description='Send `{"readings": [{"meter": serial, "start": ISO time with offset, '
+        '"value": number, "quality": "actual"|"estimated"|"customer"|"missing"}, …]}`. '
+        "A reading is identified by its meter and the start of its interval: the same reading "
+        "again changes nothing; another value replaces it and the earlier one is kept as a "
+        "correction. All or nothing: if any row is refused nothing is stored and the 422 "
+        "names each fault as `readings[i].field`. The answer counts what was inserted, "
+        "corrected and unchanged.",
+    )
+    def post(self, request):
+        body = request.data
+        rows = body.get("readings") if isinstance(body, dict) else None
+        if not isinstance(rows, list):
+            raise Unprocessable(
+                'Send {"readings": [ {...}, … ]}.',
+                code="readings_required",
+                errors=[{"field": "readings", "message": "a list of readings"}],
+            )
+        try:
+            result = readings.readings_ingest(rows=rows)
+        except readings.ReadingsRefused as exc:
+            errors = [
+                {
+                    "field": "readings"
+                    if e["row"] is None
+                    else f"readings[{e['row']}]" + (f".{e['field']}" if e["field"] else ""),
+                    "message": e["message"],
+                }
+                for e in exc.errors[:1000]
+            ]
+            raise Unprocessable(str(exc), code="invalid_readings", errors=errors) from exc
+        return Response(result.as_dict(), status=status.HTTP_200_OK)
+
+
+def _date(body: dict, name: str) -> date:
+    try:
+        return date.fromisoformat(str(body.get(name)))
+    except ValueError:
+        raise Unprocessable(
+            f"{name}: an ISO date, e.g. 2026-01-31.",
+            code="invalid_run",
+            errors=[{"field": name, "message": "an ISO date"}],
+        ) from None
+
+
+class StatementRunListView(CcmAPIView):
+    required_scopes = {"GET": ("statements:read",), "POST": ("statements:write",)}
+
+    @extend_schema(
+        operation_id="statement_runs_list",
+        responses=OpenApiTypes.OBJECT,
+        summary="Statement runs, newest first",
+    )
+    def get(self, request):
+        runs = StatementRun.objects.all()[:100]
+        return Response({"results": [selectors.run_summary(run) for run in runs]})
+
+    @extend_schema(
+        operation_id="statement_runs_create",
+        request=OpenApiTypes.OBJECT,
+        responses=OpenApiTypes.OBJECT,
+        summary="Create a statement run for a period and a segment (or everyone with readings)",
+        description='Send `{"period_start": "2026-01-01", "period_end": "2026-01-31", '
+        '"segment": id or null, "start": true}`.',
+    )
+    def post(self, request):
+        body = request.data if isinstance(request.data, dict) else {}
+        segment = None
+        if body.get("segment") is not None:
+            given = body.get("segment")
+            wanted = given if isinstance(given, int) and not isinstance(given, bool) else None
+            segment = Segment.objects.filter(pk=wanted).first() if wanted else None
+            if segment is None:
+                raise Unprocessable(
+                    "segment: no such segment.",
+                    code="invalid_run",
+                    errors=[{"field": "segment", "message": "the id of a segment"}],
+                )
+        try:
+            run = services.statement_run_create(
+                period_start=_date(body, "period_start"),
+                period_end=_date(body, "period_end"),
+                segment=segment,
+                by=request.user,
+            )
+            if body.get("start", True):
+                run = services.statement_run_start(run=run, by=request.user)
+        except services.RunError as exc:
+            raise Unprocessable(str(exc), code="invalid_run") from exc
+        return Response(selectors.run_summary(run), status=status.HTTP_201_CREATED)
+
+
+class StatementRunView(CcmAPIView):
+    required_scopes = ("statements:read",)
+
+    @extend_schema(
+        operation_id="statement_run_report",
+        responses=OpenApiTypes.OBJECT,
+        summary="A run's progress and report",
+    )
+    def get(self, request, pk: int):
+        run = get_object_or_404(StatementRun, pk=pk)
+        return Response(selectors.run_report(run))
+
+
+class StatementRunActionView(CcmAPIView):
+    required_scopes = ("statements:write",)
+    ACTIONS = {
+        "start": services.statement_run_start,
+        "pause": services.statement_run_pause,
+        "resume": services.statement_run_resume,
+        "cancel": services.statement_run_cancel,
+    }
+
+    @extend_schema(
+        operation_id="statement_run_action",
+        request=None,
+        responses=OpenApiTypes.OBJECT,
+        summary="start, pause, resume or cancel a statement run",
+    )
+    def post(self, request, pk: int, action: str):
+        run = get_object_or_404(StatementRun, pk=pk)
+        if action not in self.ACTIONS:
+            raise Http404(f"No action {action!r}.")
+        try:
+            run = self.ACTIONS[action](run=run, by=request.user)
+        except services.RunError as exc:
+            raise Conflict(str(exc), code="run_state") from exc
+        return Response(selectors.run_summary(run))

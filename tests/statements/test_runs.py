@@ -1,0 +1,177 @@
+"""Statement runs end to end on PostgreSQL: computed from readings, bad reads held with the
+reason, handed to the one intake once per customer and period, resumable, reprinted exactly."""
+
+from __future__ import annotations
+
+import io
+from datetime import date
+from decimal import Decimal
+
+import pypdf
+import pytest
+from django.db import IntegrityError, transaction
+
+from documents.models import RegenerationCheck
+from notifications import services as customers
+from notifications.models import Communication
+from notifications.statements import selectors, services
+from notifications.statements.models import RunState, Statement, StatementState
+from tests.statements.conftest import half_hours, load, make_meter, make_tariff, put_on
+
+JAN = (date(2026, 1, 1), date(2026, 1, 31))
+
+
+def _customer(ref, ops, tariff, *, value="0.5", hole=None):
+    customers.customer_upsert(
+        external_ref=ref,
+        name=f"Customer {ref}",
+        emails=[f"{ref.lower()}@example.org"],
+        postal_address=["1 Mill Lane", "Leeds LS6 3QT"],
+        by=ops,
+    )
+    meter = make_meter(ref)
+    put_on(meter.service_point.customer, tariff)
+    rows = half_hours(date(2025, 12, 1), 62, value, serial=meter.serial)
+    if hole:
+        del rows[hole[0] : hole[1]]
+    load(rows)
+    return meter
+
+
+@pytest.fixture
+def town(db, ops, usage_statement):
+    flat = make_tariff("flat")
+    good = _customer("GOOD", ops, flat)
+    # Two half-hours missing on 10 January: estimated from the usual profile, and marked.
+    short = _customer("SHORT", ops, flat, hole=(31 * 48 + 9 * 48 + 20, 31 * 48 + 9 * 48 + 22))
+    # A day missing: held for review, not silently estimated.
+    long = _customer("LONG", ops, flat, hole=(31 * 48 + 14 * 48, 31 * 48 + 15 * 48))
+    spike = _customer("SPIKE", ops, flat)
+    load([{"meter": spike.serial, "start": "2026-01-20T03:00:00+00:00", "value": "40"}])
+    return {"good": good, "short": short, "long": long, "spike": spike}
+
+
+def _run(sync_tasks, ops):
+    run = services.statement_run_create(period_start=JAN[0], period_end=JAN[1], by=ops)
+    sync_tasks(services.statement_run_start, run=run, by=ops)
+    run.refresh_from_db()
+    return run
+
+
+def _statement(meter):
+    return Statement.objects.get(customer=meter.service_point.customer)
+
+
+def test_a_run_computes_holds_and_hands_each_customer_once(town, ops, sync_tasks):
+    # when a run for January covers everyone with readings
+    run = _run(sync_tasks, ops)
+    # then it completes with two statements handed and two held, each with its reason
+    assert run.state == RunState.COMPLETED
+    assert selectors.run_counts(run) == {"held": 2, "computed": 0, "handed": 2, "skipped": 0}
+    assert _statement(town["long"]).reason == (
+        "gap: 48 intervals without a reading from 2026-01-15 00:00"
+    )
+    assert _statement(town["spike"]).reason.startswith("spike: 40.000 at 2026-01-20 03:00")
+    # the good customer's bill: 31 x 24 kWh = 744 kWh x 0.2450 = 182.28; 31 x 0.50 = 15.50;
+    # VAT 9.11 + 0.78 = 9.89 (per line)
+    good = _statement(town["good"])
+    assert (good.result["net"], good.result["vat"], good.result["total"]) == (
+        "197.78",
+        "9.89",
+        "207.67",
+    )
+    assert good.total == Decimal("207.67")
+    assert good.data["comparison"]["previous"] == "744.000"  # December, same length
+    # the short gap was estimated at the usual 0.5 and is marked on the statement
+    short = _statement(town["short"])
+    assert short.state == StatementState.HANDED
+    assert short.data["estimated"] == {"intervals": 2, "days": ["2026-01-10"]}
+    # one communication per handed statement, from the statement run, through the one intake
+    comms = Communication.objects.filter(source="statement_run")
+    assert sorted(comms.values_list("customer__external_ref", flat=True)) == ["GOOD", "SHORT"]
+    report = selectors.run_report(run)
+    assert report["total_billed"] == str(good.total + short.total)
+    assert [t["tariff"] for t in report["by_tariff"]] == ["flat"]
+    assert report["by_tariff"][0]["statements"] == 2
+    assert {h["customer"] for h in report["held"]} == {"LONG", "SPIKE"}
+
+
+def test_never_two_statements_for_one_customer_and_period(town, ops, sync_tasks):
+    first = _run(sync_tasks, ops)
+    # a second run for the same period finds nobody left to bill
+    second = _run(sync_tasks, ops)
+    assert second.state == RunState.COMPLETED
+    assert second.statements.count() == 0
+    assert Statement.objects.count() == 4
+    assert Communication.objects.filter(source="statement_run").count() == 2
+    # and the database refuses a second statement outright
+    statement = first.statements.first()
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Statement.objects.create(
+            run=second,
+            customer=statement.customer,
+            period_start=JAN[0],
+            period_end=JAN[1],
+            state=StatementState.HELD,
+        )
+
+
+def test_a_crash_mid_chunk_leaves_nothing_and_the_run_resumes(town, ops, sync_tasks, monkeypatch):
+    run = services.statement_run_create(period_start=JAN[0], period_end=JAN[1], by=ops)
+    real = services._hand
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("worker killed")
+
+    monkeypatch.setattr(services, "_hand", crash)
+    with pytest.raises(RuntimeError):
+        services.statement_run_start(run=run, by=ops)
+        services.statement_run_chunk(run.pk)
+    assert Statement.objects.count() == 0
+    monkeypatch.setattr(services, "_hand", real)
+    # the sweep (or the next task) picks the run up again
+    sync_tasks(services.statement_run_work, run.pk)
+    run.refresh_from_db()
+    assert run.state == RunState.COMPLETED
+    assert Statement.objects.count() == 4
+    assert Communication.objects.filter(source="statement_run").count() == 2
+
+
+def test_pause_stops_the_next_chunk_and_resume_finishes(town, ops, sync_tasks):
+    run = services.statement_run_create(period_start=JAN[0], period_end=JAN[1], by=ops)
+    with transaction.atomic():
+        run = services.statement_run_start(run=run, by=ops)
+        run = services.statement_run_pause(run=run, by=ops)
+    assert services.statement_run_chunk(run.pk).more is False
+    assert Statement.objects.count() == 0
+    sync_tasks(services.statement_run_resume, run=run, by=ops)
+    run.refresh_from_db()
+    assert run.state == RunState.COMPLETED
+    assert run.statements.count() == 4
+
+
+def test_a_held_statement_is_released_once_the_reads_are_fixed(town, ops, sync_tasks):
+    _run(sync_tasks, ops)
+    held = _statement(town["spike"])
+    load([{"meter": town["spike"].serial, "start": "2026-01-20T03:00:00+00:00", "value": "0.5"}])
+    released = sync_tasks(services.statement_release, statement=held, by=ops)
+    assert released.state == StatementState.HANDED
+    assert released.communication is not None
+
+
+def test_a_reprint_is_byte_identical_to_the_archived_statement(town, ops, sync_tasks):
+    _run(sync_tasks, ops)
+    statement = _statement(town["good"])
+    statement.communication.refresh_from_db()
+    original = statement.communication.document
+    assert original is not None
+    text = "".join(
+        p.extract_text() for p in pypdf.PdfReader(io.BytesIO(original.file.read())).pages
+    )
+    assert "£207.67" in text
+    assert "Page 1 of" in text
+    copy = services.statement_reprint(statement=statement, by=ops)
+    check = RegenerationCheck.objects.get(document=original)
+    assert check.matched
+    assert check.actual_sha256 == original.sha256
+    assert copy.original == original
