@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 # Debian packages WeasyPrint needs (pango, HarfBuzz subsetting, fonts).
 SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-liberation2
-# Extra Debian packages the test suite needs: Chromium for the browser tests.
-TEST_SYSTEM_PACKAGES := chromium
+# Extra Debian packages the test suite needs: Chromium for the browser tests, poppler-utils
+# (pdftoppm) to read the print cover sheets' QR marks back from the printed page.
+TEST_SYSTEM_PACKAGES := chromium poppler-utils
 # axe-core (accessibility rules) for the browser crawler, from npm into var/ (no lock file, not
 # committed); tests/browser/test_crawl.py injects axe.min.js into every page it visits.
 AXE_CORE_VERSION := 4.10.3
