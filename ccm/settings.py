@@ -86,6 +86,8 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
             ],
+            # {{ x.state|state }} reads a state as words ("In review") on every page.
+            "builtins": ["ccm.templatetags.ccm_states"],
         },
     },
 ]

@@ -507,3 +507,15 @@ def sources(bundle: Bundle, language: str) -> Sources:
         page=PageSpec(size=page.get("size", "A4"), margin=page.get("margin", "18mm")),
         messages=catalog(bundle, language),
     )
+
+
+# The house style names its colours as custom properties in print.css (`:root { --brand: … }`);
+# screens that show a document (the customer portal) take them from there.
+_COLOUR_RE = re.compile(r"--(brand|brand-accent)\s*:\s*(#[0-9A-Fa-f]{3}(?:[0-9A-Fa-f]{3})?)\s*[;}]")
+
+
+def house_colours(content: dict) -> dict[str, str]:
+    """{"brand": "#0B4F6C", "brand-accent": "#35C4B5"} from a stored bundle's print.css (only
+    plain hex colours, so what a template declares cannot smuggle CSS into a page)."""
+    css = content.get("files", {}).get("print.css", "")
+    return {name: value for name, value in _COLOUR_RE.findall(css)}

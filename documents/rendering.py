@@ -411,6 +411,37 @@ def stamp(pdf: bytes, text: str) -> bytes:
     return _to_bytes(writer)
 
 
+# -- pictures of pages --------------------------------------------------------------------------
+
+PAGE_IMAGE_TIMEOUT_S = 20
+
+
+def first_page_png(pdf: bytes, *, width_px: int = 1000) -> bytes:
+    """The first page of `pdf` as a PNG `width_px` wide (poppler's pdftoppm), for screens that
+    cannot show a PDF inline, such as a phone's browser. RenderError if it cannot be drawn."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    program = shutil.which("pdftoppm")
+    if program is None:
+        raise RenderError("pdftoppm (Debian package poppler-utils) is not installed")
+    with tempfile.TemporaryDirectory() as folder:
+        source = f"{folder}/document.pdf"
+        with open(source, "wb") as fh:
+            fh.write(pdf)
+        try:
+            subprocess.run(  # noqa: S603 - a fixed program on our own archived file
+                [program, "-png", "-singlefile", "-f", "1", "-l", "1", "-scale-to-x",
+                 str(width_px), "-scale-to-y", "-1", source, f"{folder}/page"],
+                check=True, capture_output=True, timeout=PAGE_IMAGE_TIMEOUT_S,
+            )  # fmt: skip
+        except (subprocess.SubprocessError, OSError) as exc:
+            raise RenderError(f"the first page could not be drawn: {exc}") from exc
+        with open(f"{folder}/page.png", "rb") as fh:
+            return fh.read()
+
+
 # -- entry points -----------------------------------------------------------------------------
 
 
