@@ -156,6 +156,5 @@ def test_on_a_phone_the_document_comes_before_the_action_in_the_brands_colours(
         assert colour(button, "borderBottomColor") == "rgb(53, 196, 181)"  # --brand-accent
         assert colour(page.locator("header.topbar"), "backgroundColor") == "rgb(11, 79, 108)"
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
-        page.screenshot(path="/tmp/d16/phone.png", full_page=False)
     finally:
         context.close()
