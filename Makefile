@@ -4,8 +4,10 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
-# Debian packages WeasyPrint needs (pango, HarfBuzz subsetting, fonts).
-SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-liberation2
+# Debian packages WeasyPrint needs (pango, HarfBuzz subsetting, fonts), and poppler-utils, whose
+# pdftoppm draws a document's first page for the customer portal on phones (the tests also read
+# the print cover sheets' QR marks back from pages it draws).
+SYSTEM_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core fonts-liberation2 poppler-utils
 # Extra Debian packages the test suite needs: Chromium for the browser tests.
 TEST_SYSTEM_PACKAGES := chromium
 # axe-core (accessibility rules) for the browser crawler, from npm into var/ (no lock file, not

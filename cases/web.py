@@ -432,7 +432,7 @@ def milestone_reach(request: HttpRequest, ref: str, code: str) -> HttpResponse:
             bound={key: form},
         )
     letter = (
-        f"; letter {reached.communication.template.code} requested "
+        f"; letter {reached.communication.template.name} requested "
         f"(communication {reached.communication_id})"
         if reached.communication is not None
         else ""

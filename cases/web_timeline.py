@@ -62,7 +62,7 @@ def _humanised(action: str) -> str:
 def _communication_text(entry: TimelineEntry, communication: Communication | None) -> str:
     d = entry.detail
     what = (
-        f"{communication.template.code} (communication {communication.pk})"
+        f"{communication.template.name} (communication {communication.pk})"
         if communication is not None
         else f"Communication {d.get('communication')}"
     )
@@ -90,7 +90,7 @@ def timeline_rows(
             timing = "on time" if d.get("on_time") else "late"
             text = f"{d.get('label')} reached ({timing})"
             if communication is not None:
-                text += f"; letter {communication.template.code} requested"
+                text += f"; letter {communication.template.name} requested"
         else:
             text = _communication_text(entry, communication)
         rows.append(

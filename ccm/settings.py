@@ -87,6 +87,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "ccm.context_processors.work",
             ],
+            # {{ x.state|state }} reads a state as words ("In review") on every page.
+            "builtins": ["ccm.templatetags.ccm_states"],
         },
     },
 ]
@@ -522,6 +524,16 @@ CASES_SLA_SWEEP_MINUTES = env.int("CASES_SLA_SWEEP_MINUTES", default=15)
 CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
 # Printed above the recipient on print cover sheets, so undeliverable letters come back to us.
 CCM_PRINT_RETURN_ADDRESS = env.str("CCM_PRINT_RETURN_ADDRESS", default="")
+# The mail house's control mark on every cover sheet, which its inserter reads to check that each
+# envelope holds the right letter and number of pages (notifications/printstream.py): "qr" or
+# "none"; the text it carries (fields: batch, sequence, items, pages = the document's pages,
+# sheets = pages in the envelope, the cover sheet included); and where it sits on the A4 cover
+# sheet, "left,top,size" in millimetres (clear of the address window, 20-108 mm by 45-83 mm).
+CCM_PRINT_CONTROL_MARK = env.str("CCM_PRINT_CONTROL_MARK", default="qr")
+CCM_PRINT_CONTROL_MARK_FORMAT = env.str(
+    "CCM_PRINT_CONTROL_MARK_FORMAT", default="CCM1|{batch}|{sequence}|{items}|{sheets}"
+)
+CCM_PRINT_CONTROL_MARK_AT = env.str("CCM_PRINT_CONTROL_MARK_AT", default="170,12,24")
 # Files staff attach to a case on the case screens (cases/web_forms.py checks their bytes).
 CASES_ATTACHMENT_MAX_MB = env.int("CASES_ATTACHMENT_MAX_MB", default=10)
 # Every postal address correction needs a second person (by default only one that a held

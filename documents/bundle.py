@@ -10,14 +10,17 @@
 <code>/assets/*        images and fonts, referenced as "asset:<name>"
 <code>/samples/*.json  sample data sets for proofs
 <code>/lang/<xx>/…     per-language variants of any rendition or partial
+<code>/messages/<xx>.json  the message catalog of language xx: {"English text": "translation"},
+                       read by _("English text") in every rendition, partial, insert and print.css
 ```
 
 Shared parts keep a library's house style in one place. A library may hold
 `_shared/<name>/` folders (never templates: they have no template.json) with any of
-`print.css`, `partials/*`, `static/*` and `assets/*`; a template opts in with
+`print.css`, `partials/*`, `static/*`, `messages/*.json` and `assets/*`; a template opts in with
 `"shared": ["<name>", …]` in its template.json. read_folder merges each named part in order:
 its partials, static inserts and assets are added unless the template (or a part named later)
-has a file at the same path, and its print.css is prepended to the template's print.css (and to
+has a file at the same path, its message catalogs are merged key by key (the template's own
+messages win), and its print.css is prepended to the template's print.css (and to
 every lang/<xx>/print.css), followed by a comment naming the part, so that the template's own
 rules come last and win the cascade.
 
@@ -270,6 +273,7 @@ def validate(bundle: Bundle) -> None:
                 ):
                     problems.append(f"samples/{name}.json {field.field}: {field.message}")
     problems += page_problems(bundle.meta.get("page"))
+    problems += _catalog_problems(bundle)
     if not bundle.samples:
         problems.append("add at least one sample data set (samples/default.json)")
     size = sum(len(v.encode()) for v in bundle.files.values()) + sum(
@@ -360,12 +364,76 @@ def _read_files(folder: Path, *, json_too: bool = False) -> tuple[dict[str, str]
         rel = path.relative_to(folder).as_posix()
         if rel.startswith("assets/"):
             assets[rel.removeprefix("assets/")] = path.read_bytes()
-        elif path.suffix in suffixes:
+        elif path.suffix in suffixes or _is_catalog(rel):
             try:
                 files[rel] = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
                 raise BundleInvalid(f"{rel}: {exc}") from exc
     return files, assets
+
+
+_CATALOG_RE = re.compile(r"^messages/([a-z]{2})\.json$")
+# _("…") or _('…') in a rendition, partial, insert or print.css: the text to translate.
+_MESSAGE_USE_RE = re.compile(
+    r"""(?<![\w-])_\(\s*(?:"((?:[^"\\\n]|\\.)*)"|'((?:[^'\\\n]|\\.)*)')\s*\)"""
+)
+
+
+def _is_catalog(rel: str) -> bool:
+    return bool(_CATALOG_RE.match(rel))
+
+
+def catalog(bundle: Bundle, language: str) -> dict[str, str]:
+    """The message catalog of `language` ({} when the bundle has none or it is not an object
+    of texts; validate() says what is wrong with it)."""
+    text = bundle.files.get(f"messages/{language}.json")
+    if text is None:
+        return {}
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(messages, dict):
+        return {}
+    return {k: v for k, v in messages.items() if isinstance(v, str)}
+
+
+def messages_used(bundle: Bundle) -> set[str]:
+    """Every text the bundle's files pass to _(), from any rendition, partial, insert or CSS."""
+    used = set()
+    for rel, text in bundle.files.items():
+        if _is_catalog(rel):
+            continue
+        for double, single in _MESSAGE_USE_RE.findall(text):
+            used.add(re.sub(r"\\(.)", r"\1", double or single))
+    return used
+
+
+def _catalog_problems(bundle: Bundle) -> list[str]:
+    problems = []
+    for rel, text in sorted(bundle.files.items()):
+        if not _is_catalog(rel):
+            continue
+        try:
+            messages = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{rel}: not JSON ({exc})")
+            continue
+        if not isinstance(messages, dict) or not all(isinstance(v, str) for v in messages.values()):
+            problems.append(f'{rel}: must be an object of texts, {{"English text": "translation"}}')
+    used = messages_used(bundle)
+    for language in bundle.meta.get("languages", []):
+        if language == "en" or not used:
+            continue
+        missing = sorted(used - set(catalog(bundle, language)))
+        if missing:
+            shown = ", ".join(repr(m[:60]) for m in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            problems.append(
+                f"messages/{language}.json has no translation of {shown}{more}: the {language} "
+                "rendition would print them in English"
+            )
+    return problems
 
 
 def _check_shared(shared: Any) -> None:
@@ -389,16 +457,23 @@ def _merge_shared(
         )
     merged_files: dict[str, str] = {}
     merged_assets: dict[str, bytes] = {}
+    catalogs: dict[str, dict] = {}
     css_prefix = ""
     for name in names:
         part_files, part_assets = _read_files(root / name)
         css = part_files.pop("print.css", None)
-        unexpected = [rel for rel in part_files if not rel.startswith(("partials/", "static/"))]
+        unexpected = [
+            rel
+            for rel in part_files
+            if not rel.startswith(("partials/", "static/")) and not _is_catalog(rel)
+        ]
         if unexpected:
             raise BundleInvalid(
                 f"shared part {name} holds {', '.join(unexpected)}; a shared part holds only "
-                "print.css, partials/, static/ and assets/"
+                "print.css, partials/, static/, messages/ and assets/"
             )
+        for rel in [rel for rel in part_files if _is_catalog(rel)]:
+            catalogs[rel] = {**catalogs.get(rel, {}), **_load_catalog(part_files.pop(rel), rel)}
         merged_files |= part_files
         merged_assets |= part_assets
         if css is not None:
@@ -406,10 +481,23 @@ def _merge_shared(
             css_prefix += f'/* ---------- end of shared part "{name}" ---------- */\n'
     merged_files |= files
     merged_assets |= assets
+    for rel, messages in catalogs.items():
+        own = _load_catalog(files[rel], rel) if rel in files else {}
+        merged_files[rel] = json.dumps({**messages, **own}, indent=2, ensure_ascii=False) + "\n"
     if css_prefix:
         for rel in {"print.css"} | {r for r in files if _is_lang_print_css(r)}:
             merged_files[rel] = css_prefix + files.get(rel, "")
     return merged_files, merged_assets
+
+
+def _load_catalog(text: str, rel: str) -> dict:
+    try:
+        messages = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BundleInvalid(f"{rel}: not JSON ({exc})") from exc
+    if not isinstance(messages, dict):
+        raise BundleInvalid(f'{rel}: must be an object of texts, {{"English text": "translation"}}')
+    return messages
 
 
 def _is_lang_print_css(rel: str) -> bool:
@@ -473,4 +561,17 @@ def sources(bundle: Bundle, language: str) -> Sources:
         },
         assets=bundle.assets,
         page=PageSpec(size=page.get("size", "A4"), margin=page.get("margin", "18mm")),
+        messages=catalog(bundle, language),
     )
+
+
+# The house style names its colours as custom properties in print.css (`:root { --brand: … }`);
+# screens that show a document (the customer portal) take them from there.
+_COLOUR_RE = re.compile(r"--(brand|brand-accent)\s*:\s*(#[0-9A-Fa-f]{3}(?:[0-9A-Fa-f]{3})?)\s*[;}]")
+
+
+def house_colours(content: dict) -> dict[str, str]:
+    """{"brand": "#0B4F6C", "brand-accent": "#35C4B5"} from a stored bundle's print.css (only
+    plain hex colours, so what a template declares cannot smuggle CSS into a page)."""
+    css = content.get("files", {}).get("print.css", "")
+    return {name: value for name, value in _COLOUR_RE.findall(css)}

@@ -12,6 +12,7 @@ import contextvars
 import functools
 import hashlib
 import json
+import math
 import re
 import threading
 from collections import OrderedDict
@@ -116,6 +117,9 @@ class Sources:
     static_sections: Mapping[str, str] = field(default_factory=dict)
     assets: Mapping[str, bytes] = field(default_factory=dict)
     page: PageSpec = PageSpec()
+    # The language's message catalog (English text -> translation), read by _() in templates
+    # and in print.css; see Composer.translate.
+    messages: Mapping[str, str] = field(default_factory=dict)
 
 
 _TEXT_PARTS = (
@@ -146,6 +150,8 @@ def _content_digest(sources: Sources) -> str:
             for name, content in sorted(sources.assets.items())
         },
         "page": {"size": sources.page.size, "margin": sources.page.margin},
+        # Only when present, so that versions without a catalog keep their keys.
+        **({"messages": dict(sorted(sources.messages.items()))} if sources.messages else {}),
     }
     digest = hashlib.sha256(
         json.dumps(canonical, sort_keys=True, ensure_ascii=True).encode()
@@ -285,28 +291,50 @@ class _Formatters:
         )
 
 
-# A print house style: white paper, one brand colour, the fonts the PDFs embed anyway.
+# A print house style: white paper, one brand colour, light solid gridlines and the house
+# letter's body font, so a chart reads as part of the page rather than pasted onto it.
+CHART_FONT = "Liberation Sans, DejaVu Sans, sans-serif"
 CHART_STYLE = pygal.style.Style(
     background="white",
     plot_background="white",
-    foreground="#1d2433",
-    foreground_strong="#1d2433",
-    foreground_subtle="#d0d6df",
+    foreground="#1F2933",
+    foreground_strong="#1F2933",
+    foreground_subtle="#5B6B75",
     opacity="1",
     opacity_hover="1",
     transition="none",
-    colors=("#0b5cad", "#e07b00", "#1f7a3f", "#8a3ffc"),
-    font_family="DejaVu Sans, sans-serif",
-    title_font_family="DejaVu Sans, sans-serif",
-    label_font_family="DejaVu Sans, sans-serif",
-    major_label_font_family="DejaVu Sans, sans-serif",
-    legend_font_family="DejaVu Sans, sans-serif",
-    value_font_family="DejaVu Sans, sans-serif",
+    colors=("#0B4F6C", "#C4581C", "#1E7B45", "#35C4B5"),
+    guide_stroke_color="#E1E8EC",
+    major_guide_stroke_color="#E1E8EC",
+    guide_stroke_dasharray="none",
+    major_guide_stroke_dasharray="none",
+    font_family=CHART_FONT,
+    title_font_family=CHART_FONT,
+    label_font_family=CHART_FONT,
+    major_label_font_family=CHART_FONT,
+    legend_font_family=CHART_FONT,
+    value_font_family=CHART_FONT,
     title_font_size=14,
-    label_font_size=10,
-    major_label_font_size=10,
-    legend_font_size=10,
+    label_font_size=11,
+    major_label_font_size=11,
+    legend_font_size=11,
 )
+CHART_TICKS = 5
+_NICE_STEPS = (1.0, 2.0, 2.5, 5.0, 10.0)
+
+
+def nice_ticks(low: float, high: float, *, count: int = CHART_TICKS) -> list[float]:
+    """Round axis ticks (steps of 1, 2, 2.5 or 5 times a power of ten) from zero, or from below
+    the lowest value when it is negative, to at or above the highest: about `count` of them."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    if high == low:
+        high = low + 1
+    raw = (high - low) / max(count - 1, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(s * magnitude for s in _NICE_STEPS if s * magnitude >= raw * (1 - 1e-9))
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    # Rounded so 0.1 + 0.2 does not print as 0.30000000000000004.
+    return [round(n * step, 10) for n in range(first, last + 1)]
 
 
 def chart(
@@ -318,8 +346,16 @@ def chart(
     width: int = 480,
     height: int = 220,
     series_name: str = "",
+    unit: str = "",
+    label_format: str = "",
+    locale: babel.Locale | str = "en_GB",
 ) -> Markup:
-    """An inline SVG chart for print: no script, no external references, same bytes every time."""
+    """An inline SVG chart for print: no script, no external references, same bytes every time.
+
+    The value axis has round ticks, written as numbers are in `locale` and followed by `unit`
+    ("1.000 kWh"); with `label_format` (a CLDR date pattern such as "LLL" or "MMM y") the labels
+    are ISO dates ("2025-03" or "2025-03-01") written as that pattern in `locale` ("Mär"). In
+    templates, `chart` is bound to the template's locale."""
     classes = {"bar": pygal.Bar, "line": pygal.Line}
     if kind not in classes:
         raise TemplateError(f"chart: kind must be 'bar' or 'line', not {kind!r}")
@@ -327,7 +363,14 @@ def chart(
         raise TemplateError("chart: width and height must be between 1 and 2000")
     if len(labels) != len(values) or len(values) > 1000:
         raise TemplateError("chart: labels and values must have the same length (at most 1000)")
+    if len(unit) > 20:
+        raise TemplateError("chart: unit must be at most 20 characters")
+    where = babel.Locale.parse(locale) if isinstance(locale, str) else locale
     numbers = [None if v is None else float(_decimal(v, what="chart")) for v in values]
+    texts = [_chart_label(label, label_format, where) for label in labels]
+    present = [n for n in numbers if n is not None] or [0.0]
+    ticks = nice_ticks(min(present), max(present))
+    suffix = f"\u00a0{unit}" if unit else ""
     graph = classes[kind](
         width=width,
         height=height,
@@ -335,30 +378,65 @@ def chart(
         title=title or None,
         show_legend=bool(series_name),
         style=CHART_STYLE,
+        range=(ticks[0], ticks[-1]),
         show_minor_y_labels=False,
-        y_labels_major_count=5,
         show_x_guides=False,
+        show_y_guides=True,
         truncate_label=-1,
         disable_xml_declaration=True,
         js=[],
         pretty_print=False,
+        value_formatter=lambda v: babel.numbers.format_decimal(v, locale=where) + suffix,
     )
+    graph.y_labels = ticks
+    graph.y_labels_major = ticks
     # pygal names the chart with uuid4(); a stable id keeps re-rendered documents identical.
     graph.uuid = (
         "ccm-"
         + hashlib.sha256(
             json.dumps(
-                [kind, [str(x) for x in labels], numbers, title, width, height, series_name]
+                [kind, texts, numbers, title, width, height, series_name, unit, str(where)]
             ).encode()
         ).hexdigest()[:16]
     )
-    graph.x_labels = [str(label) for label in labels]
+    graph.x_labels = texts
     graph.add(series_name or " ", numbers)
     # pygal always embeds its config as a script and stamps the render date into a comment;
     # neither draws anything, and both would make the bytes vary or carry code into the PDF.
     # The SVG is XML-serialised, so "<" inside text is escaped and cannot fake a tag here.
     svg = _SCRIPT_RE.sub("", _XML_COMMENT_RE.sub("", graph.render(is_unicode=True)))
     return Markup(svg)  # noqa: S704 - pygal builds the SVG with an XML serialiser, text escaped
+
+
+def _chart_label(label: Any, label_format: str, locale: babel.Locale) -> str:
+    if not label_format:
+        return str(label)
+    text = str(label)
+    # A month ("2025-03") is its first day.
+    try:
+        moment = _as_date(f"{text}-01" if re.fullmatch(r"\d{4}-\d{2}", text) else text)
+    except TemplateError as exc:
+        raise TemplateError(f"chart: {exc.reason}") from exc
+    try:
+        return babel.dates.format_date(moment, format=label_format, locale=locale)
+    except (ValueError, KeyError) as exc:
+        raise TemplateError(f"chart: label_format {label_format!r} is not a date pattern") from exc
+
+
+# -- translation ------------------------------------------------------------------------------
+
+# _("English text") in print.css, replaced by the translation as a CSS string before parsing.
+_CSS_MESSAGE_RE = re.compile(r'(?<![\w-])_\(\s*"((?:[^"\\\n]|\\.)*)"\s*\)')
+
+
+# {name} in a message: replaced by the value passed as name=… (nothing else: no attribute
+# access or format spec, which str.format would allow a template to abuse).
+_PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _css_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\A ")
+    return f'"{escaped}"'
 
 
 # -- the sandbox ------------------------------------------------------------------------------
@@ -686,9 +764,56 @@ class Composer:
             date=fmt.date,
             datetime=fmt.datetime,
         )
-        env.globals["chart"] = chart
+        env.globals["chart"] = functools.partial(chart, locale=self.locale)
+        env.globals["_"] = self._gettext()
         env.guard_filters()
         return env
+
+    def translate(self, text: str) -> str:
+        """The catalog's translation of `text`, or `text` itself (English is the key).
+
+        Templates write `{{ _("Amount to pay") }}` (or `{{ _("Please pay by {date}", date=…) }}`,
+        the value put in place of {date}) and print.css `content: _("Page")`; the house
+        style's catalog (messages/<language>.json in a shared part, merged with the template's
+        own) holds the translations, so one template serves every language and a label, a chart
+        title and the footer are translated the same way."""
+        if not isinstance(text, str):
+            raise TemplateError(f"_(): {text!r} is not text")
+        return self.sources.messages.get(text, text)
+
+    def _gettext(self) -> Callable[..., str]:
+        translate = self.translate
+        messages = self.sources.messages
+
+        @jinja2.pass_eval_context
+        def gettext(eval_ctx: nodes.EvalContext, text: str, **values: Any) -> str:
+            # As Jinja's i18n extension does: in HTML the translation is markup the author
+            # wrote (it may hold <strong>), and the values put into it are escaped.
+            translated = translate(text)
+            if eval_ctx.autoescape:
+                # A translation is the author's own markup (it may hold <strong>); text without
+                # one may be customer data (_(item.description)) and is escaped, as are values
+                # (a value built with {% set %}…{% endset %} is markup already and stays so).
+                found = isinstance(text, str) and text in messages
+                translated = Markup(translated) if found else escape(translated)  # noqa: S704
+                values = {name: escape(value) for name, value in values.items()}
+
+            def fill(match: re.Match) -> str:
+                if match.group(1) not in values:
+                    raise TemplateError(f"_(): {text!r} needs a value for {{{match.group(1)}}}")
+                return str(values[match.group(1)])
+
+            filled = _PLACEHOLDER_RE.sub(fill, translated)
+            return Markup(filled) if eval_ctx.autoescape else filled  # noqa: S704 - escaped above
+
+        return gettext
+
+    def print_css(self) -> str:
+        """print.css with each _("…") replaced by its translation as a CSS string."""
+        return _CSS_MESSAGE_RE.sub(
+            lambda m: _css_string(self.translate(re.sub(r"\\(.)", r"\1", m.group(1)))),
+            self.sources.print_css,
+        )
 
     @property
     def lang(self) -> str:
@@ -779,6 +904,19 @@ class Composer:
         """A static insert as a full document; it sees no customer data, by design."""
         return self._document(
             self._run(f"static:{name}", {}, text=self.sources.static_sections[name])
+        )
+
+    def inserts_html(self) -> str:
+        """Every static insert, in order, as one document; each starts on a new page."""
+        parts = [
+            self._run(f"static:{name}", {}, text=source)
+            for name, source in self.sources.static_sections.items()
+        ]
+        return self._document(
+            "".join(
+                part if index == 0 else f'<div style="break-before: page">{part}</div>'
+                for index, part in enumerate(parts)
+            )
         )
 
     def email(self, data: Mapping) -> EmailOutput:

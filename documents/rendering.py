@@ -17,6 +17,7 @@ import logging
 import math
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -253,8 +254,34 @@ def _check_pages(document: weasyprint.document.Document) -> None:
                 )
 
 
+# A block that starts a new page: the pages it makes are laid out (so the page counters count
+# them) and then left out of the PDF. The zero-width space gives it a line, so it is never empty.
+_BLANK_PAGE = '<div style="break-before: page">&#8203;</div>'
+# Static insert layouts kept per engine: one per letter length (letters run to a few pages).
+STATIC_LAYOUTS_PER_ENGINE = 8
+
+
+def _with_blank_pages(html: str, count: int, *, lead: bool) -> str:
+    """`html` with `count` blank pages before its body (lead) or after it. The document shell is
+    the composer's own (Composer._document), so its first <body> and last </body> are ours."""
+    if count <= 0:
+        return html
+    if lead:
+        head, tag, body = html.partition("<body>")
+        blanks = "<div>&#8203;</div>" + _BLANK_PAGE * (count - 1)
+        return f'{head}{tag}{blanks}<div style="break-before: page"></div>{body}'
+    body, tag, tail = html.rpartition("</body>")
+    return f"{body}{_BLANK_PAGE * count}{tag}{tail}"
+
+
 class PdfEngine:
-    """Everything reusable for one Sources+locale: fetcher, fonts, parsed CSS, static pages."""
+    """Everything reusable for one Sources+locale: fetcher, fonts, parsed CSS, static pages.
+
+    Static inserts (terms, leaflets) are appended after the letter but count as pages of the one
+    document: the footer of the letter's page 1 says "Page 1 of 4" when two insert pages follow,
+    and the insert's pages say "Page 3 of 4". The letter is laid out with the insert's pages as
+    blank pages at its end, and the insert with the letter's pages as blank pages at its start;
+    the blanks are dropped before writing. The insert is laid out once per letter length."""
 
     def __init__(self, sources: Sources, *, locale: str) -> None:
         self.key = sources_key(sources, locale)
@@ -266,15 +293,16 @@ class PdfEngine:
         self._image_cache: dict = {}
         self._lock = threading.Lock()
         self.stylesheets = [
-            self._css(sources.print_css),
+            self._css(self.composer.print_css()),
             # After the author's CSS so the version's page spec is what sets size and margins.
             self._css(sources.page.css()),
         ]
-        self.static_pdf: bytes | None = None
         self.static_page_count = 0
+        self._static_html = ""
+        self._static_layouts: OrderedDict[int, pypdf.PdfReader] = OrderedDict()
         if sources.static_sections:
-            self.static_pdf, self.static_page_count = self._layout_static(sources)
-            self._static_reader = pypdf.PdfReader(io.BytesIO(self.static_pdf))
+            self._static_html = self.composer.inserts_html()
+            self.static_page_count = len(self._document(self._static_html).pages)
 
     def _css(self, text: str) -> weasyprint.CSS:
         return weasyprint.CSS(string=text, url_fetcher=self.fetcher, font_config=self.font_config)
@@ -296,28 +324,44 @@ class PdfEngine:
         _check_pages(document)
         return document
 
-    def _layout_static(self, sources: Sources) -> tuple[bytes, int]:
-        documents = [
-            self._document(self.composer.static_html(name)) for name in sources.static_sections
-        ]
-        pages = [page for document in documents for page in document.pages]
-        data = documents[0].copy(pages).write_pdf(pdf_identifier=True)
-        return data, len(pages)
+    def _static_pages(self, letter_pages: int) -> pypdf.PdfReader:
+        """The inserts' pages numbered as pages letter_pages+1… of the whole document."""
+        reader = self._static_layouts.get(letter_pages)
+        if reader is None:
+            reader = self._layout_static(letter_pages)
+            self._static_layouts[letter_pages] = reader
+            while len(self._static_layouts) > STATIC_LAYOUTS_PER_ENGINE:
+                self._static_layouts.popitem(last=False)
+        self._static_layouts.move_to_end(letter_pages)
+        return reader
+
+    def _layout_static(self, letter_pages: int) -> pypdf.PdfReader:
+        document = self._document(_with_blank_pages(self._static_html, letter_pages, lead=True))
+        pages = document.pages[letter_pages:]
+        if len(pages) != self.static_page_count:
+            raise RenderError(
+                f"the static inserts came out as {len(pages)} pages after a {letter_pages}-page "
+                f"letter, not {self.static_page_count}: keep page-dependent rules out of them"
+            )
+        data = document.copy(pages).write_pdf(pdf_identifier=True)
+        return pypdf.PdfReader(io.BytesIO(data))
 
     def render(self, html: str) -> RenderedPdf:
         # One document at a time per engine: the font configuration, image cache and the
-        # static pages' reader (a shared stream) are not safe to use from two threads.
+        # static pages' readers (shared streams) are not safe to use from two threads.
         with self._lock:
-            document = self._document(html)
-            letter = document.write_pdf(pdf_identifier=True)
-            page_count = len(document.pages)
-            if self.static_pdf is None:
-                return RenderedPdf(data=letter, page_count=page_count)
+            inserts = self.static_page_count
+            document = self._document(_with_blank_pages(html, inserts, lead=False))
+            page_count = len(document.pages) - inserts
+            if not inserts:
+                data = document.write_pdf(pdf_identifier=True)
+                return RenderedPdf(data=data, page_count=page_count)
+            letter = document.copy(document.pages[:page_count]).write_pdf(pdf_identifier=True)
             writer = pypdf.PdfWriter()
             writer.append(pypdf.PdfReader(io.BytesIO(letter)))
-            writer.append(self._static_reader)
+            writer.append(self._static_pages(page_count))
         _set_identity(writer, seed=letter + self.key.encode())
-        return RenderedPdf(data=_to_bytes(writer), page_count=page_count + self.static_page_count)
+        return RenderedPdf(data=_to_bytes(writer), page_count=page_count + inserts)
 
 
 _engines: LruCache[str, PdfEngine] = LruCache(ENGINE_CACHE_SIZE)
@@ -365,6 +409,37 @@ def stamp(pdf: bytes, text: str) -> bytes:
         page.compress_content_streams()
     _set_identity(writer, seed=pdf + b"\0stamp\0" + text.encode())
     return _to_bytes(writer)
+
+
+# -- pictures of pages --------------------------------------------------------------------------
+
+PAGE_IMAGE_TIMEOUT_S = 20
+
+
+def first_page_png(pdf: bytes, *, width_px: int = 1000) -> bytes:
+    """The first page of `pdf` as a PNG `width_px` wide (poppler's pdftoppm), for screens that
+    cannot show a PDF inline, such as a phone's browser. RenderError if it cannot be drawn."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    program = shutil.which("pdftoppm")
+    if program is None:
+        raise RenderError("pdftoppm (Debian package poppler-utils) is not installed")
+    with tempfile.TemporaryDirectory() as folder:
+        source = f"{folder}/document.pdf"
+        with open(source, "wb") as fh:
+            fh.write(pdf)
+        try:
+            subprocess.run(  # noqa: S603 - a fixed program on our own archived file
+                [program, "-png", "-singlefile", "-f", "1", "-l", "1", "-scale-to-x",
+                 str(width_px), "-scale-to-y", "-1", source, f"{folder}/page"],
+                check=True, capture_output=True, timeout=PAGE_IMAGE_TIMEOUT_S,
+            )  # fmt: skip
+        except (subprocess.SubprocessError, OSError) as exc:
+            raise RenderError(f"the first page could not be drawn: {exc}") from exc
+        with open(f"{folder}/page.png", "rb") as fh:
+            return fh.read()
 
 
 # -- entry points -----------------------------------------------------------------------------

@@ -240,7 +240,7 @@ def template_version_submit(*, version: TemplateVersion, by) -> Approval:
         subject=locked,
         requested_by=by,
         purpose=APPROVAL_PURPOSE,
-        summary=f"{locked.template.code} v{locked.number}: {locked.template.name}",
+        summary=f"{locked.template.name} v{locked.number} ({locked.template.code})",
     )
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import FileResponse, Http404
 from django.shortcuts import redirect
 from django.urls import path
 from django.views.decorators.clickjacking import xframe_options_sameorigin
@@ -131,6 +131,11 @@ class CommunicationAdmin(ScaledListAdmin):
                 self.admin_site.admin_view(xframe_options_sameorigin(self.email_view)),
                 name="notifications_communication_email",
             ),
+            path(
+                "<int:pk>/document.pdf",
+                self.admin_site.admin_view(xframe_options_sameorigin(self.document_view)),
+                name="notifications_communication_document",
+            ),
             *super().get_urls(),
         ]
 
@@ -143,6 +148,15 @@ class CommunicationAdmin(ScaledListAdmin):
         if not html:
             raise Http404("This communication has no rendered email.")
         return sandboxed_html(html)
+
+    def document_view(self, request, pk: int):
+        """The archived PDF, shown inline: the print proof in the reviewer's frame."""
+        communication = self.get_object(request, str(pk))
+        if communication is None or not self.has_view_permission(request, communication):
+            raise Http404("No such communication.")
+        if communication.document is None:
+            raise Http404("This communication has no archived document.")
+        return FileResponse(communication.document.file.open("rb"), content_type="application/pdf")
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         communication = self.get_object(request, object_id)

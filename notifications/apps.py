@@ -35,11 +35,13 @@ class NotificationsConfig(AppConfig):
         from notifications.reporting import tasks as reporting_tasks
         from notifications.reporting.progress import register_progress_source
         from notifications.statements import demo as statements_demo
+        from notifications.statements import selectors as statement_selectors
         from notifications.statements import services as statement_services
 
         register_progress_source("send_job", job_selectors.send_jobs_at_work)
         register_progress_source("campaign", campaign_selectors.campaigns_progress)
         register_progress_source("print_batch_close", printing.print_batches_progress)
+        register_progress_source("statement_run", statement_selectors.statement_runs_at_work)
         services.register_approvable()
         notices.register()
         job_tasks.register_schedules()

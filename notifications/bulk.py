@@ -962,7 +962,7 @@ def _gate(ids: list[int], events: list[webhooks.Occurrence]) -> dict[str, int]:
             subject=c,
             requested_by=c.created_by,
             purpose=RELEASE_PURPOSE,
-            summary=f"Release {c.template_version.template.code} to {c.customer}: {why}",
+            summary=f"Release {c.template_version.template.name} to {c.customer}: {why}",
         )
     history.steps_record(
         [history.Step(c.pk, "communication.awaiting_approval", {"reason": why}) for c, why in held]

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.core import signing
+from django.core.cache import cache
 from django.db import transaction
 from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
@@ -35,7 +36,9 @@ from ccm import audit, links
 from ccm.links import LinkInvalid
 from ccm.models import SignedLink
 from ccm.ratelimit import client_ip, rate_limit_hit, rate_limit_key
+from documents.bundle import house_colours
 from documents.composition import CompositionError
+from documents.rendering import RenderError, first_page_png
 from notifications.models import CommState, Communication
 from notifications.services import IntakeError, communication_request
 
@@ -369,6 +372,7 @@ def portal_document(request: HttpRequest, token: str) -> HttpResponse:
     )
     context = {
         "company": _company(),
+        "brand_css": True,
         "title": portal_title(communication),
         "customer_name": communication.customer.name,
         "document": communication.document,
@@ -400,6 +404,52 @@ def portal_pdf(request: HttpRequest, token: str) -> HttpResponseBase:
     )
     response["Content-Security-Policy"] = _PDF_CSP
     return response
+
+
+# A phone's picture of the first page: wide enough to read on a 3x screen of 360 CSS pixels.
+PAGE_IMAGE_WIDTH_PX = 1000
+PAGE_IMAGE_CACHE_S = 3600
+
+
+@_portal_view
+@require_safe
+def portal_page_image(request: HttpRequest, token: str) -> HttpResponseBase:
+    """The document's first page as a picture: most phone browsers do not draw a PDF inline,
+    so the portal shows this above the action instead."""
+    try:
+        communication = portal_communication(token)
+    except LinkInvalid:
+        return _unavailable(request, token)
+    document = communication.document
+    if document is None:
+        return _unavailable(request, token)
+    key = f"ccm:portal-page:{document.sha256}:{PAGE_IMAGE_WIDTH_PX}"
+    png = cache.get(key)
+    if png is None:
+        with document.file.open("rb") as fh:
+            pdf = fh.read()
+        try:
+            png = first_page_png(pdf, width_px=PAGE_IMAGE_WIDTH_PX)
+        except RenderError:
+            logger.exception("portal: the first page of document %s cannot be drawn", document.pk)
+            return HttpResponse(status=404)
+        cache.set(key, png, PAGE_IMAGE_CACHE_S)
+    return HttpResponse(png, content_type="image/png")
+
+
+@_portal_view
+@require_safe
+def portal_brand_css(request: HttpRequest, token: str) -> HttpResponseBase:
+    """The brand's colours from the document's house style, as the portal's custom properties
+    (a stylesheet, as the portal's CSP allows no inline style)."""
+    try:
+        communication = portal_communication(token)
+    except LinkInvalid:
+        return HttpResponse("", content_type="text/css")
+    version = communication.template_version
+    colours = house_colours(version.content) if version is not None else {}
+    rules = "".join(f"--{name}:{value};" for name, value in sorted(colours.items()))
+    return HttpResponse(f":root{{{rules}}}" if rules else "", content_type="text/css")
 
 
 @_portal_view

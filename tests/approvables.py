@@ -29,10 +29,11 @@ def version_submitted(*, author, code: str = "letter") -> tuple[TemplateVersion,
 
 
 def communication_awaiting_release(
-    *, author, reviewer, requester, admin, run: Callable
+    *, author, reviewer, requester, admin, run: Callable, by_post: bool = False
 ) -> tuple[Communication, Approval]:
     """A letter whose template requires a release, requested by `requester` and composed by
-    `run` (which must run the enqueued tasks): it waits in awaiting_approval."""
+    `run` (which must run the enqueued tasks): it waits in awaiting_approval. `by_post`: the
+    customer has no email address, so the letter goes by post."""
     publish(
         letter_bundle("release-letter", release={"required": True}),
         author=author,
@@ -42,7 +43,7 @@ def communication_awaiting_release(
         external_ref="C-1",
         name="Ada Lovelace",
         postal_address=["1 Analytical Row", "London N1 1AA"],
-        emails=["ada@example.org"],
+        emails=[] if by_post else ["ada@example.org"],
         by=admin,
     )
     communication, _ = run(

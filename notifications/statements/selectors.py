@@ -108,3 +108,31 @@ def run_report(run: StatementRun) -> dict[str, Any]:
         .values_list("pk", "customer__external_ref", "reason")[:1000]
     ]
     return report
+
+
+def statement_runs_at_work(*, since):
+    """The dashboard's progress source: runs under way, and those finished since `since`."""
+    from django.db.models import Q
+    from django.urls import reverse
+
+    from notifications.reporting.progress import Work
+    from notifications.statements.models import RunState
+
+    finished = (RunState.COMPLETED, RunState.CANCELLED)
+    runs = StatementRun.objects.filter(
+        Q(state__in=(RunState.RUNNING, RunState.PAUSED))
+        | Q(state=RunState.COMPLETED, completed_at__gte=since)
+    ).order_by("-id")[:20]
+    for run in runs:
+        yield Work(
+            kind="statement_run",
+            key=f"statement_run:{run.pk}",
+            label=f"Statement run {run.pk} ({run.period_start} to {run.period_end})",
+            state=run.state,
+            done=sum(run_counts(run).values()),
+            total=run.customer_count,
+            finished=run.state in finished,
+            url=reverse("statement-run", args=[run.pk]),
+            reference=f"statement-run:{run.pk}",
+            started_at=run.started_at,
+        )

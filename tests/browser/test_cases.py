@@ -118,20 +118,20 @@ def test_agent_works_a_complaint_to_its_acknowledgement_letter(
     # then the letter was sent and the timeline shows it, with links to it and its PDF
     letter = Communication.objects.get(template__code="complaint_acknowledgement")
     expect(page.get_by_role("status").first).to_contain_text(
-        f"Acknowledgement reached; letter complaint_acknowledgement requested "
+        f"Acknowledgement reached; letter Complaint acknowledgement requested "
         f"(communication {letter.pk})"
     )
     timeline = page.locator("ol.timeline")
     expect(timeline).to_contain_text(
-        "Acknowledgement reached (late); letter complaint_acknowledgement requested"
+        "Acknowledgement reached (late); letter Complaint acknowledgement requested"
     )
-    expect(timeline).to_contain_text(f"complaint_acknowledgement (communication {letter.pk}): sent")
+    expect(timeline).to_contain_text(f"Complaint acknowledgement (communication {letter.pk}): sent")
     pdf_link = timeline.get_by_role("link", name="PDF")
     pdf = page.request.get(pdf_link.get_attribute("href") or "")
     assert (pdf.status, pdf.headers["content-type"]) == (200, "application/pdf")
     assert pdf.body().startswith(b"%PDF")
     milestone = page.get_by_role("row").filter(has_text="Acknowledgement")
-    expect(milestone).to_contain_text(f"complaint_acknowledgement (communication {letter.pk})")
+    expect(milestone).to_contain_text(f"Complaint acknowledgement (communication {letter.pk})")
     expect(milestone).to_contain_text("late")
     letter.refresh_from_db()
     assert letter.state == "sent"

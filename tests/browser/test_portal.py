@@ -92,3 +92,69 @@ def test_customer_with_a_dead_link_asks_for_a_fresh_one(page: Page, offer, docum
     fresh = urlsplit(renewal.data["portal_url"]).path
     page.goto(fresh)
     expect(page.get_by_role("heading", level=1)).to_have_text("Renewal offer")
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture
+def renewal(author, reviewer, customer):
+    """The library's policy renewal: house style, and it asks the customer to accept it."""
+    from documents import services as documents
+    from notifications.models import CommState
+
+    bundle = bundles.read_folder(LIBRARY / "policy_renewal")
+    version = _publish(
+        bundle, name="Home insurance renewal invitation", author=author, reviewer=reviewer
+    )
+    data = bundle.samples["default"]
+    document = documents.document_compose(version=version, data=data, language="en")
+    return Communication.objects.create(
+        customer=customer,
+        template=version.template,
+        template_version=version,
+        data=data,
+        category="transactional",
+        client="test",
+        state=CommState.SENT,
+        document=document,
+    )
+
+
+def test_on_a_phone_the_document_comes_before_the_action_in_the_brands_colours(
+    browser, live_server, renewal
+):
+    # given a phone
+    context = browser.new_context(
+        base_url=live_server.url, viewport=PHONE, is_mobile=True, has_touch=True
+    )
+    page = context.new_page()
+    try:
+        # when the customer opens their link
+        page.goto(urlsplit(portal.portal_url(renewal)).path)
+
+        # then the first page of the letter is shown, drawn, above the button
+        picture = page.get_by_role(
+            "img", name="The first page of Home insurance renewal invitation"
+        )
+        expect(picture).to_be_visible()
+        page.wait_for_function(
+            "img => img.complete && img.naturalWidth === 1000", arg=picture.element_handle()
+        )
+        button = page.get_by_role("button", name="Accept your renewal")
+        expect(button).to_be_visible()
+        picture_box, button_box = picture.bounding_box(), button.bounding_box()
+        assert picture_box["y"] + picture_box["height"] <= button_box["y"]
+        assert picture_box["width"] >= PHONE["width"] - 80  # the page fills the screen's width
+        assert page.locator("iframe.portal-pdf").is_hidden()  # phones draw no PDF in a frame
+
+        # and the page wears the house style's colours (documents/library/_shared/house)
+        def colour(locator, prop):
+            return locator.evaluate(f"e => getComputedStyle(e).{prop}")
+
+        assert colour(button, "backgroundColor") == "rgb(11, 79, 108)"  # --brand #0B4F6C
+        assert colour(button, "borderBottomColor") == "rgb(53, 196, 181)"  # --brand-accent
+        assert colour(page.locator("header.topbar"), "backgroundColor") == "rgb(11, 79, 108)"
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    finally:
+        context.close()

@@ -33,11 +33,11 @@ def test_reviewer_approves_a_template_version_from_the_queue(
     login(reviewer)
     page.get_by_role("link", name="Sign-off queue").first.click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Sign-off queue")
-    row = page.get_by_role("row").filter(has_text="letter v1: Balance letter")
+    row = page.get_by_role("row").filter(has_text="Balance letter v1 (letter)")
     expect(row).to_contain_text("Template version")
     expect(row).to_contain_text("alex")  # requested by the author
     # when they open it
-    row.get_by_role("link", name="letter v1: Balance letter").click()
+    row.get_by_role("link", name="Balance letter v1 (letter)").click()
     # then the proof is there: the PDF the frame shows is a PDF
     pdf_link = page.get_by_role("link", name="Open the PDF proof of v1")
     frame = page.locator("iframe[title='Proof of v1']")
@@ -52,8 +52,8 @@ def test_reviewer_approves_a_template_version_from_the_queue(
     page.get_by_label("Comment", exact=True).fill("Wording and figures checked.")
     page.get_by_role("button", name="Record decision").click()
     # then they are back on the queue, told so, and the version is gone from it
-    expect(page.get_by_role("status")).to_contain_text("Approved: letter v1: Balance letter")
-    expect(page.get_by_role("link", name="letter v1: Balance letter")).to_have_count(0)
+    expect(page.get_by_role("status")).to_contain_text("Approved: Balance letter v1 (letter)")
+    expect(page.get_by_role("link", name="Balance letter v1 (letter)")).to_have_count(0)
     expect(page.get_by_text("Nothing is waiting for sign-off")).to_be_visible()
     version.refresh_from_db()
     approval.refresh_from_db()
@@ -92,7 +92,7 @@ def test_reviewer_rejects_a_communication_awaiting_release(page: Page, login, re
     page.get_by_label("Kind").select_option(label="Communication release (1)")
     page.get_by_role("button", name="Filter").click()
     expect(page.get_by_role("row")).to_have_count(2)  # the header and one release
-    page.get_by_role("link", name="Release release-letter").click()
+    page.get_by_role("link", name="Release Balance letter").click()
     # the proof: who it goes to, the email as it will be sent, the archived PDF
     expect(page.get_by_text("Ada Lovelace (C-1)", exact=True)).to_be_visible()
     expect(page.locator("iframe[title='Email as it will be sent']")).to_be_visible()

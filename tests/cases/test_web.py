@@ -201,9 +201,9 @@ def test_case_page_shows_milestones_letters_notes_and_the_whole_timeline(
     words = text(page)
     timeline = words.split("Timeline", 1)[1].split("Notes", 1)[0]
     for said in (
-        "Acknowledgement reached (on time); letter complaint_acknowledgement requested",
-        f"complaint_acknowledgement (communication {letter.pk}): sent",
-        f"complaint_acknowledgement (communication {letter.pk}): composed",
+        "Acknowledgement reached (on time); letter Complaint acknowledgement requested",
+        f"Complaint acknowledgement (communication {letter.pk}): sent",
+        f"Complaint acknowledgement (communication {letter.pk}): composed",
         "Note: Customer called back, happy with the letter.",
         "Work started",
         "Assigned to agnes",

@@ -41,7 +41,7 @@ def test_queue_lists_every_kind_oldest_first_with_its_review_link(submitted, rel
     first = page.index(f'href="/review/{version_approval.pk}/"')
     second = page.index(f'href="/review/{release_approval.pk}/"')
     assert first < second
-    assert "letter v1: Balance letter" in page
+    assert "Balance letter v1 (letter)" in page  # the template's name first, its code after
     assert "Template version" in page
     assert "Communication release" in page
     assert '<th scope="col">Requested by</th>' in page
@@ -124,7 +124,7 @@ def test_approving_records_the_decision_and_returns_to_the_queue(submitted, rita
     )
     assert version.state == "approved"
     queue = rita.get("/review/").content.decode()
-    assert "Approved: letter v1: Balance letter. Recorded." in queue
+    assert "Approved: Balance letter v1 (letter). Recorded." in queue
     assert f"/review/{approval.pk}/" not in queue
 
 
@@ -217,3 +217,36 @@ def test_an_approval_whose_subject_is_gone_cannot_be_decided(author, rita):
     assert response.status_code == 409
     approval.refresh_from_db()
     assert approval.state == "pending"
+
+
+def test_a_held_letter_going_by_post_shows_its_envelope_address_and_print_proof_not_email(
+    author, reviewer, make_user, admin_user, sync_tasks, rita
+):
+    # given a letter held for release, going by post (the customer has no email address)
+    communication, approval = communication_awaiting_release(
+        author=author,
+        reviewer=reviewer,
+        requester=make_user("core-banking", "integrator"),
+        admin=admin_user,
+        run=sync_tasks,
+        by_post=True,
+    )
+
+    # when the reviewer opens it
+    page = rita.get(f"/review/{approval.pk}/").content.decode()
+
+    # then they see where it is posted and the printed letter, and no email text
+    assert (
+        '<address id="postal-address">Ada Lovelace<br>1 Analytical Row<br>London N1 1AA</address>'
+        in page
+    )
+    assert f'src="/admin/notifications/communication/{communication.pk}/document.pdf"' in page
+    assert "Subject:" not in page
+    assert "email-proof" not in page
+    assert f"Release {communication.template.name} to" in page  # the title names the template
+    assert "<strong>Pending</strong>" in page  # the state in words
+    # and the print proof is the archived PDF, shown inline to a reviewer
+    proof = rita.get(f"/admin/notifications/communication/{communication.pk}/document.pdf")
+    assert proof.status_code == 200
+    assert proof["Content-Type"] == "application/pdf"
+    assert b"".join(proof.streaming_content).startswith(b"%PDF")

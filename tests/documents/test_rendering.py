@@ -100,14 +100,16 @@ def test_page_spec_cannot_inject_css():
         render_pdf_inprocess(sources=sources, locale="en_GB", data={})
 
 
-def test_static_insert_is_laid_out_once_and_appended_to_every_document(monkeypatch):
+def test_static_insert_is_laid_out_once_per_letter_length_and_appended_to_every_document(
+    monkeypatch,
+):
     # given a spy on the static layout
     calls = []
     original = PdfEngine._layout_static
 
-    def spy(self, sources):
-        calls.append(sources)
-        return original(self, sources)
+    def spy(self, letter_pages):
+        calls.append(letter_pages)
+        return original(self, letter_pages)
 
     monkeypatch.setattr(PdfEngine, "_layout_static", spy)
     sources = Sources(
@@ -115,17 +117,46 @@ def test_static_insert_is_laid_out_once_and_appended_to_every_document(monkeypat
         static_sections={"a.html": "<p>Insert A</p>", "b.html": "<p>Insert B</p>"},
     )
 
-    # when three letters are rendered
+    # when three one-page letters are rendered
     pdfs = [
         render_pdf_inprocess(sources=sources, locale="en_GB", data={"name": name})
         for name in ("Ann", "Bob", "Cy")
     ]
 
     # then
-    assert len(calls) == 1
+    assert calls == [1]
     for pdf, name in zip(pdfs, ("Ann", "Bob", "Cy"), strict=True):
         assert page_texts(pdf.data) == [f"Dear {name}", "Insert A", "Insert B"]
         assert pdf.page_count == 3
+
+
+def test_page_counter_counts_the_static_inserts_as_pages_of_the_document():
+    # given a footer counter and a two-page insert after letters of one and of two pages
+    sources = Sources(
+        print_html=(
+            "{% for n in range(pages) %}<p class='p'>Letter page {{ n + 1 }}</p>{% endfor %}"
+        ),
+        print_css=(
+            "@page { @bottom-right { content: 'Page ' counter(page) ' of ' counter(pages) } }"
+            ".p + .p { break-before: page }"
+        ),
+        static_sections={
+            "terms.html": "<p>Terms one</p><p style='break-before: page'>Terms two</p>"
+        },
+    )
+
+    for letter_pages in (1, 2):
+        # when
+        pdf = render_pdf_inprocess(sources=sources, locale="en_GB", data={"pages": letter_pages})
+
+        # then every page, letter and insert, counts the whole document
+        texts = page_texts(pdf.data)
+        total = letter_pages + 2
+        assert pdf.page_count == len(texts) == total
+        for number, text in enumerate(texts, 1):
+            assert f"Page {number} of {total}" in text
+        assert "Terms one" in texts[letter_pages]
+        assert "Terms two" in texts[-1]
 
 
 def test_static_sections_see_no_customer_data():

@@ -905,3 +905,71 @@ def test_a_refused_close_leaves_no_progress_behind(letters, ops, progress_rows_c
         printing.print_batch_close(batch=batch, by=ops)
     assert _published_elsewhere(f"print_batch_close:{batch.pk}") is None
     assert [w for w in work_in_progress() if w["kind"] == "print_batch_close"] == []
+
+
+# --- the mail house's control mark on the cover sheet ------------------------------------------
+
+
+def read_marks(stream: bytes, page_numbers: list[int]) -> list[str]:
+    """The QR codes on these pages (1-based), read from the printed picture of the page."""
+    import subprocess
+
+    import zxingcpp
+    from PIL import Image
+
+    texts = []
+    with tempfile.TemporaryDirectory() as folder:
+        pdf = f"{folder}/stream.pdf"
+        with open(pdf, "wb") as fh:
+            fh.write(stream)
+        for number in page_numbers:
+            subprocess.run(
+                ["pdftoppm", "-r", "200", "-gray", "-png", "-singlefile", "-f", str(number),
+                 "-l", str(number), pdf, f"{folder}/page"],
+                check=True,
+            )  # fmt: skip
+            with Image.open(f"{folder}/page.png") as image:
+                found = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
+            texts += [barcode.text for barcode in found]
+    return texts
+
+
+def test_the_cover_sheet_carries_the_return_address_and_a_mark_with_sequence_and_pages(
+    letters, ops, settings
+):
+    # given the mail house's settings
+    settings.CCM_PRINT_RETURN_ADDRESS = "Northwind, PO Box 4410, Leeds LS1 9ZZ"
+    settings.CCM_PRINT_CONTROL_MARK_FORMAT = "{batch};{sequence:05d}/{items:05d};P{sheets:02d}"
+
+    # when the batch is closed
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+
+    # then each cover sheet's QR code, read from the printed page, names its envelope: the
+    # sequence, and the pages in it (cover sheet included), as the inserter counts them
+    data = stored_bytes(batch.stream)
+    pages = [c.document.page_count for c in letters]
+    covers = [1, 2 + pages[0]]
+    assert read_marks(data, covers) == [
+        f"batch-{batch.pk};00001/00002;P{pages[0] + 1:02d}",
+        f"batch-{batch.pk};00002/00002;P{pages[1] + 1:02d}",
+    ]
+    stream = stream_of(batch)
+    assert "Northwind, PO Box 4410, Leeds LS1 9ZZ" in stream.pages[0].extract_text()
+    # and the manifest agrees with the mark
+    assert [int(row["pages"]) + 1 for row in manifest_of(batch)] == [p + 1 for p in pages]
+
+
+def test_a_mail_house_without_marks_gets_none(letters, ops, settings):
+    settings.CCM_PRINT_CONTROL_MARK = "none"
+
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+
+    assert read_marks(stored_bytes(batch.stream), [1]) == []
+
+
+def test_a_bad_mark_format_is_refused_with_what_it_may_name(letters, ops, settings):
+    settings.CCM_PRINT_CONTROL_MARK_FORMAT = "{batch}|{envelope}"
+
+    with pytest.raises(PrintError, match=r"may name \{batch\}, \{sequence\}"):
+        printing.print_batch_close(batch=open_batch(), by=ops)
+    assert open_batch().state == "open"
