@@ -9,8 +9,8 @@ from ccm.dbutils import trigram_index
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cases', '0006_incidents'),
-        ('notifications', '0020_list_indexes'),
+        ("cases", "0008_erasurerequest"),
+        ('notifications', '0021_list_indexes'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('notifications', '0019_step_request_id'),
+        ("notifications", "0022_report_retries_progress"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

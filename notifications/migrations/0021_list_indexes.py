@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('documents', '0003_list_indexes'),
-        ('notifications', '0019_step_request_id'),
+        ("notifications", "0020_campaign_time_zones"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ccm', '0007_cluster_heartbeat'),
+        ("ccm", "0008_host_last_task"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

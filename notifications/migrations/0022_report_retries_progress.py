@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('notifications', '0019_step_request_id'),
+        ("notifications", "0021_list_indexes"),
     ]
 
     operations = [
