@@ -92,10 +92,8 @@ def cluster_state(*, now: datetime | None = None) -> dict:
     # No heartbeat yet means no cluster has run since install: due tasks still tell. Each
     # queue (the default one and every named one) needs a live cluster.
     newest: dict[str, float] = {}
-    for cluster, beat_at in ClusterHeartbeat.objects.order_by("-beat_at").values_list(
-        "cluster", "beat_at"
-    ):
-        newest.setdefault(cluster, round((now - beat_at).total_seconds(), 1))
+    for beat in heartbeats:  # newest first
+        newest.setdefault(beat["cluster"], beat["age_s"] or 0.0)
     from django_q.conf import Conf
 
     for cluster in (Conf.PREFIX, *settings.CCM_TASK_QUEUES):
