@@ -92,8 +92,8 @@ def cluster_state(*, now: datetime | None = None) -> dict:
     # No heartbeat yet means no cluster has run since install: due tasks still tell. Each
     # queue (the default one and every named one) needs a live cluster.
     newest: dict[str, float] = {}
-    for beat in heartbeats:  # newest first
-        newest.setdefault(beat["cluster"], beat["age_s"] or 0.0)
+    for row in heartbeats:  # newest first
+        newest.setdefault(row["cluster"], row["age_s"] or 0.0)
     from django_q.conf import Conf
 
     for cluster in (Conf.PREFIX, *settings.CCM_TASK_QUEUES):
