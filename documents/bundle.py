@@ -314,11 +314,11 @@ def _json_line(message: str, lineno: int) -> str:
 
 def from_files(texts: Mapping[str, str], assets: Mapping[str, bytes] | None = None) -> Bundle:
     """The bundle a set of files makes, by path in the folder format (template.json,
-    schema.json, samples/<name>.json, the renditions, partials/, static/, lang/): the one way
-    a version's content is built, whether the files come from a folder kept in git or from the
-    browser editor. Line endings are normalised, so the same text gives the same content hash
-    however it was typed or checked out. A file that is not JSON where JSON is needed is
-    refused with its line (``schema.json line 3: Expecting ',' delimiter``)."""
+    schema.json, samples/<name>.json, the renditions, partials/, static/, lang/, messages/): the
+    one way a version's content is built, whether the files come from a folder kept in git or
+    from the browser editor. Line endings are normalised, so the same text gives the same
+    content hash however it was typed or checked out. A file that is not JSON where JSON is
+    needed is refused with its line (``schema.json line 3: Expecting ',' delimiter``)."""
     problems: list[str] = []
 
     def load_json(rel: str) -> Any:
@@ -342,7 +342,7 @@ def from_files(texts: Mapping[str, str], assets: Mapping[str, bytes] | None = No
         for rel, text in texts.items()
         if rel not in {"template.json", "schema.json"}
         and not rel.startswith("samples/")
-        and Path(rel).suffix in TEXT_SUFFIXES
+        and (Path(rel).suffix in TEXT_SUFFIXES or _is_catalog(rel))
     }
     if problems:
         raise _refuse(problems)

@@ -74,7 +74,7 @@ def test_author_writes_submits_is_told_and_publishes(
     # when a reviewer opens it from their queue and approves it
     review = _signed_in(browser, live_server.url, reviewer)
     review.get_by_role("link", name="Sign-off queue").first.click()
-    review.get_by_role("link", name="rate-change v1: Rate change notice").click()
+    review.get_by_role("link", name="Rate change notice v1 (rate-change)").click()
     review.get_by_role("radio", name="Approve").check()
     review.get_by_role("button", name="Record decision").click()
     expect(review.get_by_role("status")).to_contain_text("Approved")
@@ -85,9 +85,11 @@ def test_author_writes_submits_is_told_and_publishes(
     notices_link = page.get_by_role("navigation", name="Main").get_by_role("link", name="Notices")
     expect(notices_link).to_contain_text("1 unread")
     (sent,) = [m for m in mail.outbox if m.to == ["alex@example.org"]]
-    assert sent.subject == "Approved: rate-change v1: Rate change notice"
+    assert sent.subject == "Approved: Rate change notice v1 (rate-change)"
     notices_link.click()
-    expect(page.get_by_role("heading", level=2, name="Approved: rate-change v1")).to_be_visible()
+    expect(
+        page.get_by_role("heading", level=2, name="Approved: Rate change notice v1")
+    ).to_be_visible()
     # and publishes from there, after confirming
     page.get_by_role("button", name="Open and publish").click()
     page.get_by_role("link", name="Publish v1").click()

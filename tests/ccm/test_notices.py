@@ -34,7 +34,7 @@ def test_a_decision_tells_the_requester_in_the_app_and_by_mail(author, reviewer,
     # then the author is told once, in the app and by mail, with where to act
     notice = Notice.objects.get()
     assert (notice.user, notice.kind) == (author, "approval.changes_requested")
-    assert notice.title == "Changes requested: letter v1: Balance letter"
+    assert notice.title == "Changes requested: Balance letter v1 (letter)"
     assert "Comment: Say when the rate applies." in notice.body
     (sent,) = mail.outbox
     assert sent.to == ["alex@example.org"]

@@ -181,7 +181,7 @@ def test_submit_decision_notice_mail_and_publish_after_confirming(
     )
     # then the author has a notice in the app (counted in the navigation) and a mail
     notice = Notice.objects.get(user=author)
-    assert notice.title == "Approved: letter v1: Balance letter"
+    assert notice.title == "Approved: Balance letter v1 (letter)"
     assert "Comment: Fine." in notice.body
     assert "You can publish it now." in notice.body
     assert notice.url == "/templates/letter/"

@@ -156,7 +156,7 @@ def test_run_now_from_the_screen_and_download_from_the_history(
     run = ReportRun.objects.get()
     assert run.trigger == "manual"
     assert run.requested_by == ops
-    assert "succeeded" in page
+    assert "Succeeded" in page
     pdf_link = re.search(r'href="(/ops/reports/runs/\d+/pdf/)"', page).group(1)
     download = client.get(pdf_link)
     assert download.status_code == 200
