@@ -33,8 +33,8 @@ class Customer(models.Model):
     salutation = models.CharField(max_length=100, blank=True)
     language = models.CharField(max_length=10, default="en")
     # An IANA zone ("Europe/Berlin"); blank: the business's (TIME_ZONE). A campaign's send
-    # window can be read in it.
-    time_zone = models.CharField(max_length=64, blank=True)
+    # window can be read in it. The database default lets bulk SQL loads leave it out.
+    time_zone = models.CharField(max_length=64, blank=True, default="", db_default="")
     postal_address = models.JSONField(default=list, blank=True, help_text="Address lines")
     postal_address_valid = models.BooleanField(default=True)
     # Free-form facts integrators push (product, postcode, tags, …): what segments filter on
