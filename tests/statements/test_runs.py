@@ -175,3 +175,22 @@ def test_a_reprint_is_byte_identical_to_the_archived_statement(town, ops, sync_t
     assert check.matched
     assert check.actual_sha256 == original.sha256
     assert copy.original == original
+
+
+def test_a_statement_run_shows_on_the_dashboard_as_a_progress_bar(town, ops, sync_tasks):
+    from notifications.reporting.progress import work_in_progress
+
+    # when a run for January has finished
+    run = _run(sync_tasks, ops)
+    # then the operations dashboard's progress list has its bar: every customer handled,
+    # linking to the run and reconcilable by its reference
+    [bar] = [w for w in work_in_progress() if w["key"] == f"statement_run:{run.pk}"]
+    assert (bar["kind"], bar["done"], bar["total"], bar["finished"]) == (
+        "statement_run",
+        4,
+        4,
+        True,
+    )
+    assert bar["percent"] == 100.0
+    assert bar["url"] == f"/statements/{run.pk}/"
+    assert bar["reference"] == f"statement-run:{run.pk}"
