@@ -272,6 +272,7 @@ def print_batches_progress(*, since: datetime) -> Iterator[Work]:
             total=total,
             finished=finished,
             url=reverse("admin:notifications_printbatch_change", args=[batch.pk]),
+            permissions=("notifications.view_printbatch",),
             started_at=batch.closed_at,
         )
 

@@ -91,6 +91,7 @@ def incident_updates_progress(*, since: datetime) -> Iterator[Work]:
             total=update.customers_total,
             finished=finished,
             url=reverse("incident-detail", args=[update.incident.reference]),
+            permissions=("cases.change_case", "cases.handle_exception"),
             reference=update.incident.reference,
             started_at=update.created_at,
         )

@@ -429,6 +429,7 @@ def campaigns_progress(*, since: datetime) -> Iterator[Work]:
             total=campaign.audience_count,
             finished=campaign.state == CampaignState.COMPLETED,
             url=reverse("campaign-detail", args=[campaign.pk]),
+            permissions=("notifications.view_campaign",),
             reference=campaign.reference,
             started_at=campaign.started_at,
         )

@@ -104,5 +104,6 @@ def send_jobs_at_work(*, since: datetime) -> Iterator[Work]:
             total=progress["accepted"],
             finished=job.state in finished,
             url=reverse("jobs-detail", args=[job.pk]),
+            permissions=("notifications.view_sendjob",),
             started_at=job.started_at,
         )

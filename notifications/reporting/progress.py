@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 from urllib.parse import urlencode
@@ -60,6 +60,8 @@ class Work:
     # The communications' correlation id, when the work has one: reconciliation by reference.
     reference: str = ""
     started_at: datetime | None = None
+    # The permissions the work's own page needs; a viewer without them sees the bar, no link.
+    permissions: tuple[str, ...] = ()
 
     @property
     def percent(self) -> float:
@@ -84,9 +86,10 @@ def progress_sources() -> dict[str, ProgressSource]:
     return dict(_sources)
 
 
-def work_in_progress(*, now: datetime | None = None) -> list[dict]:
+def work_in_progress(*, now: datetime | None = None, user=None) -> list[dict]:
     """Every registered kind's work under way or just finished, unfinished first, as dicts
-    (what the dashboard renders and progress.json answers)."""
+    (what the dashboard renders and progress.json answers). With `user`, a work's link is left
+    out where its page needs a permission they lack."""
     since = (now or timezone.now()) - FINISHED_SHOWN_FOR
     found: list[Work] = []
     for kind, source in _sources.items():
@@ -95,6 +98,13 @@ def work_in_progress(*, now: datetime | None = None) -> list[dict]:
         except Exception:  # one broken source must not take the dashboard down
             logger.exception("progress source %s failed", kind)
     found.sort(key=lambda w: (w.finished, w.kind, w.key))
+    if user is not None:
+        found = [
+            replace(work, url="")
+            if work.permissions and not user.has_perms(work.permissions)
+            else work
+            for work in found
+        ]
     return [_as_dict(work) for work in found]
 
 

@@ -139,7 +139,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "print_batches": selectors.print_batches(),
         "panels": selectors.dashboard_panels(),
         "cluster": cluster_state(),
-        "work": work_in_progress(),
+        "work": work_in_progress(user=request.user),
         "reconciliation": reconcile(Scope(start=flt.start, end=flt.end)),
         "limits": {
             "bounce": selectors.percent(_limit("CCM_BOUNCE_RATE_LIMIT")),
@@ -153,7 +153,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @staff_only(VIEW_STATS)
 def progress(request: HttpRequest) -> JsonResponse:
     """The long work under way (what the dashboard's bars show), for its script to poll."""
-    return JsonResponse({"work": work_in_progress()})
+    return JsonResponse({"work": work_in_progress(user=request.user)})
 
 
 @require_GET

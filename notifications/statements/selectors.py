@@ -135,4 +135,5 @@ def statement_runs_at_work(*, since):
             url=reverse("statement-run", args=[run.pk]),
             reference=f"statement-run:{run.pk}",
             started_at=run.started_at,
+            permissions=("notifications.view_statementrun",),
         )

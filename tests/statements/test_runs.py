@@ -194,3 +194,16 @@ def test_a_statement_run_shows_on_the_dashboard_as_a_progress_bar(town, ops, syn
     assert bar["percent"] == 100.0
     assert bar["url"] == f"/statements/{run.pk}/"
     assert bar["reference"] == f"statement-run:{run.pk}"
+
+
+def test_a_viewer_who_may_not_open_a_run_sees_its_bar_without_a_link(
+    town, ops, sync_tasks, make_user
+):
+    from notifications.reporting.progress import work_in_progress
+
+    run = _run(sync_tasks, ops)
+    outsider = make_user("outsider")
+    [bar] = [w for w in work_in_progress(user=outsider) if w["key"] == f"statement_run:{run.pk}"]
+    assert bar["url"] == ""
+    [bar] = [w for w in work_in_progress(user=ops) if w["key"] == f"statement_run:{run.pk}"]
+    assert bar["url"] == f"/statements/{run.pk}/"
