@@ -373,8 +373,6 @@ def main() -> None:
             "Q_WORKERS": "2",
             "Q_SYNC": "false",
             "SECRET_KEY": secrets.token_urlsafe(64),
-            # Production settings refuse to start without it (the audit checkpoints' key).
-            "AUDIT_SIGNING_KEY": secrets.token_urlsafe(48),
             # A killed cluster's campaign is picked up by the sweep after this long.
             "CCM_CAMPAIGN_STALL_SECONDS": "15",
             "API_THROTTLE_USER": "10000000/min",
