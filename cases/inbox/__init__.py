@@ -1,0 +1,1 @@
+"""Intake of the shared Gmail inbox into requests and cases."""

@@ -1,0 +1,1 @@
+"""Reprint and correspondence requests: models, services, screens, API, approval by email."""

@@ -1,0 +1,1 @@
+"""The agent and operations screens (server-rendered): cases, exceptions, customers."""

@@ -1,0 +1,1 @@
+"""Integrator webhooks (subscriptions, outbox, sender) and the provider webhook endpoints."""
