@@ -54,7 +54,7 @@ def prepare(*, devices: int, customers: int, workdir: Path) -> list[str]:
 
     from ccm.demo import seed_users
     from documents.demo import LIBRARY, seed_library
-    from notifications.assets import services as assets
+    from notifications.customers.assets import services as assets
     from notifications.models import ContactPoint, Customer
 
     call_command("migrate", verbosity=0)

@@ -27,9 +27,9 @@ from cases.models import OPEN_STATES, Case, CaseType, RecoveryAction
 from ccm import approvals, audit
 from ccm.models import Approval, ApprovalState
 from documents.models import Category
-from notifications import services as notifications
 from notifications.models import Channel, Communication, Customer
-from notifications.recovery import RecoveryError
+from notifications.pipeline import services as notifications
+from notifications.pipeline.recovery import RecoveryError
 
 PURPOSE = "customer.address_correction"
 
@@ -218,7 +218,7 @@ def _on_decision(correction: AddressCorrection, approval: Approval) -> None:
 def register_approvable() -> None:
     from django.urls import reverse
 
-    from cases import customer_views
+    from cases.web import customers as customer_views
 
     approvals.register(
         AddressCorrection,

@@ -190,5 +190,6 @@ class CaseAdmin(ScaledListAdmin):
 
 
 # Reprint and correspondence requests; legal holds and purged documents.
-from cases import request_admin, retention_admin  # noqa: E402, F401
+from cases import retention_admin  # noqa: E402, F401
 from cases.incidents import admin as incidents_admin  # noqa: E402, F401
+from cases.requests import admin as request_admin  # noqa: E402, F401

@@ -24,7 +24,7 @@ from ccm.tasks import Sweep, enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
 from documents.composition import CompositionError
-from notifications.internal import internal_mail_send_once
+from notifications.channels.internal import internal_mail_send_once
 
 logger = logging.getLogger(__name__)
 

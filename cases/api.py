@@ -26,8 +26,8 @@ from ccm.models import ApiKey
 from documents.api import composition_problem
 from documents.composition import CompositionError
 from notifications.models import Customer
-from notifications.recovery import RESENDABLE_CHANNELS, RecoveryError
-from notifications.services import IntakeError
+from notifications.pipeline.recovery import RESENDABLE_CHANNELS, RecoveryError
+from notifications.pipeline.services import IntakeError
 
 
 class CasePermission(permissions.BasePermission):

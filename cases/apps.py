@@ -8,11 +8,13 @@ class CasesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from cases import address_corrections, queues, receivers, request_tasks, tasks
+        from cases import address_corrections, receivers, tasks
         from cases import demo as cases_demo
         from cases.incidents import demo as incidents_demo
         from cases.incidents import selectors as incident_selectors
         from cases.incidents import tasks as incident_tasks
+        from cases.requests import tasks as request_tasks
+        from cases.web import queues
         from ccm import demo
         from ccm.notices import WorkCount, register_work_count
         from ccm.roles import Role
@@ -62,7 +64,7 @@ class CasesConfig(AppConfig):
                     "acknowledgement letter",
                 ),
             )
-        # The agent and operations screens (cases/web.py), with what waits for each.
+        # The agent and operations screens (cases/web/views.py), with what waits for each.
         for role in (Role.SERVICE_AGENT, Role.OPERATIONS):
             register_home_link(
                 role,

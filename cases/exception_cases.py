@@ -11,7 +11,7 @@ and after its commit on others: it runs in its own savepoint, so a failure here 
 sender's work, and `exceptions_reconcile` (periodic) opens whatever a crash left without a case.
 
 From the case, operations regenerate (corrected data) or resend (another channel or address)
-through notifications/recovery.py; the case resolves itself when the communication is sent.
+through notifications/pipeline/recovery.py; the case resolves itself when the communication is sent.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from cases.models import (
 )
 from ccm import audit
 from documents.models import Category, Document
-from notifications import recovery
 from notifications.models import (
     Channel,
     CommState,
@@ -47,6 +46,7 @@ from notifications.models import (
     DeliveryState,
     Source,
 )
+from notifications.pipeline import recovery
 
 logger = logging.getLogger(__name__)
 

@@ -89,7 +89,7 @@ def milestone_letter_preview(case: Case, milestone: Milestone, *, by, extra: Map
     """The milestone's letter as it will print (DataInvalid names the fields at fault);
     nothing is stored."""
     from documents import services as documents
-    from notifications import services as notifications
+    from notifications.pipeline import services as notifications
 
     version = milestone_letter_version(milestone)
     if version is None or case.customer is None:

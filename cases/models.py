@@ -388,5 +388,5 @@ from cases.incidents.models import (  # noqa: E402, F401
     IncidentNotice,
     IncidentUpdate,
 )
-from cases.request_models import *  # noqa: E402, F403
+from cases.requests.models import *  # noqa: E402, F403
 from cases.retention_models import *  # noqa: E402, F403

@@ -19,8 +19,8 @@ from cases.models import Case, CaseType, Milestone
 from documents import selectors as document_selectors
 from documents import services as documents
 from documents.rendering import RenderedPdf
-from notifications import services as notifications
 from notifications.models import Customer
+from notifications.pipeline import services as notifications
 
 # What an agent may open by hand; exceptions, reprints and incidents open themselves.
 AGENT_CASE_TYPES = [CaseType.COMPLAINT, CaseType.DISPUTE, CaseType.CORRESPONDENCE]

@@ -36,8 +36,8 @@ from cases.models import (
 from ccm import audit
 from documents.composition import validate_data
 from documents.models import Document
-from notifications import services as notifications
 from notifications.models import Communication, Customer, Source
+from notifications.pipeline import services as notifications
 
 
 class CaseError(ValueError):

@@ -3,7 +3,7 @@ and the daily digest.
 
 A notice is written in the transaction of what caused it (a reviewer's decision); when the
 person has an address, `ccm.signals.notice_created` tells the notifications app, which sends
-the mail through the internal sender profile after commit (notifications/notices.py). The
+the mail through the internal sender profile after commit (notifications/channels/notices.py). The
 kernel knows nothing of mail itself, as the layers require.
 """
 

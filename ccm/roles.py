@@ -27,7 +27,7 @@ CASE_RECORDS_VIEW = [
 ]
 CASE_RECORDS_ADD = ["cases.add_casenote", "cases.add_caseattachment"]
 
-# The customer page (cases/customer_views.py): contact points with their state, preferences and
+# The customer page (cases/web/customers.py): contact points with their state, preferences and
 # the consent ledger, for the people who talk to customers and those who check them.
 CUSTOMER_RECORDS_VIEW = [
     "notifications.view_customer",

@@ -331,7 +331,7 @@ SPECTACULAR_SETTINGS = {
     ),
     # 3.1: the first version with `webhooks`, where the events we POST are described.
     "OAS_VERSION": "3.1.0",
-    "WEBHOOKS": ["notifications.webhooks_api.COMMUNICATION_STATUS_WEBHOOK"],
+    "WEBHOOKS": ["notifications.webhooks.api.COMMUNICATION_STATUS_WEBHOOK"],
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     # Swagger UI served from our own static files: the docs work offline and load no CDN.
@@ -350,10 +350,10 @@ SPECTACULAR_SETTINGS = {
         "WebhookEventEnum": "notifications.models.webhooks.WebhookEvent",
         "ChannelEnum": "notifications.models.Channel",
         "CaseStateEnum": "cases.models.CaseState",
-        "ResendChannelEnum": "notifications.recovery.RESENDABLE_CHANNELS",
-        "ReprintStateEnum": "cases.request_models.ReprintState",
-        "CorrespondenceStateEnum": "cases.request_models.CorrespondenceState",
-        "RequestSourceEnum": "cases.request_models.RequestSource",
+        "ResendChannelEnum": "notifications.pipeline.recovery.RESENDABLE_CHANNELS",
+        "ReprintStateEnum": "cases.requests.models.ReprintState",
+        "CorrespondenceStateEnum": "cases.requests.models.CorrespondenceState",
+        "RequestSourceEnum": "cases.requests.models.RequestSource",
         "ReprintChannelEnum": ["email", "print"],
         "CommunicationSourceEnum": "notifications.models.Source",
         "CommunicationStatusEnum": "notifications.models.CommState",
@@ -479,7 +479,7 @@ CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=250)
 CCM_CAMPAIGN_STALL_AFTER = timedelta(seconds=env.int("CCM_CAMPAIGN_STALL_SECONDS", default=120))
 # Messages per call to Postmark's batch endpoint (its limit is 500); 1 sends one call each.
 CCM_POSTMARK_BATCH = env.int("CCM_POSTMARK_BATCH", default=500)
-# Status webhooks to integrators (notifications/webhook_send.py): each POST gets this long; a
+# Status webhooks to integrators (notifications/webhooks/send.py): each POST gets this long; a
 # failing event is retried with backoff for this many hours or attempts, whichever ends first.
 CCM_WEBHOOK_TIMEOUT_S = env.float("CCM_WEBHOOK_TIMEOUT_S", default=5.0)
 CCM_WEBHOOK_RETRY_HOURS = env.float("CCM_WEBHOOK_RETRY_HOURS", default=24.0)
@@ -488,8 +488,8 @@ CCM_WEBHOOK_MAX_ATTEMPTS = env.int("CCM_WEBHOOK_MAX_ATTEMPTS", default=20)
 # addresses (the cloud metadata endpoint, the database) are refused unless allowed here.
 CCM_WEBHOOK_REQUIRE_HTTPS = env.bool("CCM_WEBHOOK_REQUIRE_HTTPS", default=not DEBUG)
 CCM_WEBHOOK_ALLOW_PRIVATE = env.bool("CCM_WEBHOOK_ALLOW_PRIVATE", default=DEBUG)
-# The Gmail gateway (notifications/gmail.py): a service account key with domain-wide delegation
-# and the mailbox it acts as.
+# The Gmail gateway (notifications/channels/gmail.py): a service account key with domain-wide
+# delegation and the mailbox it acts as.
 GMAIL_SERVICE_ACCOUNT_FILE = env.str("GMAIL_SERVICE_ACCOUNT_FILE", default="") or None
 GMAIL_DELEGATED_USER = env.str("GMAIL_DELEGATED_USER", default="") or None
 # Which channel sends each kind of internal mail: "internal_alert=gmail,approval=gmail,
@@ -508,7 +508,7 @@ CCM_GMAIL_EMAIL_BACKEND = env.str(
     "CCM_GMAIL_EMAIL_BACKEND",
     default="django.core.mail.backends.console.EmailBackend"
     if DEBUG and not env.str("GMAIL_SERVICE_ACCOUNT_FILE", default="")
-    else "notifications.gmail.GmailEmailBackend",
+    else "notifications.channels.gmail.GmailEmailBackend",
 )
 
 # --- cases ------------------------------------------------------------------------------
@@ -525,8 +525,8 @@ CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
 # Printed above the recipient on print cover sheets, so undeliverable letters come back to us.
 CCM_PRINT_RETURN_ADDRESS = env.str("CCM_PRINT_RETURN_ADDRESS", default="")
 # The mail house's control mark on every cover sheet, which its inserter reads to check that each
-# envelope holds the right letter and number of pages (notifications/printstream.py): "qr" or
-# "none"; the text it carries (fields: batch, sequence, items, pages = the document's pages,
+# envelope holds the right letter and number of pages (notifications/channels/printstream.py):
+# "qr" or "none"; the text it carries (fields: batch, sequence, items, pages = the document's pages,
 # sheets = pages in the envelope, the cover sheet included); and where it sits on the A4 cover
 # sheet, "left,top,size" in millimetres (clear of the address window, 20-108 mm by 45-83 mm).
 CCM_PRINT_CONTROL_MARK = env.str("CCM_PRINT_CONTROL_MARK", default="qr")
@@ -534,17 +534,17 @@ CCM_PRINT_CONTROL_MARK_FORMAT = env.str(
     "CCM_PRINT_CONTROL_MARK_FORMAT", default="CCM1|{batch}|{sequence}|{items}|{sheets}"
 )
 CCM_PRINT_CONTROL_MARK_AT = env.str("CCM_PRINT_CONTROL_MARK_AT", default="170,12,24")
-# Files staff attach to a case on the case screens (cases/web_forms.py checks their bytes).
+# Files staff attach to a case on the case screens (cases/web/forms.py checks their bytes).
 CASES_ATTACHMENT_MAX_MB = env.int("CASES_ATTACHMENT_MAX_MB", default=10)
 # Every postal address correction needs a second person (by default only one that a held
 # regulated letter would follow does: cases/address_corrections.py).
 CASES_ADDRESS_CORRECTION_FOUR_EYES = env.bool("CASES_ADDRESS_CORRECTION_FOUR_EYES", default=False)
-# Reprints and correspondence (cases/reprints.py, cases/correspondence.py): the channels a
-# reprint may go out on (a duplicate needs a durable medium that carries the document).
+# Reprints and correspondence (cases/requests/reprints.py, cases/requests/correspondence.py): the
+# channels a reprint may go out on (a duplicate needs a durable medium that carries the document).
 CASES_REPRINT_CHANNELS = env.list("CASES_REPRINT_CHANNELS", default=["email", "print"])
 # How long an approval mail's reply token lives (a reply of APPROVE / REJECT redeems it once).
 CASES_APPROVAL_REPLY_TTL_HOURS = env.int("CASES_APPROVAL_REPLY_TTL_HOURS", default=72)
-# The Gmail intake of the shared mailbox (cases/intake.py): how often, and how many per run.
+# The Gmail intake of the shared mailbox (cases/inbox/intake.py): how often, and how many per run.
 CASES_GMAIL_INTAKE_MINUTES = env.int("CASES_GMAIL_INTAKE_MINUTES", default=5)
 CASES_GMAIL_INTAKE_BATCH = env.int("CASES_GMAIL_INTAKE_BATCH", default=100)
 

@@ -6,8 +6,9 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ccm import review, views
-from notifications import hooks_urls, unsubscribe
+from notifications.channels import unsubscribe
 from notifications.reporting import metrics
+from notifications.webhooks import hooks_urls
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -20,8 +21,8 @@ urlpatterns = [
     path("notices/<int:pk>/open/", views.notice_open, name="notice-open"),
     path("review/", review.queue, name="review-queue"),
     path("review/<int:pk>/", review.approval_review, name="review-approval"),
-    path("cases/", include("cases.web_urls")),
-    path("customers/", include("cases.customer_urls")),
+    path("cases/", include("cases.web.urls")),
+    path("customers/", include("cases.web.customer_urls")),
     path("jobs/", include("notifications.jobs.urls")),
     path("templates/", include("documents.web_urls")),
     path("ops/", include("notifications.reporting.urls")),
@@ -35,14 +36,14 @@ urlpatterns = [
     path("campaigns/", include("notifications.campaigns.web_urls")),
     path("statements/", include("notifications.statements.web_urls")),
     path("api/v1/", include("cases.urls")),
-    path("api/v1/", include("cases.request_api")),
+    path("api/v1/", include("cases.requests.api")),
     path("api/v1/", include("cases.incidents.urls")),
     path("incidents/", include("cases.incidents.web_urls")),
-    path("agent/", include("cases.request_urls")),
+    path("agent/", include("cases.requests.urls")),
     hooks_urls.tracking_path("anymail/"),
-    path("p/", include("notifications.portal_urls")),
+    path("p/", include("notifications.channels.portal_urls")),
     path("u/<str:token>/", unsubscribe.unsubscribe_view, name="unsubscribe"),
-    path("hooks/", include("notifications.hooks_urls")),
+    path("hooks/", include("notifications.webhooks.hooks_urls")),
 ]
 
 handler404 = "ccm.views.not_found"

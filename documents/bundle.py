@@ -102,9 +102,10 @@ META_SCHEMA: dict[str, Any] = {
             },
         },
         "sensitive": {"type": "boolean"},
-        # Where a failed delivery goes next (notifications/fallback.py); [] for never.
+        # Where a failed delivery goes next (notifications/pipeline/fallback.py); [] for never.
         "fallback": {"type": "array", "uniqueItems": True, "items": {"enum": CHANNELS}},
-        # Reminders when the customer has not viewed / actioned it (notifications/followups.py).
+        # Reminders when the customer has not viewed / actioned it
+        # (notifications/pipeline/followups.py).
         "follow_ups": {
             "type": "array",
             "items": {

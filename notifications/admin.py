@@ -11,8 +11,8 @@ from ccm import approvals
 from ccm.forms import DecisionForm
 from ccm.lists import IndexedValuesFilter, ScaledListAdmin
 from ccm.review import sandboxed_html
-from notifications import history, selectors, services
-from notifications.devices import device_deactivate
+from notifications import selectors
+from notifications.customers.devices import device_deactivate
 from notifications.models import (
     Communication,
     ConsentRecord,
@@ -24,6 +24,7 @@ from notifications.models import (
     Preference,
     Suppression,
 )
+from notifications.pipeline import history, services
 
 
 class ReadOnlyInline(admin.TabularInline):
@@ -279,8 +280,9 @@ class DeviceAdmin(admin.ModelAdmin):
 
 
 # The print batch and webhook screens register themselves on import.
-from notifications import printing_admin, webhooks_admin  # noqa: E402, F401
-from notifications.assets import admin as assets_admin  # noqa: E402, F401
 from notifications.campaigns import admin as campaigns_admin  # noqa: E402, F401
+from notifications.channels import printing_admin  # noqa: E402, F401
+from notifications.customers.assets import admin as assets_admin  # noqa: E402, F401
 from notifications.reporting import admin as reporting_admin  # noqa: E402, F401
 from notifications.statements import admin as statements_admin  # noqa: E402, F401
+from notifications.webhooks import admin as webhooks_admin  # noqa: E402, F401

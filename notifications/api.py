@@ -25,7 +25,7 @@ from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from documents.api import composition_problem
 from documents.composition import CompositionError
 from documents.models import Category
-from notifications import history, selectors, services
+from notifications import selectors
 from notifications.api_examples import (
     CANCEL_EXAMPLE,
     CANCELLED_EXAMPLE,
@@ -49,6 +49,7 @@ from notifications.models import (
     LegalBasis,
     Urgency,
 )
+from notifications.pipeline import history, services
 
 # A delivery is a plain state field (not a state machine): a bounce may still follow "delivered".
 final_states_declare(DeliveryState, final=[DeliveryState.BOUNCED, DeliveryState.FAILED])

@@ -16,20 +16,13 @@ class NotificationsConfig(AppConfig):
         from ccm.selectors import HomeLink, register_home_link
         from ccm.tasks import register_schedule, register_sweep
         from notifications import demo as notifications_demo
-        from notifications import (
-            notices,
-            printing,
-            services,
-            tasks,
-            tracking,
-            webhook_send,
-            webhooks,
-        )
         from notifications.campaigns import selectors as campaign_selectors
         from notifications.campaigns import services as campaign_services
+        from notifications.channels import notices, printing, tracking
         from notifications.jobs import selectors as job_selectors
         from notifications.jobs import tasks as job_tasks
         from notifications.models import Communication
+        from notifications.pipeline import services, tasks
         from notifications.reporting import demo as reporting_demo
         from notifications.reporting import metrics as reporting_metrics
         from notifications.reporting import tasks as reporting_tasks
@@ -37,6 +30,8 @@ class NotificationsConfig(AppConfig):
         from notifications.statements import demo as statements_demo
         from notifications.statements import selectors as statement_selectors
         from notifications.statements import services as statement_services
+        from notifications.webhooks import send as webhook_send
+        from notifications.webhooks import services as webhooks
 
         register_progress_source("send_job", job_selectors.send_jobs_at_work)
         register_progress_source("campaign", campaign_selectors.campaigns_progress)
@@ -63,7 +58,7 @@ class NotificationsConfig(AppConfig):
         post_transition.connect(
             webhooks.communication_transitioned,
             sender=Communication,
-            dispatch_uid="notifications.webhooks.communication_transitioned",
+            dispatch_uid="notifications.webhooks.services.communication_transitioned",
         )
         anymail_tracking.connect(tracking.tracking_received, dispatch_uid=tracking.DISPATCH_UID)
         register_sweep(tracking.DELIVERY_EVENT_SWEEP)
@@ -75,7 +70,7 @@ class NotificationsConfig(AppConfig):
             "admin:notifications_communication_changelist",
             "Every message with its status, decision trace, deliveries and timeline",
         )
-        # The customers link is the customer page's (cases/customer_views.py, in cases/apps.py).
+        # The customers link is the customer page's (cases/web/customers.py, in cases/apps.py).
         for role in (Role.OPERATIONS, Role.SERVICE_AGENT, Role.COMPLIANCE_REVIEWER):
             register_home_link(role, communications)
         campaigns = HomeLink(

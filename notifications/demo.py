@@ -17,8 +17,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from documents.models import Template
-from notifications import services
-from notifications.devices import device_register
+from notifications.customers.devices import device_register
+from notifications.pipeline import services
 
 CUSTOMERS: list[dict[str, Any]] = [
     {

@@ -2,11 +2,14 @@ from __future__ import annotations
 
 from django.urls import path
 
-from notifications import api, device_api, printing_api, webhooks_api
-from notifications.assets import api as assets_api
+from notifications import api
+from notifications.channels import printing_api
+from notifications.customers import device_api
+from notifications.customers.assets import api as assets_api
 from notifications.jobs import api as jobs_api
 from notifications.reporting import api as reporting_api
 from notifications.statements import api as statements_api
+from notifications.webhooks import api as webhooks_api
 
 urlpatterns = [
     path("stats", reporting_api.StatsView.as_view(), name="api-stats"),

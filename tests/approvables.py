@@ -10,8 +10,8 @@ from ccm import approvals
 from ccm.models import Approval
 from documents import services as documents
 from documents.models import TemplateVersion
-from notifications import services
 from notifications.models import Communication
+from notifications.pipeline import services
 from tests.documents.factories import TemplateFactory, letter_bundle
 from tests.notifications.conftest import publish
 

@@ -33,16 +33,18 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from cases import approval_mail, reprints, services
+from cases import services
 from cases.models import Case, CaseType, Team
-from cases.request_models import IdentityCheck, InboxOutcome, ProcessedInboxMessage, RequestSource
-from cases.request_selectors import issued_communications, known_addresses, reprint_channels
+from cases.requests import approval_mail, reprints
+from cases.requests.models import IdentityCheck, InboxOutcome, ProcessedInboxMessage, RequestSource
+from cases.requests.selectors import issued_communications, known_addresses, reprint_channels
 from cases.services import CaseError
 from ccm import audit
 from ccm.tasks import enqueue
 from documents.models import Document, Template
-from notifications import mailauth
-from notifications.gmail import GmailError, GmailGateway, InboxMessage
+from notifications.channels import mailauth
+from notifications.channels.gmail import GmailError, GmailGateway, InboxMessage
+from notifications.channels.tracking import PROCESS_TASK
 from notifications.models import (
     Channel,
     Customer,
@@ -50,8 +52,7 @@ from notifications.models import (
     DeliveryEvent,
     EventType,
 )
-from notifications.services import message_id_issued
-from notifications.tracking import PROCESS_TASK
+from notifications.pipeline.services import message_id_issued
 
 logger = logging.getLogger(__name__)
 

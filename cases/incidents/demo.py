@@ -10,7 +10,7 @@ from django.utils import timezone
 from cases.incidents import services
 from cases.incidents.models import Incident
 from cases.incidents.rules import rule_for
-from notifications.assets import services as assets
+from notifications.customers.assets import services as assets
 from notifications.demo import CUSTOMERS
 
 DEMO_SOURCE = "demo-scada"

@@ -9,7 +9,7 @@ from django.db.models import Count, Q, QuerySet
 from django.urls import reverse
 
 from cases.incidents.models import Incident, IncidentNotice, IncidentUpdate
-from notifications.assets import selectors as asset_selectors
+from notifications.customers.assets import selectors as asset_selectors
 from notifications.models import DeliveryState
 from notifications.reporting.progress import PER_KIND, Work
 

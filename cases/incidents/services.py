@@ -43,10 +43,10 @@ from cases.incidents.models import (
 from cases.incidents.rules import Rule, rule_for
 from ccm import audit
 from ccm.tasks import enqueue
-from notifications.assets import selectors as asset_selectors
-from notifications.assets.models import PATH_SEP, Asset, ServicePoint
-from notifications.bulk import communications_intake, insert_rows
+from notifications.customers.assets import selectors as asset_selectors
+from notifications.customers.assets.models import PATH_SEP, Asset, ServicePoint
 from notifications.models import Customer
+from notifications.pipeline.bulk import communications_intake, insert_rows
 
 MAX_EVENTS = 1000  # per call
 NOTICE_CHUNK = 500  # customers handed to the intake at once

@@ -12,7 +12,7 @@ from cases.incidents import services
 from cases.incidents.models import IncidentAlert
 from cases.models import Team
 from ccm.tasks import Sweep, register_schedule, register_sweep
-from notifications.internal import internal_mail_send_once
+from notifications.channels.internal import internal_mail_send_once
 
 ALERT_MAX_ATTEMPTS = 5
 

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from cases.incidents import selectors, services
 from cases.incidents.models import Incident
-from cases.web import HANDLE, WORK, staff_only
+from cases.web.views import HANDLE, WORK, staff_only
 
 PAGE_SIZE = 50
 EVENTS_SHOWN = 100

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from cases import alerts, approval_mail
+from cases import alerts
 from cases.models import CaseAlert
-from cases.request_models import (
+from cases.requests import approval_mail
+from cases.requests.models import (
     ApprovalMail,
     CorrespondenceRequest,
     ProcessedInboxMessage,
     ReprintRequest,
 )
-from notifications.internal import internal_mail_state
+from notifications.channels.internal import internal_mail_state
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -9,15 +9,15 @@ from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
-from cases import correspondence, reprints
 from cases.api import PERMISSIONS, SCOPES, problems
-from cases.request_models import (
+from cases.requests import correspondence, reprints
+from cases.requests.models import (
     STATED_IDENTITY_CHECKS,
     CorrespondenceRequest,
     ReprintRequest,
     RequestSource,
 )
-from cases.request_selectors import last_approval
+from cases.requests.selectors import last_approval
 from ccm.api.auth import visible_to_caller
 from ccm.api.schema import JSONObjectField
 from ccm.api.views import CcmAPIView

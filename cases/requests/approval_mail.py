@@ -22,17 +22,17 @@ from django.db import transaction
 from django.db.models import Q
 from django.urls import reverse
 
-from cases.request_models import ApprovalMail
+from cases.requests.models import ApprovalMail
 from ccm import approvals, audit, links
 from ccm.models import Approval, ApprovalState
 from ccm.roles import Role
 from ccm.tasks import Sweep, enqueue
-from notifications.internal import internal_mail_send_once
+from notifications.channels.internal import internal_mail_send_once
 
 logger = logging.getLogger(__name__)
 
 REPLY_PURPOSE = "approval.reply"
-SEND_TASK = "cases.request_tasks.approval_mail_send"
+SEND_TASK = "cases.requests.tasks.approval_mail_send"
 MAX_ATTEMPTS = 5
 # The token travels in the subject ("Re:" keeps it) and in the body (a quoted reply keeps it).
 TOKEN_RE = re.compile(r"\[ccm:([A-Za-z0-9_\-:.]+)\]")

@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from django.db import transaction
 from django.utils import timezone
 
-from cases import approval_mail, services
+from cases import services
 from cases.models import CaseType
-from cases.request_models import CorrespondenceRequest, CorrespondenceState, RequestSource
-from cases.request_selectors import correspondence_version
+from cases.requests import approval_mail
+from cases.requests.models import CorrespondenceRequest, CorrespondenceState, RequestSource
+from cases.requests.selectors import correspondence_version
 from cases.services import CaseError
 from ccm import approvals, audit
 from ccm.models import Approval, ApprovalState
@@ -24,8 +25,8 @@ from documents import services as documents
 from documents.addressee import with_addressee
 from documents.models import TemplateVersion
 from documents.rendering import RenderedPdf
-from notifications import services as notifications
 from notifications.models import Customer, Source
+from notifications.pipeline import services as notifications
 
 RELEASE_PURPOSE = "correspondence.release"
 CLIENT = "cases.correspondence"
@@ -222,7 +223,7 @@ def _on_decision(request: CorrespondenceRequest, approval: Approval) -> None:
 def register_approvable() -> None:
     from django.urls import reverse
 
-    from cases import request_views
+    from cases.requests import views as request_views
 
     approvals.register(
         CorrespondenceRequest,

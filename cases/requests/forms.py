@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from django import forms
 
-from cases.request_models import STATED_IDENTITY_CHECKS
+from cases.requests.models import STATED_IDENTITY_CHECKS
 
 
 class AccessibleForm(forms.Form):

@@ -24,29 +24,30 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from cases import approval_mail, services
+from cases import services
 from cases.models import Case, CaseType
-from cases.request_models import (
+from cases.requests import approval_mail
+from cases.requests.models import (
     STATED_IDENTITY_CHECKS,
     IdentityCheck,
     ReprintRequest,
     ReprintState,
     RequestSource,
 )
-from cases.request_selectors import ISSUED_STATES, known_addresses, reprint_channels
+from cases.requests.selectors import ISSUED_STATES, known_addresses, reprint_channels
 from cases.services import CaseError
 from ccm import approvals, audit
 from ccm.models import Approval, ApprovalState
 from ccm.tasks import Sweep, enqueue
 from documents import services as documents
 from documents.models import Document, DocumentKind
-from notifications import services as notifications
 from notifications.models import Communication, Customer, Source, Suppression
+from notifications.pipeline import services as notifications
 
 logger = logging.getLogger(__name__)
 
 RELEASE_PURPOSE = "reprint.release"
-FULFIL_TASK = "cases.request_tasks.reprint_fulfil"
+FULFIL_TASK = "cases.requests.tasks.reprint_fulfil"
 CLIENT = "cases.reprints"
 # A worker that took up fulfilment and has not finished after this long is presumed dead.
 FULFIL_STALE_AFTER = timedelta(minutes=10)
@@ -326,7 +327,7 @@ def _case_finish(case: Case, *, by, resolution: str) -> None:
 def register_approvable() -> None:
     from django.urls import reverse
 
-    from cases import request_views
+    from cases.requests import views as request_views
 
     approvals.register(
         ReprintRequest,

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import Q, QuerySet
 
-from cases.request_models import CorrespondenceRequest, ReprintRequest
+from cases.requests.models import CorrespondenceRequest, ReprintRequest
 from ccm.models import Approval
 from documents.models import DocumentKind, TemplateVersion, VersionState
 from notifications.models import (

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from cases import approval_mail, intake, reprints
+from cases.inbox import intake
+from cases.requests import approval_mail, reprints
 
 
 def reprint_fulfil(request_id: int) -> str:
@@ -23,7 +24,7 @@ def gmail_intake() -> dict[str, int]:
 
 
 def register() -> None:
-    from cases import correspondence
+    from cases.requests import correspondence
     from ccm.roles import Role
     from ccm.selectors import HomeLink, register_home_link
     from ccm.tasks import register_schedule, register_sweep
@@ -32,7 +33,7 @@ def register() -> None:
     correspondence.register_approvable()
     register_schedule(
         "cases.gmail_intake",
-        "cases.request_tasks.gmail_intake",
+        "cases.requests.tasks.gmail_intake",
         settings.CASES_GMAIL_INTAKE_MINUTES,
     )
     register_sweep(reprints.UNFULFILLED_SWEEP)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from cases import request_views as views
+from cases.requests import views
 
 urlpatterns = [
     path("requests/", views.requests_list, name="agent-requests"),

@@ -11,17 +11,18 @@ from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseBas
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from cases import correspondence, reprints, request_selectors
-from cases.forms import CustomerSearchForm, IdentityForm, ReprintForm, TemplateChoiceForm
-from cases.request_models import CorrespondenceRequest, ReprintRequest, ReprintState
+from cases.requests import correspondence, reprints
+from cases.requests import selectors as request_selectors
+from cases.requests.forms import CustomerSearchForm, IdentityForm, ReprintForm, TemplateChoiceForm
+from cases.requests.models import CorrespondenceRequest, ReprintRequest, ReprintState
 from cases.services import CaseError
-from cases.web_data_form import SchemaForm, schema_initial
+from cases.web.data_form import SchemaForm, schema_initial
 from ccm.approvals import Proof
 from documents import services as documents
 from documents.composition import CompositionError
 from documents.models import Document
-from notifications import services as notifications
 from notifications.models import Customer
+from notifications.pipeline import services as notifications
 
 VIEW_REPRINT = "cases.view_reprintrequest"
 ADD_REPRINT = "cases.add_reprintrequest"

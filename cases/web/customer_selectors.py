@@ -27,7 +27,7 @@ from notifications.models import (
     Preference,
     Suppression,
 )
-from notifications.services import normalise_phone
+from notifications.pipeline.services import normalise_phone
 
 LIST_PAGE_SIZE = 25
 COMMUNICATIONS_SHOWN = 50

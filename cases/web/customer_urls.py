@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from cases import customer_views as views
+from cases.web import customers as views
 
 urlpatterns = [
     path("", views.customer_list, name="customer-list"),

@@ -15,11 +15,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from cases import address_corrections, customer_selectors, services
+from cases import address_corrections, services
 from cases.customer_models import AddressCorrection, CorrectionState
-from cases.forms import CustomerSearchForm
 from cases.models import Case
-from cases.web_forms import AddressCorrectionForm
+from cases.requests.forms import CustomerSearchForm
+from cases.web import customer_selectors
+from cases.web.forms import AddressCorrectionForm
 from ccm.approvals import Proof
 from ccm.views import staff_only
 from notifications.models import Customer

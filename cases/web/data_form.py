@@ -25,7 +25,7 @@ from typing import Any
 
 from django import forms
 
-from cases.forms import AccessibleForm
+from cases.requests.forms import AccessibleForm
 from documents.addressee import RESERVED, sample_addressee, with_addressee
 from documents.composition import DataInvalid, validate_data
 

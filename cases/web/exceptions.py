@@ -16,17 +16,18 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from cases import exception_cases, queues, services
+from cases import exception_cases, services
 from cases.models import Case, CaseType, ExceptionKind, RecoveryAction
-from cases.web import HANDLE, QUEUE_PAGE_SIZE, WORK, case_or_404, staff_only
-from cases.web_data_form import SchemaForm
-from cases.web_forms import ResendForm
+from cases.web import queues
+from cases.web.data_form import SchemaForm
+from cases.web.forms import ResendForm
+from cases.web.views import HANDLE, QUEUE_PAGE_SIZE, WORK, case_or_404, staff_only
 from ccm.lists import CountLimitedPaginator
 from documents import selectors as document_selectors
 from documents.composition import CompositionError, DataInvalid
 from notifications.models import Channel, Communication, ContactKind, Suppression
-from notifications.recovery import RESENDABLE_CHANNELS, RecoveryError
-from notifications.services import enabled_channels
+from notifications.pipeline.recovery import RESENDABLE_CHANNELS, RecoveryError
+from notifications.pipeline.services import enabled_channels
 
 
 @require_GET

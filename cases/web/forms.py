@@ -16,11 +16,11 @@ from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 
-from cases.forms import AccessibleForm as HelpLinkedForm
 from cases.models import Team
+from cases.requests.forms import AccessibleForm as HelpLinkedForm
 from ccm.forms import AccessibleForm
 from ccm.roles import Role
-from notifications.recovery import RESENDABLE_CHANNELS
+from notifications.pipeline.recovery import RESENDABLE_CHANNELS
 
 # Who may take a team's cases: the role that works them.
 TEAM_ROLES: dict[str, str] = {

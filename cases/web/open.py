@@ -14,20 +14,20 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from cases import opening, services
-from cases.forms import CustomerSearchForm
-from cases.request_selectors import customer_search
-from cases.web import WORK
-from cases.web_data_form import readable_error
-from cases.web_forms import (
+from cases.requests.forms import CustomerSearchForm
+from cases.requests.selectors import customer_search
+from cases.web.data_form import readable_error
+from cases.web.forms import (
     UPLOAD_TOO_LARGE,
     CappedUploadHandler,
     CaseOpenForm,
     attachment_max_bytes,
 )
+from cases.web.views import WORK
 from ccm.views import staff_only
 from documents.composition import CompositionError
 from notifications.models import Customer
-from notifications.services import IntakeError
+from notifications.pipeline.services import IntakeError
 
 OPEN = "cases.add_case"
 # Where the letter's and the case details' fields are asked on the form.

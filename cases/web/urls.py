@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from cases import web, web_exceptions, web_open
+from cases.web import exceptions as web_exceptions
+from cases.web import open as web_open
+from cases.web import views as web
 
 urlpatterns = [
     path("", web.queue, name="cases-queue"),

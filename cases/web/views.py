@@ -21,10 +21,11 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_POST
 
-from cases import letters, queues, selectors, services
+from cases import letters, selectors, services
 from cases.models import Case, CaseState, CaseType, Milestone, Team
-from cases.web_data_form import SchemaForm, schema_initial
-from cases.web_forms import (
+from cases.web import queues
+from cases.web.data_form import SchemaForm, schema_initial
+from cases.web.forms import (
     UPLOAD_TOO_LARGE,
     AssignForm,
     AttachmentForm,
@@ -35,12 +36,12 @@ from cases.web_forms import (
     WaitForm,
     attachment_max_bytes,
 )
-from cases.web_timeline import CASE_TEXT, timeline_rows
+from cases.web.timeline import CASE_TEXT, timeline_rows
 from ccm.lists import CountLimitedPaginator
 from ccm.views import staff_only
 from documents.composition import CompositionError
 from notifications.models import Communication
-from notifications.services import IntakeError
+from notifications.pipeline.services import IntakeError
 
 WORK = "cases.change_case"
 HANDLE = "cases.handle_exception"

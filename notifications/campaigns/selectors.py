@@ -15,7 +15,6 @@ from django.urls import reverse
 from django.utils import timezone
 
 from documents.models import TemplateVersion
-from notifications import selection
 from notifications.campaigns.models import (
     Campaign,
     CampaignRecipient,
@@ -33,8 +32,9 @@ from notifications.models import (
     Preference,
     Suppression,
 )
+from notifications.pipeline import selection
+from notifications.pipeline.services import enabled_channels
 from notifications.reporting.progress import PER_KIND, Work
-from notifications.services import enabled_channels
 
 # What a segment definition may say; anything else is refused (a typo must not widen it).
 SEGMENT_KEYS = {

@@ -29,8 +29,6 @@ from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents.composition import DataInvalid
 from documents.models import Category, VersionState
-from notifications import selection
-from notifications.bulk import communications_intake, facts_for_chunk, update_rows
 from notifications.campaigns import selectors
 from notifications.campaigns.models import (
     Campaign,
@@ -43,7 +41,9 @@ from notifications.campaigns.models import (
 )
 from notifications.jobs.csv_rows import CUSTOMER_COLUMN, cells_data
 from notifications.models import CommState, Communication, Customer, Source
-from notifications.services import communication_cancel, intake_data_validate
+from notifications.pipeline import selection
+from notifications.pipeline.bulk import communications_intake, facts_for_chunk, update_rows
+from notifications.pipeline.services import communication_cancel, intake_data_validate
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 
 from notifications.channels.base import PermanentSendError, TransientSendError
+from notifications.channels.unsubscribe import unsubscribe_headers
 from notifications.models import Delivery
-from notifications.unsubscribe import unsubscribe_headers
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EmailParts:
     """What one delivery's email carries; the Django message and the direct Postmark batch
-    payload (notifications/postmark_batch.py) are both built from it."""
+    payload (notifications/channels/postmark_batch.py) are both built from it."""
 
     subject: str
     text: str

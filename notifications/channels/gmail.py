@@ -582,8 +582,8 @@ def _typed_value(value: str | None) -> str | None:
 class GmailEmailBackend(BaseEmailBackend):
     """Send Django EmailMessages through the Gmail API.
 
-    `get_connection("notifications.gmail.GmailEmailBackend")` builds the gateway from settings
-    on first use; tests pass `gateway=`.
+    `get_connection("notifications.channels.gmail.GmailEmailBackend")` builds the gateway from
+    settings on first use; tests pass `gateway=`.
     """
 
     def __init__(

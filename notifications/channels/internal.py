@@ -1,6 +1,6 @@
 """Internal mail to staff (alerts, approvals, reports), sent through the channel the sender
-profile names for its kind (`notifications.gmail.sender_for`): the Gmail API gateway, so that it
-comes from a real workspace mailbox, or the ESP.
+profile names for its kind (`notifications.channels.gmail.sender_for`): the Gmail API gateway, so
+that it comes from a real workspace mailbox, or the ESP.
 
 Customer mail never goes this way: it is a Communication with deliveries, consent and tracking.
 """
@@ -18,7 +18,7 @@ from django.db import models, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from notifications.gmail import GmailPermanentError, sender_for
+from notifications.channels.gmail import GmailPermanentError, sender_for
 
 logger = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from django.utils import timezone
 from ccm import notices
 from ccm.models import Notice, NoticeSettings
 from ccm.tasks import Sweep, enqueue, register_schedule, register_sweep
-from notifications.internal import internal_mail_send_once
+from notifications.channels.internal import internal_mail_send_once
 
 logger = logging.getLogger(__name__)
 
-SEND_TASK = "notifications.notices.notice_mail_send"
-DIGEST_TASK = "notifications.notices.digests_send"
+SEND_TASK = "notifications.channels.notices.notice_mail_send"
+DIGEST_TASK = "notifications.channels.notices.digests_send"
 MAIL_KIND = "approval"
 MAX_ATTEMPTS = 5
 # Every day at 06:00 (the cluster's time zone): before the working day starts.
@@ -106,6 +106,8 @@ def digests_send() -> int:
 def register() -> None:
     from ccm import signals
 
-    signals.notice_created.connect(notice_created, dispatch_uid="notifications.notices.mail")
+    signals.notice_created.connect(
+        notice_created, dispatch_uid="notifications.channels.notices.mail"
+    )
     register_sweep(UNSENT_SWEEP)
     register_schedule("notifications.daily_digest", DIGEST_TASK, DIGEST_CRON)

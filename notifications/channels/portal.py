@@ -40,7 +40,7 @@ from documents.bundle import house_colours
 from documents.composition import CompositionError
 from documents.rendering import RenderError, first_page_png
 from notifications.models import CommState, Communication
-from notifications.services import IntakeError, communication_request
+from notifications.pipeline.services import IntakeError, communication_request
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from notifications import portal
+from notifications.channels import portal
 
 urlpatterns = [
     path("<str:token>/", portal.portal_document, name="portal-document"),

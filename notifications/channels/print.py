@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from notifications.channels.base import PermanentSendError, TransientSendError
+from notifications.channels.printing import PrintError, print_item_add
 from notifications.models import Delivery, PrintItem
-from notifications.printing import PrintError, print_item_add
 
 
 class PrintBackend:

@@ -2,8 +2,8 @@
 stream and manifest produced), handed over to the mail house and mailed; letters come back.
 
 What the mail house reports becomes `DeliveryEvent`s applied by
-`notifications.tracking.delivery_event_process`, like any provider's report: deliveries move
-forward only, the communication advances, a returned letter bounces its delivery, marks the
+`notifications.channels.tracking.delivery_event_process`, like any provider's report: deliveries
+move forward only, the communication advances, a returned letter bounces its delivery, marks the
 customer's postal address invalid and fires `delivery_failed`.
 """
 
@@ -25,7 +25,9 @@ from django_fsm import can_proceed
 from ccm import audit
 from ccm.tasks import enqueue
 from documents.addressee import RESERVED, normal_form
-from notifications import printstream
+from notifications.channels import printstream
+from notifications.channels.printstream import PrintError
+from notifications.channels.tracking import PROCESS_TASK
 from notifications.models import (
     Channel,
     Communication,
@@ -36,15 +38,13 @@ from notifications.models import (
     PrintBatchState,
     PrintItem,
 )
-from notifications.printstream import PrintError
+from notifications.pipeline.selection import postal_address_text
 from notifications.reporting.progress import (
     PER_KIND,
     Work,
     progress_publisher,
     published_progress,
 )
-from notifications.selection import postal_address_text
-from notifications.tracking import PROCESS_TASK
 
 __all__ = [
     "PrintError",

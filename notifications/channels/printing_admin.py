@@ -14,7 +14,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from ccm.admin_site import confirm_first
-from notifications import printing, selectors
+from notifications import selectors
+from notifications.channels import printing
 from notifications.models import PrintBatch, PrintItem
 
 # A batch's page lists its first letters; all of them are in the print items list.

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from ccm.api.errors import ApiProblem, Conflict, Unprocessable
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
-from notifications import printing
+from notifications.channels import printing
 from notifications.models import DeliveryState, PrintBatch, PrintItem
 
 SCOPE = ("print",)

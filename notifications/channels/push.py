@@ -41,9 +41,9 @@ from py_vapid import Vapid  # type: ignore[import-untyped]
 from pywebpush import WebPushException, webpush  # type: ignore[import-untyped]
 
 from notifications.channels.base import PermanentSendError, SendError, TransientSendError
-from notifications.devices import device_deactivate
+from notifications.channels.portal import portal_url
+from notifications.customers.devices import device_deactivate
 from notifications.models import Delivery, Device, Platform
-from notifications.portal import portal_url
 
 logger = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from twilio.rest import Client
 
 from documents.composition import SMS_MAX_SEGMENTS, LruCache, sms_segments
 from notifications.channels.base import PermanentSendError, SendError, TransientSendError
+from notifications.channels.sms_feedback import sms_number_suppress
 from notifications.models import Channel, Delivery
-from notifications.sms import sms_number_suppress
 
 logger = logging.getLogger(__name__)
 

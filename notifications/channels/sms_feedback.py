@@ -7,7 +7,7 @@ nothing is stored.
 
 Status callbacks (`POST /hooks/sms/twilio/status`) are stored as `DeliveryEvent`s (provider
 "twilio", event id = MessageSid:MessageStatus, so a re-post is one row; the form kept as raw)
-and applied by `notifications.tracking.delivery_event_process`, the one status machine. An
+and applied by `notifications.channels.tracking.delivery_event_process`, the one status machine. An
 "undelivered" or "failed" report whose ErrorCode says the number itself is wrong (it does not
 exist, is a landline, is not a mobile) is a hard bounce: the phone contact point is invalidated
 and the number suppressed for SMS. Other codes (handset off or out of coverage, carrier
@@ -60,6 +60,8 @@ from ccm.models import AuditEvent
 from ccm.tasks import enqueue
 from documents.models import Category
 from notifications import signals
+from notifications.channels.tracking import PROCESS_TASK
+from notifications.channels.tracking import _json_safe as json_safe
 from notifications.models import (
     Channel,
     ConsentRecord,
@@ -73,9 +75,7 @@ from notifications.models import (
     Suppression,
     SuppressionReason,
 )
-from notifications.services import consent_record, normalise_phone, suppression_add
-from notifications.tracking import PROCESS_TASK
-from notifications.tracking import _json_safe as json_safe
+from notifications.pipeline.services import consent_record, normalise_phone, suppression_add
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from django_fsm import can_proceed
 
 from ccm import audit
 from ccm.tasks import Sweep, enqueue
-from notifications import transitions, unsubscribe
+from notifications.channels import unsubscribe
 from notifications.models import (
     Channel,
     Communication,
@@ -42,13 +42,14 @@ from notifications.models import (
     Suppression,
     SuppressionReason,
 )
-from notifications.selection import postal_address_text
+from notifications.pipeline import transitions
+from notifications.pipeline.selection import postal_address_text
 
 logger = logging.getLogger(__name__)
 
-PROCESS_TASK = "notifications.tracking.delivery_event_process"
+PROCESS_TASK = "notifications.channels.tracking.delivery_event_process"
 # Connect `tracking_received` with this, so that connecting it twice stays one receiver.
-DISPATCH_UID = "notifications.tracking.tracking_received"
+DISPATCH_UID = "notifications.channels.tracking.tracking_received"
 
 CONTACT_KIND_OF_CHANNEL = {Channel.EMAIL: ContactKind.EMAIL, Channel.SMS: ContactKind.PHONE}
 # Providers whose events are about another channel than email (events matched to no delivery).

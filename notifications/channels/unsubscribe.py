@@ -24,8 +24,8 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from notifications import services
 from notifications.models import Channel, ConsentRecord, Delivery, LegalBasis
+from notifications.pipeline import services
 
 SALT = "ccm.unsubscribe"
 MARKETING = "marketing"

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from ccm.api.views import CcmAPIView
 from documents.models import Category
 from notifications.api import SOURCE_PARAM, _customer
-from notifications.devices import device_deactivate, device_register
+from notifications.customers.devices import device_deactivate, device_register
 from notifications.models import Device, Platform
 
 

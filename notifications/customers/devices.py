@@ -14,8 +14,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ccm import audit
-from notifications import services
 from notifications.models import Customer, Device, LegalBasis
+from notifications.pipeline import services
 
 CONSENT_SOURCE = "api"
 

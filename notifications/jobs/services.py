@@ -1,8 +1,8 @@
 """Send jobs: intake of many items through the pipeline's batch intake, start, schedule, cancel.
 
 Every entry point hands its items to `job_items_submit`, the one call into the pipeline's batch
-intake (`notifications.bulk.communications_request_bulk`). That intake is all-or-nothing per
-template; a job is not: the items it refuses are set aside with their errors and the others are
+intake (`notifications.pipeline.bulk.communications_request_bulk`). That intake is all-or-nothing
+per template; a job is not: the items it refuses are set aside with their errors and the others are
 submitted again, so one bad row never holds back the good ones.
 """
 
@@ -22,7 +22,6 @@ from django_fsm import can_proceed
 from ccm import audit
 from ccm.tasks import enqueue
 from documents.models import Template
-from notifications import bulk, services
 from notifications.models import (
     CommState,
     Communication,
@@ -32,6 +31,7 @@ from notifications.models import (
     SendJob,
     SendJobItem,
 )
+from notifications.pipeline import bulk, services
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from documents import selectors as document_selectors
 from documents import services as documents
 from documents.composition import CompositionError
 from documents.models import Template, TemplateVersion
-from notifications import services as notification_services
 from notifications.jobs import csv_rows, selectors, services
 from notifications.models import JobSource, JobState, SendJob
+from notifications.pipeline import services as notification_services
 
 VIEW = "notifications.view_sendjob"
 ADD = "notifications.add_sendjob"

@@ -332,8 +332,8 @@ class Communication(ConcurrentTransitionMixin, models.Model):
     def undeliverable(self, *, reason: str) -> None:
         self.failure_reason = reason
 
-    # Recovery from an exception case (notifications/recovery.py): corrected data is composed
-    # again, against the version published now; an undeliverable one goes out once more.
+    # Recovery from an exception case (notifications/pipeline/recovery.py): corrected data is
+    # composed again, against the version published now; an undeliverable one goes out once more.
     @transition(field=state, source=CommState.COMPOSE_FAILED, target=CommState.RECEIVED)
     def recompose(self, *, data: dict) -> None:
         self.data = data
@@ -403,7 +403,7 @@ _BEFORE_SENT = [DeliveryState.PENDING, DeliveryState.SENDING]
 class Delivery(ConcurrentTransitionMixin, models.Model):
     """One attempt to reach the customer on one channel at one address.
 
-    Its state changes only through `notifications.transitions` (one row or a chunk); the
+    Its state changes only through `notifications.pipeline.transitions` (one row or a chunk); the
     transitions below are the rules that service checks."""
 
     communication = models.ForeignKey(
@@ -517,7 +517,6 @@ class DeliveryEvent(models.Model):
         return f"{self.provider} {self.event_type} {self.event_id}"
 
 
-from notifications.assets.models import Asset, AssetKind, ServicePoint  # noqa: E402, F401
 from notifications.campaigns.models import (  # noqa: E402, F401
     Campaign,
     CampaignRecipient,
@@ -525,6 +524,7 @@ from notifications.campaigns.models import (  # noqa: E402, F401
     RecipientState,
     Segment,
 )
+from notifications.customers.assets.models import Asset, AssetKind, ServicePoint  # noqa: E402, F401
 from notifications.models.devices import Device, Platform, device_address  # noqa: E402, F401
 from notifications.models.history import CommunicationStep  # noqa: E402, F401
 from notifications.models.jobs import (  # noqa: E402, F401

@@ -1,5 +1,5 @@
 """Per-communication history: every pipeline step of every communication, with its time and
-actor, sealed into the audit hash chain in batches (see notifications/history.py)."""
+actor, sealed into the audit hash chain in batches (see notifications/pipeline/history.py)."""
 
 from __future__ import annotations
 

@@ -55,13 +55,14 @@ from documents.composition import (
     data_errors,
 )
 from documents.models import Template, TemplateVersion, VersionState
-from notifications import history, selection, selectors, signals, throttle, webhooks
+from notifications import selectors, signals
 from notifications.channels import (
     EmailBackend,
     PermanentSendError,
     TransientSendError,
     backend_for,
 )
+from notifications.channels.postmark_batch import PostmarkPayloads, direct_payloads_allowed
 from notifications.models import (
     CommState,
     Communication,
@@ -75,8 +76,8 @@ from notifications.models import (
     Preference,
     Suppression,
 )
-from notifications.postmark_batch import PostmarkPayloads, direct_payloads_allowed
-from notifications.services import (
+from notifications.pipeline import history, selection, throttle
+from notifications.pipeline.services import (
     RELEASE_PURPOSE,
     IntakeError,
     address_normalise,
@@ -91,7 +92,8 @@ from notifications.services import (
     portal_linked,
     release_required,
 )
-from notifications.transitions import deliveries_move
+from notifications.pipeline.transitions import deliveries_move
+from notifications.webhooks import services as webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -503,7 +505,7 @@ def _enqueue_ids(task: str, ids: list[int], queue: Queue | None = None) -> None:
 # shared cache says one is pending, and the drain clears it before it reads, so a request that
 # commits after the read enqueues the next one.
 
-COMPOSE_DRAIN = "notifications.bulk.compose_drain"
+COMPOSE_DRAIN = "notifications.pipeline.bulk.compose_drain"
 DRAIN_FLAG = "ccm:notifications:compose-drain-pending"
 # A lost drain (its process died between the flag and the queue row) delays the next one by at
 # most this long; the `notifications.received` sweep covers anything older as well.
@@ -519,7 +521,7 @@ def _compose_enqueue(ids: list[int], queue: Queue | None = None) -> None:
     size = chunk_size()
     for chunk in _chunks(ids, size):
         if len(chunk) == size:
-            _enqueue_ids("notifications.bulk.compose_chunk", chunk, queue=queue)
+            _enqueue_ids("notifications.pipeline.bulk.compose_chunk", chunk, queue=queue)
         else:
             # The drain's log lines name the request that asked for it (on commit, the
             # request may be over).
@@ -767,7 +769,7 @@ def compose_chunk(ids: Sequence[int]) -> dict[str, int]:
             if portal_linked(version) and "portal_url" not in c.data:
                 # The link is part of the archived data, so the letter that prints it
                 # regenerates byte for byte.
-                from notifications.portal import portal_url
+                from notifications.channels.portal import portal_url
 
                 c.data = {**c.data, "portal_url": portal_url(c)}
             # The addressee comes from the customer record, never from the data.
@@ -1054,7 +1056,7 @@ def dispatch_start(
         transaction.on_commit(partial(_signal, signals.communication_undeliverable, c.pk))
     delivery_ids = [d.pk for d in deliveries]
     for chunk in _chunks(delivery_ids, chunk_size()):
-        _enqueue_ids("notifications.bulk.dispatch_chunk", chunk)
+        _enqueue_ids("notifications.pipeline.bulk.dispatch_chunk", chunk)
     return {
         "dispatching": len(reachable),
         "undeliverable": len(unreachable),
@@ -1481,7 +1483,7 @@ def _record_dispatched(by_id: dict[int, Delivery], outcome: _Outcome) -> dict[st
             values={"attempts": F("attempts") - 1, "next_attempt_at": None},
         )
         for chunk in _chunks(throttled, chunk_size()):
-            _enqueue_ids("notifications.bulk.dispatch_chunk", chunk)
+            _enqueue_ids("notifications.pipeline.bulk.dispatch_chunk", chunk)
         # Maybe sent, the provider not answering: it waits in `sending` for reconciliation,
         # which asks the provider before anything is sent again.
         history.steps_record(
@@ -1581,7 +1583,7 @@ def deliveries_reconcile(ids: Sequence[int]) -> dict[str, int]:
             values={"next_attempt_at": None},
         )
         for chunk in _chunks(reset, chunk_size()):
-            _enqueue_ids("notifications.bulk.dispatch_chunk", chunk)
+            _enqueue_ids("notifications.pipeline.bulk.dispatch_chunk", chunk)
         unknown = list(outcome.unknown)
         Delivery.objects.filter(pk__in=unknown, state=DeliveryState.SENDING).update(
             checks=F("checks") + 1, updated_at=now

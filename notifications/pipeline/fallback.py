@@ -22,8 +22,9 @@ from django_fsm import can_proceed
 from ccm import audit
 from ccm.tasks import enqueue
 from documents import services as documents
-from notifications import selection, signals
+from notifications import signals
 from notifications.models import Communication, Delivery, DeliveryState
+from notifications.pipeline import selection
 
 LIVE_DELIVERY_STATES = (
     DeliveryState.PENDING,
@@ -46,7 +47,9 @@ def delivery_fall_back(*, delivery: Delivery, reason: str) -> Delivery | None:
     or None when the chain has nothing left (the communication may then be undeliverable).
 
     Call inside the transaction that records the failure, after the delivery row is locked."""
-    from notifications import services  # services imports this module for its failure paths
+    from notifications.pipeline import (
+        services,  # services imports this module for its failure paths
+    )
 
     communication = (
         Communication.objects.select_for_update(of=("self",))
@@ -127,14 +130,14 @@ def delivery_fall_back(*, delivery: Delivery, reason: str) -> Delivery | None:
             "channel": chosen.channel,
         },
     )
-    enqueue("notifications.tasks.delivery_dispatch", new.pk)
+    enqueue("notifications.pipeline.tasks.delivery_dispatch", new.pk)
     return new
 
 
 def _ensure_rendition(communication: Communication, channel: str) -> None:
     """The fallback channel may not have been rendered at composition: render it now from the
     same pinned version and data (print needs the archived PDF)."""
-    from notifications import services
+    from notifications.pipeline import services
 
     version = communication.template_version
     assert version is not None  # composed communications have their version pinned

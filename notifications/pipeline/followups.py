@@ -28,8 +28,9 @@ from django.utils import timezone
 from ccm import audit
 from documents.composition import CompositionError
 from documents.models import TemplateVersion
-from notifications import services, signals
+from notifications import signals
 from notifications.models import CommState, Communication, Source
+from notifications.pipeline import services
 
 logger = logging.getLogger(__name__)
 

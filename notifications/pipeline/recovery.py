@@ -25,7 +25,6 @@ from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
 from documents.models import Category
-from notifications import services
 from notifications.models import (
     Channel,
     CommState,
@@ -35,6 +34,7 @@ from notifications.models import (
     Preference,
     Suppression,
 )
+from notifications.pipeline import services
 
 # Channels a communication can be resent on: each has one address (push needs a device, and the
 # portal is a link carried by another channel).
@@ -107,7 +107,7 @@ def communication_recompose_with(
         before=before,
         after={"changed_fields": changed, "version": version.number},
     )
-    enqueue("notifications.tasks.communication_compose", locked.pk)
+    enqueue("notifications.pipeline.tasks.communication_compose", locked.pk)
     return locked
 
 
@@ -199,5 +199,5 @@ def communication_resend(
         before={"state": before},
         after={"state": locked.state, "delivery": delivery.pk, "channel": channel},
     )
-    enqueue("notifications.tasks.delivery_dispatch", delivery.pk)
+    enqueue("notifications.pipeline.tasks.delivery_dispatch", delivery.pk)
     return delivery

@@ -35,7 +35,6 @@ from documents.composition import (
     schema_validator,
 )
 from documents.models import TemplateVersion
-from notifications import selection
 from notifications.models import (
     Communication,
     ConsentRecord,
@@ -46,6 +45,7 @@ from notifications.models import (
     Preference,
     Suppression,
 )
+from notifications.pipeline import selection
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def composition_context(communication: Communication, version: TemplateVersion) 
     said there). The one place both pipelines (here and notifications.bulk) build it."""
     data = dict(communication.data)
     if portal_linked(version) and "portal_url" not in data:
-        from notifications.portal import portal_url
+        from notifications.channels.portal import portal_url
 
         data["portal_url"] = portal_url(communication)
     return with_addressee(data, _addressee(communication))
@@ -374,7 +374,7 @@ def communication_request(
     With `address_override` it goes to that address on `channel_override` instead of the
     customer's own.
     """
-    from notifications import bulk
+    from notifications.pipeline import bulk
 
     [result] = bulk.communications_intake(
         items=[
@@ -429,7 +429,7 @@ def enabled_channels() -> list[str]:
 
 def facts_for(communication: Communication, version: TemplateVersion) -> selection.Facts:
     """Selection facts for one communication (the chunk's function, for a chunk of one)."""
-    from notifications.bulk import facts_for_chunk
+    from notifications.pipeline.bulk import facts_for_chunk
 
     enabled = set(enabled_channels())
     renditions = [c for c in version.meta.get("channels", []) if c in enabled]
@@ -482,7 +482,7 @@ def _message_id_seal(name: str) -> str:
 def _on_release_decision(communication: Communication, approval: Approval) -> None:
     locked = Communication.objects.select_for_update().get(pk=communication.pk)
     if approval.state == ApprovalState.APPROVED:
-        from notifications import bulk, history
+        from notifications.pipeline import bulk, history
 
         locked.release()
         locked.save()
@@ -503,7 +503,7 @@ def _on_release_decision(communication: Communication, approval: Approval) -> No
 def register_approvable() -> None:
     from django.urls import reverse
 
-    from notifications.review import communication_proof
+    from notifications.pipeline.review import communication_proof
 
     approvals.register(
         Communication,
@@ -539,7 +539,7 @@ def _outcome(delivery_id: int) -> DispatchOutcome:
 
 def delivery_dispatch_run(delivery_id: int) -> DispatchOutcome:
     """Dispatch one delivery: a chunk of one (see `bulk.dispatch_chunk`)."""
-    from notifications import bulk
+    from notifications.pipeline import bulk
 
     if not bulk.dispatch_chunk([delivery_id]).get("claimed"):
         return DispatchOutcome("skipped")
@@ -548,7 +548,7 @@ def delivery_dispatch_run(delivery_id: int) -> DispatchOutcome:
 
 def delivery_reconcile_run(delivery_id: int) -> DispatchOutcome:
     """Settle one delivery stuck in `sending` (see `bulk.deliveries_reconcile`)."""
-    from notifications import bulk
+    from notifications.pipeline import bulk
 
     if not bulk.deliveries_reconcile([delivery_id]).get("checked"):
         return DispatchOutcome("skipped")

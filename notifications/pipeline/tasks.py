@@ -9,8 +9,8 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ccm.tasks import Queue, Sweep, register_schedule, register_sweep, register_task
-from notifications import bulk, followups, history
 from notifications.models import CommState, Communication, Delivery, DeliveryState
+from notifications.pipeline import bulk, followups, history
 
 # The per-message task paths stay importable: django-q2 keeps dotted paths in queued rows.
 # Each is the chunk operation for a chunk of one.
@@ -56,26 +56,26 @@ def register_tasks() -> None:
     text-only chunks to the dispatch queue), so an urgent SMS never waits behind statements."""
     render, dispatch, hooks = Queue.RENDER, Queue.DISPATCH, Queue.WEBHOOKS
     for task, queue, log_id in (
-        ("notifications.bulk.compose_chunk", render, "communication_ids"),
+        ("notifications.pipeline.bulk.compose_chunk", render, "communication_ids"),
         # The drain for the rest of a request's communications; its text-only twin is sent to
         # the dispatch queue by `bulk.compose_drain_request`.
-        ("notifications.bulk.compose_drain", render, ""),
-        ("notifications.tasks.communication_compose", render, "communication_id"),
-        ("notifications.tasks.communication_recompose", render, "communication_id"),
-        ("notifications.bulk.gate_chunk", dispatch, "communication_ids"),
-        ("notifications.tasks.communication_gate", dispatch, "communication_id"),
-        ("notifications.bulk.dispatch_chunk", dispatch, "delivery_ids"),
-        ("notifications.tasks.delivery_dispatch", dispatch, "delivery_id"),
-        ("notifications.bulk.deliveries_reconcile", dispatch, "delivery_ids"),
-        ("notifications.tasks.delivery_reconcile", dispatch, "delivery_id"),
-        ("notifications.webhook_send.webhook_delivery_send", hooks, "webhook_delivery_id"),
+        ("notifications.pipeline.bulk.compose_drain", render, ""),
+        ("notifications.pipeline.tasks.communication_compose", render, "communication_id"),
+        ("notifications.pipeline.tasks.communication_recompose", render, "communication_id"),
+        ("notifications.pipeline.bulk.gate_chunk", dispatch, "communication_ids"),
+        ("notifications.pipeline.tasks.communication_gate", dispatch, "communication_id"),
+        ("notifications.pipeline.bulk.dispatch_chunk", dispatch, "delivery_ids"),
+        ("notifications.pipeline.tasks.delivery_dispatch", dispatch, "delivery_id"),
+        ("notifications.pipeline.bulk.deliveries_reconcile", dispatch, "delivery_ids"),
+        ("notifications.pipeline.tasks.delivery_reconcile", dispatch, "delivery_id"),
+        ("notifications.webhooks.send.webhook_delivery_send", hooks, "webhook_delivery_id"),
         (
-            "notifications.webhook_send.webhook_deliveries_send",
+            "notifications.webhooks.send.webhook_deliveries_send",
             Queue.WEBHOOKS,
             "webhook_delivery_ids",
         ),
         (
-            "notifications.webhook_send.webhook_delivery_unstick",
+            "notifications.webhooks.send.webhook_delivery_unstick",
             Queue.WEBHOOKS,
             "webhook_delivery_id",
         ),
@@ -84,14 +84,22 @@ def register_tasks() -> None:
 
 
 def register_sweeps() -> None:
-    register_schedule("notifications.follow_ups", "notifications.tasks.follow_ups_apply", 15)
-    register_schedule("notifications.steps_seal", "notifications.tasks.steps_seal", 1)
+    register_schedule(
+        "notifications.follow_ups", "notifications.pipeline.tasks.follow_ups_apply", 15
+    )
+    register_schedule("notifications.steps_seal", "notifications.pipeline.tasks.steps_seal", 1)
     after = timedelta(seconds=settings.CCM_SWEEP_AFTER_SECONDS)
-    compose = ("notifications.tasks.communication_compose", "notifications.bulk.compose_chunk")
-    dispatch = ("notifications.tasks.delivery_dispatch", "notifications.bulk.dispatch_chunk")
+    compose = (
+        "notifications.pipeline.tasks.communication_compose",
+        "notifications.pipeline.bulk.compose_chunk",
+    )
+    dispatch = (
+        "notifications.pipeline.tasks.delivery_dispatch",
+        "notifications.pipeline.bulk.dispatch_chunk",
+    )
     reconcile = (
-        "notifications.tasks.delivery_reconcile",
-        "notifications.bulk.deliveries_reconcile",
+        "notifications.pipeline.tasks.delivery_reconcile",
+        "notifications.pipeline.bulk.deliveries_reconcile",
     )
     chunk = bulk.chunk_size()
     # A row is stuck when no queued or running task carries it (ccm.tasks.Sweep), not when it
@@ -101,7 +109,7 @@ def register_sweeps() -> None:
         Sweep(
             name="notifications.received",
             queryset=lambda: Communication.objects.filter(state=CommState.RECEIVED),
-            task="notifications.bulk.compose_chunk",
+            task="notifications.pipeline.bulk.compose_chunk",
             older_than=timedelta(minutes=2),
             covered_by=compose,
             chunk=chunk,
@@ -111,7 +119,7 @@ def register_sweeps() -> None:
         Sweep(
             name="notifications.composing",
             queryset=lambda: Communication.objects.filter(state=CommState.COMPOSING),
-            task="notifications.tasks.communication_recompose",
+            task="notifications.pipeline.tasks.communication_recompose",
             older_than=after,
             covered_by=compose,
         )
@@ -120,9 +128,9 @@ def register_sweeps() -> None:
         Sweep(
             name="notifications.composed",
             queryset=lambda: Communication.objects.filter(state=CommState.COMPOSED),
-            task="notifications.bulk.gate_chunk",
+            task="notifications.pipeline.bulk.gate_chunk",
             older_than=timedelta(minutes=2),
-            covered_by=(*compose, "notifications.tasks.communication_gate"),
+            covered_by=(*compose, "notifications.pipeline.tasks.communication_gate"),
             chunk=chunk,
         )
     )
@@ -137,7 +145,7 @@ def register_sweeps() -> None:
                     updated_at__lt=timezone.now() - timedelta(minutes=2),
                 )
             ),
-            task="notifications.bulk.dispatch_chunk",
+            task="notifications.pipeline.bulk.dispatch_chunk",
             older_than=timedelta(seconds=0),
             covered_by=dispatch,
             chunk=chunk,
@@ -147,7 +155,7 @@ def register_sweeps() -> None:
         Sweep(
             name="notifications.sending_stale",
             queryset=lambda: Delivery.objects.filter(state=DeliveryState.SENDING),
-            task="notifications.bulk.deliveries_reconcile",
+            task="notifications.pipeline.bulk.deliveries_reconcile",
             older_than=timedelta(seconds=settings.CCM_SENDING_STALE_AFTER_S),
             # A delivery a live dispatch still holds is not asked about behind its back.
             covered_by=(*reconcile, *dispatch),

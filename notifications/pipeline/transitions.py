@@ -16,8 +16,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from notifications import fallback, history, signals, webhooks
+from notifications import signals
 from notifications.models import Delivery, DeliveryState
+from notifications.pipeline import fallback, history
+from notifications.webhooks import services as webhooks
 
 FAILED_STATES = (DeliveryState.FAILED, DeliveryState.BOUNCED)
 
@@ -71,7 +73,7 @@ def deliveries_move(
             state=target, updated_at=now, **(values or {})
         )
         if per_row:
-            from notifications.bulk import update_rows
+            from notifications.pipeline.bulk import update_rows
 
             rows = {pk: per_row[pk] for pk in moved_ids if pk in per_row}
             if rows:

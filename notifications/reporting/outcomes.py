@@ -13,8 +13,8 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from notifications.campaigns.models import Campaign, CampaignRecipient, RecipientState
+from notifications.channels.printstream import csv_cell
 from notifications.models import Delivery
-from notifications.printstream import csv_cell
 from notifications.reporting.charts import svg_chart
 from notifications.reporting.reconciliation import Scope, reconcile
 from notifications.reporting.rollups import RETURNED, day_bounds, delivery_counts

@@ -25,8 +25,8 @@ from django.utils import timezone
 
 from ccm import audit
 from ccm.tasks import enqueue
-from notifications.internal import internal_mail_send
-from notifications.printstream import csv_cell
+from notifications.channels.internal import internal_mail_send
+from notifications.channels.printstream import csv_cell
 from notifications.reporting import selectors
 from notifications.reporting.charts import svg_chart
 from notifications.reporting.models import (

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from ccm import approvals
 from documents import selectors as document_selectors
-from notifications.assets.models import Asset, AssetKind, ServicePoint
+from notifications.customers.assets.models import Asset, AssetKind, ServicePoint
 from notifications.models import Customer
 from notifications.statements import assemble, readings, recommendations, services
 from notifications.statements.models import (

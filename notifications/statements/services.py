@@ -17,8 +17,8 @@ from ccm.models import ApprovalState
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as document_services
-from notifications import bulk
 from notifications.models import Source
+from notifications.pipeline import bulk
 from notifications.statements import assemble, billing, recommendations, selectors
 from notifications.statements.models import (
     RecommendationRuleSet,

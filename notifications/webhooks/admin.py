@@ -8,7 +8,6 @@ from django.utils.html import format_html
 
 from ccm.api.idempotency import api_key_client
 from ccm.models import ApiKey
-from notifications import webhooks
 from notifications.admin import ReadOnlyInline
 from notifications.models import (
     WebhookAttempt,
@@ -16,6 +15,7 @@ from notifications.models import (
     WebhookEvent,
     WebhookSubscription,
 )
+from notifications.webhooks import services as webhooks
 
 
 class WebhookSubscriptionForm(forms.ModelForm):

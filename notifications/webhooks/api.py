@@ -25,7 +25,6 @@ from ccm.api.idempotency import client_of
 from ccm.api.schema import final_states_declare
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from ccm.models import ApiKey
-from notifications import webhooks
 from notifications.models import (
     Channel,
     CommState,
@@ -35,6 +34,7 @@ from notifications.models import (
     WebhookEvent,
     WebhookSubscription,
 )
+from notifications.webhooks import services as webhooks
 
 # Replaying an event moves its delivery back to pending, whatever state it reached.
 final_states_declare(WebhookDeliveryState, final=[])

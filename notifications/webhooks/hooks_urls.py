@@ -8,7 +8,7 @@ from django.conf import settings
 from django.urls import URLPattern, URLResolver, path
 from django.urls.resolvers import RoutePattern
 
-from notifications import sms
+from notifications.channels import sms_feedback as sms
 
 urlpatterns = [
     path("sms/twilio/status", sms.twilio_status, name="hooks-sms-twilio-status"),

@@ -32,8 +32,8 @@ from django.utils import timezone
 
 from ccm.tasks import Sweep, enqueue, register_sweep
 from notifications.models import WebhookAttempt, WebhookDelivery, WebhookDeliveryState
-from notifications.services import backoff_seconds
-from notifications.webhooks import SEND_TASK, WebhookUrlRefused, webhook_addresses
+from notifications.pipeline.services import backoff_seconds
+from notifications.webhooks.services import SEND_TASK, WebhookUrlRefused, webhook_addresses
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ EXCERPT_BYTES = 1000
 # Backoff between attempts: full jitter over 1 min, 2 min, 4 min, … capped at 6 hours.
 BACKOFF_BASE_S = 60.0
 BACKOFF_CAP_S = 6 * 3600.0
-UNSTICK_TASK = "notifications.webhook_send.webhook_delivery_unstick"
+UNSTICK_TASK = "notifications.webhooks.send.webhook_delivery_unstick"
 # A new event whose enqueue was lost (a crash right after commit) is picked up after this.
 LOST_ENQUEUE_AFTER = timedelta(minutes=2)
 

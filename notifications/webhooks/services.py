@@ -46,8 +46,8 @@ from notifications.models import (
     WebhookSubscription,
 )
 
-SEND_TASK = "notifications.webhook_send.webhook_delivery_send"
-SEND_MANY_TASK = "notifications.webhook_send.webhook_deliveries_send"
+SEND_TASK = "notifications.webhooks.send.webhook_delivery_send"
+SEND_MANY_TASK = "notifications.webhooks.send.webhook_deliveries_send"
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a marker, not a secret
 # More rows than this (the bulk path) travel to the queue as one task carrying their ids.
 ENQUEUE_ONE_BY_ONE_UP_TO = 10

@@ -13,8 +13,8 @@ from playwright.sync_api import Page, expect
 
 from cases import services
 from cases.models import Case
-from notifications import tasks
 from notifications.models import Communication
+from notifications.pipeline import tasks
 from tests.browser.test_review import _outline, _tab_to
 from tests.cases import conftest as cases_fixtures
 from tests.cases.conftest import COMPLAINT_DETAILS, stricter_letter

@@ -27,7 +27,7 @@ from ccm import approvals
 from ccm.demo import DEMO_PASSWORD, seed_all
 from ccm.models import Approval, ApprovalState
 from documents.models import TemplateVersion
-from notifications import portal
+from notifications.channels import portal
 from notifications.models import CommState, Communication, Customer
 from tests.browser.crawl import VIEWPORT_WIDTH, Crawler, CrawlResult, axe_source
 

@@ -13,8 +13,9 @@ from playwright.sync_api import Page, expect
 from pypdf import PdfReader
 
 from cases.models import Case
-from notifications import services, tracking
+from notifications.channels import tracking
 from notifications.models import Communication, DeliveryEvent
+from notifications.pipeline import services
 from tests.cases import conftest as cases_fixtures
 from tests.cases.conftest import DATA
 from tests.notifications import conftest as notifications_fixtures

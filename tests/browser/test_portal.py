@@ -17,7 +17,7 @@ from ccm import links
 from ccm.models import AuditEvent
 from documents import bundle as bundles
 from documents.demo import LIBRARY
-from notifications import portal
+from notifications.channels import portal
 from notifications.models import CommState, Communication
 from tests.documents.factories import letter_bundle
 from tests.notifications import conftest as notifications_fixtures

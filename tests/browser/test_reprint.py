@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect
 
 from cases.models import ReprintRequest
 from ccm.roles import Role
-from notifications import services, tasks
+from notifications.pipeline import services, tasks
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from playwright.sync_api import Page, expect
 
-from notifications import services
 from notifications.jobs import services as job_services
 from notifications.models import Communication, SendJob
+from notifications.pipeline import services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 

@@ -4,8 +4,8 @@ import pytest
 
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import services
 from notifications.campaigns import services as campaigns
+from notifications.pipeline import services
 from tests.notifications.conftest import publish, sync_tasks  # noqa: F401
 
 

@@ -6,11 +6,11 @@ from django.core.exceptions import PermissionDenied
 
 from ccm import approvals
 from ccm.models import AuditEvent
-from notifications import services
 from notifications.campaigns import selectors
 from notifications.campaigns import services as campaigns
 from notifications.campaigns.models import CampaignRecipient
 from notifications.models import Communication, Customer
+from notifications.pipeline import services
 from tests.campaigns.conftest import make_customer
 
 

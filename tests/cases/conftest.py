@@ -7,9 +7,9 @@ from ccm.api.auth import api_key_create
 from ccm.roles import Role
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import services, tasks
-from notifications.gmail import DEFAULT_SENDER_PROFILE
+from notifications.channels.gmail import DEFAULT_SENDER_PROFILE
 from notifications.models import Communication
+from notifications.pipeline import services, tasks
 from tests.documents.factories import letter_bundle
 from tests.notifications import conftest as notifications_fixtures
 from tests.notifications.conftest import publish

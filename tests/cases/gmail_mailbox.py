@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import httplib2
 from googleapiclient.http import HttpMockSequence
 
-from notifications.gmail import GmailGateway
+from notifications.channels.gmail import GmailGateway
 
 API = "/gmail/v1/users/me"
 MAILBOX = "service@northwind.example"

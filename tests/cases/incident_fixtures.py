@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from ccm.api.auth import api_key_create
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications.assets import services as assets
+from notifications.customers.assets import services as assets
 from notifications.models import ContactKind, ContactPoint, Customer
 from tests.notifications.conftest import publish
 

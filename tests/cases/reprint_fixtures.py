@@ -9,8 +9,8 @@ import pypdf
 import pytest
 
 from ccm.roles import Role
-from notifications import tasks
 from notifications.models import Communication
+from notifications.pipeline import tasks
 from tests.cases.conftest import request
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish

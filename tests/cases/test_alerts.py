@@ -13,8 +13,8 @@ from googleapiclient.http import HttpMockSequence
 
 from cases import alerts, services
 from cases.models import CaseAlert
-from notifications.gmail import GmailEmailBackend, GmailGateway
-from notifications.internal import internal_mail_state
+from notifications.channels.gmail import GmailEmailBackend, GmailGateway
+from notifications.channels.internal import internal_mail_state
 
 MAILBOX = "ccm-alerts@northwind.example"
 SENT = (
@@ -100,7 +100,7 @@ def test_a_refused_alert_fails_for_good_with_the_reason(gmail, alert):
 
 def test_an_alert_for_an_unconfigured_gateway_fails_once_with_the_reason(settings, alert):
     # given the profile routes alerts to Gmail, which is not set up (the demo's situation)
-    settings.CCM_GMAIL_EMAIL_BACKEND = "notifications.gmail.GmailEmailBackend"
+    settings.CCM_GMAIL_EMAIL_BACKEND = "notifications.channels.gmail.GmailEmailBackend"
     settings.GMAIL_SERVICE_ACCOUNT_FILE = None
 
     # when the task and then the sweep's re-run try it

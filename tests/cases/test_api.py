@@ -212,7 +212,7 @@ def test_exception_actions_are_for_operations(compose_failed, agent, ops, sync_t
 
 
 def test_resend_with_a_bad_address_names_it(letter, customer, integrator, ops, sync_tasks):
-    from notifications import services as notifications
+    from notifications.pipeline import services as notifications
     from tests.cases.conftest import request
 
     notifications.suppression_add(channel="email", address="ada@example.org", reason="complaint")

@@ -10,9 +10,9 @@ from django import forms
 from django.core import mail
 from django.core.exceptions import PermissionDenied
 
-from cases import correspondence
 from cases.models import CorrespondenceRequest
-from cases.web_data_form import SchemaForm
+from cases.requests import correspondence
+from cases.web.data_form import SchemaForm
 from ccm import approvals
 from ccm.models import AuditEvent
 from documents.composition import DataInvalid

@@ -17,8 +17,9 @@ from cases.models import Case, CaseAttachment
 from cases.services import CaseError
 from ccm import approvals
 from ccm.models import Approval, AuditEvent
-from notifications import services, tracking
+from notifications.channels import tracking
 from notifications.models import Communication, DeliveryEvent
+from notifications.pipeline import services
 from tests.cases.conftest import DATA
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish

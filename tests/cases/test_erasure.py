@@ -19,7 +19,6 @@ from pypdf import PdfReader
 from cases import erasure, retention, services
 from cases.models import ErasureState
 from ccm.models import AuditEvent
-from notifications import services as notifications
 from notifications.models import (
     Communication,
     Customer,
@@ -27,6 +26,7 @@ from notifications.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
+from notifications.pipeline import services as notifications
 from tests.cases.conftest import COMPLAINT_DETAILS
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish

@@ -16,9 +16,11 @@ from cases.models import Case, CaseAlert, CaseCommunication
 from ccm.models import AuditEvent
 from documents.composition import DataInvalid
 from documents.services import RegenerationMismatch, document_regenerate
-from notifications import services, signals, tasks, tracking
+from notifications import signals
+from notifications.channels import tracking
 from notifications.models import Communication, DeliveryEvent
-from notifications.recovery import RecoveryError
+from notifications.pipeline import services, tasks
+from notifications.pipeline.recovery import RecoveryError
 from tests.cases.conftest import DATA, request, stricter_letter
 from tests.notifications.conftest import publish
 

@@ -226,8 +226,8 @@ def test_the_demo_outage_runs_the_whole_loop(run_tasks, settings, admin_user):
     from django.core.management import call_command
 
     from cases.incidents.demo import seed_network
-    from notifications import services as notifications
     from notifications.demo import CUSTOMERS
+    from notifications.pipeline import services as notifications
 
     for spec in CUSTOMERS:
         notifications.customer_upsert(**spec, by=admin_user)
@@ -246,7 +246,7 @@ def test_a_customer_newly_under_the_incident_gets_the_current_state_once(
     events_api, run_tasks, ops
 ):
     # given an incident whose two customers were told
-    from notifications.assets import services as assets
+    from notifications.customers.assets import services as assets
 
     meters = grid(devices=1, customers=2)
     post(events_api, [event(meters[0], 1)], run_tasks)

@@ -11,12 +11,12 @@ from django.core import mail
 from django.utils import timezone
 from freezegun import freeze_time
 
-from cases import approval_mail, intake, reprints
+from cases.inbox import intake
 from cases.models import ApprovalMail, Case, ProcessedInboxMessage, ReprintRequest
+from cases.requests import approval_mail, reprints
 from ccm import approvals
 from ccm.models import AuditEvent
 from ccm.roles import Role
-from notifications import services, tasks
 from notifications.models import (
     Communication,
     ContactPoint,
@@ -24,6 +24,7 @@ from notifications.models import (
     DeliveryEvent,
     Suppression,
 )
+from notifications.pipeline import services, tasks
 from tests.cases import reprint_fixtures
 from tests.cases.gmail_mailbox import Mailbox
 from tests.cases.gmail_mailbox import mail as email_bytes
@@ -281,7 +282,7 @@ def test_a_reply_of_approve_from_the_reviewer_releases_it(waiting, rita, mailbox
 
 
 def waiting_approval(reprint):
-    from cases.request_selectors import last_approval
+    from cases.requests.selectors import last_approval
 
     return last_approval(reprint)
 

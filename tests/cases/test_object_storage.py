@@ -10,7 +10,8 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.urls import reverse
 
-from cases import reprints, services
+from cases import services
+from cases.requests import reprints
 from tests import s3
 from tests.cases import reprint_fixtures
 from tests.cases.conftest import COMPLAINT_DETAILS

@@ -9,8 +9,8 @@ import pytest
 from django.core import mail
 from django.core.exceptions import PermissionDenied
 
-from cases import reprints
 from cases.models import Case, ReprintRequest
+from cases.requests import reprints
 from cases.services import CaseError
 from ccm import approvals
 from ccm.models import AuditEvent
@@ -143,7 +143,7 @@ def test_a_new_address_waits_for_a_reviewer_and_four_eyes_holds(
 def test_a_sensitive_template_needs_release_even_to_the_known_address(
     sensitive, customer, integrator, agent, reviewer, sync_tasks
 ):
-    from notifications import services, tasks
+    from notifications.pipeline import services, tasks
 
     communication, _ = services.communication_request(
         template_code="secret",
@@ -211,7 +211,7 @@ def test_bad_requests_name_the_field_and_record_nothing(
 
 
 def test_a_document_of_another_customer_is_refused(original, agent, admin_user, sync_tasks):
-    from notifications import services
+    from notifications.pipeline import services
 
     other, _ = services.customer_upsert(
         external_ref="C-2", name="Bob", emails=["bob@example.org"], by=admin_user

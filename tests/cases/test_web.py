@@ -14,14 +14,15 @@ from django.test import Client
 from django.urls import reverse
 from freezegun import freeze_time
 
-from cases import services, web_data_form
+from cases import services
 from cases.models import Case, CaseAttachment
+from cases.web import data_form as web_data_form
 from ccm.models import AuditEvent
 from ccm.roles import Role
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import services as notifications
 from notifications.models import Communication
+from notifications.pipeline import services as notifications
 from tests.cases.conftest import COMPLAINT_DETAILS, DATA, request
 
 PDF = b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"

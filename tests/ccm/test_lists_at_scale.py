@@ -15,7 +15,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from cases.models import Case, CaseType, ExceptionKind
-from cases.queues import exception_queue
+from cases.web.queues import exception_queue
 from ccm import audit
 from ccm.lists import CountLimitedPaginator, distinct_values, limited_count
 from documents.models import Document, Template, TemplateVersion

@@ -1,6 +1,6 @@
-"""Work that finds its people (ccm/notices.py, notifications/notices.py): notices of decisions
-in the app and by mail, counts of what waits in the navigation, the opt-in daily digest, no
-bulk four-eyes decisions in the admin, and irreversible admin actions that ask first."""
+"""Work that finds its people (ccm/notices.py, notifications/channels/notices.py): notices of
+decisions in the app and by mail, counts of what waits in the navigation, the opt-in daily digest,
+no bulk four-eyes decisions in the admin, and irreversible admin actions that ask first."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from ccm import approvals, notices
 from ccm.models import Approval, Notice
-from notifications import notices as notice_mail
+from notifications.channels import notices as notice_mail
 from tests.approvables import version_submitted
 from tests.notifications import conftest as notifications_fixtures
 

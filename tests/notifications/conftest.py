@@ -14,9 +14,9 @@ from django_q.models import Task
 
 from ccm import approvals
 from documents import services as documents
-from notifications import services
 from notifications.channels import push, sms
-from notifications.devices import device_register
+from notifications.customers.devices import device_register
+from notifications.pipeline import services
 from tests.documents.factories import TemplateFactory, letter_bundle
 
 

@@ -4,4 +4,4 @@ from django.urls import include, path
 
 from ccm.urls import urlpatterns as project_urlpatterns
 
-urlpatterns = [*project_urlpatterns, path("p/", include("notifications.portal_urls"))]
+urlpatterns = [*project_urlpatterns, path("p/", include("notifications.channels.portal_urls"))]

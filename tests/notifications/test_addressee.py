@@ -19,11 +19,11 @@ from ccm.demo import seed_all
 from ccm.models import Approval
 from documents.bundle import BundleInvalid, read_folder, validate
 from documents.demo import LIBRARY
-from notifications import bulk, printing, services, tasks
-from notifications.channels import push, sms
+from notifications.channels import printing, push, sms
+from notifications.channels.printing import PrintError
 from notifications.demo import CUSTOMERS
 from notifications.models import Communication, Customer, PrintBatch, PrintItem
-from notifications.printing import PrintError
+from notifications.pipeline import bulk, services, tasks
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 

@@ -10,7 +10,7 @@ from django.urls import reverse
 from ccm.demo import seed_all
 from ccm.models import AuditEvent
 from documents.models import TemplateVersion
-from notifications import printing
+from notifications.channels import printing
 from notifications.models import Communication, PrintBatch
 
 ROWS_PER_MODEL = 2

@@ -7,8 +7,8 @@ from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
-from notifications.assets import selectors
-from notifications.assets.models import Asset, ServicePoint
+from notifications.customers.assets import selectors
+from notifications.customers.assets.models import Asset, ServicePoint
 from notifications.models import Customer
 
 TREE = [

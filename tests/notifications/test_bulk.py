@@ -6,8 +6,8 @@ from django.core import mail
 from ccm.models import AuditEvent
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import bulk, history, services
 from notifications.models import Communication, Delivery
+from notifications.pipeline import bulk, history, services
 from tests.notifications.conftest import publish
 
 
@@ -80,9 +80,9 @@ def test_chunks_carry_at_most_the_configured_number_of_ids(
         ids = request(customers, integrator)
     # Full chunks get their own task; the remainder is left to the drain.
     assert [task for task, _ in enqueued] == [
-        "notifications.bulk.compose_chunk",
-        "notifications.bulk.compose_chunk",
-        "notifications.bulk.compose_drain",
+        "notifications.pipeline.bulk.compose_chunk",
+        "notifications.pipeline.bulk.compose_chunk",
+        "notifications.pipeline.bulk.compose_drain",
     ]
     chunks = [args[0] for _, args in enqueued[:2]]
     assert [len(c) for c in chunks] == [2, 2]
@@ -107,7 +107,7 @@ def test_single_requests_share_one_waiting_drain_task(
                 by=integrator,
             )
         ids.append(communication.pk)
-    assert enqueued == [("notifications.bulk.compose_drain", ())]
+    assert enqueued == [("notifications.pipeline.bulk.compose_drain", ())]
     # when the drain runs (document_ready renders no PDF: the dispatch queue's text-only drain)
     counts = bulk.compose_drain(text_only=True)
     # then every request was composed, and the next request asks for a new drain
@@ -121,7 +121,7 @@ def test_single_requests_share_one_waiting_drain_task(
             client="core-banking",
             by=integrator,
         )
-    assert [task for task, _ in enqueued].count("notifications.bulk.compose_drain") == 2
+    assert [task for task, _ in enqueued].count("notifications.pipeline.bulk.compose_drain") == 2
 
 
 def test_bulk_request_to_sent_emails(document_ready, customers, integrator, sync_tasks):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import bulk
-from notifications import services as notifications
 from notifications.models import Communication
+from notifications.pipeline import bulk
+from notifications.pipeline import services as notifications
 from tests.documents.test_composition_limits import SLOW
 from tests.notifications.conftest import publish
 from tests.timing import within

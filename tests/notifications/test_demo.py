@@ -7,8 +7,7 @@ import pypdf
 from django.core import mail
 
 from ccm.demo import seed_all
-from notifications import printing
-from notifications.channels import push, sms
+from notifications.channels import printing, push, sms
 from notifications.models import Delivery, PrintBatch
 
 

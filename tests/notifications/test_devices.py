@@ -11,9 +11,9 @@ from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
 from ccm.models import AuditEvent
-from notifications import bulk
-from notifications.devices import device_register
+from notifications.customers.devices import device_register
 from notifications.models import ConsentRecord, Customer, Device
+from notifications.pipeline import bulk
 from tests.notifications.conftest import FCM_TOKEN, b64url, browser_keys, send_alert
 
 pytestmark = pytest.mark.usefixtures("push_settings")

@@ -8,9 +8,9 @@ from django_q.conf import Conf
 
 from bench.postmark_stub import PostmarkStub
 from cases.models import Case
-from notifications import bulk, services
 from notifications.channels import TransientSendError, email
 from notifications.models import Communication, Delivery
+from notifications.pipeline import bulk, services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 

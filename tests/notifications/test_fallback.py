@@ -12,10 +12,11 @@ from django.utils import timezone
 from twilio.request_validator import RequestValidator
 
 from ccm.models import AuditEvent
-from notifications import services, signals
+from notifications import signals
 from notifications.channels import EmailBackend, PermanentSendError
+from notifications.channels.tracking import delivery_event_process
 from notifications.models import ContactPoint, DeliveryEvent
-from notifications.tracking import delivery_event_process
+from notifications.pipeline import services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 from tests.notifications.twilio_stub import TwilioStub

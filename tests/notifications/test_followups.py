@@ -8,8 +8,9 @@ from freezegun import freeze_time
 
 from ccm.models import AuditEvent
 from documents.bundle import BundleInvalid, validate
-from notifications import followups, services, signals
+from notifications import signals
 from notifications.models import Communication
+from notifications.pipeline import followups, services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 

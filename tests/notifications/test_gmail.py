@@ -15,7 +15,7 @@ from django.core.mail import EmailMessage, get_connection
 from google.auth import jwt
 from googleapiclient.http import HttpMockSequence
 
-from notifications.gmail import (
+from notifications.channels.gmail import (
     DEFAULT_SENDER_PROFILE,
     GmailGateway,
     GmailPermanentError,
@@ -442,7 +442,9 @@ def test_email_backend_sends_each_message_through_gmail():
             ok({"id": "18fc02", "threadId": "18fc02", "labelIds": ["SENT"]}),
         ]
     )
-    connection = get_connection("notifications.gmail.GmailEmailBackend", gateway=gateway(http))
+    connection = get_connection(
+        "notifications.channels.gmail.GmailEmailBackend", gateway=gateway(http)
+    )
     alert = EmailMessage(
         "Queue stuck",
         "12 deliveries pending for 30 minutes.",
@@ -477,13 +479,14 @@ def test_email_backend_raises_gmail_errors_unless_failing_silently():
     message = EmailMessage("Hi", "Body", "ops@ccm.example", ["not-an-address"])
 
     loud = get_connection(
-        "notifications.gmail.GmailEmailBackend", gateway=gateway(ScriptedHttp([bad_request]))
+        "notifications.channels.gmail.GmailEmailBackend",
+        gateway=gateway(ScriptedHttp([bad_request])),
     )
     with pytest.raises(GmailPermanentError):
         loud.send_messages([message])
 
     quiet = get_connection(
-        "notifications.gmail.GmailEmailBackend",
+        "notifications.channels.gmail.GmailEmailBackend",
         fail_silently=True,
         gateway=gateway(ScriptedHttp([bad_request])),
     )

@@ -7,8 +7,8 @@ from django.core import mail
 from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
-from notifications import services
 from notifications.models import Communication, SendJob
+from notifications.pipeline import services
 
 PROBLEM = "application/problem+json"
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from notifications import mailauth
+from notifications.channels import mailauth
 
 
 def test_only_the_topmost_header_of_our_receiving_server_counts(settings):

@@ -19,8 +19,8 @@ from django_q.conf import Conf
 from django_q.models import OrmQ
 
 from deploy import stack
-from notifications import bulk
 from notifications.models import CommState, Communication, Delivery, DeliveryState
+from notifications.pipeline import bulk
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 

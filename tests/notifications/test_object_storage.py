@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from notifications import printing
+from notifications.channels import printing
 from notifications.models import PrintBatch
 from tests import s3
 from tests.cases.reprint_fixtures import pdf_text

@@ -18,8 +18,8 @@ from ccm.api.auth import api_key_create
 from ccm.tasks import task_context_enter, task_context_exit
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import bulk, services
 from notifications.models import Communication, Delivery, SuppressionReason
+from notifications.pipeline import bulk, services
 from tests.notifications.conftest import publish
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
@@ -162,7 +162,7 @@ def test_every_communication_has_its_own_history_proved_by_the_chain(
     assert timeline[0]["actor"] != "system"  # who asked
     assert all(e["at"] for e in timeline)
     # and the audit chain covers each step: the command proves this communication's history
-    from notifications import history
+    from notifications.pipeline import history
 
     history.steps_seal_all()
     call_command("audit_verify_communication", str(comm_id))
@@ -170,7 +170,7 @@ def test_every_communication_has_its_own_history_proved_by_the_chain(
 
 
 def test_a_changed_step_fails_the_proof(letter, entry, queued):
-    from notifications import history
+    from notifications.pipeline import history
 
     comm_id = entry("letter", DATA)
     queued.drain()

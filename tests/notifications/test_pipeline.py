@@ -11,9 +11,10 @@ from ccm import approvals
 from ccm.models import AuditEvent
 from documents import services as document_services
 from documents.composition import DataInvalid
-from notifications import history, services, signals
+from notifications import signals
 from notifications.channels import EmailBackend, PermanentSendError, TransientSendError
 from notifications.models import Communication, Delivery
+from notifications.pipeline import history, services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
@@ -170,7 +171,7 @@ def test_compose_failure_is_stored_with_reason_and_signalled(
         lambda **kw: failures.append(kw), weak=False, dispatch_uid="t"
     )
     try:
-        from notifications.tasks import communication_compose
+        from notifications.pipeline.tasks import communication_compose
 
         communication_compose(communication.pk)
     finally:
@@ -182,7 +183,7 @@ def test_compose_failure_is_stored_with_reason_and_signalled(
 
 
 def test_tasks_are_safe_to_run_twice(letter, customer, integrator, sync_tasks):
-    from notifications import tasks
+    from notifications.pipeline import tasks
 
     communication, _ = sync_tasks(request, customer, integrator)
     delivery = communication.deliveries.get()
@@ -226,7 +227,7 @@ def test_transient_errors_back_off_then_give_up(
         assert delivery.next_attempt_at is not None
         assert delivery.last_error == "503"
         Delivery.objects.filter(pk=delivery.pk).update(next_attempt_at=None)
-        from notifications import tasks
+        from notifications.pipeline import tasks
 
         sync_tasks(tasks.delivery_dispatch, delivery.pk)
     finally:
@@ -264,7 +265,7 @@ def test_stuck_sending_is_reconciled_not_resent(letter, customer, integrator, sy
     communication, _ = services.communication_request(
         template_code="letter", customer=customer, data=DATA, client="t", by=integrator
     )
-    from notifications import tasks
+    from notifications.pipeline import tasks
 
     tasks.communication_compose(communication.pk)
     tasks.communication_gate(communication.pk)
@@ -327,7 +328,7 @@ def test_portal_link_template_carries_a_working_link(
 
 
 def test_suppression_is_checked_again_before_sending(letter, customer, integrator, sync_tasks):
-    from notifications import tasks
+    from notifications.pipeline import tasks
 
     communication, _ = services.communication_request(
         template_code="letter", customer=customer, data=DATA, client="t", by=integrator

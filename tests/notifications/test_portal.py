@@ -16,8 +16,9 @@ from ccm.models import AuditEvent
 from documents import bundle as bundles
 from documents import services as documents
 from documents.demo import LIBRARY
-from notifications import bulk, portal
+from notifications.channels import portal
 from notifications.models import CommState, Communication
+from notifications.pipeline import bulk
 from tests.documents.factories import TemplateFactory, letter_bundle
 
 pytestmark = pytest.mark.urls("tests.notifications.portal_test_urls")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from django.core.mail import get_connection
 
-from notifications import services
 from notifications.channels import EmailBackend
+from notifications.channels.postmark_batch import PostmarkPayloads, direct_payloads_allowed
 from notifications.models import Communication, Customer, Delivery
-from notifications.postmark_batch import PostmarkPayloads, direct_payloads_allowed
+from notifications.pipeline import services
 from tests.documents.factories import TemplateFactory
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}

@@ -22,9 +22,11 @@ from ccm.models import AuditEvent
 from documents import services as documents
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import printing, services, signals
-from notifications.channels import PermanentSendError, TransientSendError
+from notifications import signals
+from notifications.channels import PermanentSendError, TransientSendError, printing
 from notifications.channels.print import PrintBackend
+from notifications.channels.printing import PrintError
+from notifications.channels.printstream import PdfStreamWriter
 from notifications.models import (
     Communication,
     CommunicationStep,
@@ -34,8 +36,7 @@ from notifications.models import (
     PrintBatch,
     PrintItem,
 )
-from notifications.printing import PrintError
-from notifications.printstream import PdfStreamWriter
+from notifications.pipeline import services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
@@ -858,7 +859,7 @@ def progress_rows_cleaned():
 def test_closing_a_batch_shows_its_progress_to_others_while_it_runs(
     letters, ops, monkeypatch, progress_rows_cleaned
 ):
-    from notifications import printstream
+    from notifications.channels import printstream
     from notifications.reporting.progress import work_in_progress
 
     monkeypatch.setattr(printstream, "COVER_CHUNK", 1)

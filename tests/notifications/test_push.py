@@ -14,10 +14,11 @@ from googleapiclient.http import HttpMockSequence
 from ccm.models import AuditEvent
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import bulk, services, signals
+from notifications import signals
 from notifications.channels import push
-from notifications.devices import device_register
+from notifications.customers.devices import device_register
 from notifications.models import Customer, Delivery
+from notifications.pipeline import bulk, services
 from tests.notifications.conftest import (
     FCM_TOKEN,
     alert_bundle,

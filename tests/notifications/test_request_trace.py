@@ -18,8 +18,8 @@ from rest_framework.test import APIClient
 from ccm import context
 from ccm.api.auth import api_key_create
 from ccm.observability import ContextFilter, json_formatter_factory
-from notifications import history
 from notifications.models import Communication, CommunicationStep
+from notifications.pipeline import history
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
 
@@ -156,8 +156,8 @@ def test_every_line_logged_while_handling_a_communication_carries_its_ids(
     db, letter, customer, django_capture_on_commit_callbacks, json_log, monkeypatch
 ):
     from documents import services as documents
-    from notifications import bulk
     from notifications.models import Delivery
+    from notifications.pipeline import bulk
 
     # given code that logs while rendering a letter and while handing a message to the ESP
     compose, send = documents.document_compose, bulk._ConnectedEmailBackend.send

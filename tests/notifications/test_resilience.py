@@ -18,8 +18,8 @@ from django_q.conf import Conf
 from bench.postmark_stub import PostmarkStub
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import bulk, services
 from notifications.models import Communication, Customer, Delivery
+from notifications.pipeline import bulk, services
 from tests.notifications.conftest import publish
 
 ROOT = Path(__file__).resolve().parents[2]

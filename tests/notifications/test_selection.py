@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from notifications.selection import Facts, select_channels
+from notifications.pipeline.selection import Facts, select_channels
 
 ALL = ["print", "email", "sms", "push"]
 

@@ -6,8 +6,8 @@ import pytest
 from django.core import mail
 from django.core.management import CommandError, call_command
 
-from notifications import services
 from notifications.models import Communication, JobState, SendJob
+from notifications.pipeline import services
 
 HEADER = "customer_ref,customer.name,balance,as_of\n"
 

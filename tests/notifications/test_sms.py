@@ -14,7 +14,7 @@ from documents.bundle import read_folder
 from documents.composition import sms_segments
 from documents.demo import LIBRARY
 from documents.models import Template
-from notifications import services, signals
+from notifications import signals
 from notifications.channels import sms
 from notifications.models import (
     Communication,
@@ -24,6 +24,7 @@ from notifications.models import (
     DeliveryEvent,
     Suppression,
 )
+from notifications.pipeline import services
 from tests.ccm.test_settings import GOOD_KEY, _manage
 from tests.notifications.conftest import publish
 from tests.notifications.twilio_stub import TwilioStub

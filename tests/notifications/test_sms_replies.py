@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from ccm.models import AuditEvent
-from notifications import services, signals
+from notifications import signals
 from notifications.channels import sms
 from notifications.models import Communication, ConsentRecord, Suppression
+from notifications.pipeline import services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 from tests.notifications.test_sms import (

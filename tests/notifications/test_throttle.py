@@ -10,9 +10,9 @@ import pytest
 from django.core import mail
 from django.db import connection
 
-from notifications import bulk
 from notifications.models import Communication, Delivery
-from notifications.throttle import provider_of, throttle_take
+from notifications.pipeline import bulk
+from notifications.pipeline.throttle import provider_of, throttle_take
 
 RATE = 40.0
 

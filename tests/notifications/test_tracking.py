@@ -22,7 +22,8 @@ from django_q.conf import Conf
 
 from ccm.models import AuditEvent
 from documents.models import Template
-from notifications import history, signals
+from notifications import signals
+from notifications.channels.tracking import DISPATCH_UID, delivery_event_process, tracking_received
 from notifications.models import (
     Communication,
     CommunicationStep,
@@ -32,7 +33,7 @@ from notifications.models import (
     DeliveryEvent,
     Suppression,
 )
-from notifications.tracking import DISPATCH_UID, delivery_event_process, tracking_received
+from notifications.pipeline import history
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.notifications.tracking_urls")]
 

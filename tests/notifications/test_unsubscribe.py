@@ -6,10 +6,10 @@ import pytest
 from django.core import mail
 from django.utils import timezone
 
-from notifications import services
+from notifications.channels.tracking import delivery_event_process
+from notifications.channels.unsubscribe import unsubscribe_url
 from notifications.models import ConsentRecord, DeliveryEvent, Suppression
-from notifications.tracking import delivery_event_process
-from notifications.unsubscribe import unsubscribe_url
+from notifications.pipeline import services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 

@@ -14,8 +14,8 @@ from ccm.api.auth import api_key_create
 from ccm.tasks import registered_sweeps, sweep_run
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
-from notifications import bulk, portal, services, webhooks
-from notifications.channels import EmailBackend, PermanentSendError
+from notifications.channels import EmailBackend, PermanentSendError, portal
+from notifications.channels.tracking import delivery_event_process
 from notifications.models import (
     Communication,
     Customer,
@@ -24,8 +24,9 @@ from notifications.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
-from notifications.tracking import delivery_event_process
-from notifications.webhook_send import webhook_delivery_send
+from notifications.pipeline import bulk, services
+from notifications.webhooks import services as webhooks
+from notifications.webhooks.send import webhook_delivery_send
 from tests.notifications.conftest import publish
 from tests.notifications.webhook_receiver import WebhookReceiver, verify
 

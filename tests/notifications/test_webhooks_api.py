@@ -10,8 +10,10 @@ from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create, api_key_revoke
 from ccm.models import AuditEvent
-from notifications import services, webhook_send, webhooks
 from notifications.models import WebhookDelivery, WebhookSubscription
+from notifications.pipeline import services
+from notifications.webhooks import send as webhook_send
+from notifications.webhooks import services as webhooks
 from tests.notifications.webhook_receiver import WebhookReceiver
 
 PROBLEM = "application/problem+json"
@@ -255,7 +257,7 @@ def test_delete_keeps_the_log_and_fails_what_was_not_sent(
     # then it is gone from the API, and its pending events are failed when they come due
     assert api.get(f"/api/v1/webhooks/{subscription.pk}").status_code == 404
     assert api.get("/api/v1/webhooks").json()["results"] == []
-    from notifications.webhook_send import webhook_delivery_send
+    from notifications.webhooks.send import webhook_delivery_send
 
     failed = WebhookDelivery.objects.get(state="pending")
     WebhookDelivery.objects.filter(pk=failed.pk).update(next_attempt_at=None)

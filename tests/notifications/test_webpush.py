@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from notifications.channels import push
-from notifications.devices import device_register
+from notifications.customers.devices import device_register
 from notifications.models import Device
 from tests.notifications.conftest import b64url, browser_keys, send_alert
 

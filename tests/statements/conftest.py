@@ -7,7 +7,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
-from notifications.assets.models import Asset, AssetKind, ServicePoint
+from notifications.customers.assets.models import Asset, AssetKind, ServicePoint
 from notifications.models import Customer
 from notifications.statements.models import CustomerTariff, Meter, Tariff, TariffBand
 from tests.notifications.conftest import publish, sync_tasks  # noqa: F401

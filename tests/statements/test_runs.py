@@ -12,8 +12,8 @@ import pytest
 from django.db import IntegrityError, transaction
 
 from documents.models import RegenerationCheck
-from notifications import services as customers
 from notifications.models import Communication
+from notifications.pipeline import services as customers
 from notifications.statements import selectors, services
 from notifications.statements.models import RunState, Statement, StatementState
 from tests.statements.conftest import half_hours, load, make_meter, make_tariff, put_on

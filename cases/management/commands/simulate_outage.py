@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 
 from cases.incidents import demo
-from notifications.assets.models import Asset
+from notifications.customers.assets.models import Asset
 
 
 class Command(BaseCommand):

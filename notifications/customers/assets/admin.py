@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from notifications.assets.models import Asset, ServicePoint
+from notifications.customers.assets.models import Asset, ServicePoint
 
 
 @admin.register(Asset)

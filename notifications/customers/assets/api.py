@@ -9,8 +9,8 @@ from rest_framework.response import Response
 
 from ccm.api.errors import Unprocessable
 from ccm.api.views import CcmAPIView
-from notifications.assets import services
-from notifications.assets.services import MAX_ITEMS
+from notifications.customers.assets import services
+from notifications.customers.assets.services import MAX_ITEMS
 
 
 def _items(request) -> list[dict]:

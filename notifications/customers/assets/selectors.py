@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import QuerySet
 
-from notifications.assets.models import PATH_SEP, Asset, ServicePoint
+from notifications.customers.assets.models import PATH_SEP, Asset, ServicePoint
 
 
 def service_points_under(*, asset: Asset) -> QuerySet[ServicePoint]:

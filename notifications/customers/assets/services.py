@@ -12,7 +12,7 @@ from django.db.models import Value
 from django.db.models.functions import Concat, Length, Substr
 
 from ccm import audit
-from notifications.assets.models import PATH_SEP, Asset, AssetKind, ServicePoint
+from notifications.customers.assets.models import PATH_SEP, Asset, AssetKind, ServicePoint
 from notifications.models import Customer
 
 MAX_ITEMS = 5000

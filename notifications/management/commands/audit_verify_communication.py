@@ -4,8 +4,8 @@ import uuid
 
 from django.core.management.base import BaseCommand, CommandError
 
-from notifications import history
 from notifications.models import Communication
+from notifications.pipeline import history
 
 
 class Command(BaseCommand):

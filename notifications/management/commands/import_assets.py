@@ -12,7 +12,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from notifications.assets import services
+from notifications.customers.assets import services
 
 
 class Command(BaseCommand):
