@@ -1,0 +1,58 @@
+"""Tasks queued or scheduled before the modules moved into capability packages run after the
+upgrade: ccm's migration 0011 rewrites the dotted paths stored in django-q2's rows."""
+
+from __future__ import annotations
+
+import importlib
+import pydoc
+
+from django.apps import apps
+from django_q.brokers import get_broker
+from django_q.models import OrmQ, Schedule
+from django_q.signing import SignedPackage
+
+
+from .test_pipeline import request
+
+moved = importlib.import_module("ccm.migrations.0011_task_paths_moved")
+
+
+def _queued(func: str, *args) -> None:
+    task = {"id": "t-1", "name": "old-task", "func": func, "args": args, "kwargs": {}}
+    OrmQ.objects.create(key=get_broker().list_key, payload=SignedPackage.dumps(task), lock=None)
+
+
+def test_a_task_queued_under_an_old_path_runs_after_the_upgrade(letter, customer, integrator):
+    # given: a communication waiting for composition, its task queued by the old code
+    communication, _ = request(customer, integrator)
+    assert communication.state == "received"
+    _queued("notifications.tasks.communication_compose", communication.pk)
+    Schedule.objects.create(name="old-sweep", func="notifications.bulk.compose_drain")
+    assert pydoc.locate("notifications.tasks.communication_compose") is None
+    # when: the upgrade migrates
+    moved.rewrite(apps, None)
+    # then: the worker finds the function (as django-q2's worker does) and the task runs
+    [(_, payload)] = [(r.pk, r.payload) for r in OrmQ.objects.all()]
+    task = SignedPackage.loads(payload)
+    assert task["func"] == "notifications.pipeline.tasks.communication_compose"
+    pydoc.locate(task["func"])(*task["args"], **task["kwargs"])
+    communication.refresh_from_db()
+    assert communication.state not in {"received", "composing"}
+    assert Schedule.objects.get(name="old-sweep").func == (
+        "notifications.pipeline.bulk.compose_drain"
+    )
+
+
+def test_the_rewrite_leaves_new_and_unknown_paths_alone_and_goes_back(db):
+    _queued("notifications.webhooks.send.webhook_delivery_send", 1)
+    Schedule.objects.create(name="kept", func="ccm.tasks.sweep_all")
+    Schedule.objects.create(name="moved", func="cases.request_tasks.gmail_intake")
+    moved.rewrite(apps, None)
+    task = SignedPackage.loads(OrmQ.objects.get().payload)
+    assert task["func"] == "notifications.webhooks.send.webhook_delivery_send"
+    assert Schedule.objects.get(name="kept").func == "ccm.tasks.sweep_all"
+    assert Schedule.objects.get(name="moved").func == "cases.requests.tasks.gmail_intake"
+    # every new path names a function that exists
+    assert pydoc.locate("cases.requests.tasks.gmail_intake") is not None
+    moved.rewrite_back(apps, None)
+    assert Schedule.objects.get(name="moved").func == "cases.request_tasks.gmail_intake"
