@@ -11,7 +11,6 @@ from django_q.brokers import get_broker
 from django_q.models import OrmQ, Schedule
 from django_q.signing import SignedPackage
 
-
 from .test_pipeline import request
 
 moved = importlib.import_module("ccm.migrations.0011_task_paths_moved")
