@@ -1,7 +1,7 @@
 """Queued and scheduled django-q2 tasks name their function by dotted path; the modules that hold
 the tasks moved into capability packages (notifications/pipeline, channels, webhooks;
-cases/requests, inbox, web). This rewrites the paths stored in queued rows (OrmQ, whose payload is a signed pickle)
-and in schedules, so a task queued before the upgrade runs after it.
+cases/requests, inbox, web). This rewrites the paths stored in queued rows (OrmQ, whose payload
+is a signed pickle) and in schedules, so a task queued before the upgrade runs after it.
 
 MOVED_MODULES is the one old → new module mapping of that move.
 """
