@@ -6,9 +6,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from ccm import review, views
-from notifications.channels import unsubscribe
+from notifications.channels import hooks_urls, unsubscribe
 from notifications.reporting import metrics
-from notifications.webhooks import hooks_urls
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -43,7 +42,7 @@ urlpatterns = [
     hooks_urls.tracking_path("anymail/"),
     path("p/", include("notifications.channels.portal_urls")),
     path("u/<str:token>/", unsubscribe.unsubscribe_view, name="unsubscribe"),
-    path("hooks/", include("notifications.webhooks.hooks_urls")),
+    path("hooks/", include("notifications.channels.hooks_urls")),
 ]
 
 handler404 = "ccm.views.not_found"

@@ -13,10 +13,10 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from cases.requests import correspondence, reprints
 from cases.requests import selectors as request_selectors
+from cases.requests.data_form import SchemaForm, schema_initial
 from cases.requests.forms import CustomerSearchForm, IdentityForm, ReprintForm, TemplateChoiceForm
 from cases.requests.models import CorrespondenceRequest, ReprintRequest, ReprintState
 from cases.services import CaseError
-from cases.web.data_form import SchemaForm, schema_initial
 from ccm.approvals import Proof
 from documents import services as documents
 from documents.composition import CompositionError

@@ -18,8 +18,8 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from cases import exception_cases, services
 from cases.models import Case, CaseType, ExceptionKind, RecoveryAction
+from cases.requests.data_form import SchemaForm
 from cases.web import queues
-from cases.web.data_form import SchemaForm
 from cases.web.forms import ResendForm
 from cases.web.views import HANDLE, QUEUE_PAGE_SIZE, WORK, case_or_404, staff_only
 from ccm.lists import CountLimitedPaginator

@@ -14,9 +14,9 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from cases import opening, services
+from cases.requests.data_form import readable_error
 from cases.requests.forms import CustomerSearchForm
 from cases.requests.selectors import customer_search
-from cases.web.data_form import readable_error
 from cases.web.forms import (
     UPLOAD_TOO_LARGE,
     CappedUploadHandler,

@@ -23,8 +23,8 @@ from django.views.decorators.http import require_GET, require_POST
 
 from cases import letters, selectors, services
 from cases.models import Case, CaseState, CaseType, Milestone, Team
+from cases.requests.data_form import SchemaForm, schema_initial
 from cases.web import queues
-from cases.web.data_form import SchemaForm, schema_initial
 from cases.web.forms import (
     UPLOAD_TOO_LARGE,
     AssignForm,

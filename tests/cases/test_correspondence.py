@@ -12,7 +12,7 @@ from django.core.exceptions import PermissionDenied
 
 from cases.models import CorrespondenceRequest
 from cases.requests import correspondence
-from cases.web.data_form import SchemaForm
+from cases.requests.data_form import SchemaForm
 from ccm import approvals
 from ccm.models import AuditEvent
 from documents.composition import DataInvalid

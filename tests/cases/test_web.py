@@ -16,7 +16,7 @@ from freezegun import freeze_time
 
 from cases import services
 from cases.models import Case, CaseAttachment
-from cases.web import data_form as web_data_form
+from cases.requests import data_form as web_data_form
 from ccm.models import AuditEvent
 from ccm.roles import Role
 from documents.bundle import read_folder
