@@ -215,10 +215,11 @@ def _on_decision(correction: AddressCorrection, approval: Approval) -> None:
     )
 
 
-def register_approvable() -> None:
+def register_approvable(*, proof) -> None:
+    """`proof` is the customer page's rendering of the correction
+    (cases.web.customers.address_correction_proof, handed over by CasesConfig.ready(): the
+    customer screens call this module)."""
     from django.urls import reverse
-
-    from cases.web import customers as customer_views
 
     approvals.register(
         AddressCorrection,
@@ -226,5 +227,5 @@ def register_approvable() -> None:
         on_decision=_on_decision,  # type: ignore[arg-type]
         review_url=lambda c: reverse("customer-detail", args=[c.customer_id]),  # type: ignore[attr-defined]
         label="Address correction",
-        proof=customer_views.address_correction_proof,  # type: ignore[arg-type]
+        proof=proof,
     )

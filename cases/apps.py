@@ -14,6 +14,7 @@ class CasesConfig(AppConfig):
         from cases.incidents import selectors as incident_selectors
         from cases.incidents import tasks as incident_tasks
         from cases.requests import tasks as request_tasks
+        from cases.web import customers as customer_views
         from cases.web import queues
         from ccm import demo
         from ccm.notices import WorkCount, register_work_count
@@ -45,7 +46,7 @@ class CasesConfig(AppConfig):
         request_tasks.register()
         demo.register_seeder(cases_demo.seed_complaint)
         demo.register_seeder(incidents_demo.seed_network)
-        address_corrections.register_approvable()
+        address_corrections.register_approvable(proof=customer_views.address_correction_proof)
         customers = HomeLink(
             "Customers",
             "customer-list",

@@ -12,9 +12,9 @@ class DocumentsConfig(AppConfig):
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
         from documents import demo as documents_demo
-        from documents import services
+        from documents import review, services
 
-        services.register_approvable()
+        services.register_approvable(proof=review.version_proof)
         demo.register_seeder(documents_demo.seed_library)
         for role, link in [
             (

@@ -263,9 +263,9 @@ def _on_version_decision(version: TemplateVersion, approval: Approval) -> None:
     )
 
 
-def register_approvable() -> None:
-    from documents import review  # it renders through this module
-
+def register_approvable(*, proof) -> None:
+    """`proof` renders what the reviewer signs (documents.review.version_proof, handed over by
+    DocumentsConfig.ready(): review renders through this module)."""
     approvals.register(
         TemplateVersion,
         author_of=lambda version: version.author,  # type: ignore[attr-defined]
@@ -274,7 +274,7 @@ def register_approvable() -> None:
             "admin:documents_templateversion_review", args=[version.pk]
         ),
         label="Template version",
-        proof=review.version_proof,  # type: ignore[arg-type]
+        proof=proof,
         decided_url=lambda version: reverse(
             "authoring-template",
             args=[version.template.code],  # type: ignore[attr-defined]

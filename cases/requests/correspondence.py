@@ -220,10 +220,11 @@ def _on_decision(request: CorrespondenceRequest, approval: Approval) -> None:
     services.milestone_reach(case=locked.case, code="reply", by=actor)
 
 
-def register_approvable() -> None:
+def register_approvable(*, proof) -> None:
+    """`proof` is the agents' screen that renders the letter
+    (cases.requests.views.correspondence_proof, handed over by the caller: the views call this
+    module)."""
     from django.urls import reverse
-
-    from cases.requests import views as request_views
 
     approvals.register(
         CorrespondenceRequest,
@@ -231,7 +232,7 @@ def register_approvable() -> None:
         on_decision=_on_decision,  # type: ignore[arg-type]
         review_url=lambda request: reverse("agent-correspondence", args=[request.pk]),
         label="Correspondence",
-        proof=request_views.correspondence_proof,  # type: ignore[arg-type]
+        proof=proof,
         release=True,
         decided_url=lambda request: reverse("agent-correspondence", args=[request.pk]),
     )

@@ -324,10 +324,10 @@ def _case_finish(case: Case, *, by, resolution: str) -> None:
     services.case_resolve(case=case, by=by, resolution=resolution)
 
 
-def register_approvable() -> None:
+def register_approvable(*, proof) -> None:
+    """`proof` is the agents' screen that renders the letter (cases.requests.views.reprint_proof,
+    handed over by the caller: the views call this module)."""
     from django.urls import reverse
-
-    from cases.requests import views as request_views
 
     approvals.register(
         ReprintRequest,
@@ -335,7 +335,7 @@ def register_approvable() -> None:
         on_decision=_on_decision,  # type: ignore[arg-type]
         review_url=lambda request: reverse("agent-reprint", args=[request.pk]),
         label="Reprint",
-        proof=request_views.reprint_proof,  # type: ignore[arg-type]
+        proof=proof,
         release=True,
         decided_url=lambda request: reverse("agent-reprint", args=[request.pk]),
     )

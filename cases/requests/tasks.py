@@ -24,13 +24,13 @@ def gmail_intake() -> dict[str, int]:
 
 
 def register() -> None:
-    from cases.requests import correspondence
+    from cases.requests import correspondence, views
     from ccm.roles import Role
     from ccm.selectors import HomeLink, register_home_link
     from ccm.tasks import register_schedule, register_sweep
 
-    reprints.register_approvable()
-    correspondence.register_approvable()
+    reprints.register_approvable(proof=views.reprint_proof)
+    correspondence.register_approvable(proof=views.correspondence_proof)
     register_schedule(
         "cases.gmail_intake",
         "cases.requests.tasks.gmail_intake",
