@@ -300,7 +300,7 @@ class Notice(models.Model):
     """Something one person is told in the app, and by mail when they have an address: a
     reviewer decided what they submitted, or the daily digest of what waits for them. The row
     is also the mail's outbox (`sent_at`, `attempts`, `last_error`, `message_id`), sent by
-    notifications.notices through the internal sender profile."""
+    notifications.channels.notices through the internal sender profile."""
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices"

@@ -1,14 +1,14 @@
-"""The Gmail intake of the shared mailbox (a periodic task, cases.request_tasks.gmail_intake).
+"""The Gmail intake of the shared mailbox (a periodic task, cases.requests.tasks.gmail_intake).
 
 Each unprocessed inbox message is, in this order:
 - a delivery status notification (a bounce): only one the mail system's own mailer-daemon
   sent (authenticated by the receiving server) naming a Message-ID CCM sealed is matched to its
   delivery, stored as a DeliveryEvent of provider "gmail" and applied by
-  notifications.tracking like any ESP's bounce; any other report changes nothing and is
+  notifications.channels.tracking like any ESP's bounce; any other report changes nothing and is
   recorded as `bounce_refused` with the reason, for review;
-- a reply to an approval mail (it carries a `[ccm:…]` token): cases.approval_mail decides or
-  refuses it; only a From that the receiving server authenticated (notifications.mailauth)
-  can decide;
+- a reply to an approval mail (it carries a `[ccm:…]` token): cases.requests.approval_mail decides
+  or refuses it; only a From that the receiving server authenticated
+  (notifications.channels.mailauth) can decide;
 - a reprint request ("Reprint request NW-2048-7731 monthly statement March 2026"): the customer
   reference and the document type (template name or code) are parsed from the subject and body,
   with a month when one is named, and the request is filed to the customer's known address;

@@ -1,5 +1,5 @@
 """The agents' reprint and correspondence forms (the letter data's form is generated from the
-template's schema in cases/web_data_form.py).
+template's schema in cases/requests/data_form.py).
 
 Every form here links its help and its errors to the input with aria-describedby and marks an
 input in error with aria-invalid.

@@ -1,4 +1,4 @@
-"""Reads for the customer screens (cases/customer_views.py): the search, and what the customer
+"""Reads for the customer screens (cases/web/customers.py): the search, and what the customer
 page shows — contact points with their state, preferences, the consent ledger, communications
 with their channels and documents, open cases and address corrections.
 

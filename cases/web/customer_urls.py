@@ -1,4 +1,4 @@
-"""The customer screens (cases/customer_views.py), mounted at /customers/."""
+"""The customer screens (cases/web/customers.py), mounted at /customers/."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Forms of the agent and operations case screens (cases/web.py).
+"""Forms of the agent and operations case screens (cases/web/views.py).
 
 They check the shape of what a person typed; the rules (which move a case's state allows, what a
 letter needs, where a communication may be resent) stay in the services, whose errors the views

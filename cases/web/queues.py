@@ -1,4 +1,4 @@
-"""Reads for the agent and operations screens (cases/web.py): the case queue by team, "my
+"""Reads for the agent and operations screens (cases/web/views.py): the case queue by team, "my
 cases" and unassigned; the exception queue; where each case stands against its next deadline;
 the counts on the home page. Kept apart from cases/selectors.py (the API's reads) because they
 answer one screen each."""

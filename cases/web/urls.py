@@ -1,4 +1,4 @@
-"""The agent and operations case screens, mounted at /cases/ (see cases/web.py)."""
+"""The agent and operations case screens, mounted at /cases/ (see cases/web/views.py)."""
 
 from __future__ import annotations
 

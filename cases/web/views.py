@@ -1,7 +1,7 @@
 """The agent's case screens: the queue by team ("my cases", unassigned, each team's), and the
 case page with its SLA clock, milestones and their letters, the full timeline, notes,
 attachments and the moves its state allows. The operations screens (exception queue,
-regenerate, resend) are in cases/web_exceptions.py.
+regenerate, resend) are in cases/web/exceptions.py.
 
 Server-rendered, no JavaScript needed. Every change calls a cases service; a move the state
 does not allow, or input the service refuses, is shown on the page with what to fix (4xx),
