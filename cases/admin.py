@@ -17,8 +17,8 @@ from cases.models import (
     Milestone,
     SlaStatus,
 )
+from ccm.admin import ReadOnlyInline
 from ccm.lists import ScaledListAdmin
-from notifications.admin import ReadOnlyInline
 
 # What may be edited on the form (through case_update); everything else moves by services.
 EDITABLE = ("subject", "description", "priority", "team")

@@ -25,6 +25,19 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class ReadOnlyInline(admin.TabularInline):
+    """Rows shown under a parent in the back-office, never edited there (every app's inlines)."""
+
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 class SubjectTypeFilter(admin.SimpleListFilter):
     """The kinds of subject in the log, with a name for events that have none (a batch seal of
     communication steps, a chain checkpoint): an empty choice would be a link without text."""

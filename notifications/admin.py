@@ -8,6 +8,7 @@ from django.urls import path
 from django.views.decorators.clickjacking import xframe_options_sameorigin
 
 from ccm import approvals
+from ccm.admin import ReadOnlyInline
 from ccm.forms import DecisionForm
 from ccm.lists import IndexedValuesFilter, ScaledListAdmin
 from ccm.review import sandboxed_html
@@ -25,17 +26,6 @@ from notifications.models import (
     Suppression,
 )
 from notifications.pipeline import history, services
-
-
-class ReadOnlyInline(admin.TabularInline):
-    extra = 0
-    can_delete = False
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class ContactInline(ReadOnlyInline):

@@ -6,9 +6,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.utils.html import format_html
 
+from ccm.admin import ReadOnlyInline
 from ccm.api.idempotency import api_key_client
 from ccm.models import ApiKey
-from notifications.admin import ReadOnlyInline
 from notifications.models import (
     WebhookAttempt,
     WebhookDelivery,
