@@ -107,12 +107,6 @@ def unsettled() -> int:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="engine defect (pipeline-core is fixing it): the single path re-sends blindly when "
-    "the last retry of a dispatch task times out after the provider accepted (delivery back "
-    "to `pending`, sent again without asking the provider), and reconciliation has no end",
-)
 def test_every_communication_is_sent_exactly_once_or_fails_with_a_reason(
     author, reviewer, tmp_path
 ):
