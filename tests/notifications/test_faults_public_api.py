@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 N_BATCH = 30
 N_SINGLE = 30
 KILLS = 5
-BUDGET_S = 110  # the whole run, so `make test` stays bounded
+# Give-up bound for the whole run (it ends as soon as everything is settled; generous, for a
+# loaded machine), so `make test` stays bounded.
+BUDGET_S = 300
 ENDED = {
     CommState.SENT,
     CommState.DELIVERED,
@@ -189,7 +191,7 @@ def test_every_communication_is_sent_exactly_once_or_fails_with_a_reason(
         while unsettled() and time.monotonic() - started < BUDGET_S:
             sweep_as_if_late()
             time.sleep(3)
-        drained_by = time.monotonic() + 20
+        drained_by = time.monotonic() + 60
         while OrmQ.objects.exists() and time.monotonic() < drained_by:
             time.sleep(0.5)
         queued = OrmQ.objects.count()
