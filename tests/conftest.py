@@ -8,6 +8,21 @@ from django.db.backends.postgresql.operations import DatabaseOperations
 from ccm.roles import Role
 
 _execute_sql_flush = DatabaseOperations.execute_sql_flush
+_sql_flush = DatabaseOperations.sql_flush
+
+
+def _sql_flush_by_delete(self, style, tables, *, reset_sequences=False, allow_cascade=False):
+    # The flush after each transactional test (browser tests, real clusters) empties tables
+    # that hold a few rows. PostgreSQL's TRUNCATE gives every table new files whatever it holds:
+    # ~6 s for the ~90 tables on a loaded machine, against ~0.3 s for a DELETE of each. The
+    # flush runs as a replica session (below), where foreign-key triggers do not fire, so the
+    # order of the deletes does not matter; the tables end as empty either way.
+    if reset_sequences or allow_cascade or not tables:
+        return _sql_flush(
+            self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade
+        )
+    # One statement list in one round trip (no parameters: table names quoted by the backend).
+    return [" ".join(f"DELETE FROM {self.quote_name(table)};" for table in tables)]  # noqa: S608
 
 
 def _flush_as_replica(self, sql_list):
@@ -34,6 +49,7 @@ def _flush_as_replica(self, sql_list):
 
 
 DatabaseOperations.execute_sql_flush = _flush_as_replica  # type: ignore[method-assign]
+DatabaseOperations.sql_flush = _sql_flush_by_delete  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)

@@ -40,8 +40,10 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    # One Chromium for every browser test (each test gets a fresh context: its own cookies,
+    # storage and pages), closed when the last test of tests/browser is done.
     chromium = shutil.which("chromium")
     if chromium is None:
         _unavailable("no chromium on PATH: run `make test-system-deps` (apt-get install chromium)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import uuid
 
 import pytest
 from django.core.cache import caches
@@ -62,18 +63,19 @@ def test_limits_count_across_connections_in_redis(settings, monkeypatch):
     # given two processes' caches pointing at the same Redis
     location = f"redis://127.0.0.1:6379/{REDIS_DB}"
     backend = "django.core.cache.backends.redis.RedisCache"
+    # (keys of this run's own, expiring with their window: other runs, xdist workers or
+    # checkouts may use the database at the same time, so it is never cleared)
+    prefix = f"ratelimit-test-{uuid.uuid4().hex}"
     settings.CACHES = {
-        "default": {"BACKEND": backend, "LOCATION": location},
-        "other": {"BACKEND": backend, "LOCATION": location},
+        "default": {"BACKEND": backend, "LOCATION": location, "KEY_PREFIX": prefix},
+        "other": {"BACKEND": backend, "LOCATION": location, "KEY_PREFIX": prefix},
     }
-    caches["default"].clear()
     key = ratelimit.rate_limit_key("test", "203.0.113.7")
 
     # when each counts hits for the same client
     first = [ratelimit.rate_limit_hit(key, limit=3, window=60) for _ in range(2)]
     monkeypatch.setattr(ratelimit, "cache", caches["other"])
     later = [ratelimit.rate_limit_hit(key, limit=3, window=60) for _ in range(2)]
-    caches["default"].clear()
 
     # then the second sees the first's hits: the fourth is over the limit
     assert first == [0, 0]

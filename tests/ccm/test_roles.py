@@ -12,6 +12,9 @@ from ccm.api.auth import SCOPES
 from ccm.roles import ROLE_PERMISSIONS, ROLE_SCOPES, Role
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+# A communication that does not exist (fixed: the cases' ids must be the same in every
+# process that collects them, for xdist).
+NO_SUCH_ID = uuid.UUID("6f1c2a9e-0000-4000-8000-000000000001")
 
 
 def test_every_role_exists_as_a_group(db):
@@ -89,7 +92,7 @@ def test_role_scopes_are_known_scopes():
     ("role", "method", "url", "body"),
     [
         (Role.TEMPLATE_AUTHOR, "post", "/api/v1/customers", {"external_ref": "X-1", "name": "X"}),
-        (Role.TEMPLATE_AUTHOR, "post", f"/api/v1/communications/{uuid.uuid4()}/cancel", {}),
+        (Role.TEMPLATE_AUTHOR, "post", f"/api/v1/communications/{NO_SUCH_ID}/cancel", {}),
         (Role.SERVICE_AGENT, "post", "/api/v1/webhooks", {"url": "https://hooks.example/"}),
         (Role.SERVICE_AGENT, "get", "/api/v1/webhooks", None),
         (Role.COMPLIANCE_REVIEWER, "post", "/api/v1/customers", {"external_ref": "X", "name": "X"}),

@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 N_BATCH = 30
 N_SINGLE = 30
 KILLS = 5
-BUDGET_S = 110  # the whole run, so `make test` stays bounded
+# Give-up bound for the whole run (it ends as soon as everything is settled; generous, for a
+# loaded machine), so `make test` stays bounded.
+BUDGET_S = 300
 ENDED = {
     CommState.SENT,
     CommState.DELIVERED,
@@ -107,12 +109,6 @@ def unsettled() -> int:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="engine defect (pipeline-core is fixing it): the single path re-sends blindly when "
-    "the last retry of a dispatch task times out after the provider accepted (delivery back "
-    "to `pending`, sent again without asking the provider), and reconciliation has no end",
-)
 def test_every_communication_is_sent_exactly_once_or_fails_with_a_reason(
     author, reviewer, tmp_path
 ):
@@ -183,7 +179,8 @@ def test_every_communication_is_sent_exactly_once_or_fails_with_a_reason(
             assert single.status == 202, single.body
         # and the cluster is killed mid-dispatch, several times, and restarted
         last_kill = time.monotonic()
-        while kills < KILLS and time.monotonic() - started < BUDGET_S / 2:
+        # (until the kills are done, or nothing is left to be killed in the middle of)
+        while kills < KILLS and time.monotonic() - started < BUDGET_S / 2 and unsettled():
             sending = Delivery.objects.filter(state=DeliveryState.SENDING).exists()
             if sending and time.monotonic() - last_kill > 2:
                 kill(cluster)
@@ -195,7 +192,7 @@ def test_every_communication_is_sent_exactly_once_or_fails_with_a_reason(
         while unsettled() and time.monotonic() - started < BUDGET_S:
             sweep_as_if_late()
             time.sleep(3)
-        drained_by = time.monotonic() + 20
+        drained_by = time.monotonic() + 60
         while OrmQ.objects.exists() and time.monotonic() < drained_by:
             time.sleep(0.5)
         queued = OrmQ.objects.count()

@@ -25,7 +25,10 @@ from tests import s3
 s3_server = s3.s3_server
 
 N = 200
-BOUND_S = 240
+# Give-up bounds only (generous: a loaded shared machine makes everything slower); what the
+# test checks does not depend on them.
+BOUND_S = 420
+START_S = 180
 DATA = {"customer": {"name": "Customer"}, "balance": 12.5, "as_of": "2026-05-01"}
 
 pytestmark = [
@@ -50,13 +53,15 @@ def post(base: str, key: str, i: int) -> int:
             "Idempotency-Key": f"many-{i}",
         },
     )
-    for _ in range(5):
+    deadline = time.monotonic() + START_S
+    while True:
         try:
             with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
                 return response.status
         except OSError:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"communication {i} was never accepted") from None
             time.sleep(1)
-    raise AssertionError(f"communication {i} was never accepted")
 
 
 def test_two_web_processes_and_two_clusters_deliver_each_once_when_one_cluster_dies(
@@ -109,7 +114,10 @@ def test_two_web_processes_and_two_clusters_deliver_each_once_when_one_cluster_d
         try:
             bases = [f"http://127.0.0.1:{port}" for port in ports]
             for base, name in zip(bases, ("web-1", "web-2"), strict=True):
-                assert stack.wait_http(f"{base}/healthz", process=processes[name]) == 200
+                status = stack.wait_http(
+                    f"{base}/healthz", process=processes[name], timeout=START_S
+                )
+                assert status == 200
             started = time.monotonic()
             # when communications come in through both web processes
             with ThreadPoolExecutor(max_workers=8) as pool:
