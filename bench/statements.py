@@ -350,6 +350,7 @@ def main() -> None:
         "--shape", choices=["csv", "rows", "objects"], default="csv", help="intake body"
     )
     parser.add_argument("--call", type=int, default=100_000, help="readings a call")
+    parser.add_argument("--intake-only", action="store_true", help="stop after the intake")
     parser.add_argument(
         "--no-compose",
         action="store_true",
@@ -423,6 +424,8 @@ def main() -> None:
                 f"intake: {args.intake} readings as {args.shape}, {args.call:,} a call: "
                 f"{rate:,.0f}/s; again {replay:,.0f}/s"
             )
+        if args.intake_only:
+            return
         render = render_rate(args.render) if args.render else 0.0
         print(f"render baseline: {render:.2f} documents/s (document_compose, usage_statement)")
         sampled, identical = 0.0, False
