@@ -310,7 +310,9 @@ TEMP_TABLES = (
 )
 
 
-def _typed_sql() -> str:
+def _checked_sql() -> str:
+    """The rows of `readings_raw` that pass every check, typed: (n, meter_id, start, value,
+    quality)."""
     meter = Meter._meta.db_table
     qualities = ", ".join(f"'{q}'" for q in Quality.values)
     # Names and choices come from the models, never from input. Three levels, each a fence
@@ -318,8 +320,7 @@ def _typed_sql() -> str:
     # statistics, makes it a hash join), then each text cast once (a time only in its checked
     # shape), then the checks.
     return (
-        "INSERT INTO readings_in (n, meter_id, start, value, quality) "  # noqa: S608
-        "SELECT n, meter_id, ts, v, q FROM ("
+        "SELECT n, meter_id, ts AS start, v AS value, q AS quality FROM ("  # noqa: S608
         "  SELECT j.n, j.meter_id, j.kind, j.interval_minutes, j.no_value, "
         "  CASE WHEN j.shaped THEN j.start::timestamptz END AS ts, j.value::numeric AS v, "
         "  coalesce(nullif(j.quality, ''), 'actual') AS q FROM ("
@@ -344,8 +345,9 @@ def _ingest_copy(
     *,
     csv_header: bool = False,
 ) -> IngestResult | None:
-    """COPY the rows as CSV text, check and type them in one statement, merge them in another.
-    None: some row did not pass (or the text did not parse); nothing was stored."""
+    """COPY the rows as CSV text, then check, type and merge them in one statement; if fewer
+    rows passed the checks than came, roll it back. None: some row did not pass (or the text
+    did not parse); nothing was stored."""
     now = timezone.now()
     header = ", HEADER true" if csv_header else ""
     try:
@@ -365,10 +367,9 @@ def _ingest_copy(
             # The planner needs the rows' statistics to join the meters by hash rather than
             # look each row's meter up.
             cursor.execute("ANALYZE readings_raw")
-            cursor.execute(_typed_sql())  # no parameters: the text is sent as it is
-            if cursor.rowcount != received:
+            checked, corrected, written, distinct = _merge_from(cursor, now, _checked_sql())
+            if checked != received:
                 raise _NotClean()
-            corrected, written, distinct = _merge_from_temp(cursor, now)
     except (_NotClean, DatabaseError):
         return None
     return IngestResult(
@@ -410,21 +411,24 @@ def _merge_postgresql(rows, now: datetime) -> tuple[int, int]:
         raw = cursor.cursor  # psycopg 3: COPY from a text buffer
         with raw.copy("COPY readings_in (n, meter_id, start, value, quality) FROM STDIN") as copy:
             copy.write(_copy_text(rows))
-        corrected, written, _distinct = _merge_from_temp(cursor, now)
+        _checked, corrected, written, _distinct = _merge_from(cursor, now, "readings_in")
     return corrected, written
 
 
-def _merge_from_temp(cursor, now: datetime) -> tuple[int, int, int]:
-    """Merge `readings_in` into the readings in one statement: within the call the last row for
-    an interval wins; an interval whose value or quality changes keeps its earlier value as a
-    correction (every part of the statement sees the readings as they were before it).
-    Returns (corrected, written, distinct intervals)."""
+def _merge_from(cursor, now: datetime, source: str) -> tuple[int, int, int, int]:
+    """Merge the rows of `source` (a table or a query of n, meter_id, start, value, quality)
+    into the readings in one statement: within the call the last row for an interval wins; an
+    interval whose value or quality changes keeps its earlier value as a correction (every part
+    of the statement sees the readings as they were before it). Returns (rows of `source`,
+    corrected, written, distinct intervals)."""
     reading, correction = Reading._meta.db_table, ReadingCorrection._meta.db_table
+    relation = source if source == "readings_in" else f"({source})"
     cursor.execute(
-        # Table names come from the models, never from input.
-        "WITH incoming AS ("  # noqa: S608
+        # Table names and the source come from this module, never from input.
+        f"WITH given AS MATERIALIZED (SELECT * FROM {relation} s), "  # noqa: S608
+        "incoming AS ("
         "  SELECT DISTINCT ON (meter_id, start) meter_id, start, value, quality "
-        "  FROM readings_in ORDER BY meter_id, start, n DESC), "
+        "  FROM given ORDER BY meter_id, start, n DESC), "
         "kept AS ("
         f"  INSERT INTO {correction} (reading_id, value, quality, received_at, replaced_at) "
         f"  SELECT r.id, r.value, r.quality, r.received_at, %(now)s FROM {reading} r "
@@ -437,12 +441,12 @@ def _merge_from_temp(cursor, now: datetime) -> tuple[int, int, int]:
         "  quality = EXCLUDED.quality, received_at = EXCLUDED.received_at "
         "  WHERE r.value IS DISTINCT FROM EXCLUDED.value OR r.quality <> EXCLUDED.quality "
         "  RETURNING 1) "
-        "SELECT (SELECT count(*) FROM kept), (SELECT count(*) FROM written), "
-        "(SELECT count(*) FROM incoming)",
+        "SELECT (SELECT count(*) FROM given), (SELECT count(*) FROM kept), "
+        "(SELECT count(*) FROM written), (SELECT count(*) FROM incoming)",
         {"now": now},
     )
-    corrected, written, distinct = cursor.fetchone()
-    return corrected, written, distinct
+    checked, corrected, written, distinct = cursor.fetchone()
+    return checked, corrected, written, distinct
 
 
 def _merge_orm(rows, now: datetime) -> tuple[int, int]:
