@@ -29,7 +29,8 @@ class CSVParser(BaseParser):
         return {"csv": stream.read() if stream is not None else b""}
 
 
-# Up to MAX_READINGS rows as objects (~80 bytes each) with room for whitespace.
+# A CSV body of MAX_READINGS rows (~50 bytes each) with room to spare. JSON bodies stay within
+# Django's DATA_UPLOAD_MAX_MEMORY_SIZE (they are read whole before parsing).
 MAX_BODY_BYTES = 12 * 1024 * 1024
 
 READINGS_SCHEMA = {
@@ -107,9 +108,10 @@ class ReadingsView(CcmAPIView):
         "correction; within a call the last row for an interval wins. All or nothing: if any "
         "row is refused nothing is stored and the 422 names each fault as "
         "`readings[i].field` (objects) or `rows[i].field` (arrays; CSV, counting data rows "
-        f"from 0). More than {readings.MAX_READINGS:,} readings, or a body over "
-        f"{MAX_BODY_BYTES // 2**20} MB, is refused with 413. The answer counts what was "
-        "inserted, corrected and unchanged.",
+        f"from 0). More than {readings.MAX_READINGS:,} readings, a CSV body over "
+        f"{MAX_BODY_BYTES // 2**20} MB or a JSON body over the server's request limit "
+        "(DATA_UPLOAD_MAX_MEMORY_SIZE, 2.5 MB by default: ~30,000 objects or ~45,000 arrays) "
+        "is refused with 413. The answer counts what was inserted, corrected and unchanged.",
     )
     def post(self, request):
         if int(request.META.get("CONTENT_LENGTH") or 0) > MAX_BODY_BYTES:

@@ -38,7 +38,8 @@ from notifications.statements.models import (
 )
 
 # Readings a call: a call's fixed cost (authentication, throttle, temporary tables) is spread
-# over many rows; 100,000 rows are ~5 MB as CSV, ~8 MB as objects (the endpoint's body limit).
+# over many rows; 100,000 rows are ~5 MB as CSV (JSON bodies stop earlier, at Django's request
+# size limit).
 MAX_READINGS = 100_000
 COLUMNS = ("meter", "start", "value", "quality")
 REQUIRED_COLUMNS = frozenset(COLUMNS[:3])
