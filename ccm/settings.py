@@ -369,7 +369,14 @@ IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 # --- CCM --------------------------------------------------------------------------------
 CCM_PUBLIC_BASE_URL = env.str("CCM_PUBLIC_BASE_URL", default="http://127.0.0.1:8000")
 # Language of a template variant → the locale its money, numbers and dates are formatted in.
-CCM_LOCALES = {"en": "en_GB", "de": "de_DE", "fr": "fr_FR", "nl": "nl_NL", "es": "es_ES"}
+CCM_LOCALES = {
+    "en": "en_GB",
+    "de": "de_DE",
+    "fr": "fr_FR",
+    "nl": "nl_NL",
+    "es": "es_ES",
+    "cy": "cy_GB",
+}
 CCM_RENDER_TIMEOUT_S = env.float("CCM_RENDER_TIMEOUT_S", default=60.0)
 CCM_RENDER_MEMORY_MB = env.int("CCM_RENDER_MEMORY_MB", default=1536)
 # Limits of one email/SMS/push rendition (previews, proofs, the review page, the pipeline),

@@ -319,6 +319,10 @@ CHART_STYLE = pygal.style.Style(
     major_label_font_size=11,
     legend_font_size=11,
 )
+# A marked series (estimated days) in a lighter tone of the first colour, told apart in the legend.
+MARKED_CHART_STYLE = pygal.style.Style(
+    **{**CHART_STYLE.to_dict(), "colors": ("#0B4F6C", "#9FC4D6")}
+)
 CHART_TICKS = 5
 _NICE_STEPS = (1.0, 2.0, 2.5, 5.0, 10.0)
 
@@ -349,8 +353,14 @@ def chart(
     unit: str = "",
     label_format: str = "",
     locale: babel.Locale | str = "en_GB",
+    marked: list[Any] | None = None,
+    marked_name: str = "",
 ) -> Markup:
     """An inline SVG chart for print: no script, no external references, same bytes every time.
+
+    `marked` (bar charts) names labels whose bars are drawn apart, in a lighter tone, as a
+    second series called `marked_name` in a legend under the chart beside `series_name`: e.g.
+    the days of a statement that hold estimated readings.
 
     The value axis has round ticks, written as numbers are in `locale` and followed by `unit`
     ("1.000 kWh"); with `label_format` (a CLDR date pattern such as "LLL" or "MMM y") the labels
@@ -365,19 +375,25 @@ def chart(
         raise TemplateError("chart: labels and values must have the same length (at most 1000)")
     if len(unit) > 20:
         raise TemplateError("chart: unit must be at most 20 characters")
+    if marked and kind != "bar":
+        raise TemplateError("chart: only bars can be marked")
     where = babel.Locale.parse(locale) if isinstance(locale, str) else locale
     numbers = [None if v is None else float(_decimal(v, what="chart")) for v in values]
     texts = [_chart_label(label, label_format, where) for label in labels]
     present = [n for n in numbers if n is not None] or [0.0]
     ticks = nice_ticks(min(present), max(present))
     suffix = f"\u00a0{unit}" if unit else ""
-    graph = classes[kind](
+    flagged = {str(m) for m in marked or []}
+    apart = [str(label) in flagged for label in labels]
+    graph = (pygal.StackedBar if any(apart) else classes[kind])(
         width=width,
         height=height,
         explicit_size=True,
         title=title or None,
-        show_legend=bool(series_name),
-        style=CHART_STYLE,
+        show_legend=bool(series_name) or any(apart),
+        legend_at_bottom=any(apart),
+        legend_at_bottom_columns=2,
+        style=MARKED_CHART_STYLE if any(apart) else CHART_STYLE,
         range=(ticks[0], ticks[-1]),
         show_minor_y_labels=False,
         show_x_guides=False,
@@ -396,11 +412,17 @@ def chart(
         + hashlib.sha256(
             json.dumps(
                 [kind, texts, numbers, title, width, height, series_name, unit, str(where)]
+                + ([apart, marked_name] if any(apart) else [])
             ).encode()
         ).hexdigest()[:16]
     )
     graph.x_labels = texts
-    graph.add(series_name or " ", numbers)
+    if any(apart):  # stacked: each bar is in exactly one of the two series
+        pairs = list(zip(numbers, apart, strict=True))
+        graph.add(series_name or " ", [None if a else n for n, a in pairs])
+        graph.add(marked_name or " ", [n if a else None for n, a in pairs])
+    else:
+        graph.add(series_name or " ", numbers)
     # pygal always embeds its config as a script and stamps the render date into a comment;
     # neither draws anything, and both would make the bytes vary or carry code into the PDF.
     # The SVG is XML-serialised, so "<" inside text is escaped and cannot fake a tag here.

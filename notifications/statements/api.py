@@ -9,50 +9,145 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.response import Response
 
-from ccm.api.errors import Conflict, Unprocessable
+from ccm.api.errors import ApiProblem, Conflict, Unprocessable
 from ccm.api.views import CcmAPIView
 from notifications.campaigns.models import Segment
 from notifications.statements import readings, selectors, services
 from notifications.statements.models import StatementRun
 
 
+class CSVParser(BaseParser):
+    """text/csv: the body's bytes as they came, under "csv" (the readings intake streams them
+    into COPY)."""
+
+    media_type = "text/csv"
+
+    def parse(self, stream, media_type=None, parser_context=None) -> dict[str, bytes]:
+        return {"csv": stream.read() if stream is not None else b""}
+
+
+# A CSV body of MAX_READINGS rows (~50 bytes each) with room to spare. JSON bodies stay within
+# Django's DATA_UPLOAD_MAX_MEMORY_SIZE (they are read whole before parsing).
+MAX_BODY_BYTES = 12 * 1024 * 1024
+
+READINGS_SCHEMA = {
+    "oneOf": [
+        {
+            "type": "object",
+            "title": "objects",
+            "required": ["readings"],
+            "properties": {
+                "readings": {
+                    "type": "array",
+                    "maxItems": readings.MAX_READINGS,
+                    "items": {
+                        "type": "object",
+                        "required": ["meter", "start", "value"],
+                        "properties": {
+                            "meter": {"type": "string", "description": "the meter's serial"},
+                            "start": {"type": "string", "format": "date-time"},
+                            "value": {"type": ["string", "number", "null"]},
+                            "quality": {
+                                "type": "string",
+                                "enum": ["actual", "estimated", "customer", "missing"],
+                            },
+                        },
+                    },
+                }
+            },
+        },
+        {
+            "type": "object",
+            "title": "rows",
+            "required": ["rows"],
+            "properties": {
+                "rows": {
+                    "type": "array",
+                    "maxItems": readings.MAX_READINGS,
+                    "description": "[meter, start, value, quality] a reading; quality may be "
+                    "null (actual)",
+                    "items": {"type": "array", "minItems": 3, "maxItems": 4},
+                }
+            },
+        },
+    ]
+}
+
+
 class ReadingsView(CcmAPIView):
-    """POST {"readings": [{"meter", "start", "value", "quality"}, …]}: up to 25,000 a call."""
+    """POST up to 100,000 readings a call, as objects, arrays or CSV."""
 
     required_scopes = ("readings:write",)
+    parser_classes = [JSONParser, CSVParser]
 
     @extend_schema(
         operation_id="readings_create",
-        request=OpenApiTypes.OBJECT,
+        request={
+            "application/json": READINGS_SCHEMA,
+            "text/csv": {
+                "type": "string",
+                "description": "A header row naming meter, start, value and optionally "
+                "quality (any order), then one reading a row.",
+                "example": "meter,start,value,quality\nE-1,2026-01-01T00:00:00Z,0.235,actual\n",
+            },
+        },
         responses=OpenApiTypes.OBJECT,
-        summary="Send up to 25,000 meter readings (idempotent per meter and interval)",
-        description='Send `{"readings": [{"meter": serial, "start": ISO time with offset, '
-        '"value": number, "quality": "actual"|"estimated"|"customer"|"missing"}, …]}`. '
+        summary=f"Send up to {readings.MAX_READINGS:,} meter readings "
+        "(idempotent per meter and interval)",
+        description="Three shapes of one call: objects "
+        '`{"readings": [{"meter": serial, "start": ISO time with offset, '
+        '"value": number, "quality": "actual"|"estimated"|"customer"|"missing"}, …]}`; '
+        'arrays `{"rows": [[serial, start, value, quality], …]}` (a third of the bytes); or '
+        "`text/csv` with a header row `meter,start,value,quality` (the fastest: the body goes "
+        "straight to the database). "
         "A reading is identified by its meter and the start of its interval: the same reading "
         "again changes nothing; another value replaces it and the earlier one is kept as a "
-        "correction. All or nothing: if any row is refused nothing is stored and the 422 "
-        "names each fault as `readings[i].field`. The answer counts what was inserted, "
-        "corrected and unchanged.",
+        "correction; within a call the last row for an interval wins. All or nothing: if any "
+        "row is refused nothing is stored and the 422 names each fault as "
+        "`readings[i].field` (objects) or `rows[i].field` (arrays; CSV, counting data rows "
+        f"from 0). More than {readings.MAX_READINGS:,} readings, a CSV body over "
+        f"{MAX_BODY_BYTES // 2**20} MB or a JSON body over the server's request limit "
+        "(DATA_UPLOAD_MAX_MEMORY_SIZE, 2.5 MB by default: ~30,000 objects or ~45,000 arrays) "
+        "is refused with 413. The answer counts what was inserted, corrected and unchanged.",
     )
     def post(self, request):
-        body = request.data
-        rows = body.get("readings") if isinstance(body, dict) else None
-        if not isinstance(rows, list):
-            raise Unprocessable(
-                'Send {"readings": [ {...}, … ]}.',
-                code="readings_required",
-                errors=[{"field": "readings", "message": "a list of readings"}],
+        if int(request.META.get("CONTENT_LENGTH") or 0) > MAX_BODY_BYTES:
+            raise ApiProblem(
+                status_code=413,
+                title="Content too large",
+                detail=f"The body is larger than {MAX_BODY_BYTES:,} bytes; "
+                "send the readings in smaller calls.",
+                code="too_large",
             )
+        body = request.data
+        prefix = "rows"
         try:
-            result = readings.readings_ingest(rows=rows)
+            if isinstance(body, dict) and isinstance(body.get("csv"), bytes):
+                result = readings.readings_ingest_csv(data=body["csv"])
+            elif isinstance(body, dict) and isinstance(body.get("rows"), list):
+                result = readings.readings_ingest_rows(rows=body["rows"])
+            elif isinstance(body, dict) and isinstance(body.get("readings"), list):
+                prefix = "readings"
+                result = readings.readings_ingest(rows=body["readings"])
+            else:
+                raise Unprocessable(
+                    'Send {"readings": [{...}, …]}, {"rows": [[...], …]} or text/csv.',
+                    code="readings_required",
+                    errors=[{"field": "readings", "message": "a list of readings"}],
+                )
+        except readings.TooManyReadings as exc:
+            raise ApiProblem(
+                status_code=413, title="Content too large", detail=str(exc), code="too_many"
+            ) from exc
         except readings.ReadingsRefused as exc:
             errors = [
                 {
-                    "field": "readings"
+                    "field": prefix
                     if e["row"] is None
-                    else f"readings[{e['row']}]" + (f".{e['field']}" if e["field"] else ""),
+                    else f"{prefix}[{e['row']}]" + (f".{e['field']}" if e["field"] else ""),
                     "message": e["message"],
                 }
                 for e in exc.errors[:1000]

