@@ -257,6 +257,8 @@ class CountingRateThrottle(throttling.SimpleRateThrottle):
     and kept by the process), and a refused request is not counted."""
 
     _finished: dict[str, int] = {}  # "<key>:<window>" → its final count, per process
+    num_requests: int  # set by SimpleRateThrottle.__init__ from the rate
+    duration: int
 
     def allow_request(self, request, view) -> bool:
         if self.rate is None:
@@ -303,7 +305,7 @@ def _counter_incr(cache, key: str, *, timeout: int) -> int:
     round trip (SET NX and INCR in a pipeline; Django's `incr` asks whether the key exists
     first); elsewhere `incr`, and `add` for a window's first request."""
     raw = getattr(cache, "_cache", None)
-    if hasattr(raw, "get_client"):  # django.core.cache.backends.redis.RedisCache
+    if raw is not None and hasattr(raw, "get_client"):  # django's RedisCache
         full = cache.make_and_validate_key(key)
         pipeline = raw.get_client(full, write=True).pipeline(transaction=False)
         pipeline.set(full, 0, ex=timeout, nx=True)

@@ -112,13 +112,13 @@ def _claim(record: IdempotencyRecord) -> IdempotencyRecord | None:
     opts = IdempotencyRecord._meta
     fields = [f for f in opts.concrete_fields if not f.primary_key]
     qn = connection.ops.quote_name
-    columns = ", ".join(qn(f.column) for f in fields)
+    columns = ", ".join(qn(str(f.column)) for f in fields)
     values = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
     with connection.cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {qn(opts.db_table)} ({columns}) "  # noqa: S608 - names from the model
             f"VALUES ({', '.join(['%s'] * len(fields))}) "
-            f"ON CONFLICT ({qn('client')}, {qn('key')}) DO NOTHING RETURNING {qn(opts.pk.column)}",
+            f"ON CONFLICT ({qn('client')}, {qn('key')}) DO NOTHING RETURNING {qn('id')}",
             values,
         )
         row = cursor.fetchone()
