@@ -4,11 +4,12 @@
     .venv/bin/python bench/api.py --requests 300 --rounds 1
 
 Both are served by the same gunicorn (production settings: DEBUG off, generated SECRET_KEY,
-ALLOWED_HOSTS=127.0.0.1; 4 sync workers) on a throwaway PostgreSQL database. The bare view
+ALLOWED_HOSTS=127.0.0.1; 4 gthread workers of 4 threads, as deploy/gunicorn.conf.py serves;
+`--threads 1` for sync workers) on a throwaway PostgreSQL database. The bare view
 (bench/urls_api.py, mounted only by bench/settings_api.py) parses a small JSON body, checks
 its three fields and does one INSERT. The API call is an integrator's: Api-Key authentication,
-scope check, throttles, the request serializer, intake (schema check, the communication row,
-its audit event, its composition task). No cluster runs: the tasks wait in the queue.
+scope check, throttles, the request serializer, intake (schema check, the communication row
+and its history step, the compose drain's flag). No cluster runs: the tasks wait in the queue.
 
 Runs are interleaved (bare, api, bare, api, …) at 8 and then 32 keep-alive connections, so a
 slow moment of the shared machine hits both sides. Figures per side: requests/s (requests over
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from serve import (  # noqa: E402
+    THREADS,
     Client,
     cache_url,
     machine_line,
@@ -165,6 +167,12 @@ def main() -> None:
     parser.add_argument("--connections", default="8,32", help="comma-separated levels")
     parser.add_argument("--web-workers", type=int, default=4, help="gunicorn workers")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=THREADS,
+        help="threads per gunicorn worker (gthread, as deploy/gunicorn.conf.py; 1: sync workers)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="FILE",
         help="instead of the comparison: sample the API's workers with py-spy (pip install "
@@ -207,13 +215,16 @@ def main() -> None:
         print(machine_line())
         key = prepare()
         web, port = start_gunicorn(
-            production_env(env), workdir / "gunicorn.log", workers=args.web_workers
+            production_env(env),
+            workdir / "gunicorn.log",
+            workers=args.web_workers,
+            threads=args.threads,
         )
         api = Client(port, headers={"Authorization": f"Api-Key {key}"})
         bare = Client(port)
         print(
             f"setup: {args.rounds} rounds x {args.requests} requests per side and level, "
-            f"gunicorn workers={args.web_workers}, cache={args.cache}"
+            f"gunicorn workers={args.web_workers} threads={args.threads}, cache={args.cache}"
         )
         # Warm both paths in every worker (imports, compiled schema, connections).
         one_run(api, "/api/v1/communications", 0, 50, 8)

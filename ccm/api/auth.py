@@ -245,7 +245,81 @@ class HasScope(permissions.BasePermission):
         return True
 
 
-class SessionUserRateThrottle(throttling.UserRateThrottle):
+class CountingRateThrottle(throttling.SimpleRateThrottle):
+    """DRF's rate limit, counted instead of logged: a counter per caller and window of the
+    rate's period in the shared cache, and the rate applied to a sliding window (the previous
+    window's count weighted by how much of it still overlaps, plus the current one's).
+
+    DRF's own throttle reads, extends and writes back the list of every request's time in the
+    period (6,000 floats for a key at 6,000/min): two cache round trips and the whole list
+    pickled per request, and concurrent requests overwrite each other's entries. An increment
+    is atomic, one round trip with Redis (the finished window's count is read once per window
+    and kept by the process), and a refused request is not counted."""
+
+    _finished: dict[str, int] = {}  # "<key>:<window>" → its final count, per process
+    num_requests: int  # set by SimpleRateThrottle.__init__ from the rate
+    duration: int
+
+    def allow_request(self, request, view) -> bool:
+        if self.rate is None:
+            return True
+        self.key = self.get_cache_key(request, view)
+        if self.key is None:
+            return True
+        self.now = self.timer()
+        window, into = divmod(self.now, self.duration)
+        current = f"{self.key}:{int(window)}"
+        self.count = _counter_incr(self.cache, current, timeout=2 * self.duration)
+        self.previous = self._previous(f"{self.key}:{int(window) - 1}")
+        self.overlap = 1 - into / self.duration  # of the previous window, still inside the rate's
+        if self.previous * self.overlap + self.count <= self.num_requests:
+            return True
+        with contextlib.suppress(Exception):
+            self.cache.decr(current)  # a refused request does not count
+        return False
+
+    def _previous(self, key: str) -> int:
+        kept = self._finished.get(key)
+        if kept is None:
+            kept = int(self.cache.get(key) or 0)
+            if len(self._finished) > 10_000:
+                self._finished.clear()
+            self._finished[key] = kept
+        return kept
+
+    def wait(self) -> float | None:
+        """Seconds until a request would be allowed again."""
+        into = self.duration * (1 - self.overlap)
+        counted = self.count - 1  # this window's requests, the refused one taken off
+        if self.previous and counted < self.num_requests:
+            # Later in this window: the previous window's share falls until one more fits.
+            overlap_then = (self.num_requests - counted - 1) / self.previous
+            return max(1.0, self.duration * (1 - overlap_then) - into)
+        # In the next window, once this window's share leaves room for one more.
+        overlap_next = min(1.0, (self.num_requests - 1) / counted) if counted else 1.0
+        return self.duration - into + self.duration * (1 - overlap_next)
+
+
+def _counter_incr(cache, key: str, *, timeout: int) -> int:
+    """Add one to the counter `key` (created with `timeout`) and return it. With Redis one
+    round trip (SET NX and INCR in a pipeline; Django's `incr` asks whether the key exists
+    first); elsewhere `incr`, and `add` for a window's first request."""
+    raw = getattr(cache, "_cache", None)
+    if raw is not None and hasattr(raw, "get_client"):  # django's RedisCache
+        full = cache.make_and_validate_key(key)
+        pipeline = raw.get_client(full, write=True).pipeline(transaction=False)
+        pipeline.set(full, 0, ex=timeout, nx=True)
+        pipeline.incr(full)
+        return int(pipeline.execute()[1])
+    try:
+        return cache.incr(key)
+    except ValueError:  # the window's first request
+        if cache.add(key, 1, timeout=timeout):
+            return 1
+        return cache.incr(key)
+
+
+class SessionUserRateThrottle(CountingRateThrottle, throttling.UserRateThrottle):
     """DRF's per-user rate, for people signed in: a key's calls are counted by
     `ApiKeyRateThrottle` alone (its service user would otherwise cap it at the user rate)."""
 
@@ -265,7 +339,7 @@ class SessionOnly(permissions.BasePermission):
         return not isinstance(request.auth, ApiKey)
 
 
-class ApiKeyRateThrottle(throttling.SimpleRateThrottle):
+class ApiKeyRateThrottle(CountingRateThrottle):
     scope = "api_key"
 
     def get_cache_key(self, request, view):

@@ -115,6 +115,24 @@ def steps_record(
     """Insert the steps in the caller's transaction (one statement); they are sealed into the
     audit chain after it commits (`seal_soon`), or by the next chunk or the periodic seal."""
     when = at or timezone.now()
+    rows = step_rows(steps, actor=actor, at=when)
+    if rows:
+        _insert(rows, when)
+        if seal_soon:
+            transaction.on_commit(steps_seal_soon)
+    return len(rows)
+
+
+# The columns of `step_rows`' tuples, in order.
+STEP_COLUMNS = (
+    "communication_id, delivery_id, at, actor_id, actor_label, action, detail, hash, request_id"
+)
+
+
+def step_rows(steps: Iterable[Step], *, actor, at: datetime) -> list[tuple]:
+    """The rows (STEP_COLUMNS) of `steps`, each with the hash of its content: for a caller
+    that inserts them in a statement of its own (the intake writes a request's communication
+    and its first step in one)."""
     user, label = _actor_parts(actor)
     actor_id = user.pk if user is not None else None
     request_id = (context.request_id() or "")[:200]
@@ -125,7 +143,7 @@ def steps_record(
         content = _content(
             step.communication_id,
             step.delivery_id,
-            when,
+            at,
             actor_id,
             label,
             step.action,
@@ -136,7 +154,7 @@ def steps_record(
             (
                 step.communication_id,
                 step.delivery_id,
-                when,
+                at,
                 actor_id,
                 label,
                 step.action,
@@ -145,11 +163,7 @@ def steps_record(
                 asked.get(step.communication_id, request_id),
             )
         )
-    if rows:
-        _insert(rows, when)
-        if seal_soon:
-            transaction.on_commit(steps_seal_soon)
-    return len(rows)
+    return rows
 
 
 def _insert(rows: list[tuple], when: datetime) -> None:
@@ -173,9 +187,7 @@ def _insert(rows: list[tuple], when: datetime) -> None:
         )
         return
     table = CommunicationStep._meta.db_table
-    columns = (
-        "communication_id, delivery_id, at, actor_id, actor_label, action, detail, hash, request_id"
-    )
+    columns = STEP_COLUMNS
     values = [(r[0], r[1], when, r[3], r[4], r[5], json.dumps(r[6]), r[7], r[8]) for r in rows]
     if len(rows) < COPY_FROM:
         # A request's few steps: one INSERT is one round trip, a COPY several.

@@ -297,6 +297,39 @@ def test_api_keys_are_throttled_with_a_problem(db, client_for, monkeypatch):
     cache.clear()
 
 
+def test_the_rate_is_a_sliding_window_and_refusals_do_not_count(db, client_for, monkeypatch):
+    # given: a key allowed 4 calls a minute, calls made at chosen times
+    from django.core.cache import cache
+
+    from ccm.api.auth import ApiKeyRateThrottle
+
+    cache.clear()
+    now = [6_000_000.0]  # the start of a one-minute window
+    monkeypatch.setattr(ApiKeyRateThrottle, "timer", lambda self: now[0])
+    monkeypatch.setattr(ApiKeyRateThrottle, "THROTTLE_RATES", {"api_key": "4/min"})
+    client = client_for(api_key_create(name="steady", scopes=["me:read"]).key)
+
+    def calls(n: int) -> list[int]:
+        return [client.get("/api/v1/me").status_code for _ in range(n)]
+
+    # when / then: four pass, and refused calls, however many, do not use up the next window
+    assert calls(7) == [200] * 4 + [429] * 3
+    # a quarter into the next window, 3/4 of the last window's 4 calls still count: one fits
+    now[0] += 75
+    assert calls(2) == [200, 429]
+    # halfway: the previous window weighs 2, this one has 1: one more fits, and then none
+    now[0] += 15
+    response = client.get("/api/v1/me")
+    assert response.status_code == 200
+    refused = client.get("/api/v1/me")
+    assert refused.status_code == 429
+    # Retry-After: when the previous window's share has fallen far enough (15 s later)
+    assert 14 <= int(refused["Retry-After"]) <= 16
+    now[0] += 16
+    assert calls(1) == [200]
+    cache.clear()
+
+
 def test_api_key_gets_its_own_rate_not_the_user_rate(db, client_for, monkeypatch):
     # given: the user rate is lower than the key rate (as 1,200/min is below 6,000/min)
     from django.core.cache import cache

@@ -12,8 +12,11 @@ from rest_framework.test import APIClient
 from ccm.api.auth import api_key_create
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
-# Including the history step's INSERT (a COPY before, which this count did not see).
-STATEMENTS_PER_POST = 8
+# With an Idempotency-Key: its claim (one INSERT … ON CONFLICT, no savepoint), the customer,
+# the published version, the communication's id, ONE statement inserting the communication and
+# its `received` step (no transaction of its own: no BEGIN/COMMIT round trips either), and the
+# stored response. 8 before (and two transactions).
+STATEMENTS_PER_POST = 6
 
 
 def test_a_request_costs_few_statements_and_takes_no_chain_lock(
@@ -50,3 +53,7 @@ def test_a_request_costs_few_statements_and_takes_no_chain_lock(
     # The template's published version in one query, without its (frozen, cached) content.
     assert len([sql for sql in statements if '"documents_template' in sql]) == 1
     assert len(statements) <= STATEMENTS_PER_POST
+    # From the idempotency claim to its stored response, no transaction of its own (in the
+    # test's transaction one would show as a savepoint).
+    claim = next(i for i, sql in enumerate(every) if '"ccm_idempotencyrecord"' in sql)
+    assert not [sql for sql in every[claim:] if sql.startswith("SAVEPOINT")]
