@@ -127,7 +127,7 @@ def print_item_add(*, delivery: Delivery) -> PrintItem:
             code="no_document",
         )
     customer = communication.customer
-    # A resend to a corrected address (notifications.recovery) carries that address itself; a
+    # A resend to a corrected address (notifications.pipeline.recovery) carries that address itself; a
     # communication addressed explicitly (a reprint to a new address) names it.
     given = delivery.meta.get("postal_address")
     if not given and communication.address_override and communication.channel_override == "print":

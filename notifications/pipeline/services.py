@@ -284,7 +284,7 @@ def _addressee(communication: Communication) -> dict[str, Any]:
 def composition_context(communication: Communication, version: TemplateVersion) -> dict:
     """What a communication's templates render: its data, its portal link, and the addressee
     from the customer record in the reserved `customer` namespace (replacing whatever the data
-    said there). The one place both pipelines (here and notifications.bulk) build it."""
+    said there). The one place both pipelines (here and notifications.pipeline.bulk) build it."""
     data = dict(communication.data)
     if portal_linked(version) and "portal_url" not in data:
         from notifications.channels.portal import portal_url
