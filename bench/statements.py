@@ -309,8 +309,8 @@ def bill_run(ops, *, compose: bool = True, after_first=None) -> tuple[float, int
 def sample_and_reprint(ops, sample: int) -> tuple[float, bool]:
     """Compose `sample` of the run's queued statements (the render worker's task, inline), then
     reprint one from its stored inputs: the PDF must come back byte for byte."""
-    from notifications.pipeline import bulk
     from notifications.models import Communication
+    from notifications.pipeline import bulk
     from notifications.statements import services
     from notifications.statements.models import Statement
 

@@ -119,8 +119,8 @@ class InboxMessage:
     dsn: DeliveryStatus | None = None
     # Lower-cased names; a repeated header (Received) keeps its first value.
     headers: dict[str, str] = field(default_factory=dict)
-    # As written (unfolded), in order, for notifications.channels.mailauth: every From header, and every
-    # Authentication-Results header, topmost (the receiving server's) first.
+    # As written (unfolded), in order, for notifications.channels.mailauth: every From header,
+    # and every Authentication-Results header, topmost (the receiving server's) first.
     from_values: tuple[str, ...] = ()
     authentication_results: tuple[str, ...] = ()
 

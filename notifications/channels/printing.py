@@ -127,8 +127,8 @@ def print_item_add(*, delivery: Delivery) -> PrintItem:
             code="no_document",
         )
     customer = communication.customer
-    # A resend to a corrected address (notifications.pipeline.recovery) carries that address itself; a
-    # communication addressed explicitly (a reprint to a new address) names it.
+    # A resend to a corrected address (notifications.pipeline.recovery) carries that address
+    # itself; a communication addressed explicitly (a reprint to a new address) names it.
     given = delivery.meta.get("postal_address")
     if not given and communication.address_override and communication.channel_override == "print":
         given = communication.address_override.split(" / ")
