@@ -16,23 +16,24 @@ from .test_pipeline import request
 moved = importlib.import_module("ccm.migrations.0011_task_paths_moved")
 
 
-def _queued(func: str, *args) -> None:
+def _queued(func: str, *args) -> OrmQ:
     task = {"id": "t-1", "name": "old-task", "func": func, "args": args, "kwargs": {}}
-    OrmQ.objects.create(key=get_broker().list_key, payload=SignedPackage.dumps(task), lock=None)
+    return OrmQ.objects.create(
+        key=get_broker().list_key, payload=SignedPackage.dumps(task), lock=None
+    )
 
 
 def test_a_task_queued_under_an_old_path_runs_after_the_upgrade(letter, customer, integrator):
     # given: a communication waiting for composition, its task queued by the old code
     communication, _ = request(customer, integrator)
     assert communication.state == "received"
-    _queued("notifications.tasks.communication_compose", communication.pk)
+    row = _queued("notifications.tasks.communication_compose", communication.pk)
     Schedule.objects.create(name="old-sweep", func="notifications.bulk.compose_drain")
     assert pydoc.locate("notifications.tasks.communication_compose") is None
     # when: the upgrade migrates
     moved.rewrite(apps, None)
     # then: the worker finds the function (as django-q2's worker does) and the task runs
-    [(_, payload)] = [(r.pk, r.payload) for r in OrmQ.objects.all()]
-    task = SignedPackage.loads(payload)
+    task = SignedPackage.loads(OrmQ.objects.get(pk=row.pk).payload)
     assert task["func"] == "notifications.pipeline.tasks.communication_compose"
     pydoc.locate(task["func"])(*task["args"], **task["kwargs"])
     communication.refresh_from_db()
@@ -43,11 +44,11 @@ def test_a_task_queued_under_an_old_path_runs_after_the_upgrade(letter, customer
 
 
 def test_the_rewrite_leaves_new_and_unknown_paths_alone_and_goes_back(db):
-    _queued("notifications.webhooks.send.webhook_delivery_send", 1)
+    row = _queued("notifications.webhooks.send.webhook_delivery_send", 1)
     Schedule.objects.create(name="kept", func="ccm.tasks.sweep_all")
     Schedule.objects.create(name="moved", func="cases.request_tasks.gmail_intake")
     moved.rewrite(apps, None)
-    task = SignedPackage.loads(OrmQ.objects.get().payload)
+    task = SignedPackage.loads(OrmQ.objects.get(pk=row.pk).payload)
     assert task["func"] == "notifications.webhooks.send.webhook_delivery_send"
     assert Schedule.objects.get(name="kept").func == "ccm.tasks.sweep_all"
     assert Schedule.objects.get(name="moved").func == "cases.requests.tasks.gmail_intake"
