@@ -75,6 +75,9 @@ def test_same_idempotency_key_makes_one_communication(letter, customer, integrat
     second, created = sync_tasks(request, customer, integrator, idempotency_key="k1")
     assert (second.pk, created) == (first.pk, False)
     assert len(mail.outbox) == 1
+    # The repeat inserted nothing: the one communication has one `received` step.
+    received = first.steps.filter(action="communication.received")
+    assert received.count() == 1
 
 
 def test_bad_data_is_refused_at_intake(letter, customer, integrator):
