@@ -24,6 +24,7 @@ from documents.composition import CompositionError, chart
 from documents.rendering import SafeURLFetcher
 from documents.services import template_preview
 from notifications.campaigns.models import Campaign, CampaignRecipient
+from notifications.campaigns.selectors import unreached
 from notifications.models import Delivery
 
 # Zip entries carry this time: the pack's bytes depend on the campaign, never on the clock.
@@ -62,6 +63,7 @@ def recipients_csv(campaign: Campaign) -> bytes:
         "communication_id", "channel", "id"
     ):
         deliveries[delivery.communication_id].append(delivery)
+    reasons = unreached(campaign)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -71,7 +73,7 @@ def recipients_csv(campaign: Campaign) -> bytes:
             recipient.customer.external_ref,
             recipient.customer.source_system,
             recipient.state,
-            recipient.reason,
+            reasons.get(recipient.pk, recipient.reason),
             communication.pk if communication else "",
             communication.state if communication else "",
         ]
@@ -193,11 +195,12 @@ def report_pdf(campaign: Campaign, states: Counter, events: list[AuditEvent]) ->
         if channels
         else ""
     )
+    reasons = unreached(campaign)
     skipped = "".join(
-        f"<tr><td>{escape(ref)}</td><td>{escape(reason)}</td></tr>"
-        for ref, reason in CampaignRecipient.objects.filter(campaign=campaign, state="skipped")
-        .order_by("customer__external_ref")
-        .values_list("customer__external_ref", "reason")[:500]
+        f"<tr><td>{escape(ref)}</td><td>{escape(reasons[pk])}</td></tr>"
+        for pk, ref in CampaignRecipient.objects.filter(pk__in=list(reasons))
+        .order_by("customer__external_ref", "pk")
+        .values_list("pk", "customer__external_ref")[:500]
     )
     story = [
         (
