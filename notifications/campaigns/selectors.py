@@ -470,6 +470,17 @@ def campaigns_progress(*, since: datetime) -> Iterator[Work]:
         )
 
 
+def segment_sign_offs(segment: Segment) -> QuerySet[Campaign]:
+    """The campaigns whose reviewers signed this segment version's audience: a segment has no
+    sign-off of its own; each campaign freezes the customers it selects and its approval
+    covers the definition as it was, the count and the audience hash."""
+    return (
+        Campaign.objects.filter(segment=segment, approval__isnull=False)
+        .select_related("approval__decided_by", "submitted_by")
+        .order_by("-submitted_at", "-pk")
+    )
+
+
 def campaigns_list(*, state: str = "", q: str = "") -> QuerySet[Campaign]:
     campaigns = Campaign.objects.select_related("segment", "template_version__template")
     if state:
