@@ -196,6 +196,19 @@ if not DEBUG:
 _DEV_AUDIT_KEY = "dev-audit-signing-key-for-local-use-only-never-in-production"
 AUDIT_SIGNING_KEY = env.str("AUDIT_SIGNING_KEY", default=_DEV_AUDIT_KEY if DEBUG else "")
 AUDIT_SIGNING_KEYS_OLD = env.list("AUDIT_SIGNING_KEYS_OLD", default=[])
+# The PAdES signature inside a campaign's evidence report (documents/signing.py): PEM paths of an
+# RSA key and its certificate (issued by the organisation's CA, or a qualified trust service).
+# In development (DEBUG) a self-signed pair is made once in CCM_EVIDENCE_SIGNING_DEV_DIR; in
+# production without them the report is left unsigned and says so (the pack's HMAC still holds).
+CCM_EVIDENCE_SIGNING_DEV_DIR = BASE_DIR / "var" / "evidence-signing"
+CCM_EVIDENCE_SIGNING_KEY = env.str(
+    "CCM_EVIDENCE_SIGNING_KEY",
+    default=str(CCM_EVIDENCE_SIGNING_DEV_DIR / "key.pem") if DEBUG else "",
+)
+CCM_EVIDENCE_SIGNING_CERT = env.str(
+    "CCM_EVIDENCE_SIGNING_CERT",
+    default=str(CCM_EVIDENCE_SIGNING_DEV_DIR / "cert.pem") if DEBUG else "",
+)
 # How often the queue signs a checkpoint, and where each one is appended as a JSON line for the
 # auditor (empty: the log line only).
 AUDIT_CHECKPOINT_MINUTES = env.int("AUDIT_CHECKPOINT_MINUTES", default=10)

@@ -20,10 +20,12 @@ from django.db.models import Count
 from ccm.audit import subject_label
 from ccm.audit_checkpoints import key_id
 from ccm.models import AuditEvent
+from documents import signing
 from documents.composition import CompositionError, chart
 from documents.rendering import SafeURLFetcher
 from documents.services import template_preview
 from notifications.campaigns.models import Campaign, CampaignRecipient
+from notifications.campaigns.selectors import unreached
 from notifications.models import Delivery
 
 # Zip entries carry this time: the pack's bytes depend on the campaign, never on the clock.
@@ -62,6 +64,7 @@ def recipients_csv(campaign: Campaign) -> bytes:
         "communication_id", "channel", "id"
     ):
         deliveries[delivery.communication_id].append(delivery)
+    reasons = unreached(campaign)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -71,7 +74,7 @@ def recipients_csv(campaign: Campaign) -> bytes:
             recipient.customer.external_ref,
             recipient.customer.source_system,
             recipient.state,
-            recipient.reason,
+            reasons.get(recipient.pk, recipient.reason),
             communication.pk if communication else "",
             communication.state if communication else "",
         ]
@@ -109,9 +112,10 @@ def covering_events(campaign: Campaign) -> list[AuditEvent]:
     return list(events.order_by("id"))
 
 
-def manifest(campaign: Campaign, files: dict[str, bytes]) -> bytes:
+def manifest(campaign: Campaign, files: dict[str, bytes], *, report_signature: dict) -> bytes:
     approval = campaign.approval
     body = {
+        "report_signature": report_signature,
         "campaign": {
             "id": campaign.pk,
             "name": campaign.name,
@@ -193,11 +197,12 @@ def report_pdf(campaign: Campaign, states: Counter, events: list[AuditEvent]) ->
         if channels
         else ""
     )
+    reasons = unreached(campaign)
     skipped = "".join(
-        f"<tr><td>{escape(ref)}</td><td>{escape(reason)}</td></tr>"
-        for ref, reason in CampaignRecipient.objects.filter(campaign=campaign, state="skipped")
-        .order_by("customer__external_ref")
-        .values_list("customer__external_ref", "reason")[:500]
+        f"<tr><td>{escape(ref)}</td><td>{escape(reasons[pk])}</td></tr>"
+        for pk, ref in CampaignRecipient.objects.filter(pk__in=list(reasons))
+        .order_by("customer__external_ref", "pk")
+        .values_list("pk", "customer__external_ref")[:500]
     )
     story = [
         (
@@ -272,6 +277,24 @@ def approved_content(campaign: Campaign) -> dict[str, bytes]:
 SIGNATURE_FORMAT = "ccm-campaign-evidence-v1"
 
 
+def signed_report(campaign: Campaign, pdf: bytes, events: list[AuditEvent]) -> tuple[bytes, dict]:
+    """The report with a PAdES signature (documents.signing) made at the campaign's completion
+    (or, before it completes, at its latest audit event), so regenerating gives the same bytes;
+    and what the manifest says about it. Unsigned, saying why, without a key and certificate."""
+    if not signing.signing_available():
+        return pdf, {"unsigned": "CCM_EVIDENCE_SIGNING_KEY/CCM_EVIDENCE_SIGNING_CERT are not set"}
+    when = campaign.completed_at or (events[-1].created_at if events else campaign.created_at)
+    signed_pdf = signing.pdf_sign(
+        pdf, when=when, reason=f"Evidence of campaign {campaign.reference}", location="CCM"
+    )
+    check = signing.pdf_signature_check(signed_pdf)
+    return signed_pdf, {
+        "format": "PAdES (ETSI.CAdES.detached), RSA PKCS#1 v1.5 SHA-256",
+        "signer": check.signer if check else "",
+        "signed_at": _iso(when),
+    }
+
+
 def signature(manifest_bytes: bytes) -> bytes:
     """signature.json: an HMAC-SHA256 over manifest.json under the audit signing key (named by
     its key id, never shown), the key that signs the audit checkpoints. The manifest holds the
@@ -330,6 +353,10 @@ def evidence_verify(pack: bytes) -> PackCheck:
         expected = hmac.new(key.encode(), manifest_bytes, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, signed["signature"]):
             problems.append("the manifest's signature does not match: it was changed")
+    if "report.pdf" in files:
+        check = signing.pdf_signature_check(files["report.pdf"])
+        if check is not None and not check.ok:
+            problems.append(f"report.pdf: its PAdES signature does not verify ({check.summary})")
     return PackCheck(not problems, problems)
 
 
@@ -349,12 +376,13 @@ def evidence_pack(campaign: Campaign) -> bytes:
             .values_list("state", "n")
         )
     )
+    report, report_signature = signed_report(campaign, report_pdf(campaign, states, events), events)
     files = {
         "recipients.csv": recipients_csv(campaign),
-        "report.pdf": report_pdf(campaign, states, events),
+        "report.pdf": report,
         **approved_content(campaign),
     }
-    files["manifest.json"] = manifest(campaign, files)
+    files["manifest.json"] = manifest(campaign, files, report_signature=report_signature)
     files["signature.json"] = signature(files["manifest.json"])
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:

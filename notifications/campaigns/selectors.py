@@ -23,6 +23,7 @@ from notifications.campaigns.models import (
     Segment,
 )
 from notifications.models import (
+    CommState,
     ConsentRecord,
     ContactKind,
     ContactPoint,
@@ -345,6 +346,40 @@ def segment_preview(
     return Preview(count=breakdown.total, sample=sample, breakdown=breakdown)
 
 
+# --- who was not reached ---------------------------------------------------------------------
+
+
+def unreached_reason(category: str, trace: list[dict]) -> str:
+    """Why selection reached nobody, in words, from its decision trace (the pipeline records it
+    on the communication when it composes)."""
+    refused = [f"{t['channel']}: {t['reason']}" for t in trace if t.get("eligible") is False]
+    if category == "marketing" and any("marketing" in r for r in refused):
+        return "opted out of marketing since approval (" + "; ".join(refused) + ")"
+    return "unreachable: " + ("; ".join(refused) or "no channel can reach the customer")
+
+
+def unreached(campaign: Campaign) -> dict[int, str]:
+    """Recipient id → why the customer was not sent the notice: skipped by the campaign
+    (cancelled, refused by the intake), or handed and found unreachable by the pipeline's
+    channel selection (undeliverable, with the reason from its decision trace)."""
+    reasons = dict(
+        CampaignRecipient.objects.filter(
+            campaign=campaign, state=RecipientState.SKIPPED
+        ).values_list("pk", "reason")
+    )
+    for pk, trace, failure in CampaignRecipient.objects.filter(
+        campaign=campaign,
+        state=RecipientState.HANDED,
+        communication__state=CommState.UNDELIVERABLE,
+    ).values_list("pk", "communication__decision_trace", "communication__failure_reason"):
+        if any(t.get("decision") == "chosen" for t in trace or []):
+            # Reached a channel once, then ran out of fallbacks: the pipeline says why.
+            reasons[pk] = f"undeliverable: {failure}"
+        else:
+            reasons[pk] = unreached_reason(campaign.category, trace or [])
+    return reasons
+
+
 # --- campaign progress ----------------------------------------------------------------------
 
 RATE_WINDOW = timedelta(seconds=60)
@@ -433,6 +468,17 @@ def campaigns_progress(*, since: datetime) -> Iterator[Work]:
             reference=campaign.reference,
             started_at=campaign.started_at,
         )
+
+
+def segment_sign_offs(segment: Segment) -> QuerySet[Campaign]:
+    """The campaigns whose reviewers signed this segment version's audience: a segment has no
+    sign-off of its own; each campaign freezes the customers it selects and its approval
+    covers the definition as it was, the count and the audience hash."""
+    return (
+        Campaign.objects.filter(segment=segment, approval__isnull=False)
+        .select_related("approval__decided_by", "submitted_by")
+        .order_by("-submitted_at", "-pk")
+    )
 
 
 def campaigns_list(*, state: str = "", q: str = "") -> QuerySet[Campaign]:

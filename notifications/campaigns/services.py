@@ -41,8 +41,7 @@ from notifications.campaigns.models import (
 )
 from notifications.jobs.csv_rows import CUSTOMER_COLUMN, cells_data
 from notifications.models import CommState, Communication, Customer, Source
-from notifications.pipeline import selection
-from notifications.pipeline.bulk import communications_intake, facts_for_chunk, update_rows
+from notifications.pipeline.bulk import communications_intake, update_rows
 from notifications.pipeline.services import communication_cancel, intake_data_validate
 
 logger = logging.getLogger(__name__)
@@ -656,19 +655,17 @@ def chunk_size(campaign: Campaign) -> int:
     return size
 
 
-def _skip_reason(category: str, trace: list[dict]) -> str:
-    refused = [f"{t['channel']}: {t['reason']}" for t in trace if t.get("eligible") is False]
-    if category == "marketing" and any("marketing" in r for r in refused):
-        return "opted out of marketing since approval (" + "; ".join(refused) + ")"
-    return "unreachable: " + ("; ".join(refused) or "no channel can reach the customer")
-
-
 def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
     """Hand the next chunk of a sending campaign's recipients to the pipeline.
 
     One transaction holds the campaign's row lock: two tasks never hand the same chunk, and the
     recipients' rows commit with their communications. Were the commit lost, the per-customer
-    idempotency key returns the same communication next time: never two per customer."""
+    idempotency key returns the same communication next time: never two per customer.
+
+    Channels are chosen once, by the pipeline's composition (`select_channels` over
+    `facts_for_chunk`), not here as well: a customer nobody can reach any more, or a marketing
+    recipient who opted out since approval, gets a communication that the pipeline makes
+    `undeliverable` with its decision trace, and `selectors.unreached` reads the reason from it."""
     with transaction.atomic():
         campaign = (
             Campaign.objects.select_for_update(of=("self",))
@@ -694,6 +691,7 @@ def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
         recipients = list(
             _pending_in_window(campaign, now)
             .select_related("customer")
+            .only("pk", "customer", "data")
             .order_by("customer_id")[: chunk_size(campaign)]
         )
         if (
@@ -717,75 +715,60 @@ def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
                 after={"audience_count": campaign.audience_count},
             )
             return ChunkOutcome()
-        facts = facts_for_chunk(
-            [_probe(r, campaign.category) for r in recipients],
-            {r.customer_id: selectors.renditions_of(version) for r in recipients},
-        )
-        rows: dict[int, tuple] = {}
-        items, sendable = [], []
-        per_channel: Counter[str] = Counter()
-        for recipient in recipients:
-            chosen = selection.select_channels(facts[recipient.customer_id])
-            if not chosen.targets:
-                rows[recipient.pk] = (
-                    RecipientState.SKIPPED,
-                    _skip_reason(campaign.category, chosen.trace)[:500],
-                    None,
-                    now,
-                    [],
-                )
-                continue
-            per_channel.update(chosen.channels)
-            sendable.append((recipient, chosen.channels))
-            items.append(
+        results = communications_intake(
+            items=[
                 {
                     "template": version.template.code,
-                    "customer": recipient.customer_id,
+                    # The customer as loaded: the intake need not read it again.
+                    "customer": recipient.customer,
                     "data": recipient.data,
                     "category": campaign.category,
                     "idempotency_key": f"campaign:{campaign.pk}:{recipient.customer_id}",
                     "correlation_id": campaign.reference,
                 }
-            )
-        results = communications_intake(
-            items=items, client=CLIENT, by=campaign.submitted_by, source=Source.CAMPAIGN
+                for recipient in recipients
+            ],
+            client=CLIENT,
+            by=campaign.submitted_by,
+            source=Source.CAMPAIGN,
         )
-        for (recipient, channels), result in zip(sendable, results, strict=True):
+        rows: dict[int, tuple] = {}
+        for recipient, result in zip(recipients, results, strict=True):
             if result.accepted:
-                rows[recipient.pk] = (
-                    RecipientState.HANDED,
-                    "",
-                    result.communication_id,
-                    now,
-                    channels,
-                )
+                rows[recipient.pk] = (RecipientState.HANDED, "", result.communication_id, now)
             else:
                 rows[recipient.pk] = (
                     RecipientState.SKIPPED,
                     f"refused by the intake: {result.error}"[:500],
                     None,
                     now,
-                    [],
                 )
-        update_rows(
-            CampaignRecipient,
-            ["state", "reason", "communication", "handed_at", "channels"],
-            rows,
-        )
+        update_rows(CampaignRecipient, ["state", "reason", "communication", "handed_at"], rows)
         Campaign.objects.filter(pk=campaign.pk).update(last_chunk_at=now)
         skipped = sum(1 for v in rows.values() if v[0] == RecipientState.SKIPPED)
+        handed = len(rows) - skipped
         return ChunkOutcome(
-            handed=len(rows) - skipped, skipped=skipped, per_channel=per_channel, more=True
+            handed=handed,
+            skipped=skipped,
+            per_channel=planned_per_channel(campaign, handed),
+            more=True,
         )
 
 
-def _probe(recipient: CampaignRecipient, category: str) -> Communication:
-    """A stand-in communication, so selection sees this customer exactly as the pipeline will."""
-    probe = Communication(
-        customer=recipient.customer, category=category, urgency="normal", channel_override=""
+def planned_per_channel(campaign: Campaign, handed: int) -> Counter:
+    """How many of `handed` recipients each channel is expected to carry, from the approved
+    channel plan (rounded up: the throttle errs on the slow side). The channels are chosen
+    later, at composition; the provider throttle every sender shares caps the real sends."""
+    plan = campaign.channel_plan or {}
+    total = plan.get("total") or 0
+    if not total:
+        return Counter()
+    return Counter(
+        {
+            channel: -(-handed * count // total)
+            for channel, count in (plan.get("channels") or {}).items()
+        }
     )
-    probe.pk = recipient.customer_id
-    return probe
 
 
 def pause_after(campaign: Campaign, per_channel: Counter | None) -> float:

@@ -297,6 +297,7 @@ def segment_preview(request: HttpRequest, pk: int) -> HttpResponse:
         "categories": Category.choices,
         "definition": json.dumps(segment.definition, indent=2, sort_keys=True),
         "error": error,
+        "sign_offs": selectors.segment_sign_offs(segment)[:50],
     }
     return render(request, "campaigns/segment_preview.html", context)
 

@@ -13,6 +13,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from notifications.campaigns.models import Campaign, CampaignRecipient, RecipientState
+from notifications.campaigns.selectors import unreached
 from notifications.channels.printstream import csv_cell
 from notifications.models import Delivery
 from notifications.reporting.charts import svg_chart
@@ -67,13 +68,8 @@ def campaign_outcome(campaign: Campaign) -> dict:
     """One campaign's figures: recipients, the three reconciliation lines, deliveries."""
     recipients = CampaignRecipient.objects.filter(campaign=campaign)
     by_state = dict(recipients.order_by().values_list("state").annotate(n=Count("pk")))
-    reasons = (
-        recipients.filter(state=RecipientState.SKIPPED)
-        .order_by()
-        .values_list("reason")
-        .annotate(n=Count("pk"))
-        .order_by("-n")[:5]
-    )
+    # Skipped by the campaign, or found unreachable by the pipeline's channel selection.
+    reasons = sorted(Counter(unreached(campaign).values()).items(), key=lambda r: (-r[1], r[0]))[:5]
     first_day = timezone.localdate(campaign.started_at or timezone.now())
     last_day = timezone.localdate(campaign.completed_at) if campaign.completed_at else None
     recon = reconcile(

@@ -42,6 +42,8 @@ COMPOSED = (*HELD, CommState.REJECTED, *DISPATCHED)
 # Waiting here longer than the bound is stuck (awaiting approval waits for a person: not stuck).
 STUCK_STATES = (*IN_PROGRESS, CommState.COMPOSED, CommState.APPROVED, CommState.DISPATCHING)
 IN_FLIGHT = ("pending", "sending", "sent")
+# Undeliverable without any delivery: selection found no channel that could reach the customer.
+UNREACHED = "unreached"
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,11 @@ def reconcile(scope: Scope) -> dict:
     for row in _rows(scope):
         by_status[row["status"]] += row["count"]
         if row["status"] in DISPATCHED:
-            outcome_of_dispatched[row["outcome"]] += row["count"]
+            outcome = row["outcome"]
+            if not outcome and row["status"] == CommState.UNDELIVERABLE:
+                # Selection found no channel at composition: an outcome, not a missing delivery.
+                outcome = UNREACHED
+            outcome_of_dispatched[outcome] += row["count"]
     flt = StatFilter(start=scope.start, end=scope.end, source=scope.source, template=scope.template)
     extra = {"reference": scope.reference} if scope.reference else {}
 
@@ -140,6 +146,20 @@ def reconcile(scope: Scope) -> dict:
                 _outcome(figure, "Failed", "failed", outcome_of_dispatched["failed"]),
                 _outcome(figure, "Returned", RETURNED, outcome_of_dispatched[RETURNED]),
                 _outcome(figure, "In flight", ",".join(IN_FLIGHT), in_flight),
+                {
+                    **figure(
+                        "Undeliverable (no channel)",
+                        CommState.UNDELIVERABLE,
+                        outcome_of_dispatched[UNREACHED],
+                    ),
+                    "url": items_url(
+                        "communication",
+                        flt,
+                        states=CommState.UNDELIVERABLE,
+                        no_delivery="1",
+                        **extra,
+                    ),
+                },
             ],
         },
     ]

@@ -72,3 +72,40 @@ def test_operations_pause_a_sending_campaign_and_nothing_more_is_handed(
     assert campaigns.campaign_chunk_send(campaign.pk).handed == 0
     campaign.refresh_from_db()
     assert campaign.state == "paused"
+
+
+def test_compliance_edits_a_draft_and_a_bad_throttle_is_shown_at_its_field(
+    page: Page, login, author, campaign_factory
+):
+    # given a draft campaign
+    campaign = campaign_factory()
+    login(author)
+    page.goto(f"/campaigns/{campaign.pk}/")
+    page.get_by_role("link", name="Edit the draft").click()
+    # when the schedule, the window and a throttle the channel cannot have are entered
+    page.get_by_label("Send at").fill("2030-01-15T09:30")
+    page.get_by_label("Send window: from hour").fill("8")
+    page.get_by_label("Send window: until hour").fill("17")
+    page.get_by_label("Throttle").fill('{"email": 0}')
+    page.get_by_role("button", name="Save the changes").click()
+    # then the error is shown at the throttle field, tied to it, and nothing is saved
+    throttle = page.get_by_label("Throttle")
+    expect(throttle).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#id_throttle_error")).to_contain_text(
+        "whole number of messages per minute above 0"
+    )
+    expect(page.get_by_role("alert")).to_contain_text("Throttle")
+    campaign.refresh_from_db()
+    assert (campaign.throttle, campaign.window_start_hour) == ({}, None)
+    # when it is corrected (what was entered is still there) and saved
+    expect(page.get_by_label("Send window: from hour")).to_have_value("8")
+    throttle.fill('{"email": 600}')
+    page.get_by_role("button", name="Save the changes").click()
+    # then the campaign's page shows the saved draft
+    expect(page).to_have_url(f"{page.url.split('/campaigns/')[0]}/campaigns/{campaign.pk}/")
+    campaign.refresh_from_db()
+    assert campaign.throttle == {"email": 600}
+    assert (campaign.window_start_hour, campaign.window_end_hour) == (8, 17)
+    assert timezone.localtime(campaign.schedule_at).strftime("%Y-%m-%d %H:%M") == (
+        "2030-01-15 09:30"
+    )

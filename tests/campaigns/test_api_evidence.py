@@ -197,3 +197,67 @@ def test_a_pack_signed_under_another_key_is_not_taken_as_ours(api, approved, set
     check = evidence.evidence_verify(pack)
     assert not check.ok
     assert "which is not configured here" in check.problems[0]
+
+
+@pytest.fixture
+def signing_pair(settings, tmp_path):
+    """A self-signed development pair of this test's own (made on first use)."""
+    settings.CCM_EVIDENCE_SIGNING_DEV_DIR = tmp_path
+    settings.CCM_EVIDENCE_SIGNING_KEY = str(tmp_path / "key.pem")
+    settings.CCM_EVIDENCE_SIGNING_CERT = str(tmp_path / "cert.pem")
+    return tmp_path
+
+
+def test_the_report_carries_a_pades_signature_made_at_completion(
+    api, approved, ops, sync_tasks, signing_pair
+):
+    from pyhanko.pdf_utils.reader import PdfFileReader
+    from pyhanko.sign.validation import validate_pdf_signature
+    from pyhanko_certvalidator import ValidationContext
+
+    from documents import signing
+
+    # given a finished campaign
+    sync_tasks(campaigns.campaign_schedule, campaign=approved, by=ops)
+    approved.refresh_from_db()
+    # when its evidence is generated twice
+    first = api.get(f"/api/v1/campaigns/{approved.pk}/evidence").content
+    second = api.get(f"/api/v1/campaigns/{approved.pk}/evidence").content
+    # then the packs are the same bytes, signature and all
+    assert first == second
+    archive = zipfile.ZipFile(io.BytesIO(first))
+    report = archive.read("report.pdf")
+    # and pyHanko validates the report's signature against the configured certificate
+    [embedded] = PdfFileReader(io.BytesIO(report)).embedded_signatures
+    from asn1crypto import pem, x509
+
+    _, _, der = pem.unarmor((signing_pair / "cert.pem").read_bytes())
+    status = validate_pdf_signature(
+        embedded, ValidationContext(trust_roots=[x509.Certificate.load(der)])
+    )
+    assert (status.intact, status.valid, status.trusted) == (True, True, True)
+    assert status.coverage.name == "ENTIRE_FILE"
+    assert embedded.sig_object["/SubFilter"] == "/ETSI.CAdES.detached"
+    assert status.signer_reported_dt == approved.completed_at.replace(microsecond=0)
+    manifest = json.loads(archive.read("manifest.json"))
+    assert manifest["report_signature"]["signed_at"] == approved.completed_at.isoformat()
+    assert "development evidence signing" in manifest["report_signature"]["signer"]
+    # and a report changed after signing no longer verifies
+    forged = report.replace(b"Rate change", b"Rate chanGe", 1)
+    assert forged != report
+    check = signing.pdf_signature_check(forged)
+    assert check is not None
+    assert not check.ok
+
+
+def test_without_a_certificate_the_report_is_unsigned_and_says_so(
+    api, approved, ops, sync_tasks, settings
+):
+    settings.CCM_EVIDENCE_SIGNING_KEY = settings.CCM_EVIDENCE_SIGNING_CERT = ""
+    sync_tasks(campaigns.campaign_schedule, campaign=approved, by=ops)
+    archive = zipfile.ZipFile(
+        io.BytesIO(api.get(f"/api/v1/campaigns/{approved.pk}/evidence").content)
+    )
+    manifest = json.loads(archive.read("manifest.json"))
+    assert "are not set" in manifest["report_signature"]["unsigned"]
+    assert b"/ByteRange" not in archive.read("report.pdf")

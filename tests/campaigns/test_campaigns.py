@@ -135,7 +135,8 @@ def test_audience_is_frozen_and_an_opt_out_is_skipped_with_reason(
     # given a customer who joins the segment after approval
     make_customer(50, admin_user)
     # and a marketing-style opt-out is irrelevant to a regulatory notice, but an unreachable
-    # customer (their email removed) is skipped with the reason
+    # customer (their email removed) is not sent, with the reason: the pipeline's selection
+    # (the one that chooses every message's channels) finds nobody to send to
     customer = Customer.objects.get(external_ref="M-003")
     customer.contacts.update(valid=False)
     # when
@@ -147,11 +148,15 @@ def test_audience_is_frozen_and_an_opt_out_is_skipped_with_reason(
         r.customer.external_ref: r for r in approved.recipients.select_related("customer")
     }
     assert set(recipients) == {"M-000", "M-001", "M-002", "M-003"}
-    assert recipients["M-003"].state == "skipped"
-    assert recipients["M-003"].reason.startswith("unreachable: ")
+    unreachable = recipients["M-003"]
+    assert unreachable.communication.state == "undeliverable"
+    reasons = selectors.unreached(approved)
+    assert list(reasons) == [unreachable.pk]
+    assert reasons[unreachable.pk].startswith("unreachable: email: no valid email address; ")
     sent_to = sorted(m.to[0].split("<")[1].rstrip(">") for m in mail.outbox)
     assert sent_to == ["c0@example.org", "c1@example.org", "c2@example.org"]
-    assert Communication.objects.filter(source="campaign").count() == 3
+    # one communication per customer of the frozen audience, none for the newcomer
+    assert Communication.objects.filter(source="campaign").count() == 4
 
 
 def test_marketing_opt_out_after_approval_is_skipped(
@@ -184,9 +189,11 @@ def test_marketing_opt_out_after_approval_is_skipped(
     campaign.refresh_from_db()
     sync_tasks(campaigns.campaign_schedule, campaign=campaign, by=ops)
     # then
-    skipped = CampaignRecipient.objects.get(campaign=campaign, customer=mortgage_customers[1])
-    assert skipped.state == "skipped"
-    assert skipped.reason.startswith("opted out of marketing since approval")
+    opted_out = CampaignRecipient.objects.get(campaign=campaign, customer=mortgage_customers[1])
+    assert opted_out.communication.state == "undeliverable"
+    reasons = selectors.unreached(campaign)
+    assert list(reasons) == [opted_out.pk]
+    assert reasons[opted_out.pk].startswith("opted out of marketing since approval")
     assert len(mail.outbox) == 3
 
 

@@ -83,21 +83,26 @@ def test_the_campaign_outcome_report_tells_what_became_of_each_audience(approved
     assert f"Campaign outcome: {today:%d %b %Y}" in text
     assert "Rate change" in text
     assert "What became of each campaign" in text  # the chart's title
-    assert "unreachable" in text  # why the fourth customer was skipped
+    assert "unreachable" in text  # why the fourth customer got nothing
     assert re.search(r"4\s+customers in their\s+audiences", text)
     assert re.search(r"every item\s+accounted\s+for", text)
     # and a CSV with one line per campaign
     [row] = list(csv.DictReader(io.StringIO(run.csv_file.read().decode())))
+    # (the unreachable customer's communication is undeliverable: the pipeline's selection,
+    # the one that chooses every message's channels, found none)
     assert (row["campaign"], row["audience"], row["handed"], row["skipped"]) == (
         "Rate change",
         "4",
-        "3",
-        "1",
+        "4",
+        "0",
     )
-    assert (row["requested"], row["reconciled"]) == ("3", "yes")
+    assert (row["requested"], row["reconciled"]) == ("4", "yes")
     # which matches reconciling the campaign by its reference
     result = reconcile(Scope(start=today, end=today, reference=approved.reference))
-    assert result["lines"][0]["total"]["count"] == 3
+    assert result["lines"][0]["total"]["count"] == 4
+    parts = {p["label"]: p["count"] for p in result["lines"][2]["parts"]}
+    assert parts["Undeliverable (no channel)"] == 1
+    assert result["balanced"]
 
 
 def test_a_campaign_outcome_report_takes_only_a_campaign_filter(db):

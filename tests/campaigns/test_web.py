@@ -97,3 +97,17 @@ def test_author_edits_a_draft_on_its_page(client, author, segment, document_read
     assert (
         "in each customer's time zone" in client.get(f"/campaigns/{campaign.pk}/").content.decode()
     )
+
+
+def test_the_segment_page_shows_the_campaign_sign_offs_that_cover_its_audience(
+    client, ops, approved
+):
+    # given a campaign approved on the segment's audience
+    client.force_login(ops)
+    # when the segment's page is opened
+    html = client.get(f"/campaigns/segments/{approved.segment_id}/").content.decode()
+    # then it says who signed which exact audience of this version
+    assert "A segment is not approved on its own" in html
+    assert f'href="/campaigns/{approved.pk}/"' in html
+    assert "by rory" in html
+    assert approved.audience_hash[:16] in html
