@@ -156,12 +156,12 @@ VALUES ('Bench segment', 1, '', '{}', now());
 
 INSERT INTO notifications_campaign (name, category, data_source, data_csv, throttle, state,
     created_at, updated_at, audience_hash, audience_count, segment_snapshot, channel_plan, note,
-    created_by_id, template_version_id, segment_id)
+    created_by_id, template_version_id, segment_id, window_zone)
 SELECT 'Campaign ' || m, (ARRAY['regulatory','service','marketing'])[1 + m % 3], 'none', '', '{}',
        (ARRAY['completed','completed','draft','in_review','scheduled','cancelled'])[1 + m % 6],
        now() - make_interval(days => m), now(), '', 1000, '{}', '{}', '', __AUTHOR__,
        (SELECT min(id) FROM documents_templateversion WHERE state = 'published'),
-       (SELECT min(id) FROM notifications_segment)
+       (SELECT min(id) FROM notifications_segment), 'business'
 FROM generate_series(1, __CAMPAIGNS__) AS m;
 
 -- Pending sign-offs of draft template versions (the review queue).
