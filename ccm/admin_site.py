@@ -7,6 +7,7 @@ from django.contrib import admin
 from django.contrib.admin import helpers
 from django.contrib.admin.apps import AdminConfig
 from django.http import HttpRequest
+from django.utils.functional import SimpleLazyObject
 
 # The request an admin view is answering, for the read-only field links below (Django's
 # AdminReadonlyField is not given the request).
@@ -39,6 +40,26 @@ class CcmAdminSite(admin.AdminSite):
     site_title = "CCM"
     index_title = "Customer communications"
     login_template = "registration/login.html"
+    # No sidebar of every model on every page: building and drawing it (a permission check and
+    # two URLs for each of ~60 models) was a seventh of a changelist's time, and the admin's
+    # index and the site's navigation already list where to go.
+    enable_nav_sidebar = False
+
+    def each_context(self, request):
+        """Django's, with `available_apps` built only if a page shows it (the sidebar did; the
+        index builds its own list): Django's builds it for every page."""
+        script_name = request.META["SCRIPT_NAME"]
+        site_url = script_name if self.site_url == "/" and script_name else self.site_url
+        return {
+            "site_title": self.site_title,
+            "site_header": self.site_header,
+            "site_url": site_url,
+            "has_permission": self.has_permission(request),
+            "available_apps": SimpleLazyObject(lambda: self.get_app_list(request)),
+            "is_popup": False,
+            "is_nav_sidebar_enabled": self.enable_nav_sidebar,
+            "log_entries": self.get_log_entries(request),
+        }
 
     def admin_view(self, view, cacheable=False):
         inner = super().admin_view(view, cacheable)

@@ -12,6 +12,7 @@ def _summary(user) -> dict:
     return {
         "counts": {w["key"]: w["count"] for w in waiting},
         "unread": notices.unread_count(user),
+        "cap": notices.WORK_COUNT_CAP,
     }
 
 

@@ -15,16 +15,24 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin
+from django.contrib.admin import helpers
+from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import Model, QuerySet
+from django.urls import reverse
 from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
+from django.utils.translation import gettext as _
 
 from ccm.search import search_term
 
 # Up to here a list's count is exact; beyond it, an estimate ("about 1,000,000").
 EXACT_COUNT_LIMIT = 10_000
+# Stands for a row's primary key in its change URL, resolved once a page.
+_PK = "0ccm-pk0"
 # A filter offering more values than this is no use as a list of links.
 DISTINCT_VALUES_LIMIT = 200
 
@@ -35,9 +43,15 @@ def estimated_count(queryset: QuerySet) -> int:
     return int(plan[0]["Plan"]["Plan Rows"])
 
 
+def capped_count(queryset: QuerySet, cap: int) -> int:
+    """How many rows, counted up to `cap` + 1 (reading at most that many index entries): a
+    result above `cap` means "more than `cap`", as a badge shows it ("99+")."""
+    return queryset.order_by()[: cap + 1].count()
+
+
 def limited_count(queryset: QuerySet, limit: int = EXACT_COUNT_LIMIT) -> int:
     """The exact count up to `limit`; past it, the planner's estimate (at least `limit` + 1)."""
-    exact = queryset.order_by()[: limit + 1].count()
+    exact = capped_count(queryset, limit)
     if exact <= limit:
         return exact
     return max(estimated_count(queryset), limit + 1)
@@ -88,6 +102,22 @@ class ScaledChangeList(ChangeList):
         queryset = super().get_queryset(request, exclude_parameters)
         return queryset.defer(*getattr(self.model_admin, "list_defer", ()))
 
+    @cached_property
+    def _change_url(self) -> tuple[str, str]:
+        url = reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+            args=(_PK,),
+            current_app=self.model_admin.admin_site.name,
+        )
+        before, _pk, after = url.partition(_PK)
+        return before, after
+
+    def url_for_result(self, result) -> str:
+        """Django's link to a row's change page, with the URL resolved once a page rather
+        than once a row (a sixth of the rows' time)."""
+        before, after = self._change_url
+        return before + str(quote(getattr(result, self.pk_attname))) + after
+
 
 class ScaledListAdmin(admin.ModelAdmin):
     """A changelist for a table of millions: no whole-table count (neither the paginator's nor
@@ -102,6 +132,17 @@ class ScaledListAdmin(admin.ModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return ScaledChangeList
+
+    @admin.display(description=mark_safe('<input type="checkbox" id="action-toggle">'))
+    def action_checkbox(self, obj):
+        """Django's row checkbox, the same markup written out: Django renders a form widget
+        through the template engine for every row, which cost a third of a page's rows."""
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            obj.pk,
+            format_html(_("Select this object for an action - {}"), str(obj)),
+        )
 
     def search_pks(self, term: str) -> QuerySet:
         """The primary keys matching `term`: a UNION of indexed lookups (ccm/search.py).

@@ -14,14 +14,18 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Q
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from ccm import signals
+from ccm.lists import capped_count
 from ccm.models import Approval, ApprovalState, Notice, NoticeSettings
 
 PAGE_SIZE = 50
+# Navigation badges count up to here and then say "99+": a count that reads at most this many
+# index entries costs the same with a hundred or a hundred thousand open cases.
+WORK_COUNT_CAP = 99
 
 
 @transaction.atomic
@@ -51,7 +55,8 @@ def notices_mark_read(*, user, ids: list[int] | None = None) -> int:
 
 
 def unread_count(user) -> int:
-    return Notice.objects.filter(user=user, read_at__isnull=True).count()
+    """Unread notices, counted up to WORK_COUNT_CAP + 1."""
+    return capped_count(Notice.objects.filter(user=user, read_at__isnull=True), WORK_COUNT_CAP)
 
 
 def digest_set(*, user, daily: bool) -> NoticeSettings:
@@ -69,7 +74,8 @@ def digest_wanted(user) -> bool:
 @dataclass(frozen=True)
 class WorkCount:
     """One kind of work that waits for a person, counted for the navigation and the digest.
-    `count(user)` must be one cheap, indexed query."""
+    `count(user)` must be one cheap, indexed query, counting up to WORK_COUNT_CAP + 1
+    (`ccm.lists.capped_count`): more than the cap is shown as "99+"."""
 
     key: str
     title: str
@@ -110,14 +116,13 @@ def _approvals_waiting(user, *, releases: bool) -> int:
     for kind in kinds:
         app_label, _, model = kind.partition(".")
         match |= Q(subject_type__app_label=app_label, subject_type__model=model)
-    counted = (
+    pending = (
         Approval.objects.filter(state=ApprovalState.PENDING)
         .exclude(requested_by=user)
         .exclude(author=user)
         .filter(match)
-        .aggregate(n=Count("id"))
     )
-    return counted["n"]
+    return capped_count(pending, WORK_COUNT_CAP)
 
 
 register_work_count(

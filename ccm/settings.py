@@ -545,10 +545,12 @@ CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
 # Printed above the recipient on print cover sheets, so undeliverable letters come back to us.
 CCM_PRINT_RETURN_ADDRESS = env.str("CCM_PRINT_RETURN_ADDRESS", default="")
 # The mail house's control mark on every cover sheet, which its inserter reads to check that each
-# envelope holds the right letter and number of pages (notifications/channels/printstream.py):
-# "qr" or "none"; the text it carries (fields: batch, sequence, items, pages = the document's pages,
-# sheets = pages in the envelope, the cover sheet included); and where it sits on the A4 cover
-# sheet, "left,top,size" in millimetres (clear of the address window, 20-108 mm by 45-83 mm).
+# envelope holds the right letter and number of pages (notifications/channels/printstream.py): "qr",
+# "datamatrix", "omr" (a track of marks with the sequence and sheets) or "none"; the text a 2D
+# code carries, also printed beside the mark (fields: batch, sequence, items, pages = the
+# document's pages, sheets = pages in the envelope, the cover sheet included); and where it sits
+# on the A4 cover sheet, "left,top,size" in millimetres (clear of the address window, 20-108 mm
+# by 45-83 mm; for OMR, size is the length of a mark and the track runs 115 mm down from top).
 CCM_PRINT_CONTROL_MARK = env.str("CCM_PRINT_CONTROL_MARK", default="qr")
 CCM_PRINT_CONTROL_MARK_FORMAT = env.str(
     "CCM_PRINT_CONTROL_MARK_FORMAT", default="CCM1|{batch}|{sequence}|{items}|{sheets}"

@@ -25,6 +25,34 @@ def staff_only(*perms: str):
     return decorate
 
 
+def confirmed(request) -> bool:
+    """Whether an irreversible action's POST comes back from its confirmation page."""
+    return request.POST.get("confirm") == "yes"
+
+
+def confirm_page(
+    request,
+    *,
+    question: str,
+    consequences: list[str],
+    yes: str,
+    back_url: str,
+    carry: dict[str, str] | None = None,
+):
+    """The page an irreversible action shows before doing it: what will happen, and a form that
+    posts the same fields (`carry`) back to the same URL with `confirm=yes`. Nothing is done
+    until that form comes back, with or without JavaScript."""
+    context = {
+        "question": question,
+        "consequences": consequences,
+        "yes": yes,
+        "back_url": back_url,
+        "action": request.path,
+        "carry": sorted((carry or {}).items()),
+    }
+    return render(request, "confirm.html", context)
+
+
 @require_GET
 @never_cache
 def healthz(request):

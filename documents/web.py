@@ -23,7 +23,7 @@ from django_fsm import TransitionNotAllowed
 
 from ccm import approvals
 from ccm.review import sandboxed_html
-from ccm.views import staff_only
+from ccm.views import confirmed, staff_only
 from documents import authoring, services
 from documents import bundle as bundles
 from documents.composition import CompositionError
@@ -290,7 +290,7 @@ def version_publish(request: HttpRequest, pk: int) -> HttpResponse:
     and asks; only its confirmed POST publishes."""
     version = _version(pk)
     live = version.template.published_version
-    if request.method == "POST" and request.POST.get("confirm") == "yes":
+    if request.method == "POST" and confirmed(request):
         try:
             services.template_version_publish(version=version, by=request.user)
         except REFUSALS as exc:

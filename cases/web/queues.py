@@ -23,7 +23,8 @@ from cases.models import (
     open_exceptions,
     priority_rank,
 )
-from ccm.lists import limited_count
+from ccm import notices
+from ccm.lists import capped_count, limited_count
 
 MY_CASES, UNASSIGNED = "mine", "unassigned"
 QUEUES = [MY_CASES, UNASSIGNED, *Team.values]
@@ -91,11 +92,16 @@ def exception_queue(*, kind: str = "") -> QuerySet[Case]:
 
 
 def my_open_cases_count(user) -> int:
-    return Case.objects.filter(assignee=user, state__in=OPEN_STATES).count()
+    return capped_count(
+        Case.objects.filter(assignee=user, state__in=OPEN_STATES), notices.WORK_COUNT_CAP
+    )
 
 
 def open_exceptions_count(user) -> int:
-    return Case.objects.filter(case_type=CaseType.EXCEPTION, state__in=OPEN_STATES).count()
+    return capped_count(
+        Case.objects.filter(case_type=CaseType.EXCEPTION, state__in=OPEN_STATES),
+        notices.WORK_COUNT_CAP,
+    )
 
 
 # Age buckets of the dashboard's exception panel: (label, from days, to days).

@@ -12,9 +12,11 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ccm.forms import AccessibleForm
+from ccm.views import confirm_page, confirmed
 from documents.models import Category, Template
 from notifications.campaigns import api, selectors, services
 from notifications.campaigns.models import (
@@ -380,8 +382,22 @@ def campaign_action(request: HttpRequest, pk: int, action: str) -> HttpResponse:
     if not request.user.has_perm(permission):
         context["error"] = "Your role may not do this with campaigns."
         return render(request, "campaigns/detail.html", context, status=403)
+    reason = request.POST.get("reason", "").strip()
+    if action == "cancel" and context["can"]["cancel"] and not confirmed(request):
+        return confirm_page(
+            request,
+            question=f"Cancel the campaign {campaign.name}?",
+            consequences=[
+                *([f"Why: {reason}"] if reason else []),
+                "Recipients still waiting are skipped, and messages not yet handed to a "
+                "provider are cancelled. What a provider already has cannot be called back.",
+            ],
+            yes="Yes, cancel the campaign",
+            back_url=reverse("campaign-detail", args=[campaign.pk]),
+            carry={"reason": reason},
+        )
     try:
-        run(campaign, request.user, request.POST.get("reason", "").strip())
+        run(campaign, request.user, reason)
     except services.CampaignError as exc:
         campaign.refresh_from_db()
         context = _story(campaign)

@@ -66,7 +66,12 @@ def digest_text(user) -> str | None:
         return None
     base = settings.CCM_PUBLIC_BASE_URL.rstrip("/")
     lines = ["What waits for you in CCM today:", ""]
-    lines += [f"- {w['title']}: {w['count']} ({base}{w['url']})" for w in waiting]
+    cap = notices.WORK_COUNT_CAP
+    lines += [
+        f"- {w['title']}: {w['count'] if w['count'] <= cap else f'more than {cap}'} "
+        f"({base}{w['url']})"
+        for w in waiting
+    ]
     if unread:
         lines += ["", f"Unread notices ({len(unread)}):"]
         lines += [f"- {n.title}" for n in unread]

@@ -1,8 +1,9 @@
 """The print stream and manifest of a batch: what the mail house prints and checks.
 
 The stream is one PDF: for every item in sequence, a cover sheet (its address shows through the
-window of a DL/C5 envelope, and the mail house's control mark, a QR code naming the batch, the
-sequence and the pages in the envelope, lets its inserter check every envelope) followed by the
+window of a DL/C5 envelope, and the mail house's control mark, a QR or DataMatrix code naming
+the batch, the sequence and the pages in the envelope, or OMR marks with the sequence and the
+sheets, lets its inserter check every envelope) followed by the
 archived document, whose bytes are checked against
 the SHA-256 recorded when it was archived. The manifest is a CSV with one row per item.
 
@@ -14,10 +15,12 @@ rendered a chunk at a time.
 
 from __future__ import annotations
 
+import base64
 import csv
 import gc
 import hashlib
 import io
+import re
 import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -29,6 +32,7 @@ from typing import IO, Any
 import pypdf
 import segno
 import weasyprint
+import zxingcpp
 from django.conf import settings
 from django.db.models import QuerySet
 from pypdf.errors import PyPdfError
@@ -259,14 +263,64 @@ body { font-family: "Liberation Sans", "DejaVu Sans", sans-serif; color: #000 }
 .run td { padding: 0.6mm 0 }
 .mark { position: absolute; display: block }
 .mark-text { position: absolute; font-size: 6pt; white-space: nowrap }
+.omr { position: absolute; background: #000 }
 """
-CONTROL_MARKS = ("qr", "none")
+CONTROL_MARKS = ("qr", "datamatrix", "omr", "none")
+
+# OMR marks: a track of dashes down the sheet, one position every 1/6 inch (the usual inserter
+# read-head pitch), each mark `size` mm long and OMR_THICKNESS_MM thick. Positions, top first:
+#   0          start mark (always dark)
+#   1 - 8      sheets in the envelope, cover sheet included (binary, most significant first)
+#   9 - 24     sequence in the batch, modulo 65,536 (binary, most significant first)
+#   25         parity: dark when that makes the number of dark marks from 0 to 25 even
+#   26         stop mark (always dark)
+OMR_PITCH_MM = 25.4 / 6
+OMR_THICKNESS_MM = 0.6
+OMR_SHEET_BITS = 8
+OMR_SEQUENCE_BITS = 16
+
+
+def omr_marks(*, sequence: int, sheets: int) -> list[bool]:
+    """Which OMR positions are dark for one envelope (the layout above)."""
+    if not 1 <= sheets < 2**OMR_SHEET_BITS:
+        raise PrintError(
+            f"An envelope of {sheets} sheets cannot be marked with OMR (at most "
+            f"{2**OMR_SHEET_BITS - 1})",
+            code="control_mark_setting",
+        )
+
+    def bits(value: int, width: int) -> list[bool]:
+        return [bool(value >> shift & 1) for shift in range(width - 1, -1, -1)]
+
+    data = [
+        True,
+        *bits(sheets, OMR_SHEET_BITS),
+        *bits(sequence % 2**OMR_SEQUENCE_BITS, OMR_SEQUENCE_BITS),
+    ]
+    return [*data, sum(data) % 2 == 1, True]
+
+
+def _datamatrix_svg_uri(payload: str) -> str:
+    """A DataMatrix (ECC 200) symbol as a vector image, with a quiet zone of one module."""
+    svg = zxingcpp.create_barcode(payload, zxingcpp.BarcodeFormat.DataMatrix).to_svg(
+        add_quiet_zones=True
+    )
+    # Zint writes width and height in modules but no viewBox: without one the symbol would not
+    # scale to the mark's size.
+    svg = re.sub(
+        r'<svg width="(\d+)" height="(\d+)"',
+        r'<svg viewBox="0 0 \1 \2" width="\1" height="\2" shape-rendering="crispEdges"',
+        svg,
+        count=1,
+    )
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode()
 
 
 @dataclass(frozen=True)
 class ControlMark:
     """The mail house's control mark (settings CCM_PRINT_CONTROL_MARK*): what it encodes for an
-    envelope, and where it sits on the cover sheet."""
+    envelope, and where it sits on the cover sheet. A 2D code (QR or DataMatrix) carries the
+    text of `payload`; OMR marks carry the sequence and the sheets in the envelope."""
 
     kind: str
     template: str
@@ -305,11 +359,25 @@ class ControlMark:
                 code="control_mark_setting",
             ) from exc
 
-    def html(self, payload: str) -> str:
+    def html(self, payload: str, *, sequence: int, sheets: int) -> str:
         if self.kind == "none":
             return ""
-        # Vector modules, with the quiet zone the standard asks for (4 modules) kept white.
-        uri = segno.make_qr(payload, error="m").svg_data_uri(border=4)
+        if self.kind == "omr":
+            dashes = "".join(
+                f'<div class="omr" style="left: {self.left_mm}mm; '
+                f"top: {self.top_mm + i * OMR_PITCH_MM:.3f}mm; width: {self.size_mm}mm; "
+                f'height: {OMR_THICKNESS_MM}mm"></div>'
+                for i, dark in enumerate(omr_marks(sequence=sequence, sheets=sheets))
+                if dark
+            )
+            track = (1 + OMR_SHEET_BITS + OMR_SEQUENCE_BITS + 2) * OMR_PITCH_MM
+            below = f"left: {self.left_mm}mm; top: {self.top_mm + track:.3f}mm"
+            return f'{dashes}<div class="mark-text" style="{below}">{escape(payload)}</div>'
+        if self.kind == "datamatrix":
+            uri = _datamatrix_svg_uri(payload)
+        else:
+            # Vector modules, with the quiet zone the standard asks for (4 modules) kept white.
+            uri = segno.make_qr(payload, error="m").svg_data_uri(border=4)
         place = f"left: {self.left_mm}mm; top: {self.top_mm}mm"
         below = f"left: {self.left_mm}mm; top: {self.top_mm + self.size_mm + 0.5}mm"
         return (
@@ -327,7 +395,7 @@ def _cover_html(
     payload = mark.payload(batch=reference, sequence=item.sequence, items=total, pages=item.pages)
     return (
         '<section class="sheet">'
-        f"{mark.html(payload)}"
+        f"{mark.html(payload, sequence=item.sequence, sheets=item.pages + 1)}"
         f'<div class="window">{returns}<div class="recipient">{lines}</div></div>'
         '<div class="run">'
         f'<p class="ref">{escape(reference)} / {item.sequence}</p>'

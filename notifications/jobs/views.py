@@ -20,13 +20,14 @@ from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from ccm.forms import AccessibleForm
 from ccm.lists import CountLimitedPaginator
-from ccm.views import staff_only
+from ccm.views import confirm_page, confirmed, staff_only
 from documents import selectors as document_selectors
 from documents import services as documents
 from documents.composition import CompositionError
@@ -235,6 +236,20 @@ def job_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     form = CancelForm(request.POST)
     if not form.is_valid():
         return _detail(request, job, cancel_form=form, status=400)
+    if not confirmed(request):
+        return confirm_page(
+            request,
+            question=f"Cancel job {job.pk}?",
+            consequences=[
+                f"Why: {form.cleaned_data['reason']}",
+                "Rows not yet handed to the pipeline are never sent, and communications not yet "
+                "being dispatched are cancelled. What a provider already has cannot be called "
+                "back.",
+            ],
+            yes=f"Yes, cancel job {job.pk}",
+            back_url=reverse("jobs-detail", args=[job.pk]),
+            carry={"reason": form.cleaned_data["reason"]},
+        )
     try:
         services.send_job_cancel(job=job, by=request.user, reason=form.cleaned_data["reason"])
     except services.JobError as exc:

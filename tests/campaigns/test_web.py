@@ -48,6 +48,29 @@ def test_campaign_page_tells_the_story_and_refuses_a_wrong_move(client, ops, app
     assert client.get("/campaigns/?state=nonsense").status_code == 400
 
 
+def test_cancel_asks_first_and_cancels_only_when_confirmed(client, ops, approved):
+    client.force_login(ops)
+    # when ops press Cancel with a reason
+    asked = client.post(f"/campaigns/{approved.pk}/cancel/", {"reason": "Wrong rate"})
+    # then a page says what will happen and carries the reason; nothing is cancelled yet
+    html = asked.content.decode()
+    assert asked.status_code == 200
+    assert "Cancel the campaign Rate change?" in html
+    assert "Why: Wrong rate" in html
+    assert 'name="reason" value="Wrong rate"' in html
+    assert 'name="confirm" value="yes"' in html
+    approved.refresh_from_db()
+    assert approved.state == "approved"
+    # when they confirm on that page
+    done = client.post(
+        f"/campaigns/{approved.pk}/cancel/", {"reason": "Wrong rate", "confirm": "yes"}
+    )
+    assert done.status_code == 302
+    approved.refresh_from_db()
+    assert approved.state == "cancelled"
+    assert approved.note == "Wrong rate"
+
+
 def test_progress_json_for_the_polling_bar(client, ops, approved):
     client.force_login(ops)
     progress = client.get(f"/campaigns/{approved.pk}/progress.json").json()

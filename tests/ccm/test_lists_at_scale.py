@@ -144,6 +144,28 @@ def test_every_list_reads_as_many_statements_for_50_rows_as_for_5(client, world,
 
 
 @pytest.mark.django_db
+def test_changelist_rows_link_and_select_as_djangos_do_without_the_model_sidebar(
+    client, world, admin_user
+):
+    from django.urls import reverse
+
+    client.force_login(admin_user)
+    grow(world, 3)
+
+    html = client.get("/admin/cases/case/").content.decode()
+
+    for case in Case.objects.all():
+        assert f'href="{reverse("admin:cases_case_change", args=[case.pk])}"' in html
+        assert (
+            f'<input type="checkbox" name="_selected_action" value="{case.pk}" '
+            f'class="action-select" aria-label="Select this object for an action - {case}">'
+        ) in html
+    assert 'id="action-toggle"' in html
+    # the list of every model is not drawn (nor built) on a list page
+    assert 'id="nav-sidebar"' not in html
+
+
+@pytest.mark.django_db
 def test_changelists_never_count_a_whole_table(client, world, admin_user):
     # given more rows than a list counts exactly
     client.force_login(admin_user)

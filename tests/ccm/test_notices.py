@@ -92,6 +92,28 @@ def test_navigation_counts_what_waits_with_one_query_per_kind(
     assert "Exceptions" in page
 
 
+def test_a_navigation_count_past_the_cap_says_cap_plus_and_reads_no_further(
+    author, reviewer, client, monkeypatch
+):
+    from ccm import notices
+
+    # given more sign-offs waiting than a badge counts
+    monkeypatch.setattr(notices, "WORK_COUNT_CAP", 3)
+    for n in range(5):
+        version_submitted(author=author, code=f"letter-{n}")
+    client.force_login(reviewer)
+
+    # when a page with the navigation is opened
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get("/notices/").content.decode()
+
+    # then the badge says "3+", counted over at most 4 rows
+    assert '<span class="badge">3+<span class="visually-hidden"> sign-offs</span>' in page
+    counts = [q["sql"] for q in queries if "ccm_approval" in q["sql"] and "COUNT(" in q["sql"]]
+    assert counts
+    assert all("LIMIT 4" in sql for sql in counts)
+
+
 def test_the_daily_digest_is_opt_in_and_sent_once_a_day(author, reviewer, client, sync_tasks):
     # given a reviewer with work waiting, who opts in on the notices page
     reviewer.email = "rita@example.org"

@@ -141,7 +141,16 @@ def test_cancel_stops_what_was_not_handed_over(client, ops, letter, customers):
     client.post(f"/jobs/{job.pk}/send/", {"when": "now"})
     # one chunk handed over (communications received), the task not run yet
     job_services._rows_submit(job, list(SendJobItem.objects.filter(job=job)[:1]))
-    response = client.post(f"/jobs/{job.pk}/cancel/", {"reason": "wrong tariff"})
+    # the first press asks, saying what happens; nothing is cancelled yet
+    asked = client.post(f"/jobs/{job.pk}/cancel/", {"reason": "wrong tariff"})
+    assert asked.status_code == 200
+    assert f"Cancel job {job.pk}?" in asked.content.decode()
+    assert 'name="reason" value="wrong tariff"' in asked.content.decode()
+    job.refresh_from_db()
+    assert job.state != JobState.CANCELLED
+    assert set(Communication.objects.values_list("state", flat=True)) == {"received"}
+    # the confirmed one cancels
+    response = client.post(f"/jobs/{job.pk}/cancel/", {"reason": "wrong tariff", "confirm": "yes"})
     assert response.status_code == 302
     job.refresh_from_db()
     assert job.state == JobState.CANCELLED

@@ -10,6 +10,7 @@ import hashlib
 import io
 import tempfile
 import threading
+from collections.abc import Iterator
 
 import pypdf
 import pytest
@@ -23,7 +24,7 @@ from documents import services as documents
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications import signals
-from notifications.channels import PermanentSendError, TransientSendError, printing
+from notifications.channels import PermanentSendError, TransientSendError, printing, printstream
 from notifications.channels.print import PrintBackend
 from notifications.channels.printing import PrintError
 from notifications.channels.printstream import PdfStreamWriter
@@ -911,28 +912,68 @@ def test_a_refused_close_leaves_no_progress_behind(letters, ops, progress_rows_c
 # --- the mail house's control mark on the cover sheet ------------------------------------------
 
 
-def read_marks(stream: bytes, page_numbers: list[int]) -> list[str]:
-    """The QR codes on these pages (1-based), read from the printed picture of the page."""
+PICTURE_DPI = 200
+
+
+def page_pictures(stream: bytes, page_numbers: list[int]) -> Iterator:
+    """These pages (1-based) as printed: greyscale pictures drawn by pdftoppm."""
     import subprocess
 
-    import zxingcpp
     from PIL import Image
 
-    texts = []
     with tempfile.TemporaryDirectory() as folder:
         pdf = f"{folder}/stream.pdf"
         with open(pdf, "wb") as fh:
             fh.write(stream)
         for number in page_numbers:
             subprocess.run(
-                ["pdftoppm", "-r", "200", "-gray", "-png", "-singlefile", "-f", str(number),
-                 "-l", str(number), pdf, f"{folder}/page"],
+                ["pdftoppm", "-r", str(PICTURE_DPI), "-gray", "-png", "-singlefile", "-f",
+                 str(number), "-l", str(number), pdf, f"{folder}/page"],
                 check=True,
             )  # fmt: skip
             with Image.open(f"{folder}/page.png") as image:
-                found = zxingcpp.read_barcodes(image, formats=zxingcpp.BarcodeFormat.QRCode)
-            texts += [barcode.text for barcode in found]
-    return texts
+                yield image
+
+
+def read_marks(stream: bytes, page_numbers: list[int], kind: str = "QRCode") -> list[str]:
+    """The 2D codes (QR, DataMatrix) on these pages, read from the printed picture of the page."""
+    import zxingcpp
+
+    wanted = getattr(zxingcpp.BarcodeFormat, kind)
+    return [
+        barcode.text
+        for image in page_pictures(stream, page_numbers)
+        for barcode in zxingcpp.read_barcodes(image, formats=wanted)
+    ]
+
+
+def read_omr(stream: bytes, page_numbers: list[int], *, left: float, top: float, length: float):
+    """The OMR track on these pages, measured on the printed picture: at each position of the
+    documented layout (a mark every 1/6 inch from `top`, `length` mm long at `left`), whether
+    the strip there is dark; decoded to (sequence, sheets) after checking the start, stop and
+    parity marks."""
+    from PIL import ImageStat
+
+    px = PICTURE_DPI / 25.4
+    found = []
+    for image in page_pictures(stream, page_numbers):
+        dark = []
+        for position in range(27):
+            y = (top + position * 25.4 / 6 + 0.3) * px  # the middle of a 0.6 mm mark
+            box = (
+                round((left + 1) * px),
+                round(y - 1),
+                round((left + length - 1) * px),
+                round(y + 2),
+            )
+            dark.append(ImageStat.Stat(image.convert("L").crop(box)).mean[0] < 100)
+        assert dark[0], f"no start or stop mark: {dark}"
+        assert dark[26], f"no start or stop mark: {dark}"
+        assert sum(dark[:26]) % 2 == 0, f"parity fails: {dark}"
+        sheets = int("".join("1" if d else "0" for d in dark[1:9]), 2)
+        sequence = int("".join("1" if d else "0" for d in dark[9:25]), 2)
+        found.append((sequence, sheets))
+    return found
 
 
 def test_the_cover_sheet_carries_the_return_address_and_a_mark_with_sequence_and_pages(
@@ -958,6 +999,55 @@ def test_the_cover_sheet_carries_the_return_address_and_a_mark_with_sequence_and
     assert "Northwind, PO Box 4410, Leeds LS1 9ZZ" in stream.pages[0].extract_text()
     # and the manifest agrees with the mark
     assert [int(row["pages"]) + 1 for row in manifest_of(batch)] == [p + 1 for p in pages]
+
+
+def test_a_datamatrix_mark_reads_back_with_sequence_and_pages(letters, ops, settings):
+    # given a mail house whose inserter reads DataMatrix
+    settings.CCM_PRINT_CONTROL_MARK = "datamatrix"
+    settings.CCM_PRINT_CONTROL_MARK_AT = "175,14,16"
+
+    # when the batch is closed
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+
+    # then each cover sheet's DataMatrix, read from the printed page, names its envelope
+    pages = [c.document.page_count for c in letters]
+    covers = [1, 2 + pages[0]]
+    data = stored_bytes(batch.stream)
+    assert read_marks(data, covers, "DataMatrix") == [
+        f"CCM1|batch-{batch.pk}|1|2|{pages[0] + 1}",
+        f"CCM1|batch-{batch.pk}|2|2|{pages[1] + 1}",
+    ]
+    assert read_marks(data, covers, "QRCode") == []
+
+
+def test_omr_marks_measure_back_to_sequence_and_sheets(letters, ops, settings):
+    # given a mail house whose inserter reads OMR marks down the left edge
+    settings.CCM_PRINT_CONTROL_MARK = "omr"
+    settings.CCM_PRINT_CONTROL_MARK_AT = "6,100,12"
+
+    # when the batch is closed
+    batch = printing.print_batch_close(batch=open_batch(), by=ops)
+
+    # then the dark marks measured at their positions on each printed cover sheet give the
+    # sequence and the sheets in the envelope (cover included), with start, stop and parity
+    pages = [c.document.page_count for c in letters]
+    covers = [1, 2 + pages[0]]
+    assert read_omr(stored_bytes(batch.stream), covers, left=6, top=100, length=12) == [
+        (1, pages[0] + 1),
+        (2, pages[1] + 1),
+    ]
+    # and the document pages carry no marks there
+    with pytest.raises(AssertionError, match="no start or stop mark"):
+        read_omr(stored_bytes(batch.stream), [2], left=6, top=100, length=12)
+
+
+def test_omr_layout_of_one_envelope():
+    # sequence 5 (0…0101), 3 sheets (00000011): start, the bits, parity, stop
+    marks = printstream.omr_marks(sequence=5, sheets=3)
+    bits = "".join("1" if m else "0" for m in marks)
+    assert bits == "1" + "00000011" + "0000000000000101" + "1" + "1"
+    with pytest.raises(PrintError, match="at most 255"):
+        printstream.omr_marks(sequence=1, sheets=256)
 
 
 def test_a_mail_house_without_marks_gets_none(letters, ops, settings):
