@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from serve import (  # noqa: E402
     Client,
     cache_url,
+    free_port,
     machine_line,
     production_env,
     run_pool,
@@ -68,6 +69,8 @@ def start_stub(workdir: Path, lifetime_s: float) -> tuple[subprocess.Popen, str]
             TOKEN,
             "--max-lifetime-s",
             str(lifetime_s),
+            "--port",
+            str(free_port()),
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -34,9 +34,18 @@ def sql_admin(statement: str) -> None:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port: from BENCH_PORTS ("8200-8299") when set — engineers sharing a
+    machine each keep to their own range — or any the system gives."""
+    first, _, last = os.environ.get("BENCH_PORTS", "").partition("-")
+    candidates = range(int(first), int(last or first) + 1) if first else [0]
+    for candidate in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise SystemExit(f"no free port in BENCH_PORTS={os.environ['BENCH_PORTS']}")
 
 
 def production_env(env: dict[str, str]) -> dict[str, str]:
@@ -61,7 +70,8 @@ def cache_url(choice: str, name: str) -> str:
     keyed by the run's own prefix so runs sharing the server never see each other's keys; `db`
     the database cache (the default when CACHE_URL is not set); anything else as given."""
     if choice == "redis":
-        return f"rediscache://127.0.0.1:6379/1?key_prefix={name}"
+        db = os.environ.get("BENCH_REDIS_DB", "1")  # the Redis database kept for benchmarks
+        return f"rediscache://127.0.0.1:6379/{db}?key_prefix={name}"
     if choice == "db":
         return "dbcache://ccm_cache"
     return choice

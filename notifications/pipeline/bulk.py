@@ -30,6 +30,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -587,9 +588,16 @@ def _compose_enqueue(ids: list[int], queue: Queue | None = None) -> None:
     """Composition for new communications, after commit: full chunks as their own tasks, the
     rest by the drain of that queue."""
     size = chunk_size()
+    text_only = queue == Queue.DISPATCH
     for chunk in _chunks(ids, size):
         if len(chunk) == size:
-            _enqueue_ids("notifications.pipeline.bulk.compose_chunk", chunk, queue=queue)
+            # A text-only chunk is sent by the task that composes it (`dispatch_now`).
+            enqueue(
+                "notifications.pipeline.bulk.compose_chunk",
+                chunk,
+                queue=queue,
+                dispatch_now=text_only,
+            )
         else:
             # The drain's log lines name the request that asked for it (on commit, the
             # request may be over).
@@ -597,7 +605,7 @@ def _compose_enqueue(ids: list[int], queue: Queue | None = None) -> None:
                 partial(
                     compose_drain_request,
                     request_id=context.request_id(),
-                    text_only=queue == Queue.DISPATCH,
+                    text_only=text_only,
                 ),
                 robust=False,
             )
@@ -670,7 +678,7 @@ def compose_drain(text_only: bool = False) -> dict[str, int]:
             ),
             context.bound(communication_ids=ids),
         ):
-            done = compose_chunk(ids)
+            done = compose_chunk(ids, dispatch_now=text_only)
         for name, value in done.items():
             counts[name] += value
     compose_drain_request(text_only=text_only)  # more than a task's worth: a fresh one goes on
@@ -785,12 +793,43 @@ class _Composed:
     document_id: int | None
 
 
-def compose_chunk(ids: Sequence[int]) -> dict[str, int]:
+# Set by `compose_chunk(…, dispatch_now=True)`: the deliveries `dispatch_start` makes are
+# collected here, for the same task to send after its commit, instead of each chunk of them
+# becoming a `dispatch_chunk` task of its own.
+_dispatch_here: ContextVar[list[int] | None] = ContextVar("ccm_dispatch_here", default=None)
+
+
+def compose_chunk(ids: Sequence[int], dispatch_now: bool = False) -> dict[str, int]:
     """received → composing → composed → (gate) for a chunk; safe to run twice.
 
     Every communication, whatever brought it in: portal links made and kept in the data, a PDF
     archived where the template needs one, channels chosen, outputs rendered. Returns counts by
-    outcome (for logs and tests)."""
+    outcome (for logs and tests).
+
+    With `dispatch_now` (a text-only chunk, composed on the dispatch queue) the deliveries the
+    gate starts are sent by this same task once they are committed: no second task, no second
+    wait in the queue, no second read of the chunk from the queue table. A crash in between
+    leaves them `pending`, which the `deliveries_due` sweep hands to a dispatch task."""
+    if not dispatch_now:
+        return _compose_chunk(ids)
+    here: list[int] = []
+    token = _dispatch_here.set(here)
+    try:
+        with history.steps_sealed_once():
+            counts = _compose_chunk(ids)
+            _dispatch_after_commit(here)
+    finally:
+        _dispatch_here.reset(token)
+    return counts
+
+
+def _dispatch_after_commit(delivery_ids: list[int]) -> None:
+    for chunk in _chunks(delivery_ids, chunk_size()):
+        with context.bound(delivery_ids=chunk):
+            _dispatch_chunk(chunk)
+
+
+def _compose_chunk(ids: Sequence[int]) -> dict[str, int]:
     claimed = _claim_communications(list(ids), CommState.RECEIVED, CommState.COMPOSING)
     counts = {"claimed": len(claimed)}
     if not claimed:
@@ -914,9 +953,13 @@ def _record_composed(
         )
         composed = [x for x in composed if x.communication.pk in ours]
         failed = [f for f in failed if f[0].pk in ours]
+        # What composition made and `composed`, in one statement.
         update_rows(
             Communication,
-            ["data", "template_version", "document", "rendered", "decision_trace"],
+            [
+                *("data", "template_version", "document", "rendered", "decision_trace"),
+                *("state", "updated_at"),
+            ],
             {
                 x.communication.pk: (
                     x.data,
@@ -924,13 +967,13 @@ def _record_composed(
                     x.document_id,
                     x.rendered,
                     x.selection.trace,
+                    CommState.COMPOSED.value,
+                    now,
                 )
                 for x in composed
             },
+            where_state=CommState.COMPOSING,
         )
-        Communication.objects.filter(
-            pk__in=[x.communication.pk for x in composed], state=CommState.COMPOSING
-        ).update(state=CommState.COMPOSED, updated_at=now)
         steps = [
             history.Step(
                 x.communication.pk,
@@ -973,7 +1016,18 @@ def _record_composed(
         history.steps_record(steps, at=now)
         counts["composed"] = len(composed)
         counts["compose_failed"] = len(failed)
-        counts.update(_gate([x.communication.pk for x in composed], events))
+        for x in composed:
+            # As the gate would read them back (locked above): no second read of the chunk.
+            x.communication.data = x.data
+            x.communication.template_version = x.version
+            x.communication.decision_trace = x.selection.trace
+        counts.update(
+            _gate(
+                [x.communication.pk for x in composed],
+                events,
+                locked=sorted((x.communication for x in composed), key=lambda c: c.pk),
+            )
+        )
         # One outbox INSERT for the chunk's events.
         webhooks.webhook_events_emit(events)
     # After the transaction: receivers (an exception case) see the failure committed.
@@ -991,32 +1045,17 @@ def gate_chunk(ids: Sequence[int]) -> dict[str, int]:
         return counts
 
 
-def _gate(ids: list[int], events: list[webhooks.Occurrence]) -> dict[str, int]:
+def _gate(
+    ids: list[int],
+    events: list[webhooks.Occurrence],
+    *,
+    locked: Sequence[Communication] | None = None,
+) -> dict[str, int]:
     """Inside the caller's transaction: the composed communications `ids` wait for a reviewer's
-    release where their template or amount needs one; the rest start dispatching."""
-    # What the gate and the deliveries need, not the rendered outputs (decoding those again
-    # would cost more than the rest of the gate).
-    locked = list(
-        Communication.objects.select_for_update(of=("self",))
-        .select_related("template_version", "customer")
-        .only(
-            "id",
-            "state",
-            "data",
-            "decision_trace",
-            "created_by_id",
-            "template_version",
-            "channel_override",
-            "address_override",
-            "customer__name",
-            "customer__salutation",
-            "customer__postal_address",
-            "customer__external_ref",
-            "customer__language",
-        )
-        .filter(pk__in=ids, state=CommState.COMPOSED)
-        .order_by("pk")
-    )
+    release where their template or amount needs one; the rest start dispatching. `locked`:
+    the caller holds them already, composed, with their data, version and decision trace."""
+    if locked is None:
+        locked = _gate_load(ids)
     reasons = {c.pk: why for c in locked if (why := _hold_reason(c))}
     held = [
         (c, reasons[c.pk])
@@ -1040,6 +1079,32 @@ def _gate(ids: list[int], events: list[webhooks.Occurrence]) -> dict[str, int]:
     waiting = {c.pk for c, _ in held}
     counts = dispatch_start([c for c in locked if c.pk not in waiting], events=events)
     return {"awaiting_approval": len(held), **counts}
+
+
+def _gate_load(ids: list[int]) -> list[Communication]:
+    """The composed communications `ids`, locked, with what the gate and the deliveries need,
+    not the rendered outputs (decoding those again would cost more than the rest of the gate)."""
+    return list(
+        Communication.objects.select_for_update(of=("self",))
+        .select_related("template_version", "customer")
+        .only(
+            "id",
+            "state",
+            "data",
+            "decision_trace",
+            "created_by_id",
+            "template_version",
+            "channel_override",
+            "address_override",
+            "customer__name",
+            "customer__salutation",
+            "customer__postal_address",
+            "customer__external_ref",
+            "customer__language",
+        )
+        .filter(pk__in=ids, state=CommState.COMPOSED)
+        .order_by("pk")
+    )
 
 
 def _hold_reason(c: Communication) -> str | None:
@@ -1123,8 +1188,13 @@ def dispatch_start(
     for c in unreachable:
         transaction.on_commit(partial(_signal, signals.communication_undeliverable, c.pk))
     delivery_ids = [d.pk for d in deliveries]
-    for chunk in _chunks(delivery_ids, chunk_size()):
-        _enqueue_ids("notifications.pipeline.bulk.dispatch_chunk", chunk)
+    here = _dispatch_here.get()
+    if here is not None:
+        # Sent by the composing task once its transaction is over (if it fails, nothing is).
+        here.extend(delivery_ids)
+    else:
+        for chunk in _chunks(delivery_ids, chunk_size()):
+            _enqueue_ids("notifications.pipeline.bulk.dispatch_chunk", chunk)
     return {
         "dispatching": len(reachable),
         "undeliverable": len(unreachable),

@@ -119,7 +119,11 @@ def steps_record(
     if rows:
         _insert(rows, when)
         if seal_soon:
-            transaction.on_commit(steps_seal_soon)
+            pending = _seal_once.get()
+            if pending is None:
+                transaction.on_commit(steps_seal_soon)
+            else:
+                pending.append(True)  # `steps_sealed_once` seals them when it ends
     return len(rows)
 
 
@@ -164,6 +168,27 @@ def step_rows(steps: Iterable[Step], *, actor, at: datetime) -> list[tuple]:
             )
         )
     return rows
+
+
+# Inside `steps_sealed_once`: a list the transactions that recorded steps mark, instead of
+# each sealing after its own commit.
+_seal_once: ContextVar[list[bool] | None] = ContextVar("ccm_steps_seal_once", default=None)
+
+
+@contextmanager
+def steps_sealed_once() -> Iterator[None]:
+    """Within: the steps of every transaction are sealed together when the block ends (one
+    chained event, one UPDATE of the steps), not after each commit. A task that composes and
+    dispatches a chunk commits three times; one seal covers all of them. If the process dies
+    before the end, the periodic seal covers what was committed."""
+    pending: list[bool] = []
+    token = _seal_once.set(pending)
+    try:
+        yield
+    finally:
+        _seal_once.reset(token)
+        if pending:
+            transaction.on_commit(steps_seal_soon)  # at once outside a transaction
 
 
 def _insert(rows: list[tuple], when: datetime) -> None:

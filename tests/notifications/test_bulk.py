@@ -219,3 +219,28 @@ def test_a_customer_nobody_can_reach_is_undeliverable(
     assert communication.state == "undeliverable"
     assert communication.failure_reason == "no channel can reach the customer"
     assert mail.outbox == []
+
+
+def test_a_text_only_chunk_is_sent_by_the_task_that_composes_it(
+    document_ready, customers, integrator, monkeypatch, django_capture_on_commit_callbacks
+):
+    """One task per chunk: no dispatch_chunk task waits behind every queued composition, and
+    the task's three transactions are sealed into the chain once."""
+    enqueued = []
+    monkeypatch.setattr(bulk, "enqueue", lambda task, *args, **_: enqueued.append(task))
+    ids = request(customers, integrator)
+    sealed_before = AuditEvent.objects.filter(action="communication_steps.sealed").count()
+    # when the chunk is composed as a text-only chunk task is
+    with django_capture_on_commit_callbacks(execute=True):
+        counts = bulk.compose_chunk(ids, dispatch_now=True)
+    # then it was sent in the same call, with no task enqueued for it
+    assert counts["dispatching"] == 5
+    assert "notifications.bulk.dispatch_chunk" not in enqueued
+    assert set(Delivery.objects.values_list("state", flat=True)) == {"sent"}
+    assert len(mail.outbox) == 5
+    # and every step of it is sealed, by one chained event
+    assert (
+        AuditEvent.objects.filter(action="communication_steps.sealed").count() - sealed_before == 1
+    )
+    assert history.communication_verify(ids[0]).ok
+    assert history.communication_verify(ids[0]).unsealed == 0
