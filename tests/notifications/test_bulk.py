@@ -235,7 +235,7 @@ def test_a_text_only_chunk_is_sent_by_the_task_that_composes_it(
         counts = bulk.compose_chunk(ids, dispatch_now=True)
     # then it was sent in the same call, with no task enqueued for it
     assert counts["dispatching"] == 5
-    assert "notifications.bulk.dispatch_chunk" not in enqueued
+    assert "notifications.pipeline.bulk.dispatch_chunk" not in enqueued
     assert set(Delivery.objects.values_list("state", flat=True)) == {"sent"}
     assert len(mail.outbox) == 5
     # and every step of it is sealed, by one chained event
