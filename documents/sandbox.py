@@ -373,6 +373,24 @@ class RenderWorker:
         A reply overdue or a worker dead raises RenderLimitExceeded (the worker is gone; the
         next job starts a fresh one)."""
         process = self.ensure_started()
+        # Until every reply of this job is read, leaving the job (an exception raised into the
+        # caller, such as a task's time-out alarm, or a caller that stops reading) would leave
+        # replies in the pipe for the next job to take as its own: the worker goes instead,
+        # and the next job starts a fresh one.
+        read_all = False
+        try:
+            for header, body, last in self._replies(process, job, limits=limits, until=until):
+                read_all = last
+                yield header, body
+        finally:
+            if not read_all and self.process is process:
+                self._kill(process)
+                self.process = None
+
+    def _replies(
+        self, process: subprocess.Popen, job: dict[str, Any], *, limits: Limits, until: int
+    ) -> Iterator[tuple[dict, bytes, bool]]:
+        """`stream`'s replies, each with whether it was the job's last."""
         key = job["key"]
         text = job.get("kind") == "text"
         send_sources = key not in self.known_keys
@@ -400,8 +418,8 @@ class RenderWorker:
             if header.get("exit"):
                 self._kill(process)
                 self.process = None
-            yield header, body
             received += len(header["results"]) if text else 1
+            yield header, body, received >= until
             if received >= until:
                 return
             header, body = self._receive(process, limits, text=text)

@@ -3,11 +3,13 @@ under a time and a memory limit, and fails with the reason instead of holding a 
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pypdf
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -129,3 +131,38 @@ def test_the_cpu_cap_stops_a_process_that_spins():
         check=False,
     )
     assert result.returncode == -signal.SIGXCPU
+
+
+def test_a_render_left_waiting_does_not_hand_its_reply_to_the_next_one():
+    # A task's time-out (django-q's alarm) can raise into a render while it waits for the
+    # worker's reply; that reply must not be read later as the next render's.
+    from documents import sandbox
+    from documents.composition import Sources
+    from documents.rendering import Limits
+
+    sandbox.start_worker()
+    long = Sources(print_html="<h1>first</h1>" + "<p>lorem ipsum dolor sit amet</p>" * 3000)
+
+    class Alarm(Exception):
+        pass
+
+    def ring(*_):
+        raise Alarm
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Alarm):
+            sandbox.render(sources=long, locale="en_GB", data={}, watermark=None, limits=Limits())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    second = sandbox.render(
+        sources=Sources(print_html="<h1>second</h1>"),
+        locale="en_GB",
+        data={},
+        watermark=None,
+        limits=Limits(),
+    )
+    assert second.page_count == 1
+    assert "second" in pypdf.PdfReader(io.BytesIO(second.data)).pages[0].extract_text()
