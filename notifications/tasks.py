@@ -9,7 +9,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ccm.tasks import Queue, Sweep, register_schedule, register_sweep, register_task
-from notifications import bulk, followups, history
+from notifications import bulk, fallback, followups, history, selection
 from notifications.models import CommState, Communication, Delivery, DeliveryState
 
 # The per-message task paths stay importable: django-q2 keeps dotted paths in queued rows.
@@ -62,6 +62,8 @@ def register_tasks() -> None:
         ("notifications.bulk.compose_drain", render, ""),
         ("notifications.tasks.communication_compose", render, "communication_id"),
         ("notifications.tasks.communication_recompose", render, "communication_id"),
+        # An urgent communication's PDF and durable targets, after its fast channels.
+        ("notifications.fallback.durable_copies_send", render, "communication_ids"),
         ("notifications.bulk.gate_chunk", dispatch, "communication_ids"),
         ("notifications.tasks.communication_gate", dispatch, "communication_id"),
         ("notifications.bulk.dispatch_chunk", dispatch, "delivery_ids"),
@@ -104,6 +106,19 @@ def register_sweeps() -> None:
             task="notifications.bulk.compose_chunk",
             older_than=timedelta(minutes=2),
             covered_by=compose,
+            chunk=chunk,
+        )
+    )
+    register_sweep(
+        Sweep(
+            name="notifications.durable_later",
+            # Text search, not a JSON containment lookup: the same query on SQLite.
+            queryset=lambda: Communication.objects.filter(
+                state__in=fallback.DURABLE_STATES,
+                decision_trace__icontains=f'"{selection.DURABLE_LATER}"',
+            ),
+            task="notifications.fallback.durable_copies_send",
+            older_than=timedelta(minutes=5),
             chunk=chunk,
         )
     )
