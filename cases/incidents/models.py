@@ -205,7 +205,8 @@ class IncidentNotice(models.Model):
 
 
 class IncidentAlert(models.Model):
-    """The internal mail telling operations of a new severe incident (an outbox row)."""
+    """The internal mail (and push) telling operations of a new severe incident (an outbox
+    row)."""
 
     incident = models.OneToOneField(Incident, on_delete=models.CASCADE, related_name="alert")
     message_id = models.CharField(max_length=200)
@@ -213,6 +214,9 @@ class IncidentAlert(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # The push to operations' devices: at most once (the mail is the alert that is retried).
+    pushed_at = models.DateTimeField(null=True, blank=True)
+    push_result = models.CharField(max_length=200, blank=True)
 
     def __str__(self) -> str:
         return f"alert for incident {self.incident_id}"

@@ -326,6 +326,7 @@ def _incident_open(key: str, events: list[Event], rule: Rule, anchor: str) -> In
             incident=incident, message_id=f"<incident-{incident.pk}@ccm.invalid>"
         )
         enqueue("cases.incidents.tasks.incident_alert_send", alert.pk)
+        enqueue("cases.incidents.tasks.incident_alert_push", alert.pk)
     return incident
 
 

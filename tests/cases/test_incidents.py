@@ -9,9 +9,11 @@ import pytest
 from django.core import mail
 
 from cases.incidents import services
+from cases.incidents import tasks as incident_tasks
 from cases.incidents.models import Event, Incident, IncidentNotice, IncidentState, UpdateKind
 from ccm.models import AuditEvent
-from notifications.channels import sms
+from notifications.channels import push, sms
+from notifications.devices import device_register
 from notifications.models import Communication, ContactPoint, Customer
 from tests.cases.incident_fixtures import T0, event, grid
 
@@ -182,6 +184,32 @@ def test_a_new_severe_incident_alerts_operations(events_api, run_tasks, ops, set
     alerts = [m for m in mail.outbox if "control-room@example.org" in m.to]
     assert len(alerts) == 1
     assert Incident.objects.get().reference in alerts[0].subject
+
+
+def test_a_new_severe_incident_is_pushed_to_the_operations_teams_devices_once(
+    events_api, run_tasks, ops, settings, admin_user
+):
+    # given the operations team's app registered two installs under its internal account
+    settings.CCM_OPS_PUSH_ACCOUNTS = ["OPS-TEAM"]
+    settings.CCM_PUSH_BACKEND = "notifications.channels.push.LocmemPushBackend"
+    push.outbox.clear()
+    team = Customer.objects.create(external_ref="OPS-TEAM", name="Operations control room")
+    for n in range(2):
+        device_register(
+            customer=team, platform="android", token=f"ops-{n}", app="ops", by=admin_user
+        )
+    meters = grid(devices=1, customers=1)
+    # when a major outage opens an incident
+    post(events_api, [event(meters[0], 1)], run_tasks)
+    # then each ops device got one push naming it, and the alert row says so
+    incident = Incident.objects.get()
+    assert sorted(m.device.token for m in push.outbox) == ["ops-0", "ops-1"]
+    assert all(incident.reference in m.title for m in push.outbox)
+    assert all(m.data["link"].endswith(f"/incidents/{incident.reference}/") for m in push.outbox)
+    assert incident.alert.push_result == "sent 2, failed 0"
+    # and a second delivery of the task pushes nothing again
+    assert incident_tasks.incident_alert_push(incident.alert.pk) == {}
+    assert len(push.outbox) == 2
 
 
 def test_the_operations_screen_shows_the_incident_and_its_actions_work(
