@@ -27,6 +27,7 @@ from django.db.models import Max
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from cases.incidents import maintenance
 from cases.incidents.models import (
     INCIDENT_OPEN_STATES,
     SEVERE,
@@ -34,13 +35,14 @@ from cases.incidents.models import (
     EventAction,
     Incident,
     IncidentAlert,
+    IncidentKind,
     IncidentNotice,
     IncidentState,
     IncidentUpdate,
     Severity,
     UpdateKind,
 )
-from cases.incidents.rules import Rule, rule_for
+from cases.incidents.rules import Rule, incident_rule, rule_for
 from ccm import audit
 from ccm.tasks import enqueue
 from notifications.assets import selectors as asset_selectors
@@ -346,7 +348,7 @@ def alarms_active(*, incident: Incident) -> int:
     return sum(1 for _, _, action in latest.values() if action != EventAction.RESOLVE)
 
 
-def _update_create(
+def update_create(
     incident: Incident, *, kind: str, message: dict[str, Any], by=None
 ) -> IncidentUpdate:
     last = incident.updates.aggregate(n=Max("sequence"))["n"] or 0
@@ -374,12 +376,13 @@ def incident_evaluate(*, incident_id: int, now: datetime | None = None) -> str:
     incident = _locked(incident_id)
     if not incident.is_open:
         return incident.state
-    rule = rule_for(incident.event_type)
-    assert rule is not None
+    if incident.kind == IncidentKind.PLANNED:
+        return maintenance.maintenance_evaluate(incident, now=now)
+    rule = incident_rule(incident)
     if alarms_active(incident=incident) == 0:
         last = incident.events.aggregate(t=Max("occurred_at"))["t"] or now
         if incident.state in (IncidentState.NOTIFYING, IncidentState.MONITORING):
-            _update_create(
+            update_create(
                 incident, kind=UpdateKind.RESOLUTION, message={"restored_at": last.isoformat()}
             )
         before = incident.state
@@ -398,7 +401,7 @@ def incident_evaluate(*, incident_id: int, now: datetime | None = None) -> str:
         return incident.state
     if incident.state == IncidentState.DETECTED:
         if now >= incident.first_event_at + timedelta(seconds=rule.group_wait):
-            _update_create(incident, kind=UpdateKind.NOTICE, message={})
+            update_create(incident, kind=UpdateKind.NOTICE, message={})
             incident.notify()
             incident.save()
     elif incident.state == IncidentState.MONITORING:
@@ -410,7 +413,7 @@ def incident_evaluate(*, incident_id: int, now: datetime | None = None) -> str:
             and now >= last_update.created_at + timedelta(seconds=rule.group_interval)
             and automatic.count() < rule.repeat_limit
         ):
-            _update_create(incident, kind=UpdateKind.UPDATE, message={})
+            update_create(incident, kind=UpdateKind.UPDATE, message={})
             incident.renotify()
             incident.save()
     return incident.state
@@ -461,7 +464,7 @@ def incident_update_send_now(*, incident: Incident, message: dict[str, Any], by)
     incident = _locked(incident.pk)
     if incident.state not in (IncidentState.NOTIFYING, IncidentState.MONITORING):
         raise IncidentError("Only an incident whose customers were told can send an update.")
-    update = _update_create(incident, kind=UpdateKind.UPDATE, message=message, by=by)
+    update = update_create(incident, kind=UpdateKind.UPDATE, message=message, by=by)
     if incident.state == IncidentState.MONITORING:
         incident.renotify()
         incident.save()
@@ -477,7 +480,7 @@ def incident_resolve(*, incident: Incident, by, cause: str = "") -> Incident:
     before = incident.state
     if before in (IncidentState.NOTIFYING, IncidentState.MONITORING):
         message = {"restored_at": timezone.now().isoformat(), "cause": cause}
-        _update_create(incident, kind=UpdateKind.RESOLUTION, message=message, by=by)
+        update_create(incident, kind=UpdateKind.RESOLUTION, message=message, by=by)
     incident.resolve()
     incident.resolved_at = timezone.now()
     incident.save()
@@ -493,7 +496,7 @@ def incident_false_alarm(*, incident: Incident, by, note: str = "") -> Incident:
         raise IncidentError("The incident is closed already.")
     before = incident.state
     if incident.notices.exists():
-        _update_create(incident, kind=UpdateKind.RETRACTION, message={"note": note}, by=by)
+        update_create(incident, kind=UpdateKind.RETRACTION, message={"note": note}, by=by)
     incident.mark_false_alarm()
     incident.resolved_at = timezone.now()
     incident.save()
@@ -521,8 +524,7 @@ def notice_data(
 ) -> tuple[str, dict[str, Any]]:
     """The template and data of one customer's notice for an update. A customer who has not
     heard of the incident yet gets the first notice with the current state."""
-    rule = rule_for(incident.event_type)
-    assert rule is not None
+    rule = incident_rule(incident)
     area = incident.asset.name or incident.asset.code
     start = incident.first_event_at
     expected_end = (
@@ -533,6 +535,8 @@ def notice_data(
         p for p in [point.address if point else "", point.postcode if point else ""] if p
     )
     base = {"customer": _customer_block(customer, point), "reference": incident.reference}
+    if incident.kind == IncidentKind.PLANNED:
+        return maintenance.notice_data(incident=incident, update=update, base=base, supply=supply)
     if update.kind == UpdateKind.RESOLUTION:
         outage = {
             "type": "unplanned",
@@ -582,7 +586,9 @@ def incident_update_send(*, update_id: int) -> dict[str, int]:
     a notice row is unique per (update, customer) and its communication per idempotency key."""
     update = IncidentUpdate.objects.select_related("incident__asset").get(pk=update_id)
     incident = update.incident
-    if update.kind in (UpdateKind.NOTICE, UpdateKind.UPDATE):
+    if incident.kind == IncidentKind.PLANNED and update.kind != UpdateKind.RESOLUTION:
+        customer_ids = maintenance.customer_ids_affected(incident)
+    elif update.kind in (UpdateKind.NOTICE, UpdateKind.UPDATE):
         customer_ids = asset_selectors.customer_ids_under(asset=incident.asset)
     else:
         # The confirmation or retraction goes to whoever was told: earlier updates still on
@@ -614,8 +620,7 @@ def incident_update_send(*, update_id: int) -> dict[str, int]:
 
 def _send_chunk(update: IncidentUpdate, customer_ids: list[int]) -> None:
     incident = update.incident
-    rule = rule_for(incident.event_type)
-    assert rule is not None
+    rule = incident_rule(incident)
     told_before = set(
         IncidentNotice.objects.filter(incident=incident, customer_id__in=customer_ids)
         .exclude(update=update)
