@@ -27,7 +27,7 @@ from django.db.models import Max
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from cases.incidents import maintenance
+from cases.incidents import customer_events, maintenance
 from cases.incidents.models import (
     INCIDENT_OPEN_STATES,
     SEVERE,
@@ -88,7 +88,12 @@ def _check(item: Mapping[str, Any], assets: Mapping[str, tuple[int, str, str]]) 
     text("asset", 100)
     text("dedup_key", 255, required=False)
     event_type = item.get("event_type")
-    if isinstance(event_type, str) and event_type and rule_for(event_type) is None:
+    if (
+        isinstance(event_type, str)
+        and event_type
+        and rule_for(event_type) is None
+        and event_type not in customer_events.EVENT_TYPES
+    ):
         errors.append({"field": "event_type", "message": f"No incident rule for {event_type!r}."})
     if item.get("severity") not in Severity.values:
         errors.append({"field": "severity", "message": f"One of {', '.join(Severity.values)}."})
@@ -115,8 +120,18 @@ def events_ingest(*, items: Sequence[Mapping[str, Any]], by=None) -> list[EventR
     codes = {i.get("asset") for i in items if isinstance(i.get("asset"), str)}
     assets = asset_selectors.assets_by_code(codes={c for c in codes if c})
     good: dict[tuple[str, str], tuple[int, Event]] = {}
+    # Customer events (field service, advisories) need a customer at their asset.
+    served = customer_events.customers_at(
+        asset_ids={
+            assets[i["asset"]][0]
+            for i in items
+            if i.get("event_type") in customer_events.EVENT_TYPES and i.get("asset") in assets
+        }
+    )
     for item, result in zip(items, results, strict=True):
         result.errors = _check(item, assets)
+        if not result.errors and item.get("event_type") in customer_events.EVENT_TYPES:
+            result.errors = customer_events.intake_errors(item, assets[item["asset"]], served)
         if result.errors:
             result.status = "refused"
             continue
@@ -164,6 +179,10 @@ def events_ingest(*, items: Sequence[Mapping[str, Any]], by=None) -> list[EventR
         for e in new:
             e.pk = fresh[(e.source, e.event_id)]
     paths = {pk: path for pk, _, path in assets.values()}
+    for_customers = [e for e in new if e.event_type in customer_events.EVENT_TYPES]
+    if for_customers:
+        customer_events.events_apply(events=for_customers)
+        new = [e for e in new if e.event_type not in customer_events.EVENT_TYPES]
     by_key = events_group(events=new, paths=paths)
     for key, (index, _) in good.items():
         if key in by_key:
