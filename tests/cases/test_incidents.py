@@ -301,3 +301,43 @@ def test_a_customer_newly_under_the_incident_gets_the_current_state_once(
     to_newcomer = [m for m in sms.outbox if m.to == "+447700999999"]
     assert len(to_newcomer) == 1
     assert "11:00" in to_newcomer[0].body
+
+
+def test_a_german_speaking_customer_gets_the_incident_notices_in_german(events_api, run_tasks):
+    # given two customers under the feeder, one of whom reads German
+    meters = grid(devices=1, customers=2)
+    german, english = Customer.objects.order_by("pk")
+    Customer.objects.filter(pk=german.pk).update(language="de")
+    # when the outage is notified and then restored
+    post(events_api, [event(meters[0], 1)], run_tasks)
+    post(events_api, [event(meters[0], 2, action="resolve")], run_tasks)
+    # then the German customer's notices come from the German catalog, the other's in English
+    phone = {c.customer_id: c.value for c in ContactPoint.objects.all()}
+    said = {}
+    for message in sms.outbox:
+        said.setdefault(message.to, []).append(message.body)
+    notice, restored = said[phone[german.pk]]
+    assert "Versorgung (Strom) in Ihrem Gebiet seit 06:00 unterbrochen" in notice
+    assert "Ref. INC-" in notice
+    assert "Strom wieder da seit" in restored
+    assert said[phone[english.pk]][0].startswith(
+        "Northwind: electricity supply off in your area since 06:00"
+    )
+
+
+def test_an_update_is_handed_over_a_chunk_per_task_and_completes_once(
+    events_api, run_tasks, monkeypatch
+):
+    # given notices handed over 25 customers a task
+    monkeypatch.setattr(services, "NOTICE_CHUNK", 25)
+    meters = grid(devices=3, customers=CUSTOMERS)
+    # when the outage is notified
+    post(events_api, [event(m, 1) for m in meters], run_tasks)
+    # then three tasks told all 60 customers once, and the update completed
+    notice = Incident.objects.get().updates.get()
+    assert notice.notices_sent == CUSTOMERS
+    assert notice.completed_at is not None
+    assert len({m.to for m in sms.outbox}) == len(sms.outbox) == CUSTOMERS
+    # and handing it over again sends nobody anything
+    run_tasks(services.incident_update_send, update_id=notice.pk)
+    assert len(sms.outbox) == CUSTOMERS
