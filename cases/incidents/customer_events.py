@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -84,14 +85,16 @@ def payload_errors(event_type: str, payload: Any) -> list[dict]:
             payload.get("status") in AppointmentStatus.values,
             f"One of {', '.join(AppointmentStatus.values)}.",
         )
-        starts = []
+        window: list[datetime] = []
         for name in ("window_start", "window_end"):
             value = payload.get(name)
             parsed = parse_datetime(value) if isinstance(value, str) else None
-            need(name, parsed is not None and parsed.tzinfo is not None, "A date-time with offset.")
-            starts.append(parsed)
-        if all(s is not None and s.tzinfo is not None for s in starts):
-            need("window_end", starts[1] > starts[0], "The window must end after it starts.")
+            if parsed is not None and parsed.tzinfo is not None:
+                window.append(parsed)
+            else:
+                need(name, False, "A date-time with offset.")
+        if len(window) == 2:
+            need("window_end", window[1] > window[0], "The window must end after it starts.")
         purpose = payload.get("purpose")
         need(
             "purpose",
@@ -136,10 +139,9 @@ def events_apply(*, events: list[Event]) -> None:
 
 
 def _customer_block(customer: Customer) -> dict[str, Any]:
-    address = [line[:45] for line in customer.postal_address if line][:6]
-    while len(address) < 2:
-        address.append("-")
-    return {"name": customer.name[:60], "address": address}
+    from cases.incidents.services import customer_block  # services imports this module
+
+    return customer_block(customer, None)
 
 
 @transaction.atomic

@@ -528,7 +528,9 @@ def incident_false_alarm(*, incident: Incident, by, note: str = "") -> Incident:
 # --- notices --------------------------------------------------------------------------------
 
 
-def _customer_block(customer: Customer, point: ServicePoint | None) -> dict[str, Any]:
+def customer_block(customer: Customer, point: ServicePoint | None) -> dict[str, Any]:
+    """The `customer` block of a notice's data, from the customer record (the service point's
+    address when the record has none)."""
     address = [line for line in customer.postal_address if line][:6]
     if len(address) < 2 and point is not None:
         address = [p.strip() for p in point.address.split(",") if p.strip()][:5]
@@ -553,7 +555,7 @@ def notice_data(
     supply = ", ".join(
         p for p in [point.address if point else "", point.postcode if point else ""] if p
     )
-    base = {"customer": _customer_block(customer, point), "reference": incident.reference}
+    base = {"customer": customer_block(customer, point), "reference": incident.reference}
     if incident.kind == IncidentKind.PLANNED:
         return maintenance.notice_data(incident=incident, update=update, base=base, supply=supply)
     if update.kind == UpdateKind.RESOLUTION:
@@ -600,9 +602,13 @@ def notice_data(
     }
 
 
-def incident_update_send(*, update_id: int) -> dict[str, int]:
+def incident_update_send(*, update_id: int, after: int = 0, whole: bool = False) -> dict[str, int]:
     """Materialise and hand over the notices of one update, a chunk at a time. Safe to run twice:
-    a notice row is unique per (update, customer) and its communication per idempotency key."""
+    a notice row is unique per (update, customer) and its communication per idempotency key.
+
+    One call hands over one chunk (the customers with ids above `after`) and leaves the rest to
+    a new task, so the first chunk's notices are composed and sent while the next ones are still
+    being materialised; `whole` does every chunk in this call."""
     update = IncidentUpdate.objects.select_related("incident__asset").get(pk=update_id)
     incident = update.incident
     if incident.kind == IncidentKind.PLANNED and update.kind != UpdateKind.RESOLUTION:
@@ -613,7 +619,7 @@ def incident_update_send(*, update_id: int) -> dict[str, int]:
         # The confirmation or retraction goes to whoever was told: earlier updates still on
         # their way are finished first (their sends are idempotent), so nobody is left out.
         for earlier in incident.updates.filter(sequence__lt=update.sequence, completed_at=None):
-            incident_update_send(update_id=earlier.pk)
+            incident_update_send(update_id=earlier.pk, whole=True)
         customer_ids = sorted(
             set(
                 IncidentNotice.objects.filter(incident=incident)
@@ -622,8 +628,14 @@ def incident_update_send(*, update_id: int) -> dict[str, int]:
             )
         )
     IncidentUpdate.objects.filter(pk=update.pk).update(customers_total=len(customer_ids))
-    for start in range(0, len(customer_ids), NOTICE_CHUNK):
-        _send_chunk(update, customer_ids[start : start + NOTICE_CHUNK])
+    # By customer id, not position: a customer added or gone meanwhile shifts nobody out.
+    rest = [c for c in customer_ids if c > after]
+    for start in range(0, len(rest), NOTICE_CHUNK):
+        chunk = rest[start : start + NOTICE_CHUNK]
+        _send_chunk(update, chunk)
+        if not whole and start + NOTICE_CHUNK < len(rest):
+            enqueue("cases.incidents.tasks.incident_update_send", update.pk, after=chunk[-1])
+            return {"customers": len(customer_ids), "handed_up_to": chunk[-1]}
     sent = update.notices.filter(communication__isnull=False).count()
     refused = update.notices.exclude(error="").count()
     IncidentUpdate.objects.filter(pk=update.pk).update(

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from cases.alerts import team_recipients
 from cases.incidents import services
-from cases.incidents.models import IncidentAlert
+from cases.incidents.models import IncidentAlert, IncidentUpdate
 from cases.models import Team
 from ccm.tasks import Sweep, register_schedule, register_sweep
 from notifications.internal import internal_mail_send_once, internal_push_send
@@ -21,6 +21,17 @@ ALERT_MAX_ATTEMPTS = 5
 def register() -> None:
     # The tick that ends group_wait and group_interval; a crashed alert mail is sent again.
     register_schedule("cases.incidents_due", "cases.incidents.tasks.incidents_due", 1)
+    # An update whose chunk tasks a crash interrupted is handed over again (from the start:
+    # notices already handed over are skipped).
+    register_sweep(
+        Sweep(
+            name="cases.incident_updates_unfinished",
+            queryset=lambda: IncidentUpdate.objects.filter(completed_at__isnull=True),
+            task="cases.incidents.tasks.incident_update_send",
+            older_than=timedelta(minutes=15),
+            timestamp_field="created_at",
+        )
+    )
     register_sweep(
         Sweep(
             name="cases.incident_alerts_unsent",
@@ -42,8 +53,8 @@ def incident_evaluate(incident_id: int) -> str:
     return services.incident_evaluate(incident_id=incident_id)
 
 
-def incident_update_send(update_id: int) -> dict[str, int]:
-    return services.incident_update_send(update_id=update_id)
+def incident_update_send(update_id: int, after: int = 0) -> dict[str, int]:
+    return services.incident_update_send(update_id=update_id, after=after)
 
 
 def _incident_url(incident) -> str:
