@@ -123,11 +123,12 @@ def intake(client, meters: list[str], total: int) -> float:
     return total / (time.perf_counter() - started)
 
 
-def first_notice(client) -> tuple[float, float]:
+def first_notice(client, *, render: bool) -> tuple[float, float]:
     from django.conf import settings
     from django.utils.module_loading import import_string
     from django_q.models import OrmQ
 
+    from ccm.tasks import REQUEST_ID_KWARG, Queue
     from notifications.channels import sms
 
     settings.CCM_INCIDENT_RULES = {"power_outage": {"group_wait": 0}}
@@ -137,6 +138,8 @@ def first_notice(client) -> tuple[float, float]:
 
     def timed(self, message):
         stamps.append(time.perf_counter())
+        if len(stamps) == 1:  # printed now: a long run may be stopped before its summary
+            print(f"first SMS handed to the provider after {stamps[0] - started:.2f}s", flush=True)
         return original(self, message)
 
     sms.LocmemSmsBackend.send = timed  # type: ignore[method-assign]
@@ -147,19 +150,57 @@ def first_notice(client) -> tuple[float, float]:
         format="json",
     )
     assert response.status_code == 201, response.content[:500]
-    while True:  # the queue, drained by this process the way one worker would
-        rows = list(OrmQ.objects.order_by("id")[:50])
+    # The queue, drained by this process the way one worker per queue would: the dispatch
+    # queue's cluster (text composition, sending) does not wait behind rendering (Queue.RENDER)
+    # or the default queue, so its tasks go first. The render queue (the durable copies' PDFs,
+    # after the SMS) runs on its own cluster: drained here only with `render`.
+    queued = OrmQ.objects.all() if render else OrmQ.objects.exclude(key=Queue.RENDER.value)
+    while True:
+        rows = list(OrmQ.objects.filter(key=Queue.DISPATCH.value).order_by("id")[:50]) or list(
+            queued.order_by("id")[:50]
+        )
         if not rows:
             break
         OrmQ.objects.filter(pk__in=[r.pk for r in rows]).delete()
         for row in rows:
             task = row.task
             func = task["func"]
-            (import_string(func) if isinstance(func, str) else func)(
-                *task["args"], **task["kwargs"]
-            )
+            kwargs = {k: v for k, v in task["kwargs"].items() if k != REQUEST_ID_KWARG}
+            (import_string(func) if isinstance(func, str) else func)(*task["args"], **kwargs)
     assert stamps, "no notice was sent"
+    left = OrmQ.objects.filter(key=Queue.RENDER.value).count()
+    print(f"render queue: {left} tasks left (durable copies, composed after the SMS)")
     return stamps[0] - started, stamps[-1] - started
+
+
+def rss_now_mb() -> float:
+    """The resident set now (not the peak): pages times the page size, from /proc."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory(client, meters: list[str], total: int) -> None:
+    """Post `total` new events in bulk calls, sampling RSS every tenth of the way: flat means
+    intake holds nothing per event."""
+    t0 = datetime(2026, 6, 1, tzinfo=UTC)
+    step = max(BATCH, total // 10 // BATCH * BATCH)
+    samples = [rss_now_mb()]
+    started = time.perf_counter()
+    for start in range(0, total, BATCH):
+        items = [
+            {**event(meters[n % len(meters)], n, t0), "event_id": f"mem-{n}"}
+            for n in range(start, min(start + BATCH, total))
+        ]
+        response = client.post("/api/v1/events", {"events": items}, format="json")
+        assert response.status_code == 200, response.content[:500]
+        if (start + BATCH) % step == 0:
+            samples.append(rss_now_mb())
+    rate = total / (time.perf_counter() - started)
+    print(
+        f"memory: {total} events at {rate:.0f}/s, RSS MB every {step}: "
+        + " ".join(f"{s:.0f}" for s in samples)
+    )
+    print(f"memory: rss_first_mb={samples[1]:.0f} rss_last_mb={samples[-1]:.0f}")
 
 
 def main() -> None:
@@ -170,12 +211,23 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--customers", type=int, default=2000)
     parser.add_argument("--profile", action="store_true", help="profile the intake, then stop")
+    parser.add_argument(
+        "--render", action="store_true", help="also run the render queue (PDFs) in the drain"
+    )
+    parser.add_argument(
+        "--memory",
+        type=int,
+        default=0,
+        help="post this many more events (bulk calls) and sample this process's RSS",
+    )
     args = parser.parse_args()
     name = f"ccm_bench_events_{os.getpid()}"
     os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{name}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ccm.settings")
     os.environ["CCM_SMS_BACKEND"] = "notifications.channels.sms.LocmemSmsBackend"
     os.environ["CCM_ENABLED_CHANNELS"] = "email,sms,push,print"
+    # Named queues, as a deployment runs them: text composition and sending on "dispatch".
+    os.environ["CCM_TASK_QUEUES"] = "render,dispatch"
     print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}")
     sql_admin(f"CREATE DATABASE {name}")
     workdir = Path(tempfile.mkdtemp(prefix="bench-events-"))
@@ -211,7 +263,9 @@ def main() -> None:
         replay = intake(client, meters, args.events)
         print(f"replay: {replay:.0f} events/s (all duplicates)")
         rss_after = rss_mb()
-        first, last = first_notice(client)
+        if args.memory:
+            memory(client, meters, args.memory)
+        first, last = first_notice(client, render=args.render)
         print(f"notices: {args.customers} customers, first SMS {first:.2f}s, last {last:.2f}s")
         print(
             f"events: intake={rate:.0f} replay={replay:.0f} first_notice_s={first:.2f} "

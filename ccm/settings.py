@@ -542,6 +542,9 @@ CASES_SLA_SWEEP_MINUTES = env.int("CASES_SLA_SWEEP_MINUTES", default=15)
 # Where each team's alerts go: "operations=ops@x.example;oncall@x.example,disputes=…". A team
 # left out gets the email addresses of the active users holding its role.
 CASES_ALERT_RECIPIENTS = env.dict("CASES_ALERT_RECIPIENTS", default={})
+# Internal accounts (customer references) whose registered devices are the operations team's:
+# a new severe incident is pushed to them as well as mailed (notifications.channels.internal).
+CCM_OPS_PUSH_ACCOUNTS = env.list("CCM_OPS_PUSH_ACCOUNTS", default=[])
 # Printed above the recipient on print cover sheets, so undeliverable letters come back to us.
 CCM_PRINT_RETURN_ADDRESS = env.str("CCM_PRINT_RETURN_ADDRESS", default="")
 # The mail house's control mark on every cover sheet, which its inserter reads to check that each

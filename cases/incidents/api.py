@@ -1,14 +1,16 @@
 """Events over the API: `POST /api/v1/events` with one event, or {"events": [...]} (at most
-1,000). Idempotent on (source, event_id): a replay answers `duplicate` and changes nothing."""
+1,000). Idempotent on (source, event_id): a replay answers `duplicate` and changes nothing.
+Planned maintenance: `POST /api/v1/maintenance` schedules one."""
 
 from __future__ import annotations
 
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 
-from cases.incidents import services
+from cases.incidents import maintenance, services
 from ccm.api.errors import PROBLEM_CONTENT_TYPE, Unprocessable, problem
 from ccm.api.views import CcmAPIView
 
@@ -96,3 +98,47 @@ class EventIntakeView(CcmAPIView):
                 content_type=PROBLEM_CONTENT_TYPE,
             )
         return Response({"results": shaped, **counts}, status=status.HTTP_200_OK)
+
+
+class MaintenanceView(CcmAPIView):
+    """Schedule planned maintenance → 201 with its reference; a bad field → 422 naming it."""
+
+    required_scopes = ("events:write",)
+
+    @extend_schema(
+        request=OpenApiTypes.OBJECT,
+        responses=OpenApiTypes.OBJECT,
+        summary="Schedule planned maintenance",
+        description="`title`, `service` (electricity | gas), `assets` (codes), `start` and "
+        "`end` (ISO 8601 with an offset), `work` (what is done, completing 'This is because "
+        "...'), `reminder_hours` (default 24). The customers under the assets are told now, "
+        "reminded `reminder_hours` before the start, and told when it starts and ends.",
+    )
+    def post(self, request):
+        body = request.data if isinstance(request.data, dict) else {}
+
+        def when(name: str):
+            value = body.get(name)
+            return parse_datetime(value) if isinstance(value, str) else None
+
+        try:
+            incident = maintenance.maintenance_schedule(
+                title=body.get("title", ""),
+                service=body.get("service", ""),
+                assets=body.get("assets"),  # type: ignore[arg-type]
+                start=when("start"),  # type: ignore[arg-type]
+                end=when("end"),  # type: ignore[arg-type]
+                work=body.get("work", ""),
+                reminder_hours=body.get("reminder_hours", 24),
+                by=request.user,
+            )
+        except maintenance.MaintenanceInvalid as exc:
+            raise Unprocessable(
+                "The maintenance is invalid; nothing was scheduled.",
+                code="invalid_maintenance",
+                errors=exc.errors,
+            ) from exc
+        return Response(
+            {"reference": incident.reference, "state": incident.state},
+            status=status.HTTP_201_CREATED,
+        )

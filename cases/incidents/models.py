@@ -72,6 +72,11 @@ INCIDENT_OPEN_STATES = [
 ]
 
 
+class IncidentKind(models.TextChoices):
+    UNPLANNED = "unplanned"  # grouped from device events
+    PLANNED = "planned"  # scheduled maintenance: a window, a reminder, start and completion
+
+
 class Incident(ConcurrentTransitionMixin, models.Model):
     """Events of one type under one asset (the rule's grouping ancestor), told to the customers
     served under that asset once per update."""
@@ -87,6 +92,16 @@ class Incident(ConcurrentTransitionMixin, models.Model):
     suppressed_by = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    kind = models.CharField(
+        max_length=10, choices=IncidentKind.choices, default=IncidentKind.UNPLANNED
+    )
+    # Planned maintenance: the window, the work, the other assets it affects, the reminder.
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
+    work = models.CharField(max_length=300, blank=True)
+    service = models.CharField(max_length=20, blank=True, help_text="electricity or gas")
+    reminder_hours = models.PositiveSmallIntegerField(default=24)
+    also_affects = models.ManyToManyField(Asset, blank=True, related_name="+")
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -154,6 +169,8 @@ class UpdateKind(models.TextChoices):
     UPDATE = "update"
     RESOLUTION = "resolution"
     RETRACTION = "retraction"
+    REMINDER = "reminder"  # planned maintenance, N hours before the window
+    START = "start"  # planned maintenance: the work has started
 
 
 class IncidentUpdate(models.Model):
@@ -205,7 +222,8 @@ class IncidentNotice(models.Model):
 
 
 class IncidentAlert(models.Model):
-    """The internal mail telling operations of a new severe incident (an outbox row)."""
+    """The internal mail (and push) telling operations of a new severe incident (an outbox
+    row)."""
 
     incident = models.OneToOneField(Incident, on_delete=models.CASCADE, related_name="alert")
     message_id = models.CharField(max_length=200)
@@ -213,6 +231,37 @@ class IncidentAlert(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
     last_error = models.TextField(blank=True)
+    # The push to operations' devices: at most once (the mail is the alert that is retried).
+    pushed_at = models.DateTimeField(null=True, blank=True)
+    push_result = models.CharField(max_length=200, blank=True)
 
     def __str__(self) -> str:
         return f"alert for incident {self.incident_id}"
+
+
+class AppointmentStatus(models.TextChoices):
+    BOOKED = "booked"
+    CHANGED = "changed"
+    ON_THE_WAY = "on_the_way"
+
+
+class Appointment(models.Model):
+    """A field-service visit to one customer, as its events last described it. Each change
+    (booked, new window, technician on the way) is one revision and one notice."""
+
+    reference = models.CharField(max_length=100, unique=True)
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="+")
+    asset = models.ForeignKey(Asset, on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=12, choices=AppointmentStatus.choices)
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    purpose = models.CharField(max_length=200)
+    technician = models.CharField(max_length=100, blank=True)
+    revision = models.PositiveIntegerField(default=1)
+    last_event_at = models.DateTimeField(help_text="occurred_at of the event applied last")
+    communication = models.ForeignKey(
+        Communication, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"{self.reference} ({self.status})"

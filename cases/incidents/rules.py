@@ -58,6 +58,28 @@ RULES: dict[str, Rule] = {
 }
 
 
+# Planned maintenance is scheduled, not grouped from events: no event type reaches it.
+PLANNED = Rule(
+    event_type="planned_maintenance",
+    title="Planned maintenance",
+    group_by="",
+    service="electricity",
+    notice_template="planned_maintenance",  # the notice and the reminder
+    update_template="outage_notice",  # the start: a planned interruption under way
+    resolution_template="outage_restored",  # the completion
+    urgency="normal",  # routine: email or print by preference
+)
+
+
+def incident_rule(incident) -> Rule:
+    """The rule an incident speaks by: its event type's, or planned maintenance's."""
+    if incident.kind == "planned":
+        return dataclasses.replace(PLANNED, service=incident.service or PLANNED.service)
+    rule = rule_for(incident.event_type)
+    assert rule is not None  # checked at intake
+    return rule
+
+
 def rule_for(event_type: str) -> Rule | None:
     rule = RULES.get(event_type)
     if rule is None:

@@ -27,6 +27,7 @@ from django.db.models import Max
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from cases.incidents import customer_events, maintenance
 from cases.incidents.models import (
     INCIDENT_OPEN_STATES,
     SEVERE,
@@ -34,13 +35,14 @@ from cases.incidents.models import (
     EventAction,
     Incident,
     IncidentAlert,
+    IncidentKind,
     IncidentNotice,
     IncidentState,
     IncidentUpdate,
     Severity,
     UpdateKind,
 )
-from cases.incidents.rules import Rule, rule_for
+from cases.incidents.rules import Rule, incident_rule, rule_for
 from ccm import audit
 from ccm.tasks import enqueue
 from notifications.customers.assets import selectors as asset_selectors
@@ -86,7 +88,12 @@ def _check(item: Mapping[str, Any], assets: Mapping[str, tuple[int, str, str]]) 
     text("asset", 100)
     text("dedup_key", 255, required=False)
     event_type = item.get("event_type")
-    if isinstance(event_type, str) and event_type and rule_for(event_type) is None:
+    if (
+        isinstance(event_type, str)
+        and event_type
+        and rule_for(event_type) is None
+        and event_type not in customer_events.EVENT_TYPES
+    ):
         errors.append({"field": "event_type", "message": f"No incident rule for {event_type!r}."})
     if item.get("severity") not in Severity.values:
         errors.append({"field": "severity", "message": f"One of {', '.join(Severity.values)}."})
@@ -113,8 +120,18 @@ def events_ingest(*, items: Sequence[Mapping[str, Any]], by=None) -> list[EventR
     codes = {i.get("asset") for i in items if isinstance(i.get("asset"), str)}
     assets = asset_selectors.assets_by_code(codes={c for c in codes if c})
     good: dict[tuple[str, str], tuple[int, Event]] = {}
+    # Customer events (field service, advisories) need a customer at their asset.
+    served = customer_events.customers_at(
+        asset_ids={
+            assets[i["asset"]][0]
+            for i in items
+            if i.get("event_type") in customer_events.EVENT_TYPES and i.get("asset") in assets
+        }
+    )
     for item, result in zip(items, results, strict=True):
         result.errors = _check(item, assets)
+        if not result.errors and item.get("event_type") in customer_events.EVENT_TYPES:
+            result.errors = customer_events.intake_errors(item, assets[item["asset"]], served)
         if result.errors:
             result.status = "refused"
             continue
@@ -162,6 +179,10 @@ def events_ingest(*, items: Sequence[Mapping[str, Any]], by=None) -> list[EventR
         for e in new:
             e.pk = fresh[(e.source, e.event_id)]
     paths = {pk: path for pk, _, path in assets.values()}
+    for_customers = [e for e in new if e.event_type in customer_events.EVENT_TYPES]
+    if for_customers:
+        customer_events.events_apply(events=for_customers)
+        new = [e for e in new if e.event_type not in customer_events.EVENT_TYPES]
     by_key = events_group(events=new, paths=paths)
     for key, (index, _) in good.items():
         if key in by_key:
@@ -326,6 +347,7 @@ def _incident_open(key: str, events: list[Event], rule: Rule, anchor: str) -> In
             incident=incident, message_id=f"<incident-{incident.pk}@ccm.invalid>"
         )
         enqueue("cases.incidents.tasks.incident_alert_send", alert.pk)
+        enqueue("cases.incidents.tasks.incident_alert_push", alert.pk)
     return incident
 
 
@@ -345,7 +367,7 @@ def alarms_active(*, incident: Incident) -> int:
     return sum(1 for _, _, action in latest.values() if action != EventAction.RESOLVE)
 
 
-def _update_create(
+def update_create(
     incident: Incident, *, kind: str, message: dict[str, Any], by=None
 ) -> IncidentUpdate:
     last = incident.updates.aggregate(n=Max("sequence"))["n"] or 0
@@ -373,12 +395,13 @@ def incident_evaluate(*, incident_id: int, now: datetime | None = None) -> str:
     incident = _locked(incident_id)
     if not incident.is_open:
         return incident.state
-    rule = rule_for(incident.event_type)
-    assert rule is not None
+    if incident.kind == IncidentKind.PLANNED:
+        return maintenance.maintenance_evaluate(incident, now=now)
+    rule = incident_rule(incident)
     if alarms_active(incident=incident) == 0:
         last = incident.events.aggregate(t=Max("occurred_at"))["t"] or now
         if incident.state in (IncidentState.NOTIFYING, IncidentState.MONITORING):
-            _update_create(
+            update_create(
                 incident, kind=UpdateKind.RESOLUTION, message={"restored_at": last.isoformat()}
             )
         before = incident.state
@@ -397,7 +420,7 @@ def incident_evaluate(*, incident_id: int, now: datetime | None = None) -> str:
         return incident.state
     if incident.state == IncidentState.DETECTED:
         if now >= incident.first_event_at + timedelta(seconds=rule.group_wait):
-            _update_create(incident, kind=UpdateKind.NOTICE, message={})
+            update_create(incident, kind=UpdateKind.NOTICE, message={})
             incident.notify()
             incident.save()
     elif incident.state == IncidentState.MONITORING:
@@ -409,7 +432,7 @@ def incident_evaluate(*, incident_id: int, now: datetime | None = None) -> str:
             and now >= last_update.created_at + timedelta(seconds=rule.group_interval)
             and automatic.count() < rule.repeat_limit
         ):
-            _update_create(incident, kind=UpdateKind.UPDATE, message={})
+            update_create(incident, kind=UpdateKind.UPDATE, message={})
             incident.renotify()
             incident.save()
     return incident.state
@@ -460,7 +483,7 @@ def incident_update_send_now(*, incident: Incident, message: dict[str, Any], by)
     incident = _locked(incident.pk)
     if incident.state not in (IncidentState.NOTIFYING, IncidentState.MONITORING):
         raise IncidentError("Only an incident whose customers were told can send an update.")
-    update = _update_create(incident, kind=UpdateKind.UPDATE, message=message, by=by)
+    update = update_create(incident, kind=UpdateKind.UPDATE, message=message, by=by)
     if incident.state == IncidentState.MONITORING:
         incident.renotify()
         incident.save()
@@ -476,7 +499,7 @@ def incident_resolve(*, incident: Incident, by, cause: str = "") -> Incident:
     before = incident.state
     if before in (IncidentState.NOTIFYING, IncidentState.MONITORING):
         message = {"restored_at": timezone.now().isoformat(), "cause": cause}
-        _update_create(incident, kind=UpdateKind.RESOLUTION, message=message, by=by)
+        update_create(incident, kind=UpdateKind.RESOLUTION, message=message, by=by)
     incident.resolve()
     incident.resolved_at = timezone.now()
     incident.save()
@@ -492,7 +515,7 @@ def incident_false_alarm(*, incident: Incident, by, note: str = "") -> Incident:
         raise IncidentError("The incident is closed already.")
     before = incident.state
     if incident.notices.exists():
-        _update_create(incident, kind=UpdateKind.RETRACTION, message={"note": note}, by=by)
+        update_create(incident, kind=UpdateKind.RETRACTION, message={"note": note}, by=by)
     incident.mark_false_alarm()
     incident.resolved_at = timezone.now()
     incident.save()
@@ -505,7 +528,9 @@ def incident_false_alarm(*, incident: Incident, by, note: str = "") -> Incident:
 # --- notices --------------------------------------------------------------------------------
 
 
-def _customer_block(customer: Customer, point: ServicePoint | None) -> dict[str, Any]:
+def customer_block(customer: Customer, point: ServicePoint | None) -> dict[str, Any]:
+    """The `customer` block of a notice's data, from the customer record (the service point's
+    address when the record has none)."""
     address = [line for line in customer.postal_address if line][:6]
     if len(address) < 2 and point is not None:
         address = [p.strip() for p in point.address.split(",") if p.strip()][:5]
@@ -520,8 +545,7 @@ def notice_data(
 ) -> tuple[str, dict[str, Any]]:
     """The template and data of one customer's notice for an update. A customer who has not
     heard of the incident yet gets the first notice with the current state."""
-    rule = rule_for(incident.event_type)
-    assert rule is not None
+    rule = incident_rule(incident)
     area = incident.asset.name or incident.asset.code
     start = incident.first_event_at
     expected_end = (
@@ -531,7 +555,9 @@ def notice_data(
     supply = ", ".join(
         p for p in [point.address if point else "", point.postcode if point else ""] if p
     )
-    base = {"customer": _customer_block(customer, point), "reference": incident.reference}
+    base = {"customer": customer_block(customer, point), "reference": incident.reference}
+    if incident.kind == IncidentKind.PLANNED:
+        return maintenance.notice_data(incident=incident, update=update, base=base, supply=supply)
     if update.kind == UpdateKind.RESOLUTION:
         outage = {
             "type": "unplanned",
@@ -576,18 +602,24 @@ def notice_data(
     }
 
 
-def incident_update_send(*, update_id: int) -> dict[str, int]:
+def incident_update_send(*, update_id: int, after: int = 0, whole: bool = False) -> dict[str, int]:
     """Materialise and hand over the notices of one update, a chunk at a time. Safe to run twice:
-    a notice row is unique per (update, customer) and its communication per idempotency key."""
+    a notice row is unique per (update, customer) and its communication per idempotency key.
+
+    One call hands over one chunk (the customers with ids above `after`) and leaves the rest to
+    a new task, so the first chunk's notices are composed and sent while the next ones are still
+    being materialised; `whole` does every chunk in this call."""
     update = IncidentUpdate.objects.select_related("incident__asset").get(pk=update_id)
     incident = update.incident
-    if update.kind in (UpdateKind.NOTICE, UpdateKind.UPDATE):
+    if incident.kind == IncidentKind.PLANNED and update.kind != UpdateKind.RESOLUTION:
+        customer_ids = maintenance.customer_ids_affected(incident)
+    elif update.kind in (UpdateKind.NOTICE, UpdateKind.UPDATE):
         customer_ids = asset_selectors.customer_ids_under(asset=incident.asset)
     else:
         # The confirmation or retraction goes to whoever was told: earlier updates still on
         # their way are finished first (their sends are idempotent), so nobody is left out.
         for earlier in incident.updates.filter(sequence__lt=update.sequence, completed_at=None):
-            incident_update_send(update_id=earlier.pk)
+            incident_update_send(update_id=earlier.pk, whole=True)
         customer_ids = sorted(
             set(
                 IncidentNotice.objects.filter(incident=incident)
@@ -596,8 +628,14 @@ def incident_update_send(*, update_id: int) -> dict[str, int]:
             )
         )
     IncidentUpdate.objects.filter(pk=update.pk).update(customers_total=len(customer_ids))
-    for start in range(0, len(customer_ids), NOTICE_CHUNK):
-        _send_chunk(update, customer_ids[start : start + NOTICE_CHUNK])
+    # By customer id, not position: a customer added or gone meanwhile shifts nobody out.
+    rest = [c for c in customer_ids if c > after]
+    for start in range(0, len(rest), NOTICE_CHUNK):
+        chunk = rest[start : start + NOTICE_CHUNK]
+        _send_chunk(update, chunk)
+        if not whole and start + NOTICE_CHUNK < len(rest):
+            enqueue("cases.incidents.tasks.incident_update_send", update.pk, after=chunk[-1])
+            return {"customers": len(customer_ids), "handed_up_to": chunk[-1]}
     sent = update.notices.filter(communication__isnull=False).count()
     refused = update.notices.exclude(error="").count()
     IncidentUpdate.objects.filter(pk=update.pk).update(
@@ -613,8 +651,7 @@ def incident_update_send(*, update_id: int) -> dict[str, int]:
 
 def _send_chunk(update: IncidentUpdate, customer_ids: list[int]) -> None:
     incident = update.incident
-    rule = rule_for(incident.event_type)
-    assert rule is not None
+    rule = incident_rule(incident)
     told_before = set(
         IncidentNotice.objects.filter(incident=incident, customer_id__in=customer_ids)
         .exclude(update=update)

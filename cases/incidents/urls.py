@@ -6,4 +6,5 @@ from cases.incidents import api
 
 urlpatterns = [
     path("events", api.EventIntakeView.as_view(), name="api-events"),
+    path("maintenance", api.MaintenanceView.as_view(), name="api-maintenance"),
 ]

@@ -8,9 +8,11 @@ from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_GET, require_POST
 
-from cases.incidents import selectors, services
+from cases.incidents import maintenance, selectors, services
 from cases.incidents.models import Incident
 from cases.web.views import HANDLE, WORK, staff_only
 
@@ -71,3 +73,38 @@ def incident_action(request: HttpRequest, ref: str) -> HttpResponse:
         return redirect("incident-detail", ref)
     messages.success(request, f"{incident.reference}: {action.replace('_', ' ')} done.")
     return redirect("incident-detail", ref)
+
+
+def _local(value: str):
+    """A datetime-local field's value, in the site's time zone."""
+    parsed = parse_datetime(value) if value else None
+    if parsed is not None and parsed.tzinfo is None:
+        parsed = timezone.make_aware(parsed)
+    return parsed
+
+
+@require_POST
+@staff_only(WORK, HANDLE)
+def maintenance_schedule(request: HttpRequest) -> HttpResponse:
+    post = request.POST
+    try:
+        hours = int(post.get("reminder_hours") or 24)
+    except ValueError:
+        hours = 0
+    try:
+        incident = maintenance.maintenance_schedule(
+            title=post.get("title", ""),
+            service=post.get("service", ""),
+            assets=[a.strip() for a in post.get("assets", "").split(",") if a.strip()],
+            start=_local(post.get("start", "")),  # type: ignore[arg-type]
+            end=_local(post.get("end", "")),  # type: ignore[arg-type]
+            work=post.get("work", ""),
+            reminder_hours=hours,
+            by=request.user,
+        )
+    except maintenance.MaintenanceInvalid as exc:
+        for error in exc.errors:
+            messages.error(request, f"{error['field']}: {error['message']}")
+        return redirect("incident-list")
+    messages.success(request, f"{incident.reference}: maintenance scheduled, customers told.")
+    return redirect("incident-detail", incident.reference)

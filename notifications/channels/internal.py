@@ -1,6 +1,7 @@
 """Internal mail to staff (alerts, approvals, reports), sent through the channel the sender
-profile names for its kind (`notifications.channels.gmail.sender_for`): the Gmail API gateway, so
-that it comes from a real workspace mailbox, or the ESP.
+profile names for its kind (`notifications.channels.gmail.sender_for`): the Gmail API gateway,
+so that it comes from a real workspace mailbox, or the ESP; and internal push to the operations
+team's registered devices (`internal_push_send`).
 
 Customer mail never goes this way: it is a Communication with deliveries, consent and tracking.
 """
@@ -114,3 +115,46 @@ def internal_mail_state(row: Any, *, max_attempts: int) -> str:
     if row.sent_at is not None:
         return "sent"
     return "failed" if row.attempts >= max_attempts else "pending"
+
+
+def ops_devices() -> list:
+    """The operations team's registered devices: the active devices of the internal accounts
+    named in settings.CCM_OPS_PUSH_ACCOUNTS (customer references; the team's app registers its
+    installations under them through the device API, as a customer's app does)."""
+    from notifications.models import Device
+
+    accounts = list(settings.CCM_OPS_PUSH_ACCOUNTS)
+    if not accounts:
+        return []
+    return list(
+        Device.objects.filter(active=True, customer__external_ref__in=accounts).select_related(
+            "customer"
+        )
+    )
+
+
+def internal_push_send(*, title: str, body: str, data: dict[str, str]) -> dict[str, int]:
+    """Push one alert to every operations device now, through the push channel's transport. A
+    device the provider says is gone is deactivated (as for a customer's); other failures are
+    logged and counted. Returns {"sent", "failed"}."""
+    from django.utils.module_loading import import_string
+
+    from notifications.channels.push import DeviceGone, PushMessage
+    from notifications.customers.devices import device_deactivate
+
+    counts = {"sent": 0, "failed": 0}
+    devices = ops_devices()
+    if not devices:
+        return counts
+    transport = import_string(settings.CCM_PUSH_BACKEND)()
+    for device in devices:
+        try:
+            transport.send(PushMessage(device=device, title=title, body=body, data=data))
+            counts["sent"] += 1
+        except DeviceGone as exc:
+            device_deactivate(device=device, reason=str(exc))
+            counts["failed"] += 1
+        except Exception:
+            logger.warning("internal push to device %s failed", device.pk, exc_info=True)
+            counts["failed"] += 1
+    return counts

@@ -519,10 +519,14 @@ def _create_one(
 
 
 def _text_only(c: Communication, published: Mapping[str, TemplateVersion | None]) -> bool:
-    """Whether composing `c` renders no PDF (it carries its document, or its template's
-    published version has no print rendition)."""
+    """Whether composing `c` renders no PDF (it carries its document, it is urgent — its PDF
+    follows its fast channels — or its template's published version has no print rendition)."""
     version = published.get(c.template.code)
-    return c.document_id is not None or (version is not None and not needs_pdf(version))
+    return (
+        c.document_id is not None
+        or c.urgency == "high"  # its PDF, if any, follows (selection.durable_later)
+        or (version is not None and not needs_pdf(version))
+    )
 
 
 def communications_request_bulk(
@@ -650,7 +654,7 @@ def _text_only_filter() -> Q:
         for version in document_selectors.versions_for_sending(codes=published).values()
         if not needs_pdf(version)
     ]
-    return Q(document__isnull=False) | Q(template_id__in=templates)
+    return Q(document__isnull=False) | Q(urgency="high") | Q(template_id__in=templates)
 
 
 def compose_drain(text_only: bool = False) -> dict[str, int]:
@@ -894,7 +898,10 @@ def _compose_chunk(ids: Sequence[int]) -> dict[str, int]:
                 )
             chosen = selection.select_channels(facts[c.pk])
             document_id = c.document_id
-            if document_id is None and needs_pdf(version):
+            later = selection.durable_later(chosen, urgency=c.urgency)
+            if later is not None and document_id is None and needs_pdf(version):
+                chosen = later  # the PDF follows on the render queue (dispatch_start)
+            elif document_id is None and needs_pdf(version):
                 # The archived snapshot records the addressee it was composed for (the print
                 # close checks it against the envelope); the document belongs to whoever asked
                 # for the communication (API ownership).
@@ -1195,6 +1202,10 @@ def dispatch_start(
     else:
         for chunk in _chunks(delivery_ids, chunk_size()):
             _enqueue_ids("notifications.pipeline.bulk.dispatch_chunk", chunk)
+    # Urgent ones went out on their fast channels; their PDF and durable targets follow.
+    later = [c.pk for c in reachable if selection.durable_pending(c.decision_trace)]
+    for chunk in _chunks(later, chunk_size()):
+        _enqueue_ids("notifications.pipeline.fallback.durable_copies_send", chunk)
     return {
         "dispatching": len(reachable),
         "undeliverable": len(unreachable),

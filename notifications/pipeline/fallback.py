@@ -23,7 +23,7 @@ from ccm import audit
 from ccm.tasks import enqueue
 from documents import services as documents
 from notifications import signals
-from notifications.models import Communication, Delivery, DeliveryState
+from notifications.models import CommState, Communication, Delivery, DeliveryState
 from notifications.pipeline import selection
 
 LIVE_DELIVERY_STATES = (
@@ -100,24 +100,13 @@ def delivery_fall_back(*, delivery: Delivery, reason: str) -> Delivery | None:
         _undeliverable(communication, reason=f"every channel failed; last: {reason}"[:2000])
         return None
 
-    _ensure_rendition(communication, chosen.channel)
-    new = Delivery.objects.create(
-        communication=communication,
-        channel=chosen.channel,
-        address=chosen.address,
-        message_id=services.delivery_message_id(communication, len(tried), chosen.channel),
+    new = _delivery_add(
+        communication,
+        chosen,
+        index=len(tried),
+        trace=trace,
+        decision={"decision": "fallback", "from": delivery.channel},
     )
-    trace.append(
-        {
-            "decision": "fallback",
-            "from": delivery.channel,
-            "channel": chosen.channel,
-            "address": chosen.address,
-            "delivery": new.pk,
-        }
-    )
-    communication.decision_trace = trace
-    communication.save(update_fields=["decision_trace", "rendered", "document", "updated_at"])
     audit.record(
         actor=None,
         action="communication.fallback",
@@ -130,8 +119,106 @@ def delivery_fall_back(*, delivery: Delivery, reason: str) -> Delivery | None:
             "channel": chosen.channel,
         },
     )
+    return new
+
+
+def _delivery_add(
+    communication: Communication,
+    target: selection.Target,
+    *,
+    index: int,
+    trace: list[dict],
+    decision: dict,
+) -> Delivery:
+    """Inside the caller's transaction, the communication locked: one more delivery (rendered
+    for its channel first), written to the decision trace, dispatched after commit."""
+    from notifications.pipeline import services
+
+    _ensure_rendition(communication, target.channel)
+    new = Delivery.objects.create(
+        communication=communication,
+        channel=target.channel,
+        address=target.address,
+        message_id=services.delivery_message_id(communication, index, target.channel),
+    )
+    trace.append(
+        {**decision, "channel": target.channel, "address": target.address, "delivery": new.pk}
+    )
+    communication.decision_trace = trace
+    communication.save(update_fields=["decision_trace", "rendered", "document", "updated_at"])
     enqueue("notifications.pipeline.tasks.delivery_dispatch", new.pk)
     return new
+
+
+# Past the release gate: the fast channels started (an urgent message's durable copy goes even
+# when they failed; a cancelled or rejected one, or one still waiting for release, gets none).
+DURABLE_STATES = (
+    CommState.DISPATCHING,
+    CommState.SENT,
+    CommState.DELIVERED,
+    CommState.VIEWED,
+    CommState.ACTIONED,
+    CommState.UNDELIVERABLE,
+)
+
+
+def durable_copies_send(communication_ids: list[int]) -> int:
+    """The durable copy of urgent communications whose fast channels went first
+    (`selection.durable_later`): the PDF archived, then a delivery for each deferred durable
+    target. Safe to run twice: the trace's marker is replaced in the transaction that does the
+    work. Returns how many communications it completed."""
+    done = 0
+    for pk in communication_ids:
+        with transaction.atomic():
+            communication = (
+                Communication.objects.select_for_update(of=("self",))
+                .select_related("customer", "template_version", "created_by", "document")
+                .filter(pk=pk)
+                .first()
+            )
+            if (
+                communication is None
+                or communication.state not in DURABLE_STATES
+                or not selection.durable_pending(communication.decision_trace)
+            ):
+                continue
+            _durable_copy(communication)
+            done += 1
+    return done
+
+
+def _durable_copy(communication: Communication) -> None:
+    from notifications.pipeline import services
+
+    version = communication.template_version
+    assert version is not None  # composed communications have their version pinned
+    if communication.document is None:
+        communication.document = documents.document_compose(
+            version=version,
+            data=services.composition_context(communication, version),
+            language=communication.customer.language,
+            by=communication.created_by,
+        )
+    tried = list(communication.deliveries.values_list("channel", flat=True))
+    trace = [
+        {**entry, "decision": "durable composed", "document": communication.document.pk}
+        if entry.get("decision") == selection.DURABLE_LATER
+        else entry
+        for entry in communication.decision_trace
+    ]
+    deferred = [e for e in trace if e.get("decision") == "deferred"]
+    for entry in deferred:
+        entry["decision"] = "deferred, sent"
+    communication.decision_trace = trace
+    communication.save(update_fields=["decision_trace", "document", "updated_at"])
+    for entry in deferred:
+        if entry["channel"] in tried:
+            continue  # a fallback took that channel meanwhile
+        target = selection.Target(entry["channel"], entry["address"])
+        _delivery_add(
+            communication, target, index=len(tried), trace=trace, decision={"decision": "chosen"}
+        )
+        tried.append(entry["channel"])
 
 
 def _ensure_rendition(communication: Communication, channel: str) -> None:

@@ -11,7 +11,10 @@ Rules:
 - regulatory notices ignore marketing opt-outs and channel preferences only order the choice:
   they always reach a durable medium (email carrying the document, portal link, or print), and
   push is never their only channel;
-- urgent messages prefer the fast channels; a channel override comes first when it is allowed.
+- urgent messages prefer the fast channels; a channel override comes first when it is allowed;
+- an urgent message that reaches a fast channel does not wait for its durable copy: the PDF and
+  the durable targets (email carrying it, print) follow once the fast channel has gone
+  (`durable_later`); which channels are chosen does not change, only when each one goes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass, field
 
 EMAIL, SMS, PUSH, PRINT = "email", "sms", "push", "print"
 DURABLE = {EMAIL, PRINT}
+FAST = {SMS, PUSH}
+DURABLE_LATER = "durable later"  # the trace's decision: the PDF and durable targets follow
 ORDER_NORMAL = [EMAIL, SMS, PUSH, PRINT]
 ORDER_URGENT = [SMS, PUSH, EMAIL, PRINT]
 
@@ -162,3 +167,35 @@ def select_channels(facts: Facts) -> Selection:
     if not targets:
         trace.append({"decision": "none", "reason": "no channel can reach the customer"})
     return Selection(targets=targets, fallbacks=fallbacks, trace=trace)
+
+
+def durable_later(chosen: Selection, *, urgency: str) -> Selection | None:
+    """The same choice with the durable targets deferred, for an urgent message with a fast
+    target (SMS, push): those go now, the PDF and the durable targets are composed after.
+    None when nothing is deferred (not urgent, or no fast target: everything goes together)."""
+    if urgency != "high" or not any(t.channel in FAST for t in chosen.targets):
+        return None
+    later = [t for t in chosen.targets if t.channel not in FAST]
+    trace = [
+        {**entry, "decision": "deferred"}
+        if entry.get("decision") == "chosen" and entry.get("channel") not in FAST
+        else entry
+        for entry in chosen.trace
+    ]
+    trace.append(
+        {
+            "decision": DURABLE_LATER,
+            "channels": [t.channel for t in later],
+            "reason": "urgent: the fast channels go first, the durable copy is composed after",
+        }
+    )
+    return Selection(
+        targets=[t for t in chosen.targets if t.channel in FAST],
+        fallbacks=chosen.fallbacks,
+        trace=trace,
+    )
+
+
+def durable_pending(trace: Sequence[Mapping]) -> bool:
+    """Whether a communication's durable copy is still to be composed (see `durable_later`)."""
+    return any(entry.get("decision") == DURABLE_LATER for entry in trace)

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from ccm.tasks import Queue, Sweep, register_schedule, register_sweep, register_task
 from notifications.models import CommState, Communication, Delivery, DeliveryState
-from notifications.pipeline import bulk, followups, history
+from notifications.pipeline import bulk, fallback, followups, history, selection
 
 # The per-message task paths stay importable: django-q2 keeps dotted paths in queued rows.
 # Each is the chunk operation for a chunk of one.
@@ -62,6 +62,8 @@ def register_tasks() -> None:
         ("notifications.pipeline.bulk.compose_drain", render, ""),
         ("notifications.pipeline.tasks.communication_compose", render, "communication_id"),
         ("notifications.pipeline.tasks.communication_recompose", render, "communication_id"),
+        # An urgent communication's PDF and durable targets, after its fast channels.
+        ("notifications.pipeline.fallback.durable_copies_send", render, "communication_ids"),
         ("notifications.pipeline.bulk.gate_chunk", dispatch, "communication_ids"),
         ("notifications.pipeline.tasks.communication_gate", dispatch, "communication_id"),
         ("notifications.pipeline.bulk.dispatch_chunk", dispatch, "delivery_ids"),
@@ -112,6 +114,19 @@ def register_sweeps() -> None:
             task="notifications.pipeline.bulk.compose_chunk",
             older_than=timedelta(minutes=2),
             covered_by=compose,
+            chunk=chunk,
+        )
+    )
+    register_sweep(
+        Sweep(
+            name="notifications.durable_later",
+            # Text search, not a JSON containment lookup: the same query on SQLite.
+            queryset=lambda: Communication.objects.filter(
+                state__in=fallback.DURABLE_STATES,
+                decision_trace__icontains=f'"{selection.DURABLE_LATER}"',
+            ),
+            task="notifications.pipeline.fallback.durable_copies_send",
+            older_than=timedelta(minutes=5),
             chunk=chunk,
         )
     )

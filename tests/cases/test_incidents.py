@@ -9,9 +9,11 @@ import pytest
 from django.core import mail
 
 from cases.incidents import services
+from cases.incidents import tasks as incident_tasks
 from cases.incidents.models import Event, Incident, IncidentNotice, IncidentState, UpdateKind
 from ccm.models import AuditEvent
-from notifications.channels import sms
+from notifications.channels import push, sms
+from notifications.customers.devices import device_register
 from notifications.models import Communication, ContactPoint, Customer
 from tests.cases.incident_fixtures import T0, event, grid
 
@@ -184,6 +186,32 @@ def test_a_new_severe_incident_alerts_operations(events_api, run_tasks, ops, set
     assert Incident.objects.get().reference in alerts[0].subject
 
 
+def test_a_new_severe_incident_is_pushed_to_the_operations_teams_devices_once(
+    events_api, run_tasks, ops, settings, admin_user
+):
+    # given the operations team's app registered two installs under its internal account
+    settings.CCM_OPS_PUSH_ACCOUNTS = ["OPS-TEAM"]
+    settings.CCM_PUSH_BACKEND = "notifications.channels.push.LocmemPushBackend"
+    push.outbox.clear()
+    team = Customer.objects.create(external_ref="OPS-TEAM", name="Operations control room")
+    for n in range(2):
+        device_register(
+            customer=team, platform="android", token=f"ops-{n}", app="ops", by=admin_user
+        )
+    meters = grid(devices=1, customers=1)
+    # when a major outage opens an incident
+    post(events_api, [event(meters[0], 1)], run_tasks)
+    # then each ops device got one push naming it, and the alert row says so
+    incident = Incident.objects.get()
+    assert sorted(m.device.token for m in push.outbox) == ["ops-0", "ops-1"]
+    assert all(incident.reference in m.title for m in push.outbox)
+    assert all(m.data["link"].endswith(f"/incidents/{incident.reference}/") for m in push.outbox)
+    assert incident.alert.push_result == "sent 2, failed 0"
+    # and a second delivery of the task pushes nothing again
+    assert incident_tasks.incident_alert_push(incident.alert.pk) == {}
+    assert len(push.outbox) == 2
+
+
 def test_the_operations_screen_shows_the_incident_and_its_actions_work(
     events_api, run_tasks, ops, client
 ):
@@ -273,3 +301,43 @@ def test_a_customer_newly_under_the_incident_gets_the_current_state_once(
     to_newcomer = [m for m in sms.outbox if m.to == "+447700999999"]
     assert len(to_newcomer) == 1
     assert "11:00" in to_newcomer[0].body
+
+
+def test_a_german_speaking_customer_gets_the_incident_notices_in_german(events_api, run_tasks):
+    # given two customers under the feeder, one of whom reads German
+    meters = grid(devices=1, customers=2)
+    german, english = Customer.objects.order_by("pk")
+    Customer.objects.filter(pk=german.pk).update(language="de")
+    # when the outage is notified and then restored
+    post(events_api, [event(meters[0], 1)], run_tasks)
+    post(events_api, [event(meters[0], 2, action="resolve")], run_tasks)
+    # then the German customer's notices come from the German catalog, the other's in English
+    phone = {c.customer_id: c.value for c in ContactPoint.objects.all()}
+    said = {}
+    for message in sms.outbox:
+        said.setdefault(message.to, []).append(message.body)
+    notice, restored = said[phone[german.pk]]
+    assert "Versorgung (Strom) in Ihrem Gebiet seit 06:00 unterbrochen" in notice
+    assert "Ref. INC-" in notice
+    assert "Strom wieder da seit" in restored
+    assert said[phone[english.pk]][0].startswith(
+        "Northwind: electricity supply off in your area since 06:00"
+    )
+
+
+def test_an_update_is_handed_over_a_chunk_per_task_and_completes_once(
+    events_api, run_tasks, monkeypatch
+):
+    # given notices handed over 25 customers a task
+    monkeypatch.setattr(services, "NOTICE_CHUNK", 25)
+    meters = grid(devices=3, customers=CUSTOMERS)
+    # when the outage is notified
+    post(events_api, [event(m, 1) for m in meters], run_tasks)
+    # then three tasks told all 60 customers once, and the update completed
+    notice = Incident.objects.get().updates.get()
+    assert notice.notices_sent == CUSTOMERS
+    assert notice.completed_at is not None
+    assert len({m.to for m in sms.outbox}) == len(sms.outbox) == CUSTOMERS
+    # and handing it over again sends nobody anything
+    run_tasks(services.incident_update_send, update_id=notice.pk)
+    assert len(sms.outbox) == CUSTOMERS
