@@ -14,6 +14,7 @@ from cases import exception_cases
 from cases.models import OPEN_STATES, Case, ExceptionKind
 from ccm.tasks import enqueue
 from documents import signals as document_signals
+from documents.models import Category
 from notifications import signals
 from notifications.models import Channel, Communication
 
@@ -34,6 +35,11 @@ def on_compose_failed(sender, communication: Communication, reason: str, **kwarg
 
 
 def on_undeliverable(sender, communication: Communication, reason: str, **kwargs) -> None:
+    # A marketing message nobody may receive (no opt-in, opted out, no channel left) is
+    # withheld, not a problem for a person to work: it is reported where it was asked for (the
+    # campaign's outcome, the communication's history), and no one chases a customer to sell.
+    if communication.category == Category.MARKETING:
+        return
     # A returned letter that left no channel to fall back to is one problem, not two: the
     # returned-mail case (opened first, by delivery_failed) already says what to do.
     returned = exception_cases.dedupe_key(ExceptionKind.RETURNED_MAIL, communication=communication)

@@ -22,6 +22,7 @@ from notifications.models import Communication, DeliveryEvent
 from notifications.pipeline import services, tasks
 from notifications.pipeline.recovery import RecoveryError
 from tests.cases.conftest import DATA, request, stricter_letter
+from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
 
@@ -145,6 +146,26 @@ def test_undeliverable_communication_is_resent_to_another_address(
     assert case.resolution == (
         f"Communication {communication.pk} sent again by email to ada.lovelace@example.net."
     )
+
+
+def test_a_marketing_message_nobody_may_receive_opens_no_case(
+    customer, integrator, author, reviewer, sync_tasks
+):
+    # given a marketing template and a customer who never opted in to marketing
+    publish(
+        letter_bundle("promo", category="marketing", channels=["email", "sms"]),
+        author=author,
+        reviewer=reviewer,
+    )
+    communication, _ = services.communication_request(
+        template_code="promo", customer=customer, data=DATA, client="t", by=integrator
+    )
+    sync_tasks(tasks.communication_compose, communication.pk)
+    # then it is withheld with the reason, and nobody is asked to chase it
+    communication.refresh_from_db()
+    assert communication.state == "undeliverable"
+    assert "marketing needs an opt-in" in str(communication.decision_trace)
+    assert not Case.objects.filter(exception_kind="undeliverable").exists()
 
 
 def test_resend_to_a_suppressed_address_is_refused(letter, customer, integrator, ops, sync_tasks):
