@@ -72,6 +72,7 @@ ERROR_DESCRIPTIONS = {
     404: "Nothing at this path: no such object, or not one this caller may see.",
     409: "Conflicts with the object's current state (e.g. a transition it does not allow), or "
     "a request with the same Idempotency-Key is still being processed: retry later.",
+    413: "The body is too large, or holds more items than the operation takes in one call.",
     415: "The body is not `application/json`.",
     422: "Well-formed but not acceptable: e.g. data the template's schema refuses, an unknown "
     "customer or template, or an Idempotency-Key already used with a different body.",

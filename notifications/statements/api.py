@@ -94,7 +94,7 @@ class ReadingsView(CcmAPIView):
                 "example": "meter,start,value,quality\nE-1,2026-01-01T00:00:00Z,0.235,actual\n",
             },
         },
-        responses=OpenApiTypes.OBJECT,
+        responses={200: OpenApiTypes.OBJECT, 413: OpenApiTypes.OBJECT},
         summary=f"Send up to {readings.MAX_READINGS:,} meter readings "
         "(idempotent per meter and interval)",
         description="Three shapes of one call: objects "

@@ -228,7 +228,10 @@ def readings_ingest_csv(*, data: bytes) -> IngestResult:
     any order), one reading a row. Row numbers in errors count data rows from 0."""
     end = data.find(b"\n")
     first = data[: end if end >= 0 else len(data)].decode("utf-8", "replace").strip()
-    header = next(csv.reader([first]), [])
+    try:
+        header = next(csv.reader([first]), [])
+    except csv.Error:
+        header = []
     if (
         connection.vendor == "postgresql"
         and REQUIRED_COLUMNS <= set(header) <= set(COLUMNS)
@@ -244,7 +247,7 @@ def readings_ingest_csv(*, data: bytes) -> IngestResult:
         raise ReadingsRefused(
             [{"row": None, "field": "", "message": "the body is not UTF-8 text"}]
         ) from None
-    except imports.ImportRefused as exc:
+    except (imports.ImportRefused, csv.Error) as exc:
         raise ReadingsRefused([{"row": None, "field": "", "message": str(exc)}]) from None
     if len(rows) > MAX_READINGS:
         raise TooManyReadings()
@@ -260,6 +263,8 @@ def _csv(rows: Iterable[Sequence[Any]]) -> str:
 def _ingest_checked(rows: Sequence[Any]) -> IngestResult:
     """The per-row path: every fault named, or the rows merged."""
     serials = {str(r.get("meter") or "").strip() for r in rows if isinstance(r, Mapping)}
+    # A NUL cannot be in a serial, nor be sent to PostgreSQL: such a row has "no meter".
+    serials = {serial for serial in serials if "\x00" not in serial}
     meters = {
         serial: (pk, interval, kind)
         for serial, pk, interval, kind in Meter.objects.filter(serial__in=serials).values_list(
@@ -355,10 +360,13 @@ def _ingest_copy(
         with transaction.atomic(), connection.cursor() as cursor:
             for statement in TEMP_TABLES:
                 cursor.execute(statement)
-            raw = cursor.cursor  # psycopg 3
-            with raw.copy(
-                f"COPY readings_raw ({', '.join(columns)}) FROM STDIN (FORMAT csv{header})"
-            ) as copy:
+            raw = cursor.cursor  # psycopg 3; its errors made Django's DatabaseError
+            with (
+                connection.wrap_database_errors,
+                raw.copy(
+                    f"COPY readings_raw ({', '.join(columns)}) FROM STDIN (FORMAT csv{header})"
+                ) as copy,
+            ):
                 write(copy)
             received = raw.rowcount
             if received > MAX_READINGS:

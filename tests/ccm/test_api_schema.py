@@ -94,8 +94,10 @@ def test_request_bodies_are_json_only(schema):
         for method, path, op in operations(schema)
         if "requestBody" in op
     ]
+    # The one exception: meter readings also come as CSV, which goes straight into COPY.
+    also = {"/api/v1/readings": {"application/json", "text/csv"}}
     assert bodies
-    assert [b for b in bodies if b[2] != {"application/json"}] == []
+    assert [b for b in bodies if b[2] != also.get(b[1], {"application/json"})] == []
 
 
 def test_descriptions_are_written_for_integrators(schema):

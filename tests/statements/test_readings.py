@@ -214,3 +214,11 @@ def test_more_readings_than_a_call_takes_is_413(api, meter, monkeypatch):
     )
     assert response.status_code == 413
     assert not Reading.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"\x00\x01", b"meter,start\n", b"meter,start,value\n\x00,a,b\n"]
+)
+def test_a_csv_body_that_is_not_readings_is_a_422(api, meter, body):
+    response = api.post("/api/v1/readings", body, content_type="text/csv")
+    assert response.status_code == 422, response.content
