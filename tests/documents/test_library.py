@@ -116,7 +116,7 @@ def _english_fragments(code: str) -> set[str]:
         if english == german:
             continue
         for part in _PLACEHOLDER_OR_TAG.split(english):
-            part = " ".join(part.split()).strip(" ,.:;()–-")
+            part = " ".join(part.split()).strip(" ,.:;()\u2013-")
             if len(part) >= 4 and part not in german:
                 fragments.add(part)
     return fragments
