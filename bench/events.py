@@ -1,55 +1,103 @@
-"""Events benchmark: event intake through the bulk endpoint, and time to the first notice.
+"""Events benchmark through the public entry points: event intake over HTTP, the time to the
+first notice at the SMS provider, and memory over a long intake.
 
-    .venv/bin/python bench/events.py                  # 20,000 events, 2,000 customers
-    .venv/bin/python bench/events.py --events 5000 --customers 500   # quick
+    .venv/bin/python bench/events.py                                # 20,000 events, 2,000 customers
+    .venv/bin/python bench/events.py --events 5000 --customers 500  # quick
+    .venv/bin/python bench/events.py --events 20000 --customers 10000 --memory 1000000
 
-On a throwaway PostgreSQL database (created and dropped here), with the outage templates
-published through sign-off:
+On a throwaway PostgreSQL database (created and dropped here), prepared directly (migrations, the
+outage templates published through sign-off, `--devices` meters under feeder-a, `--customers`
+customers with a phone under feeder-b: setup, not measured), CCM is served as deployed: gunicorn
+with production settings (deploy/gunicorn.conf.py's gthread workers, Redis cache), named queues
+CCM_TASK_QUEUES=render,dispatch and one `manage.py qcluster` per queue as `run_ccm` starts them
+(default, `Q_CLUSTER_NAME=dispatch`, `Q_CLUSTER_NAME=render`), sending SMS with CCM's
+TwilioSmsBackend to a loopback Twilio stub (tests/notifications/twilio_stub.py) in this process.
+Settings: bench/settings_events.py (the outage rule's group_wait, default 0).
 
-1. intake: `--events` events from `--devices` meters under one feeder, posted 1,000 a call to
-   `POST /api/v1/events` through Django's test client (the whole API stack: auth, scope,
-   parsing, validation, one asset query, INSERT … ON CONFLICT DO NOTHING, grouping). Tasks are
-   queued, not run, as a web process does. Then the same events again (a replay).
-2. first notice: a feeder with `--customers` customers (SMS), group_wait 0; one event is posted
-   and the queued tasks run in this process (intake → evaluate → notices → compose → dispatch);
-   timed until the first SMS is handed to the provider backend, and until the last.
+1. intake: `--events` events posted 1,000 a call to `POST /api/v1/events` over HTTP (4
+   keep-alive connections), then the same events again (a replay: all duplicates).
+2. first notice: one power_outage event for b-meter (under feeder-b, the `--customers`
+   customers) posted over HTTP; timed until the stub accepts its first message, and until it has
+   one for every customer (at most `--timeout` s). Lost / duplicated are counted per phone
+   number at the stub. The PDF follow-ups this queues on the render queue are then dropped, so
+   hours of rendering do not run under the memory phase.
+3. memory (`--memory N`): N new events over HTTP; the resident set (VmRSS) of every gunicorn
+   process and every cluster process (their forked workers included) every tenth of the way.
 
-Last line:
-events: intake=<events/s> replay=<events/s> first_notice_s=<s> all_notices_s=<s> rss_mb=<MB>
+Last lines: the machine, the load (as `uptime`), and
+events: intake=<events/s> replay=<events/s> first_notice_s=<s> all_notices_s=<s> lost=<n>
+        duplicated=<n> web_rss_mb=<first→last> cluster_rss_mb=<first→last>   (one line)
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
-import resource
+import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+from scale import wait_for_clusters  # noqa: E402
+from serve import (  # noqa: E402
+    Client,
+    cache_url,
+    machine_line,
+    production_env,
+    run_pool,
+    sql_admin,
+    start_cluster,
+    start_gunicorn,
+    stop,
+)
+
+from tests.notifications.twilio_stub import TwilioStub  # noqa: E402
+
 BATCH = 1000
+CONNECTIONS = 4
+QUEUES = ("render", "dispatch")  # named queues; the default queue's cluster runs too
+TWILIO_SID = "AC" + "0" * 32
+TWILIO_TOKEN = "bench-twilio-token"  # noqa: S105 - the loopback stub's token
 
 
-def sql_admin(statement: str) -> None:
-    import psycopg
+class TimedStub(TwilioStub):
+    """The Twilio stub, noting when it accepted its first and last message and how many each
+    number got."""
 
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(statement)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.by_to: Counter[str] = Counter()
+
+    def accept(self, form: dict[str, str], authorization: str) -> dict[str, Any]:
+        message = super().accept(form, authorization)
+        now = time.perf_counter()
+        with self.lock:
+            if self.first_at is None:
+                self.first_at = now
+            self.last_at = now
+            self.by_to[form.get("To", "")] += 1
+        return message
 
 
-def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def load() -> str:
+    one, five, fifteen = open("/proc/loadavg").read().split()[:3]  # noqa: SIM115
+    return f"load average: {one}, {five}, {fifteen}"
 
 
-def prepare(*, devices: int, customers: int, workdir: Path) -> list[str]:
+def prepare(*, devices: int, customers: int, workdir: Path) -> tuple[list[str], set[str]]:
+    """The meters under feeder-a, and the phone numbers of the customers under feeder-b."""
     from django.core.management import call_command
 
     from ccm.demo import seed_users
@@ -82,10 +130,11 @@ def prepare(*, devices: int, customers: int, workdir: Path) -> list[str]:
         ],
         batch_size=5000,
     )
+    phones = [f"+44770{i:07d}" for i in range(customers)]
     ContactPoint.objects.bulk_create(
         [
-            ContactPoint(customer=c, kind="phone", value=f"+44770{i:07d}", is_primary=True)
-            for i, c in enumerate(made)
+            ContactPoint(customer=c, kind="phone", value=phone, is_primary=True)
+            for c, phone in zip(made, phones, strict=True)
         ],
         batch_size=5000,
     )
@@ -95,14 +144,14 @@ def prepare(*, devices: int, customers: int, workdir: Path) -> list[str]:
             for i, c in enumerate(made)
         ]
     )
-    return meters
+    return meters, set(phones)
 
 
-def event(meter: str, n: int, t0: datetime, event_type: str = "power_outage") -> dict:
+def event(meter: str, n: int, t0: datetime, prefix: str = "") -> dict:
     return {
         "source": "bench",
-        "event_id": f"{meter}-{n}",
-        "event_type": event_type,
+        "event_id": f"{prefix}{meter}-{n}",
+        "event_type": "power_outage",
         "severity": "warning",
         "asset": meter,
         "occurred_at": (t0 + timedelta(milliseconds=n)).isoformat(),
@@ -111,96 +160,133 @@ def event(meter: str, n: int, t0: datetime, event_type: str = "power_outage") ->
     }
 
 
-def intake(client, meters: list[str], total: int) -> float:
+def post_events(client: Client, meters: list[str], first: int, last: int, prefix: str) -> float:
+    """Events first…last-1 posted 1,000 a call over CONNECTIONS connections; events/s."""
     t0 = datetime(2026, 5, 1, tzinfo=UTC)
-    items = [event(meters[n % len(meters)], n, t0) for n in range(total)]
+
+    def call(start: int):
+        items = [
+            event(meters[n % len(meters)], n, t0, prefix)
+            for n in range(start, min(start + BATCH, last))
+        ]
+        return client.request("POST", "/api/v1/events", {"events": items})
+
     started = time.perf_counter()
-    for start in range(0, total, BATCH):
-        response = client.post(
-            "/api/v1/events", {"events": items[start : start + BATCH]}, format="json"
+    results = run_pool(call, range(first, last, BATCH), connections=CONNECTIONS)
+    elapsed = time.perf_counter() - started
+    refused = [r for r in results if r.status != 200]
+    if refused:
+        raise SystemExit(
+            f"{len(refused)} calls refused: {refused[0].status} {refused[0].body[:300]!r}"
         )
-        assert response.status_code == 200, response.content[:500]
-    return total / (time.perf_counter() - started)
+    return (last - first) / elapsed
 
 
-def first_notice(client, *, render: bool) -> tuple[float, float]:
-    from django.conf import settings
-    from django.utils.module_loading import import_string
+def queue_drained(timeout_s: float) -> float:
+    """Seconds until the task queue is empty (the intake's incident evaluations done)."""
     from django_q.models import OrmQ
 
-    from ccm.tasks import REQUEST_ID_KWARG, Queue
-    from notifications.channels import sms
-
-    settings.CCM_INCIDENT_RULES = {"power_outage": {"group_wait": 0}}
-    OrmQ.objects.all().delete()  # the intake's evaluations: not part of this measurement
-    stamps: list[float] = []
-    original = sms.LocmemSmsBackend.send
-
-    def timed(self, message):
-        stamps.append(time.perf_counter())
-        if len(stamps) == 1:  # printed now: a long run may be stopped before its summary
-            print(f"first SMS handed to the provider after {stamps[0] - started:.2f}s", flush=True)
-        return original(self, message)
-
-    sms.LocmemSmsBackend.send = timed  # type: ignore[method-assign]
     started = time.perf_counter()
-    response = client.post(
-        "/api/v1/events",
-        event("b-meter", 1, datetime.now(UTC) - timedelta(seconds=1)),
-        format="json",
+    while OrmQ.objects.exists() and time.perf_counter() - started < timeout_s:
+        time.sleep(0.5)
+    return time.perf_counter() - started
+
+
+def first_notice(
+    client: Client, stub: TimedStub, phones: set[str], clusters: list, timeout_s: float
+) -> tuple[float, float, int, int]:
+    """(first s, all s, lost, duplicated) for one event reaching every customer under
+    feeder-b."""
+    from django_q.models import Failure, OrmQ
+
+    with stub.lock:
+        stub.first_at = stub.last_at = None
+        stub.by_to.clear()
+    started = time.perf_counter()
+    response = client.request(
+        "POST", "/api/v1/events", event("b-meter", 1, datetime.now(UTC) - timedelta(seconds=1))
     )
-    assert response.status_code == 201, response.content[:500]
-    # The queue, drained by this process the way one worker per queue would: the dispatch
-    # queue's cluster (text composition, sending) does not wait behind rendering (Queue.RENDER)
-    # or the default queue, so its tasks go first. The render queue (the durable copies' PDFs,
-    # after the SMS) runs on its own cluster: drained here only with `render`.
-    queued = OrmQ.objects.all() if render else OrmQ.objects.exclude(key=Queue.RENDER.value)
+    if response.status != 201:
+        raise SystemExit(f"the event was refused: {response.status} {response.body[:300]!r}")
+    last_print = 0.0
     while True:
-        rows = list(OrmQ.objects.filter(key=Queue.DISPATCH.value).order_by("id")[:50]) or list(
-            queued.order_by("id")[:50]
-        )
-        if not rows:
+        elapsed = time.perf_counter() - started
+        with stub.lock:
+            got = len(phones & stub.by_to.keys())
+            first_at = stub.first_at
+        if first_at is not None and last_print == 0.0:
+            print(f"  first SMS at the provider after {first_at - started:.2f} s", flush=True)
+            last_print = elapsed
+        if got >= len(phones) or elapsed > timeout_s:
             break
-        OrmQ.objects.filter(pk__in=[r.pk for r in rows]).delete()
-        for row in rows:
-            task = row.task
-            func = task["func"]
-            kwargs = {k: v for k, v in task["kwargs"].items() if k != REQUEST_ID_KWARG}
-            (import_string(func) if isinstance(func, str) else func)(*task["args"], **kwargs)
-    assert stamps, "no notice was sent"
-    left = OrmQ.objects.filter(key=Queue.RENDER.value).count()
-    print(f"render queue: {left} tasks left (durable copies, composed after the SMS)")
-    return stamps[0] - started, stamps[-1] - started
-
-
-def rss_now_mb() -> float:
-    """The resident set now (not the peak): pages times the page size, from /proc."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def memory(client, meters: list[str], total: int) -> None:
-    """Post `total` new events in bulk calls, sampling RSS every tenth of the way: flat means
-    intake holds nothing per event."""
-    t0 = datetime(2026, 6, 1, tzinfo=UTC)
-    step = max(BATCH, total // 10 // BATCH * BATCH)
-    samples = [rss_now_mb()]
-    started = time.perf_counter()
-    for start in range(0, total, BATCH):
-        items = [
-            {**event(meters[n % len(meters)], n, t0), "event_id": f"mem-{n}"}
-            for n in range(start, min(start + BATCH, total))
-        ]
-        response = client.post("/api/v1/events", {"events": items}, format="json")
-        assert response.status_code == 200, response.content[:500]
-        if (start + BATCH) % step == 0:
-            samples.append(rss_now_mb())
-    rate = total / (time.perf_counter() - started)
+        if elapsed - last_print >= 10:
+            print(f"  {elapsed:6.1f} s: {got} of {len(phones)} numbers reached", flush=True)
+            last_print = elapsed
+        if any(c.poll() is not None for c in clusters):
+            raise SystemExit("a cluster died; see its log")
+        time.sleep(0.1)
+    with stub.lock:
+        by_to = dict(stub.by_to)
+        first_s = (stub.first_at - started) if stub.first_at else float("nan")
+        all_s = (stub.last_at - started) if got >= len(phones) and stub.last_at else float("nan")
+    lost = len(phones - by_to.keys())
+    duplicated = sum(1 for to, n in by_to.items() if to in phones and n > 1)
+    failed = Failure.objects.count()
+    render = OrmQ.objects.filter(key="render")
     print(
-        f"memory: {total} events at {rate:.0f}/s, RSS MB every {step}: "
-        + " ".join(f"{s:.0f}" for s in samples)
+        f"  {got} of {len(phones)} numbers reached in {elapsed:.2f} s; failed tasks: {failed}; "
+        f"render queue: {render.count()} tasks (the durable copies' PDFs), dropped",
+        flush=True,
     )
-    print(f"memory: rss_first_mb={samples[1]:.0f} rss_last_mb={samples[-1]:.0f}")
+    render.delete()
+    return first_s, all_s, lost, duplicated
+
+
+def group_rss_mb(pgid: int) -> float:
+    """VmRSS summed over the processes of one process group (a server and what it forked);
+    shared pages count once per process, as `ps` shows them."""
+    total_kb = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total_kb += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while being read
+    return total_kb / 1024
+
+
+def memory(
+    client: Client, meters: list[str], total: int, web, clusters: list
+) -> tuple[list[float], list[float]]:
+    """`total` new events over HTTP; RSS of gunicorn and of the clusters every tenth."""
+    step = max(BATCH, total // 10 // BATCH * BATCH)
+    web_mb = [group_rss_mb(web.pid)]
+    cluster_mb = [sum(group_rss_mb(c.pid) for c in clusters)]
+    started = time.perf_counter()
+    for first in range(0, total, step):
+        post_events(client, meters, first, min(first + step, total), "mem-")
+        web_mb.append(group_rss_mb(web.pid))
+        cluster_mb.append(sum(group_rss_mb(c.pid) for c in clusters))
+        print(
+            f"  {min(first + step, total)} events: web {web_mb[-1]:.0f} MB, "
+            f"clusters {cluster_mb[-1]:.0f} MB",
+            flush=True,
+        )
+    rate = total / (time.perf_counter() - started)
+    print(f"memory: {total} events at {rate:.0f}/s, RSS MB every {step} events:")
+    print("  web:      " + " ".join(f"{s:.0f}" for s in web_mb))
+    print("  clusters: " + " ".join(f"{s:.0f}" for s in cluster_mb))
+    print(
+        f"  growth: web {web_mb[-1] - web_mb[1]:+.0f} MB, clusters "
+        f"{cluster_mb[-1] - cluster_mb[1]:+.0f} MB (from the first tenth to the last)"
+    )
+    return web_mb, cluster_mb
 
 
 def main() -> None:
@@ -210,73 +296,111 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--customers", type=int, default=2000)
-    parser.add_argument("--profile", action="store_true", help="profile the intake, then stop")
+    parser.add_argument("--timeout", type=float, default=600, help="s to wait for all notices")
+    parser.add_argument("--memory", type=int, default=0, help="events for the memory phase")
     parser.add_argument(
-        "--render", action="store_true", help="also run the render queue (PDFs) in the drain"
-    )
-    parser.add_argument(
-        "--memory",
+        "--web-workers",
         type=int,
-        default=0,
-        help="post this many more events (bulk calls) and sample this process's RSS",
+        default=(os.cpu_count() or 1) * 2 + 1,
+        help="gunicorn workers (deploy/gunicorn.conf.py's default: 2 per core + 1)",
     )
+    parser.add_argument("--cache", default="redis", help="redis (default), db, or a CACHE_URL")
     args = parser.parse_args()
+    # Killed from outside: still stop what was started and drop the database (finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
     name = f"ccm_bench_events_{os.getpid()}"
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{name}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ccm.settings")
-    os.environ["CCM_SMS_BACKEND"] = "notifications.channels.sms.LocmemSmsBackend"
-    os.environ["CCM_ENABLED_CHANNELS"] = "email,sms,push,print"
-    # Named queues, as a deployment runs them: text composition and sending on "dispatch".
-    os.environ["CCM_TASK_QUEUES"] = "render,dispatch"
-    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}")
-    sql_admin(f"CREATE DATABASE {name}")
     workdir = Path(tempfile.mkdtemp(prefix="bench-events-"))
+    stub = TimedStub(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN).start()
+    web = None
+    clusters: list[subprocess.Popen] = []
+    created = False
     try:
+        sql_admin(f'CREATE DATABASE "{name}"')
+        created = True
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}",
+            "DJANGO_SETTINGS_MODULE": "bench.settings_events",
+            "SECRET_KEY": secrets.token_urlsafe(64),
+            "CACHE_URL": cache_url(args.cache, name),
+            "MEDIA_ROOT": str(workdir / "media"),
+            "LOG_LEVEL": "WARNING",
+            "Q_SYNC": "false",
+            "CCM_TASK_QUEUES": ",".join(QUEUES),
+            "CCM_ENABLED_CHANNELS": "email,sms,push,print",
+            "CCM_SMS_BACKEND": "notifications.channels.sms.TwilioSmsBackend",
+            "TWILIO_ACCOUNT_SID": TWILIO_SID,
+            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+            "TWILIO_FROM_NUMBER": "+447700900000",
+            "TWILIO_API_BASE_URL": stub.url,
+            # The benchmark measures capacity, not an integrator's quota.
+            "API_THROTTLE_USER": "10000000/min",
+            "API_THROTTLE_API_KEY": "10000000/min",
+        }
+        os.environ.update(env)
         import django
 
         django.setup()
-        from django.conf import settings
-        from django.test.utils import setup_test_environment
-        from rest_framework.test import APIClient
-
         from ccm.api.auth import api_key_create
 
-        setup_test_environment()
-        settings.ALLOWED_HOSTS = ["*"]
-        settings.MEDIA_ROOT = workdir / "media"
-        meters = prepare(devices=args.devices, customers=args.customers, workdir=workdir)
-        client = APIClient()
-        client.credentials(
-            HTTP_AUTHORIZATION=f"Api-Key {api_key_create(name='b', scopes=['events:write']).key}"
+        print(machine_line())
+        print(
+            f"setup: {args.events} events from {args.devices} meters, {args.customers} "
+            f"customers, gunicorn workers={args.web_workers}, clusters: default + "
+            f"{' + '.join(QUEUES)}, Twilio stub at {stub.url}, cache={args.cache}; {load()}",
+            flush=True,
         )
-        rss_before = rss_mb()
-        if args.profile:
-            import cProfile
-            import pstats
+        meters, phones = prepare(devices=args.devices, customers=args.customers, workdir=workdir)
+        served = production_env(env)
+        web, port = start_gunicorn(served, workdir / "gunicorn.log", workers=args.web_workers)
+        for queue in (None, *QUEUES):
+            queue_env = {**served, "Q_CLUSTER_NAME": queue} if queue else served
+            clusters.append(
+                start_cluster(queue_env, workdir / f"qcluster-{queue or 'default'}.log")
+            )
+        for queue in (None, *QUEUES):
+            wait_for_clusters(clusters, queue=queue)
+        key = api_key_create(name="bench", scopes=["events:write"]).key
+        client = Client(port, headers={"Authorization": f"Api-Key {key}"})
 
-            profiler = cProfile.Profile()
-            profiler.runcall(intake, client, meters, args.events)
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
-            return
-        rate = intake(client, meters, args.events)
-        print(f"intake: {args.events} events in batches of {BATCH}: {rate:.0f} events/s")
-        replay = intake(client, meters, args.events)
-        print(f"replay: {replay:.0f} events/s (all duplicates)")
-        rss_after = rss_mb()
+        rate = post_events(client, meters, 0, args.events, "")
+        print(f"intake: {args.events} events, {BATCH} a call: {rate:.0f} events/s", flush=True)
+        replay = post_events(client, meters, 0, args.events, "")
+        print(f"replay: {replay:.0f} events/s (all duplicates)", flush=True)
+        drained = queue_drained(120)
+        print(f"the intake's tasks done {drained:.1f} s after the replay; {load()}", flush=True)
+
+        print(f"first notice: one event for {args.customers} customers (SMS), group_wait 0")
+        first, last, lost, duplicated = first_notice(client, stub, phones, clusters, args.timeout)
+        print(f"  first SMS {first:.2f} s, all {last:.2f} s, lost={lost} duplicated={duplicated}")
+
+        web_mb = cluster_mb = [0.0, 0.0]
         if args.memory:
-            memory(client, meters, args.memory)
-        first, last = first_notice(client, render=args.render)
-        print(f"notices: {args.customers} customers, first SMS {first:.2f}s, last {last:.2f}s")
+            queue_drained(120)
+            print(f"memory: {args.memory} events over HTTP; {load()}", flush=True)
+            web_mb, cluster_mb = memory(client, meters, args.memory, web, clusters)
+        print(machine_line())
+        print(load())
         print(
             f"events: intake={rate:.0f} replay={replay:.0f} first_notice_s={first:.2f} "
-            f"all_notices_s={last:.2f} rss_mb={rss_after:.0f} "
-            f"rss_growth_mb={rss_after - rss_before:.0f}"
+            f"all_notices_s={last:.2f} lost={lost} duplicated={duplicated} "
+            f"web_rss_mb={web_mb[1]:.0f}→{web_mb[-1]:.0f} "
+            f"cluster_rss_mb={cluster_mb[1]:.0f}→{cluster_mb[-1]:.0f}"
         )
     finally:
-        from django.db import connections
+        stop(web)
+        for cluster in clusters:
+            stop(cluster)
+        stub.stop()
+        try:
+            from django.db import connections
 
-        connections.close_all()
-        sql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            connections.close_all()
+        except Exception:  # noqa: S110 - Django may not be set up when setup itself failed
+            pass
+        if created:
+            sql_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(workdir, ignore_errors=True)
 
 
