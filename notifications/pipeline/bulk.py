@@ -134,6 +134,24 @@ def _db_value(field, value: Any) -> Any:
     return value
 
 
+def _update_rows_portable(
+    model, fields: list[str], rows: Mapping[int, tuple], *, where_state: str | None = None
+) -> None:
+    """`update_rows` through Django's `bulk_update` (SQLite, the `make run` default). Values go
+    straight into each instance's fields: a protected state field refuses `setattr`, and this
+    is a write of states the caller has already decided, as the PostgreSQL statement is."""
+    objs = []
+    for pk, values in rows.items():
+        obj = model(pk=pk)
+        for name, value in zip(fields, values, strict=True):
+            obj.__dict__[model._meta.get_field(name).attname] = value
+        objs.append(obj)
+    queryset = model.objects.all()
+    if where_state is not None:
+        queryset = queryset.filter(state=where_state)
+    queryset.bulk_update(objs, fields)
+
+
 def update_rows(
     model, fields: list[str], rows: Mapping[int, tuple], *, where_state: str | None = None
 ) -> None:
@@ -145,16 +163,7 @@ def update_rows(
     if not rows:
         return
     if connection.vendor != "postgresql":
-        objs = []
-        for pk, values in rows.items():
-            obj = model(pk=pk)
-            for name, value in zip(fields, values, strict=True):
-                setattr(obj, model._meta.get_field(name).attname, value)
-            objs.append(obj)
-        queryset = model.objects.all()
-        if where_state is not None:
-            queryset = queryset.filter(state=where_state)
-        queryset.bulk_update(objs, fields)
+        _update_rows_portable(model, fields, rows, where_state=where_state)
         return
     opts = model._meta
     columns = [opts.get_field(name) for name in fields]

@@ -244,3 +244,18 @@ def test_a_text_only_chunk_is_sent_by_the_task_that_composes_it(
     )
     assert history.communication_verify(ids[0]).ok
     assert history.communication_verify(ids[0]).unsealed == 0
+
+
+def test_the_portable_row_update_writes_a_protected_state(document_ready, customers, integrator):
+    """`make run` (SQLite) composes through Django's bulk_update: the protected state field
+    must take the state the pipeline decided there too (it refused it, and nothing composed)."""
+    ids = request(customers, integrator)
+    Communication.objects.filter(pk__in=ids).update(state="composing")
+    bulk._update_rows_portable(
+        Communication,
+        ["state", "failure_reason"],
+        {pk: ("composed", "") for pk in ids[:3]},
+        where_state="composing",
+    )
+    states = dict(Communication.objects.filter(pk__in=ids).values_list("pk", "state"))
+    assert [states[pk] for pk in ids] == ["composed"] * 3 + ["composing"] * 2
