@@ -330,6 +330,11 @@ class RenderWorker:
             payload = _read_frame(process.stdout.fileno(), time.monotonic() + STARTUP_TIMEOUT_S)  # type: ignore[union-attr]
         except TimeoutError:
             payload = None
+        except BaseException:
+            # Raised into the wait from outside (a task's time-out alarm): nobody holds the new
+            # process yet, so it goes now rather than live on as an orphan.
+            self._kill(process)
+            raise
         if payload is None or not _parse_reply(payload)[0].get("ready"):
             self._kill(process)
             raise RenderError("the render worker did not start")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pypdf
 import pytest
@@ -166,3 +167,33 @@ def test_a_render_left_waiting_does_not_hand_its_reply_to_the_next_one():
     )
     assert second.page_count == 1
     assert "second" in pypdf.PdfReader(io.BytesIO(second.data)).pages[0].extract_text()
+
+
+def test_a_worker_start_interrupted_leaves_no_process_behind():
+    # The alarm can also ring while a new worker is starting, before anybody holds the process.
+    from documents import sandbox
+
+    sandbox.shutdown_workers()
+    spawned: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        process = real_popen(*args, **kwargs)
+        spawned.append(process)
+        return process
+
+    class Alarm(Exception):
+        pass
+
+    def ring(*_args, **_kwargs):
+        raise Alarm  # what django-q's time-out raises into the wait for the "ready" frame
+
+    with (
+        mock.patch.object(sandbox.subprocess, "Popen", recording_popen),
+        mock.patch.object(sandbox, "_read_frame", ring),
+        pytest.raises(Alarm),
+    ):
+        sandbox.start_worker()
+    assert len(spawned) == 1
+    assert spawned[0].poll() is not None, "the half-started worker is still running"
+    assert sandbox.worker_pids() == []
