@@ -46,6 +46,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from ccm import approvals, context
+from ccm.backoff import backoff_seconds
 from ccm.context import each_bound
 from ccm.tasks import Queue, enqueue
 from documents import selectors as document_selectors
@@ -84,7 +85,6 @@ from notifications.pipeline.services import (
     address_normalise,
     addressee_mismatches,
     addressee_of,
-    backoff_seconds,
     composition_context,
     delivery_message_id,
     enabled_channels,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
-import random
 import zoneinfo
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -519,11 +518,6 @@ def register_approvable() -> None:
 
 
 # --- dispatch -------------------------------------------------------------------------------
-
-
-def backoff_seconds(attempt: int, *, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter (AWS architecture blog's 'full jitter')."""
-    return random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
 
 
 @dataclass(frozen=True)

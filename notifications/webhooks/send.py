@@ -30,9 +30,9 @@ from django.db import transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
+from ccm.backoff import backoff_seconds
 from ccm.tasks import Sweep, enqueue, register_sweep
 from notifications.models import WebhookAttempt, WebhookDelivery, WebhookDeliveryState
-from notifications.pipeline.services import backoff_seconds
 from notifications.webhooks.services import SEND_TASK, WebhookUrlRefused, webhook_addresses
 
 logger = logging.getLogger(__name__)

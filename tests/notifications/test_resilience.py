@@ -106,7 +106,6 @@ def test_flaky_provider_everything_sent_exactly_once(
     settings.CCM_DISPATCH_INLINE_RETRIES = 1
     settings.CCM_DISPATCH_MAX_ATTEMPTS = 50
     monkeypatch.setattr(bulk, "backoff_seconds", lambda *a, **k: 0)
-    monkeypatch.setattr(services, "backoff_seconds", lambda *a, **k: 0)
     stub.configure(failure_ratio=0.3, seed=11)
     # when the pipeline runs and the sweeps retry what is left
     ids = request(many_customers, integrator)
