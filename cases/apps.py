@@ -20,8 +20,8 @@ class CasesConfig(AppConfig):
         from ccm.notices import WorkCount, register_work_count
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
+        from notifications.progress import register_progress_source
         from notifications.reporting import selectors as reporting_selectors
-        from notifications.reporting.progress import register_progress_source
 
         receivers.connect()
         for item in (

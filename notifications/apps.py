@@ -23,10 +23,10 @@ class NotificationsConfig(AppConfig):
         from notifications.jobs import tasks as job_tasks
         from notifications.models import Communication
         from notifications.pipeline import services, tasks
+        from notifications.progress import register_progress_source
         from notifications.reporting import demo as reporting_demo
         from notifications.reporting import metrics as reporting_metrics
         from notifications.reporting import tasks as reporting_tasks
-        from notifications.reporting.progress import register_progress_source
         from notifications.statements import demo as statements_demo
         from notifications.statements import selectors as statement_selectors
         from notifications.statements import services as statement_services

@@ -11,7 +11,7 @@ from django.urls import reverse
 from cases.incidents.models import Incident, IncidentNotice, IncidentUpdate
 from notifications.customers.assets import selectors as asset_selectors
 from notifications.models import DeliveryState
-from notifications.reporting.progress import PER_KIND, Work
+from notifications.progress import PER_KIND, Work
 
 
 def incident_list() -> QuerySet[Incident]:

@@ -35,7 +35,7 @@ from notifications.models import (
 )
 from notifications.pipeline import selection
 from notifications.pipeline.services import enabled_channels
-from notifications.reporting.progress import PER_KIND, Work
+from notifications.progress import PER_KIND, Work
 
 # What a segment definition may say; anything else is refused (a typo must not widen it).
 SEGMENT_KEYS = {

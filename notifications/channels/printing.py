@@ -39,7 +39,7 @@ from notifications.models import (
     PrintItem,
 )
 from notifications.pipeline.selection import postal_address_text
-from notifications.reporting.progress import (
+from notifications.progress import (
     PER_KIND,
     Work,
     progress_publisher,

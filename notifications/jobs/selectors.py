@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from notifications.jobs.services import SETTLED_STATES
 from notifications.models import JobState, SendJob, SendJobItem
-from notifications.reporting.progress import PER_KIND, Work
+from notifications.progress import PER_KIND, Work
 
 
 def send_job_list() -> QuerySet[SendJob]:

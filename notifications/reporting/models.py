@@ -104,7 +104,7 @@ class FailureStat(models.Model):
 class WorkProgress(models.Model):
     """How far a long piece of work that runs inside one transaction has got (a print batch
     being closed): written through a connection of its own, so other processes see it before
-    the work's transaction commits. See `notifications.reporting.progress.progress_publisher`."""
+    the work's transaction commits. See `notifications.progress.progress_publisher`."""
 
     key = models.CharField(max_length=100, unique=True)
     done = models.PositiveIntegerField(default=0)

@@ -16,10 +16,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from ccm.health import cluster_state
+from notifications.progress import work_in_progress
 from notifications.reporting import selectors
 from notifications.reporting.charts import svg_chart
 from notifications.reporting.models import DailyStat, ReportDefinition, ReportRun
-from notifications.reporting.progress import work_in_progress
 from notifications.reporting.reconciliation import Scope, reconcile
 from notifications.reporting.reports import report_run_request
 from notifications.reporting.rollups import local_today

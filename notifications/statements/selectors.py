@@ -115,7 +115,7 @@ def statement_runs_at_work(*, since):
     from django.db.models import Q
     from django.urls import reverse
 
-    from notifications.reporting.progress import Work
+    from notifications.progress import Work
     from notifications.statements.models import RunState
 
     finished = (RunState.COMPLETED, RunState.CANCELLED)

@@ -9,7 +9,7 @@ from django.utils import timezone
 from cases.incidents import services
 from cases.incidents.models import Incident
 from notifications.channels import sms
-from notifications.reporting.progress import work_in_progress
+from notifications.progress import work_in_progress
 from notifications.reporting.reconciliation import Scope, reconcile
 from tests.cases.incident_fixtures import event, grid
 

@@ -861,7 +861,7 @@ def test_closing_a_batch_shows_its_progress_to_others_while_it_runs(
     letters, ops, monkeypatch, progress_rows_cleaned
 ):
     from notifications.channels import printstream
-    from notifications.reporting.progress import work_in_progress
+    from notifications.progress import work_in_progress
 
     monkeypatch.setattr(printstream, "COVER_CHUNK", 1)
     batch = open_batch()
@@ -896,7 +896,7 @@ def test_closing_a_batch_shows_its_progress_to_others_while_it_runs(
 
 @postgres_only
 def test_a_refused_close_leaves_no_progress_behind(letters, ops, progress_rows_cleaned):
-    from notifications.reporting.progress import work_in_progress
+    from notifications.progress import work_in_progress
 
     document = letters[1].document
     with open(document.file.path, "r+b") as fh:

@@ -178,7 +178,7 @@ def test_a_reprint_is_byte_identical_to_the_archived_statement(town, ops, sync_t
 
 
 def test_a_statement_run_shows_on_the_dashboard_as_a_progress_bar(town, ops, sync_tasks):
-    from notifications.reporting.progress import work_in_progress
+    from notifications.progress import work_in_progress
 
     # when a run for January has finished
     run = _run(sync_tasks, ops)
@@ -199,7 +199,7 @@ def test_a_statement_run_shows_on_the_dashboard_as_a_progress_bar(town, ops, syn
 def test_a_viewer_who_may_not_open_a_run_sees_its_bar_without_a_link(
     town, ops, sync_tasks, make_user
 ):
-    from notifications.reporting.progress import work_in_progress
+    from notifications.progress import work_in_progress
 
     run = _run(sync_tasks, ops)
     outsider = make_user("outsider")

@@ -7,7 +7,7 @@ Each package registers its own source in its `AppConfig.ready()`, the way dashbo
 registered, so reporting never imports the packages that do the work (cases registers incident
 updates). A statement run registers like this:
 
-    from notifications.reporting.progress import Work, register_progress_source
+    from notifications.progress import Work, register_progress_source
 
     def statement_runs_progress(*, since):
         runs = StatementRun.objects.filter(Q(finished_at=None) | Q(finished_at__gte=since))
@@ -36,6 +36,8 @@ from urllib.parse import urlencode
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.urls import reverse
 from django.utils import timezone
+
+from notifications.models import WorkProgress
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +139,6 @@ def progress_publisher(key: str) -> Iterator[Callable[[int, int], None]]:
     so that other processes see it at once, even while the caller's transaction is open: on
     PostgreSQL inside a transaction it writes through a connection of its own, in autocommit.
     When the work fails, its row is removed (its own transaction rolled back; nothing moves)."""
-    from notifications.reporting.models import WorkProgress
-
     side = None
     if connection.vendor == "postgresql" and connection.in_atomic_block:
         side = connections.create_connection(DEFAULT_DB_ALIAS)
@@ -175,8 +175,6 @@ def progress_publisher(key: str) -> Iterator[Callable[[int, int], None]]:
 
 def published_progress(*, prefix: str, since: datetime) -> dict[str, tuple[int, int]]:
     """{key: (done, total)} of the published progress under `prefix` updated since `since`."""
-    from notifications.reporting.models import WorkProgress
-
     return {
         key: (done, total)
         for key, done, total in WorkProgress.objects.filter(
