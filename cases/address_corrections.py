@@ -27,6 +27,7 @@ from cases.models import OPEN_STATES, Case, CaseType, RecoveryAction
 from ccm import approvals, audit
 from ccm.models import Approval, ApprovalState
 from documents.models import Category
+from notifications.customers import services as customer_services
 from notifications.models import Channel, Communication, Customer
 from notifications.pipeline import services as notifications
 from notifications.pipeline.recovery import RecoveryError
@@ -98,7 +99,7 @@ def address_correction_request(
     """Correct the customer's postal address, at once or — where the rule above says so —
     once a second person approves. CaseError names the field to fix."""
     try:
-        _, meta = notifications.address_normalise("print", list(postal_address))
+        _, meta = customer_services.address_normalise("print", list(postal_address))
     except notifications.IntakeError as exc:
         raise services.CaseError(str(exc), field="postal_address") from exc
     lines = meta["postal_address"]
@@ -154,7 +155,7 @@ def address_correction_request(
 def _apply(correction: AddressCorrection, *, by, releaser) -> AddressCorrection:
     """Write the address (audited by notifications), then release the held letters to it,
     each in its own savepoint so one that cannot go does not undo the correction."""
-    notifications.customer_address_correct(
+    customer_services.customer_address_correct(
         customer=correction.customer,
         postal_address=correction.postal_address,
         by=by,

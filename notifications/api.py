@@ -37,6 +37,7 @@ from notifications.api_examples import (
     CUSTOMER_WRITE_EXAMPLE,
 )
 from notifications.campaigns import services as campaign_services
+from notifications.customers import services as customer_services
 from notifications.models import (
     Channel,
     CommState,
@@ -115,16 +116,16 @@ class CustomerWriteSerializer(serializers.Serializer):
     attributes = serializers.DictField(required=False)
 
     def validate_emails(self, value: list[str]) -> list[str]:
-        return self._each(value, services.normalise_email)
+        return self._each(value, customer_services.normalise_email)
 
     def validate_time_zone(self, value: str) -> str:
         try:
-            return services.time_zone_checked(value)
+            return customer_services.time_zone_checked(value)
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.messages) from exc
 
     def validate_phones(self, value: list[str]) -> list[str]:
-        return self._each(value, services.normalise_phone)
+        return self._each(value, customer_services.normalise_phone)
 
     @staticmethod
     def _each(values: list[str], normalise) -> list[str]:
@@ -157,7 +158,7 @@ class CustomerUpsertView(CcmAPIView):
         fields = dict(body.validated_data)
         attributes = fields.pop("attributes", None)
         with transaction.atomic():
-            customer, created = services.customer_upsert(**fields, by=request.user)
+            customer, created = customer_services.customer_upsert(**fields, by=request.user)
             if attributes is not None:
                 campaign_services.customer_attributes_set(
                     customer=customer, attributes=attributes, by=request.user
@@ -214,7 +215,7 @@ class CustomerDetailView(CcmAPIView):
         fields["source_system"] = customer.source_system
         attributes = fields.pop("attributes", None)
         with transaction.atomic():
-            updated, _ = services.customer_upsert(
+            updated, _ = customer_services.customer_upsert(
                 external_ref=customer.external_ref, **fields, by=request.user
             )
             if attributes is not None:
@@ -277,7 +278,9 @@ class CustomerConsentView(CcmAPIView):
         customer = _customer(request, ref)
         body = ConsentWriteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        record = services.consent_record(customer=customer, **body.validated_data, by=request.user)
+        record = customer_services.consent_record(
+            customer=customer, **body.validated_data, by=request.user
+        )
         return Response(ConsentSerializer(record).data, status=status.HTTP_201_CREATED)
 
 

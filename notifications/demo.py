@@ -17,6 +17,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 
 from documents.models import Template
+from notifications.customers import services as customer_services
 from notifications.customers.devices import device_register
 from notifications.pipeline import services
 
@@ -104,7 +105,7 @@ def seed_customers_and_communications() -> None:
     integrator = get_user_model().objects.get(username="integrator")
     customers = {}
     for spec in CUSTOMERS:
-        customer, _ = services.customer_upsert(**spec, by=integrator)
+        customer, _ = customer_services.customer_upsert(**spec, by=integrator)
         customers[customer.external_ref] = customer
     for ref, platform, token, app in DEVICES:
         device_register(

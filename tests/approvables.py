@@ -10,6 +10,7 @@ from ccm import approvals
 from ccm.models import Approval
 from documents import services as documents
 from documents.models import TemplateVersion
+from notifications.customers import services as customer_services
 from notifications.models import Communication
 from notifications.pipeline import services
 from tests.documents.factories import TemplateFactory, letter_bundle
@@ -39,7 +40,7 @@ def communication_awaiting_release(
         author=author,
         reviewer=reviewer,
     )
-    customer, _ = services.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref="C-1",
         name="Ada Lovelace",
         postal_address=["1 Analytical Row", "London N1 1AA"],

@@ -41,6 +41,7 @@ from ccm.models import Approval, ApprovalState
 from ccm.tasks import Sweep, enqueue
 from documents import services as documents
 from documents.models import Document, DocumentKind
+from notifications.customers import services as customer_services
 from notifications.models import Communication, Customer, Source, Suppression
 from notifications.pipeline import services as notifications
 
@@ -117,7 +118,7 @@ def _target(
             )
         return known[0], False
     try:
-        value, _ = notifications.address_normalise(channel, address)
+        value, _ = customer_services.address_normalise(channel, address)
     except notifications.IntakeError as exc:
         raise CaseError(str(exc), field=exc.field or "address") from exc
     suppressed = Suppression.objects.filter(

@@ -16,6 +16,7 @@ from django.db.models import Q, QuerySet
 
 from cases.customer_models import AddressCorrection
 from cases.models import OPEN_STATES, Case
+from notifications.customers.services import normalise_phone
 from notifications.models import (
     Channel,
     Communication,
@@ -27,7 +28,6 @@ from notifications.models import (
     Preference,
     Suppression,
 )
-from notifications.pipeline.services import normalise_phone
 
 LIST_PAGE_SIZE = 25
 COMMUNICATIONS_SHOWN = 50

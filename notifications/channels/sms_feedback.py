@@ -62,6 +62,7 @@ from documents.models import Category
 from notifications import signals
 from notifications.channels.tracking import PROCESS_TASK
 from notifications.channels.tracking import _json_safe as json_safe
+from notifications.customers.services import consent_record, normalise_phone, suppression_add
 from notifications.models import (
     Channel,
     ConsentRecord,
@@ -75,7 +76,6 @@ from notifications.models import (
     Suppression,
     SuppressionReason,
 )
-from notifications.pipeline.services import consent_record, normalise_phone, suppression_add
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
+from notifications.customers import services as customer_services
 from notifications.models import Channel, ConsentRecord, Delivery, LegalBasis
-from notifications.pipeline import services
 
 SALT = "ccm.unsubscribe"
 MARKETING = "marketing"
@@ -71,7 +71,7 @@ def unsubscribe_apply(*, delivery: Delivery, evidence: dict) -> bool:
     )
     if latest is not None and not latest.granted:
         return False
-    services.consent_record(
+    customer_services.consent_record(
         customer=customer,
         channel=Channel.EMAIL,
         category=MARKETING,

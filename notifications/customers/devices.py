@@ -14,8 +14,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ccm import audit
+from notifications.customers import services as customer_services
 from notifications.models import Customer, Device, LegalBasis
-from notifications.pipeline import services
 
 CONSENT_SOURCE = "api"
 
@@ -56,7 +56,7 @@ def device_register(
     )
     if opt_in is not None:
         for category in dict.fromkeys(categories):
-            services.consent_record(
+            customer_services.consent_record(
                 customer=customer,
                 channel="push",
                 category=category,

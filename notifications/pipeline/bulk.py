@@ -65,6 +65,7 @@ from notifications.channels import (
     backend_for,
 )
 from notifications.channels.postmark_batch import PostmarkPayloads, direct_payloads_allowed
+from notifications.customers.services import address_normalise
 from notifications.models import (
     CommState,
     Communication,
@@ -82,7 +83,6 @@ from notifications.pipeline import history, selection, throttle
 from notifications.pipeline.services import (
     RELEASE_PURPOSE,
     IntakeError,
-    address_normalise,
     addressee_mismatches,
     addressee_of,
     composition_context,

@@ -25,6 +25,7 @@ from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as documents
 from documents.models import Category
+from notifications.customers import services as customer_services
 from notifications.models import (
     Channel,
     CommState,
@@ -114,7 +115,7 @@ def communication_recompose_with(
 def _address_for(channel: str, address: str | Sequence[str]) -> tuple[str, dict]:
     """The delivery address as the dispatcher stores it, and what goes in Delivery.meta."""
     try:
-        return services.address_normalise(channel, address)
+        return customer_services.address_normalise(channel, address)
     except services.IntakeError as exc:
         raise RecoveryError(str(exc), field=exc.field) from exc
 

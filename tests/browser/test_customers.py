@@ -14,6 +14,7 @@ from pypdf import PdfReader
 
 from cases.models import Case
 from notifications.channels import tracking
+from notifications.customers import services as customer_services
 from notifications.models import Communication, DeliveryEvent
 from notifications.pipeline import services
 from tests.cases import conftest as cases_fixtures
@@ -84,7 +85,7 @@ def returned_letter(settings, letter, integrator, admin_user, sync_tasks) -> Com
     """A letter that went to print and came back: the address is marked invalid and an
     exception case waits for operations."""
     settings.CCM_ENABLED_CHANNELS = ["email", "print"]
-    babbage, _ = services.customer_upsert(
+    babbage, _ = customer_services.customer_upsert(
         external_ref="C-2",
         name="Charles Babbage",
         postal_address=["5 Difference Lane", "London W1 1AA"],

@@ -11,6 +11,7 @@ from playwright.sync_api import Page, expect
 
 from cases.models import ReprintRequest
 from ccm.roles import Role
+from notifications.customers import services as customer_services
 from notifications.pipeline import services, tasks
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
@@ -27,7 +28,7 @@ def agent_with_mail(make_user):
 def sent_letter(author, reviewer, admin_user, make_user, sync_tasks, settings):
     settings.CCM_GMAIL_EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     publish(letter_bundle(), author=author, reviewer=reviewer)
-    customer, _ = services.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref="C-1",
         name="Ada Lovelace",
         postal_address=["1 Analytical Row", "London N1 1AA"],

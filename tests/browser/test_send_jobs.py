@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from playwright.sync_api import Page, expect
 
+from notifications.customers import services as customer_services
 from notifications.jobs import services as job_services
 from notifications.models import Communication, SendJob
-from notifications.pipeline import services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
@@ -18,7 +18,7 @@ def test_operations_send_a_file_and_watch_it_go(
     # given a published template, two customers and a file with one bad row
     publish(letter_bundle(), author=author, reviewer=reviewer)
     for i in range(2):
-        services.customer_upsert(
+        customer_services.customer_upsert(
             external_ref=f"C-{i}", name=f"Customer {i}", emails=[f"c{i}@example.org"], by=admin_user
         )
     rows = tmp_path / "rows.csv"

@@ -5,7 +5,7 @@ import pytest
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications.campaigns import services as campaigns
-from notifications.pipeline import services
+from notifications.customers import services as customer_services
 from tests.notifications.conftest import publish, sync_tasks  # noqa: F401
 
 
@@ -23,7 +23,7 @@ def notice_data(i: int) -> dict:
 
 
 def make_customer(i: int, by, *, product: str = "variable_mortgage", email: bool = True):
-    customer, _ = services.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref=f"M-{i:03d}",
         name=f"Customer {i}",
         emails=[f"c{i}@example.org"] if email else [],

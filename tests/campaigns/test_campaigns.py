@@ -9,8 +9,8 @@ from ccm.models import AuditEvent
 from notifications.campaigns import selectors
 from notifications.campaigns import services as campaigns
 from notifications.campaigns.models import CampaignRecipient
+from notifications.customers import services as customer_services
 from notifications.models import Communication, Customer
-from notifications.pipeline import services
 from tests.campaigns.conftest import make_customer
 
 
@@ -46,10 +46,10 @@ def test_a_bad_definition_is_refused_with_every_reason(author):
 
 def test_preview_breakdown_matches_selection_per_customer(mortgage_customers, admin_user):
     # given one customer with no email but a postal address, and one nobody can reach
-    services.customer_upsert(
+    customer_services.customer_upsert(
         external_ref="M-100", name="Paper", postal_address=["1 Lane", "N1 1AA"], by=admin_user
     )
-    services.customer_upsert(external_ref="M-101", name="Ghost", by=admin_user)
+    customer_services.customer_upsert(external_ref="M-101", name="Ghost", by=admin_user)
     for ref in ("M-100", "M-101"):
         customer = Customer.objects.get(external_ref=ref)
         campaigns.customer_attributes_set(
@@ -164,7 +164,7 @@ def test_marketing_opt_out_after_approval_is_skipped(
 ):
     # given every customer opted in to marketing email
     for customer in mortgage_customers:
-        services.consent_record(
+        customer_services.consent_record(
             customer=customer,
             channel="email",
             category="marketing",
@@ -177,7 +177,7 @@ def test_marketing_opt_out_after_approval_is_skipped(
     approval = campaigns.campaign_submit(campaign=campaign, by=author)
     approvals.approval_decide(approval=approval, by=reviewer2, decision="approve")
     # when one opts out after approval
-    services.consent_record(
+    customer_services.consent_record(
         customer=mortgage_customers[1],
         channel="email",
         category="marketing",
@@ -320,7 +320,7 @@ def test_breakdown_is_the_same_by_lookup_or_by_scan(
     mortgage_customers, admin_user, monkeypatch, small_segment
 ):
     # given a customer who also has a phone, and one whose email is suppressed
-    services.customer_upsert(
+    customer_services.customer_upsert(
         external_ref="M-000", name="Customer 0", phones=["07911 123456"], by=admin_user
     )
     from notifications.models import Suppression
@@ -364,7 +364,7 @@ def test_a_window_in_customers_time_zones_sends_to_each_in_their_own_hours(
     from django.utils import timezone
 
     # given one customer in Tokyo; the others have no zone (the business's, UTC here)
-    services.customer_upsert(
+    customer_services.customer_upsert(
         external_ref="M-002", name="Customer 2", time_zone="Asia/Tokyo", by=admin_user
     )
     tokyo_hour = timezone.now().astimezone(ZoneInfo("Asia/Tokyo")).hour

@@ -11,6 +11,7 @@ from rest_framework.test import APIClient
 
 from cases import services
 from cases.models import Case
+from notifications.customers import services as customer_services
 from tests.cases.conftest import COMPLAINT_DETAILS, DATA
 
 PROBLEM = "application/problem+json"
@@ -212,10 +213,11 @@ def test_exception_actions_are_for_operations(compose_failed, agent, ops, sync_t
 
 
 def test_resend_with_a_bad_address_names_it(letter, customer, integrator, ops, sync_tasks):
-    from notifications.pipeline import services as notifications
     from tests.cases.conftest import request
 
-    notifications.suppression_add(channel="email", address="ada@example.org", reason="complaint")
+    customer_services.suppression_add(
+        channel="email", address="ada@example.org", reason="complaint"
+    )
     sync_tasks(request, customer, integrator)
     ref = Case.objects.get().reference
     response = session(ops).post(

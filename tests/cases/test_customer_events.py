@@ -12,8 +12,8 @@ from cases.incidents.models import Appointment, Incident
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications.channels import sms
+from notifications.customers import services as customer_services
 from notifications.models import CommState, Communication, Customer
-from notifications.pipeline import services
 from tests.cases.incident_fixtures import T0, grid
 from tests.notifications.conftest import publish
 
@@ -109,7 +109,7 @@ def test_high_wear_becomes_an_offer_only_where_marketing_consent_allows(
     # given two customers on one meter; only the first opted in to marketing by SMS
     [meter] = grid(devices=1, customers=2)
     first, second = Customer.objects.order_by("pk")
-    services.consent_record(
+    customer_services.consent_record(
         customer=first,
         channel="sms",
         category="marketing",

@@ -18,6 +18,7 @@ from cases.services import CaseError
 from ccm import approvals
 from ccm.models import Approval, AuditEvent
 from notifications.channels import tracking
+from notifications.customers import services as customer_services
 from notifications.models import Communication, DeliveryEvent
 from notifications.pipeline import services
 from tests.cases.conftest import DATA
@@ -27,7 +28,7 @@ from tests.notifications.conftest import publish
 
 @pytest.fixture
 def known_customer(customer, admin_user):
-    services.consent_record(
+    customer_services.consent_record(
         customer=customer,
         channel="email",
         category="marketing",
@@ -36,7 +37,7 @@ def known_customer(customer, admin_user):
         source="web_form",
         by=admin_user,
     )
-    services.suppression_add(
+    customer_services.suppression_add(
         channel="sms", address="+447911123456", reason="complaint", detail="STOP by text"
     )
     return customer
@@ -163,7 +164,7 @@ def test_the_acknowledgement_is_previewed_as_a_pdf_and_nothing_is_stored(
 @pytest.fixture
 def print_only(settings, db, admin_user):
     settings.CCM_ENABLED_CHANNELS = ["email", "print"]
-    customer, _ = services.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref="C-2",
         name="Charles Babbage",
         postal_address=["5 Difference Lane", "London W1 1AA"],

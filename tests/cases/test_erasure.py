@@ -19,6 +19,7 @@ from pypdf import PdfReader
 from cases import erasure, retention, services
 from cases.models import ErasureState
 from ccm.models import AuditEvent
+from notifications.customers import services as customer_services
 from notifications.models import (
     Communication,
     Customer,
@@ -87,7 +88,7 @@ def service_letter(author, reviewer):
 
 @pytest.fixture
 def zebulon(db, admin_user):
-    customer, _ = notifications.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref="ZQ-99017",
         name=NAME,
         salutation="Mr Quuxington",
@@ -120,7 +121,7 @@ def zebulon_everywhere(zebulon, service_letter, agent, sync_tasks, admin_user):
     communication.refresh_from_db()
     assert communication.state == "sent", communication.failure_reason
     assert communication.document.file
-    notifications.suppression_add(
+    customer_services.suppression_add(
         channel="sms", address="+447911223456", reason="manual", detail="Zebulon asked"
     )
     case = services.case_open(

@@ -18,6 +18,7 @@ from documents.composition import DataInvalid
 from documents.services import RegenerationMismatch, document_regenerate
 from notifications import signals
 from notifications.channels import tracking
+from notifications.customers import services as customer_services
 from notifications.models import Communication, DeliveryEvent
 from notifications.pipeline import services, tasks
 from notifications.pipeline.recovery import RecoveryError
@@ -119,7 +120,9 @@ def test_undeliverable_communication_is_resent_to_another_address(
     letter, customer, integrator, ops, sync_tasks
 ):
     # given the customer's only email address bounced for good: nothing can reach them
-    services.suppression_add(channel="email", address="ada@example.org", reason="hard_bounce")
+    customer_services.suppression_add(
+        channel="email", address="ada@example.org", reason="hard_bounce"
+    )
     communication = sync_tasks(request, customer, integrator)
     communication.refresh_from_db()
     assert communication.state == "undeliverable"
@@ -169,7 +172,9 @@ def test_a_marketing_message_nobody_may_receive_opens_no_case(
 
 
 def test_resend_to_a_suppressed_address_is_refused(letter, customer, integrator, ops, sync_tasks):
-    services.suppression_add(channel="email", address="ada@example.org", reason="hard_bounce")
+    customer_services.suppression_add(
+        channel="email", address="ada@example.org", reason="hard_bounce"
+    )
     sync_tasks(request, customer, integrator)
     case = Case.objects.get(exception_kind="undeliverable")
     with pytest.raises(RecoveryError) as excinfo:
@@ -184,7 +189,7 @@ def test_resend_to_a_suppressed_address_is_refused(letter, customer, integrator,
 @pytest.fixture
 def print_only(settings, db, admin_user):
     settings.CCM_ENABLED_CHANNELS = ["email", "print"]
-    customer, _ = services.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref="C-2",
         name="Charles Babbage",
         postal_address=["5 Difference Lane", "London W1 1AA"],

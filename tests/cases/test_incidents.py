@@ -13,6 +13,7 @@ from cases.incidents import tasks as incident_tasks
 from cases.incidents.models import Event, Incident, IncidentNotice, IncidentState, UpdateKind
 from ccm.models import AuditEvent
 from notifications.channels import push, sms
+from notifications.customers import services as customer_services
 from notifications.customers.devices import device_register
 from notifications.models import Communication, ContactPoint, Customer
 from tests.cases.incident_fixtures import T0, event, grid
@@ -255,10 +256,9 @@ def test_the_demo_outage_runs_the_whole_loop(run_tasks, settings, admin_user):
 
     from cases.incidents.demo import seed_network
     from notifications.demo import CUSTOMERS
-    from notifications.pipeline import services as notifications
 
     for spec in CUSTOMERS:
-        notifications.customer_upsert(**spec, by=admin_user)
+        customer_services.customer_upsert(**spec, by=admin_user)
     seed_network()
     # when the demo outage is simulated
     run_tasks(call_command, "simulate_outage")

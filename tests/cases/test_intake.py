@@ -17,6 +17,7 @@ from cases.requests import approval_mail, reprints
 from ccm import approvals
 from ccm.models import AuditEvent
 from ccm.roles import Role
+from notifications.customers import services as customer_services
 from notifications.models import (
     Communication,
     ContactPoint,
@@ -44,7 +45,7 @@ def mailbox() -> Mailbox:
 @pytest.fixture
 def statements(letter, integrator, admin_user, sync_tasks) -> dict[str, Communication]:
     """Customer NW-2048-7731 was sent a balance letter for March and one for April 2026."""
-    customer, _ = services.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref=REF, name="Eleanor Hartley", emails=["eleanor@example.com"], by=admin_user
     )
     sent = {}

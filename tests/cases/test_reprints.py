@@ -16,6 +16,7 @@ from ccm import approvals
 from ccm.models import AuditEvent
 from ccm.roles import Role
 from documents.models import Document
+from notifications.customers import services as customer_services
 from notifications.models import Communication, PrintItem
 from tests.cases import reprint_fixtures
 from tests.cases.reprint_fixtures import pdf_text
@@ -211,9 +212,8 @@ def test_bad_requests_name_the_field_and_record_nothing(
 
 
 def test_a_document_of_another_customer_is_refused(original, agent, admin_user, sync_tasks):
-    from notifications.pipeline import services
 
-    other, _ = services.customer_upsert(
+    other, _ = customer_services.customer_upsert(
         external_ref="C-2", name="Bob", emails=["bob@example.org"], by=admin_user
     )
     with pytest.raises(CaseError) as refused:

@@ -21,8 +21,8 @@ from ccm.models import AuditEvent
 from ccm.roles import Role
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
+from notifications.customers import services as customer_services
 from notifications.models import Communication
-from notifications.pipeline import services as notifications
 from tests.cases.conftest import COMPLAINT_DETAILS, DATA, request
 
 PDF = b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
@@ -519,7 +519,9 @@ def test_regenerate_from_the_form_sends_it_and_the_case_shows_resolved(
 def undeliverable(settings, letter, customer, integrator, ops, sync_tasks) -> Case:
     # Email only, and the customer's address bounced for good: nothing can reach them.
     settings.CCM_ENABLED_CHANNELS = ["email"]
-    notifications.suppression_add(channel="email", address="ada@example.org", reason="hard_bounce")
+    customer_services.suppression_add(
+        channel="email", address="ada@example.org", reason="hard_bounce"
+    )
     communication = sync_tasks(request, customer, integrator)
     communication.refresh_from_db()
     assert communication.state == "undeliverable"

@@ -15,6 +15,7 @@ from django_q.models import Task
 from ccm import approvals
 from documents import services as documents
 from notifications.channels import push, sms
+from notifications.customers import services as customer_services
 from notifications.customers.devices import device_register
 from notifications.pipeline import services
 from tests.documents.factories import TemplateFactory, letter_bundle
@@ -52,7 +53,7 @@ def letter(author, reviewer):
 
 @pytest.fixture
 def customer(db, admin_user):
-    customer, _ = services.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref="C-1",
         name="Ada Lovelace",
         postal_address=["1 Analytical Row", "London N1 1AA"],
@@ -154,7 +155,9 @@ def push_settings(settings):
 @pytest.fixture
 def app_user(db, admin_user):
     """A customer who is reachable by push only."""
-    customer, _ = services.customer_upsert(external_ref="M-1", name="Mo Bile", by=admin_user)
+    customer, _ = customer_services.customer_upsert(
+        external_ref="M-1", name="Mo Bile", by=admin_user
+    )
     return customer
 
 

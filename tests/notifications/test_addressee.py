@@ -21,6 +21,7 @@ from documents.bundle import BundleInvalid, read_folder, validate
 from documents.demo import LIBRARY
 from notifications.channels import printing, push, sms
 from notifications.channels.printing import PrintError
+from notifications.customers import services as customer_services
 from notifications.demo import CUSTOMERS
 from notifications.models import Communication, Customer, PrintBatch, PrintItem
 from notifications.pipeline import bulk, services, tasks
@@ -103,7 +104,7 @@ def test_the_bulk_path_addresses_from_the_record_too(author, reviewer, integrato
     # given customers reachable by email and a notice with email and SMS renditions
     publish(read_folder(LIBRARY / "document_ready"), author=author, reviewer=reviewer)
     people = [
-        services.customer_upsert(
+        customer_services.customer_upsert(
             external_ref=f"B-{i}",
             name=f"Customer {i}",
             salutation=f"Dear friend {i}",
@@ -170,7 +171,9 @@ def test_api_refuses_an_account_number_that_is_not_the_customers(
 
 def test_bulk_intake_refuses_the_item_made_for_someone_else(account_letter, integrator):
     people = [
-        services.customer_upsert(external_ref=f"A-{i}", name=f"Holder {i}", by=integrator)[0]
+        customer_services.customer_upsert(external_ref=f"A-{i}", name=f"Holder {i}", by=integrator)[
+            0
+        ]
         for i in range(3)
     ]
     items = [
@@ -253,7 +256,7 @@ def test_each_cover_sheet_in_the_stream_wraps_its_own_letter(
         ("NW-1000-0003", "Dr Cara Croft", ["3 Castle Hill", "Bath", "BA1 3CC"]),
     ]
     for ref, name, address in people:
-        customer, _ = services.customer_upsert(
+        customer, _ = customer_services.customer_upsert(
             external_ref=ref, name=name, postal_address=address, by=integrator
         )
         for version in (demand, statement):
@@ -281,7 +284,7 @@ def test_closing_refuses_a_cover_sheet_for_someone_other_than_its_letter(
         ("P-1", "Ada Lovelace", ["1 Analytical Row", "London N1 1AA"]),
         ("P-2", "Charles Babbage", ["5 Difference Street", "London W1 2BB"]),
     ):
-        customer, _ = services.customer_upsert(
+        customer, _ = customer_services.customer_upsert(
             external_ref=ref, name=name, postal_address=address, by=integrator
         )
         sync_tasks(
@@ -306,7 +309,7 @@ def test_closing_refuses_a_cover_sheet_for_someone_other_than_its_letter(
 def test_closing_refuses_a_letter_whose_customer_moved_after_it_was_composed(
     letter, integrator, ops, sync_tasks
 ):
-    customer, _ = services.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref="P-1",
         name="Ada Lovelace",
         postal_address=["1 Old Road", "Bath"],
@@ -321,7 +324,7 @@ def test_closing_refuses_a_letter_whose_customer_moved_after_it_was_composed(
         by=integrator,
     )
     tasks.communication_compose(communication.pk)
-    services.customer_upsert(
+    customer_services.customer_upsert(
         external_ref="P-1",
         name="Ada Lovelace",
         postal_address=["9 New Road", "Bath"],

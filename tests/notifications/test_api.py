@@ -180,7 +180,7 @@ def test_scopes_are_enforced(db, letter, customer):
 def test_consent_ledger_rows_cannot_be_changed_on_postgres(customer, admin_user):
     from django.db import DatabaseError, connection, transaction
 
-    from notifications.pipeline.services import consent_record
+    from notifications.customers.services import consent_record
 
     if connection.vendor != "postgresql":
         pytest.skip("the append-only trigger is PostgreSQL's")

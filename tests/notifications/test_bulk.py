@@ -6,6 +6,7 @@ from django.core import mail
 from ccm.models import AuditEvent
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
+from notifications.customers import services as customer_services
 from notifications.models import Communication, Delivery
 from notifications.pipeline import bulk, history, services
 from tests.notifications.conftest import publish
@@ -19,7 +20,7 @@ def document_ready(author, reviewer):
 @pytest.fixture
 def customers(admin_user):
     return [
-        services.customer_upsert(
+        customer_services.customer_upsert(
             external_ref=f"B-{i}", name=f"Customer {i}", emails=[f"c{i}@example.org"], by=admin_user
         )[0]
         for i in range(5)
@@ -213,7 +214,9 @@ def test_a_template_that_needs_a_pdf_takes_the_per_message_path(
 def test_a_customer_nobody_can_reach_is_undeliverable(
     document_ready, integrator, sync_tasks, admin_user
 ):
-    nobody, _ = services.customer_upsert(external_ref="N-1", name="No Contact", by=admin_user)
+    nobody, _ = customer_services.customer_upsert(
+        external_ref="N-1", name="No Contact", by=admin_user
+    )
     (pk,) = sync_tasks(request, [nobody], integrator)
     communication = Communication.objects.get(pk=pk)
     assert communication.state == "undeliverable"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
+from notifications.customers import services as customer_services
 from notifications.models import Communication
 from notifications.pipeline import bulk
-from notifications.pipeline import services as notifications
 from tests.documents.test_composition_limits import SLOW
 from tests.notifications.conftest import publish
 from tests.timing import within
@@ -24,7 +24,7 @@ def test_a_slow_message_fails_alone_in_a_pipeline_chunk(
     )
     publish(bundle, author=author, reviewer=reviewer)
     customers = [
-        notifications.customer_upsert(
+        customer_services.customer_upsert(
             external_ref=f"B-{i}", name=f"Customer {i}", emails=[f"c{i}@example.org"], by=author
         )[0]
         for i in range(3)

@@ -15,6 +15,7 @@ from ccm.models import AuditEvent
 from notifications import signals
 from notifications.channels import EmailBackend, PermanentSendError
 from notifications.channels.tracking import delivery_event_process
+from notifications.customers import services as customer_services
 from notifications.models import ContactPoint, DeliveryEvent
 from notifications.pipeline import services
 from tests.documents.factories import letter_bundle
@@ -172,7 +173,7 @@ def test_template_chain_overrides_the_category_default(
 def test_fallback_skips_a_channel_the_customer_opted_out_of(
     letter, customer, integrator, sync_tasks, undeliverable
 ):
-    services.preference_set(
+    customer_services.preference_set(
         customer=customer, category="transactional", channel="sms", allowed=False
     )
     communication = sync_tasks(request, customer, integrator)

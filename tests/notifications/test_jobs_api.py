@@ -7,8 +7,8 @@ from django.core import mail
 from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
+from notifications.customers import services as customer_services
 from notifications.models import Communication, SendJob
-from notifications.pipeline import services
 
 PROBLEM = "application/problem+json"
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
@@ -30,7 +30,7 @@ def api(db):
 def customers(db, admin_user):
     made = []
     for i in range(3):
-        customer, _ = services.customer_upsert(
+        customer, _ = customer_services.customer_upsert(
             external_ref=f"C-{i}", name=f"Customer {i}", emails=[f"c{i}@example.org"], by=admin_user
         )
         made.append(customer)

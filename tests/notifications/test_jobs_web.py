@@ -10,9 +10,9 @@ from django.core import mail
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 
+from notifications.customers import services as customer_services
 from notifications.jobs import services as job_services
 from notifications.models import Communication, JobState, SendJob, SendJobItem
-from notifications.pipeline import services
 
 HEADER = "customer_ref,customer.name,balance,as_of\n"
 GOOD = "C-0,Ada,12.50,2026-05-01\nC-1,Bob,3,2026-05-01\n"
@@ -21,7 +21,7 @@ GOOD = "C-0,Ada,12.50,2026-05-01\nC-1,Bob,3,2026-05-01\n"
 @pytest.fixture
 def customers(db, admin_user):
     for i in range(3):
-        services.customer_upsert(
+        customer_services.customer_upsert(
             external_ref=f"C-{i}", name=f"Customer {i}", emails=[f"c{i}@example.org"], by=admin_user
         )
 

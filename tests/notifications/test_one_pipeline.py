@@ -18,8 +18,9 @@ from ccm.api.auth import api_key_create
 from ccm.tasks import task_context_enter, task_context_exit
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
+from notifications.customers import services as customer_services
 from notifications.models import Communication, Delivery, SuppressionReason
-from notifications.pipeline import bulk, services
+from notifications.pipeline import bulk
 from tests.notifications.conftest import publish
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
@@ -136,7 +137,7 @@ def test_address_suppressed_after_intake_is_not_sent(
         # when the address hard-bounces another message after composition, before the send
         chosen.extend(Delivery.objects.filter(pk__in=ids).values_list("address", flat=True))
         if "ada@example.org" in chosen:
-            services.suppression_add(
+            customer_services.suppression_add(
                 channel="email", address="ada@example.org", reason=SuppressionReason.HARD_BOUNCE
             )
         return claim(ids)

@@ -13,6 +13,7 @@ from documents import services as document_services
 from documents.composition import DataInvalid
 from notifications import signals
 from notifications.channels import EmailBackend, PermanentSendError, TransientSendError
+from notifications.customers import services as customer_services
 from notifications.models import Communication, Delivery
 from notifications.pipeline import bulk, history, services
 from tests.documents.factories import letter_bundle
@@ -256,7 +257,9 @@ def test_permanent_error_fails_with_the_providers_reason(
 
 
 def test_no_reachable_channel_is_undeliverable(letter, integrator, sync_tasks, admin_user):
-    nobody, _ = services.customer_upsert(external_ref="C-2", name="No Contact", by=admin_user)
+    nobody, _ = customer_services.customer_upsert(
+        external_ref="C-2", name="No Contact", by=admin_user
+    )
     communication, _ = sync_tasks(request, nobody, integrator)
     communication.refresh_from_db()
     assert communication.state == "undeliverable"
@@ -339,7 +342,9 @@ def test_suppression_is_checked_again_before_sending(letter, customer, integrato
     tasks.communication_compose(communication.pk)
     tasks.communication_gate(communication.pk)
     # a complaint arrives between choosing the channel and sending
-    services.suppression_add(channel="email", address="ada@example.org", reason="complaint")
+    customer_services.suppression_add(
+        channel="email", address="ada@example.org", reason="complaint"
+    )
     sync_tasks(tasks.delivery_dispatch, communication.deliveries.get().pk)
     delivery = communication.deliveries.get(channel="email")
     assert delivery.state == "failed"

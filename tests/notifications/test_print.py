@@ -28,6 +28,7 @@ from notifications.channels import PermanentSendError, TransientSendError, print
 from notifications.channels.print import PrintBackend
 from notifications.channels.printing import PrintError
 from notifications.channels.printstream import PdfStreamWriter
+from notifications.customers import services as customer_services
 from notifications.models import (
     Communication,
     CommunicationStep,
@@ -54,7 +55,9 @@ ADDRESSES = {
 
 def postal_customer(ref: str, by) -> Customer:
     name, lines = ADDRESSES[ref]
-    customer, _ = services.customer_upsert(external_ref=ref, name=name, postal_address=lines, by=by)
+    customer, _ = customer_services.customer_upsert(
+        external_ref=ref, name=name, postal_address=lines, by=by
+    )
     return customer
 
 
@@ -142,7 +145,7 @@ def test_monthly_statement_goes_end_to_end_into_the_stream(
     version = publish(read_folder(LIBRARY / "monthly_statement"), author=author, reviewer=reviewer)
     sample = version.content["samples"]["default"]
     # (the statement's account number names its customer: Babbage's account here)
-    customer, _ = services.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref=sample["account_number"],
         name="Charles Babbage",
         postal_address=ADDRESSES["P-2"][1],
@@ -539,7 +542,7 @@ def test_a_return_after_the_customer_moved_keeps_the_new_address(
 ):
     # given the customer gave a new address after the letter went out
     item = PrintItem.objects.get(batch=handed_over, sequence=1)
-    services.customer_upsert(
+    customer_services.customer_upsert(
         external_ref="P-1",
         name="Ada Lovelace",
         postal_address=["9 New Road", "Bath"],
@@ -593,7 +596,7 @@ def test_the_manifest_never_carries_a_spreadsheet_formula(
     letter, postal_customers, integrator, sync_tasks, ops
 ):
     # given a customer whose name and address were typed to run as formulas in Excel
-    customer, _ = services.customer_upsert(
+    customer, _ = customer_services.customer_upsert(
         external_ref=postal_customers[0].external_ref,
         name='=HYPERLINK("http://evil.example","click")',
         postal_address=["+44 1 Main Street", "@SUM(A1:A9)", "London N1 1AA"],

@@ -6,8 +6,8 @@ import pytest
 from django.core import mail
 from django.core.management import CommandError, call_command
 
+from notifications.customers import services as customer_services
 from notifications.models import Communication, JobState, SendJob
-from notifications.pipeline import services
 
 HEADER = "customer_ref,customer.name,balance,as_of\n"
 
@@ -15,7 +15,7 @@ HEADER = "customer_ref,customer.name,balance,as_of\n"
 @pytest.fixture
 def customers(db, admin_user):
     for i in range(3):
-        services.customer_upsert(
+        customer_services.customer_upsert(
             external_ref=f"C-{i}", name=f"Customer {i}", emails=[f"c{i}@example.org"], by=admin_user
         )
 

@@ -8,6 +8,7 @@ import pytest
 from ccm.models import AuditEvent
 from notifications import signals
 from notifications.channels import sms
+from notifications.customers import services as customer_services
 from notifications.models import Communication, ConsentRecord, Suppression
 from notifications.pipeline import services
 from tests.documents.factories import letter_bundle
@@ -58,7 +59,7 @@ def promo(author, reviewer):
 
 @pytest.fixture
 def opted_in(customer):
-    services.consent_record(
+    customer_services.consent_record(
         customer=customer,
         channel="sms",
         category="marketing",

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from notifications.channels.tracking import delivery_event_process
 from notifications.channels.unsubscribe import unsubscribe_url
+from notifications.customers import services as customer_services
 from notifications.models import ConsentRecord, DeliveryEvent, Suppression
 from notifications.pipeline import services
 from tests.documents.factories import letter_bundle
@@ -24,7 +25,7 @@ def offer(author, reviewer):
 
 @pytest.fixture
 def subscribed(customer):
-    services.consent_record(
+    customer_services.consent_record(
         customer=customer,
         channel="email",
         category="marketing",

@@ -16,6 +16,7 @@ from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications.channels import EmailBackend, PermanentSendError, portal
 from notifications.channels.tracking import delivery_event_process
+from notifications.customers import services as customer_services
 from notifications.models import (
     Communication,
     Customer,
@@ -429,7 +430,7 @@ def test_bulk_path_reports_every_communication_with_one_insert_per_chunk(
     # given a subscription for the campaign client and six customers, one unreachable
     publish(read_folder(LIBRARY / "document_ready"), author=author, reviewer=reviewer)
     customers = [
-        services.customer_upsert(
+        customer_services.customer_upsert(
             external_ref=f"B-{i}", name=f"Customer {i}", emails=[f"c{i}@example.org"], by=admin_user
         )[0]
         for i in range(5)

@@ -12,8 +12,8 @@ import pytest
 from django.db import IntegrityError, transaction
 
 from documents.models import RegenerationCheck
+from notifications.customers import services as customer_services
 from notifications.models import Communication
-from notifications.pipeline import services as customers
 from notifications.statements import selectors, services
 from notifications.statements.models import RunState, Statement, StatementState
 from tests.statements.conftest import half_hours, load, make_meter, make_tariff, put_on
@@ -22,7 +22,7 @@ JAN = (date(2026, 1, 1), date(2026, 1, 31))
 
 
 def _customer(ref, ops, tariff, *, value="0.5", hole=None):
-    customers.customer_upsert(
+    customer_services.customer_upsert(
         external_ref=ref,
         name=f"Customer {ref}",
         emails=[f"{ref.lower()}@example.org"],
