@@ -10,6 +10,7 @@ class CasesConfig(AppConfig):
     def ready(self) -> None:
         from cases import address_corrections, receivers, tasks
         from cases import demo as cases_demo
+        from cases.inbox import tasks as inbox_tasks
         from cases.incidents import demo as incidents_demo
         from cases.incidents import selectors as incident_selectors
         from cases.incidents import tasks as incident_tasks
@@ -44,6 +45,7 @@ class CasesConfig(AppConfig):
         tasks.register()
         incident_tasks.register()
         request_tasks.register()
+        inbox_tasks.register()
         demo.register_seeder(cases_demo.seed_complaint)
         demo.register_seeder(incidents_demo.seed_network)
         address_corrections.register_approvable(proof=customer_views.address_correction_proof)

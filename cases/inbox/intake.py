@@ -1,4 +1,4 @@
-"""The Gmail intake of the shared mailbox (a periodic task, cases.requests.tasks.gmail_intake).
+"""The Gmail intake of the shared mailbox (a periodic task, cases.inbox.tasks.gmail_intake).
 
 Each unprocessed inbox message is, in this order:
 - a delivery status notification (a bounce): only one the mail system's own mailer-daemon

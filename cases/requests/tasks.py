@@ -1,12 +1,10 @@
-"""Tasks of the reprint, correspondence and intake work (ids in, re-fetch, safe to run twice),
-and their registration: approvables, the periodic intake, sweeps and the agents' home links.
+"""Tasks of the reprint and correspondence work (ids in, re-fetch, safe to run twice), and their
+registration: approvables, sweeps and the agents' home links (the mailbox's periodic intake is
+`cases.inbox.tasks`).
 `register()` runs in CasesConfig.ready()."""
 
 from __future__ import annotations
 
-from django.conf import settings
-
-from cases.inbox import intake
 from cases.requests import approval_mail, reprints
 
 
@@ -18,24 +16,14 @@ def approval_mail_send(mail_id: int) -> bool:
     return approval_mail.approval_mail_send_run(mail_id)
 
 
-def gmail_intake() -> dict[str, int]:
-    """Read the shared mailbox: reprint requests, approval replies, bounces, the rest to cases."""
-    return intake.inbox_poll()
-
-
 def register() -> None:
     from cases.requests import correspondence, views
     from ccm.roles import Role
     from ccm.selectors import HomeLink, register_home_link
-    from ccm.tasks import register_schedule, register_sweep
+    from ccm.tasks import register_sweep
 
     reprints.register_approvable(proof=views.reprint_proof)
     correspondence.register_approvable(proof=views.correspondence_proof)
-    register_schedule(
-        "cases.gmail_intake",
-        "cases.requests.tasks.gmail_intake",
-        settings.CASES_GMAIL_INTAKE_MINUTES,
-    )
     register_sweep(reprints.UNFULFILLED_SWEEP)
     register_sweep(approval_mail.UNSENT_SWEEP)
     for link in (

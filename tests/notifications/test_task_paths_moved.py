@@ -14,6 +14,7 @@ from django_q.signing import SignedPackage
 from .test_pipeline import request
 
 moved = importlib.import_module("ccm.migrations.0011_task_paths_moved")
+intake_moved = importlib.import_module("ccm.migrations.0012_gmail_intake_task_moved")
 
 
 def _queued(func: str, *args) -> OrmQ:
@@ -46,13 +47,26 @@ def test_a_task_queued_under_an_old_path_runs_after_the_upgrade(letter, customer
 def test_the_rewrite_leaves_new_and_unknown_paths_alone_and_goes_back(db):
     row = _queued("notifications.webhooks.send.webhook_delivery_send", 1)
     Schedule.objects.create(name="kept", func="ccm.tasks.sweep_all")
-    Schedule.objects.create(name="moved", func="cases.request_tasks.gmail_intake")
+    Schedule.objects.create(name="moved", func="cases.request_tasks.reprint_fulfil")
     moved.rewrite(apps, None)
     task = SignedPackage.loads(OrmQ.objects.get(pk=row.pk).payload)
     assert task["func"] == "notifications.webhooks.send.webhook_delivery_send"
     assert Schedule.objects.get(name="kept").func == "ccm.tasks.sweep_all"
-    assert Schedule.objects.get(name="moved").func == "cases.requests.tasks.gmail_intake"
+    assert Schedule.objects.get(name="moved").func == "cases.requests.tasks.reprint_fulfil"
     # every new path names a function that exists
-    assert pydoc.locate("cases.requests.tasks.gmail_intake") is not None
+    assert pydoc.locate("cases.requests.tasks.reprint_fulfil") is not None
     moved.rewrite_back(apps, None)
-    assert Schedule.objects.get(name="moved").func == "cases.request_tasks.gmail_intake"
+    assert Schedule.objects.get(name="moved").func == "cases.request_tasks.reprint_fulfil"
+
+
+def test_the_mailbox_intake_queued_under_its_old_path_runs_after_the_upgrade(db):
+    row = _queued("cases.requests.tasks.gmail_intake")
+    Schedule.objects.create(name="intake", func="cases.requests.tasks.gmail_intake")
+    assert pydoc.locate("cases.requests.tasks.gmail_intake") is None
+    intake_moved.forwards(apps, None)
+    task = SignedPackage.loads(OrmQ.objects.get(pk=row.pk).payload)
+    assert task["func"] == "cases.inbox.tasks.gmail_intake"
+    assert Schedule.objects.get(name="intake").func == "cases.inbox.tasks.gmail_intake"
+    assert pydoc.locate(task["func"]) is not None
+    intake_moved.backwards(apps, None)
+    assert Schedule.objects.get(name="intake").func == "cases.requests.tasks.gmail_intake"
