@@ -118,6 +118,13 @@ class IndexedValuesFilter(admin.AllValuesFieldListFilter):
 
 
 class ScaledChangeList(ChangeList):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Each row's link carries the list's filters back to the change page. Django adds them
+        # a row at a time, resolving the row's URL against every admin URL to do it (a sixth of
+        # a filtered page's Python); url_for_result adds them instead, computed once a page.
+        self.row_filters, self.preserved_filters = self.preserved_filters, ""
+
     def get_queryset(self, request, exclude_parameters=None):
         queryset = super().get_queryset(request, exclude_parameters)
         return queryset.defer(*getattr(self.model_admin, "list_defer", ()))
@@ -133,10 +140,11 @@ class ScaledChangeList(ChangeList):
         return before, after
 
     def url_for_result(self, result) -> str:
-        """Django's link to a row's change page, with the URL resolved once a page rather
-        than once a row (a sixth of the rows' time)."""
+        """Django's link to a row's change page (with the list's filters), with the URL
+        resolved once a page rather than once a row (a sixth of the rows' time)."""
         before, after = self._change_url
-        return before + str(quote(getattr(result, self.pk_attname))) + after
+        url = before + str(quote(getattr(result, self.pk_attname))) + after
+        return f"{url}?{self.row_filters}" if self.row_filters else url
 
 
 class ScaledListAdmin(admin.ModelAdmin):
