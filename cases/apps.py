@@ -27,14 +27,14 @@ class CasesConfig(AppConfig):
         receivers.connect()
         for item in (
             WorkCount(
-                "cases", "My cases", "cases-queue", "cases.change_case", queues.my_open_cases_count
+                "cases", "My cases", "cases-queue", "cases.change_case", queues.my_open_cases
             ),
             WorkCount(
                 "exceptions",
                 "Exceptions",
                 "cases-exceptions",
                 "cases.handle_exception",
-                queues.open_exceptions_count,
+                queues.open_exception_cases,
             ),
         ):
             register_work_count(item)

@@ -8,17 +8,17 @@ from ccm import notices
 
 
 def _summary(user) -> dict:
-    waiting = notices.work_waiting(user)
+    waiting, unread = notices.work_summary(user)
     return {
         "counts": {w["key"]: w["count"] for w in waiting},
-        "unread": notices.unread_count(user),
+        "unread": unread,
         "cap": notices.WORK_COUNT_CAP,
     }
 
 
 def work(request) -> dict:
     """`work.counts.<key>` and `work.unread`, counted only if a template reads them (the
-    admin and the API never do): one small indexed query per kind of work."""
+    admin and the API never do), every kind of work in one statement (notices.work_summary)."""
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}

@@ -14,18 +14,20 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from ccm import signals
-from ccm.lists import capped_count
+from ccm.lists import capped_count, capped_counts
 from ccm.models import Approval, ApprovalState, Notice, NoticeSettings
 
 PAGE_SIZE = 50
 # Navigation badges count up to here and then say "99+": a count that reads at most this many
 # index entries costs the same with a hundred or a hundred thousand open cases.
 WORK_COUNT_CAP = 99
+# work_summary's key for the unread notices among the kinds of work.
+_UNREAD = "_unread"
 
 
 @transaction.atomic
@@ -54,9 +56,13 @@ def notices_mark_read(*, user, ids: list[int] | None = None) -> int:
     return qs.update(read_at=timezone.now())
 
 
+def _unread(user) -> QuerySet[Notice]:
+    return Notice.objects.filter(user=user, read_at__isnull=True)
+
+
 def unread_count(user) -> int:
     """Unread notices, counted up to WORK_COUNT_CAP + 1."""
-    return capped_count(Notice.objects.filter(user=user, read_at__isnull=True), WORK_COUNT_CAP)
+    return capped_count(_unread(user), WORK_COUNT_CAP)
 
 
 def digest_set(*, user, daily: bool) -> NoticeSettings:
@@ -74,14 +80,15 @@ def digest_wanted(user) -> bool:
 @dataclass(frozen=True)
 class WorkCount:
     """One kind of work that waits for a person, counted for the navigation and the digest.
-    `count(user)` must be one cheap, indexed query, counting up to WORK_COUNT_CAP + 1
-    (`ccm.lists.capped_count`): more than the cap is shown as "99+"."""
+    `waiting(user)` is the queryset of that work; every kind is counted in one statement up
+    to WORK_COUNT_CAP + 1 (`ccm.lists.capped_counts`), so each must be answered from an
+    index: more than the cap is shown as "99+"."""
 
     key: str
     title: str
     url_name: str
     permission: str
-    count: Callable[[object], int]
+    waiting: Callable[[object], QuerySet]
 
 
 _work: dict[str, WorkCount] = {}
@@ -94,35 +101,45 @@ def register_work_count(item: WorkCount) -> None:
 
 def work_waiting(user) -> list[dict]:
     """What waits for `user`, of the kinds their roles may open: title, url and count."""
-    rows = []
+    return work_summary(user)[0]
+
+
+def work_summary(user) -> tuple[list[dict], int]:
+    """`work_waiting(user)` and the user's unread notices, counted in one statement (every
+    page's navigation shows them: one round trip rather than one a kind)."""
+    shown = []
     for item in _work.values():
         if not user.has_perm(item.permission):
             continue
         try:
-            url = reverse(item.url_name)
+            shown.append((item, reverse(item.url_name)))
         except NoReverseMatch:
             continue
-        rows.append({"key": item.key, "title": item.title, "url": url, "count": item.count(user)})
-    return rows
+    querysets = {item.key: item.waiting(user) for item, _ in shown}
+    counts = capped_counts({**querysets, _UNREAD: _unread(user)}, WORK_COUNT_CAP)
+    rows = [
+        {"key": item.key, "title": item.title, "url": url, "count": counts[item.key]}
+        for item, url in shown
+    ]
+    return rows, counts[_UNREAD]
 
 
-def _approvals_waiting(user, *, releases: bool) -> int:
+def _approvals_waiting(user, *, releases: bool) -> QuerySet[Approval]:
     from ccm import approvals
 
     kinds = [k.kind for k in approvals.kinds() if k.release == releases]
     if not kinds:
-        return 0
+        return Approval.objects.none()
     match = Q()
     for kind in kinds:
         app_label, _, model = kind.partition(".")
         match |= Q(subject_type__app_label=app_label, subject_type__model=model)
-    pending = (
+    return (
         Approval.objects.filter(state=ApprovalState.PENDING)
         .exclude(requested_by=user)
         .exclude(author=user)
         .filter(match)
     )
-    return capped_count(pending, WORK_COUNT_CAP)
 
 
 register_work_count(

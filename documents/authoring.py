@@ -12,6 +12,7 @@ the author has to look at, so the editor can show it beside that line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
+from documents import assets, services
 from documents import bundle as bundles
-from documents import services
 from documents.composition import CompositionError
 from documents.models import Template, TemplateVersion, VersionState
 
@@ -211,6 +212,41 @@ def posted_files(texts: Iterable[tuple[str, str]]) -> dict[str, str]:
 def editor_bundle(files: Mapping[str, str], *, assets: Mapping[str, bytes]) -> bundles.Bundle:
     """The bundle the editor's files make: bundles.from_files, the one way content is built."""
     return bundles.from_files(files, assets)
+
+
+# --- images and fonts ---------------------------------------------------------------------------
+
+
+def asset_add(*, version: TemplateVersion, filename: str, size: int, read, by) -> str:
+    """Store an uploaded image or font in the draft as saved, under the name the author types
+    as "asset:<name>" (returned); an asset of that name is replaced. The size is checked
+    before the file is read. Raises assets.AssetRefused, or what saving a draft raises."""
+    name = assets.upload_name(filename)
+    assets.check_size(name, size)
+    data = read()
+    assets.check(name, data)
+    stored = services.version_bundle(version)
+    _assets_store(version, stored, {**stored.assets, name: data}, by)
+    return name
+
+
+def asset_remove(*, version: TemplateVersion, name: str, by) -> None:
+    stored = services.version_bundle(version)
+    if name not in stored.assets:
+        raise assets.AssetRefused(f"{name}: this draft has no such asset.")
+    _assets_store(version, stored, {k: v for k, v in stored.assets.items() if k != name}, by)
+
+
+def _assets_store(version: TemplateVersion, stored: bundles.Bundle, kept: dict, by) -> None:
+    # The assets are part of the version's content (and hash): they are frozen and signed off
+    # with it, and a published version's cannot change (template_version_update refuses).
+    services.template_version_update(
+        version=version, bundle=dataclasses.replace(stored, assets=kept), by=by
+    )
+
+
+def editor_assets(bundle: bundles.Bundle) -> list[assets.AssetInfo]:
+    return [assets.info(name, data) for name, data in sorted(bundle.assets.items())]
 
 
 # --- new templates and drafts ------------------------------------------------------------------

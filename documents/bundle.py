@@ -50,6 +50,7 @@ import jsonschema
 from django.conf import settings
 
 from documents import addressee
+from documents import assets as asset_rules
 from documents.composition import PAGE_MAX_MM, PAGE_MIN_MM, PageSpec, Sources
 
 RENDITIONS = {
@@ -275,6 +276,7 @@ def validate(bundle: Bundle) -> None:
                     problems.append(f"samples/{name}.json {field.field}: {field.message}")
     problems += page_problems(bundle.meta.get("page"))
     problems += _catalog_problems(bundle)
+    problems += asset_problems(bundle.assets)
     if not bundle.samples:
         problems.append("add at least one sample data set (samples/default.json)")
     size = sum(len(v.encode()) for v in bundle.files.values()) + sum(
@@ -284,6 +286,17 @@ def validate(bundle: Bundle) -> None:
         problems.append(f"the bundle is {size} bytes; the limit is {MAX_BUNDLE_BYTES}")
     if problems:
         raise _refuse(problems)
+
+
+def asset_problems(assets: Mapping[str, bytes]) -> list[str]:
+    """Each asset the template may not carry, in words (documents/assets.py's rules)."""
+    problems = []
+    for name, data in sorted(assets.items()):
+        try:
+            asset_rules.check(name, data)
+        except asset_rules.AssetRefused as exc:
+            problems.append(f"assets/{exc}")
+    return problems
 
 
 def read_folder(folder: Path, *, shared_root: Path | None = None) -> Bundle:

@@ -24,7 +24,7 @@ from django_fsm import TransitionNotAllowed
 from ccm import approvals
 from ccm.review import sandboxed_html
 from ccm.views import confirmed, staff_only
-from documents import authoring, services
+from documents import assets, authoring, services
 from documents import bundle as bundles
 from documents.composition import CompositionError
 from documents.models import Category, Template, TemplateVersion, VersionState
@@ -156,9 +156,12 @@ def _version(pk: int) -> TemplateVersion:
 def version_edit(request: HttpRequest, pk: int) -> HttpResponse:
     """The editor: every file of the version beside its line numbers; Preview composes the
     posted files without storing them; Save stores them if every channel of the chosen sample
-    composes and they pass what an import passes (services.bundle_check)."""
+    composes and they pass what an import passes (services.bundle_check). Uploading or
+    removing an image or font stores that in the draft at once and previews the posted files
+    with it (the text in the boxes is kept, still unsaved)."""
     version = _version(pk)
     stored = services.version_bundle(version)
+    asset_error = ""
     editable = version.state == VersionState.DRAFT and request.user.has_perm(WRITE)
     files = authoring.editor_files(stored)
     language = request.POST.get("language") or authoring.editor_language(stored)
@@ -178,23 +181,34 @@ def version_edit(request: HttpRequest, pk: int) -> HttpResponse:
         if new_path:
             files.setdefault(new_path, request.POST.get("new_text", "") or "\n")
         try:
-            bundle = authoring.editor_bundle(files, assets=stored.assets)
-            bundles.validate(bundle)
-            # Every channel of the chosen sample first (the PDF too), then for Save what an
-            # import checks: every sample's text channels in every language.
-            composed = services.bundle_preview(bundle=bundle, language=language, sample=sample)
-            if request.POST.get("action") == "save":
-                services.bundle_check(bundle)
-                services.template_version_update(version=version, bundle=bundle, by=request.user)
-                messages.success(request, f"Draft v{version.number} saved.")
-                return redirect("authoring-edit", pk=version.pk)
-            preview = _preview_keep(request, composed)
-        except (bundles.BundleInvalid, CompositionError) as exc:
-            problems = authoring.problems_of(exc, files=files, language=language, sample=sample)
-            status = 422
+            stored = _assets_changed(request, version, stored)
+        except assets.AssetRefused as exc:
+            asset_error, status = str(exc), 422
         except REFUSALS as exc:
-            problems = [authoring.Problem("", None, str(exc))]
-            status = 409
+            asset_error, status = str(exc), 409
+        if asset_error:
+            problems = [authoring.Problem("", None, asset_error)]
+        else:
+            try:
+                bundle = authoring.editor_bundle(files, assets=stored.assets)
+                bundles.validate(bundle)
+                # Every channel of the chosen sample first (the PDF too), then for Save what
+                # an import checks: every sample's text channels in every language.
+                composed = services.bundle_preview(bundle=bundle, language=language, sample=sample)
+                if request.POST.get("action") == "save":
+                    services.bundle_check(bundle)
+                    services.template_version_update(
+                        version=version, bundle=bundle, by=request.user
+                    )
+                    messages.success(request, f"Draft v{version.number} saved.")
+                    return redirect("authoring-edit", pk=version.pk)
+                preview = _preview_keep(request, composed)
+            except (bundles.BundleInvalid, CompositionError) as exc:
+                problems = authoring.problems_of(exc, files=files, language=language, sample=sample)
+                status = 422
+            except REFUSALS as exc:
+                problems = [authoring.Problem("", None, str(exc))]
+                status = 409
     context = {
         "version": version,
         "template": version.template,
@@ -207,9 +221,39 @@ def version_edit(request: HttpRequest, pk: int) -> HttpResponse:
         "language": language,
         "samples": sorted(stored.samples) or ["default"],
         "sample": sample,
-        "assets": sorted(stored.assets),
+        "assets": authoring.editor_assets(stored),
+        "asset_error": asset_error,
+        "asset_kinds": ", ".join(sorted({f".{ext}" for ext in assets.KINDS})),
     }
     return render(request, "documents/authoring/edit.html", context, status=status)
+
+
+def _assets_changed(
+    request: HttpRequest, version: TemplateVersion, stored: bundles.Bundle
+) -> bundles.Bundle:
+    """The draft's stored bundle after the image or font the author uploaded or removed (the
+    bundle as it was when the form did neither)."""
+    action = request.POST.get("action", "")
+    if action == "upload":
+        upload = request.FILES.get("asset")
+        if upload is None:
+            raise assets.AssetRefused("Choose an image or font file to upload.")
+        name = authoring.asset_add(
+            version=version,
+            filename=upload.name or "",
+            size=upload.size or 0,
+            read=upload.read,
+            by=request.user,
+        )
+        messages.success(request, f"{name} is stored in draft v{version.number}: use asset:{name}.")
+    elif action.startswith("remove-asset:"):
+        name = action.removeprefix("remove-asset:")
+        authoring.asset_remove(version=version, name=name, by=request.user)
+        messages.success(request, f"{name} is removed from draft v{version.number}.")
+    else:
+        return stored
+    version.refresh_from_db()
+    return services.version_bundle(version)
 
 
 def _preview_keep(request: HttpRequest, preview: services.Preview) -> dict:

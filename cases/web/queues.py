@@ -24,12 +24,14 @@ from cases.models import (
     priority_rank,
 )
 from ccm import notices
-from ccm.lists import capped_count, limited_count
+from ccm.lists import capped_count, capped_counts
 
 MY_CASES, UNASSIGNED = "mine", "unassigned"
 QUEUES = [MY_CASES, UNASSIGNED, *Team.values]
 OPEN, ALL = "open", "all"
 STATES = [OPEN, *CaseState.values, ALL]
+# A tab's count stops here (see queue_counts).
+TAB_COUNT_CAP = notices.WORK_COUNT_CAP
 SORTS = {"deadline": "Next deadline first", "priority": "Most urgent first"}
 
 
@@ -75,10 +77,16 @@ def case_queue(*, queue: str, user, state: str = OPEN, sort: str = "deadline") -
 
 
 def queue_counts(*, user, state: str = OPEN) -> dict[str, int]:
-    """How many cases each tab holds in `state`: exact up to ccm.lists.EXACT_COUNT_LIMIT,
-    the planner's estimate beyond (a team's "all states" tab holds every case it ever had)."""
+    """How many cases each tab holds in `state`, counted up to TAB_COUNT_CAP + 1 in one
+    statement: a tab over the cap reads "99+" as the navigation's counts do (an exact count
+    of a team's tens of thousands of cases cost a third of a second and told nobody more)."""
     base = _in_state(Case.objects.all(), state)
-    return {queue: limited_count(_in_queue(base, queue, user)) for queue in QUEUES}
+    return capped_counts({queue: _in_queue(base, queue, user) for queue in QUEUES}, TAB_COUNT_CAP)
+
+
+def count_words(n: int, cap: int = notices.WORK_COUNT_CAP) -> str:
+    """A capped count as a tab shows it: "42", or "99+" past the cap."""
+    return f"{cap}+" if n > cap else str(n)
 
 
 def exception_queue(*, kind: str = "") -> QuerySet[Case]:
@@ -91,17 +99,20 @@ def exception_queue(*, kind: str = "") -> QuerySet[Case]:
     )
 
 
+def my_open_cases(user) -> QuerySet[Case]:
+    return Case.objects.filter(assignee=user, state__in=OPEN_STATES)
+
+
 def my_open_cases_count(user) -> int:
-    return capped_count(
-        Case.objects.filter(assignee=user, state__in=OPEN_STATES), notices.WORK_COUNT_CAP
-    )
+    return capped_count(my_open_cases(user), notices.WORK_COUNT_CAP)
+
+
+def open_exception_cases(user) -> QuerySet[Case]:
+    return Case.objects.filter(case_type=CaseType.EXCEPTION, state__in=OPEN_STATES)
 
 
 def open_exceptions_count(user) -> int:
-    return capped_count(
-        Case.objects.filter(case_type=CaseType.EXCEPTION, state__in=OPEN_STATES),
-        notices.WORK_COUNT_CAP,
-    )
+    return capped_count(open_exception_cases(user), notices.WORK_COUNT_CAP)
 
 
 # Age buckets of the dashboard's exception panel: (label, from days, to days).

@@ -108,7 +108,7 @@ def queue(request: HttpRequest) -> HttpResponse:
             {
                 "queue": q,
                 "label": _queue_label(q),
-                "count": counts[q],
+                "count": queues.count_words(counts[q], queues.TAB_COUNT_CAP),
                 "current": q == chosen["queue"],
             }
             for q in queues.QUEUES

@@ -17,6 +17,7 @@ from freezegun import freeze_time
 from cases import services
 from cases.models import Case, CaseAttachment
 from cases.requests import data_form as web_data_form
+from cases.web import queues
 from ccm.models import AuditEvent
 from ccm.roles import Role
 from documents.bundle import read_folder
@@ -102,6 +103,24 @@ def test_queue_tabs_show_my_cases_unassigned_and_each_team(client, customer, age
     assert "Unassigned (2)" in page
     assert "Customer relations (3)" in page
     assert "Disputes (1)" in page
+
+
+def test_a_tab_over_its_cap_says_so_and_all_tabs_cost_one_query(
+    client, customer, agent, monkeypatch, django_assert_max_num_queries
+):
+    # given a team with more open cases than a tab counts (the cap lowered to 2 here)
+    monkeypatch.setattr(queues, "TAB_COUNT_CAP", 2)
+    for n in range(3):
+        open_complaint(customer, agent, subject=f"Complaint {n}")
+    signed_in(client, agent)
+    # when the agent opens the queue
+    page = text(client.get(reverse("cases-queue"), {"queue": "customer_relations"}))
+    # then the tab reads "2+" rather than a count that would read the whole team
+    assert "Customer relations (2+)" in page
+    assert "Disputes (0)" in page
+    # and every tab's count is one statement
+    with django_assert_max_num_queries(1):
+        queues.queue_counts(user=agent)
 
 
 def test_queue_without_resolved_cases_unless_asked(client, customer, agent):

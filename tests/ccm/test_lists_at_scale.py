@@ -13,6 +13,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django.utils.html import escape
 
 from cases.models import Case, CaseType, ExceptionKind
 from cases.web.queues import exception_queue
@@ -167,6 +168,28 @@ def test_changelist_rows_link_and_select_as_djangos_do_without_the_model_sidebar
     assert 'id="action-toggle"' in html
     # the list of every model is not drawn (nor built) on a list page
     assert 'id="nav-sidebar"' not in html
+
+
+@pytest.mark.django_db
+def test_a_filtered_lists_row_links_keep_its_filters_as_djangos_do(client, world, admin_user):
+    from django.contrib.admin.templatetags.admin_urls import add_preserved_filters
+    from django.urls import reverse
+
+    client.force_login(admin_user)
+    grow(world, 3)
+    case = Case.objects.first()
+
+    html = client.get("/admin/cases/case/", {"state__exact": case.state}).content.decode()
+
+    # the link Django's own changelist would write, back to the list with its filter
+    django_link = add_preserved_filters(
+        {
+            "preserved_filters": f"_changelist_filters=state__exact%3D{case.state}",
+            "opts": Case._meta,
+        },
+        reverse("admin:cases_case_change", args=[case.pk]),
+    )
+    assert f'href="{escape(django_link)}"' in html
 
 
 @pytest.mark.django_db
