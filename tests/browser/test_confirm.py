@@ -10,8 +10,8 @@ from django.test import Client
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from notifications.customers import services as customer_services
 from notifications.models import JobState, SendJob
-from notifications.pipeline import services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
@@ -21,7 +21,7 @@ ROWS = "customer_ref,customer.name,balance,as_of\nC-0,Ada,12.50,2026-05-01\n"
 def scheduled_job(ops, author, reviewer, admin_user) -> SendJob:
     """A job of one row, due in an hour."""
     version = publish(letter_bundle(), author=author, reviewer=reviewer)
-    services.customer_upsert(
+    customer_services.customer_upsert(
         external_ref="C-0", name="Customer 0", emails=["c0@example.org"], by=admin_user
     )
     client = Client()
