@@ -219,9 +219,11 @@ def preview(author: Session, n: int) -> tuple[float, float]:
             result = author.api("GET", f"segments/{segment['id']}/preview?channels=email,sms,print")
             best = min(best, time.perf_counter() - started)
         timings[name] = best
+        breakdown = result["breakdown"]
+        how = f"estimated from {breakdown['sampled']}" if breakdown.get("estimated") else "exact"
         print(
             f"  preview of {name}: {result['count']} of {n} customers, best {best:.2f} s; "
-            f"breakdown {result['breakdown']['combinations']}",
+            f"breakdown ({how}) {breakdown['combinations']}",
             flush=True,
         )
     return timings["N2 variable mortgages"], timings["everyone"]

@@ -43,6 +43,7 @@ from notifications.jobs.csv_rows import CUSTOMER_COLUMN, cells_data
 from notifications.models import CommState, Communication, Customer, Source
 from notifications.pipeline.bulk import communications_intake, update_rows
 from notifications.pipeline.services import (
+    ADDRESSEE_FIELDS,
     addressee_of,
     communication_cancel,
     intake_data_validate,
@@ -423,7 +424,8 @@ def campaign_submit(*, campaign: Campaign, by) -> Approval:
     customers = list(
         selectors.segment_customers(campaign.segment.definition)
         .order_by("pk")
-        .only("pk", "external_ref", "name", "attributes", "time_zone")
+        # What the data rows, their check against the addressee and the send window read.
+        .only(*ADDRESSEE_FIELDS, "attributes", "time_zone")
     )
     if not customers:
         raise CampaignError("The segment selects no customer; there is nothing to send.")

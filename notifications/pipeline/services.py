@@ -261,6 +261,11 @@ def portal_linked(version: TemplateVersion) -> bool:
     return version.meta.get("delivery") == "portal_link"
 
 
+# The customer fields `addressee_of` reads: load them (`.only(*ADDRESSEE_FIELDS, …)`) where
+# many customers are addressed at once, or each one costs a query per deferred field.
+ADDRESSEE_FIELDS = ("pk", "name", "salutation", "postal_address", "external_ref", "language")
+
+
 def addressee_of(customer: Customer, *, address: Sequence[str] | None = None) -> dict[str, Any]:
     """The system variables `customer.*` every template is composed with, from the customer
     record (`address`: the postal address a letter is explicitly sent to instead)."""
