@@ -699,7 +699,9 @@ def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
         recipients = list(
             _pending_in_window(campaign, now)
             .select_related("customer")
-            .only("pk", "customer", "data")
+            # The intake reads the customer's addressee, not the attributes (a JSON parse
+            # per recipient): the data row was frozen from them.
+            .only("pk", "data", "customer", *(f"customer__{f}" for f in ADDRESSEE_FIELDS))
             .order_by("customer_id")[: chunk_size(campaign)]
         )
         if (

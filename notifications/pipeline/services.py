@@ -263,7 +263,7 @@ def portal_linked(version: TemplateVersion) -> bool:
 
 # The customer fields `addressee_of` reads: load them (`.only(*ADDRESSEE_FIELDS, …)`) where
 # many customers are addressed at once, or each one costs a query per deferred field.
-ADDRESSEE_FIELDS = ("pk", "name", "salutation", "postal_address", "external_ref", "language")
+ADDRESSEE_FIELDS = ("name", "salutation", "postal_address", "external_ref", "language")
 
 
 def addressee_of(customer: Customer, *, address: Sequence[str] | None = None) -> dict[str, Any]:
