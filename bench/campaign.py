@@ -4,6 +4,8 @@ campaign end to end, throttle accuracy, and (optionally) a kill -9 of the cluste
     .venv/bin/python bench/campaign.py                          # 200,000 customers, send 2,000
     .venv/bin/python bench/campaign.py --customers 1000000 --send 100000 --kill-after 30000
     .venv/bin/python bench/campaign.py --customers 20000 --send 500 --rate 600 --throttle-seconds 30
+    .venv/bin/python bench/campaign.py --customers 1000000 --preview-only --database ccm_1m --keep
+        # previews only; run again with the same --database, the million customers are reused
 
 The project is served by gunicorn with production settings on a throwaway PostgreSQL database,
 with a real django-q2 cluster (`manage.py qcluster`, Q_WORKERS=2) sending through Anymail's
@@ -54,6 +56,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from dispatch import TOKEN, count_at_stub, run_mode, start_stub, wait_for_cluster  # noqa: E402
 from serve import (  # noqa: E402
+    ADMIN_URL,
     machine_line,
     production_env,
     sql_admin,
@@ -128,6 +131,27 @@ def prepare(n: int, send: int) -> float:
     return time.perf_counter() - started
 
 
+def database_exists(name: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+    return found is not None
+
+
+def reuse(db_name: str, n: int) -> None:
+    """A kept database: migrated to this code, and holding exactly the customers asked for."""
+    from django.core.management import call_command
+
+    from notifications.models import Customer
+
+    call_command("migrate", verbosity=0)
+    have = Customer.objects.count()
+    if have != n:
+        raise SystemExit(f"{db_name} holds {have} customers, not {n}: drop it or use another")
+    print(f"  {n} customers of the kept database {db_name}")
+
+
 class Session:
     """A person signed in through /login/, calling the REST API with their session cookie and
     CSRF token, as the back-office's own pages do."""
@@ -195,9 +219,11 @@ def preview(author: Session, n: int) -> tuple[float, float]:
             result = author.api("GET", f"segments/{segment['id']}/preview?channels=email,sms,print")
             best = min(best, time.perf_counter() - started)
         timings[name] = best
+        breakdown = result["breakdown"]
+        how = f"estimated from {breakdown['sampled']}" if breakdown.get("estimated") else "exact"
         print(
             f"  preview of {name}: {result['count']} of {n} customers, best {best:.2f} s; "
-            f"breakdown {result['breakdown']['combinations']}",
+            f"breakdown ({how}) {breakdown['combinations']}",
             flush=True,
         )
     return timings["N2 variable mortgages"], timings["everyone"]
@@ -343,7 +369,16 @@ def main() -> None:
     parser.add_argument("--preview-only", action="store_true", help="skip sending")
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument(
+        "--database",
+        default=f"ccm_bench_campaign_{os.getpid()}",
+        help="database name; one kept by --keep from an earlier --preview-only run of as many "
+        "customers is used again instead of making them anew",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
+    if not args.database.replace("_", "").isalnum():
+        parser.error("--database: letters, digits and underscores only")
     throttled = 2 * (int(args.rate * args.throttle_seconds / 60) + args.rate // 6 + 1)
     if (BATCH_FROM + 1) * args.send + throttled > args.customers:
         raise SystemExit(
@@ -353,14 +388,16 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     workdir = Path(tempfile.mkdtemp(prefix="ccm-bench-campaign-"))
-    db_name = f"ccm_bench_campaign_{os.getpid()}"
+    db_name = args.database
     stub = web = None
     cluster_box: list = [None]
     created = False
     try:
         stub, stub_url = start_stub(workdir, args.timeout * 4)
-        sql_admin(f'CREATE DATABASE "{db_name}"')
-        created = True
+        reused = args.preview_only and database_exists(db_name)
+        if not reused:
+            sql_admin(f'CREATE DATABASE "{db_name}"')
+        created = not args.keep
         env = {
             **os.environ,
             "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db_name}",
@@ -383,8 +420,11 @@ def main() -> None:
 
         django.setup()
         print(machine_line())
-        made_s = prepare(args.customers, args.send)
-        print(f"  {args.customers} customers made in SQL in {made_s:.1f} s")
+        if reused:
+            reuse(db_name, args.customers)
+        else:
+            made_s = prepare(args.customers, args.send)
+            print(f"  {args.customers} customers made in SQL in {made_s:.1f} s")
         served = production_env(env)
         # Production settings serve hashed static files: the login page needs their manifest
         # (made once; `make run` and deployments make it too).

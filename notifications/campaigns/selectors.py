@@ -165,6 +165,11 @@ class Breakdown:
     channels: dict[str, int] = field(default_factory=dict)
     combinations: dict[str, int] = field(default_factory=dict)  # "email+print" → count
     unreachable: int = 0
+    sampled: int = 0  # when estimated: how many customers of the segment the sample held
+
+    @property
+    def estimated(self) -> bool:
+        return self.sampled > 0
 
     def as_dict(self) -> dict:
         return {
@@ -172,12 +177,39 @@ class Breakdown:
             "channels": dict(sorted(self.channels.items())),
             "combinations": dict(sorted(self.combinations.items())),
             "unreachable": self.unreachable,
+            "estimated": self.estimated,
+            "sampled": self.sampled,
         }
+
+    def scaled_to(self, total: int) -> Breakdown:
+        """This breakdown of a sample, as an estimate for `total` customers: each combination
+        in proportion, rounded so the combinations add up to `total` (largest remainders)."""
+        shares = {k: n * total / self.total for k, n in self.combinations.items()}
+        combinations = {k: int(share) for k, share in shares.items()}
+        by_remainder = sorted(shares, key=lambda k: shares[k] - combinations[k], reverse=True)
+        for k in by_remainder[: total - sum(combinations.values())]:
+            combinations[k] += 1
+        channels: Counter[str] = Counter()
+        for combination, n in combinations.items():
+            for channel in combination.split("+") if combination != "none" else ():
+                channels[channel] += n
+        return Breakdown(
+            total=total,
+            channels=dict(channels),
+            combinations={k: n for k, n in combinations.items() if n},
+            unreachable=combinations.get("none", 0),
+            sampled=self.sampled or self.total,
+        )
 
 
 CHANNELS = ("email", "sms", "push", "print")
 # Up to this many customers, the facts are looked up per customer of the segment.
 SMALL_SEGMENT = 100_000
+# A preview of a larger segment counts it exactly but estimates its channel breakdown from a
+# sample of about SAMPLE_CUSTOMERS of its customers (a share to within about 1 %): the exact
+# breakdown of 50,000 customers takes about 3 s, of a million 8 s, on the shared 2-core machine.
+ESTIMATE_ABOVE = 20_000
+SAMPLE_CUSTOMERS = 20_000
 
 
 def renditions_of(version: TemplateVersion) -> list[str]:
@@ -186,7 +218,13 @@ def renditions_of(version: TemplateVersion) -> list[str]:
 
 
 def channel_breakdown(
-    customers: QuerySet[Customer], *, category: str, urgency: str = "normal", renditions
+    customers: QuerySet[Customer],
+    *,
+    category: str,
+    urgency: str = "normal",
+    renditions,
+    size: int | None = None,
+    sample_percent: float = 100.0,
 ) -> Breakdown:
     """The channels `selection.select_channels` would choose for each customer, counted.
 
@@ -195,14 +233,22 @@ def channel_breakdown(
     category); the selection function then runs once per group, not once per customer. Each
     fact is one table, aggregated over the segment's customers only (the segment is a CTE
     evaluated once) and LEFT JOINed on the customer id: hash joins for a large segment, index
-    lookups for a small one, never a subquery per customer."""
+    lookups for a small one, never a subquery per customer.
+
+    `size`: the segment's count when the caller has it; `sample_percent` < 100 breaks down
+    only the customers on that share of the customer table's pages (PostgreSQL's TABLESAMPLE
+    SYSTEM, the same pages every time): see `segment_preview`."""
     postal = ExpressionWrapper(
         Q(postal_address_valid=True) & ~Q(postal_address=[]), output_field=BooleanField()
     )
     segment_sql, segment_params = (
         customers.order_by().annotate(postal=postal).values("pk", "postal").query.sql_with_params()
     )
-    small = customers.count() <= SMALL_SEGMENT
+    if sample_percent < 100:
+        segment_sql = _sampled(segment_sql, sample_percent)
+    if size is None:
+        size = customers.count()
+    small = size * sample_percent / 100 <= SMALL_SEGMENT
     columns, joins, params = _fact_sql(category, small=small)
     names = [name for name, _ in columns]
     sql = (
@@ -239,6 +285,39 @@ def channel_breakdown(
     result.channels = dict(channel_counts)
     result.combinations = dict(combinations)
     return result
+
+
+def _sampled_breakdown(customers: QuerySet[Customer], size: int, category, renditions) -> Breakdown:
+    """The breakdown of a segment of about `size` customers from a sample of about
+    SAMPLE_CUSTOMERS of them, scaled to the segment's estimated size."""
+    percent = min(100.0, 100 * SAMPLE_CUSTOMERS / size)
+    sampled = channel_breakdown(
+        customers, category=category, renditions=renditions, size=size, sample_percent=percent
+    )
+    return sampled.scaled_to(round(sampled.total * 100 / percent))
+
+
+def _customers_estimate() -> int:
+    """PostgreSQL's own count of the customer table as of its last ANALYZE (0 elsewhere, or
+    never analysed): free, and close enough to size a sample."""
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [Customer._meta.db_table]
+        )
+        row = cursor.fetchone()
+    return max(0, int(row[0])) if row else 0
+
+
+def _sampled(segment_sql: str, percent: float) -> str:
+    """The segment's statement over a repeatable sample of the customer table's pages. The
+    first FROM of the customer table is the statement's own (its columns hold no subquery)."""
+    table = connection.ops.quote_name(Customer._meta.db_table)
+    head, found, rest = segment_sql.partition(f" FROM {table}")
+    if not found:
+        raise ValueError("the segment's statement does not read the customer table")
+    return f"{head}{found} TABLESAMPLE SYSTEM ({percent:.6f}) REPEATABLE (0){rest}"
 
 
 def _fact_sql(category: str, *, small: bool) -> tuple[list[tuple[str, str]], list[str], list]:
@@ -340,10 +419,29 @@ class Preview:
 def segment_preview(
     definition: dict, *, category: str, renditions, sample_size: int = 10
 ) -> Preview:
+    """The segment's exact count, a sample of its customers and its channel breakdown today:
+    exact up to ESTIMATE_ABOVE customers, estimated from a sample of the larger ones (the
+    breakdown says so). A campaign's channel plan, what the reviewer signs, is always exact."""
     customers = segment_customers(definition)
-    breakdown = channel_breakdown(customers, category=category, renditions=renditions)
+    breakdown, count, estimate = Breakdown(), None, None
+    table_rows = _customers_estimate()
+    if table_rows > ESTIMATE_ABOVE:
+        # The segment on a sample of about SAMPLE_CUSTOMERS customers' pages says roughly how
+        # big it is; a big one is then broken down on a sample of about SAMPLE_CUSTOMERS of
+        # its own customers.
+        estimate = _sampled_breakdown(customers, table_rows, category, renditions).total
+        if estimate > ESTIMATE_ABOVE:
+            count = customers.count()
+            breakdown = _sampled_breakdown(customers, estimate, category, renditions)
+    if count is None:
+        breakdown = channel_breakdown(
+            customers, category=category, renditions=renditions, size=estimate
+        )
+        count = breakdown.total
+    else:
+        breakdown = breakdown.scaled_to(count)
     sample = list(customers.order_by("pk")[:sample_size])
-    return Preview(count=breakdown.total, sample=sample, breakdown=breakdown)
+    return Preview(count=count, sample=sample, breakdown=breakdown)
 
 
 # --- who was not reached ---------------------------------------------------------------------

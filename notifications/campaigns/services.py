@@ -42,7 +42,12 @@ from notifications.campaigns.models import (
 from notifications.jobs.csv_rows import CUSTOMER_COLUMN, cells_data
 from notifications.models import CommState, Communication, Customer, Source
 from notifications.pipeline.bulk import communications_intake, update_rows
-from notifications.pipeline.services import communication_cancel, intake_data_validate
+from notifications.pipeline.services import (
+    ADDRESSEE_FIELDS,
+    addressee_of,
+    communication_cancel,
+    intake_data_validate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -362,15 +367,17 @@ def campaign_data_rows(
             rows[found.pk] = data
         for reference in sorted(set(audience) - seen):
             errors.append({"row": None, "reference": reference, "errors": ["no data row"]})
-    by_pk = {c.pk: c.external_ref for c in audience.values()}
+    by_pk = {c.pk: c for c in audience.values()}
     for customer_id, data in rows.items():
         try:
-            intake_data_validate(version, data)
+            # The intake's own check, addressee and all: sending relies on it (the frozen rows
+            # are not checked against the schema again, see `campaign_chunk_send`).
+            intake_data_validate(version, data, addressee=addressee_of(by_pk[customer_id]))
         except DataInvalid as exc:
             errors.append(
                 {
                     "row": None,
-                    "reference": by_pk[customer_id],
+                    "reference": by_pk[customer_id].external_ref,
                     "errors": [f"{e.field}: {e.message}" for e in exc.errors],
                 }
             )
@@ -417,7 +424,8 @@ def campaign_submit(*, campaign: Campaign, by) -> Approval:
     customers = list(
         selectors.segment_customers(campaign.segment.definition)
         .order_by("pk")
-        .only("pk", "external_ref", "name", "attributes", "time_zone")
+        # What the data rows, their check against the addressee and the send window read.
+        .only(*ADDRESSEE_FIELDS, "attributes", "time_zone")
     )
     if not customers:
         raise CampaignError("The segment selects no customer; there is nothing to send.")
@@ -691,7 +699,9 @@ def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
         recipients = list(
             _pending_in_window(campaign, now)
             .select_related("customer")
-            .only("pk", "customer", "data")
+            # The intake reads the customer's addressee, not the attributes (a JSON parse
+            # per recipient): the data row was frozen from them.
+            .only("pk", "data", "customer", *(f"customer__{f}" for f in ADDRESSEE_FIELDS))
             .order_by("customer_id")[: chunk_size(campaign)]
         )
         if (
@@ -725,6 +735,10 @@ def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
                     "category": campaign.category,
                     "idempotency_key": f"campaign:{campaign.pk}:{recipient.customer_id}",
                     "correlation_id": campaign.reference,
+                    # Checked against this version when the audience froze; the rows still
+                    # hash to what was signed (`campaign_start`) and the version is still the
+                    # published one (above): the intake does not check the schema again.
+                    "data_validated_for": version,
                 }
                 for recipient in recipients
             ],

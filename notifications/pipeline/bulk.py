@@ -292,7 +292,9 @@ def communications_intake(
     An item: {"template": code, "customer": Customer or id, "data": {…}} and optionally
     "idempotency_key", "category", "urgency", "source", "channel" (an override), "address"
     (with "channel": send there instead), "document" (an archived Document to carry instead
-    of composing), "parent" (a Communication this one follows up), "correlation_id".
+    of composing), "parent" (a Communication this one follows up), "correlation_id",
+    "data_validated_for" (the TemplateVersion the data already passed the schema against, held
+    unchanged since: see `intake_data_validate`).
 
     The data is validated now against the version that will render it (pinned on the
     communication); the same idempotency key from the same client returns the communication it
@@ -376,7 +378,12 @@ def _prepare(
         address, _ = address_normalise(channel, item["address"])
     snapshot = documents.data_snapshot(item.get("data") or {})
     printed_to = address.split(" / ") if address and channel == "print" else None
-    intake_data_validate(version, snapshot, addressee=addressee_of(customer, address=printed_to))
+    intake_data_validate(
+        version,
+        snapshot,
+        addressee=addressee_of(customer, address=printed_to),
+        validated_for=item.get("data_validated_for"),
+    )
     parent = item.get("parent")
     key = str(item.get("idempotency_key") or "") or None
     return Communication(

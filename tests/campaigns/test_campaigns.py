@@ -428,3 +428,105 @@ def test_an_edit_with_bad_settings_changes_nothing(campaign_factory, author):
     assert reasons[1] == "The send window is two different hours of the day, 0 to 23."
     campaign.refresh_from_db()
     assert (campaign.window_start_hour, campaign.throttle) == (None, {})
+
+
+def test_a_frozen_row_skips_the_schema_but_not_the_identity_check(
+    document_ready, mortgage_customers
+):
+    from documents.composition import DataInvalid
+
+    customer = mortgage_customers[0]
+    addressee = services.addressee_of(customer)
+    incomplete = {"reference": "DOC-1"}  # no document_title, document_date
+    # a row not yet checked against this version is refused by the schema
+    with pytest.raises(DataInvalid):
+        services.intake_data_validate(document_ready, incomplete, addressee=addressee)
+    # a row the campaign froze after checking it against this very version is not re-checked
+    services.intake_data_validate(
+        document_ready, incomplete, addressee=addressee, validated_for=document_ready
+    )
+
+
+def test_a_frozen_row_still_has_its_identity_checked(author, reviewer, mortgage_customers):
+    from documents.bundle import read_folder
+    from documents.composition import DataInvalid
+    from documents.demo import LIBRARY
+    from tests.notifications.conftest import publish
+
+    bundle = read_folder(LIBRARY / "rate_change_notice")
+    version = publish(bundle, author=author, reviewer=reviewer)
+    [(field, _)] = [
+        (name, spec)
+        for name, spec in bundle.schema["properties"].items()
+        if spec.get("x-ccm-identity") == "reference"
+    ]
+    data = {**bundle.samples[next(iter(bundle.samples))], field: "SOMEONE-ELSE"}
+    # when the data names another customer, validated or not, the intake refuses it
+    with pytest.raises(DataInvalid, match="does not belong to customer M-000"):
+        services.intake_data_validate(
+            version,
+            data,
+            addressee=services.addressee_of(mortgage_customers[0]),
+            validated_for=version,
+        )
+
+
+def test_a_sampled_breakdown_is_scaled_to_the_exact_count():
+    sampled = selectors.Breakdown(
+        total=3, channels={"email": 2}, combinations={"email": 2, "none": 1}, unreachable=1
+    )
+    estimate = sampled.scaled_to(10)
+    assert estimate.as_dict() == {
+        "total": 10,
+        "channels": {"email": 7},
+        "combinations": {"email": 7, "none": 3},
+        "unreachable": 3,
+        "estimated": True,
+        "sampled": 3,
+    }
+
+
+@pytest.mark.parametrize("sample_customers", [40, 20])
+def test_a_large_segments_preview_counts_exactly_and_estimates_the_breakdown(
+    mortgage_customers, admin_user, monkeypatch, sample_customers
+):
+    # given a segment "larger" than previews break down exactly, on a 40-customer table
+    for i in range(4, 10):
+        make_customer(i, admin_user, email=i % 2 == 0)
+    monkeypatch.setattr(selectors, "_customers_estimate", lambda: 40)
+    monkeypatch.setattr(selectors, "ESTIMATE_ABOVE", 2)
+    monkeypatch.setattr(selectors, "SAMPLE_CUSTOMERS", sample_customers)
+    # when (a sample of every page (40 of 40), or of half of them: all or none of this table)
+    preview = selectors.segment_preview(
+        {"attributes": {"product": "variable_mortgage"}},
+        category="regulatory",
+        renditions=["email"],
+    )
+    # then the count is exact and the breakdown adds up to it
+    assert preview.count == 10
+    assert sum(preview.breakdown.combinations.values()) == 10
+    if preview.breakdown.estimated:
+        assert preview.breakdown.combinations == {"email": 7, "none": 3}
+        assert preview.breakdown.sampled == 10
+    else:  # nobody on the sampled pages: broken down exactly instead
+        assert preview.breakdown.combinations == {"email": 7, "none": 3}
+
+
+def test_freezing_reads_the_customers_once_however_many_there_are(
+    campaign_factory, mortgage_customers, admin_user, author
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def statements_to_submit() -> int:
+        campaign = campaign_factory()
+        with CaptureQueriesContext(connection) as captured:
+            campaigns.campaign_submit(campaign=campaign, by=author)
+        return len(captured.captured_queries)
+
+    # given the four mortgage customers, then six more
+    four = statements_to_submit()
+    for i in range(4, 10):
+        make_customer(i, admin_user)
+    # then checking each row against its addressee reads nothing per customer
+    assert statements_to_submit() == four
