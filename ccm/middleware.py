@@ -3,14 +3,15 @@ from __future__ import annotations
 import re
 import uuid
 
-from ccm import context
+from ccm import context, generations
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 class RequestIdMiddleware:
     """Gives every request an id (the caller's `X-Request-ID` when it is sane), exposes it to the
-    audit log and echoes it in the response."""
+    audit log and echoes it in the response. The request reads the shared cache's generations
+    (of kept API keys and template versions) at most once."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -21,7 +22,8 @@ class RequestIdMiddleware:
         request.request_id = rid
         token = context.set_request_id(rid)
         try:
-            response = self.get_response(request)
+            with generations.read_once():
+                response = self.get_response(request)
         finally:
             context.reset_request_id(token)
         response["X-Request-ID"] = rid

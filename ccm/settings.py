@@ -253,6 +253,9 @@ for _key in esp.signing_keys(CCM_TRACKING_ESPS):
 # (its table is made by a migration), Redis with CACHE_URL=rediscache://127.0.0.1:6379/1.
 # A per-process memory cache would let each process count alone.
 CACHES = {"default": env.cache_url("CACHE_URL", default="dbcache://ccm_cache")}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # The same backend, reusing its Redis client instead of building one per call (ccm/cache.py).
+    CACHES["default"]["BACKEND"] = "ccm.cache.KeptClientRedisCache"
 # Reverse proxies in front of CCM whose X-Forwarded-For is believed (addresses or networks,
 # comma-separated). The client is the right-most address in it that is not one of them;
 # without any, the client is the connecting address (REMOTE_ADDR), whatever a header says.

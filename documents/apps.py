@@ -8,13 +8,21 @@ class DocumentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
         from ccm import demo
         from ccm.roles import Role
         from ccm.selectors import HomeLink, register_home_link
         from documents import demo as documents_demo
-        from documents import review, services
+        from documents import review, selectors, services
+        from documents.models import Template, TemplateVersion
 
         services.register_approvable(proof=review.version_proof)
+        # Published versions kept by versions_for_sending are read again after any change.
+        for model in (Template, TemplateVersion):
+            uid = f"documents.published.{model.__name__}"
+            post_save.connect(selectors.templates_changed, sender=model, dispatch_uid=uid)
+            post_delete.connect(selectors.templates_changed, sender=model, dispatch_uid=f"{uid}-")
         demo.register_seeder(documents_demo.seed_library)
         for role, link in [
             (

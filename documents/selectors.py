@@ -5,11 +5,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import time
 from collections.abc import Iterable
 
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import OuterRef, QuerySet, Subquery
 
+from ccm import generations
 from ccm.models import Approval, ApprovalState
 from ccm.search import as_int, as_uuid, matching_pks
 from documents.models import Document, Template, TemplateVersion, VersionState
@@ -51,13 +53,48 @@ def version_for_sending(*, code: str) -> TemplateVersion | None:
 _frozen_content: dict[tuple[int, str], dict] = {}
 
 
+# Code → (until, generation, version): the published versions a process has read, kept while the
+# templates' generation is current (any save or delete of a template or a version starts a new
+# one on commit, see `templates_changed`) and for at most PUBLISHED_KEEP_S. An API request then
+# takes its template from memory, not from a query. Read-only, like the content above.
+PUBLISHED_KEEP_S = 60.0
+_published: dict[str, tuple[float, object, TemplateVersion]] = {}
+
+
+def templates_changed(**kwargs) -> None:
+    """A template or a version changed: kept versions are read again (here at once, in other
+    processes when this commits)."""
+    _published.clear()
+    generations.changed(generations.TEMPLATES)
+
+
 def versions_for_sending(*, codes: Iterable[str]) -> dict[str, TemplateVersion]:
-    """Code → its published version (with its template), for the codes that have one: one
-    query without the content, which comes from the process's copy once read."""
+    """Code → its published version (with its template), for the codes that have one: from the
+    process's kept copies while they are current, else one query without the content, which
+    comes from the process's copy once read."""
+    wanted = set(codes)
+    generation = generations.current(generations.TEMPLATES)  # before the rows it validates
+    now = time.monotonic()
+    found: dict[str, TemplateVersion] = {}
+    for code in wanted:
+        kept = _published.get(code)
+        if kept is not None and kept[0] > now and kept[1] == generation:
+            found[code] = kept[2]
+    if len(found) < len(wanted):
+        read = _published_versions_read(wanted - set(found))
+        if len(_published) > 1000:
+            _published.clear()
+        for code, version in read.items():
+            _published[code] = (now + PUBLISHED_KEEP_S, generation, version)
+        found.update(read)
+    return found
+
+
+def _published_versions_read(codes: set[str]) -> dict[str, TemplateVersion]:
     found: dict[str, TemplateVersion] = {}
     for version in (
         TemplateVersion.objects.select_related("template")
-        .filter(template__code__in=set(codes), state=VersionState.PUBLISHED)
+        .filter(template__code__in=codes, state=VersionState.PUBLISHED)
         .defer("content")
         .order_by("template__code", "-number")
     ):

@@ -12,13 +12,12 @@ from typing import TypeVar
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.cache import cache
 from django.db import models, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions, throttling
 
-from ccm import audit
+from ccm import audit, generations
 from ccm.models import ApiKey
 from ccm.roles import ROLE_SCOPES, Role
 
@@ -119,31 +118,17 @@ def api_key_revoke(*, api_key: ApiKey, by=None) -> ApiKey:
 
 # A process keeps the keys it looked up (by the key's hash), so a busy integrator's requests do
 # not each read the key and its user. Any change to a key or a user (revoked, scopes, user
-# disabled) gives the shared cache a new generation on commit, and a kept key is used only
-# while the generation it was read under is current: a revocation takes effect at once in
-# every process (with Redis, the check is one cache read instead of a database query).
+# disabled) gives the API keys a new generation on commit (ccm.generations), and a kept key is
+# used only while the generation it was read under is current: a revocation takes effect at
+# once in every process (with Redis, the check is part of one cache read per request).
 KEY_CACHE_S = 60.0
-_GENERATION = "ccm:api-keys:generation"
 _kept: dict[str, tuple[float, object, ApiKey]] = {}
-
-
-def _generation() -> object:
-    try:
-        return cache.get(_GENERATION)
-    except Exception:
-        return object()  # the cache cannot be asked: never equal, so the key is read again
 
 
 def api_keys_changed(**kwargs) -> None:
     """A key or a user changed: kept keys are read again (here at once, elsewhere on commit)."""
     _kept.clear()
-
-    def bump() -> None:
-        # If the cache cannot be written, kept keys elsewhere expire after KEY_CACHE_S.
-        with contextlib.suppress(Exception):
-            cache.set(_GENERATION, secrets.token_hex(8), timeout=None)
-
-    transaction.on_commit(bump)
+    generations.changed(generations.API_KEYS)
 
 
 def api_key_lookup(key: str) -> ApiKey | None:
@@ -152,7 +137,7 @@ def api_key_lookup(key: str) -> ApiKey | None:
         return None
     digest = _hash(key)
     now = time.monotonic()
-    generation = _generation()
+    generation = generations.current(generations.API_KEYS)
     kept = _kept.get(digest)
     if kept is not None and kept[0] > now and kept[1] == generation:
         return kept[2]

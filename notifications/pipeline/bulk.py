@@ -24,6 +24,7 @@ and `sending` (reconciled with the provider by `services.delivery_reconcile_run`
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -488,8 +489,10 @@ def _create_one(
         )
         (pk,) = cursor.fetchone()
     communication.pk = pk
-    fields = opts.concrete_fields
-    values = [f.get_db_prep_save(f.pre_save(communication, True), connection) for f in fields]
+    values = [
+        f.get_db_prep_save(f.pre_save(communication, True), connection)
+        for f in opts.concrete_fields
+    ]
     [step] = history.step_rows(
         [
             history.Step(
@@ -501,22 +504,9 @@ def _create_one(
         actor=by,
         at=timezone.now(),
     )
-    by_column = {f.column: f for f in CommunicationStep._meta.concrete_fields}
-    step_fields = [by_column[name.strip()] for name in history.STEP_COLUMNS.split(",")][1:]
-    casts = ", ".join(f"%s::{f.db_type(connection)}" for f in step_fields)
     step_values = [*step[1:6], json.dumps(step[6]), *step[7:]]
-    # Names come from the models' metadata; every value is a parameter.
-    sql = (
-        f"WITH c AS (INSERT INTO {qn(opts.db_table)} ({', '.join(qn(f.column) for f in fields)}) "  # noqa: S608
-        f"VALUES ({', '.join(['%s'] * len(fields))}) "
-        f"ON CONFLICT (client, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
-        f"RETURNING id), "
-        f"s AS (INSERT INTO {qn(CommunicationStep._meta.db_table)} ({history.STEP_COLUMNS}) "
-        f"SELECT c.id, {casts} FROM c) "
-        f"SELECT id FROM c"
-    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*values, *step_values])
+        cursor.execute(_insert_one_sql(), [*values, *step_values])
         created = cursor.fetchone() is not None
     if not created:
         # The key was used before (or by a request that committed meanwhile): its communication.
@@ -532,6 +522,27 @@ def _create_one(
     communication._state.adding = False
     result.communication_id, result.communication, result.created = pk, communication, True
     _compose_enqueue([pk], queue=Queue.DISPATCH if _text_only(communication, published) else None)
+
+
+@functools.cache
+def _insert_one_sql() -> str:
+    """The statement of `_create_one` (the communication's concrete fields in `fields` order,
+    then its step's STEP_COLUMNS but the first): built once, not per request."""
+    opts = Communication._meta
+    by_column = {f.column: f for f in CommunicationStep._meta.concrete_fields}
+    step_fields = [by_column[name.strip()] for name in history.STEP_COLUMNS.split(",")][1:]
+    casts = ", ".join(f"%s::{f.db_type(connection)}" for f in step_fields)
+    fields = opts.concrete_fields
+    # Names come from the models' metadata; every value is a parameter.
+    return (
+        f"WITH c AS (INSERT INTO {qn(opts.db_table)} ({', '.join(qn(f.column) for f in fields)}) "  # noqa: S608
+        f"VALUES ({', '.join(['%s'] * len(fields))}) "
+        f"ON CONFLICT (client, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
+        f"RETURNING id), "
+        f"s AS (INSERT INTO {qn(CommunicationStep._meta.db_table)} ({history.STEP_COLUMNS}) "
+        f"SELECT c.id, {casts} FROM c) "
+        f"SELECT id FROM c"
+    )
 
 
 def _text_only(c: Communication, published: Mapping[str, TemplateVersion | None]) -> bool:
