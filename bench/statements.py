@@ -1,36 +1,44 @@
-"""Statements benchmark: readings intake through the API, bill-run throughput with PDFs against
-the project's own render rate, and memory over the run.
+"""Statements benchmark through the public entry points: readings intake over HTTP, the bill
+run with PDFs started with `POST /api/v1/statement-runs` against the project's own render rate,
+and the clusters' memory over the run.
 
-    .venv/bin/python bench/statements.py                          # 200 customers, ~3 minutes
+    .venv/bin/python bench/statements.py                          # 200 customers
     .venv/bin/python bench/statements.py --customers 50 --intake 100000   # quick
+    .venv/bin/python bench/statements.py --customers 1500 --no-compose --every 100   # memory
+    .venv/bin/python bench/statements.py --customers 10 --intake 0 --profile-render 3
     .venv/bin/python bench/statements.py --issue-size --intake 0 --render 0
         # the issue's run: 10,000 customers with a year of half-hours (175 M readings made with
         # generate_series); every statement computed, held or handed, PDFs left queued but for
-        # a --sample of the first chunk, one of which is reprinted byte for byte
+        # --sample of them, one of which is reprinted byte for byte
 
-On a throwaway PostgreSQL database (created and dropped here; 127.0.0.1:5432, trust auth), with
-the library's `usage_statement` template and recommendation rules published through sign-off:
+On a throwaway PostgreSQL database (created and dropped here; 127.0.0.1:5432, trust auth),
+prepared directly (migrations, the library's `usage_statement` template and the recommendation
+rules published through sign-off, `--customers` customers each with `--days` days of half-hours
+made in SQL, a flat or a day/night tariff, 1 % with a day missing and 1 % with a spike: held).
+CCM is then served as deployed: gunicorn with production settings (DEBUG off, Redis cache in
+BENCH_REDIS_DB, ports from BENCH_PORTS), named queues CCM_TASK_QUEUES=render,dispatch with one
+`manage.py qcluster` per queue (default: Q_WORKERS=1, which works the run's chunks; dispatch;
+render: --render-workers), sending email through Anymail's Postmark backend to the loopback stub
+of bench/dispatch.py. An integrator's API key calls:
 
-1. intake: `--intake` half-hourly readings (of the run's meters, then further back in time) posted
-   `--call` a request (100,000) as `--shape` (csv, rows or objects) to `POST /api/v1/readings`
-   through Django's test client (the whole API stack: auth, scope, parsing, the set-based
-   check, COPY and the merge), then the same readings again (all unchanged): readings per
+1. intake: `--intake` half-hourly readings posted `--call` a request (100,000) as `--shape` (csv,
+   rows or objects) to `POST /api/v1/readings`, then the same again (all unchanged): readings per
    second. The issue's target is >= 50,000/s.
-2. bill run: `--customers` customers, each with `--days` days of readings (at least the period
-   and the profile weeks before it; the intake's readings count), a flat or a day/night tariff,
-   1 % with a day missing (held) and 1 % with a spike (held). A StatementRun for the last month
-   is started through the service and its chunks are worked in this process with django-q2 in
-   sync mode (compute, hold, intake, compose with the PDF in the render worker, dispatch to
-   locmem email): statements per second from start to the last composed document.
-3. render baseline: `document_compose` of the same template's sample, `--render` times (what
-   bench/render.py measures for the project path): the bill run's rate is compared with it.
-4. memory: this process's RSS after each chunk; growth from the first to the last quarter.
-With --no-compose (implied by --issue-size) the run's PDFs stay queued: the rate is the run's
-own work, and --sample statements of the first chunk are composed (not counted in the rate).
+2. render baseline (before the servers start, this process alone): `document_compose` of the
+   template's sample `--render` times, what bench/render.py measures for the project path.
+3. bill run: `POST /api/v1/statement-runs` for the last month, followed with
+   `GET /api/v1/statement-runs/{id}` until it is completed and every handed statement has its
+   archived PDF: statements per second from the POST. Every `--every` statements the resident
+   set (VmRSS, summed over each cluster's processes) of the default cluster and of the render
+   cluster; the run is memory-flat if the default cluster's stays put.
+With --no-compose (implied by --issue-size) the render cluster is not started during the run:
+the rate is the run's own work (compute, validate, hold, hand to the intake), then the render
+cluster is started for `--sample` PDFs and one statement is reprinted byte for byte.
 
-Last line:
+Last lines: the machine, the load (as `uptime`), and
 statements: intake=<readings/s> replay=<readings/s> run=<statements/s> render=<docs/s>
-run_vs_render=<ratio> held=<n> rss_first_mb=<MB> rss_last_mb=<MB>
+run_vs_render=<ratio> handed=<n> held=<n> default_rss_mb=<first quarter→last quarter>
+render_rss_mb=<first→last>   (one line)
 """
 
 from __future__ import annotations
@@ -291,6 +299,63 @@ def render_rate(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+# Where a statement PDF's time goes: (label, file fragment, function) whose cumulative time
+# is reported; the template's own work is print_html less the charts.
+PROFILE_PARTS = [
+    ("compose HTML: template + charts (print_html)", "documents/composition.py", "print_html"),
+    ("  of which the two charts (pygal SVG)", "documents/composition.py", "chart"),
+    ("lay out (WeasyPrint HTML.render)", "weasyprint/__init__.py", "render"),
+    ("write the PDF (WeasyPrint write_pdf)", "weasyprint/document.py", "write_pdf"),
+    ("append the terms insert (pypdf)", "pypdf/_writer.py", "append"),
+    ("seal (pypdf write)", "documents/rendering.py", "_to_bytes"),
+]
+
+
+def profile_render(n: int) -> None:
+    """Profile `n` renders of the statement sample in this process (the render worker's code
+    without its process boundary) and say where the time goes."""
+    import cProfile
+    import pstats
+    import re
+
+    from documents import selectors
+    from documents import services as documents
+    from documents.bundle import locale_for
+    from documents.composition import composer_for
+    from documents.rendering import engine_for
+
+    version = selectors.version_for_sending(code="usage_statement")
+    assert version is not None
+    sample = version.content["samples"]["default"]
+    sources, locale = documents.version_sources(version, "en"), locale_for("en")
+    composer, engine = composer_for(sources, locale=locale), engine_for(sources, locale=locale)
+    html = composer.print_html(sample)
+    engine.render(html)  # warm: fonts, the terms insert laid out for this letter length
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    for _ in range(n):
+        profiler.runcall(lambda: engine.render(composer.print_html(sample)))
+    total = (time.perf_counter() - started) / n
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
+    print(
+        f"profile of one statement PDF (mean of {n}, profiler on): {total * 1000:.0f} ms; "
+        f"HTML {len(html) / 1024:.0f} KiB of which {len(svgs)} charts "
+        f"{sum(map(len, svgs)) / 1024:.0f} KiB; {load()}"
+    )
+    for label, fragment, function in PROFILE_PARTS:
+        spent = max(
+            (
+                ct
+                for (path, _, name), (_, _, _, ct, _) in stats.items()
+                if name == function and path.endswith(fragment)
+            ),
+            default=0.0,
+        )
+        print(f"  {label:<48} {spent / n * 1000:7.0f} ms  {spent / n / total:5.0%}")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+
+
 def composed_count() -> int:
     from notifications.models import Communication
 
@@ -408,6 +473,13 @@ def main() -> None:
         "then --sample PDFs are composed by the render cluster",
     )
     parser.add_argument("--sample", type=int, default=5, help="PDFs rendered with --no-compose")
+    parser.add_argument(
+        "--profile-render",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile N renders of the statement sample and say where the time goes; stop",
+    )
     parser.add_argument("--every", type=int, default=100, help="statements between RSS lines")
     parser.add_argument("--render-workers", type=int, default=2, help="Q_RENDER_WORKERS")
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn workers")
@@ -458,12 +530,16 @@ def main() -> None:
         print(
             f"setup: {args.customers} customers x {args.days} days, gunicorn workers="
             f"{args.web_workers}, clusters: default (Q_WORKERS=1) + dispatch + render "
-            f"(Q_RENDER_WORKERS={args.render_workers}), Postmark stub; {load()}",
+            f"(Q_RENDER_WORKERS={args.render_workers}"
+            f"{', after the run' if args.no_compose else ''}), Postmark stub; {load()}",
             flush=True,
         )
         t0 = time.perf_counter()
         ops = prepare(customers=args.customers, days=args.days, workdir=workdir)
         print(f"prepared in {time.perf_counter() - t0:.0f} s; {load()}", flush=True)
+        if args.profile_render:
+            profile_render(args.profile_render)
+            return
         render = render_rate(args.render) if args.render else 0.0
         print(
             f"render baseline: {render:.2f} documents/s (document_compose of the usage_statement "
