@@ -1,45 +1,56 @@
-"""Statements benchmark: readings intake through the API, bill-run throughput with PDFs against
-the project's own render rate, and memory over the run.
+"""Statements benchmark through the public entry points: readings intake over HTTP, the bill
+run with PDFs started with `POST /api/v1/statement-runs` against the project's own render rate,
+and the clusters' memory over the run.
 
-    .venv/bin/python bench/statements.py                          # 200 customers, ~3 minutes
+    .venv/bin/python bench/statements.py                          # 200 customers
     .venv/bin/python bench/statements.py --customers 50 --intake 100000   # quick
+    .venv/bin/python bench/statements.py --customers 1500 --no-compose --every 100   # memory
+    .venv/bin/python bench/statements.py --customers 10 --intake 0 --profile-render 3
     .venv/bin/python bench/statements.py --issue-size --intake 0 --render 0
         # the issue's run: 10,000 customers with a year of half-hours (175 M readings made with
         # generate_series); every statement computed, held or handed, PDFs left queued but for
-        # a --sample of the first chunk, one of which is reprinted byte for byte
+        # --sample of them, one of which is reprinted byte for byte
 
-On a throwaway PostgreSQL database (created and dropped here; 127.0.0.1:5432, trust auth), with
-the library's `usage_statement` template and recommendation rules published through sign-off:
+On a throwaway PostgreSQL database (created and dropped here; 127.0.0.1:5432, trust auth),
+prepared directly (migrations, the library's `usage_statement` template and the recommendation
+rules published through sign-off, `--customers` customers each with `--days` days of half-hours
+made in SQL, a flat or a day/night tariff, 1 % with a day missing and 1 % with a spike: held).
+CCM is then served as deployed: gunicorn with production settings (DEBUG off, Redis cache in
+BENCH_REDIS_DB, ports from BENCH_PORTS), named queues CCM_TASK_QUEUES=render,dispatch with one
+`manage.py qcluster` per queue (default: Q_WORKERS=1, which works the run's chunks; dispatch;
+render: --render-workers), sending email through Anymail's Postmark backend to the loopback stub
+of bench/dispatch.py. An integrator's API key calls:
 
-1. intake: `--intake` half-hourly readings (of the run's meters, then further back in time) posted
-   `--call` a request (100,000) as `--shape` (csv, rows or objects) to `POST /api/v1/readings`
-   through Django's test client (the whole API stack: auth, scope, parsing, the set-based
-   check, COPY and the merge), then the same readings again (all unchanged): readings per
+1. intake: `--intake` half-hourly readings posted `--call` a request (100,000) as `--shape` (csv,
+   rows or objects) to `POST /api/v1/readings`, then the same again (all unchanged): readings per
    second. The issue's target is >= 50,000/s.
-2. bill run: `--customers` customers, each with `--days` days of readings (at least the period
-   and the profile weeks before it; the intake's readings count), a flat or a day/night tariff,
-   1 % with a day missing (held) and 1 % with a spike (held). A StatementRun for the last month
-   is started through the service and its chunks are worked in this process with django-q2 in
-   sync mode (compute, hold, intake, compose with the PDF in the render worker, dispatch to
-   locmem email): statements per second from start to the last composed document.
-3. render baseline: `document_compose` of the same template's sample, `--render` times (what
-   bench/render.py measures for the project path): the bill run's rate is compared with it.
-4. memory: this process's RSS after each chunk; growth from the first to the last quarter.
-With --no-compose (implied by --issue-size) the run's PDFs stay queued: the rate is the run's
-own work, and --sample statements of the first chunk are composed (not counted in the rate).
+2. render baseline (before the servers start, this process alone): `document_compose` of the
+   template's sample `--render` times, what bench/render.py measures for the project path.
+3. bill run: `POST /api/v1/statement-runs` for the last month, followed with
+   `GET /api/v1/statement-runs/{id}` until it is completed and every handed statement has its
+   archived PDF: statements per second from the POST. Every `--every` statements the resident
+   set (VmRSS, summed over each cluster's processes) of the default cluster and of the render
+   cluster; the run is memory-flat if the default cluster's stays put.
+With --no-compose (implied by --issue-size) the render cluster is not started during the run:
+the rate is the run's own work (compute, validate, hold, hand to the intake), then the render
+cluster is started for `--sample` PDFs and one statement is reprinted byte for byte.
 
-Last line:
+Last lines: the machine, the load (as `uptime`), and
 statements: intake=<readings/s> replay=<readings/s> run=<statements/s> render=<docs/s>
-run_vs_render=<ratio> held=<n> rss_first_mb=<MB> rss_last_mb=<MB>
+run_vs_render=<ratio> handed=<n> held=<n> default_rss_mb=<first quarter→last quarter>
+render_rss_mb=<first→last>   (one line)
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
-import platform
-import resource
+import secrets
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -47,23 +58,24 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
-ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+from dispatch import TOKEN, start_stub  # noqa: E402
+from events import group_rss_mb, load  # noqa: E402
+from scale import wait_for_clusters  # noqa: E402
+from serve import (  # noqa: E402
+    Client,
+    cache_url,
+    machine_line,
+    production_env,
+    sql_admin,
+    start_cluster,
+    start_gunicorn,
+    stop,
+)
+
 PERIOD = (date(2026, 1, 1), date(2026, 1, 31))
-
-
-def sql_admin(statement: str) -> None:
-    import psycopg
-
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(statement)
-
-
-def rss_mb() -> float:
-    """The current resident set (not the peak), from /proc."""
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
+QUEUES = ("render", "dispatch")  # named queues as deployed; the default queue works the run
 
 
 CUSTOMERS_SQL = """
@@ -206,9 +218,41 @@ def prepare(*, customers: int, days: int, workdir: Path):
     return User.objects.get(username="ops")
 
 
-def intake(client, meters: list[str], total: int, *, before: datetime, shape: str, call: int):
+class RawClient:
+    """One keep-alive connection posting a prepared body as is (CSV included), with the
+    integrator's key: serve.Client speaks JSON only."""
+
+    def __init__(self, port: int, key: str):
+        self.port, self.key = port, key
+        self.conn: http.client.HTTPConnection | None = None
+
+    def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+        for attempt in range(2):
+            conn = self.conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+            self.conn = conn
+            try:
+                conn.request(
+                    "POST",
+                    path,
+                    body=body,
+                    headers={"Authorization": f"Api-Key {self.key}", "Content-Type": content_type},
+                )
+                response = conn.getresponse()
+                return response.status, response.read()
+            except (http.client.HTTPException, ConnectionError):
+                conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def intake(
+    client: RawClient, meters: list[str], total: int, *, before: datetime, shape: str, call: int
+) -> float:
     """Post `total` half-hourly readings spread over `meters`, ending at `before`, `call` a
-    request, as CSV, arrays or objects. The bodies are built first: the rate is the server's."""
+    request, as CSV, arrays or objects, over HTTP. The bodies are built first: the rate is the
+    server's."""
     per_meter = max(1, total // len(meters))
     rows = []
     for serial in meters:
@@ -227,18 +271,17 @@ def intake(client, meters: list[str], total: int, *, before: datetime, shape: st
         part = rows[i : i + call]
         if shape == "csv":
             text = "meter,start,value\n" + "".join(f"{m},{s},{v}\n" for m, s, v in part)
-            bodies.append({"data": text.encode(), "content_type": "text/csv"})
+            bodies.append((text.encode(), "text/csv"))
         elif shape == "rows":
-            bodies.append(
-                {"data": {"rows": [[m, s, v, None] for m, s, v in part]}, "format": "json"}
-            )
+            payload = {"rows": [[m, s, v, None] for m, s, v in part]}
+            bodies.append((json.dumps(payload).encode(), "application/json"))
         else:
-            objects = [{"meter": m, "start": s, "value": v} for m, s, v in part]
-            bodies.append({"data": {"readings": objects}, "format": "json"})
+            payload = {"readings": [{"meter": m, "start": s, "value": v} for m, s, v in part]}
+            bodies.append((json.dumps(payload).encode(), "application/json"))
     started = time.perf_counter()
-    for body in bodies:
-        response = client.post("/api/v1/readings", **body)
-        assert response.status_code == 200, response.content[:500]
+    for body, content_type in bodies:
+        status, answer = client.post("/api/v1/readings", body, content_type)
+        assert status == 200, answer[:500]
     return len(rows) / (time.perf_counter() - started)
 
 
@@ -256,80 +299,153 @@ def render_rate(n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def bill_run(ops, *, compose: bool = True, after_first=None) -> tuple[float, int, int, list[float]]:
-    """Start a run for the period and work its chunks here. With `compose`, each chunk's
-    compose and dispatch tasks run inline (the PDFs are part of the rate); without, they stay
-    queued and the rate is the run's own work: compute, validate, hold, hand to the intake."""
-    from django.db import transaction
-    from django_q.conf import Conf
+# Where a statement PDF's time goes: (label, file fragment, function) whose cumulative time
+# is reported; the template's own work is print_html less the charts.
+PROFILE_PARTS = [
+    ("compose HTML: template + charts (print_html)", "documents/composition.py", "print_html"),
+    ("  of which the two charts (pygal SVG)", "documents/composition.py", "chart"),
+    ("lay out (WeasyPrint HTML.render)", "weasyprint/__init__.py", "render"),
+    ("write the PDF (WeasyPrint write_pdf)", "weasyprint/document.py", "write_pdf"),
+    ("append the terms insert (pypdf)", "pypdf/_writer.py", "append"),
+    ("seal (pypdf write)", "documents/rendering.py", "_to_bytes"),
+]
 
-    from notifications.models import Communication
-    from notifications.statements import selectors, services
-    from notifications.statements.models import StatementRun
 
-    run = services.statement_run_create(period_start=PERIOD[0], period_end=PERIOD[1], by=ops)
-    rss = []
+def profile_render(n: int) -> None:
+    """Profile `n` renders of the statement sample in this process (the render worker's code
+    without its process boundary) and say where the time goes."""
+    import cProfile
+    import pstats
+    import re
+
+    from documents import selectors
+    from documents import services as documents
+    from documents.bundle import locale_for
+    from documents.composition import composer_for
+    from documents.rendering import engine_for
+
+    version = selectors.version_for_sending(code="usage_statement")
+    assert version is not None
+    sample = version.content["samples"]["default"]
+    sources, locale = documents.version_sources(version, "en"), locale_for("en")
+    composer, engine = composer_for(sources, locale=locale), engine_for(sources, locale=locale)
+    html = composer.print_html(sample)
+    engine.render(html)  # warm: fonts, the terms insert laid out for this letter length
+    profiler = cProfile.Profile()
     started = time.perf_counter()
-    Conf.SYNC = False  # the start's task stays queued: this process works the chunks below
-    with transaction.atomic():
-        services.statement_run_start(run=run, by=ops)
-    Conf.SYNC = compose
-    chunks = 0
-    aside = 0.0
+    for _ in range(n):
+        profiler.runcall(lambda: engine.render(composer.print_html(sample)))
+    total = (time.perf_counter() - started) / n
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
+    print(
+        f"profile of one statement PDF (mean of {n}, profiler on): {total * 1000:.0f} ms; "
+        f"HTML {len(html) / 1024:.0f} KiB of which {len(svgs)} charts "
+        f"{sum(map(len, svgs)) / 1024:.0f} KiB; {load()}"
+    )
+    for label, fragment, function in PROFILE_PARTS:
+        spent = max(
+            (
+                ct
+                for (path, _, name), (_, _, _, ct, _) in stats.items()
+                if name == function and path.endswith(fragment)
+            ),
+            default=0.0,
+        )
+        print(f"  {label:<48} {spent / n * 1000:7.0f} ms  {spent / n / total:5.0%}")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(12)
+
+
+def composed_count() -> int:
+    from notifications.models import Communication
+
+    return Communication.objects.filter(source="statement_run", document__isnull=False).count()
+
+
+def start_queue_cluster(served: dict, queue: str | None, workdir: Path) -> subprocess.Popen:
+    queue_env = {**served, "Q_CLUSTER_NAME": queue} if queue else served
+    return start_cluster(queue_env, workdir / f"qcluster-{queue or 'default'}.log")
+
+
+def bill_run(
+    client: Client, clusters: dict[str, subprocess.Popen], *, compose: bool, every: int
+) -> tuple[float, int, int, list[tuple[int, float, float]]]:
+    """Start a run for the period with `POST /api/v1/statement-runs` and wait for it: until
+    it is completed and, with `compose`, every handed statement has its archived PDF. Every
+    `every` statements, the resident set of the default cluster (which works the run's
+    chunks) and of the render cluster (which composes the PDFs). Returns (statements a
+    second, handed, held, [(statements done, default MB, render MB)])."""
+    from django_q.models import Failure
+
+    started = time.perf_counter()
+    answer = client.request(
+        "POST",
+        "/api/v1/statement-runs",
+        {"period_start": PERIOD[0].isoformat(), "period_end": PERIOD[1].isoformat()},
+    )
+    assert answer.status == 201, answer.body[:500]
+    run = json.loads(answer.body)
+    rss: list[tuple[int, float, float]] = []
+    next_mark = 0
     while True:
-        outcome = services.statement_run_chunk(run.pk)
-        rss.append(rss_mb())
-        chunks += 1
-        if chunks == 1 and after_first is not None:  # not counted in the run's time
-            moment = time.perf_counter()
-            after_first()
-            aside += time.perf_counter() - moment
-        if chunks % 10 == 0:
-            done = chunks * services.CHUNK
-            spent = time.perf_counter() - started - aside
+        summary = json.loads(client.request("GET", f"/api/v1/statement-runs/{run['id']}").body)
+        counts = summary["statements"]
+        done = summary["done"]
+        composed = composed_count() if compose else counts["handed"]
+        progress = min(done, composed + counts["held"]) if compose else done
+        if progress >= next_mark:
+            default_mb = group_rss_mb(clusters["default"].pid)
+            render_mb = group_rss_mb(clusters["render"].pid) if "render" in clusters else 0.0
+            rss.append((progress, default_mb, render_mb))
+            spent = time.perf_counter() - started
             print(
-                f"  chunk {chunks}: {done} customers in {spent:.0f} s ({done / spent:.2f}/s), "
-                f"RSS {rss[-1]:.0f} MB",
+                f"  {progress} statements in {spent:.0f} s ({progress / spent:.2f}/s): "
+                f"cluster RSS default {default_mb:.0f} MB, render {render_mb:.0f} MB; {load()}",
                 flush=True,
             )
-        if not outcome.more:
+            next_mark = (progress // every + 1) * every
+        if summary["state"] == "completed" and (not compose or composed >= counts["handed"]):
+            elapsed = time.perf_counter() - started
             break
-    elapsed = time.perf_counter() - started - aside
-    Conf.SYNC = True
-    run = StatementRun.objects.get(pk=run.pk)
-    counts = selectors.run_counts(run)
-    if compose:
-        composed = Communication.objects.filter(
-            source="statement_run", document__isnull=False
-        ).count()
-        assert composed == counts["handed"], (composed, counts)
+        if any(p.poll() is not None for p in clusters.values()):
+            raise SystemExit("a cluster died; see its log")
+        failed = Failure.objects.values_list("func", "result").first()
+        if failed:
+            raise SystemExit(f"a task failed: {failed}")
+        time.sleep(1)
+    rss.append((summary["done"], group_rss_mb(clusters["default"].pid), rss[-1][2]))
     return counts["handed"] / elapsed, counts["handed"], counts["held"], rss
 
 
-def sample_and_reprint(ops, sample: int) -> tuple[float, bool]:
-    """Compose `sample` of the run's queued statements (the render worker's task, inline), then
-    reprint one from its stored inputs: the PDF must come back byte for byte."""
-    from notifications.models import Communication
-    from notifications.pipeline import bulk
+def sample_and_reprint(served: dict, workdir: Path, ops, sample: int) -> tuple[float, bool]:
+    """Start the render cluster on the run's queued PDFs and time the first `sample` of them
+    (then stop it), then reprint one from its stored inputs: the PDF must come back byte for
+    byte."""
     from notifications.statements import services
     from notifications.statements.models import Statement
 
-    ids = list(
-        Communication.objects.filter(source="statement_run", state="received")
-        .order_by("?")
-        .values_list("pk", flat=True)[:sample]
-    )
     started = time.perf_counter()
-    bulk.compose_chunk(ids)
-    rate = len(ids) / (time.perf_counter() - started)
-    statement = Statement.objects.filter(
-        communication_id__in=ids, communication__document__isnull=False
-    ).first()
-    assert statement is not None, "no sampled statement was composed"
+    render = start_queue_cluster(served, "render", workdir)
+    try:
+        while composed_count() < sample:
+            if render.poll() is not None:
+                raise SystemExit("the render cluster died; see its log")
+            time.sleep(0.5)
+        rate = composed_count() / (time.perf_counter() - started)
+    finally:
+        stop(render)
+    statement = Statement.objects.filter(communication__document__isnull=False).first()
+    assert statement is not None, "no statement was composed"
     original = statement.communication.document
     copy = services.statement_reprint(statement=statement, by=ops)  # raises on a mismatch
     check = original.checks.order_by("-pk").first()
     return rate, bool(copy is not None and check is not None and check.matched)
+
+
+def rss_table(rss: list[tuple[int, float, float]]) -> str:
+    return "\n".join(
+        f"  {done:>7} {default_mb:>8.0f} {render_mb:>8.0f}" for done, default_mb, render_mb in rss
+    )
 
 
 def main() -> None:
@@ -339,13 +455,12 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--days", type=int, default=62, help="readings per meter, in days")
     parser.add_argument("--intake", type=int, default=300_000, help="readings posted")
-    parser.add_argument("--render", type=int, default=40, help="documents for the baseline")
+    parser.add_argument("--render", type=int, default=20, help="documents for the baseline")
     parser.add_argument(
         "--issue-size",
         action="store_true",
         help="the issue's run: 10,000 customers with a year of half-hourly readings",
     )
-    parser.add_argument("--profile", action="store_true", help="profile one intake call, stop")
     parser.add_argument(
         "--shape", choices=["csv", "rows", "objects"], default="csv", help="intake body"
     )
@@ -354,115 +469,154 @@ def main() -> None:
     parser.add_argument(
         "--no-compose",
         action="store_true",
-        help="the run computes, holds and hands every statement; only --sample are rendered",
+        help="no render cluster during the run: it computes, holds and hands every statement; "
+        "then --sample PDFs are composed by the render cluster",
     )
     parser.add_argument("--sample", type=int, default=5, help="PDFs rendered with --no-compose")
+    parser.add_argument(
+        "--profile-render",
+        type=int,
+        default=0,
+        metavar="N",
+        help="profile N renders of the statement sample and say where the time goes; stop",
+    )
+    parser.add_argument("--every", type=int, default=100, help="statements between RSS lines")
+    parser.add_argument("--render-workers", type=int, default=2, help="Q_RENDER_WORKERS")
+    parser.add_argument("--web-workers", type=int, default=2, help="gunicorn workers")
     args = parser.parse_args()
     if args.issue_size:
         args.customers, args.days, args.no_compose = 10_000, 366, True
+    # Killed from outside: still stop what was started and drop the database (finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     name = f"ccm_bench_statements_{os.getpid()}"
-    os.environ["DATABASE_URL"] = f"postgres://postgres@127.0.0.1:5432/{name}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ccm.settings")
-    os.environ["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    # Inline tasks are held to the cluster's timeout; a chunk's compose (100 PDFs) on a loaded
-    # machine can take longer than the default 120 s.
-    os.environ["Q_TIMEOUT"] = str(24 * 3600)
-    os.environ["Q_RETRY"] = str(24 * 3600 + 60)
-    print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()} (loaded machine)")
-    sql_admin(f"CREATE DATABASE {name}")
     workdir = Path(tempfile.mkdtemp(prefix="bench-statements-"))
+    web = stub = None
+    clusters: dict[str, subprocess.Popen] = {}
+    created = False
     try:
+        stub, stub_url = start_stub(workdir, 24 * 3600)
+        sql_admin(f'CREATE DATABASE "{name}"')
+        created = True
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}",
+            "DJANGO_SETTINGS_MODULE": "ccm.settings",
+            "SECRET_KEY": secrets.token_urlsafe(64),
+            "CACHE_URL": cache_url("redis", name),
+            "MEDIA_ROOT": str(workdir / "media"),
+            "LOG_LEVEL": "WARNING",
+            "Q_SYNC": "false",
+            "CCM_TASK_QUEUES": ",".join(QUEUES),
+            "Q_WORKERS": "1",
+            "Q_RENDER_WORKERS": str(args.render_workers),
+            # A chunk's compose (100 PDFs) on a loaded machine can take longer than 120 s.
+            "Q_TIMEOUT": "3600",
+            "Q_RETRY": "3660",
+            "EMAIL_BACKEND": "anymail.backends.postmark.EmailBackend",
+            "POSTMARK_SERVER_TOKEN": TOKEN,
+            "POSTMARK_API_URL": stub_url,
+            # The benchmark measures capacity, not an integrator's quota.
+            "API_THROTTLE_USER": "10000000/min",
+            "API_THROTTLE_API_KEY": "10000000/min",
+        }
+        if args.no_compose:
+            # A compose task's PDFs are recorded together: tasks of --sample make the sample's
+            # PDFs visible as soon as they are made, not after a chunk of 100.
+            env["CCM_BULK_CHUNK"] = str(max(1, args.sample))
+        os.environ.update(production_env(env))
         import django
 
         django.setup()
-        from django.conf import settings
-        from django.test.utils import setup_test_environment
-        from django_q.conf import Conf
-        from rest_framework.test import APIClient
-
         from ccm.api.auth import api_key_create
         from notifications.statements.models import Meter
 
-        setup_test_environment()
-        settings.ALLOWED_HOSTS = ["*"]
-        settings.MEDIA_ROOT = workdir / "media"
-        Conf.SYNC = True
-        if args.profile:
-            import cProfile
-            import pstats
-
-            ops = prepare(customers=args.customers, days=args.days, workdir=workdir)
-            client = APIClient()
-            key = api_key_create(name="mdm", scopes=["readings:write"]).key
-            client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
-            meters = list(Meter.objects.order_by("pk").values_list("serial", flat=True))
-            before = datetime(2026, 2, 1, tzinfo=UTC) - timedelta(days=args.days)
-            profiler = cProfile.Profile()
-            profiler.runcall(
-                intake, client, meters, args.call, before=before, shape=args.shape, call=args.call
-            )
-            pstats.Stats(profiler).sort_stats("cumtime").print_stats(30)
-            return
+        print(machine_line())
+        print(
+            f"setup: {args.customers} customers x {args.days} days, gunicorn workers="
+            f"{args.web_workers}, clusters: default (Q_WORKERS=1) + dispatch + render "
+            f"(Q_RENDER_WORKERS={args.render_workers}"
+            f"{', after the run' if args.no_compose else ''}), Postmark stub; {load()}",
+            flush=True,
+        )
         t0 = time.perf_counter()
         ops = prepare(customers=args.customers, days=args.days, workdir=workdir)
+        print(f"prepared in {time.perf_counter() - t0:.0f} s; {load()}", flush=True)
+        if args.profile_render:
+            profile_render(args.profile_render)
+            return
+        render = render_rate(args.render) if args.render else 0.0
         print(
-            f"prepared {args.customers} customers x {args.days} days of half-hours "
-            f"in {time.perf_counter() - t0:.0f} s"
+            f"render baseline: {render:.2f} documents/s (document_compose of the usage_statement "
+            f"sample, in this process, alone); {load()}",
+            flush=True,
         )
-        client = APIClient()
-        key = api_key_create(name="mdm", scopes=["readings:write"]).key
-        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
-        meters = list(Meter.objects.order_by("pk").values_list("serial", flat=True))
-        before = datetime(2026, 2, 1, tzinfo=UTC) - timedelta(days=args.days)
+        served = {**os.environ}
+        web, port = start_gunicorn(served, workdir / "gunicorn.log", workers=args.web_workers)
+        key = api_key_create(
+            name="bench", scopes=["readings:write", "statements:read", "statements:write"]
+        ).key
         rate = replay = 0.0
         if args.intake:
+            raw = RawClient(port, key)
+            meters = list(Meter.objects.order_by("pk").values_list("serial", flat=True))
+            before = datetime(2026, 2, 1, tzinfo=UTC) - timedelta(days=args.days)
             sent = {"before": before, "shape": args.shape, "call": args.call}
-            rate = intake(client, meters, args.intake, **sent)
-            replay = intake(client, meters, args.intake, **sent)
+            rate = intake(raw, meters, args.intake, **sent)
+            replay = intake(raw, meters, args.intake, **sent)
             print(
-                f"intake: {args.intake} readings as {args.shape}, {args.call:,} a call: "
-                f"{rate:,.0f}/s; again {replay:,.0f}/s"
+                f"intake over HTTP: {args.intake} readings as {args.shape}, {args.call:,} a "
+                f"call: {rate:,.0f}/s; again {replay:,.0f}/s; {load()}",
+                flush=True,
             )
         if args.intake_only:
             return
-        render = render_rate(args.render) if args.render else 0.0
-        print(f"render baseline: {render:.2f} documents/s (document_compose, usage_statement)")
-        sampled, identical = 0.0, False
-
-        def sample() -> None:
-            nonlocal sampled, identical
-            sampled, identical = sample_and_reprint(ops, args.sample)
-            print(
-                f"sample: {args.sample} of the run's first chunk composed with PDF at "
-                f"{sampled:.2f}/s; reprint byte-identical: {identical}",
-                flush=True,
-            )
-
+        queues = (None, "dispatch") if args.no_compose else (None, *QUEUES)
+        for queue in queues:
+            clusters[queue or "default"] = start_queue_cluster(served, queue, workdir)
+        for queue in queues:
+            wait_for_clusters(list(clusters.values()), queue=queue)
+        print(f"bill run: POST /api/v1/statement-runs for {PERIOD[0]}..{PERIOD[1]}", flush=True)
+        client = Client(port, headers={"Authorization": f"Api-Key {key}"})
         run_rate, handed, held, rss = bill_run(
-            ops, compose=not args.no_compose, after_first=sample if args.no_compose else None
+            client, clusters, compose=not args.no_compose, every=args.every
         )
-        quarter = max(1, len(rss) // 4)
-        first_q, last_q = max(rss[:quarter]), max(rss[-quarter:])
         what = "computed and handed (PDFs queued)" if args.no_compose else "composed with PDF"
-        print(
-            f"bill run: {handed} statements {what}, {held} held: {run_rate:.2f}/s; "
-            f"RSS first quarter {first_q:.0f} MB, last quarter {last_q:.0f} MB, "
-            f"max {max(rss):.0f} MB over {len(rss)} chunks"
-        )
+        print(f"bill run: {handed} statements {what}, {held} held: {run_rate:.2f}/s; {load()}")
+        print("  RSS MB per statements done:\n  statements  default   render\n" + rss_table(rss))
+        quarter = max(1, len(rss) // 4)
+        first_q = max(mb for _, mb, _ in rss[:quarter])
+        last_q = max(mb for _, mb, _ in rss[-quarter:])
+        render_first = max(mb for _, _, mb in rss[:quarter])
+        render_last = max(mb for _, _, mb in rss[-quarter:])
         extra = ""
         if args.no_compose:
+            sampled, identical = sample_and_reprint(served, workdir, ops, args.sample)
+            print(
+                f"sample: {args.sample} PDFs by the render cluster at {sampled:.2f}/s (its "
+                f"start included); reprint byte-identical: {identical}; {load()}"
+            )
             extra = f" sample_render={sampled:.2f} reprint_identical={identical}"
+        print(machine_line())
+        print(load())
         print(
             f"statements: intake={rate:.0f} replay={replay:.0f} run={run_rate:.2f} "
             f"render={render:.2f} run_vs_render={run_rate / (render or 1):.2f} handed={handed} "
-            f"held={held} rss_first_mb={first_q:.0f} rss_last_mb={last_q:.0f}{extra}"
+            f"held={held} default_rss_mb={first_q:.0f}→{last_q:.0f} "
+            f"render_rss_mb={render_first:.0f}→{render_last:.0f}{extra}"
         )
     finally:
-        from django.db import connections
+        stop(web)
+        for process in clusters.values():
+            stop(process)
+        stop(stub)
+        try:
+            from django.db import connections
 
-        connections.close_all()
-        sql_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            connections.close_all()
+        except Exception:  # noqa: S110 - Django may not be set up when setup itself failed
+            pass
+        if created:
+            sql_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -150,14 +150,14 @@ def statements_assemble(
     end_utc = _midnight(period_end + timedelta(days=1), zone)
     days = (period_end - period_start).days + 1
     customers = Customer.objects.in_bulk(customer_ids)
-    meters: dict[int, Meter] = {}
+    meters: dict[int, list[Meter]] = defaultdict(list)
     for meter in (
         Meter.objects.filter(service_point__customer_id__in=customer_ids)
         .select_related("service_point")
         .order_by("serial")
     ):
-        meters.setdefault(meter.service_point.customer_id, meter)
-    meter_ids = [m.pk for m in meters.values()]
+        meters[meter.service_point.customer_id].append(meter)
+    meter_ids = [m.pk for found in meters.values() for m in found]
     readings: dict[int, list[tuple[datetime, Decimal | None, str]]] = defaultdict(list)
     history_from = start_utc - timedelta(days=validation.PROFILE_DAYS)
     for meter_id, start, value, quality in (
@@ -170,7 +170,9 @@ def statements_assemble(
     prev_from = _midnight(period_start - timedelta(days=days), zone)
     year_from = _midnight(_minus_year(period_start), zone)
     year_to = _midnight(_minus_year(period_end) + timedelta(days=1), zone)
-    interval_meters = [m.pk for m in meters.values() if m.kind == MeterKind.INTERVAL]
+    interval_meters = [
+        m.pk for found in meters.values() for m in found if m.kind == MeterKind.INTERVAL
+    ]
     counted = Q(value__gte=0)
     compare = {
         row["meter_id"]: row
@@ -200,14 +202,14 @@ def statements_assemble(
         .annotate(total=Sum("value"))
     ):
         months[row["meter_id"]][row["month"].date()] = row["total"]
-    tariff_rows: dict[int, list[CustomerTariff]] = defaultdict(list)
+    tariff_rows: dict[tuple[int, int | None], list[CustomerTariff]] = defaultdict(list)
     for held_tariff in (
         CustomerTariff.objects.filter(customer_id__in=customer_ids)
         .select_related("tariff")
         .prefetch_related("tariff__bands")
         .order_by("customer_id", "valid_from")
     ):
-        tariff_rows[held_tariff.customer_id].append(held_tariff)
+        tariff_rows[(held_tariff.customer_id, held_tariff.meter_id)].append(held_tariff)
     marketing_ok: dict[int, bool] = {}
     for customer_id, granted in (
         ConsentRecord.objects.filter(customer_id__in=customer_ids, category=Category.MARKETING)
@@ -216,81 +218,62 @@ def statements_assemble(
     ):
         marketing_ok.setdefault(customer_id, granted)
     rule_set = published_rules()
+    span = _Span(period_start, period_end, start_utc, end_utc, zone, rules)
     out = {}
     for customer_id in customer_ids:
         customer = customers.get(customer_id)
         outcome = Outcome(customer_id)
         out[customer_id] = outcome
         found = meters.get(customer_id)
-        if customer is None or found is None:
+        if customer is None or not found:
             outcome.held.append("no meter: the customer has no meter on a service point")
             continue
-        meter = found
-        tariffs = _tariff_inputs(tariff_rows[customer_id], period_start, period_end)
-        if not tariffs:
-            outcome.held.append(f"no tariff: none applies in {period_start}-{period_end}")
+        parts = [
+            _meter_part(
+                meter,
+                readings.get(meter.pk, []),
+                tariff_rows.get((customer_id, meter.pk)) or tariff_rows[(customer_id, None)],
+                span,
+            )
+            for meter in found
+        ]
+        several = len(parts) > 1
+        for part in parts:
+            prefix = f"{part.meter.serial}: " if several else ""
+            outcome.held.extend(prefix + reason for reason in part.held)
+        if outcome.held:
             continue
         inputs: dict[str, Any] = {
             "period": {"start": period_start.isoformat(), "end": period_end.isoformat()},
             "timezone": str(zone),
-            "unit": meter.unit,
             "currency": "GBP",
-            "meter": meter.serial,
-            "tariffs": tariffs,
             "recommendation_rules": rule_set.version if rule_set else None,
         }
-        history = readings.get(meter.pk, [])
-        flags: list[str] = []
-        estimated_days: list[str] = []
-        if meter.kind == MeterKind.INTERVAL:
-            starts = validation.period_starts(start_utc, end_utc, meter.interval_minutes)
-            checked = validation.interval_series_check(
-                starts=starts,
-                readings={s: (v, q) for s, v, q in history if s >= start_utc},
-                profile=validation.usual_profile(history, zone),
-                max_value=meter.max_interval_value,
-                zone=zone,
-                rules=rules,
-            )
-            outcome.held.extend(checked.held)
-            flags = checked.flags
-            inputs["series"] = {
-                "first": start_utc.astimezone(zone).isoformat(),
-                "minutes": meter.interval_minutes,
-                "values": [str(v) for v in checked.values],
-                "estimated": checked.estimated,
-            }
-            estimated_days = sorted(
-                {starts[i].astimezone(zone).date().isoformat() for i in checked.estimated}
-            )
+        if several:
+            inputs["meters"] = [part.inputs for part in parts]
         else:
-            opening = closing = None
-            for moment, value, quality in history:
-                if quality == "missing" or value is None:
-                    continue
-                if moment <= start_utc:
-                    opening = value
-                if moment <= end_utc:
-                    closing = value
-            consumption, flags, held = validation.register_consumption(
-                opening=opening, closing=closing, digits=meter.register_digits
-            )
-            outcome.held.extend(held)
-            if consumption is not None:
-                inputs["register"] = {
-                    "opening": str(opening),
-                    "closing": str(closing),
-                    "consumption": str(consumption),
-                }
-        if outcome.held:
-            continue
+            inputs.update(parts[0].inputs)
         try:
             result = billing.bill_compute(inputs)
         except billing.BillError as exc:
             outcome.held.append(f"bill: {exc}")
             continue
-        comparison: dict[str, Any] = dict(compare.get(meter.pk, {}))
-        metrics = _metrics(inputs, result, zone, comparison)
+        bills = result["meters"] if several else [result]
+        supplies = [
+            _supply_data(
+                part,
+                {**inputs, **part.inputs},
+                bill,
+                dict(compare.get(part.meter.pk, {})),
+                months.get(part.meter.pk, {}),
+                first_month,
+            )
+            for part, bill in zip(parts, bills, strict=True)
+        ]
+        # The recommendations read the first meter's use (meters in serial order).
+        metrics = supplies[0].pop("_metrics")
+        for supply in supplies[1:]:
+            supply.pop("_metrics")
         language = customer.language if customer.language else "en"
         recs = (
             recommendations.recommendations_for(
@@ -306,19 +289,92 @@ def statements_assemble(
         outcome.result = result
         outcome.data = statement_data(
             customer=customer,
-            meter=meter,
             inputs=inputs,
             result=result,
-            comparison=comparison,
-            metrics=metrics,
-            months=months.get(meter.pk, {}),
-            first_month=first_month,
-            flags=flags,
-            estimated_days=estimated_days,
+            supplies=supplies,
             recommendations=recs,
             document_date=document_date,
         )
     return out
+
+
+@dataclass(frozen=True)
+class _Span:
+    """The period being billed, in local dates and as UTC instants, with the checks' rules."""
+
+    first: date
+    last: date
+    start_utc: datetime
+    end_utc: datetime
+    zone: ZoneInfo
+    rules: validation.Rules
+
+
+@dataclass
+class _MeterPart:
+    """One meter's share of a statement: its inputs (unit, tariffs, series or register), the
+    validation's flags and estimated days, and why it is held if it is."""
+
+    meter: Meter
+    inputs: dict[str, Any] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+    estimated_days: list[str] = field(default_factory=list)
+    held: list[str] = field(default_factory=list)
+
+
+def _meter_part(
+    meter: Meter,
+    history: list[tuple[datetime, Decimal | None, str]],
+    tariff_rows: list[CustomerTariff],
+    span: _Span,
+) -> _MeterPart:
+    part = _MeterPart(meter)
+    tariffs = _tariff_inputs(tariff_rows, span.first, span.last)
+    if not tariffs:
+        part.held.append(f"no tariff: none applies in {span.first}-{span.last}")
+        return part
+    part.inputs = {"unit": meter.unit, "meter": meter.serial, "tariffs": tariffs}
+    if meter.kind == MeterKind.INTERVAL:
+        starts = validation.period_starts(span.start_utc, span.end_utc, meter.interval_minutes)
+        checked = validation.interval_series_check(
+            starts=starts,
+            readings={s: (v, q) for s, v, q in history if s >= span.start_utc},
+            profile=validation.usual_profile(history, span.zone),
+            max_value=meter.max_interval_value,
+            zone=span.zone,
+            rules=span.rules,
+        )
+        part.held.extend(checked.held)
+        part.flags = checked.flags
+        part.inputs["series"] = {
+            "first": span.start_utc.astimezone(span.zone).isoformat(),
+            "minutes": meter.interval_minutes,
+            "values": [str(v) for v in checked.values],
+            "estimated": checked.estimated,
+        }
+        part.estimated_days = sorted(
+            {starts[i].astimezone(span.zone).date().isoformat() for i in checked.estimated}
+        )
+        return part
+    opening = closing = None
+    for moment, value, quality in history:
+        if quality == "missing" or value is None:
+            continue
+        if moment <= span.start_utc:
+            opening = value
+        if moment <= span.end_utc:
+            closing = value
+    consumption, part.flags, held = validation.register_consumption(
+        opening=opening, closing=closing, digits=meter.register_digits
+    )
+    part.held.extend(held)
+    if consumption is not None:
+        part.inputs["register"] = {
+            "opening": str(opening),
+            "closing": str(closing),
+            "consumption": str(consumption),
+        }
+    return part
 
 
 def _daily(inputs: dict, zone: ZoneInfo) -> tuple[list[str], list[str]]:
@@ -338,47 +394,32 @@ def _decimal_or_none(value: Decimal | None) -> str | None:
     return None if value is None else str(Decimal(value).quantize(billing.MILLI))
 
 
-def statement_data(
-    *,
-    customer: Customer,
-    meter: Meter,
+def _supply_data(
+    part: _MeterPart,
     inputs: dict,
-    result: dict,
+    bill: dict,
     comparison: dict,
-    metrics: dict,
     months: dict[date, Decimal],
     first_month: date,
-    flags: list[str],
-    estimated_days: list[str],
-    recommendations: list[dict],
-    document_date: date,
 ) -> dict[str, Any]:
-    """The template's data: every figure as a string, so the data is exact JSON."""
+    """What the statement says about one meter: its use and cost by band, its lines, the
+    comparisons, its charts' data, its estimated reads (every figure a string). `_metrics`
+    (taken out by the caller) are what the recommendation rules read."""
     zone = ZoneInfo(inputs["timezone"])
-    period_end = date.fromisoformat(inputs["period"]["end"])
+    metrics = _metrics(inputs, bill, zone, comparison)
     day_labels, day_values = _daily(inputs, zone)
     trend_months = [_add_months(first_month, n) for n in range(TREND_MONTHS)]
-    tariff_names = []
-    for t in inputs["tariffs"]:
-        if t["name"] not in tariff_names:
-            tariff_names.append(t["name"])
+    meter = part.meter
     return {
-        "account_number": customer.external_ref,
-        "reference": f"ST-{period_end:%Y%m}-{customer.external_ref}",
-        "document_date": document_date.isoformat(),
-        "due_date": (document_date + timedelta(days=14)).isoformat(),
-        "period": inputs["period"],
-        "supply_address": meter.service_point.address or meter.service_point.code,
         "meter": {"serial": meter.serial, "unit": meter.unit, "kind": meter.kind},
-        "currency": result["currency"],
-        "tariffs": tariff_names,
-        "lines": result["lines"],
-        "vat_rounding": result["vat_rounding"],
-        "net": result["net"],
-        "vat": result["vat"],
-        "total": result["total"],
-        "consumption": result["consumption"],
-        "by_band": result["by_band"],
+        "supply_address": meter.service_point.address or meter.service_point.code,
+        "lines": bill["lines"],
+        "vat_rounding": bill["vat_rounding"],
+        "net": bill["net"],
+        "vat": bill["vat"],
+        "total": bill["total"],
+        "consumption": bill["consumption"],
+        "by_band": bill["by_band"],
         "comparison": {
             "previous": _decimal_or_none(comparison.get("previous")),
             "previous_change": _decimal_or_none(metrics["previous_change"]),
@@ -392,8 +433,49 @@ def statement_data(
                 str(months.get(m, Decimal(0)).quantize(billing.MILLI)) for m in trend_months
             ],
         },
-        "estimated": {"intervals": result["estimated_intervals"], "days": estimated_days},
+        "estimated": {"intervals": bill["estimated_intervals"], "days": part.estimated_days},
         "register": inputs.get("register"),
-        "flags": flags,
+        "flags": part.flags,
+        "_metrics": metrics,
+    }
+
+
+def statement_data(
+    *,
+    customer: Customer,
+    inputs: dict,
+    result: dict,
+    supplies: list[dict[str, Any]],
+    recommendations: list[dict],
+    document_date: date,
+) -> dict[str, Any]:
+    """The template's data: every figure as a string, so the data is exact JSON. One meter's
+    statement has its figures at the top level; a statement of several has the totals there
+    and each meter's figures under `meters`."""
+    period_end = date.fromisoformat(inputs["period"]["end"])
+    tariff_names: list[str] = []
+    for line in result["lines"]:
+        if line["tariff_name"] not in tariff_names:
+            tariff_names.append(line["tariff_name"])
+    common = {
+        "account_number": customer.external_ref,
+        "reference": f"ST-{period_end:%Y%m}-{customer.external_ref}",
+        "document_date": document_date.isoformat(),
+        "due_date": (document_date + timedelta(days=14)).isoformat(),
+        "period": inputs["period"],
+        "currency": result["currency"],
+        "tariffs": tariff_names,
         "recommendations": recommendations,
+    }
+    if len(supplies) == 1:
+        return {**common, **supplies[0]}
+    days = sorted({day for supply in supplies for day in supply["estimated"]["days"]})
+    return {
+        **common,
+        "supply_address": supplies[0]["supply_address"],
+        "net": result["net"],
+        "vat": result["vat"],
+        "total": result["total"],
+        "estimated": {"intervals": result["estimated_intervals"], "days": days},
+        "meters": supplies,
     }

@@ -14,6 +14,12 @@ so the inputs stored with a statement reproduce its result exactly, today or in 
 A register meter's inputs carry `"register": {"consumption": "123.000"}` instead of a series;
 its consumption is billed in the tariff's only band.
 
+A statement of several meters (electricity and gas, or two electricity meters of one customer)
+carries `"meters": [{"meter": "E-1", "unit", "series" | "register", "tariffs"}, …]` beside the
+period, time zone and currency: each meter is billed on its own tariffs as above (its own
+standing charge and VAT rounding, as a dual-fuel bill has one section a supply), and the
+statement's net, VAT and total are the sums of the meters' bills.
+
 Each interval is billed in the band and tariff in force at its start (local time), so a tariff
 change on the 16th bills the 15th at the old rates and the 16th at the new; a band whose end is
 before its start runs across midnight. Every line is rounded half-up to the penny; VAT is
@@ -102,6 +108,39 @@ def _energy(inputs: dict, zone: ZoneInfo) -> dict[tuple[str, str], Decimal]:
 
 def bill_compute(inputs: dict[str, Any]) -> dict[str, Any]:
     """The bill's lines and totals (all amounts as strings), from `inputs` alone."""
+    if "meters" in inputs:
+        return _meters_bill(inputs)
+    return _meter_bill(inputs)
+
+
+SHARED_INPUTS = ("period", "timezone", "currency")
+
+
+def _meters_bill(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Each meter's bill, and the statement's totals as their sums. The lines are every
+    meter's, each naming its meter, so a run's totals by tariff count them all."""
+    shared = {key: inputs[key] for key in SHARED_INPUTS if key in inputs}
+    bills = []
+    for meter in inputs["meters"]:
+        bill = _meter_bill({**shared, **meter})
+        bill["meter"] = meter["meter"]
+        bills.append(bill)
+    net = sum((Decimal(b["net"]) for b in bills), Decimal(0))
+    vat = sum((Decimal(b["vat"]) for b in bills), Decimal(0))
+    return {
+        "meters": bills,
+        "lines": [{**line, "meter": b["meter"]} for b in bills for line in b["lines"]],
+        "net": str(net),
+        "vat": str(vat),
+        "total": str(net + vat),
+        "currency": inputs.get("currency", "GBP"),
+        "days": max(b["days"] for b in bills),
+        "estimated_intervals": sum(b["estimated_intervals"] for b in bills),
+    }
+
+
+def _meter_bill(inputs: dict[str, Any]) -> dict[str, Any]:
+    """One meter's bill on its tariffs."""
     zone = ZoneInfo(inputs.get("timezone") or "UTC")
     tariffs = inputs["tariffs"]
     quantities = _energy(inputs, zone)

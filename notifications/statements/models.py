@@ -138,10 +138,20 @@ class TariffBand(models.Model):
 
 
 class CustomerTariff(models.Model):
-    """A customer's tariff history: one row per tariff from `valid_from` until the next row."""
+    """A customer's tariff history: one row per tariff from `valid_from` until the next row.
+    A row with a `meter` is that meter's own history (a gas meter beside electricity); the
+    rows without one apply to every meter of the customer that has no history of its own."""
 
     customer = models.ForeignKey(
         "notifications.Customer", on_delete=models.CASCADE, related_name="tariffs"
+    )
+    meter = models.ForeignKey(
+        Meter,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="tariffs",
+        help_text="Only this meter; empty: the customer's meters without a tariff of their own",
     )
     tariff = models.ForeignKey(Tariff, on_delete=models.PROTECT, related_name="+")
     valid_from = models.DateField()
@@ -150,8 +160,15 @@ class CustomerTariff(models.Model):
         ordering = ["customer", "valid_from"]
         constraints = [
             models.UniqueConstraint(
-                fields=["customer", "valid_from"], name="customer_tariff_from_unique"
-            )
+                fields=["customer", "valid_from"],
+                condition=models.Q(meter__isnull=True),
+                name="customer_tariff_from_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["meter", "valid_from"],
+                condition=models.Q(meter__isnull=False),
+                name="meter_tariff_from_unique",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -218,3 +218,52 @@ def test_negative_impossible_and_spike_are_held():
         "impossible: 11 at 2026-01-01 01:30",
         "spike: 4.5 at 2026-01-01 02:00 (usual 0.400, limit x10)",
     ]
+
+
+def test_two_meters_each_billed_on_its_own_tariff_and_summed():
+    # Electricity: 48 x 0.5 kWh = 24 kWh x £0.2450 = £5.88, standing £0.50; VAT per line
+    # 0.294 → 0.29 and 0.025 → 0.03: net 6.38, VAT 0.32 (as the flat day above).
+    # Gas: 48 x 0.25 m³ = 12 m³ x £0.0700 = £0.84, standing £0.30; VAT on the total:
+    # 1.14 x 5 % = 0.057 → £0.06. Net 1.14. Statement: net 7.52, VAT 0.38, total 7.90.
+    electricity = inputs(["0.5"] * 48, tariffs=[tariff("flat", bands=FLAT)])
+    gas = inputs(
+        ["0.25"] * 48,
+        tariffs=[
+            tariff(
+                "gas",
+                bands=[("all day", "00:00", "00:00", "0.0700")],
+                standing="0.30",
+                rounding="total",
+            )
+        ],
+    )
+    shared = {key: electricity[key] for key in ("period", "timezone", "currency")}
+    result = bill_compute(
+        {
+            **shared,
+            "meters": [
+                {
+                    "meter": "E-1",
+                    "unit": "kWh",
+                    **{k: electricity[k] for k in ("series", "tariffs")},
+                },
+                {"meter": "G-1", "unit": "m3", **{k: gas[k] for k in ("series", "tariffs")}},
+            ],
+        }
+    )
+    first, second = result["meters"]
+    assert (first["meter"], first["net"], first["vat"], first["total"]) == (
+        "E-1",
+        "6.38",
+        "0.32",
+        "6.70",
+    )
+    assert (second["meter"], second["consumption"], second["unit"]) == ("G-1", "12.000", "m3")
+    assert (second["net"], second["vat"], second["total"]) == ("1.14", "0.06", "1.20")
+    assert (result["net"], result["vat"], result["total"]) == ("7.52", "0.38", "7.90")
+    assert [(ln["meter"], ln["tariff"], ln["net"]) for ln in result["lines"]] == [
+        ("E-1", "flat", "5.88"),
+        ("E-1", "flat", "0.50"),
+        ("G-1", "gas", "0.84"),
+        ("G-1", "gas", "0.30"),
+    ]

@@ -207,3 +207,77 @@ def test_a_viewer_who_may_not_open_a_run_sees_its_bar_without_a_link(
     assert bar["url"] == ""
     [bar] = [w for w in work_in_progress(user=ops) if w["key"] == f"statement_run:{run.pk}"]
     assert bar["url"] == f"/statements/{run.pk}/"
+
+
+def test_a_run_keeps_no_sql_text_from_chunk_to_chunk_with_debug_on(town, ops, sync_tasks, settings):
+    # given DEBUG on (a development cluster), where Django logs every statement's SQL
+    from django.db import connection
+
+    settings.DEBUG = True
+    run = services.statement_run_create(period_start=JAN[0], period_end=JAN[1], by=ops)
+    run.start(when=run.created_at)
+    run.save()
+    # when the task works the whole run in one process (as a cluster worker does)
+    services.statement_run_work(run.pk)
+    # then the chunks' inserts (each carrying its statements' inputs) are not kept: memory
+    # stays flat over a run of any length
+    kept = len(connection.queries_log)
+    assert selectors.run_counts(run)["held"] == 2
+    assert kept == 0
+
+
+@pytest.fixture
+def dual_fuel(db, ops, usage_statement):
+    """GOOD's electricity meter on the flat tariff, and a gas meter on its own gas tariff."""
+    from notifications.statements.models import CustomerTariff, Meter
+
+    electricity = _customer("GOOD", ops, make_tariff("flat"))
+    gas = Meter.objects.create(serial="G-GOOD", service_point=electricity.service_point, unit="m3")
+    gas_tariff = make_tariff(
+        "gas", bands=(("all day", "00:00", "00:00", "0.0700"),), standing_charge=Decimal("0.30")
+    )
+    CustomerTariff.objects.create(
+        customer=electricity.service_point.customer,
+        meter=gas,
+        tariff=gas_tariff,
+        valid_from=date(2024, 1, 1),
+    )
+    load(half_hours(date(2025, 12, 1), 62, "0.25", serial=gas.serial))
+    return electricity, gas
+
+
+def test_a_customer_with_two_meters_gets_one_statement_with_each_and_the_total(
+    dual_fuel, ops, sync_tasks
+):
+    # when a run covers a customer with an electricity and a gas meter
+    run = _run(sync_tasks, ops)
+    statement = Statement.objects.get()
+    assert selectors.run_counts(run)["handed"] == 1
+    # then each meter is billed on its own tariff. Electricity as GOOD above: 744 kWh x
+    # 0.2450 = 182.28 + 31 x 0.50 = 15.50: net 197.78, VAT 9.11 + 0.78 = 9.89, total 207.67.
+    # Gas: 31 x 48 x 0.25 = 372 m³ x 0.0700 = 26.04 + 31 x 0.30 = 9.30: net 35.34,
+    # VAT 1.302 → 1.30 and 0.465 → 0.47 = 1.77, total 37.11.
+    electricity, gas = statement.data["meters"]
+    assert (electricity["meter"]["serial"], electricity["total"]) == ("E-GOOD", "207.67")
+    assert (gas["meter"]["serial"], gas["meter"]["unit"], gas["consumption"]) == (
+        "G-GOOD",
+        "m3",
+        "372.000",
+    )
+    assert (gas["net"], gas["vat"], gas["total"]) == ("35.34", "1.77", "37.11")
+    # the statement's totals are the sums: net 233.12, VAT 11.66, total 244.78
+    assert (statement.data["net"], statement.data["vat"], statement.data["total"]) == (
+        "233.12",
+        "11.66",
+        "244.78",
+    )
+    assert statement.total == Decimal("244.78")
+    report = selectors.run_report(run)
+    assert sorted(t["tariff"] for t in report["by_tariff"]) == ["flat", "gas"]
+    # and the archived PDF lists both meters, their use and the total
+    document = statement.communication.document
+    text = "\n".join(
+        page.extract_text() for page in pypdf.PdfReader(io.BytesIO(document.file.read())).pages
+    )
+    for expected in ["Your meters", "E-GOOD", "G-GOOD", "744.0 kWh", "372.0 m³", "£244.78"]:
+        assert expected in text, expected

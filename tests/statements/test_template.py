@@ -67,3 +67,67 @@ def test_welsh_statement_has_no_english_left(usage_statement):
     assert "Telerau ac amodau" in text  # the appended terms insert, counted in the pages
     assert "Ion 26" in text
     assert "Rhag 25" in text
+
+
+PER_METER = [
+    "meter",
+    "supply_address",
+    "lines",
+    "vat_rounding",
+    "net",
+    "vat",
+    "total",
+    "consumption",
+    "by_band",
+    "comparison",
+    "daily",
+    "trend",
+    "estimated",
+    "register",
+    "flags",
+]
+
+
+def _two_meters(sample: dict) -> dict:
+    """The sample's meter and a gas meter of 50 m³ costing £10.00 + £0.50 VAT: the totals
+    across them are 113.98 + 10.00 = 123.98 net, 5.70 + 0.50 = 6.20 VAT, 130.18 in all."""
+    electricity = {key: sample[key] for key in PER_METER}
+    gas = {
+        **electricity,
+        "meter": {"serial": "G-7700123", "unit": "m3", "kind": "interval"},
+        "net": "10.00",
+        "vat": "0.50",
+        "total": "10.50",
+        "consumption": "50.000",
+        "by_band": [{"band": "all day", "quantity": "50.000", "net": "10.00"}],
+        "lines": [{**line, "unit": "m3"} for line in sample["lines"] if line["kind"] == "standing"],
+    }
+    common = {key: value for key, value in sample.items() if key not in PER_METER}
+    return {
+        **common,
+        "supply_address": sample["supply_address"],
+        "net": "123.98",
+        "vat": "6.20",
+        "total": "130.18",
+        "estimated": sample["estimated"],
+        "meters": [electricity, gas],
+    }
+
+
+def test_a_statement_of_two_meters_lists_each_in_german_and_welsh(usage_statement):
+    # given a statement of an electricity and a gas meter
+    samples = usage_statement.content["samples"]
+    for language, sample, words, total in [
+        ("de", samples["german"], ["Ihre Zähler", "Zähler G-7700123 (m³)", "50,0 m³"], "130,18"),
+        ("cy", samples["welsh"], ["Eich mesuryddion", "Mesurydd G-7700123 (m³)"], "£130.18"),
+    ]:
+        # when it is composed in German and in Welsh
+        data = _two_meters(sample)
+        document = documents.document_compose(version=usage_statement, data=data, language=language)
+        text = _text(document)
+        # then both meters, the gas meter's own figures and the total across them are shown,
+        # and no English label is left
+        for expected in [*words, sample["meter"]["serial"], total]:
+            assert expected in text, (language, expected)
+        for label in [*ENGLISH_LABELS, "Your meters"]:
+            assert label not in text, (language, label)
