@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("notifications", "0024_reading_meter_index"),
+        ("notifications", "0025_customer_postcode_index"),
     ]
 
     operations = [
