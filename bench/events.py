@@ -66,7 +66,6 @@ from serve import (  # noqa: E402
     stop,
 )
 
-from tests.notifications.test_webpush import PushService  # noqa: E402
 from tests.notifications.twilio_stub import TwilioStub  # noqa: E402
 
 BATCH = 1000
@@ -340,7 +339,6 @@ def main() -> None:
     stub = TimedStub(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN).start()
     postmark = PostmarkStub(token=POSTMARK_TOKEN, max_lifetime_s=24 * 3600).start()
     loopback = contextlib.ExitStack()
-    push = loopback.enter_context(PushService())
     web = None
     clusters: list[subprocess.Popen] = []
     created = False
@@ -380,6 +378,9 @@ def main() -> None:
 
         django.setup()
         from ccm.api.auth import api_key_create
+        from tests.notifications.test_webpush import PushService  # the loopback push service
+
+        push = loopback.enter_context(PushService())
 
         print(machine_line())
         print(

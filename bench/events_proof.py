@@ -17,11 +17,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serve import Client, run_pool
 
-from tests.notifications.test_webpush import PushService
+if TYPE_CHECKING:  # imports Django models: only once Django is set up
+    from tests.notifications.test_webpush import PushService
 
 FEEDER = "feeder-p"
 EVENTS = 5000  # triggers, then one update and one clear per meter
