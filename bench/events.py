@@ -321,6 +321,12 @@ def main() -> None:
         "--customers customers under one feeder of --devices meters",
     )
     parser.add_argument(
+        "--durable-timeout",
+        type=float,
+        default=3600,
+        help="--proof: s to wait for the notices' PDFs (the durable copies) after the rest",
+    )
+    parser.add_argument(
         "--web-workers",
         type=int,
         default=(os.cpu_count() or 1) * 2 + 1,
@@ -416,7 +422,7 @@ def main() -> None:
                 devices=args.devices,
                 timeout_s=args.timeout,
                 alive=lambda: all(c.poll() is None for c in clusters),
-                settle=lambda: queue_drained(300),
+                durable_timeout_s=args.durable_timeout,
             )
             print(machine_line())
             print(load())
