@@ -4,6 +4,7 @@ first notice at the SMS provider, and memory over a long intake.
     .venv/bin/python bench/events.py                                # 20,000 events, 2,000 customers
     .venv/bin/python bench/events.py --events 5000 --customers 500  # quick
     .venv/bin/python bench/events.py --events 20000 --customers 10000 --memory 1000000
+    .venv/bin/python bench/events.py --proof --customers 3000       # the proof
 
 On a throwaway PostgreSQL database (created and dropped here), prepared directly (migrations, the
 outage templates published through sign-off, `--devices` meters under feeder-a, `--customers`
@@ -24,6 +25,10 @@ Settings: bench/settings_events.py (the outage rule's group_wait, default 0).
 3. memory (`--memory N`): N new events over HTTP, all grouped into one open incident; the intake
    rate and the resident set (VmRSS) of every gunicorn process and every cluster process (their
    forked workers included) every 100,000 events.
+
+`--proof` runs bench/events_proof.py instead of the three phases: the issue's end-to-end proof
+for `--customers` customers under one feeder of `--devices` meters (SMS, Web Push to a loopback
+push service, email to the loopback Postmark stub), ending with its own `proof:` line.
 
 Last lines: the machine, the load (as `uptime`), and
 events: intake=<events/s> replay=<events/s> first_notice_s=<s> all_notices_s=<s> lost=<n>
