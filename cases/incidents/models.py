@@ -226,10 +226,15 @@ class IncidentAlarm(models.Model):
     a device. Kept as events are attached, so deciding whether the incident is over reads one row
     per alarm, not every event it ever received (an outage can gather millions)."""
 
-    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="alarms")
+    # No index beyond the unique (incident, key): every attach moves the row forward, and with
+    # no indexed column changed PostgreSQL updates it in place (HOT) and prunes the old version
+    # itself, so the table stays a few pages even where autovacuum lags.
+    incident = models.ForeignKey(
+        Incident, on_delete=models.CASCADE, related_name="alarms", db_index=False
+    )
     key = models.CharField(max_length=255, help_text="The dedup key, else asset:<id>")
     occurred_at = models.DateTimeField()
-    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+", db_index=False)
     action = models.CharField(max_length=10, choices=EventAction.choices)
 
     class Meta:

@@ -46,8 +46,8 @@ class Migration(migrations.Migration):
                 ('key', models.CharField(help_text='The dedup key, else asset:<id>', max_length=255)),
                 ('occurred_at', models.DateTimeField()),
                 ('action', models.CharField(choices=[('trigger', 'Trigger'), ('update', 'Update'), ('resolve', 'Resolve')], max_length=10)),
-                ('event', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='cases.event')),
-                ('incident', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='alarms', to='cases.incident')),
+                ('event', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='cases.event')),
+                ('incident', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='alarms', to='cases.incident')),
             ],
             options={
                 'constraints': [models.UniqueConstraint(fields=('incident', 'key'), name='incident_alarm_once')],
