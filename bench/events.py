@@ -4,6 +4,7 @@ first notice at the SMS provider, and memory over a long intake.
     .venv/bin/python bench/events.py                                # 20,000 events, 2,000 customers
     .venv/bin/python bench/events.py --events 5000 --customers 500  # quick
     .venv/bin/python bench/events.py --events 20000 --customers 10000 --memory 1000000
+    .venv/bin/python bench/events.py --proof --customers 3000       # the issue's proof
 
 On a throwaway PostgreSQL database (created and dropped here), prepared directly (migrations, the
 outage templates published through sign-off, `--devices` meters under feeder-a, `--customers`
@@ -21,17 +22,24 @@ Settings: bench/settings_events.py (the outage rule's group_wait, default 0).
    one for every customer (at most `--timeout` s). Lost / duplicated are counted per phone
    number at the stub. The PDF follow-ups this queues on the render queue are then dropped, so
    hours of rendering do not run under the memory phase.
-3. memory (`--memory N`): N new events over HTTP; the resident set (VmRSS) of every gunicorn
-   process and every cluster process (their forked workers included) every tenth of the way.
+3. memory (`--memory N`): N new events over HTTP, all grouped into one open incident; the intake
+   rate and the resident set (VmRSS) of every gunicorn process and every cluster process (their
+   forked workers included) every 100,000 events.
+
+`--proof` runs bench/events_proof.py instead of the three phases: the issue's end-to-end proof
+for `--customers` customers under one feeder of `--devices` meters (SMS, Web Push to a loopback
+push service, email to the loopback Postmark stub), ending with its own `proof:` line.
 
 Last lines: the machine, the load (as `uptime`), and
 events: intake=<events/s> replay=<events/s> first_notice_s=<s> all_notices_s=<s> lost=<n>
-        duplicated=<n> web_rss_mb=<first→last> cluster_rss_mb=<first→last>   (one line)
+        duplicated=<n> memory_rate=<first→last events/s> web_rss_mb=<first→last>
+        cluster_rss_mb=<first→last>   (one line)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import shutil
@@ -48,6 +56,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+import events_proof  # noqa: E402
+from postmark_stub import PostmarkStub  # noqa: E402
 from scale import wait_for_clusters  # noqa: E402
 from serve import (  # noqa: E402
     Client,
@@ -64,10 +74,12 @@ from serve import (  # noqa: E402
 from tests.notifications.twilio_stub import TwilioStub  # noqa: E402
 
 BATCH = 1000
+MEMORY_STEP = 100_000  # events between two readings of the memory phase
 CONNECTIONS = 4
 QUEUES = ("render", "dispatch")  # named queues; the default queue's cluster runs too
 TWILIO_SID = "AC" + "0" * 32
 TWILIO_TOKEN = "bench-twilio-token"  # noqa: S105 - the loopback stub's token
+POSTMARK_TOKEN = "bench-postmark-token"  # noqa: S105 - the loopback stub's token
 
 
 class TimedStub(TwilioStub):
@@ -96,14 +108,12 @@ def load() -> str:
     return f"load average: {one}, {five}, {fifteen}"
 
 
-def prepare(*, devices: int, customers: int, workdir: Path) -> tuple[list[str], set[str]]:
-    """The meters under feeder-a, and the phone numbers of the customers under feeder-b."""
+def prepare_database(workdir: Path) -> None:
+    """Migrated, the demo users, and the outage templates published through sign-off."""
     from django.core.management import call_command
 
     from ccm.demo import seed_users
     from documents.demo import LIBRARY, seed_library
-    from notifications.customers.assets import services as assets
-    from notifications.models import ContactPoint, Customer
 
     call_command("migrate", verbosity=0)
     seed_users()
@@ -111,6 +121,13 @@ def prepare(*, devices: int, customers: int, workdir: Path) -> tuple[list[str], 
     for name in ("_shared", "outage_notice", "outage_update", "outage_restored"):
         shutil.copytree(LIBRARY / name, library / name)
     seed_library(library)
+
+
+def prepare(*, devices: int, customers: int) -> tuple[list[str], set[str]]:
+    """The meters under feeder-a, and the phone numbers of the customers under feeder-b."""
+    from notifications.customers.assets import services as assets
+    from notifications.models import ContactPoint, Customer
+
     meters = [f"m{i:05d}" for i in range(devices)]
     assets.assets_upsert(
         items=[
@@ -263,30 +280,34 @@ def group_rss_mb(pgid: int) -> float:
 
 def memory(
     client: Client, meters: list[str], total: int, web, clusters: list
-) -> tuple[list[float], list[float]]:
-    """`total` new events over HTTP; RSS of gunicorn and of the clusters every tenth."""
-    step = max(BATCH, total // 10 // BATCH * BATCH)
+) -> tuple[list[float], list[float], list[float]]:
+    """`total` new events over HTTP, all into one open incident; the intake rate and the RSS of
+    gunicorn and of the clusters every MEMORY_STEP events (a rate that falls as the incident
+    grows shows per-call work proportional to its size)."""
+    step = min(MEMORY_STEP, total)
     web_mb = [group_rss_mb(web.pid)]
     cluster_mb = [sum(group_rss_mb(c.pid) for c in clusters)]
+    rates: list[float] = []
     started = time.perf_counter()
     for first in range(0, total, step):
-        post_events(client, meters, first, min(first + step, total), "mem-")
+        rates.append(post_events(client, meters, first, min(first + step, total), "mem-"))
         web_mb.append(group_rss_mb(web.pid))
         cluster_mb.append(sum(group_rss_mb(c.pid) for c in clusters))
         print(
-            f"  {min(first + step, total)} events: web {web_mb[-1]:.0f} MB, "
-            f"clusters {cluster_mb[-1]:.0f} MB",
+            f"  {min(first + step, total)} events: {rates[-1]:.0f} events/s, "
+            f"web {web_mb[-1]:.0f} MB, clusters {cluster_mb[-1]:.0f} MB; {load()}",
             flush=True,
         )
     rate = total / (time.perf_counter() - started)
-    print(f"memory: {total} events at {rate:.0f}/s, RSS MB every {step} events:")
-    print("  web:      " + " ".join(f"{s:.0f}" for s in web_mb))
-    print("  clusters: " + " ".join(f"{s:.0f}" for s in cluster_mb))
+    print(f"memory: {total} events at {rate:.0f}/s; every {step} events:")
+    print("  events/s: " + " ".join(f"{r:.0f}" for r in rates))
+    print("  web MB:      " + " ".join(f"{s:.0f}" for s in web_mb))
+    print("  clusters MB: " + " ".join(f"{s:.0f}" for s in cluster_mb))
     print(
         f"  growth: web {web_mb[-1] - web_mb[1]:+.0f} MB, clusters "
-        f"{cluster_mb[-1] - cluster_mb[1]:+.0f} MB (from the first tenth to the last)"
+        f"{cluster_mb[-1] - cluster_mb[1]:+.0f} MB (from the first step to the last)"
     )
-    return web_mb, cluster_mb
+    return rates, web_mb, cluster_mb
 
 
 def main() -> None:
@@ -299,19 +320,36 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600, help="s to wait for all notices")
     parser.add_argument("--memory", type=int, default=0, help="events for the memory phase")
     parser.add_argument(
+        "--proof",
+        action="store_true",
+        help="instead of the phases: the issue's end-to-end proof (bench/events_proof.py) for "
+        "--customers customers under one feeder of --devices meters",
+    )
+    parser.add_argument(
+        "--durable-timeout",
+        type=float,
+        default=3600,
+        help="--proof: s to wait for the notices' PDFs (the durable copies) after the rest",
+    )
+    parser.add_argument(
         "--web-workers",
         type=int,
         default=(os.cpu_count() or 1) * 2 + 1,
         help="gunicorn workers (deploy/gunicorn.conf.py's default: 2 per core + 1)",
+    )
+    parser.add_argument(
+        "--database", default="ccm_bench_events", help="name prefix of the throwaway database"
     )
     parser.add_argument("--cache", default="redis", help="redis (default), db, or a CACHE_URL")
     args = parser.parse_args()
     # Killed from outside: still stop what was started and drop the database (finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
-    name = f"ccm_bench_events_{os.getpid()}"
+    name = f"{args.database}_{os.getpid()}"
     workdir = Path(tempfile.mkdtemp(prefix="bench-events-"))
     stub = TimedStub(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN).start()
+    postmark = PostmarkStub(token=POSTMARK_TOKEN, max_lifetime_s=24 * 3600).start()
+    loopback = contextlib.ExitStack()
     web = None
     clusters: list[subprocess.Popen] = []
     created = False
@@ -337,21 +375,39 @@ def main() -> None:
             # The benchmark measures capacity, not an integrator's quota.
             "API_THROTTLE_USER": "10000000/min",
             "API_THROTTLE_API_KEY": "10000000/min",
+            # Email and Web Push to loopback stubs (the proof's customers use them).
+            "EMAIL_BACKEND": "anymail.backends.postmark.EmailBackend",
+            "POSTMARK_SERVER_TOKEN": POSTMARK_TOKEN,
+            "POSTMARK_API_URL": postmark.url,
+            "CCM_PUSH_BACKEND": "notifications.channels.push.FcmWebPushBackend",
+            "CCM_VAPID_PRIVATE_KEY": events_proof.vapid_pem(),
+            "CCM_VAPID_SUBJECT": "mailto:operations@northwind.example",
+            "BENCH_GROUP_INTERVAL": "0" if args.proof else "1800",
         }
         os.environ.update(env)
         import django
 
         django.setup()
         from ccm.api.auth import api_key_create
+        from tests.notifications.test_webpush import PushService  # the loopback push service
+
+        push = loopback.enter_context(PushService())
 
         print(machine_line())
         print(
-            f"setup: {args.events} events from {args.devices} meters, {args.customers} "
+            f"setup: {events_proof.EVENTS if args.proof else args.events} events from "
+            f"{args.devices} meters, {args.customers} "
             f"customers, gunicorn workers={args.web_workers}, clusters: default + "
             f"{' + '.join(QUEUES)}, Twilio stub at {stub.url}, cache={args.cache}; {load()}",
             flush=True,
         )
-        meters, phones = prepare(devices=args.devices, customers=args.customers, workdir=workdir)
+        prepare_database(workdir)
+        if args.proof:
+            reach = events_proof.prepare(
+                devices=args.devices, customers=args.customers, push_url=push.url
+            )
+        else:
+            meters, phones = prepare(devices=args.devices, customers=args.customers)
         served = production_env(env)
         web, port = start_gunicorn(served, workdir / "gunicorn.log", workers=args.web_workers)
         for queue in (None, *QUEUES):
@@ -363,6 +419,20 @@ def main() -> None:
             wait_for_clusters(clusters, queue=queue)
         key = api_key_create(name="bench", scopes=["events:write"]).key
         client = Client(port, headers={"Authorization": f"Api-Key {key}"})
+        if args.proof:
+            ledger = events_proof.Ledger(reach, stub, push, postmark)
+            line = events_proof.run(
+                client,
+                ledger,
+                devices=args.devices,
+                timeout_s=args.timeout,
+                alive=lambda: all(c.poll() is None for c in clusters),
+                durable_timeout_s=args.durable_timeout,
+            )
+            print(machine_line())
+            print(load())
+            print(line)
+            return
 
         rate = post_events(client, meters, 0, args.events, "")
         print(f"intake: {args.events} events, {BATCH} a call: {rate:.0f} events/s", flush=True)
@@ -375,16 +445,17 @@ def main() -> None:
         first, last, lost, duplicated = first_notice(client, stub, phones, clusters, args.timeout)
         print(f"  first SMS {first:.2f} s, all {last:.2f} s, lost={lost} duplicated={duplicated}")
 
-        web_mb = cluster_mb = [0.0, 0.0]
+        rates, web_mb, cluster_mb = [0.0], [0.0, 0.0], [0.0, 0.0]
         if args.memory:
             queue_drained(120)
             print(f"memory: {args.memory} events over HTTP; {load()}", flush=True)
-            web_mb, cluster_mb = memory(client, meters, args.memory, web, clusters)
+            rates, web_mb, cluster_mb = memory(client, meters, args.memory, web, clusters)
         print(machine_line())
         print(load())
         print(
             f"events: intake={rate:.0f} replay={replay:.0f} first_notice_s={first:.2f} "
             f"all_notices_s={last:.2f} lost={lost} duplicated={duplicated} "
+            f"memory_rate={rates[0]:.0f}→{rates[-1]:.0f} "
             f"web_rss_mb={web_mb[1]:.0f}→{web_mb[-1]:.0f} "
             f"cluster_rss_mb={cluster_mb[1]:.0f}→{cluster_mb[-1]:.0f}"
         )
@@ -393,6 +464,8 @@ def main() -> None:
         for cluster in clusters:
             stop(cluster)
         stub.stop()
+        postmark.stop()
+        loopback.close()
         try:
             from django.db import connections
 

@@ -221,6 +221,31 @@ class IncidentNotice(models.Model):
         return f"{self.update} → customer {self.customer_id}"
 
 
+class IncidentAlarm(models.Model):
+    """The latest event (by occurred_at, then id) of one alarm of an incident: a dedup key, else
+    a device. Kept as events are attached, so deciding whether the incident is over reads one row
+    per alarm, not every event it ever received (an outage can gather millions)."""
+
+    # No index beyond the unique (incident, key): every attach moves the row forward, and with
+    # no indexed column changed PostgreSQL updates it in place (HOT) and prunes the old version
+    # itself, so the table stays a few pages even where autovacuum lags.
+    incident = models.ForeignKey(
+        Incident, on_delete=models.CASCADE, related_name="alarms", db_index=False
+    )
+    key = models.CharField(max_length=255, help_text="The dedup key, else asset:<id>")
+    occurred_at = models.DateTimeField()
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+", db_index=False)
+    action = models.CharField(max_length=10, choices=EventAction.choices)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["incident", "key"], name="incident_alarm_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.incident_id} {self.key}: {self.action}"
+
+
 class IncidentAlert(models.Model):
     """The internal mail (and push) telling operations of a new severe incident (an outbox
     row)."""

@@ -34,6 +34,7 @@ from cases.incidents.models import (
     Event,
     EventAction,
     Incident,
+    IncidentAlarm,
     IncidentAlert,
     IncidentKind,
     IncidentNotice,
@@ -283,6 +284,7 @@ def _attach(incident: Incident, events: list[Event], placed: dict) -> None:
             )
     else:
         Event.objects.filter(pk__in=ids).update(incident=incident)
+    _alarms_advance(incident, events)
     worst = max([incident.severity, *(e.severity for e in events)], key=SEVERITY_ORDER.index)
     last = max(e.occurred_at for e in events)
     Incident.objects.filter(pk=incident.pk).update(
@@ -292,6 +294,38 @@ def _attach(incident: Incident, events: list[Event], placed: dict) -> None:
     )
     for e in events:
         placed[(e.source, e.event_id)] = incident.reference
+
+
+def _alarm_key(event: Event) -> str:
+    return event.dedup_key or f"asset:{event.asset_id}"
+
+
+def _alarms_advance(incident: Incident, events: list[Event]) -> None:
+    """Move each alarm these events belong to onto its latest event, in one statement: an event
+    older than the alarm's latest (out of order) changes nothing."""
+    latest: dict[str, Event] = {}
+    for e in events:
+        key = _alarm_key(e)
+        if key not in latest or (e.occurred_at, e.pk) > (latest[key].occurred_at, latest[key].pk):
+            latest[key] = e
+    table = IncidentAlarm._meta.db_table
+    adapt = connection.ops.adapt_datetimefield_value
+    rows = ", ".join(["(%s, %s, %s, %s, %s)"] * len(latest))
+    params = [
+        value
+        for key, e in latest.items()
+        for value in (incident.pk, key, adapt(e.occurred_at), e.pk, e.action)
+    ]
+    with connection.cursor() as cursor:  # the same statement on PostgreSQL and SQLite
+        cursor.execute(
+            f"INSERT INTO {table} (incident_id, key, occurred_at, event_id, action) "  # noqa: S608 - the model's own table name
+            f"VALUES {rows} ON CONFLICT (incident_id, key) DO UPDATE SET "
+            "occurred_at = excluded.occurred_at, event_id = excluded.event_id, "
+            "action = excluded.action "
+            f"WHERE (excluded.occurred_at, excluded.event_id) > ({table}.occurred_at, "
+            f"{table}.event_id)",
+            params,
+        )
 
 
 def _incident_open(key: str, events: list[Event], rule: Rule, anchor: str) -> Incident:
@@ -356,15 +390,7 @@ def _incident_open(key: str, events: list[Event], rule: Rule, anchor: str) -> In
 
 def alarms_active(*, incident: Incident) -> int:
     """Alarms (a dedup key, else a device) whose latest event by occurred_at is not a clear."""
-    latest: dict[str, tuple[datetime, int, str]] = {}
-    rows = Event.objects.filter(incident=incident).values_list(
-        "dedup_key", "asset_id", "occurred_at", "id", "action"
-    )
-    for dedup_key, asset_id, occurred_at, pk, action in rows.iterator(chunk_size=5000):
-        alarm = dedup_key or f"asset:{asset_id}"
-        if alarm not in latest or (occurred_at, pk) > latest[alarm][:2]:
-            latest[alarm] = (occurred_at, pk, action)
-    return sum(1 for _, _, action in latest.values() if action != EventAction.RESOLVE)
+    return incident.alarms.exclude(action=EventAction.RESOLVE).count()
 
 
 def update_create(
@@ -399,7 +425,7 @@ def incident_evaluate(*, incident_id: int, now: datetime | None = None) -> str:
         return maintenance.maintenance_evaluate(incident, now=now)
     rule = incident_rule(incident)
     if alarms_active(incident=incident) == 0:
-        last = incident.events.aggregate(t=Max("occurred_at"))["t"] or now
+        last = incident.last_event_at
         if incident.state in (IncidentState.NOTIFYING, IncidentState.MONITORING):
             update_create(
                 incident, kind=UpdateKind.RESOLUTION, message={"restored_at": last.isoformat()}

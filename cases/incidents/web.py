@@ -23,8 +23,21 @@ EVENTS_SHOWN = 100
 @require_GET
 @staff_only(WORK, HANDLE)
 def incident_list(request: HttpRequest) -> HttpResponse:
+    return _list_page(request)
+
+
+def _list_page(
+    request: HttpRequest, *, errors: dict[str, str] | None = None, status: int = 200
+) -> HttpResponse:
+    """The list with the maintenance form; refused, the form keeps what was typed and says
+    what to fix next to each field."""
     page = Paginator(selectors.incident_list(), PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "cases/incidents/list.html", {"page": page})
+    context = {
+        "page": page,
+        "errors": errors or {},
+        "typed": request.POST if errors else {"reminder_hours": "24"},
+    }
+    return render(request, "cases/incidents/list.html", context, status=status)
 
 
 def _incident(ref: str) -> Incident:
@@ -103,8 +116,9 @@ def maintenance_schedule(request: HttpRequest) -> HttpResponse:
             by=request.user,
         )
     except maintenance.MaintenanceInvalid as exc:
+        errors: dict[str, str] = {}
         for error in exc.errors:
-            messages.error(request, f"{error['field']}: {error['message']}")
-        return redirect("incident-list")
+            errors.setdefault(error["field"], error["message"])
+        return _list_page(request, errors=errors, status=422)
     messages.success(request, f"{incident.reference}: maintenance scheduled, customers told.")
     return redirect("incident-detail", incident.reference)
