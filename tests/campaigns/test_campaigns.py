@@ -11,6 +11,7 @@ from notifications.campaigns import services as campaigns
 from notifications.campaigns.models import CampaignRecipient
 from notifications.customers import services as customer_services
 from notifications.models import Communication, Customer
+from notifications.pipeline import services
 from tests.campaigns.conftest import make_customer
 
 
