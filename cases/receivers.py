@@ -96,7 +96,7 @@ def on_communications_transitioned(sender, ids: list[int], target: str, **kwargs
     """The same for a chunk the pipeline moved with one UPDATE."""
     if target not in exception_cases.SENT_STATES | exception_cases.FAILED_STATES:
         return
-    awaiting = Case.objects.filter(recovery_communication_id__in=ids).exclude(recovery_action="")
+    awaiting = Case.objects.filter(recovery_communication_id__any=ids).exclude(recovery_action="")
     for pk in awaiting.values_list("pk", flat=True):
         enqueue(SETTLE_TASK, pk)
 

@@ -25,9 +25,11 @@ class CcmConfig(AppConfig):
     def ready(self) -> None:
         from django.conf import settings
 
+        from ccm import lookups
         from ccm.api import schema  # noqa: F401 - registers the OpenAPI extension
         from ccm.tasks import register_schedule
 
+        lookups.register()
         post_migrate.connect(_after_migrate, dispatch_uid="ccm.after_migrate")
 
         from django.contrib.auth import get_user_model

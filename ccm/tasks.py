@@ -8,6 +8,7 @@ re-enqueues rows that have sat in an intermediate state for too long.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +87,22 @@ def enqueue(
     transaction.on_commit(_send, robust=False)
 
 
+_heap_frozen = False
+
+
+def _worker_heap_freeze() -> None:
+    """Once per worker process, before its first task: what is loaded by then (Django, the
+    project's modules, settings, caches) lives as long as the worker, so it is moved out of
+    the cyclic garbage collector's sight (`gc.freeze`). A pipeline chunk makes thousands of
+    short-lived objects, and every full collection they trigger would walk that whole heap
+    again: about 15 % of a chunk's CPU."""
+    global _heap_frozen
+    if not _heap_frozen:
+        _heap_frozen = True
+        gc.collect()
+        gc.freeze()
+
+
 # What the worker had before each running task set its own context (a stack: a task run in
 # sync mode runs inside the request that enqueued it and must give the request its id back).
 _outer_request_ids: list[str | None] = []
@@ -94,6 +111,7 @@ _outer_log_ids: list[dict] = []
 
 def task_context_enter(sender, func=None, task: dict | None = None, **kwargs) -> None:
     """django-q2's pre_execute: the task runs under the request id it was enqueued with."""
+    _worker_heap_freeze()
     task = task or {}
     rid = task.get("kwargs", {}).pop(REQUEST_ID_KWARG, None)
     _outer_request_ids.append(context.request_id())

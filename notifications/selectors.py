@@ -81,7 +81,7 @@ def device_addresses(*, customer_ids: Iterable[int]) -> dict[int, list[str]]:
     selection picks)."""
     out: dict[int, list[str]] = defaultdict(list)
     for customer_id, pk in (
-        Device.objects.filter(customer_id__in=list(customer_ids), active=True)
+        Device.objects.filter(customer_id__any=list(customer_ids), active=True)
         .order_by("-last_seen_at", "-id")
         .values_list("customer_id", "pk")
     ):

@@ -11,6 +11,7 @@ send: no `pre_send` / `post_send` receivers and no `SEND_DEFAULTS`.
 from __future__ import annotations
 
 import base64
+import re
 from email.charset import Charset
 
 from anymail.signals import post_send, pre_send
@@ -21,6 +22,12 @@ from notifications.channels.email import email_parts
 from notifications.models import Delivery
 
 UTF8 = Charset("utf-8")
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+# An address `email.headerregistry.Address` takes apart and puts back as it was: a dot-atom
+# local part and an ASCII host name (what contact points almost always are).
+_PLAIN_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+# A display name it leaves unquoted: ASCII without RFC 5322 specials (an RFC 2047 word is one).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9 !#$%&'*+/=?^_`{|}~-]*")
 
 
 def direct_payloads_allowed(connection) -> bool:
@@ -41,6 +48,9 @@ class PostmarkPayloads:
         an ASCII address keeps formataddr's RFC 2047 name, an IDN address the name as is."""
         if address.isascii() and not name.isascii():
             name = UTF8.header_encode(name)
+        if _PLAIN_NAME.fullmatch(name) and _PLAIN_ADDRESS.fullmatch(address):
+            # What the parse below gives back for these, unchanged (a tenth of the time).
+            return f"{name} <{address}>" if name else address
         return EmailAddress(name, address).format(idna_encode=self.idna_encode)
 
     def payload(self, delivery: Delivery) -> dict:

@@ -163,7 +163,8 @@ def step_rows(steps: Iterable[Step], *, actor, at: datetime) -> list[tuple]:
                 label,
                 step.action,
                 detail,
-                audit.leaf_hash(content),
+                # `detail` has been through JSON, the rest are plain values: no second trip.
+                audit.plain_leaf_hash(content),
                 asked.get(step.communication_id, request_id),
             )
         )
@@ -277,7 +278,7 @@ def steps_seal(*, limit: int = SEAL_LIMIT) -> int:
             leaves=[h for _, h in rows],
             after={"first_step": ids[0], "last_step": ids[-1]},
         )
-        CommunicationStep.objects.filter(id__in=ids).update(seal=event)
+        CommunicationStep.objects.filter(id__any=ids).update(seal=event)
     return len(rows)
 
 

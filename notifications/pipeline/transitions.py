@@ -13,7 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from notifications import signals
@@ -61,17 +61,14 @@ def deliveries_move(
     now = timezone.now()
     with transaction.atomic():
         rows = Delivery.objects.select_for_update(skip_locked=skip_locked).filter(
-            pk__in=list(ids), state__in=sources
+            pk__any=list(ids), state__in=sources
         )
         if where is not None:
             rows = rows.filter(where)
-        moved = list(rows.order_by("pk").values_list("pk", "communication_id", "state"))
+        moved = _move(rows, sources, {"state": target, "updated_at": now, **(values or {})})
         if not moved:
             return []
         moved_ids = [pk for pk, _, _ in moved]
-        Delivery.objects.filter(pk__in=moved_ids).update(
-            state=target, updated_at=now, **(values or {})
-        )
         if per_row:
             from notifications.pipeline.bulk import update_rows
 
@@ -106,13 +103,28 @@ def deliveries_move(
     return moved_ids
 
 
+def _move(
+    rows: QuerySet[Delivery], sources: list[str], values: dict[str, Any]
+) -> list[tuple[int, int, str]]:
+    """Lock and move `rows`; (id, communication id, state it left) of each, in id order. From
+    one source state, one statement; from several, the states are read first."""
+    from notifications.pipeline.bulk import update_returning  # bulk moves through here
+
+    if len(sources) == 1:
+        moved = update_returning(rows, values, ["pk", "communication_id"])
+        return [(pk, communication_id, sources[0]) for pk, communication_id in moved]
+    found = list(rows.order_by("pk").values_list("pk", "communication_id", "state"))
+    Delivery.objects.filter(pk__any=[pk for pk, _, _ in found]).update(**values)
+    return found
+
+
 def _plain(row: Mapping[str, Any]) -> dict:
     return {k: v for k, v in row.items() if k in ("provider_message_id", "last_error")}
 
 
 def _failed(ids: list[int], *, fall_back: bool) -> None:
     failed = list(
-        Delivery.objects.filter(pk__in=ids).select_related("communication").order_by("pk")
+        Delivery.objects.filter(pk__any=ids).select_related("communication").order_by("pk")
     )
     webhooks.webhook_events_emit([webhooks.delivery_failed_occurrence(d) for d in failed])
     for delivery in failed:

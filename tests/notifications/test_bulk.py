@@ -262,3 +262,52 @@ def test_the_portable_row_update_writes_a_protected_state(document_ready, custom
     )
     states = dict(Communication.objects.filter(pk__in=ids).values_list("pk", "state"))
     assert [states[pk] for pk in ids] == ["composed"] * 3 + ["composing"] * 2
+
+
+def chunk_statements(ids) -> list[str]:
+    """The SQL (before its parameters) of composing and sending the chunk `ids`, as a text-only
+    chunk task does; savepoints left out (their names count up)."""
+    from django.db import connection
+
+    statements: list[str] = []
+
+    def record(execute, sql, params, many, context):
+        if not sql.startswith(("SAVEPOINT", "RELEASE SAVEPOINT")):
+            statements.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        bulk.compose_chunk(ids, dispatch_now=True)
+    return statements
+
+
+@pytest.mark.postgres
+def test_a_chunk_costs_the_same_statements_whatever_its_size(
+    document_ready, admin_user, integrator, monkeypatch
+):
+    """A chunk's statements are the same text for 2 communications as for 40 (lists of ids
+    travel as one array), and few: the claims and moves lock and update in one statement, and
+    a composed communication that goes straight on is written once, already `dispatching`."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the array form is PostgreSQL's")
+    monkeypatch.setattr(bulk, "enqueue", lambda *args, **kwargs: None)
+    people = [
+        services.customer_upsert(
+            external_ref=f"S-{i}", name=f"Customer {i}", emails=[f"s{i}@example.org"], by=admin_user
+        )[0]
+        for i in range(42)
+    ]
+    # when a chunk of 2 and a chunk of 40 are composed and sent
+    small = chunk_statements(request(people[:2], integrator))
+    large = chunk_statements(request(people[2:], integrator))
+    # then they ran the same statements, the inserts aside (their VALUES lists)
+    assert [s for s in small if not s.startswith("INSERT")] == [
+        s for s in large if not s.startswith("INSERT")
+    ]
+    assert set(Delivery.objects.values_list("state", flat=True)) == {"sent"}
+    # and each communication was updated three times: claimed, composed (and on), sent
+    updates = [s for s in large if s.startswith('UPDATE "notifications_communication"')]
+    assert len(updates) == 3
+    assert len(large) <= 34

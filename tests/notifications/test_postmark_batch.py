@@ -50,6 +50,9 @@ def bare_delivery(name: str, address: str, category: str) -> Delivery:
         ("Ada Lovelace", "ada@example.org", "transactional"),
         ('Seán "Jack" O\'Brien, Jr.', "jack@example.ie", "marketing"),
         ("Zoë Ünal", "zoe@exämple.de", "service"),
+        ("Zoë Ünal", "zoe@example.de", "service"),
+        ("", "first.last+tag@mail.example.co.uk", "transactional"),
+        ("Ann  Lee (home)", "ann@example.org", "service"),
     ],
 )
 def test_direct_json_equals_anymails(db, postmark, name, address, category):
