@@ -294,7 +294,7 @@ def test_a_chunk_costs_the_same_statements_whatever_its_size(
         pytest.skip("the array form is PostgreSQL's")
     monkeypatch.setattr(bulk, "enqueue", lambda *args, **kwargs: None)
     people = [
-        services.customer_upsert(
+        customer_services.customer_upsert(
             external_ref=f"S-{i}", name=f"Customer {i}", emails=[f"s{i}@example.org"], by=admin_user
         )[0]
         for i in range(42)
