@@ -63,6 +63,7 @@ from serve import (  # noqa: E402
     start_cluster,
     start_gunicorn,
     stop,
+    throwaway_database_drop,
 )
 
 # The same customer references bench/dispatch.py sends to ("B-000001"), so its batch mode can
@@ -479,14 +480,7 @@ def main() -> None:
         stop(web)
         stop(cluster_box[0])
         stop(stub)
-        try:
-            from django.db import connections
-
-            connections.close_all()
-        except Exception:  # noqa: S110 - Django may not be set up when setup itself failed
-            pass
-        if created and os.environ.get("BENCH_KEEP_DB") != "1":
-            sql_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        throwaway_database_drop(db_name, created=created)
 
 
 if __name__ == "__main__":

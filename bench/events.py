@@ -69,6 +69,7 @@ from serve import (  # noqa: E402
     start_cluster,
     start_gunicorn,
     stop,
+    throwaway_database_drop,
 )
 
 from tests.notifications.twilio_stub import TwilioStub  # noqa: E402
@@ -466,14 +467,7 @@ def main() -> None:
         stub.stop()
         postmark.stop()
         loopback.close()
-        try:
-            from django.db import connections
-
-            connections.close_all()
-        except Exception:  # noqa: S110 - Django may not be set up when setup itself failed
-            pass
-        if created:
-            sql_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        throwaway_database_drop(name, created=created)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

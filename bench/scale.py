@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import dispatch as bench  # noqa: E402 - bench/dispatch.py: database, stub, customers
-from serve import Client, machine_line, run_pool, sql_admin  # noqa: E402
+from serve import Client, machine_line, run_pool, sql_admin, throwaway_database_drop  # noqa: E402
 
 from deploy import stack  # noqa: E402
 
@@ -187,14 +187,7 @@ def main() -> None:
         stack.stop(web)
         stack.stop(default)
         bench.stop(stub)
-        try:
-            from django.db import connections
-
-            connections.close_all()
-        except Exception:  # noqa: S110 - Django may not be set up when setup itself failed
-            pass
-        if created:
-            sql_admin(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        throwaway_database_drop(db_name, created=created)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,20 @@ def sql_admin(statement: str) -> None:
         conn.execute(statement)
 
 
+def throwaway_database_drop(name: str, *, created: bool) -> None:
+    """The end of a benchmark's throwaway database: this process's Django connections closed
+    (Django may not be set up when setup itself failed), then the database dropped if the run
+    created it, unless BENCH_KEEP_DB=1 keeps it for a look afterwards."""
+    try:
+        from django.db import connections
+
+        connections.close_all()
+    except Exception:  # noqa: S110 - nothing to close
+        pass
+    if created and os.environ.get("BENCH_KEEP_DB") != "1":
+        sql_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def free_port() -> int:
     """A free loopback port: from BENCH_PORTS ("8200-8299") when set — engineers sharing a
     machine each keep to their own range — or any the system gives."""

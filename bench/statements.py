@@ -72,6 +72,7 @@ from serve import (  # noqa: E402
     start_cluster,
     start_gunicorn,
     stop,
+    throwaway_database_drop,
 )
 
 PERIOD = (date(2026, 1, 1), date(2026, 1, 31))
@@ -609,14 +610,7 @@ def main() -> None:
         for process in clusters.values():
             stop(process)
         stop(stub)
-        try:
-            from django.db import connections
-
-            connections.close_all()
-        except Exception:  # noqa: S110 - Django may not be set up when setup itself failed
-            pass
-        if created:
-            sql_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        throwaway_database_drop(name, created=created)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -227,9 +227,9 @@ def statement_run_chunk(run_id: int) -> ChunkOutcome:
 
 def _forget_queries() -> None:
     """With DEBUG on, Django keeps the text of every SQL statement until the next request
-    starts, and a task is no request: a chunk's inserts carry its statements' inputs and data
-    (2.3 MB of SQL), so a worker grew by that much a chunk over a whole run. Each chunk is
-    forgotten as a request would be."""
+    starts. Every task starts afresh (`ccm.tasks.task_context_enter`), but one task here works
+    chunk after chunk for its budget, and a chunk's inserts carry its statements' inputs and
+    data (2.3 MB of SQL): each chunk is forgotten as a task would be."""
     reset_queries()
 
 

@@ -67,3 +67,18 @@ def test_q_cluster_settings_are_bounded(settings):
     assert q["retry"] > q["timeout"]
     assert 0 < q["max_attempts"] < 10
     assert q["ack_failures"] is True
+
+
+def test_a_task_starts_with_no_sql_text_kept_from_the_last(db, settings):
+    # With DEBUG on Django keeps statement texts until a request starts; a cluster worker
+    # serves none, so each task starts the log afresh (a long-lived worker grew by it).
+    from django.db import connection
+
+    settings.DEBUG = True
+    IdempotencyRecord.objects.exists()
+    assert connection.queries_log
+    tasks.task_context_enter(None, task={"id": "t", "func": "ccm.tasks.sweep_all"})
+    try:
+        assert not connection.queries_log
+    finally:
+        tasks.task_context_exit(None, task={})
