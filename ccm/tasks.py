@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from django.db import models, reset_queries, transaction
+from django.db import connections, models, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
@@ -109,12 +109,19 @@ _outer_request_ids: list[str | None] = []
 _outer_log_ids: list[dict] = []
 
 
+def _queries_forget() -> None:
+    """With DEBUG on Django keeps every statement's text until the next request starts, and a
+    worker serves no requests: each task starts with none kept, as a request does. A log that
+    somebody is reading (a `CaptureQueriesContext` around a task run inline) is left alone."""
+    for conn in connections.all(initialized_only=True):
+        if not conn.force_debug_cursor:
+            conn.queries_log.clear()
+
+
 def task_context_enter(sender, func=None, task: dict | None = None, **kwargs) -> None:
     """django-q2's pre_execute: the task runs under the request id it was enqueued with."""
     _worker_heap_freeze()
-    # With DEBUG on Django keeps every statement's text until the next request starts, and a
-    # worker serves no requests: each task starts with none kept, as a request does.
-    reset_queries()
+    _queries_forget()
     task = task or {}
     rid = task.get("kwargs", {}).pop(REQUEST_ID_KWARG, None)
     _outer_request_ids.append(context.request_id())
