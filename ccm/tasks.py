@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
+from django.conf import settings
 from django.db import connections, models, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -57,8 +58,6 @@ def register_task(task: str, *, queue: Queue | None = None, log_id: str = "") ->
 def queue_for(task: str, queue: Queue | None = None) -> str | None:
     """The queue `task` goes to (`queue` overrides its registered one); None is the default
     queue."""
-    from django.conf import settings
-
     chosen = queue or _task_queues.get(task)
     return str(chosen) if chosen and str(chosen) in settings.CCM_TASK_QUEUES else None
 
@@ -95,9 +94,11 @@ def _worker_heap_freeze() -> None:
     project's modules, settings, caches) lives as long as the worker, so it is moved out of
     the cyclic garbage collector's sight (`gc.freeze`). A pipeline chunk makes thousands of
     short-lived objects, and every full collection they trigger would walk that whole heap
-    again: about 15 % of a chunk's CPU."""
+    again: about 15 % of a chunk's CPU. Not in sync mode (`make run` without a cluster, the
+    tests): there the task runs inside a web process, whose requests' objects would then never
+    be collected."""
     global _heap_frozen
-    if not _heap_frozen:
+    if not _heap_frozen and not settings.Q_CLUSTER.get("sync"):
         _heap_frozen = True
         gc.collect()
         gc.freeze()

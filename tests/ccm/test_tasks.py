@@ -82,3 +82,33 @@ def test_a_task_starts_with_no_sql_text_kept_from_the_last(db, settings):
         assert not connection.queries_log
     finally:
         tasks.task_context_exit(None, task={})
+
+
+def test_a_task_run_inside_a_web_process_leaves_its_heap_collectable(settings, monkeypatch):
+    # A cluster worker freezes what it loaded before its first task (gc.freeze); a task run in
+    # sync mode runs inside a web process, whose request objects must stay collectable.
+    import gc
+
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": True}  # Q_SYNC=1
+    gc.unfreeze()
+    monkeypatch.setattr(tasks, "_heap_frozen", False)
+    tasks.task_context_enter(None, task={"id": "t", "func": "ccm.tasks.sweep_all"})
+    try:
+        assert gc.get_freeze_count() == 0
+    finally:
+        tasks.task_context_exit(None, task={})
+        gc.unfreeze()
+
+
+def test_a_cluster_worker_freezes_its_heap_before_its_first_task(settings, monkeypatch):
+    import gc
+
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "sync": False}
+    gc.unfreeze()
+    monkeypatch.setattr(tasks, "_heap_frozen", False)
+    tasks.task_context_enter(None, task={"id": "t", "func": "ccm.tasks.sweep_all"})
+    try:
+        assert gc.get_freeze_count() > 0
+    finally:
+        tasks.task_context_exit(None, task={})
+        gc.unfreeze()
