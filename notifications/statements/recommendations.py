@@ -12,6 +12,7 @@ marketing consent, on any channel, is a grant.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping
 from decimal import Decimal
@@ -125,7 +126,11 @@ def rules_errors(rules: Any) -> list[str]:
             if cond.get("op") not in OPS:
                 errors.append(f"{where}.when[{n}].op: one of {' '.join(OPS)}")
             value = cond.get("value")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
                 errors.append(f"{where}.when[{n}].value: a number")
         for part in ("title", "text"):
             texts = rule.get(part)
