@@ -196,8 +196,10 @@ def faults_place(errors: list[str], where: list[tuple[dict, list[int]]]) -> list
         else:
             field = block["code"]
         field["errors"].append(message)
-        label = block["code"]["value"] or f"new rule {block['index'] + 1}"
-        summary.append({"message": f"Rule {label}: {message}", "id": field["id"]})
+        # As the rule's legend numbers it: two rules may share a (faulty) code.
+        code = block["code"]["value"]
+        label = f"Rule {block['index'] + 1}" + (f" ({code})" if code else "")
+        summary.append({"message": f"{label}: {message}", "id": field["id"]})
     return summary
 
 

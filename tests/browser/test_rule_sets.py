@@ -57,7 +57,7 @@ def test_an_edited_rule_signed_off_is_used_by_the_next_statement(
     # a value that is not a number is refused at its box
     value.fill("six")
     page.get_by_role("button", name="Save draft").click()
-    expect(page.get_by_role("alert")).to_contain_text("Rule baseload: a number")
+    expect(page.get_by_role("alert")).to_contain_text("Rule 2 (baseload): a number")
     expect(baseload.get_by_label("Condition 1 value")).to_have_attribute("aria-invalid", "true")
     # when they lower the threshold to 4, save and submit
     baseload.get_by_label("Condition 1 value").fill("4")

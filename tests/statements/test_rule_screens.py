@@ -116,8 +116,8 @@ def test_bad_rules_are_shown_at_their_box_and_nothing_is_saved(client, author, p
     assert response.status_code == 422
     page = response.content.decode()
     # each fault is in the summary, linked to its box, and beside the box
-    assert '<a href="#rule-1-when-0-value">Rule baseload: a number</a>' in page
-    twice = "Rule time_of_use: &#x27;time_of_use&#x27; is used twice"
+    assert '<a href="#rule-1-when-0-value">Rule 2 (baseload): a number</a>' in page
+    twice = "Rule 3 (time_of_use): &#x27;time_of_use&#x27; is used twice"
     assert f'<a href="#rule-2-code">{twice}</a>' in page
     assert '<a href="#rule-2-title-en">' in page
     assert re.search(
@@ -137,7 +137,8 @@ def test_a_condition_needs_a_finite_number(client, author, published):
     rules[2]["when"][0]["value"] = "NaN"
     response = client.post(location, form_of(rules))
     assert response.status_code == 422
-    assert '<a href="#rule-2-when-0-value">Rule usage_up: a number</a>' in response.content.decode()
+    page = response.content.decode()
+    assert '<a href="#rule-2-when-0-value">Rule 3 (usage_up): a number</a>' in page
     assert recommendations.rules_errors(
         [{**rules[0], "when": [{"metric": "consumption", "op": ">", "value": float("inf")}]}]
     ) == ["rules[0].when[0].value: a number"]
