@@ -365,10 +365,13 @@ def rule_set_create(*, rules: list, by) -> RecommendationRuleSet:
     return rule_set
 
 
+@transaction.atomic
 def rule_set_draft_start(*, by) -> RecommendationRuleSet:
     """The draft to edit: the open one if there is one (one draft at a time, as a template
     has), otherwise a new version with the published version's rules (the latest version's
     when none is published, the defaults when there is none at all)."""
+    # The newest version's lock first: two authors asking at once get the same draft.
+    RecommendationRuleSet.objects.select_for_update().order_by("-version").first()
     existing = selectors.rule_set_open_draft()
     if existing is not None:
         return existing

@@ -235,3 +235,12 @@ def test_the_reviewer_sees_the_diff_and_the_author_cannot_approve_their_own(
     page = client.get(f"/statements/rules/{draft.pk}/").content.decode()
     assert "Published" in page
     assert "nothing to compare with" in page
+
+
+def test_with_no_rules_yet_the_first_draft_holds_the_defaults(client, author):
+    client.force_login(author)
+    page = client.get("/statements/rules/").content.decode()
+    assert "No version is published: statements have no recommendations." in page
+    assert "No rule set yet." in page
+    draft, _ = _draft(client, author)
+    assert (draft.version, draft.rules) == (1, recommendations.DEFAULT_RULES)
