@@ -68,6 +68,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.view_reportrun",
         *CAMPAIGNS_VIEW,
         "notifications.view_statementrun",
+        "notifications.view_recommendationruleset",
     ],
     Role.TEMPLATE_AUTHOR: [
         "ccm.view_approval",
@@ -83,6 +84,10 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         *CAMPAIGNS_VIEW,
         "notifications.add_segment",
         "notifications.add_campaign",
+        # Authors write the statements' recommendation rules and submit them for sign-off.
+        "notifications.view_recommendationruleset",
+        "notifications.add_recommendationruleset",
+        "notifications.change_recommendationruleset",
     ],
     Role.SERVICE_AGENT: [
         "documents.view_template",
@@ -149,6 +154,7 @@ ROLE_PERMISSIONS: dict[str, list[str]] = {
         "notifications.change_campaign",
         "notifications.view_statementrun",
         "notifications.change_statementrun",
+        "notifications.view_recommendationruleset",
     ],
     Role.INTEGRATOR: [
         "documents.view_template",
@@ -226,7 +232,8 @@ ROLE_SCOPES: dict[str, list[str]] = {
 ROLE_DUTIES: dict[str, str] = {
     Role.COMPLIANCE_REVIEWER: "Decides approvals (never their own), reads the audit log",
     Role.TEMPLATE_AUTHOR: (
-        "Writes templates and versions, prepares campaigns, submits both for sign-off"
+        "Writes templates and versions, prepares campaigns, writes the statements' "
+        "recommendation rules, submits them for sign-off"
     ),
     Role.SERVICE_AGENT: (
         "Opens and works cases, requests reprints and ad hoc correspondence, corrects addresses"

@@ -28,6 +28,7 @@ class NotificationsConfig(AppConfig):
         from notifications.reporting import metrics as reporting_metrics
         from notifications.reporting import tasks as reporting_tasks
         from notifications.statements import demo as statements_demo
+        from notifications.statements import rule_views as statement_rule_views
         from notifications.statements import selectors as statement_selectors
         from notifications.statements import services as statement_services
         from notifications.webhooks import send as webhook_send
@@ -43,7 +44,7 @@ class NotificationsConfig(AppConfig):
         reporting_tasks.register_schedules()
         reporting_metrics.register()
         campaign_services.register_approvable()
-        statement_services.register_approvable()
+        statement_services.register_approvable(proof=statement_rule_views.rule_set_proof)
         register_schedule(
             "notifications.campaigns_sweep", "notifications.campaigns.tasks.campaigns_sweep", 1
         )
@@ -89,6 +90,13 @@ class NotificationsConfig(AppConfig):
                     "Bill runs from meter readings: progress, held customers, totals by tariff",
                 ),
             )
+        rules = HomeLink(
+            "Recommendation rules",
+            "rule-sets",
+            "The rules that choose a statement's recommendations: versions, drafts, sign-off",
+        )
+        for role in (Role.TEMPLATE_AUTHOR, Role.COMPLIANCE_REVIEWER, Role.OPERATIONS):
+            register_home_link(role, rules)
         register_home_link(
             Role.OPERATIONS,
             HomeLink(

@@ -29,6 +29,7 @@ from notifications.statements.models import (
     Reading,
     RecommendationRuleSet,
     RuleSetState,
+    Unit,
 )
 
 NIGHT_END = time(7, 0)
@@ -126,17 +127,19 @@ def _metrics(inputs: dict, result: dict, zone: ZoneInfo, compare: dict) -> dict:
     series = inputs.get("series")
     if series and consumption > 0:
         values = [Decimal(v) for v in series["values"]]
-        night = sum(
-            (
-                v
-                for moment, v in zip(billing.interval_starts(series), values, strict=True)
-                if moment.astimezone(zone).time() < NIGHT_END
-            ),
-            Decimal(0),
-        )
-        metrics["night_share"] = (night / consumption).quantize(Decimal("0.001"))
         tenth = sorted(values)[len(values) // 10]
         metrics["baseload_per_day"] = tenth * (1440 // int(series["minutes"]))
+        # Night use is an electricity matter (a day/night tariff): a gas meter has none.
+        if inputs["unit"] == Unit.KWH:
+            night = sum(
+                (
+                    v
+                    for moment, v in zip(billing.interval_starts(series), values, strict=True)
+                    if moment.astimezone(zone).time() < NIGHT_END
+                ),
+                Decimal(0),
+            )
+            metrics["night_share"] = (night / consumption).quantize(Decimal("0.001"))
     return metrics
 
 
@@ -259,27 +262,26 @@ def statements_assemble(
             outcome.held.append(f"bill: {exc}")
             continue
         bills = result["meters"] if several else [result]
+        comparisons = [dict(compare.get(part.meter.pk, {})) for part in parts]
         supplies = [
             _supply_data(
                 part,
                 {**inputs, **part.inputs},
                 bill,
-                dict(compare.get(part.meter.pk, {})),
+                comparison,
                 months.get(part.meter.pk, {}),
                 first_month,
             )
-            for part, bill in zip(parts, bills, strict=True)
+            for part, bill, comparison in zip(parts, bills, comparisons, strict=True)
         ]
-        # The recommendations read the first meter's use (meters in serial order).
-        metrics = supplies[0].pop("_metrics")
-        for supply in supplies[1:]:
-            supply.pop("_metrics")
-        language = customer.language if customer.language else "en"
+        metrics = [supply.pop("_metrics") for supply in supplies]
         recs = (
-            recommendations.recommendations_for(
-                rules=rule_set.rules,
+            _recommendations(
+                rule_set.rules,
+                parts=parts,
                 metrics=metrics,
-                language=language,
+                comparisons=comparisons,
+                language=customer.language if customer.language else "en",
                 marketing_ok=marketing_ok.get(customer_id, False),
             )
             if rule_set
@@ -296,6 +298,48 @@ def statements_assemble(
             document_date=document_date,
         )
     return out
+
+
+def _recommendations(
+    rules: list[dict],
+    *,
+    parts: list[_MeterPart],
+    metrics: list[dict[str, Decimal | None]],
+    comparisons: list[dict],
+    language: str,
+    marketing_ok: bool,
+) -> list[dict[str, Any]]:
+    """One meter: the rules judged on its metrics (the data's shape of old). Several: each rule
+    judged on each meter and on the meters together, and each recommendation says where."""
+    if len(parts) == 1:
+        return recommendations.recommendations_for(
+            rules=rules, metrics=metrics[0], language=language, marketing_ok=marketing_ok
+        )
+    return recommendations.recommendations_for_meters(
+        rules=rules,
+        meters=[(part.meter.serial, m) for part, m in zip(parts, metrics, strict=True)],
+        total=_total_metrics(parts, metrics, comparisons),
+        language=language,
+        marketing_ok=marketing_ok,
+    )
+
+
+def _total_metrics(
+    parts: list[_MeterPart], metrics: list[dict[str, Decimal | None]], comparisons: list[dict]
+) -> dict[str, Decimal | None]:
+    """The meters' use together: only when they measure in one unit (kWh and m³ do not add
+    up), a change only when every meter has its figure to compare with. The other metrics
+    describe one meter's profile or tariff and are absent in total."""
+    total: dict[str, Decimal | None] = dict.fromkeys(recommendations.METRICS)
+    if len({part.meter.unit for part in parts}) != 1:
+        return total
+    consumption = sum((m["consumption"] or Decimal(0) for m in metrics), Decimal(0))
+    total["consumption"] = consumption
+    for metric, key in (("yoy_change", "last_year"), ("previous_change", "previous")):
+        before = [Decimal(c[key]) for c in comparisons if c.get(key) is not None]
+        if len(before) == len(comparisons):
+            total[metric] = _change(consumption, sum(before, Decimal(0)))
+    return total
 
 
 @dataclass(frozen=True)

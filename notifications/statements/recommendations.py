@@ -12,6 +12,7 @@ marketing consent, on any channel, is a grant.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping
 from decimal import Decimal
@@ -125,7 +126,11 @@ def rules_errors(rules: Any) -> list[str]:
             if cond.get("op") not in OPS:
                 errors.append(f"{where}.when[{n}].op: one of {' '.join(OPS)}")
             value = cond.get("value")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
                 errors.append(f"{where}.when[{n}].value: a number")
         for part in ("title", "text"):
             texts = rule.get(part)
@@ -136,26 +141,52 @@ def rules_errors(rules: Any) -> list[str]:
     return errors
 
 
+def _holds(rule: Mapping, metrics: Mapping[str, Decimal | None]) -> bool:
+    """Whether every condition of `rule` holds on `metrics` (an absent metric holds none)."""
+    for cond in rule["when"]:
+        value = metrics.get(cond["metric"])
+        if value is None or not OPS[cond["op"]](value, Decimal(str(cond["value"]))):
+            return False
+    return True
+
+
+def _words(rule: Mapping, language: str) -> dict[str, str]:
+    return {
+        "code": rule["code"],
+        "title": rule["title"].get(language) or rule["title"]["en"],
+        "text": rule["text"].get(language) or rule["text"]["en"],
+    }
+
+
 def recommendations_for(
     *, rules: list[dict], metrics: Mapping[str, Decimal | None], language: str, marketing_ok: bool
 ) -> list[dict[str, str]]:
     """The rules that apply, in the rule set's order, in the customer's language."""
-    out = []
+    return [
+        _words(rule, language)
+        for rule in rules
+        if (marketing_ok or not rule.get("marketing")) and _holds(rule, metrics)
+    ]
+
+
+def recommendations_for_meters(
+    *,
+    rules: list[dict],
+    meters: list[tuple[str, Mapping[str, Decimal | None]]],
+    total: Mapping[str, Decimal | None],
+    language: str,
+    marketing_ok: bool,
+) -> list[dict[str, Any]]:
+    """A statement of several meters: each rule is judged on each meter's metrics (serial,
+    metrics) and on the statement's total; a rule that holds anywhere is one recommendation
+    that says where: `meters` (the serials it holds on) and `in_total` (it holds on the meters'
+    use together)."""
+    out: list[dict[str, Any]] = []
     for rule in rules:
         if rule.get("marketing") and not marketing_ok:
             continue
-        holds = True
-        for cond in rule["when"]:
-            value = metrics.get(cond["metric"])
-            if value is None or not OPS[cond["op"]](value, Decimal(str(cond["value"]))):
-                holds = False
-                break
-        if holds:
-            out.append(
-                {
-                    "code": rule["code"],
-                    "title": rule["title"].get(language) or rule["title"]["en"],
-                    "text": rule["text"].get(language) or rule["text"]["en"],
-                }
-            )
+        held_on = [serial for serial, metrics in meters if _holds(rule, metrics)]
+        in_total = _holds(rule, total)
+        if held_on or in_total:
+            out.append({**_words(rule, language), "meters": held_on, "in_total": in_total})
     return out

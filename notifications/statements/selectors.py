@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 from collections import defaultdict
 from datetime import timedelta
 from decimal import Decimal
@@ -11,8 +13,15 @@ from django.db.models import Count, Exists, OuterRef, QuerySet, Sum
 
 from notifications.campaigns.selectors import segment_customers
 from notifications.models import Customer
-from notifications.statements.assemble import _midnight, business_zone
-from notifications.statements.models import Reading, Statement, StatementRun, StatementState
+from notifications.statements.assemble import _midnight, business_zone, published_rules
+from notifications.statements.models import (
+    Reading,
+    RecommendationRuleSet,
+    RuleSetState,
+    Statement,
+    StatementRun,
+    StatementState,
+)
 
 
 def run_customers(run: StatementRun) -> QuerySet[Customer]:
@@ -137,3 +146,40 @@ def statement_runs_at_work(*, since):
             started_at=run.started_at,
             permissions=("notifications.view_statementrun",),
         )
+
+
+# -- recommendation rule sets ---------------------------------------------------------------
+
+
+def rule_set_open_draft() -> RecommendationRuleSet | None:
+    """The draft being written, if any: like a template, the rules have one at a time."""
+    return RecommendationRuleSet.objects.filter(state=RuleSetState.DRAFT).first()
+
+
+def _rules_text(rules: list) -> list[str]:
+    return json.dumps(rules, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+
+
+def rule_set_changes(rule_set: RecommendationRuleSet) -> dict[str, Any]:
+    """What a version changes against the published one (none to compare with when it is the
+    published one or nothing is published): the rules added, removed and changed by code, and
+    the line diff of the two rule sets as JSON (each line marked +, - or blank)."""
+    base = published_rules()
+    if base is None or base.pk == rule_set.pk:
+        return {"base": None, "added": [], "removed": [], "changed": [], "lines": []}
+    before = {r.get("code"): r for r in base.rules}
+    after = {r.get("code"): r for r in rule_set.rules}
+    lines = [
+        {"mark": line[:1], "text": line[1:]}
+        for line in difflib.unified_diff(
+            _rules_text(base.rules), _rules_text(rule_set.rules), lineterm="", n=3
+        )
+        if not line.startswith(("---", "+++"))
+    ]
+    return {
+        "base": base,
+        "added": [code for code in after if code not in before],
+        "removed": [code for code in before if code not in after],
+        "changed": [code for code in after if code in before and after[code] != before[code]],
+        "lines": lines,
+    }

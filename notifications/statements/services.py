@@ -333,11 +333,24 @@ def statement_reprint(*, statement: Statement, by):
 # -- recommendation rules: data, versioned, signed off ------------------------------------
 
 
-def rule_set_create(*, rules: list, by) -> RecommendationRuleSet:
-    """A new draft version of the rules; refused with every fault when they are invalid."""
+class RulesInvalid(RunError):
+    """The rules break the format: `errors` has one message per fault, each starting with
+    where it is (`rules[2].when[0].value: a number`), so a screen can put it at its field."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("The rules are invalid: " + "; ".join(errors))
+        self.errors = errors
+
+
+def _rules_checked(rules: list) -> None:
     errors = recommendations.rules_errors(rules)
     if errors:
-        raise RunError("The rules are invalid: " + "; ".join(errors))
+        raise RulesInvalid(errors)
+
+
+def rule_set_create(*, rules: list, by) -> RecommendationRuleSet:
+    """A new draft version of the rules; refused with every fault when they are invalid."""
+    _rules_checked(rules)
     with transaction.atomic():
         last = RecommendationRuleSet.objects.select_for_update().order_by("-version").first()
         rule_set = RecommendationRuleSet.objects.create(
@@ -349,6 +362,46 @@ def rule_set_create(*, rules: list, by) -> RecommendationRuleSet:
             subject=rule_set,
             after={"rules": rules},
         )
+    return rule_set
+
+
+@transaction.atomic
+def rule_set_draft_start(*, by) -> RecommendationRuleSet:
+    """The draft to edit: the open one if there is one (one draft at a time, as a template
+    has), otherwise a new version with the published version's rules (the latest version's
+    when none is published, the defaults when there is none at all)."""
+    # The newest version's lock first: two authors asking at once get the same draft.
+    RecommendationRuleSet.objects.select_for_update().order_by("-version").first()
+    existing = selectors.rule_set_open_draft()
+    if existing is not None:
+        return existing
+    base = (
+        RecommendationRuleSet.objects.filter(state=RuleSetState.PUBLISHED).first()
+        or RecommendationRuleSet.objects.first()
+    )
+    return rule_set_create(rules=base.rules if base else recommendations.DEFAULT_RULES, by=by)
+
+
+@transaction.atomic
+def rule_set_update(*, rule_set: RecommendationRuleSet, rules: list, by) -> RecommendationRuleSet:
+    """Store edited rules in a draft; refused with every fault (RulesInvalid) when they are
+    invalid, and refused when the version is frozen (in review or later)."""
+    rule_set = RecommendationRuleSet.objects.select_for_update().get(pk=rule_set.pk)
+    if rule_set.state != RuleSetState.DRAFT:
+        raise RunError(
+            f"Rules v{rule_set.version} are {rule_set.state}; only a draft can be edited."
+        )
+    _rules_checked(rules)
+    before = rule_set.rules
+    rule_set.rules = rules
+    rule_set.save(update_fields=["rules"])
+    audit.record(
+        actor=by,
+        action="recommendation_rules.updated",
+        subject=rule_set,
+        before={"rules": before},
+        after={"rules": rules},
+    )
     return rule_set
 
 
@@ -389,13 +442,13 @@ def _on_rules_decision(rule_set: RecommendationRuleSet, approval) -> None:
     )
 
 
-def register_approvable() -> None:
+def register_approvable(*, proof) -> None:
     approvals.register(
         RecommendationRuleSet,
         author_of=lambda rule_set: rule_set.created_by,  # type: ignore[attr-defined]
         on_decision=_on_rules_decision,  # type: ignore[arg-type]
-        review_url=lambda rule_set: reverse(
-            "admin:notifications_recommendationruleset_change", args=[rule_set.pk]
-        ),
+        review_url=lambda rule_set: reverse("rule-set", args=[rule_set.pk]),
+        decided_url=lambda rule_set: reverse("rule-set", args=[rule_set.pk]),
         label="Recommendation rules",
+        proof=proof,  # type: ignore[arg-type]
     )

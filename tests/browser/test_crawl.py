@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -129,7 +130,14 @@ def test_every_page_reachable_by_every_role_works(browser: Browser, live_server,
     # own (its code), so from the home page alone the editor is past the page budget.
     version = TemplateVersion.objects.order_by("pk").first()
     assert version is not None
-    starts = {"author": [f"/templates/versions/{version.pk}/", "/templates/", "/"]}
+    # The recommendation rules are started from too, so that a version's page (one of each
+    # shape) is inside the page bound of the roles that read them.
+    rules = "/statements/rules/"
+    starts = {
+        "author": [f"/templates/versions/{version.pk}/", "/templates/", rules, "/"],
+        "reviewer": [rules, "/"],
+        "ops": [rules, "/"],
+    }
     results = []
     for username in ROLES:
         crawler.max_pages = MAX_PAGES.get(username, DEFAULT_MAX_PAGES)
@@ -166,3 +174,8 @@ def test_every_page_reachable_by_every_role_works(browser: Browser, live_server,
             paths = {urlsplit(url).path for url in result.visited}
             assert {"/templates/", "/notices/"} <= paths, sorted(paths)
             assert any(p.startswith("/templates/versions/") for p in paths), sorted(paths)
+        # the recommendation rules (the demo publishes a version) and a version's page
+        if result.role in ("author", "reviewer", "ops"):
+            paths = {urlsplit(url).path for url in result.visited}
+            assert "/statements/rules/" in paths, (result.role, sorted(paths))
+            assert any(re.fullmatch(r"/statements/rules/\d+/", p) for p in paths), sorted(paths)
