@@ -27,7 +27,7 @@ from django.utils.dateparse import parse_datetime
 from cases.incidents.models import Appointment, AppointmentStatus, Event
 from notifications.customers.assets.models import ServicePoint
 from notifications.models import Customer
-from notifications.pipeline.bulk import communications_intake
+from notifications.pipeline.intake import communications_intake
 
 CLIENT = "field-service"
 FIELD_SERVICE = "field_service"

@@ -45,11 +45,12 @@ from cases.incidents.models import (
 )
 from cases.incidents.rules import Rule, incident_rule, rule_for
 from ccm import audit
+from ccm.rows import insert_rows
 from ccm.tasks import enqueue
 from notifications.customers.assets import selectors as asset_selectors
 from notifications.customers.assets.models import PATH_SEP, Asset, ServicePoint
 from notifications.models import Customer
-from notifications.pipeline.bulk import communications_intake, insert_rows
+from notifications.pipeline.intake import communications_intake
 
 MAX_EVENTS = 1000  # per call
 NOTICE_CHUNK = 500  # customers handed to the intake at once

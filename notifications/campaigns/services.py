@@ -25,6 +25,7 @@ from django_fsm import can_proceed
 
 from ccm import approvals, audit
 from ccm.models import Approval, ApprovalState
+from ccm.rows import update_rows
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents.composition import DataInvalid
@@ -41,7 +42,7 @@ from notifications.campaigns.models import (
 )
 from notifications.jobs.csv_rows import CUSTOMER_COLUMN, cells_data
 from notifications.models import CommState, Communication, Customer, Source
-from notifications.pipeline.bulk import communications_intake, update_rows
+from notifications.pipeline.intake import communications_intake
 from notifications.pipeline.services import (
     ADDRESSEE_FIELDS,
     addressee_of,

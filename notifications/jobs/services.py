@@ -1,7 +1,7 @@
 """Send jobs: intake of many items through the pipeline's batch intake, start, schedule, cancel.
 
 Every entry point hands its items to `job_items_submit`, the one call into the pipeline's batch
-intake (`notifications.pipeline.bulk.communications_request_bulk`). That intake is all-or-nothing
+intake (`notifications.pipeline.intake.communications_request_bulk`). That intake is all-or-nothing
 per template; a job is not: the items it refuses are set aside with their errors and the others are
 submitted again, so one bad row never holds back the good ones.
 """
@@ -19,7 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_fsm import can_proceed
 
-from ccm import audit
+from ccm import audit, rows
 from ccm.tasks import enqueue
 from documents.models import Template
 from notifications.models import (
@@ -31,7 +31,7 @@ from notifications.models import (
     SendJob,
     SendJobItem,
 )
-from notifications.pipeline import bulk, services
+from notifications.pipeline import intake, services
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _submit_group(
             return
         try:
             with transaction.atomic():
-                ids = bulk.communications_request_bulk(
+                ids = intake.communications_request_bulk(
                     template_code=template_code,
                     items=[
                         {
@@ -158,7 +158,7 @@ def _submit_group(
                     correlation_id=correlation_id,
                 )
                 _channel_overrides_set(remaining, ids)
-        except bulk.BulkIntakeError as exc:
+        except intake.BulkIntakeError as exc:
             bad = {p["index"]: p["errors"] for p in exc.errors}
             for position, errors in bad.items():
                 submitted.refused[remaining[position].index] = [_item_error(e) for e in errors]
@@ -271,8 +271,8 @@ def send_job_batch_submit(
     submitted.accepted = result.accepted
     submitted.refused.update(result.refused)
     by_index = {i.index: i for i in items}
-    # COPY, not bulk_create: a thousand rows in a few milliseconds (see bulk.insert_rows).
-    bulk.insert_rows(
+    # COPY, not bulk_create: a thousand rows in a few milliseconds (see rows.insert_rows).
+    rows.insert_rows(
         SendJobItem,
         [
             SendJobItem(

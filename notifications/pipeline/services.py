@@ -1,6 +1,6 @@
 """Intake and the pipeline's single-communication writes: validate, idempotency, release gate,
-message ids, dispatch and reconciliation of one delivery (a batch of one through `bulk`).
-Customer, contact point and consent writes live in `notifications.customers.services`."""
+message ids, dispatch and reconciliation of one delivery (a batch of one through the chunked
+stages). Customer, contact point and consent writes live in `notifications.customers.services`."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ from notifications.models import (
     Delivery,
 )
 from notifications.pipeline import selection
+from notifications.pipeline.facts import facts_for_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def _addressee(communication: Communication) -> dict[str, Any]:
 def composition_context(communication: Communication, version: TemplateVersion) -> dict:
     """What a communication's templates render: its data, its portal link, and the addressee
     from the customer record in the reserved `customer` namespace (replacing whatever the data
-    said there). The one place both pipelines (here and notifications.pipeline.bulk) build it."""
+    said there). The one place both pipelines (here and the chunked stages) build it."""
     data = dict(communication.data)
     if portal_linked(version) and "portal_url" not in data:
         from notifications.channels.portal import portal_url
@@ -172,7 +173,7 @@ def communication_request(
     document=None,
     address_override: str | Sequence[str] = "",
 ) -> tuple[Communication, bool]:
-    """One communication: a batch of one through `bulk.communications_intake`, the intake of
+    """One communication: a batch of one through `intake.communications_intake`, the intake of
     every entry point. Raises IntakeError or DataInvalid (with the fields) when refused.
 
     With `document` (an archived document) nothing is composed: the communication carries that
@@ -180,9 +181,9 @@ def communication_request(
     With `address_override` it goes to that address on `channel_override` instead of the
     customer's own.
     """
-    from notifications.pipeline import bulk
+    from notifications.pipeline import intake
 
-    [result] = bulk.communications_intake(
+    [result] = intake.communications_intake(
         items=[
             {
                 "template": template_code,
@@ -235,8 +236,6 @@ def enabled_channels() -> list[str]:
 
 def facts_for(communication: Communication, version: TemplateVersion) -> selection.Facts:
     """Selection facts for one communication (the chunk's function, for a chunk of one)."""
-    from notifications.pipeline.bulk import facts_for_chunk
-
     enabled = set(enabled_channels())
     renditions = [c for c in version.meta.get("channels", []) if c in enabled]
     return facts_for_chunk([communication], {communication.pk: renditions})[communication.pk]
@@ -288,7 +287,7 @@ def _message_id_seal(name: str) -> str:
 def _on_release_decision(communication: Communication, approval: Approval) -> None:
     locked = Communication.objects.select_for_update().get(pk=communication.pk)
     if approval.state == ApprovalState.APPROVED:
-        from notifications.pipeline import bulk, history
+        from notifications.pipeline import dispatch, history
 
         locked.release()
         locked.save()
@@ -296,7 +295,7 @@ def _on_release_decision(communication: Communication, approval: Approval) -> No
         history.step_record(
             communication=locked, action="communication.released", actor=approval.decided_by
         )
-        bulk.dispatch_start([locked])
+        dispatch.dispatch_start([locked])
     elif approval.state in {ApprovalState.REJECTED, ApprovalState.CHANGES_REQUESTED}:
         locked.reject(reason=approval.comment or "rejected by the reviewer")
         locked.save()
@@ -339,18 +338,18 @@ def _outcome(delivery_id: int) -> DispatchOutcome:
 
 
 def delivery_dispatch_run(delivery_id: int) -> DispatchOutcome:
-    """Dispatch one delivery: a chunk of one (see `bulk.dispatch_chunk`)."""
-    from notifications.pipeline import bulk
+    """Dispatch one delivery: a chunk of one (see `dispatch.dispatch_chunk`)."""
+    from notifications.pipeline import dispatch
 
-    if not bulk.dispatch_chunk([delivery_id]).get("claimed"):
+    if not dispatch.dispatch_chunk([delivery_id]).get("claimed"):
         return DispatchOutcome("skipped")
     return _outcome(delivery_id)
 
 
 def delivery_reconcile_run(delivery_id: int) -> DispatchOutcome:
-    """Settle one delivery stuck in `sending` (see `bulk.deliveries_reconcile`)."""
-    from notifications.pipeline import bulk
+    """Settle one delivery stuck in `sending` (see `dispatch.deliveries_reconcile`)."""
+    from notifications.pipeline import dispatch
 
-    if not bulk.deliveries_reconcile([delivery_id]).get("checked"):
+    if not dispatch.deliveries_reconcile([delivery_id]).get("checked"):
         return DispatchOutcome("skipped")
     return _outcome(delivery_id)

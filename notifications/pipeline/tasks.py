@@ -10,18 +10,27 @@ from django.utils import timezone
 
 from ccm.tasks import Queue, Sweep, register_schedule, register_sweep, register_task
 from notifications.models import CommState, Communication, Delivery, DeliveryState
-from notifications.pipeline import bulk, fallback, followups, history, selection
+from notifications.pipeline import (
+    chunks,
+    compose,
+    dispatch,
+    fallback,
+    followups,
+    gate,
+    history,
+    selection,
+)
 
 # The per-message task paths stay importable: django-q2 keeps dotted paths in queued rows.
 # Each is the chunk operation for a chunk of one.
 
 
 def communication_compose(comm_id: int) -> None:
-    bulk.compose_chunk([comm_id])
+    compose.compose_chunk([comm_id])
 
 
 def communication_gate(comm_id: int) -> None:
-    bulk.gate_chunk([comm_id])
+    gate.gate_chunk([comm_id])
 
 
 def communication_recompose(comm_id: int) -> None:
@@ -31,15 +40,15 @@ def communication_recompose(comm_id: int) -> None:
         pk=comm_id, state=CommState.COMPOSING, updated_at__lt=stale
     ).update(state=CommState.RECEIVED, updated_at=timezone.now())
     if reset:
-        bulk.compose_chunk([comm_id])
+        compose.compose_chunk([comm_id])
 
 
 def delivery_dispatch(delivery_id: int) -> None:
-    bulk.dispatch_chunk([delivery_id])
+    dispatch.dispatch_chunk([delivery_id])
 
 
 def delivery_reconcile(delivery_id: int) -> None:
-    bulk.deliveries_reconcile([delivery_id])
+    dispatch.deliveries_reconcile([delivery_id])
 
 
 def steps_seal() -> None:
@@ -52,23 +61,23 @@ def follow_ups_apply() -> None:
 
 def register_tasks() -> None:
     """Each pipeline task's queue and the ids its log lines carry. Composition goes to the
-    render queue unless the intake knows the chunk archives no PDF (`bulk._create` sends
+    render queue unless the intake knows the chunk archives no PDF (`intake._create` sends
     text-only chunks to the dispatch queue), so an urgent SMS never waits behind statements."""
     render, dispatch, hooks = Queue.RENDER, Queue.DISPATCH, Queue.WEBHOOKS
     for task, queue, log_id in (
-        ("notifications.pipeline.bulk.compose_chunk", render, "communication_ids"),
+        ("notifications.pipeline.compose.compose_chunk", render, "communication_ids"),
         # The drain for the rest of a request's communications; its text-only twin is sent to
-        # the dispatch queue by `bulk.compose_drain_request`.
-        ("notifications.pipeline.bulk.compose_drain", render, ""),
+        # the dispatch queue by `compose.compose_drain_request`.
+        ("notifications.pipeline.compose.compose_drain", render, ""),
         ("notifications.pipeline.tasks.communication_compose", render, "communication_id"),
         ("notifications.pipeline.tasks.communication_recompose", render, "communication_id"),
         # An urgent communication's PDF and durable targets, after its fast channels.
         ("notifications.pipeline.fallback.durable_copies_send", render, "communication_ids"),
-        ("notifications.pipeline.bulk.gate_chunk", dispatch, "communication_ids"),
+        ("notifications.pipeline.gate.gate_chunk", dispatch, "communication_ids"),
         ("notifications.pipeline.tasks.communication_gate", dispatch, "communication_id"),
-        ("notifications.pipeline.bulk.dispatch_chunk", dispatch, "delivery_ids"),
+        ("notifications.pipeline.dispatch.dispatch_chunk", dispatch, "delivery_ids"),
         ("notifications.pipeline.tasks.delivery_dispatch", dispatch, "delivery_id"),
-        ("notifications.pipeline.bulk.deliveries_reconcile", dispatch, "delivery_ids"),
+        ("notifications.pipeline.dispatch.deliveries_reconcile", dispatch, "delivery_ids"),
         ("notifications.pipeline.tasks.delivery_reconcile", dispatch, "delivery_id"),
         ("notifications.webhooks.send.webhook_delivery_send", hooks, "webhook_delivery_id"),
         (
@@ -93,17 +102,17 @@ def register_sweeps() -> None:
     after = timedelta(seconds=settings.CCM_SWEEP_AFTER_SECONDS)
     compose = (
         "notifications.pipeline.tasks.communication_compose",
-        "notifications.pipeline.bulk.compose_chunk",
+        "notifications.pipeline.compose.compose_chunk",
     )
     dispatch = (
         "notifications.pipeline.tasks.delivery_dispatch",
-        "notifications.pipeline.bulk.dispatch_chunk",
+        "notifications.pipeline.dispatch.dispatch_chunk",
     )
     reconcile = (
         "notifications.pipeline.tasks.delivery_reconcile",
-        "notifications.pipeline.bulk.deliveries_reconcile",
+        "notifications.pipeline.dispatch.deliveries_reconcile",
     )
-    chunk = bulk.chunk_size()
+    chunk = chunks.chunk_size()
     # A row is stuck when no queued or running task carries it (ccm.tasks.Sweep), not when it
     # is old: a backlog waits its turn. The short ages only keep a sweep from racing a commit
     # whose enqueue is just being written.
@@ -111,7 +120,7 @@ def register_sweeps() -> None:
         Sweep(
             name="notifications.received",
             queryset=lambda: Communication.objects.filter(state=CommState.RECEIVED),
-            task="notifications.pipeline.bulk.compose_chunk",
+            task="notifications.pipeline.compose.compose_chunk",
             older_than=timedelta(minutes=2),
             covered_by=compose,
             chunk=chunk,
@@ -143,7 +152,7 @@ def register_sweeps() -> None:
         Sweep(
             name="notifications.composed",
             queryset=lambda: Communication.objects.filter(state=CommState.COMPOSED),
-            task="notifications.pipeline.bulk.gate_chunk",
+            task="notifications.pipeline.gate.gate_chunk",
             older_than=timedelta(minutes=2),
             covered_by=(*compose, "notifications.pipeline.tasks.communication_gate"),
             chunk=chunk,
@@ -160,7 +169,7 @@ def register_sweeps() -> None:
                     updated_at__lt=timezone.now() - timedelta(minutes=2),
                 )
             ),
-            task="notifications.pipeline.bulk.dispatch_chunk",
+            task="notifications.pipeline.dispatch.dispatch_chunk",
             older_than=timedelta(seconds=0),
             covered_by=dispatch,
             chunk=chunk,
@@ -170,7 +179,7 @@ def register_sweeps() -> None:
         Sweep(
             name="notifications.sending_stale",
             queryset=lambda: Delivery.objects.filter(state=DeliveryState.SENDING),
-            task="notifications.pipeline.bulk.deliveries_reconcile",
+            task="notifications.pipeline.dispatch.deliveries_reconcile",
             older_than=timedelta(seconds=settings.CCM_SENDING_STALE_AFTER_S),
             # A delivery a live dispatch still holds is not asked about behind its back.
             covered_by=(*reconcile, *dispatch),

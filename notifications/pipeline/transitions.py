@@ -16,6 +16,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from ccm.rows import update_returning, update_rows
 from notifications import signals
 from notifications.models import Delivery, DeliveryState
 from notifications.pipeline import fallback, history
@@ -70,8 +71,6 @@ def deliveries_move(
             return []
         moved_ids = [pk for pk, _, _ in moved]
         if per_row:
-            from notifications.pipeline.bulk import update_rows
-
             rows = {pk: per_row[pk] for pk in moved_ids if pk in per_row}
             if rows:
                 names = sorted({name for row in rows.values() for name in row})
@@ -108,8 +107,6 @@ def _move(
 ) -> list[tuple[int, int, str]]:
     """Lock and move `rows`; (id, communication id, state it left) of each, in id order. From
     one source state, one statement; from several, the states are read first."""
-    from notifications.pipeline.bulk import update_returning  # bulk moves through here
-
     if len(sources) == 1:
         moved = update_returning(rows, values, ["pk", "communication_id"])
         return [(pk, communication_id, sources[0]) for pk, communication_id in moved]

@@ -18,7 +18,7 @@ from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as document_services
 from notifications.models import Source
-from notifications.pipeline import bulk
+from notifications.pipeline import intake
 from notifications.statements import assemble, billing, recommendations, selectors
 from notifications.statements.models import (
     RecommendationRuleSet,
@@ -148,7 +148,7 @@ def _hand(run: StatementRun, statements: list[Statement], by) -> int:
     """Hand computed statements to the one intake; a refusal holds the statement with it."""
     if not statements:
         return 0
-    results = bulk.communications_intake(
+    results = intake.communications_intake(
         items=[_intake_item(run, s) for s in statements],
         client=CLIENT,
         by=by,

@@ -107,7 +107,9 @@ def test_healthz_shows_each_host_with_its_heartbeat_last_task_and_queue(
     monkeypatch.setattr(Conf, "SYNC", False)
     monkeypatch.setattr(tasks, "_host_task_recorded_at", -1e9)
     tasks.cluster_heartbeat()
-    tasks.host_task_record("django_q", func="notifications.pipeline.bulk.dispatch_chunk", task={})
+    tasks.host_task_record(
+        "django_q", func="notifications.pipeline.dispatch.dispatch_chunk", task={}
+    )
     # and a second host whose last sign of life was 10 minutes ago
     ClusterHeartbeat.objects.create(
         cluster="ccm",
@@ -125,7 +127,7 @@ def test_healthz_shows_each_host_with_its_heartbeat_last_task_and_queue(
     cluster = response.json()["checks"]["cluster"]
     hosts = {beat["host"]: beat for beat in cluster["heartbeats"]}
     here = next(h for h in hosts if h != "worker-2")
-    assert hosts[here]["last_task"] == "notifications.pipeline.bulk.dispatch_chunk"
+    assert hosts[here]["last_task"] == "notifications.pipeline.dispatch.dispatch_chunk"
     assert hosts[here]["last_task_age_s"] < 5
     assert hosts[here]["stale"] is False
     assert hosts[here]["queue_due"] == 1

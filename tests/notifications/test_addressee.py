@@ -24,7 +24,7 @@ from notifications.channels.printing import PrintError
 from notifications.customers import services as customer_services
 from notifications.demo import CUSTOMERS
 from notifications.models import Communication, Customer, PrintBatch, PrintItem
-from notifications.pipeline import bulk, services, tasks
+from notifications.pipeline import intake, services, tasks
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
@@ -122,7 +122,7 @@ def test_the_bulk_path_addresses_from_the_record_too(author, reviewer, integrato
     }
     # when they are requested in bulk, each with the same (wrong) customer block
     ids = sync_tasks(
-        bulk.communications_request_bulk,
+        intake.communications_request_bulk,
         template_code="document_ready",
         items=[{"customer": c, "data": data} for c in people],
         client="campaign",
@@ -181,8 +181,8 @@ def test_bulk_intake_refuses_the_item_made_for_someone_else(account_letter, inte
         for i, c in enumerate(people)
     ]
     items[1]["data"] = {**items[1]["data"], "account_number": "A-2", "holder": "Holder 2"}
-    with pytest.raises(bulk.BulkIntakeError) as excinfo:
-        bulk.communications_request_bulk(
+    with pytest.raises(intake.BulkIntakeError) as excinfo:
+        intake.communications_request_bulk(
             template_code="account_letter", items=items, client="c", by=integrator
         )
     assert [

@@ -3,12 +3,13 @@ from __future__ import annotations
 import pytest
 from django.core import mail
 
+from ccm import rows
 from ccm.models import AuditEvent
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications.customers import services as customer_services
 from notifications.models import Communication, Delivery
-from notifications.pipeline import bulk, history, services
+from notifications.pipeline import chunks, compose, dispatch, history, intake, services
 from tests.notifications.conftest import publish
 
 
@@ -27,6 +28,13 @@ def customers(admin_user):
     ]
 
 
+def enqueue_replace(monkeypatch, fake) -> None:
+    """Every task the chunked stages enqueue goes to `fake` (compose's own, and the chunk tasks
+    of `chunks.ids_enqueue`)."""
+    for module in (compose, chunks):
+        monkeypatch.setattr(module, "enqueue", fake)
+
+
 def data(i: int, **extra) -> dict:
     return {
         "customer": {"name": f"Customer {i}"},
@@ -39,7 +47,7 @@ def data(i: int, **extra) -> dict:
 
 
 def request(customers, integrator, **kwargs):
-    return bulk.communications_request_bulk(
+    return intake.communications_request_bulk(
         template_code="document_ready",
         items=[{"customer": c, "data": data(i)} for i, c in enumerate(customers)],
         client="campaign-7",
@@ -54,8 +62,8 @@ def test_bad_items_are_listed_by_index_and_nothing_is_created(
     items = [{"customer": c, "data": data(i)} for i, c in enumerate(customers)]
     items[1]["data"] = {**data(1), "document_date": "not a date"}
     del items[3]["data"]["reference"]
-    with pytest.raises(bulk.BulkIntakeError) as excinfo:
-        bulk.communications_request_bulk(
+    with pytest.raises(intake.BulkIntakeError) as excinfo:
+        intake.communications_request_bulk(
             template_code="document_ready", items=items, client="c", by=integrator
         )
     assert [(p["index"], [e["field"] for e in p["errors"]]) for p in excinfo.value.errors] == [
@@ -68,7 +76,9 @@ def test_bad_items_are_listed_by_index_and_nothing_is_created(
 
 def test_unknown_template_is_refused(customers, integrator):
     with pytest.raises(services.IntakeError, match="no template"):
-        bulk.communications_request_bulk(template_code="nope", items=[], client="c", by=integrator)
+        intake.communications_request_bulk(
+            template_code="nope", items=[], client="c", by=integrator
+        )
 
 
 def test_chunks_carry_at_most_the_configured_number_of_ids(
@@ -76,14 +86,14 @@ def test_chunks_carry_at_most_the_configured_number_of_ids(
 ):
     settings.CCM_BULK_CHUNK = 2
     enqueued = []
-    monkeypatch.setattr(bulk, "enqueue", lambda task, *args, **_: enqueued.append((task, args)))
+    enqueue_replace(monkeypatch, lambda task, *args, **_: enqueued.append((task, args)))
     with django_capture_on_commit_callbacks(execute=True):
         ids = request(customers, integrator)
     # Full chunks get their own task; the remainder is left to the drain.
     assert [task for task, _ in enqueued] == [
-        "notifications.pipeline.bulk.compose_chunk",
-        "notifications.pipeline.bulk.compose_chunk",
-        "notifications.pipeline.bulk.compose_drain",
+        "notifications.pipeline.compose.compose_chunk",
+        "notifications.pipeline.compose.compose_chunk",
+        "notifications.pipeline.compose.compose_drain",
     ]
     chunks = [args[0] for _, args in enqueued[:2]]
     assert [len(c) for c in chunks] == [2, 2]
@@ -96,7 +106,7 @@ def test_single_requests_share_one_waiting_drain_task(
     """A stream of single requests must not become a task per request: while a drain waits in
     the queue no other is enqueued, and the drain composes every one of them."""
     enqueued = []
-    monkeypatch.setattr(bulk, "enqueue", lambda task, *args, **_: enqueued.append((task, args)))
+    enqueue_replace(monkeypatch, lambda task, *args, **_: enqueued.append((task, args)))
     ids = []
     for i, customer in enumerate(customers):
         with django_capture_on_commit_callbacks(execute=True):
@@ -108,9 +118,9 @@ def test_single_requests_share_one_waiting_drain_task(
                 by=integrator,
             )
         ids.append(communication.pk)
-    assert enqueued == [("notifications.pipeline.bulk.compose_drain", ())]
+    assert enqueued == [("notifications.pipeline.compose.compose_drain", ())]
     # when the drain runs (document_ready renders no PDF: the dispatch queue's text-only drain)
-    counts = bulk.compose_drain(text_only=True)
+    counts = compose.compose_drain(text_only=True)
     # then every request was composed, and the next request asks for a new drain
     assert counts["claimed"] == 5
     assert not Communication.objects.filter(pk__in=ids, state="received").exists()
@@ -122,7 +132,7 @@ def test_single_requests_share_one_waiting_drain_task(
             client="core-banking",
             by=integrator,
         )
-    assert [task for task, _ in enqueued].count("notifications.pipeline.bulk.compose_drain") == 2
+    assert [task for task, _ in enqueued].count("notifications.pipeline.compose.compose_drain") == 2
 
 
 def test_bulk_request_to_sent_emails(document_ready, customers, integrator, sync_tasks):
@@ -157,8 +167,8 @@ def test_bulk_request_to_sent_emails(document_ready, customers, integrator, sync
 def test_running_chunks_again_sends_nothing_more(document_ready, customers, integrator, sync_tasks):
     ids = sync_tasks(request, customers, integrator)
     delivery_ids = list(Delivery.objects.values_list("pk", flat=True))
-    assert bulk.compose_chunk(ids) == {"claimed": 0}
-    assert bulk.dispatch_chunk(delivery_ids) == {"claimed": 0}
+    assert compose.compose_chunk(ids) == {"claimed": 0}
+    assert dispatch.dispatch_chunk(delivery_ids) == {"claimed": 0}
     assert len(mail.outbox) == 5
     assert Delivery.objects.count() == 5
 
@@ -171,14 +181,14 @@ def test_same_idempotency_keys_return_the_first_communications(
         for i, c in enumerate(customers)
     ]
     first = sync_tasks(
-        bulk.communications_request_bulk,
+        intake.communications_request_bulk,
         template_code="document_ready",
         items=items,
         client="c",
         by=integrator,
     )
     again = sync_tasks(
-        bulk.communications_request_bulk,
+        intake.communications_request_bulk,
         template_code="document_ready",
         items=[*items, {**items[0]}],
         client="c",
@@ -192,7 +202,7 @@ def test_a_template_that_needs_a_pdf_takes_the_per_message_path(
     letter, customers, integrator, sync_tasks
 ):
     ids = sync_tasks(
-        bulk.communications_request_bulk,
+        intake.communications_request_bulk,
         template_code="letter",
         items=[
             {
@@ -230,15 +240,15 @@ def test_a_text_only_chunk_is_sent_by_the_task_that_composes_it(
     """One task per chunk: no dispatch_chunk task waits behind every queued composition, and
     the task's three transactions are sealed into the chain once."""
     enqueued = []
-    monkeypatch.setattr(bulk, "enqueue", lambda task, *args, **_: enqueued.append(task))
+    enqueue_replace(monkeypatch, lambda task, *args, **_: enqueued.append(task))
     ids = request(customers, integrator)
     sealed_before = AuditEvent.objects.filter(action="communication_steps.sealed").count()
     # when the chunk is composed as a text-only chunk task is
     with django_capture_on_commit_callbacks(execute=True):
-        counts = bulk.compose_chunk(ids, dispatch_now=True)
+        counts = compose.compose_chunk(ids, dispatch_now=True)
     # then it was sent in the same call, with no task enqueued for it
     assert counts["dispatching"] == 5
-    assert "notifications.pipeline.bulk.dispatch_chunk" not in enqueued
+    assert "notifications.pipeline.dispatch.dispatch_chunk" not in enqueued
     assert set(Delivery.objects.values_list("state", flat=True)) == {"sent"}
     assert len(mail.outbox) == 5
     # and every step of it is sealed, by one chained event
@@ -254,7 +264,7 @@ def test_the_portable_row_update_writes_a_protected_state(document_ready, custom
     must take the state the pipeline decided there too (it refused it, and nothing composed)."""
     ids = request(customers, integrator)
     Communication.objects.filter(pk__in=ids).update(state="composing")
-    bulk._update_rows_portable(
+    rows._update_rows_portable(
         Communication,
         ["state", "failure_reason"],
         {pk: ("composed", "") for pk in ids[:3]},
@@ -277,7 +287,7 @@ def chunk_statements(ids) -> list[str]:
         return execute(sql, params, many, context)
 
     with connection.execute_wrapper(record):
-        bulk.compose_chunk(ids, dispatch_now=True)
+        compose.compose_chunk(ids, dispatch_now=True)
     return statements
 
 
@@ -292,7 +302,7 @@ def test_a_chunk_costs_the_same_statements_whatever_its_size(
 
     if connection.vendor != "postgresql":
         pytest.skip("the array form is PostgreSQL's")
-    monkeypatch.setattr(bulk, "enqueue", lambda *args, **kwargs: None)
+    enqueue_replace(monkeypatch, lambda *args, **kwargs: None)
     people = [
         customer_services.customer_upsert(
             external_ref=f"S-{i}", name=f"Customer {i}", emails=[f"s{i}@example.org"], by=admin_user

@@ -7,7 +7,7 @@ from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications.customers import services as customer_services
 from notifications.models import Communication
-from notifications.pipeline import bulk
+from notifications.pipeline import intake
 from tests.documents.test_composition_limits import SLOW
 from tests.notifications.conftest import publish
 from tests.timing import within
@@ -45,7 +45,7 @@ def test_a_slow_message_fails_alone_in_a_pipeline_chunk(
     # when the chunk is composed and sent
     with within(60):
         ids = sync_tasks(
-            bulk.communications_request_bulk,
+            intake.communications_request_bulk,
             template_code="document_ready",
             items=items,
             client="campaign",

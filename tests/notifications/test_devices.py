@@ -13,7 +13,7 @@ from ccm.api.auth import api_key_create
 from ccm.models import AuditEvent
 from notifications.customers.devices import device_register
 from notifications.models import ConsentRecord, Customer, Device
-from notifications.pipeline import bulk
+from notifications.pipeline import compose
 from tests.notifications.conftest import FCM_TOKEN, b64url, browser_keys, send_alert
 
 pytestmark = pytest.mark.usefixtures("push_settings")
@@ -88,7 +88,7 @@ def test_opt_out_is_recorded_and_push_is_no_longer_chosen(api, app_user, alert, 
     )
     # when
     communication = send_alert(app_user, integrator)
-    bulk.compose_chunk([communication.pk])
+    compose.compose_chunk([communication.pk])
     # then
     communication.refresh_from_db()
     assert communication.state == "undeliverable"  # push was its only channel

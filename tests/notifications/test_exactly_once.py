@@ -10,7 +10,7 @@ from bench.postmark_stub import PostmarkStub
 from cases.models import Case
 from notifications.channels import TransientSendError, email
 from notifications.models import Communication, Delivery
-from notifications.pipeline import bulk, services
+from notifications.pipeline import dispatch, intake, services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
@@ -74,7 +74,7 @@ def test_regulatory_notice_held_by_the_provider_is_not_resent_nor_printed(
     # when the provider can be asked again, reconciliation finds it there
     search_down.undo()
     settings.CCM_SENDING_STALE_AFTER_S = 0
-    sync_tasks(bulk.deliveries_reconcile, [delivery.pk])
+    sync_tasks(dispatch.deliveries_reconcile, [delivery.pk])
     # then it is sent, once, and nothing else went out
     delivery.refresh_from_db()
     communication.refresh_from_db()
@@ -92,7 +92,7 @@ def test_an_outcome_that_cannot_be_learned_ends_failed_with_a_case(
     [delivery] = Delivery.objects.filter(communication=communication)
     # when the provider stays unreachable for every check
     outcomes = [
-        sync_tasks(bulk.deliveries_reconcile, [delivery.pk])
+        sync_tasks(dispatch.deliveries_reconcile, [delivery.pk])
         for _ in range(settings.CCM_RECONCILE_MAX_CHECKS + 1)
     ]
     # then the delivery fails with the reason after the last check, and only then
@@ -119,7 +119,7 @@ def test_sweep_adds_no_task_for_a_backlog_already_queued(
     monkeypatch.setattr(Conf, "SYNC", False)
     settings.CCM_BULK_CHUNK = 10
     with django_capture_on_commit_callbacks(execute=True):
-        bulk.communications_request_bulk(
+        intake.communications_request_bulk(
             template_code="letter",
             items=[{"customer": customer, "data": DATA} for _ in range(30)],
             client="t",

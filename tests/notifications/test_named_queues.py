@@ -20,7 +20,7 @@ from django_q.models import OrmQ
 
 from deploy import stack
 from notifications.models import CommState, Communication, Delivery, DeliveryState
-from notifications.pipeline import bulk
+from notifications.pipeline import intake
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
@@ -50,14 +50,14 @@ def test_a_render_backlog_does_not_delay_an_urgent_sms(
         reviewer=reviewer,
     )
     # given a backlog of 60 letters waiting for a PDF each
-    letters = bulk.communications_intake(
+    letters = intake.communications_intake(
         items=[{"template": "letter", "customer": customer, "data": DATA}] * 60,
         client="statements",
         by=integrator,
     )
     assert all(r.accepted for r in letters)
     # when an urgent SMS comes in after them
-    [urgent] = bulk.communications_intake(
+    [urgent] = intake.communications_intake(
         items=[{"template": "urgent_sms", "customer": customer, "data": DATA, "urgency": "urgent"}],
         client="alerts",
         by=integrator,
@@ -99,7 +99,7 @@ def test_without_named_queues_everything_goes_to_the_default_queue(
 ):
     settings.CCM_TASK_QUEUES = []
     monkeypatch.setattr(Conf, "SYNC", False)
-    bulk.communications_intake(
+    intake.communications_intake(
         items=[{"template": "letter", "customer": customer, "data": DATA}],
         client="t",
         by=integrator,

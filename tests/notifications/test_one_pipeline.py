@@ -20,7 +20,7 @@ from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications.customers import services as customer_services
 from notifications.models import Communication, Delivery, SuppressionReason
-from notifications.pipeline import bulk
+from notifications.pipeline import dispatch, intake
 from tests.notifications.conftest import publish
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
@@ -92,7 +92,7 @@ def request_one(api, queued, template: str, data: dict) -> int:
 
 def request_batch(customer, integrator, queued, template: str, data: dict) -> int:
     [comm_id] = queued.call(
-        bulk.communications_request_bulk,
+        intake.communications_request_bulk,
         template_code=template,
         items=[{"customer": customer, "data": data}],
         client="t",
@@ -130,7 +130,7 @@ def test_address_suppressed_after_intake_is_not_sent(
 ):
     # given a communication whose composition chose ada@example.org (the task that composes a
     # text-only chunk also sends it, so the bounce comes between the two, as the send starts)
-    claim = bulk._claim_deliveries
+    claim = dispatch._claim_deliveries
     chosen = []
 
     def bounce_first(ids):
@@ -142,7 +142,7 @@ def test_address_suppressed_after_intake_is_not_sent(
             )
         return claim(ids)
 
-    monkeypatch.setattr(bulk, "_claim_deliveries", bounce_first)
+    monkeypatch.setattr(dispatch, "_claim_deliveries", bounce_first)
     comm_id = entry("document_ready", {**READY, "portal_url": "https://portal.example/d/1"})
     queued.drain()
     assert "ada@example.org" in chosen

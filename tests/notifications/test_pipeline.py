@@ -15,7 +15,7 @@ from notifications import signals
 from notifications.channels import EmailBackend, PermanentSendError, TransientSendError
 from notifications.customers import services as customer_services
 from notifications.models import Communication, Delivery
-from notifications.pipeline import bulk, history, services
+from notifications.pipeline import dispatch, history, services
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
@@ -209,7 +209,7 @@ def test_transient_errors_retry_then_send(letter, customer, integrator, sync_tas
         return real_send(self, delivery)
 
     monkeypatch.setattr(EmailBackend, "send", flaky)
-    monkeypatch.setattr(bulk, "backoff_seconds", lambda *a, **k: 0)
+    monkeypatch.setattr(dispatch, "backoff_seconds", lambda *a, **k: 0)
     communication, _ = sync_tasks(request, customer, integrator)
     delivery = communication.deliveries.get()
     assert (delivery.state, len(calls), len(mail.outbox)) == ("sent", 3, 1)

@@ -18,7 +18,7 @@ from documents import services as documents
 from documents.demo import LIBRARY
 from notifications.channels import portal
 from notifications.models import CommState, Communication
-from notifications.pipeline import bulk
+from notifications.pipeline import compose
 from tests.documents.factories import TemplateFactory, letter_bundle
 
 pytestmark = pytest.mark.urls("tests.notifications.portal_test_urls")
@@ -543,7 +543,7 @@ def test_the_renewal_message_carries_the_fresh_link(sent, document_ready):
         _client().post(reverse("portal-renew", args=[token]), _form(token))
         renewal = _renewals(sent).get()
 
-        bulk.compose_chunk([renewal.pk])
+        compose.compose_chunk([renewal.pk])
 
     renewal.refresh_from_db()
     assert renewal.state == CommState.DISPATCHING

@@ -18,7 +18,7 @@ from notifications import signals
 from notifications.channels import push
 from notifications.customers.devices import device_register
 from notifications.models import Customer, Delivery
-from notifications.pipeline import bulk, services
+from notifications.pipeline import intake, services
 from tests.notifications.conftest import (
     FCM_TOKEN,
     alert_bundle,
@@ -345,7 +345,7 @@ def test_bulk_path_sends_to_devices_too(author, reviewer, app_user, phone, integ
     }
     # when
     (pk,) = sync_tasks(
-        bulk.communications_request_bulk,
+        intake.communications_request_bulk,
         template_code="document_ready",
         items=[{"customer": app_user, "data": data}],
         client="campaign-7",

@@ -19,7 +19,7 @@ from ccm import context
 from ccm.api.auth import api_key_create
 from ccm.observability import ContextFilter, json_formatter_factory
 from notifications.models import Communication, CommunicationStep
-from notifications.pipeline import history
+from notifications.pipeline import dispatch, history, intake
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
 
@@ -157,10 +157,9 @@ def test_every_line_logged_while_handling_a_communication_carries_its_ids(
 ):
     from documents import services as documents
     from notifications.models import Delivery
-    from notifications.pipeline import bulk
 
     # given code that logs while rendering a letter and while handing a message to the ESP
-    compose, send = documents.document_compose, bulk._ConnectedEmailBackend.send
+    compose, send = documents.document_compose, dispatch._ConnectedEmailBackend.send
 
     def composing(**kwargs):
         logging.getLogger("documents.test").info("rendering the letter")
@@ -171,10 +170,10 @@ def test_every_line_logged_while_handling_a_communication_carries_its_ids(
         return send(self, delivery)
 
     monkeypatch.setattr(documents, "document_compose", composing)
-    monkeypatch.setattr(bulk._ConnectedEmailBackend, "send", sending)
+    monkeypatch.setattr(dispatch._ConnectedEmailBackend, "send", sending)
     # when two communications come in as one batch and a worker composes and sends them
     with django_capture_on_commit_callbacks(execute=True):
-        results = bulk.communications_intake(
+        results = intake.communications_intake(
             items=[{"template": "letter", "customer": customer, "data": DATA}] * 2,
             client="t",
             by=None,

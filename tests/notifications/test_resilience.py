@@ -19,7 +19,7 @@ from bench.postmark_stub import PostmarkStub
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications.models import Communication, Customer, Delivery
-from notifications.pipeline import bulk, services
+from notifications.pipeline import compose, dispatch, intake, services
 from tests.notifications.conftest import publish
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,7 @@ def items(customers):
 
 
 def request(customers, integrator) -> list[int]:
-    return bulk.communications_request_bulk(
+    return intake.communications_request_bulk(
         template_code="document_ready", items=items(customers), client="t", by=integrator
     )
 
@@ -84,7 +84,7 @@ def settle(settings, *, rounds: int = 30) -> None:
         if not stuck and not pending:
             return
         if pending:
-            bulk.dispatch_chunk(pending)
+            dispatch.dispatch_chunk(pending)
     raise AssertionError("deliveries still unsettled after every round")
 
 
@@ -105,12 +105,12 @@ def test_flaky_provider_everything_sent_exactly_once(
     settings.CCM_POSTMARK_BATCH = batch
     settings.CCM_DISPATCH_INLINE_RETRIES = 1
     settings.CCM_DISPATCH_MAX_ATTEMPTS = 50
-    monkeypatch.setattr(bulk, "backoff_seconds", lambda *a, **k: 0)
+    monkeypatch.setattr(dispatch, "backoff_seconds", lambda *a, **k: 0)
     stub.configure(failure_ratio=0.3, seed=11)
     # when the pipeline runs and the sweeps retry what is left
     ids = request(many_customers, integrator)
-    bulk.compose_chunk(ids)
-    bulk.dispatch_chunk(list(Delivery.objects.values_list("pk", flat=True)))
+    compose.compose_chunk(ids)
+    dispatch.dispatch_chunk(list(Delivery.objects.values_list("pk", flat=True)))
     settle(settings)
     # then
     stats = stub.stats()
@@ -131,8 +131,8 @@ def test_permanent_rejection_fails_with_the_providers_reason(
     settings.CCM_POSTMARK_BATCH = batch
     stub.configure(reject=True)
     ids = request(many_customers[:3], integrator)
-    bulk.compose_chunk(ids)
-    result = bulk.dispatch_chunk(list(Delivery.objects.values_list("pk", flat=True)))
+    compose.compose_chunk(ids)
+    result = dispatch.dispatch_chunk(list(Delivery.objects.values_list("pk", flat=True)))
     assert result["failed"] == 3
     for delivery in Delivery.objects.all():
         assert delivery.state == "failed"

@@ -1,5 +1,5 @@
 """Tasks queued or scheduled before the modules moved into capability packages run after the
-upgrade: ccm's migration 0011 rewrites the dotted paths stored in django-q2's rows."""
+upgrade: ccm's migrations 0011 to 0013 rewrite the dotted paths stored in django-q2's rows."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .test_pipeline import request
 
 moved = importlib.import_module("ccm.migrations.0011_task_paths_moved")
 intake_moved = importlib.import_module("ccm.migrations.0012_gmail_intake_task_moved")
+split = importlib.import_module("ccm.migrations.0013_pipeline_chunk_tasks_moved")
 
 
 def _queued(func: str, *args) -> OrmQ:
@@ -70,3 +71,25 @@ def test_the_mailbox_intake_queued_under_its_old_path_runs_after_the_upgrade(db)
     assert pydoc.locate(task["func"]) is not None
     intake_moved.backwards(apps, None)
     assert Schedule.objects.get(name="intake").func == "cases.requests.tasks.gmail_intake"
+
+
+def test_a_chunk_queued_before_the_pipeline_split_runs_after_the_upgrade(
+    letter, customer, integrator
+):
+    # given: a communication waiting for composition, its chunk queued under the old module
+    communication, _ = request(customer, integrator)
+    row = _queued("notifications.pipeline.bulk.compose_chunk", [communication.pk])
+    Schedule.objects.create(name="drain", func="notifications.pipeline.bulk.compose_drain")
+    assert pydoc.locate("notifications.pipeline.bulk.compose_chunk") is None
+    # when: the upgrade migrates
+    split.forwards(apps, None)
+    # then: every moved task names a function that exists, and the queued chunk runs
+    assert all(pydoc.locate(new) is not None for new in split.MOVED.values())
+    task = SignedPackage.loads(OrmQ.objects.get(pk=row.pk).payload)
+    assert task["func"] == "notifications.pipeline.compose.compose_chunk"
+    pydoc.locate(task["func"])(*task["args"], **task["kwargs"])
+    communication.refresh_from_db()
+    assert communication.state not in {"received", "composing"}
+    assert Schedule.objects.get(name="drain").func == "notifications.pipeline.compose.compose_drain"
+    split.backwards(apps, None)
+    assert Schedule.objects.get(name="drain").func == "notifications.pipeline.bulk.compose_drain"

@@ -11,7 +11,7 @@ from django.core import mail
 from django.db import connection
 
 from notifications.models import Communication, Delivery
-from notifications.pipeline import bulk
+from notifications.pipeline import compose, dispatch, intake
 from notifications.pipeline.throttle import provider_of, throttle_take
 
 RATE = 40.0
@@ -77,7 +77,7 @@ def test_a_chunk_over_the_rate_sends_what_it_may_and_queues_the_rest(
     settings.CCM_PROVIDER_RATES = {provider_of("email"): 5.0}
     settings.CCM_THROTTLE_MAX_WAIT_S = 0
     settings.CCM_BULK_CHUNK = 100
-    ids = bulk.communications_request_bulk(
+    ids = intake.communications_request_bulk(
         template_code="letter",
         items=[
             {
@@ -89,8 +89,8 @@ def test_a_chunk_over_the_rate_sends_what_it_may_and_queues_the_rest(
         client="t",
         by=integrator,
     )
-    bulk.compose_chunk(ids)
-    counts = bulk.dispatch_chunk(list(Delivery.objects.values_list("pk", flat=True)))
+    compose.compose_chunk(ids)
+    counts = dispatch.dispatch_chunk(list(Delivery.objects.values_list("pk", flat=True)))
     # then 5 went out and 3 wait in line, their attempt not counted
     assert (counts["sent"], counts["throttled"]) == (5, 3)
     assert len(mail.outbox) == 5

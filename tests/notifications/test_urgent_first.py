@@ -11,7 +11,7 @@ from documents.demo import LIBRARY
 from documents.models import Document
 from notifications.channels import sms
 from notifications.models import Communication
-from notifications.pipeline import bulk, fallback, selection
+from notifications.pipeline import fallback, intake, selection
 from tests.notifications.conftest import publish
 
 
@@ -25,7 +25,7 @@ def advisory(author, reviewer, settings):
 
 def request(advisory, customer, sync_tasks, *, urgency: str) -> Communication:
     [result] = sync_tasks(
-        bulk.communications_intake,
+        intake.communications_intake,
         items=[
             {
                 "template": "water_quality_advisory",

@@ -25,7 +25,7 @@ from notifications.models import (
     WebhookDelivery,
     WebhookSubscription,
 )
-from notifications.pipeline import bulk, services
+from notifications.pipeline import intake, services
 from notifications.webhooks import services as webhooks
 from notifications.webhooks.send import webhook_delivery_send
 from tests.notifications.conftest import publish
@@ -448,7 +448,7 @@ def test_bulk_path_reports_every_communication_with_one_insert_per_chunk(
     # when the campaign goes out through the bulk path
     with CaptureQueriesContext(connection) as queries:
         ids = sync_tasks(
-            bulk.communications_request_bulk,
+            intake.communications_request_bulk,
             template_code="document_ready",
             items=[
                 {
