@@ -36,7 +36,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from documents.composition import Sources, compose_text_channels, composer_for
-    from documents.rendering import Limits, compose_text
+    from documents.rendering import Limits
+    from documents.sandbox import compose_text
 
     print(f"machine: {os.cpu_count()} cores, Python {platform.python_version()}")
     sources = Sources(sms_text=SMS)

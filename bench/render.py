@@ -268,7 +268,7 @@ def main() -> None:
     print(f"raw WeasyPrint, naive (fresh stylesheet each time): {naive:.2f} docs/s")
     peak = total_hwm()
 
-    from documents.rendering import shutdown_workers
+    from documents.sandbox import shutdown_workers
 
     shutdown_workers()
     per_child = max(20, base_n // 2)

@@ -986,7 +986,7 @@ class Composer:
 
 def compose_text_channels(composer: Composer, data: Mapping, channels: Iterable[str]) -> dict:
     """What email, SMS and push carry for `data`, in the shape stored on a communication.
-    Unbounded: callers go through documents.rendering.compose_text, which runs this in the
+    Unbounded: callers go through documents.sandbox.compose_text, which runs this in the
     render worker."""
     rendered: dict[str, Any] = {}
     if "email" in channels:

@@ -49,7 +49,13 @@ from documents.composition import (
     composer_for,
     sources_key,
 )
-from documents.rendering import Limits, RenderedPdf, RenderError, RenderLimitExceeded
+from documents.rendering import (
+    Limits,
+    RenderedPdf,
+    RenderError,
+    RenderLimitExceeded,
+    render_pdf_inprocess,
+)
 
 logger = logging.getLogger("ccm.documents.sandbox")
 
@@ -238,16 +244,12 @@ def worker_main() -> None:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-    from documents import rendering
-
     collector = _LogCollector()
     for name in ("weasyprint", "ccm", "fontTools"):
         logging.getLogger(name).addHandler(collector)
         logging.getLogger(name).propagate = False
     # Warm fontconfig and Pango before saying we are ready, so the first job is not slow.
-    rendering.render_pdf_inprocess(
-        sources=Sources(print_html="<p>ready</p>"), locale="en_GB", data={}
-    )
+    render_pdf_inprocess(sources=Sources(print_html="<p>ready</p>"), locale="en_GB", data={})
     stored: OrderedDict[str, Sources] = OrderedDict()
     # Modules, fonts and caches live as long as the worker; keeping them out of the cyclic
     # collector's scans saves a few percent per document.
@@ -278,7 +280,7 @@ def worker_main() -> None:
         _set_memory_cap(job["memory_mb"])
         _set_cpu_cap(job["cpu_s"])
         try:
-            pdf = rendering.render_pdf_inprocess(
+            pdf = render_pdf_inprocess(
                 sources=sources, locale=job["locale"], data=job["data"], watermark=job["watermark"]
             )
         except MemoryError:
@@ -507,9 +509,16 @@ def start_worker() -> float:
         return worker.last_start_s or 0.0
 
 
-def render(
-    *, sources: Sources, locale: str, data: Mapping, watermark: str | None, limits: Limits
+def render_pdf(
+    *,
+    sources: Sources,
+    locale: str,
+    data: Mapping,
+    watermark: str | None = None,
+    limits: Limits | None = None,
 ) -> RenderedPdf:
+    """Compose and render one document in the render worker, under a timeout and memory cap."""
+    limits = limits or Limits()
     job = {
         "key": sources_key(sources, locale),
         "sources": sources,
@@ -544,8 +553,9 @@ def compose_text(
     items: Sequence[tuple[Mapping, Sequence[str]]],
     limits: Limits,
 ) -> list[dict | CompositionError]:
-    """Compose the text channels of every (data, channels) item in the worker; one result per
-    item, in order: the rendered channels, or the CompositionError saying why not."""
+    """Compose the text channels of every (data, channels) item in the worker, each item under
+    the time and memory limits. One result per item, in order: the rendered channels (as stored
+    on a communication), or the CompositionError saying why not."""
     key = sources_key(sources, locale)
     results: list[dict | CompositionError] = []
     limit_failures, last_limit = 0, RenderLimitExceeded("")

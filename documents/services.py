@@ -39,14 +39,8 @@ from documents.models import (
     TemplateVersion,
     VersionState,
 )
-from documents.rendering import (
-    Limits,
-    RenderedPdf,
-    compose_text,
-    engine_info,
-    render_pdf,
-    stamp,
-)
+from documents.rendering import Limits, RenderedPdf, engine_info, stamp
+from documents.sandbox import compose_text, render_pdf
 
 logger = logging.getLogger(__name__)
 

@@ -189,26 +189,12 @@ def version_edit(request: HttpRequest, pk: int) -> HttpResponse:
         if asset_error:
             problems = [authoring.Problem("", None, asset_error)]
         else:
-            try:
-                bundle = authoring.editor_bundle(files, assets=stored.assets)
-                bundles.validate(bundle)
-                # Every channel of the chosen sample first (the PDF too), then for Save what
-                # an import checks: every sample's text channels in every language.
-                composed = services.bundle_preview(bundle=bundle, language=language, sample=sample)
-                if request.POST.get("action") == "save":
-                    services.bundle_check(bundle)
-                    services.template_version_update(
-                        version=version, bundle=bundle, by=request.user
-                    )
-                    messages.success(request, f"Draft v{version.number} saved.")
-                    return redirect("authoring-edit", pk=version.pk)
-                preview = _preview_keep(request, composed)
-            except (bundles.BundleInvalid, CompositionError) as exc:
-                problems = authoring.problems_of(exc, files=files, language=language, sample=sample)
-                status = 422
-            except REFUSALS as exc:
-                problems = [authoring.Problem("", None, str(exc))]
-                status = 409
+            composed = _compose_posted(
+                request, version, files=files, stored=stored, language=language, sample=sample
+            )
+            if isinstance(composed, HttpResponse):
+                return composed  # saved
+            preview, problems, status = composed
     context = {
         "version": version,
         "template": version.template,
@@ -226,6 +212,35 @@ def version_edit(request: HttpRequest, pk: int) -> HttpResponse:
         "asset_kinds": ", ".join(sorted({f".{ext}" for ext in assets.KINDS})),
     }
     return render(request, "documents/authoring/edit.html", context, status=status)
+
+
+def _compose_posted(
+    request: HttpRequest,
+    version: TemplateVersion,
+    *,
+    files: dict[str, str],
+    stored: bundles.Bundle,
+    language: str,
+    sample: str,
+) -> HttpResponse | tuple[dict | None, list[authoring.Problem], int]:
+    """Compose the posted files with the draft's stored assets: the page's (preview, problems,
+    status), or for Save, once they pass, the redirect after storing them."""
+    try:
+        bundle = authoring.editor_bundle(files, assets=stored.assets)
+        bundles.validate(bundle)
+        # Every channel of the chosen sample first (the PDF too), then for Save what an import
+        # checks: every sample's text channels in every language.
+        composed = services.bundle_preview(bundle=bundle, language=language, sample=sample)
+        if request.POST.get("action") == "save":
+            services.bundle_check(bundle)
+            services.template_version_update(version=version, bundle=bundle, by=request.user)
+            messages.success(request, f"Draft v{version.number} saved.")
+            return redirect("authoring-edit", pk=version.pk)
+        return _preview_keep(request, composed), [], 200
+    except (bundles.BundleInvalid, CompositionError) as exc:
+        return None, authoring.problems_of(exc, files=files, language=language, sample=sample), 422
+    except REFUSALS as exc:
+        return None, [authoring.Problem("", None, str(exc))], 409
 
 
 def _assets_changed(

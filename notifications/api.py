@@ -5,11 +5,9 @@ from __future__ import annotations
 import django_filters
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import (
     OpenApiExample,
-    OpenApiParameter,
     extend_schema,
     extend_schema_view,
 )
@@ -20,7 +18,7 @@ from ccm.api.auth import visible_to_caller
 from ccm.api.errors import Conflict, Unprocessable
 from ccm.api.filters import IsoDateTimeFilter
 from ccm.api.idempotency import HEADER, client_of
-from ccm.api.schema import JSONObjectField, final_states_declare
+from ccm.api.schema import final_states_declare
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from documents.api import composition_problem
 from documents.composition import CompositionError
@@ -38,6 +36,7 @@ from notifications.api_examples import (
 )
 from notifications.campaigns import services as campaign_services
 from notifications.customers import services as customer_services
+from notifications.customers.api import SOURCE_PARAM, customer_or_404
 from notifications.models import (
     Channel,
     CommState,
@@ -48,16 +47,12 @@ from notifications.models import (
     DeliveryState,
     EventType,
     LegalBasis,
-    Urgency,
 )
 from notifications.pipeline import history, services
+from notifications.pipeline.api import CommunicationRequestSerializer
 
 # A delivery is a plain state field (not a state machine): a bounce may still follow "delivered".
 final_states_declare(DeliveryState, final=[DeliveryState.BOUNCED, DeliveryState.FAILED])
-
-SOURCE_PARAM = OpenApiParameter(
-    "source_system", str, description="The customer's source system (default: 'default')"
-)
 
 
 class ContactPointSerializer(serializers.Serializer):
@@ -169,16 +164,6 @@ class CustomerUpsertView(CcmAPIView):
         )
 
 
-def _customer(request, ref: str) -> Customer:
-    source_system = request.query_params.get("source_system", "default")
-    # NUL is the one character a PostgreSQL text column refuses: no customer has it.
-    if "\x00" in source_system:
-        raise serializers.ValidationError({"source_system": ["Must not contain NUL."]})
-    if "\x00" in ref:
-        raise Http404
-    return get_object_or_404(Customer, source_system=source_system, external_ref=ref)
-
-
 class CustomerDetailView(CcmAPIView):
     required_scopes = {"GET": ("customers:read",), "PATCH": ("customers:write",)}
 
@@ -189,7 +174,7 @@ class CustomerDetailView(CcmAPIView):
         examples=[CUSTOMER_EXAMPLE],
     )
     def get(self, request, ref: str):
-        return Response(CustomerSerializer(_customer(request, ref)).data)
+        return Response(CustomerSerializer(customer_or_404(request, ref)).data)
 
     @extend_schema(
         request=CustomerWriteSerializer(partial=True),
@@ -207,7 +192,7 @@ class CustomerDetailView(CcmAPIView):
         ],
     )
     def patch(self, request, ref: str):
-        customer = _customer(request, ref)
+        customer = customer_or_404(request, ref)
         body = CustomerWriteSerializer(data=request.data, partial=True)
         body.is_valid(raise_exception=True)
         fields = {k: v for k, v in body.validated_data.items() if k not in {"external_ref"}}
@@ -265,7 +250,7 @@ class CustomerConsentView(CcmAPIView):
         summary="The customer's consent ledger (the latest 500 records)",
     )
     def get(self, request, ref: str):
-        customer = _customer(request, ref)
+        customer = customer_or_404(request, ref)
         return Response(ConsentSerializer(customer.consents.all()[:500], many=True).data)
 
     @extend_schema(
@@ -275,7 +260,7 @@ class CustomerConsentView(CcmAPIView):
         summary="Record an opt-in or opt-out (appended to the consent ledger)",
     )
     def post(self, request, ref: str):
-        customer = _customer(request, ref)
+        customer = customer_or_404(request, ref)
         body = ConsentWriteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         record = customer_services.consent_record(
@@ -293,7 +278,7 @@ class CustomerPreferencesView(CcmAPIView):
         summary="The customer's channel preferences, per category",
     )
     def get(self, request, ref: str):
-        customer = _customer(request, ref)
+        customer = customer_or_404(request, ref)
         return Response(
             PreferenceSerializer(
                 customer.preferences.order_by("category", "channel"), many=True
@@ -302,20 +287,6 @@ class CustomerPreferencesView(CcmAPIView):
 
 
 # --- communications -------------------------------------------------------------------------
-
-
-class CommunicationRequestSerializer(serializers.Serializer):
-    template = serializers.SlugField(help_text="The template code")
-    customer = serializers.CharField(help_text="The customer's external reference")
-    source_system = serializers.CharField(default="default")
-    data = JSONObjectField(  # type: ignore[assignment]
-        help_text="The template's data: a JSON object, checked against the template's JSON "
-        "Schema (GET /api/v1/templates/{code} shows it)"
-    )
-    urgency = serializers.ChoiceField(choices=Urgency.choices, default=Urgency.NORMAL)
-    category = serializers.ChoiceField(choices=Category.choices, required=False)
-    channel = serializers.ChoiceField(choices=Channel.choices, required=False, default="")
-    correlation_id = serializers.CharField(max_length=100, required=False, default="")
 
 
 # One checker for every request (as the batch endpoint has one for every item): DRF deep-copies

@@ -19,10 +19,11 @@ class NotificationsConfig(AppConfig):
         from notifications.campaigns import selectors as campaign_selectors
         from notifications.campaigns import services as campaign_services
         from notifications.channels import notices, printing, tracking
+        from notifications.channels.pipeline_calls import PipelineCalls, pipeline_calls_register
         from notifications.jobs import selectors as job_selectors
         from notifications.jobs import tasks as job_tasks
         from notifications.models import Communication
-        from notifications.pipeline import services, tasks
+        from notifications.pipeline import services, tasks, transitions
         from notifications.progress import register_progress_source
         from notifications.reporting import demo as reporting_demo
         from notifications.reporting import metrics as reporting_metrics
@@ -34,6 +35,14 @@ class NotificationsConfig(AppConfig):
         from notifications.webhooks import send as webhook_send
         from notifications.webhooks import services as webhooks
 
+        # Channels are below the pipeline (it sends through them); the two of its services they
+        # call are handed over here (notifications/channels/pipeline_calls.py).
+        pipeline_calls_register(
+            PipelineCalls(
+                communication_request=services.communication_request,
+                delivery_move=transitions.delivery_move,
+            )
+        )
         register_progress_source("send_job", job_selectors.send_jobs_at_work)
         register_progress_source("campaign", campaign_selectors.campaigns_progress)
         register_progress_source("print_batch_close", printing.print_batches_progress)

@@ -39,8 +39,9 @@ from ccm.ratelimit import client_ip, rate_limit_hit, rate_limit_key
 from documents.bundle import house_colours
 from documents.composition import CompositionError
 from documents.rendering import RenderError, first_page_png
+from notifications.channels.pipeline_calls import pipeline_calls
+from notifications.errors import IntakeError
 from notifications.models import CommState, Communication
-from notifications.pipeline.services import IntakeError, communication_request
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +245,7 @@ def portal_link_renew(*, token: str, ip: str, user_agent: str) -> Communication 
                 # The fresh link opens the original (its document, its required action); the
                 # new communication is only the message that carries it.
                 data = _renewal_data(original, fresh_url=portal_url(original))
-                renewal, _ = communication_request(
+                renewal, _ = pipeline_calls().communication_request(
                     template_code=template_code,
                     customer=original.customer,
                     data=data,

@@ -28,6 +28,7 @@ from documents.addressee import RESERVED, normal_form
 from notifications.channels import printstream
 from notifications.channels.printstream import PrintError
 from notifications.channels.tracking import PROCESS_TASK
+from notifications.customers.services import postal_address_text
 from notifications.models import (
     Channel,
     Communication,
@@ -38,7 +39,6 @@ from notifications.models import (
     PrintBatchState,
     PrintItem,
 )
-from notifications.pipeline.selection import postal_address_text
 from notifications.progress import (
     PER_KIND,
     Work,

@@ -29,6 +29,8 @@ from django_fsm import can_proceed
 from ccm import audit
 from ccm.tasks import Sweep, enqueue
 from notifications.channels import unsubscribe
+from notifications.channels.pipeline_calls import pipeline_calls
+from notifications.customers.services import postal_address_text
 from notifications.models import (
     Channel,
     Communication,
@@ -42,8 +44,6 @@ from notifications.models import (
     Suppression,
     SuppressionReason,
 )
-from notifications.pipeline import transitions
-from notifications.pipeline.selection import postal_address_text
 
 logger = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def _delivery_move(
     """Move the delivery to `state` if that is forward; a late event never moves it back. The
     transition service records the step (and for a failure the webhook event, the signal and
     the fallback)."""
-    moved = transitions.delivery_move(
+    moved = pipeline_calls().delivery_move(
         delivery=delivery,
         target=state,
         values=fields,

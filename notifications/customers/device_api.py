@@ -12,7 +12,7 @@ from rest_framework.response import Response
 
 from ccm.api.views import CcmAPIView
 from documents.models import Category
-from notifications.api import SOURCE_PARAM, _customer
+from notifications.customers.api import SOURCE_PARAM, customer_or_404
 from notifications.customers.devices import device_deactivate, device_register
 from notifications.models import Device, Platform
 
@@ -142,7 +142,7 @@ class CustomerDevicesView(CcmAPIView):
         summary="The customer's push devices (the latest 500)",
     )
     def get(self, request, ref: str):
-        customer = _customer(request, ref)
+        customer = customer_or_404(request, ref)
         return Response(DeviceSerializer(customer.devices.all()[:500], many=True).data)
 
     @extend_schema(
@@ -152,7 +152,7 @@ class CustomerDevicesView(CcmAPIView):
         summary="Register a device for push (the same token again refreshes or reactivates it)",
     )
     def post(self, request, ref: str):
-        customer = _customer(request, ref)
+        customer = customer_or_404(request, ref)
         body = DeviceRegisterSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         device, created = device_register(customer=customer, **body.validated_data, by=request.user)
@@ -174,7 +174,7 @@ class CustomerDeviceView(CcmAPIView):
         summary="Revoke a device: nothing more is pushed to it (its history is kept)",
     )
     def delete(self, request, ref: str, pk: int):
-        device = get_object_or_404(Device, pk=pk, customer=_customer(request, ref))
+        device = get_object_or_404(Device, pk=pk, customer=customer_or_404(request, ref))
         device_deactivate(
             device=device,
             reason=f"revoked through the API by {request.user.get_username()}",

@@ -46,6 +46,11 @@ def normalise_email(raw: str) -> str:
     return f"{local}@{domain.lower()}"
 
 
+def postal_address_text(lines: Sequence[str]) -> str:
+    """A postal address as one line: the address a print delivery records."""
+    return " / ".join(line.strip() for line in lines if line.strip())
+
+
 def address_normalise(channel: str, address: str | Sequence[str]) -> tuple[str, dict]:
     """An address typed for `channel` as deliveries store it (email, E.164 phone, or postal
     lines joined by " / "), and what goes in Delivery.meta. IntakeError names what is wrong."""
@@ -58,7 +63,7 @@ def address_normalise(channel: str, address: str | Sequence[str]) -> tuple[str, 
                 "A postal address needs at least two lines (street and postcode).",
                 field="address",
             )
-        return " / ".join(lines), {"postal_address": lines}
+        return postal_address_text(lines), {"postal_address": lines}
     if not isinstance(address, str):
         raise IntakeError(f"Give one {channel} address as a string.", field="address")
     normalise = {"email": normalise_email, "sms": normalise_phone}.get(channel)

@@ -11,9 +11,9 @@ from ccm.api.errors import field_errors, problem
 from ccm.api.idempotency import MAX_KEY_LENGTH, client_of
 from ccm.api.pagination import CursorPagination
 from ccm.api.views import CcmAPIView, CcmGenericAPIView
-from notifications.api import CommunicationRequestSerializer
 from notifications.jobs import selectors, services
 from notifications.models import Communication, SendJob, SendJobItem
+from notifications.pipeline.api import CommunicationRequestSerializer
 
 MAX_BATCH_ITEMS = 1000
 

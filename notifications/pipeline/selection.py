@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from notifications.customers.services import postal_address_text
+
 EMAIL, SMS, PUSH, PRINT = "email", "sms", "push", "print"
 DURABLE = {EMAIL, PRINT}
 FAST = {SMS, PUSH}
@@ -73,11 +75,6 @@ def _addresses(facts: Facts, channel: str) -> Sequence[str]:
         return facts.devices
     address = postal_address_text(facts.postal_address)
     return [address] if address else []
-
-
-def postal_address_text(lines: Sequence[str]) -> str:
-    """A postal address as one line: the address a print delivery records."""
-    return " / ".join(line.strip() for line in lines if line.strip())
 
 
 def check_channel(facts: Facts, channel: str) -> tuple[Target | None, str]:

@@ -1,6 +1,6 @@
 """Intake and the pipeline's single-communication writes: validate, idempotency, release gate,
-message ids, dispatch and reconciliation of one delivery (a batch of one through the chunked stages).
-Customer, contact point and consent writes live in `notifications.customers.services`."""
+message ids, dispatch and reconciliation of one delivery (a batch of one through the chunked
+stages). Customer, contact point and consent writes live in `notifications.customers.services`."""
 
 from __future__ import annotations
 

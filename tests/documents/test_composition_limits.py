@@ -154,11 +154,11 @@ def test_a_render_left_waiting_does_not_hand_its_reply_to_the_next_one():
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.2)
         with pytest.raises(Alarm):
-            sandbox.render(sources=long, locale="en_GB", data={}, watermark=None, limits=Limits())
+            sandbox.render_pdf(sources=long, locale="en_GB", data={}, limits=Limits())
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    second = sandbox.render(
+    second = sandbox.render_pdf(
         sources=Sources(print_html="<h1>second</h1>"),
         locale="en_GB",
         data={},

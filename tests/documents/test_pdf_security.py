@@ -22,9 +22,9 @@ from documents.rendering import (
     RenderedPdf,
     RenderError,
     RenderLimitExceeded,
-    render_pdf,
     render_pdf_inprocess,
 )
+from documents.sandbox import render_pdf
 
 SMALL = Limits(timeout_s=10, memory_mb=700)
 
