@@ -598,8 +598,10 @@ def main() -> None:
             "Q_WORKERS": "2",
             "Q_SYNC": "false",
             "SECRET_KEY": secrets.token_urlsafe(64),
-            # A killed cluster's campaign is picked up by the sweep after this long.
+            # A killed cluster's campaign is picked up by the sweep after this long, and the
+            # deliveries it was sending are reconciled with the provider after this long.
             "CCM_CAMPAIGN_STALL_SECONDS": "15",
+            "CCM_SENDING_STALE_AFTER_S": "60",
             "API_THROTTLE_USER": "10000000/min",
             "API_THROTTLE_API_KEY": "10000000/min",
             # SMS to the loopback Twilio stub in this process (--mix sends some).
