@@ -4,6 +4,8 @@ campaign end to end, throttle accuracy, and (optionally) a kill -9 of the cluste
     .venv/bin/python bench/campaign.py                          # 200,000 customers, send 2,000
     .venv/bin/python bench/campaign.py --customers 1000000 --send 100000 --kill-after 30000
     .venv/bin/python bench/campaign.py --customers 20000 --send 500 --rate 600 --throttle-seconds 30
+    .venv/bin/python bench/campaign.py --customers 20000 --send 2000 --mix --kill-after 800 \
+        --skip-batch --skip-throttle        # email, SMS and print; SIGKILL mid-send
     .venv/bin/python bench/campaign.py --customers 1000000 --preview-only --database ccm_1m --keep
         # previews only; run again with the same --database, the million customers are reused
 
@@ -23,15 +25,23 @@ does. People work as they would: the author, the second reviewer and operations 
    `sent`, then checked at the stub: one message per customer, none lost, none duplicated.
    With `--kill-after N` the whole cluster is killed with SIGKILL once N recipients have been
    handed, and a new one started: the campaign must still end with exactly one message each.
+   With `--mix` the campaign's customers reach different channels (MIX_SQL): email; SMS (to
+   the loopback Twilio stub) with a letter; a letter alone (the open print batch); nothing
+   durable (unreachable, with the reason). It sends the benchmark's one-page regulatory letter
+   (bench/library/rate_notice_light) and checks what was sent per channel against the channel
+   plan the reviewer signed, and each provider for lost and duplicated messages.
 3. For comparison, the same number of messages through `POST /api/v1/communications/batch`
-   (bench/dispatch.py's batch mode) on other customers: the pipeline's batch figure.
+   (bench/dispatch.py's batch mode) on other customers: the pipeline's batch figure. Both are
+   timed (wall clock) and costed in CPU seconds of gunicorn, the cluster and the database's
+   PostgreSQL backends, which a loaded machine does not distort: `cpu_ratio` is the batch's CPU
+   over the campaign's for the same number of messages.
 4. Throttle accuracy: a campaign with an email throttle of `--rate`/min lasting about
    `--throttle-seconds`; messages handed per minute (from the recipients' handed_at) vs the cap.
 
 Last line:
 campaign: preview_s=<s> preview_all_s=<s> customers=<n> send_per_s=<n> batch_per_s=<n>
-  ratio=<campaign/batch> lost=<n> duplicated=<n> killed=<yes|no> throttle_rate=<per min>
-  throttle_error_pct=<%>
+  ratio=<campaign/batch> cpu_ratio=<batch CPU/campaign CPU> lost=<n> duplicated=<n>
+  killed=<yes|no> throttle_rate=<per min> throttle_error_pct=<%> [mix=<ok|WRONG>]
 """
 
 from __future__ import annotations
@@ -65,6 +75,8 @@ from serve import (  # noqa: E402
     stop,
     throwaway_database_drop,
 )
+
+from tests.notifications.twilio_stub import TwilioStub  # noqa: E402
 
 # The same customer references bench/dispatch.py sends to ("B-000001"), so its batch mode can
 # run on customers of this database.
@@ -101,16 +113,79 @@ SELECT id, CASE WHEN email THEN 'email' ELSE 'phone' END,
   true, true, '', now()
 FROM e
 """
+TWILIO_SID = "AC" + "0" * 32
+TWILIO_TOKEN = "bench-twilio-token"  # noqa: S105 - the loopback stub's token
 # The batch-endpoint comparison sends to customers B-(BATCH_FROM·send) on.
 BATCH_FROM = 2
+# --mix: the campaign's customers (below the batch comparison's) reach different channels. A
+# regulatory notice goes by email where there is one (g mod 10 = 0-5), by SMS plus a letter
+# (SMS is not a durable medium) to a phone and a postal address (6, 7), by letter alone to a
+# postal address alone (8); a phone without a postal address (9) reaches no durable medium:
+# unreachable, recorded with the reason.
+MIX_SQL = """
+WITH c AS (
+  SELECT id, substr(external_ref, 3)::int AS g FROM notifications_customer
+), d AS (
+  DELETE FROM notifications_contactpoint p USING c
+  WHERE p.customer_id = c.id AND c.g < %(upto)s AND c.g %% 10 = 8
+)
+UPDATE notifications_contactpoint p
+SET kind = 'phone', value = '+447700' || lpad((c.id %% 1000000)::text, 6, '0')
+FROM c WHERE p.customer_id = c.id AND c.g < %(upto)s AND c.g %% 10 = 6
+"""
+MIX_TEMPLATE = "rate_notice_light"  # bench/library: print, email, SMS; a one-page letter
+MIX_CHANNELS = ("email", "sms", "print")
+
+
+def _descendants(root: int) -> list[int]:
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def cpu_ticks(roots: list, db_name: str) -> dict[int, int]:
+    """CPU clock ticks used so far by each process of the served project (gunicorn, the
+    cluster, with their reaped children) and by each PostgreSQL backend of its database."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [db_name])
+        pids = [
+            pid for (pid,) in cursor.fetchall() if pid != connection.connection.info.backend_pid
+        ]
+    for process in roots:
+        if process is not None and process.poll() is None:
+            pids += _descendants(process.pid)
+    ticks = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        ticks[pid] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return ticks
+
+
+def cpu_used(before: dict[int, int], after: dict[int, int]) -> float:
+    """CPU seconds between two `cpu_ticks`: whatever the machine's other load, what the work
+    itself cost (a backend that ended in between is not counted)."""
+    return sum(t - before.get(pid, 0) for pid, t in after.items()) / os.sysconf("SC_CLK_TCK")
 
 
 def ref(i: int) -> str:
     return f"B-{i:06d}"
 
 
-def prepare(n: int, send: int) -> float:
-    """Migrate, the demo's users and published library, and n customers made in SQL."""
+def prepare(n: int, send: int, *, mix: bool = False) -> float:
+    """Migrate, the demo's users and published library (and, with `mix`, the benchmark's
+    letter), and n customers made in SQL."""
     from django.core.management import call_command
     from django.db import connection
 
@@ -120,6 +195,8 @@ def prepare(n: int, send: int) -> float:
     call_command("migrate", verbosity=0)
     seed_users()
     seed_library()
+    if mix:
+        seed_library(ROOT / "bench" / "library")
     started = time.perf_counter()
     with connection.cursor() as cursor:
         for first in range(1, n + 1, 250_000):
@@ -128,6 +205,8 @@ def prepare(n: int, send: int) -> float:
             CONTACTS_SQL,
             {"all_email_from": BATCH_FROM * send, "all_email_to": (BATCH_FROM + 1) * send},
         )
+        if mix:
+            cursor.execute(MIX_SQL, {"upto": BATCH_FROM * send})
         cursor.execute("ANALYZE")
     return time.perf_counter() - started
 
@@ -230,12 +309,18 @@ def preview(author: Session, n: int) -> tuple[float, float]:
     return timings["N2 variable mortgages"], timings["everyone"]
 
 
-def approved_campaign(people: dict[str, Session], name: str, refs: list[str], throttle=None):
+def approved_campaign(
+    people: dict[str, Session],
+    name: str,
+    refs: list[str],
+    throttle=None,
+    template: str = "document_ready",
+):
     author, reviewer = people["author"], people["reviewer2"]
     segment = author.api("POST", "segments", {"name": name, "definition": {"references": refs}})
     body = {
         "name": name,
-        "template": "document_ready",
+        "template": template,
         "segment": segment["id"],
         "category": "regulatory",
         "throttle": throttle or {},
@@ -268,11 +353,38 @@ def sent_count(campaign_id: int) -> int:
     ).count()
 
 
-def send(people, n: int, cluster_box: list, served: dict, workdir: Path, kill_after: int, timeout):
-    """A campaign to n customers with email, from the schedule call to the last email sent;
-    (recipients/s, killed)."""
-    refs = [ref(i) for i in range(1, BATCH_FROM * n) if i % 10 < 7][:n]
-    campaign_id = approved_campaign(people, "throughput", refs)
+def planned_deliveries(campaign_id: int) -> int:
+    """Deliveries the approved channel plan expects: one per customer and channel."""
+    from notifications.campaigns.models import Campaign
+
+    plan = Campaign.objects.get(pk=campaign_id).channel_plan
+    return sum((plan.get("channels") or {}).values())
+
+
+def send(
+    people,
+    n: int,
+    cluster_box: list,
+    served: dict,
+    workdir: Path,
+    kill_after: int,
+    timeout,
+    mix: bool = False,
+    web=None,
+    db_name: str = "",
+):
+    """A campaign to n customers with email (with `mix`: n customers of every kind, see
+    MIX_SQL), from the schedule call until every planned delivery is sent; (campaign id,
+    recipients/s, killed, CPU seconds)."""
+    if mix:
+        refs = [ref(i) for i in range(1, n + 1)]
+        campaign_id = approved_campaign(people, "mixed channels", refs, template=MIX_TEMPLATE)
+    else:
+        refs = [ref(i) for i in range(1, BATCH_FROM * n) if i % 10 < 7][:n]
+        campaign_id = approved_campaign(people, "throughput", refs)
+    # Email only: one delivery per customer. Mixed: what the signed channel plan counts.
+    expected = planned_deliveries(campaign_id) if mix else n
+    ticks = cpu_ticks([web, cluster_box[0]], db_name)
     started = time.perf_counter()
     people["ops"].api("POST", f"campaigns/{campaign_id}/schedule", {})
     killed = False
@@ -280,7 +392,7 @@ def send(people, n: int, cluster_box: list, served: dict, workdir: Path, kill_af
     while True:
         elapsed = time.perf_counter() - started
         done = sent_count(campaign_id)
-        if done >= n:
+        if done >= expected:
             break
         if kill_after and not killed and handed(campaign_id) >= kill_after:
             cluster = cluster_box[0]
@@ -293,33 +405,100 @@ def send(people, n: int, cluster_box: list, served: dict, workdir: Path, kill_af
             killed = True
         if elapsed - last_print >= 10:
             print(
-                f"  {elapsed:6.1f} s: {handed(campaign_id)} handed, {done} of {n} sent", flush=True
+                f"  {elapsed:6.1f} s: {handed(campaign_id)} handed, {done} of {expected} "
+                "deliveries sent",
+                flush=True,
             )
             last_print = elapsed
         if elapsed > timeout:
-            print(f"  timed out with {done} of {n} sent")
+            print(f"  timed out with {done} of {expected} sent")
             break
         time.sleep(0.5)
     elapsed = time.perf_counter() - started
+    cpu = cpu_used(ticks, cpu_ticks([web, cluster_box[0]], db_name))
     done = sent_count(campaign_id)
-    print(f"  {done} of {n} sent in {elapsed:.1f} s: {done / elapsed:.0f}/s")
-    return campaign_id, done / elapsed, killed
+    print(
+        f"  {done} of {expected} deliveries sent to {n} customers in {elapsed:.1f} s: "
+        f"{n / elapsed:.0f} customers/s; CPU {cpu:.1f} s (web, cluster, PostgreSQL backends)"
+    )
+    return campaign_id, (n if done >= expected else 0) / elapsed, killed, cpu
 
 
-def exactly_once(stub_url: str, campaign_id: int, n: int) -> tuple[int, int]:
+def channel_mix(campaign_id: int, twilio, stub_url: str) -> tuple[bool, int, int]:
+    """The mixed campaign's outcome per channel against its signed channel plan, and each
+    channel's provider checked for lost and duplicated messages: the Postmark stub (email), the
+    Twilio stub (SMS), the open print batch's items (letters). (mix matches, lost, duplicated)"""
+    from collections import Counter
+
+    from django.db.models import Count
+
+    from notifications.campaigns.models import Campaign, CampaignRecipient
+    from notifications.models import Delivery, PrintItem
+
+    campaign = Campaign.objects.get(pk=campaign_id)
+    sent = Delivery.objects.filter(communication__correlation_id=campaign.reference, state="sent")
+    per_channel = Counter(dict(sent.values_list("channel").annotate(n=Count("pk"))))
+    recipients = CampaignRecipient.objects.filter(campaign=campaign)
+    skipped = recipients.filter(state="skipped").count()
+    unreached = recipients.filter(communication__state="undeliverable").count()
+    plan = campaign.channel_plan
+    print(
+        f"  channel plan signed: {plan['channels']} (+{plan['unreachable']} unreachable); "
+        f"sent: {dict(sorted(per_channel.items()))}; recipients skipped: {skipped}, "
+        f"undeliverable with the reason recorded: {unreached}"
+    )
+    matches = (
+        skipped == 0
+        and unreached == plan["unreachable"]
+        and all(
+            per_channel.get(channel, 0) == plan["channels"].get(channel, 0)
+            for channel in {*per_channel, *plan["channels"]}
+        )
+    )
+    lost = duplicated = 0
+    emails = set(sent.filter(channel="email").values_list("message_id", flat=True))
+    email_lost, email_duplicated = count_at_stub(stub_url, emails)
+    phones = Counter(sent.filter(channel="sms").values_list("address", flat=True))
+    at_twilio = Counter(m["to"] for m in twilio.messages)
+    sms_lost = sum(1 for phone in phones if at_twilio[phone] == 0)
+    sms_duplicated = sum(count - 1 for count in at_twilio.values() if count > 1)
+    letters = sent.filter(channel="print")
+    print_lost = letters.filter(print_item__isnull=True).count()
+    # Letters per customer in the print batch (a delivery holds at most one item).
+    items = Counter(
+        PrintItem.objects.filter(
+            delivery__communication__correlation_id=campaign.reference
+        ).values_list("delivery__communication__customer_id", flat=True)
+    )
+    print_duplicated = sum(count - 1 for count in items.values() if count > 1)
+    lost = email_lost + sms_lost + print_lost
+    duplicated = email_duplicated + sms_duplicated + print_duplicated
+    print(
+        f"  at the providers: email lost={email_lost} duplicated={email_duplicated}; "
+        f"SMS lost={sms_lost} duplicated={sms_duplicated}; letters in the print batch "
+        f"lost={print_lost} duplicated={print_duplicated}"
+    )
+    return matches, lost, duplicated
+
+
+def exactly_once(stub_url: str, campaign_id: int, n: int, *, mix: bool = False):
+    """One communication per customer, and (email only) each email once at the stub; --mix
+    checks every provider in `channel_mix`. (lost, duplicated)"""
     from notifications.models import Communication, Delivery
 
     made = Communication.objects.filter(correlation_id=f"campaign:{campaign_id}")
     per_customer = made.values("customer_id").distinct().count()
-    expected = set(
-        Delivery.objects.filter(communication__in=made, state="sent").values_list(
-            "message_id", flat=True
+    lost = duplicated = 0
+    if not mix:
+        expected = set(
+            Delivery.objects.filter(communication__in=made, state="sent").values_list(
+                "message_id", flat=True
+            )
         )
-    )
-    lost, duplicated = count_at_stub(stub_url, expected)
+        lost, duplicated = count_at_stub(stub_url, expected)
     print(
-        f"  communications {made.count()} for {per_customer} customers (of {n}); "
-        f"at the stub: lost={lost} duplicated={duplicated}"
+        f"  communications {made.count()} for {per_customer} customers (of {n})"
+        + ("" if mix else f"; at the stub: lost={lost} duplicated={duplicated}")
     )
     if made.count() != per_customer:
         duplicated += made.count() - per_customer
@@ -363,6 +542,12 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=200_000)
     parser.add_argument("--send", type=int, default=2000)
     parser.add_argument("--kill-after", type=int, default=0, help="SIGKILL the cluster then")
+    parser.add_argument(
+        "--mix",
+        action="store_true",
+        help="the campaign's customers reach email, SMS (Twilio stub) and print, or nothing; "
+        "checked against the signed channel plan and at every provider",
+    )
     parser.add_argument("--rate", type=int, default=600)
     parser.add_argument("--throttle-seconds", type=int, default=60)
     parser.add_argument("--skip-throttle", action="store_true")
@@ -393,8 +578,10 @@ def main() -> None:
     stub = web = None
     cluster_box: list = [None]
     created = False
+    twilio = TwilioStub(account_sid=TWILIO_SID, auth_token=TWILIO_TOKEN)
     try:
         stub, stub_url = start_stub(workdir, args.timeout * 4)
+        twilio.__enter__()
         reused = args.preview_only and database_exists(db_name)
         if not reused:
             sql_admin(f'CREATE DATABASE "{db_name}"')
@@ -411,10 +598,18 @@ def main() -> None:
             "Q_WORKERS": "2",
             "Q_SYNC": "false",
             "SECRET_KEY": secrets.token_urlsafe(64),
-            # A killed cluster's campaign is picked up by the sweep after this long.
+            # A killed cluster's campaign is picked up by the sweep after this long, and the
+            # deliveries it was sending are reconciled with the provider after this long.
             "CCM_CAMPAIGN_STALL_SECONDS": "15",
+            "CCM_SENDING_STALE_AFTER_S": "60",
             "API_THROTTLE_USER": "10000000/min",
             "API_THROTTLE_API_KEY": "10000000/min",
+            # SMS to the loopback Twilio stub in this process (--mix sends some).
+            "CCM_SMS_BACKEND": "notifications.channels.sms.TwilioSmsBackend",
+            "TWILIO_ACCOUNT_SID": TWILIO_SID,
+            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+            "TWILIO_FROM_NUMBER": "+447700900000",
+            "TWILIO_API_BASE_URL": twilio.url,
         }
         os.environ.update(env)
         import django
@@ -424,7 +619,7 @@ def main() -> None:
         if reused:
             reuse(db_name, args.customers)
         else:
-            made_s = prepare(args.customers, args.send)
+            made_s = prepare(args.customers, args.send, mix=args.mix)
             print(f"  {args.customers} customers made in SQL in {made_s:.1f} s")
         served = production_env(env)
         # Production settings serve hashed static files: the login page needs their manifest
@@ -439,22 +634,40 @@ def main() -> None:
         web, port = start_gunicorn(served, workdir / "gunicorn.log", workers=args.web_workers)
         people = {name: Session(port, name) for name in ("author", "reviewer2", "ops")}
         preview_s, preview_all_s = preview(people["author"], args.customers)
-        per_s = batch_per_s = measured = error = 0.0
+        per_s = batch_per_s = measured = error = campaign_cpu = batch_cpu = 0.0
         lost = duplicated = 0
-        killed = False
+        killed = mix_ok = False
         if not args.preview_only:
             cluster_box[0] = start_cluster(served, workdir / "qcluster.log")
             wait_for_cluster(cluster_box[0])
-            print(f"campaign: {args.send} recipients, API → qcluster → stub")
-            campaign_id, per_s, killed = send(
-                people, args.send, cluster_box, served, workdir, args.kill_after, args.timeout
+            print(
+                f"campaign: {args.send} recipients, API → qcluster → "
+                + ("Postmark, Twilio stubs and the print batch" if args.mix else "stub")
             )
-            lost, duplicated = exactly_once(stub_url, campaign_id, args.send)
+            campaign_id, per_s, killed, campaign_cpu = send(
+                people,
+                args.send,
+                cluster_box,
+                served,
+                workdir,
+                args.kill_after,
+                args.timeout,
+                mix=args.mix,
+                web=web,
+                db_name=db_name,
+            )
+            lost, duplicated = exactly_once(stub_url, campaign_id, args.send, mix=args.mix)
+            if args.mix:
+                mix_ok, mix_lost, mix_duplicated = channel_mix(campaign_id, twilio, stub_url)
+                lost, duplicated = lost + mix_lost, duplicated + mix_duplicated
             if not args.skip_batch:
                 print(f"batch endpoint: {args.send} messages (bench/dispatch.py's batch mode)")
+                ticks = cpu_ticks([web, cluster_box[0]], db_name)
                 batch_per_s, _, _ = run_mode(
                     "batch", BATCH_FROM * args.send, args.send, port, cluster_box[0], args.timeout
                 )
+                batch_cpu = cpu_used(ticks, cpu_ticks([web, cluster_box[0]], db_name))
+                print(f"  CPU {batch_cpu:.1f} s (web, cluster, PostgreSQL backends)")
             if not args.skip_throttle:
                 print(f"throttle: {args.rate}/min for about {args.throttle_seconds} s")
                 measured, error = throttle(
@@ -465,6 +678,8 @@ def main() -> None:
                     args.timeout,
                 )
         ratio = per_s / batch_per_s if batch_per_s else 0.0
+        # The batch's CPU per message over the campaign's: above 1, a campaign message costs less.
+        cpu_ratio = batch_cpu / campaign_cpu if batch_cpu and campaign_cpu else 0.0
         print(
             "targets: preview < 2 s at 1M; campaign within 10 % of the batch endpoint; "
             "throttle within 5 %; lost = duplicated = 0"
@@ -472,14 +687,16 @@ def main() -> None:
         print(
             f"campaign: preview_s={preview_s:.2f} preview_all_s={preview_all_s:.2f} "
             f"customers={args.customers} send_per_s={per_s:.0f} batch_per_s={batch_per_s:.0f} "
-            f"ratio={ratio:.2f} lost={lost} duplicated={duplicated} "
+            f"ratio={ratio:.2f} cpu_ratio={cpu_ratio:.2f} lost={lost} duplicated={duplicated} "
             f"killed={'yes' if killed else 'no'} throttle_rate={measured:.0f} "
             f"throttle_error_pct={error:.1f}"
+            + (f" mix={'ok' if mix_ok else 'WRONG'}" if args.mix else "")
         )
     finally:
         stop(web)
         stop(cluster_box[0])
         stop(stub)
+        twilio.__exit__(None, None, None)
         throwaway_database_drop(db_name, created=created)
 
 

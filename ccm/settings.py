@@ -498,6 +498,9 @@ CCM_PORTAL_RENEWAL_TEMPLATE = env.str("CCM_PORTAL_RENEWAL_TEMPLATE", default="do
 CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & Insurance")
 # Communications per queue row in the bulk path (DESIGN: a few hundred at most).
 CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=250)
+# An unthrottled campaign hands this many pipeline chunks per hand-off (copied from the frozen
+# audience in a few statements); each send task hands two, its successor queued between them.
+CCM_CAMPAIGN_HANDOFF_CHUNKS = env.int("CCM_CAMPAIGN_HANDOFF_CHUNKS", default=4)
 # A sending campaign no chunk has touched for this long lost its task: the sweep restarts it.
 CCM_CAMPAIGN_STALL_AFTER = timedelta(seconds=env.int("CCM_CAMPAIGN_STALL_SECONDS", default=120))
 # Messages per call to Postmark's batch endpoint (its limit is 500); 1 sends one call each.

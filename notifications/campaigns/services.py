@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max
 from django.urls import reverse
 from django.utils import timezone
@@ -28,6 +28,7 @@ from ccm.models import Approval, ApprovalState
 from ccm.rows import update_rows
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
+from documents.addressee import identity_fields
 from documents.composition import DataInvalid
 from documents.models import Category, VersionState
 from notifications.campaigns import selectors
@@ -42,7 +43,8 @@ from notifications.campaigns.models import (
 )
 from notifications.jobs.csv_rows import CUSTOMER_COLUMN, cells_data
 from notifications.models import CommState, Communication, Customer, Source
-from notifications.pipeline.intake import communications_intake
+from notifications.pipeline.chunks import needs_pdf
+from notifications.pipeline.intake import communications_received
 from notifications.pipeline.services import (
     ADDRESSEE_FIELDS,
     addressee_of,
@@ -656,16 +658,20 @@ def _pending_in_window(campaign: Campaign, now: datetime):
 
 
 def chunk_size(campaign: Campaign) -> int:
-    """At most the pipeline's chunk; with a throttle, a tenth of a minute's allowance, so the
-    rate is held smoothly rather than in bursts."""
-    size = max(1, settings.CCM_BULK_CHUNK)
+    """How many recipients one hand-off takes: CCM_CAMPAIGN_HANDOFF_CHUNKS of the pipeline's
+    chunks (copied in a few statements, composed by that many chunk tasks); with a throttle, a
+    tenth of a minute's allowance, so the rate is held smoothly rather than in bursts."""
+    size = max(1, settings.CCM_BULK_CHUNK) * max(1, settings.CCM_CAMPAIGN_HANDOFF_CHUNKS)
     if campaign.throttle:
-        size = min(size, max(1, min(campaign.throttle.values()) // 6))
+        size = min(
+            size, max(1, settings.CCM_BULK_CHUNK), max(1, min(campaign.throttle.values()) // 6)
+        )
     return size
 
 
 def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
-    """Hand the next chunk of a sending campaign's recipients to the pipeline.
+    """Hand the next chunk of a sending campaign's recipients to the pipeline (`_hand`: a few
+    set-based statements over the frozen audience, no per-recipient intake in Python).
 
     One transaction holds the campaign's row lock: two tasks never hand the same chunk, and the
     recipients' rows commit with their communications. Were the commit lost, the per-customer
@@ -697,13 +703,11 @@ def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
             )
             return ChunkOutcome()
         now = timezone.now()
+        # (id, customer id) of the next recipients: their rows are copied in SQL below.
         recipients = list(
             _pending_in_window(campaign, now)
-            .select_related("customer")
-            # The intake reads the customer's addressee, not the attributes (a JSON parse
-            # per recipient): the data row was frozen from them.
-            .only("pk", "data", "customer", *(f"customer__{f}" for f in ADDRESSEE_FIELDS))
-            .order_by("customer_id")[: chunk_size(campaign)]
+            .order_by("customer_id")
+            .values_list("pk", "customer_id")[: chunk_size(campaign)]
         )
         if (
             not recipients
@@ -726,48 +730,126 @@ def campaign_chunk_send(campaign_id: int) -> ChunkOutcome:
                 after={"audience_count": campaign.audience_count},
             )
             return ChunkOutcome()
-        results = communications_intake(
-            items=[
+        handed, refused = _hand(campaign, recipients, now=now)
+        if refused:
+            update_rows(
+                CampaignRecipient,
+                ["state", "reason", "communication", "handed_at"],
                 {
-                    "template": version.template.code,
-                    # The customer as loaded: the intake need not read it again.
-                    "customer": recipient.customer,
-                    "data": recipient.data,
-                    "category": campaign.category,
-                    "idempotency_key": f"campaign:{campaign.pk}:{recipient.customer_id}",
-                    "correlation_id": campaign.reference,
-                    # Checked against this version when the audience froze; the rows still
-                    # hash to what was signed (`campaign_start`) and the version is still the
-                    # published one (above): the intake does not check the schema again.
-                    "data_validated_for": version,
-                }
-                for recipient in recipients
-            ],
-            client=CLIENT,
-            by=campaign.submitted_by,
-            source=Source.CAMPAIGN,
-        )
-        rows: dict[int, tuple] = {}
-        for recipient, result in zip(recipients, results, strict=True):
-            if result.accepted:
-                rows[recipient.pk] = (RecipientState.HANDED, "", result.communication_id, now)
-            else:
-                rows[recipient.pk] = (
-                    RecipientState.SKIPPED,
-                    f"refused by the intake: {result.error}"[:500],
-                    None,
-                    now,
-                )
-        update_rows(CampaignRecipient, ["state", "reason", "communication", "handed_at"], rows)
+                    pk: (
+                        RecipientState.SKIPPED,
+                        f"refused by the intake: {reason}"[:500],
+                        None,
+                        now,
+                    )
+                    for pk, reason in refused.items()
+                },
+            )
         Campaign.objects.filter(pk=campaign.pk).update(last_chunk_at=now)
-        skipped = sum(1 for v in rows.values() if v[0] == RecipientState.SKIPPED)
-        handed = len(rows) - skipped
         return ChunkOutcome(
             handed=handed,
-            skipped=skipped,
+            skipped=len(refused),
             per_channel=planned_per_channel(campaign, handed),
             more=True,
         )
+
+
+def _hand(
+    campaign: Campaign, recipients: list[tuple[int, int]], *, now: datetime
+) -> tuple[int, dict[int, str]]:
+    """Make the communications of `recipients` ((id, customer id), in customer order) from
+    their frozen rows, in the campaign's open transaction: one INSERT … SELECT from the frozen
+    audience (the same row an intake item makes: received, the customer's idempotency key),
+    their `received` steps, one UPDATE marking the recipients handed, then composition.
+
+    The rows were checked against this version when the audience froze and still hash to what
+    was signed, so the schema is not checked again; the identity fields are (against the
+    customer as they are now), as the intake does (`intake_data_validate`). A communication
+    the key already made (a commit lost after the insert) is the one the recipient gets.
+    Returns how many were handed and, by recipient id, the reason of those refused."""
+    version = campaign.template_version
+    refused = _identity_refusals(version, [pk for pk, _ in recipients])
+    ids = [pk for pk, _ in recipients if pk not in refused]
+    if not ids:
+        return 0, refused
+    fixed = {
+        "template": version.template_id,
+        "category": campaign.category,
+        "source": Source.CAMPAIGN,
+        "correlation_id": campaign.reference,
+        "client": CLIENT,
+        "created_by": campaign.submitted_by_id,
+        "created_at": now,
+        "updated_at": now,
+    }
+    columns, values, params = [], [], []
+    for f in Communication._meta.concrete_fields:
+        if f.primary_key:
+            continue
+        columns.append(connection.ops.quote_name(f.column))
+        if f.name == "public_id":
+            values.append("gen_random_uuid()")
+        elif f.name in ("customer", "data"):
+            values.append(f"r.{f.column}")
+        elif f.name == "idempotency_key":
+            values.append("%s || r.customer_id")
+            params.append(f"{campaign.reference}:")  # "campaign:<id>:<customer id>"
+        else:
+            value = fixed[f.name] if f.name in fixed else f.get_default()
+            values.append(f"%s::{f.db_type(connection)}")
+            params.append(f.get_db_prep_save(value, connection))
+    table = connection.ops.quote_name(Communication._meta.db_table)
+    recipient_table = connection.ops.quote_name(CampaignRecipient._meta.db_table)
+    with connection.cursor() as cursor:
+        # Names come from the models' metadata; every value is a parameter.
+        cursor.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) "  # noqa: S608
+            f"SELECT {', '.join(values)} FROM {recipient_table} r WHERE r.id = ANY(%s) "
+            "ORDER BY r.customer_id "
+            "ON CONFLICT (client, idempotency_key) WHERE idempotency_key IS NOT NULL "
+            "DO NOTHING RETURNING id",
+            [*params, ids],
+        )
+        new = sorted(pk for (pk,) in cursor.fetchall())
+        cursor.execute(
+            f"UPDATE {recipient_table} r SET state = %s, reason = '', "  # noqa: S608
+            f"communication_id = c.id, handed_at = %s FROM {table} c "
+            "WHERE r.id = ANY(%s) AND c.client = %s AND c.idempotency_key = %s || r.customer_id",
+            [RecipientState.HANDED, now, ids, CLIENT, f"{campaign.reference}:"],
+        )
+        handed = cursor.rowcount
+    communications_received(
+        new,
+        template_code=version.template.code,
+        source=Source.CAMPAIGN,
+        by=campaign.submitted_by,
+        text_only=not needs_pdf(version),
+    )
+    return handed, refused
+
+
+def _identity_refusals(version, recipient_ids: list[int]) -> dict[int, str]:
+    """Recipients whose frozen row names somebody else than their customer as they are now
+    (the template's identity fields): the intake's identity check, for the rows of a chunk."""
+    schema = version.content.get("schema", {})
+    if not any(identity_fields(schema)):
+        return {}
+    refused: dict[int, str] = {}
+    for recipient in (
+        CampaignRecipient.objects.filter(pk__in=recipient_ids)
+        .select_related("customer")
+        .only("pk", "data", "customer", *(f"customer__{f}" for f in ADDRESSEE_FIELDS))
+    ):
+        try:
+            intake_data_validate(
+                version,
+                recipient.data,
+                addressee=addressee_of(recipient.customer),
+                validated_for=version,
+            )
+        except DataInvalid as exc:
+            refused[recipient.pk] = str(exc)
+    return refused
 
 
 def planned_per_channel(campaign: Campaign, handed: int) -> Counter:
@@ -828,10 +910,13 @@ def campaign_start(campaign_id: int) -> bool:
 
 
 def campaign_send(campaign_id: int, *, budget: float | None = None) -> int:
-    """Start a due campaign and hand its chunks, throttled, for up to `budget` seconds; then
-    the next task takes over. Returns how many recipients this run handed or skipped."""
+    """Start a due campaign and hand its recipients: unthrottled, two hand-offs (`_send_ahead`);
+    throttled, chunk after chunk at the campaign's rate for up to `budget` seconds. Then the
+    next task takes over. Returns how many recipients this run handed or skipped."""
     if not campaign_start(campaign_id):
         return 0
+    if not Campaign.objects.filter(pk=campaign_id).values_list("throttle", flat=True).get():
+        return _send_ahead(campaign_id)
     deadline = time.monotonic() + (TASK_BUDGET_SECONDS if budget is None else budget)
     done = 0
     while True:
@@ -848,6 +933,24 @@ def campaign_send(campaign_id: int, *, budget: float | None = None) -> int:
             with transaction.atomic():
                 enqueue(SEND_TASK, campaign_id)
             return done
+
+
+def _send_ahead(campaign_id: int) -> int:
+    """An unthrottled campaign's send task: two hand-offs, its successor queued between them.
+
+    The task holds a worker for two hand-offs' statements, not for minutes: the workers compose
+    and send what it handed. Its successor waits in the queue behind the first hand-off's
+    composition and ahead of the second's, so the next hand-off is made while the workers
+    still have the second to compose (the queue never runs dry) and the campaign is never more
+    than about three hand-offs ahead of its sending: a pause or cancel holds back everything
+    after those."""
+    first = campaign_chunk_send(campaign_id)
+    if not first.more:
+        return 0
+    with transaction.atomic():
+        enqueue(SEND_TASK, campaign_id)
+    second = campaign_chunk_send(campaign_id)
+    return first.handed + first.skipped + second.handed + second.skipped
 
 
 def campaigns_due() -> list[int]:

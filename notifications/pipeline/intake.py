@@ -248,14 +248,7 @@ def _create(
         results[index].created = id(communication) in first
         first.discard(id(communication))
     history.steps_record(
-        [
-            history.Step(
-                c.pk,
-                "communication.received",
-                {"template": c.template.code, "source": c.source},
-            )
-            for c in new
-        ],
+        [_received(c.pk, c.template.code, c.source) for c in new],
         actor=by,
         seal_soon=False,  # sealed by the chunk that composes them: no chain lock per request
     )
@@ -266,6 +259,22 @@ def _create(
             [c.pk for c in new if _text_only(c, published) is text_only],
             queue=Queue.DISPATCH if text_only else None,
         )
+
+
+def _received(pk: int, template_code: str, source: str) -> history.Step:
+    return history.Step(pk, "communication.received", {"template": template_code, "source": source})
+
+
+def communications_received(
+    ids: list[int], *, template_code: str, source: str, by, text_only: bool
+) -> None:
+    """What `_create` does after its insert, for communications of one template that a caller
+    inserted in SQL itself (a campaign's hand-off copies its frozen rows): their `received`
+    steps, then composition after commit (on the dispatch queue when they render no PDF)."""
+    history.steps_record(
+        [_received(pk, template_code, source) for pk in ids], actor=by, seal_soon=False
+    )
+    compose_enqueue(ids, queue=Queue.DISPATCH if text_only else None)
 
 
 def _create_one(
@@ -291,13 +300,7 @@ def _create_one(
         for f in opts.concrete_fields
     ]
     [step] = history.step_rows(
-        [
-            history.Step(
-                pk,
-                "communication.received",
-                {"template": communication.template.code, "source": communication.source},
-            )
-        ],
+        [_received(pk, communication.template.code, communication.source)],
         actor=by,
         at=timezone.now(),
     )

@@ -5,6 +5,7 @@ import pytest
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications.campaigns import services as campaigns
+from notifications.campaigns.models import CampaignRecipient
 from notifications.customers import services as customer_services
 from tests.notifications.conftest import publish, sync_tasks  # noqa: F401
 
@@ -76,3 +77,17 @@ def approved(campaign_factory, mortgage_customers, author, reviewer2):
     approvals.approval_decide(approval=approval, by=reviewer2, decision="approve")
     campaign.refresh_from_db()
     return campaign
+
+
+def sent_after_a_lost_commit(campaign, *, ops, run) -> None:
+    """Schedule and start `campaign`, hand its first chunk, then lose the recipients' rows of
+    that hand-off (as if their commit had been lost: the communications exist, the recipients
+    are still pending), and run the send task twice; `run` is the `sync_tasks` fixture."""
+    campaigns.campaign_schedule(campaign=campaign, by=ops)  # no sync: nothing runs yet
+    assert campaigns.campaign_start(campaign.pk)
+    run(campaigns.campaign_chunk_send, campaign.pk)
+    CampaignRecipient.objects.filter(campaign=campaign).update(
+        state="pending", communication=None, handed_at=None
+    )
+    run(campaigns.campaign_send, campaign.pk)
+    run(campaigns.campaign_send, campaign.pk)

@@ -12,7 +12,7 @@ from notifications.campaigns.models import CampaignRecipient
 from notifications.customers import services as customer_services
 from notifications.models import Communication, Customer
 from notifications.pipeline import services
-from tests.campaigns.conftest import make_customer
+from tests.campaigns.conftest import make_customer, sent_after_a_lost_commit
 
 
 def test_segment_compiles_filters_includes_and_excludes(mortgage_customers, admin_user, author):
@@ -200,16 +200,8 @@ def test_marketing_opt_out_after_approval_is_skipped(
 
 def test_running_the_send_twice_gives_one_communication_per_customer(approved, ops, sync_tasks):
     # given a crash after the first chunk: its communications exist, the recipients were not
-    # marked (as if the commit of the recipients' rows was lost)
-    campaigns.campaign_schedule(campaign=approved, by=ops)  # no sync: nothing runs yet
-    assert campaigns.campaign_start(approved.pk)
-    sync_tasks(campaigns.campaign_chunk_send, approved.pk)
-    CampaignRecipient.objects.filter(campaign=approved).update(
-        state="pending", communication=None, handed_at=None
-    )
-    # when the task runs again, twice
-    sync_tasks(campaigns.campaign_send, approved.pk)
-    sync_tasks(campaigns.campaign_send, approved.pk)
+    # marked (as if the commit of the recipients' rows was lost); when the task runs again, twice
+    sent_after_a_lost_commit(approved, ops=ops, run=sync_tasks)
     # then
     approved.refresh_from_db()
     assert approved.state == "completed"
@@ -224,6 +216,7 @@ def test_running_the_send_twice_gives_one_communication_per_customer(approved, o
 
 def test_pause_stops_further_chunks_and_resume_finishes(approved, ops, settings, sync_tasks):
     settings.CCM_BULK_CHUNK = 1
+    settings.CCM_CAMPAIGN_HANDOFF_CHUNKS = 1
     campaigns.campaign_schedule(campaign=approved, by=ops)
     campaigns.campaign_start(approved.pk)
     sync_tasks(campaigns.campaign_chunk_send, approved.pk)

@@ -23,6 +23,7 @@ def test_a_campaign_under_way_has_a_bar_that_links_to_its_reconciliation(
 ):
     # given a campaign that handed one of its four recipients, then was paused
     settings.CCM_BULK_CHUNK = 1
+    settings.CCM_CAMPAIGN_HANDOFF_CHUNKS = 1
     campaigns.campaign_schedule(campaign=approved, by=ops)
     campaigns.campaign_start(approved.pk)
     sync_tasks(campaigns.campaign_chunk_send, approved.pk)
