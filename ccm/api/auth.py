@@ -364,3 +364,22 @@ class ApiKeyRateThrottle(CountingRateThrottle):
         if count is not None:
             request._ccm_counted = {key: (now, count)}
         return generation
+
+    @classmethod
+    def uncount_unused(cls, request) -> None:
+        """A request counted ahead that no throttle took (refused before the throttles: the
+        key's account disabled, a scope missing) is taken off again: as before counting
+        ahead, only requests that reach the throttle count."""
+        for key, (now, _) in getattr(request, "_ccm_counted", {}).items():
+            with contextlib.suppress(Exception):
+                cls.cache.decr(f"{key}:{int(now // cls().duration)}")
+        request._ccm_counted = {}
+
+
+class CountedAheadMixin:
+    """Mix into an APIView: a request counted against its key's rate with the generations
+    (`ApiKeyRateThrottle.count_ahead`) and refused before the throttles is not counted."""
+
+    def handle_exception(self, exc):
+        ApiKeyRateThrottle.uncount_unused(self.request)  # type: ignore[attr-defined]
+        return super().handle_exception(exc)  # type: ignore[misc]

@@ -375,6 +375,8 @@ def test_with_redis_a_keys_request_asks_the_cache_once_and_is_still_throttled(
     # then: the key's generation and its rate's count are one round trip to Redis
     assert second.status_code == 200
     assert trips == ["pipeline"]
+    # and calls refused for a missing scope do not use up the rate (as before)
+    assert [client.get("/api/v1/communications").status_code for _ in range(3)] == [403] * 3
     # and the rate holds: the third call passes, the fourth is refused (and not counted)
     assert [client.get("/api/v1/me").status_code for _ in range(2)] == [200, 429]
     assert client.get("/api/v1/me").status_code == 429
