@@ -15,8 +15,13 @@ Runs are interleaved (bare, api, bare, api, …) at 8 and then 32 keep-alive con
 slow moment of the shared machine hits both sides. Figures per side: requests/s (requests over
 the wall time of its runs), p50 and p99 latency.
 
+Per side also the server's CPU per request (the gunicorn workers' and the database sessions'
+CPU time over the run, /proc): a figure the shared machine's load hardly moves, unlike
+requests/s and latency.
+
 Last lines, one per connection count:
 api c=<n>: api_rps=… bare_rps=… ratio=… api_p50_ms=… api_p99_ms=… bare_p50_ms=… bare_p99_ms=…
+  api_cpu_ms=… bare_cpu_ms=…
 """
 
 from __future__ import annotations
@@ -91,6 +96,31 @@ def prepare() -> str:
     with connection.cursor() as cursor:
         cursor.execute(CREATE_TABLE)
     return api_key_create(name="bench", scopes=["communications:write"]).key
+
+
+def server_cpu_seconds(master_pid: int) -> dict[int, float]:
+    """CPU time (user + system) so far of each process serving the benchmark: the gunicorn
+    workers and the PostgreSQL sessions on its database (this process's own left out). Unlike
+    requests/s, the CPU a request costs hardly depends on what else the shared machine runs."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        pids = [pid for (pid,) in cursor.fetchall()]
+    seconds = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(proc.name) in pids or int(fields[1]) == master_pid:  # fields[1]: the parent
+            seconds[int(proc.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 def one_run(client: Client, path: str, start: int, n: int, connections: int):
@@ -236,19 +266,25 @@ def main() -> None:
         lines = []
         for connections in levels:
             figures: dict[str, tuple[float, list[float]]] = {"bare": (0.0, []), "api": (0.0, [])}
+            cpu = {"bare": 0.0, "api": 0.0}
             for _ in range(args.rounds):
                 for side, client, path in (
                     ("bare", bare, "/bench/bare"),
                     ("api", api, "/api/v1/communications"),
                 ):
+                    before = server_cpu_seconds(web.pid)
                     wall, latencies = one_run(
                         client, path, next(counter), args.requests, connections
                     )
+                    after = server_cpu_seconds(web.pid)
+                    used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
+                    cpu[side] += used
                     total, all_latencies = figures[side]
                     figures[side] = (total + wall, all_latencies + latencies)
                     print(
                         f"  c={connections} {side}: {args.requests / wall:.0f} req/s, "
-                        f"p99 {percentile(latencies, 99) * 1000:.0f} ms",
+                        f"p99 {percentile(latencies, 99) * 1000:.0f} ms, "
+                        f"server CPU {1000 * used / args.requests:.2f} ms/request",
                         flush=True,
                     )
             out = {}
@@ -262,7 +298,9 @@ def main() -> None:
             lines.append(
                 f"api c={connections}: api_rps={out['api'][0]:.0f} bare_rps={out['bare'][0]:.0f} "
                 f"ratio={ratio:.2f} api_p50_ms={out['api'][1]:.1f} api_p99_ms={out['api'][2]:.1f} "
-                f"bare_p50_ms={out['bare'][1]:.1f} bare_p99_ms={out['bare'][2]:.1f}"
+                f"bare_p50_ms={out['bare'][1]:.1f} bare_p99_ms={out['bare'][2]:.1f} "
+                f"api_cpu_ms={1000 * cpu['api'] / len(figures['api'][1]):.2f} "
+                f"bare_cpu_ms={1000 * cpu['bare'] / len(figures['bare'][1]):.2f}"
             )
         print("targets: ratio >= 0.6 and api_p99_ms < 50 at c=32")
         for line in lines:

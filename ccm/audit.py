@@ -156,8 +156,12 @@ def plain_leaf_hash(body: dict) -> str:
     """`leaf_hash` of a body that is already what JSON gives back (string keys; strings,
     numbers, booleans, None, lists and dicts only): the same hash without the round trip,
     which costs more than the hash for the thousands of steps a chunk records."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return hashlib.sha256(plain_canonical(body).encode()).hexdigest()
+
+
+def plain_canonical(body: dict) -> str:
+    """The text `plain_leaf_hash` hashes (ASCII: JSON escapes anything else)."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
 def merkle_root(leaves: list[str]) -> str:

@@ -30,3 +30,10 @@ class KeptClientRedisCache(RedisCache):
     def __init__(self, server, params):
         super().__init__(server, params)
         self._class = KeptRedisCacheClient
+
+
+def redis_of(cache) -> RedisCacheClient | None:
+    """The Redis client behind `cache` (one of Django's Redis caches), for commands sent in one
+    round trip (a pipeline); None for any other cache."""
+    client = getattr(cache, "_cache", None)
+    return client if isinstance(client, RedisCacheClient) else None

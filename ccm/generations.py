@@ -19,6 +19,8 @@ from contextvars import ContextVar
 from django.core.cache import cache
 from django.db import transaction
 
+from ccm.cache import redis_of
+
 API_KEYS = "ccm:api-keys:generation"
 TEMPLATES = "ccm:templates:generation"
 _NAMES = (API_KEYS, TEMPLATES)
@@ -38,11 +40,42 @@ def current(name: str) -> object:
     return values[name]
 
 
+def current_counting(name: str, counter: str, *, timeout: int) -> tuple[object, int | None]:
+    """`current(name)`, and the shared cache's counter `counter` (made with `timeout` seconds)
+    counted up by one in the same round trip, when the generations are still to be read in this
+    request and the cache is Redis (the API's throttle, counted with the key's generation); the
+    count is None when the counter was not counted (the caller counts it itself)."""
+    seen = _this_request.get()
+    redis = redis_of(cache)
+    if seen is None or name in seen or redis is None:
+        return current(name), None
+    full = cache.make_and_validate_key(counter)
+    pipeline = redis.get_client(full, write=True).pipeline(transaction=False)
+    pipeline.mget([cache.make_and_validate_key(n) for n in _NAMES])
+    pipeline.set(full, 0, ex=timeout, nx=True)
+    pipeline.incr(full)
+    try:
+        values, _, count = pipeline.execute()
+    except Exception:
+        return current(name), None
+    found = {
+        n: redis._serializer.loads(v)  # type: ignore[attr-defined]  # Django's, unstubbed
+        for n, v in zip(_NAMES, values, strict=True)
+        if v is not None
+    }
+    seen.update(_found(found))
+    return seen[name], int(count)
+
+
 def _read() -> dict[str, object]:
     try:
         found = cache.get_many(_NAMES)
     except Exception:
         return {name: object() for name in _NAMES}
+    return _found(found)
+
+
+def _found(found: dict[str, object]) -> dict[str, object]:
     for name in _NAMES:
         if name not in found:
             # A fresh (or emptied) cache: start a generation (or, if another process just did,

@@ -18,6 +18,7 @@ from django.utils import timezone
 from rest_framework import authentication, exceptions, permissions, throttling
 
 from ccm import audit, generations
+from ccm.cache import redis_of
 from ccm.models import ApiKey
 from ccm.roles import ROLE_SCOPES, Role
 
@@ -131,14 +132,20 @@ def api_keys_changed(**kwargs) -> None:
     generations.changed(generations.API_KEYS)
 
 
-def api_key_lookup(key: str) -> ApiKey | None:
+def api_key_lookup(key: str, *, request=None) -> ApiKey | None:
+    """The active or revoked key `key` names, or None. With `request`, a key this process
+    keeps is counted against its rate (ApiKeyRateThrottle) in the same cache round trip that
+    checks its generation."""
     parts = key.split("_", 2)
     if len(parts) != 3 or parts[0] != "ccm":
         return None
     digest = _hash(key)
     now = time.monotonic()
-    generation = generations.current(generations.API_KEYS)
     kept = _kept.get(digest)
+    if kept is not None and request is not None:
+        generation = ApiKeyRateThrottle.count_ahead(request, kept[2])
+    else:
+        generation = generations.current(generations.API_KEYS)
     if kept is not None and kept[0] > now and kept[1] == generation:
         return kept[2]
     api_key = ApiKey.objects.select_related("user").filter(prefix=parts[1]).first()
@@ -161,7 +168,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         key = key.strip()
         if not key:
             raise exceptions.AuthenticationFailed("The Api-Key header carries no key.")
-        api_key = api_key_lookup(key)
+        api_key = api_key_lookup(key, request=request)
         if api_key is None:
             raise exceptions.AuthenticationFailed("Unknown API key.")
         if not api_key.is_active:
@@ -251,10 +258,15 @@ class CountingRateThrottle(throttling.SimpleRateThrottle):
         self.key = self.get_cache_key(request, view)
         if self.key is None:
             return True
-        self.now = self.timer()
+        counted = getattr(request, "_ccm_counted", {}).pop(self.key, None)
+        if counted is not None:  # with the generations (`count_ahead`)
+            self.now, self.count = counted
+        else:
+            self.now = self.timer()
         window, into = divmod(self.now, self.duration)
         current = f"{self.key}:{int(window)}"
-        self.count = _counter_incr(self.cache, current, timeout=2 * self.duration)
+        if counted is None:
+            self.count = _counter_incr(self.cache, current, timeout=2 * self.duration)
         self.previous = self._previous(f"{self.key}:{int(window) - 1}")
         self.overlap = 1 - into / self.duration  # of the previous window, still inside the rate's
         if self.previous * self.overlap + self.count <= self.num_requests:
@@ -289,10 +301,10 @@ def _counter_incr(cache, key: str, *, timeout: int) -> int:
     """Add one to the counter `key` (created with `timeout`) and return it. With Redis one
     round trip (SET NX and INCR in a pipeline; Django's `incr` asks whether the key exists
     first); elsewhere `incr`, and `add` for a window's first request."""
-    raw = getattr(cache, "_cache", None)
-    if raw is not None and hasattr(raw, "get_client"):  # django's RedisCache
+    redis = redis_of(cache)
+    if redis is not None:
         full = cache.make_and_validate_key(key)
-        pipeline = raw.get_client(full, write=True).pipeline(transaction=False)
+        pipeline = redis.get_client(full, write=True).pipeline(transaction=False)
         pipeline.set(full, 0, ex=timeout, nx=True)
         pipeline.incr(full)
         return int(pipeline.execute()[1])
@@ -330,4 +342,44 @@ class ApiKeyRateThrottle(CountingRateThrottle):
     def get_cache_key(self, request, view):
         if not isinstance(request.auth, ApiKey):
             return None
-        return self.cache_format % {"scope": self.scope, "ident": request.auth.pk}
+        return self._key_of(request.auth)
+
+    def _key_of(self, api_key: ApiKey) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": api_key.pk}
+
+    @classmethod
+    def count_ahead(cls, request, api_key: ApiKey) -> object:
+        """The API keys' generation, read in one cache round trip with this request counted
+        against `api_key`'s rate (every request a key makes counts, whatever its answer; one
+        refused for the rate is taken off again). The throttle then uses that count."""
+        throttle = cls()
+        if throttle.rate is None:
+            return generations.current(generations.API_KEYS)
+        key, now = throttle._key_of(api_key), throttle.timer()
+        generation, count = generations.current_counting(
+            generations.API_KEYS,
+            f"{key}:{int(now // throttle.duration)}",
+            timeout=2 * throttle.duration,
+        )
+        if count is not None:
+            request._ccm_counted = {key: (now, count)}
+        return generation
+
+    @classmethod
+    def uncount_unused(cls, request) -> None:
+        """A request counted ahead that no throttle took (refused before the throttles: the
+        key's account disabled, a scope missing) is taken off again: as before counting
+        ahead, only requests that reach the throttle count."""
+        for key, (now, _) in getattr(request, "_ccm_counted", {}).items():
+            with contextlib.suppress(Exception):
+                cls.cache.decr(f"{key}:{int(now // cls().duration)}")
+        request._ccm_counted = {}
+
+
+class CountedAheadMixin:
+    """Mix into an APIView: a request counted against its key's rate with the generations
+    (`ApiKeyRateThrottle.count_ahead`) and refused before the throttles is not counted."""
+
+    def handle_exception(self, exc):
+        ApiKeyRateThrottle.uncount_unused(self.request)  # type: ignore[attr-defined]
+        return super().handle_exception(exc)  # type: ignore[misc]

@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from ccm import approvals
 from ccm.api.auth import (
     SCOPES,
+    CountedAheadMixin,
     HasScope,
     SessionOnly,
     UnknownScope,
@@ -24,7 +25,7 @@ from ccm.api.idempotency import IdempotentMixin
 from ccm.models import ApiKey, Approval, ApprovalState, Decision
 
 
-class CcmAPIView(IdempotentMixin, APIView):
+class CcmAPIView(CountedAheadMixin, IdempotentMixin, APIView):
     """Base for API views: authenticated, scope-checked, Idempotency-Key on POST, JSON bodies
     only (a view that takes a real upload names its own parsers)."""
 
@@ -33,7 +34,7 @@ class CcmAPIView(IdempotentMixin, APIView):
     required_scopes: tuple[str, ...] | dict[str, tuple[str, ...]] = ()
 
 
-class CcmGenericAPIView(IdempotentMixin, generics.GenericAPIView):
+class CcmGenericAPIView(CountedAheadMixin, IdempotentMixin, generics.GenericAPIView):
     permission_classes = [permissions.IsAuthenticated, HasScope]
     parser_classes = [JSONParser]
     required_scopes: tuple[str, ...] | dict[str, tuple[str, ...]] = ()

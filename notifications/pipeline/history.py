@@ -133,10 +133,12 @@ STEP_COLUMNS = (
 )
 
 
-def step_rows(steps: Iterable[Step], *, actor, at: datetime) -> list[tuple]:
+def step_rows(
+    steps: Iterable[Step], *, actor, at: datetime, hash_of=audit.plain_leaf_hash
+) -> list[tuple]:
     """The rows (STEP_COLUMNS) of `steps`, each with the hash of its content: for a caller
     that inserts them in a statement of its own (the intake writes a request's communication
-    and its first step in one)."""
+    and its first step in one; `hash_of=audit.plain_canonical` gives the text to hash instead)."""
     user, label = _actor_parts(actor)
     actor_id = user.pk if user is not None else None
     request_id = (context.request_id() or "")[:200]
@@ -164,7 +166,7 @@ def step_rows(steps: Iterable[Step], *, actor, at: datetime) -> list[tuple]:
                 step.action,
                 detail,
                 # `detail` has been through JSON, the rest are plain values: no second trip.
-                audit.plain_leaf_hash(content),
+                hash_of(content),
                 asked.get(step.communication_id, request_id),
             )
         )

@@ -16,6 +16,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from ccm import audit
 from ccm.rows import insert_rows, qn
 from ccm.tasks import Queue
 from documents import selectors as document_selectors
@@ -284,33 +285,31 @@ def _create_one(
     by,
     published: Mapping[str, TemplateVersion | None],
 ) -> None:
-    """What `_create` does for one communication (one API call), in two statements and no
-    transaction of its own: its id from the sequence (the first step's hash covers it), then
-    ONE statement that inserts the communication and, if it was new, its `received` step. An
-    idempotency key already used by this client inserts nothing and answers the first one."""
+    """What `_create` does for one communication (one API call), in ONE statement and no
+    transaction of its own: it inserts the communication (its id drawn from the sequence
+    there) and, if it was new, its `received` step, whose hash — it covers the id — is taken
+    in the same statement. An idempotency key already used by this client inserts nothing and
+    answers the first one."""
     opts = Communication._meta
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT nextval(pg_get_serial_sequence(%s, %s))", [opts.db_table, opts.pk.column]
-        )
-        (pk,) = cursor.fetchone()
-    communication.pk = pk
     values = [
         f.get_db_prep_save(f.pre_save(communication, True), connection)
         for f in opts.concrete_fields
+        if not f.primary_key
     ]
+    # The step's row with the text its hash covers, the id left to fill in by the statement.
     [step] = history.step_rows(
-        [_received(pk, communication.template.code, communication.source)],
+        [_received(_ID_TO_COME, communication.template.code, communication.source)],
         actor=by,
         at=timezone.now(),
+        hash_of=audit.plain_canonical,
     )
-    step_values = [*step[1:6], json.dumps(step[6]), *step[7:]]
+    head, tail = step[7].split(f"{_ID_KEY}{_ID_TO_COME},")
+    step_values = [*step[1:6], json.dumps(step[6]), head + _ID_KEY, f",{tail}", step[8]]
     with connection.cursor() as cursor:
         cursor.execute(_insert_one_sql(), [*values, *step_values])
-        created = cursor.fetchone() is not None
-    if not created:
+        row = cursor.fetchone()
+    if row is None:
         # The key was used before (or by a request that committed meanwhile): its communication.
-        communication.pk = None
         result.communication_id = (
             Communication.objects.filter(
                 client=communication.client, idempotency_key=communication.idempotency_key
@@ -319,20 +318,37 @@ def _create_one(
             .first()
         )
         return
+    communication.pk = row[0]
     communication._state.adding = False
-    result.communication_id, result.communication, result.created = pk, communication, True
-    compose_enqueue([pk], queue=Queue.DISPATCH if _text_only(communication, published) else None)
+    result.communication_id, result.communication, result.created = row[0], communication, True
+    compose_enqueue(
+        [row[0]], queue=Queue.DISPATCH if _text_only(communication, published) else None
+    )
+
+
+# The id in a step's hashed text is written by the statement that draws it: the text is made
+# with this stand-in (no communication has it) and split around it.
+_ID_TO_COME = -1
+# Keys are sorted: "communication" is followed by "delivery". JSON escapes any quote inside a
+# string, so the unescaped one here can only open the key itself.
+_ID_KEY = '"communication":'
 
 
 @functools.cache
 def _insert_one_sql() -> str:
-    """The statement of `_create_one` (the communication's concrete fields in `fields` order,
-    then its step's STEP_COLUMNS but the first): built once, not per request."""
+    """The statement of `_create_one`: the communication's concrete fields but its id, in
+    `fields` order, then its step's STEP_COLUMNS but the first, the hash given as the hashed
+    text before and after the id."""
     opts = Communication._meta
     by_column = {f.column: f for f in CommunicationStep._meta.concrete_fields}
-    step_fields = [by_column[name.strip()] for name in history.STEP_COLUMNS.split(",")][1:]
-    casts = ", ".join(f"%s::{f.db_type(connection)}" for f in step_fields)
-    fields = opts.concrete_fields
+    step_columns = [name.strip() for name in history.STEP_COLUMNS.split(",")][1:]
+    hash_at = step_columns.index("hash")
+    columns = [f"%s::{by_column[name].db_type(connection)}" for name in step_columns]
+    # sha256 over the same ASCII text `audit.plain_leaf_hash` hashes, the id written in.
+    columns[hash_at : hash_at + 1] = [
+        "encode(sha256(convert_to(%s || c.id::text || %s, 'UTF8')), 'hex')"
+    ]
+    fields = [f for f in opts.concrete_fields if not f.primary_key]
     # Names come from the models' metadata; every value is a parameter.
     return (
         f"WITH c AS (INSERT INTO {qn(opts.db_table)} ({', '.join(qn(f.column) for f in fields)}) "  # noqa: S608
@@ -340,7 +356,7 @@ def _insert_one_sql() -> str:
         f"ON CONFLICT (client, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING "
         f"RETURNING id), "
         f"s AS (INSERT INTO {qn(CommunicationStep._meta.db_table)} ({history.STEP_COLUMNS}) "
-        f"SELECT c.id, {casts} FROM c) "
+        f"SELECT c.id, {', '.join(columns)} FROM c) "
         f"SELECT id FROM c"
     )
 

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
 from ccm.models import ApiKey, IdempotencyRecord
+from tests.ccm.test_ratelimit import REDIS_DB, _redis_up
 
 PROBLEM = "application/problem+json"
 
@@ -328,6 +331,55 @@ def test_the_rate_is_a_sliding_window_and_refusals_do_not_count(db, client_for, 
     now[0] += 16
     assert calls(1) == [200]
     cache.clear()
+
+
+@pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379")
+def test_with_redis_a_keys_request_asks_the_cache_once_and_is_still_throttled(
+    db, client_for, settings, monkeypatch
+):
+    # given: Redis as the shared cache, a key allowed 3 calls a minute
+    import redis
+
+    from ccm.api.auth import ApiKeyRateThrottle
+
+    location = f"redis://127.0.0.1:6379/{REDIS_DB}"
+    # (keys of this run's own, expiring with their window: the database is never cleared)
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "ccm.cache.KeptClientRedisCache",
+            "LOCATION": location,
+            "KEY_PREFIX": f"api-test-{uuid.uuid4().hex}",
+        }
+    }
+    monkeypatch.setattr(ApiKeyRateThrottle, "THROTTLE_RATES", {"api_key": "3/min"})
+    trips: list[str] = []
+    command, pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+    def one_command(self, *args, **kwargs):
+        trips.append(str(args[0]))
+        return command(self, *args, **kwargs)
+
+    def one_pipeline(self, *args, **kwargs):
+        trips.append("pipeline")
+        return pipeline(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", one_command)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", one_pipeline)
+    client = client_for(api_key_create(name="counted", scopes=["me:read"]).key)
+    assert client.get("/api/v1/me").status_code == 200  # the key is read and kept
+
+    # when: the next calls
+    trips.clear()
+    second = client.get("/api/v1/me")
+
+    # then: the key's generation and its rate's count are one round trip to Redis
+    assert second.status_code == 200
+    assert trips == ["pipeline"]
+    # and calls refused for a missing scope do not use up the rate (as before)
+    assert [client.get("/api/v1/communications").status_code for _ in range(3)] == [403] * 3
+    # and the rate holds: the third call passes, the fourth is refused (and not counted)
+    assert [client.get("/api/v1/me").status_code for _ in range(2)] == [200, 429]
+    assert client.get("/api/v1/me").status_code == 429
 
 
 def test_api_key_gets_its_own_rate_not_the_user_rate(db, client_for, monkeypatch):

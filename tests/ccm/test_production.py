@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 from django.conf import settings
+from django.db import connection
 
 from deploy import stack
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def database_url() -> str:
     db = settings.DATABASES["default"]
-    if db["ENGINE"] != "django.db.backends.postgresql":
+    if connection.vendor != "postgresql":
         pytest.skip("gunicorn's processes share the test database: needs PostgreSQL")
     return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 

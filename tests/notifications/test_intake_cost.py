@@ -13,12 +13,12 @@ from ccm.api.auth import api_key_create
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
 # With an Idempotency-Key: its claim (one INSERT … ON CONFLICT, no savepoint), the customer,
-# the communication's id, ONE statement inserting the communication and its `received` step (no
+# ONE statement inserting the communication (its id drawn there) and its `received` step (no
 # transaction of its own: no BEGIN/COMMIT round trips either), and the stored response. The
 # published version is the process's kept copy (checked against the templates' generation in
 # the shared cache, read once per request with the API keys'). 8 before (and two
-# transactions), then 6 (the version read per request).
-STATEMENTS_PER_POST = 5
+# transactions), then 6 (the version read per request), then 5 (the id drawn on its own).
+STATEMENTS_PER_POST = 4
 
 
 def test_a_request_costs_few_statements_and_takes_no_chain_lock(
