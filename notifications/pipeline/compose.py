@@ -32,7 +32,7 @@ from documents.composition import (
     DataInvalid,
     data_errors,
 )
-from documents.models import TemplateVersion, VersionState
+from documents.models import Template, TemplateVersion, VersionState
 from notifications import signals
 from notifications.models import (
     CommState,
@@ -240,10 +240,14 @@ def _compose_chunk(ids: Sequence[int]) -> dict[str, int]:
         return counts
     communications = list(
         Communication.objects.filter(pk__any=claimed)
-        .select_related("customer", "template", "document", "created_by")
+        .select_related("customer")
         .defer("rendered", "decision_trace", "failure_errors")
         .order_by("pk")
     )
+    # A chunk has a template or a few: each read once, not joined and built again per row.
+    templates = Template.objects.in_bulk({c.template_id for c in communications})
+    for c in communications:
+        c.template = templates[c.template_id]
     versions = {
         v.pk: v
         for v in TemplateVersion.objects.select_related("template").filter(

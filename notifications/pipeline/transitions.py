@@ -70,20 +70,18 @@ def deliveries_move(
         # Each row's own values in the move's statement when every row has them (one new
         # version of each row, not two); otherwise after it, for the rows that moved.
         names = sorted({name for row in (per_row or {}).values() for name in row})
-        together = bool(per_row) and len(sources) == 1 and all(pk in per_row for pk in ids)
+        own = per_row or {}
+        together = bool(own) and len(sources) == 1 and all(pk in own for pk in ids)
         moved = _move(
-            rows,
-            sources,
-            changes,
-            per_row=_per_row_values(names, per_row) if together and per_row else None,
+            rows, sources, changes, per_row=_per_row_values(names, own) if together else None
         )
         if not moved:
             return []
         moved_ids = [pk for pk, _, _ in moved]
-        if per_row and not together:
-            own = {pk: per_row[pk] for pk in moved_ids if pk in per_row}
-            if own:
-                update_rows(Delivery, names, _per_row_values(names, own)[1])
+        if own and not together:
+            left = {pk: own[pk] for pk in moved_ids if pk in own}
+            if left:
+                update_rows(Delivery, names, _per_row_values(names, left)[1])
         history.steps_record(
             [
                 history.Step(
