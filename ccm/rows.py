@@ -70,7 +70,7 @@ def update_rows(
     """Set per-row values of `fields` on many rows in one statement (only on rows still in
     `where_state`, when given).
 
-    PostgreSQL: one UPDATE … FROM unnest(arrays), a few milliseconds for a chunk. Elsewhere
+    PostgreSQL: one UPDATE … FROM jsonb_to_recordset, a few milliseconds for a chunk. Elsewhere
     Django's `bulk_update` (a CASE per field), which is correct but costs ~1 ms a row."""
     if not rows:
         return
@@ -78,11 +78,32 @@ def update_rows(
         _update_rows_portable(model, fields, rows, where_state=where_state)
         return
     opts = model._meta
-    columns = [opts.get_field(name) for name in fields]
+    sets, source, param = _per_row_source(model, fields, rows)
+    # Identifiers come from the model's metadata, every value is a parameter.
+    sql = (
+        f"UPDATE {qn(opts.db_table)} AS t SET {sets} "  # noqa: S608
+        f"FROM {source} WHERE t.{qn(opts.pk.column)} = v.id"
+    )
+    params: list[Any] = [param]
+    if where_state is not None:
+        sql += " AND t.state = %s"
+        params.append(where_state)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _per_row_source(
+    model, fields: Sequence[str], rows: Mapping[int, tuple]
+) -> tuple[str, str, str]:
+    """The SET list (`column = v.cN`, N the field's place in `fields`), the FROM source
+    (`jsonb_to_recordset(%s::jsonb) AS v(id, c0, …)`) and its one parameter, for giving each
+    row of `rows` (primary key → values of `fields`) its own values in an UPDATE.
+
+    The rows travel as ONE JSON document read back with jsonb_to_recordset: no per-element
+    array quoting (psycopg escapes every text[] element with a regex — half a millisecond a
+    row for rendered emails), and JSON columns are nested as they are, not as strings."""
+    columns = [model._meta.get_field(name) for name in fields]
     is_json = [f.get_internal_type() == "JSONField" for f in columns]
-    # The rows travel as ONE JSON document read back with jsonb_to_recordset: no per-element
-    # array quoting (psycopg escapes every text[] element with a regex — half a millisecond a
-    # row for rendered emails), and JSON columns are nested as they are, not as strings.
     records = [
         {
             "id": pk,
@@ -102,21 +123,16 @@ def update_rows(
     names = ", ".join(
         ["id bigint"] + [f"c{i} {'jsonb' if is_json[i] else 'text'}" for i in range(len(columns))]
     )
-    # Identifiers come from the model's metadata, every value is a parameter.
-    sql = (
-        f"UPDATE {qn(opts.db_table)} AS t SET {sets} "  # noqa: S608
-        f"FROM jsonb_to_recordset(%s::jsonb) AS v({names}) WHERE t.{qn(opts.pk.column)} = v.id"
-    )
-    params: list[Any] = [json.dumps(records, cls=DjangoJSONEncoder)]
-    if where_state is not None:
-        sql += " AND t.state = %s"
-        params.append(where_state)
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+    source = f"jsonb_to_recordset(%s::jsonb) AS v({names})"
+    return sets, source, json.dumps(records, cls=DjangoJSONEncoder)
 
 
 def update_returning(
-    locked: QuerySet, values: Mapping[str, Any], returning: Sequence[str]
+    locked: QuerySet,
+    values: Mapping[str, Any],
+    returning: Sequence[str],
+    *,
+    per_row: tuple[Sequence[str], Mapping[int, tuple]] | None = None,
 ) -> list[tuple]:
     """Set `values` on the rows of `locked` (a `select_for_update` queryset: the guard of a
     move) and return their `returning` fields (the primary key first), in key order.
@@ -124,18 +140,37 @@ def update_returning(
     PostgreSQL: ONE statement, `UPDATE … WHERE id IN (SELECT … FOR UPDATE [SKIP LOCKED])
     RETURNING …`, instead of a locking read and an update by the ids it gave: a round trip and
     a second pass over the chunk's index entries less, for every claim and move of a chunk.
-    Elsewhere the read, then the update."""
+    Elsewhere the read, then the update.
+
+    `per_row` = (fields, {pk: values}): each row also gets its own values of `fields`, in the
+    same statement (one new version of each row, not two). Rows of `locked` without an entry
+    there are left alone: give every row one."""
     model = locked.model
     if connection.vendor != "postgresql":
         rows = list(locked.order_by("pk").values_list(*returning))
         model.objects.filter(pk__in=[row[0] for row in rows]).update(**values)
+        if per_row is not None:
+            fields, by_pk = per_row
+            moved = {row[0] for row in rows}
+            update_rows(model, list(fields), {pk: v for pk, v in by_pk.items() if pk in moved})
         return rows
     query = model.objects.filter(pk__in=locked.values("pk")).query.chain(UpdateQuery)
     query.add_update_values(values)
     sql, params = query.get_compiler(connection=connection).as_sql()
     opts = model._meta
+    if per_row is not None:
+        # Django writes `UPDATE "table" SET … WHERE …` (the values are parameters, the guard a
+        # subquery): the per-row columns join the SET list, their source the FROM clause.
+        fields, by_pk = per_row
+        sets, source, param = _per_row_source(model, fields, by_pk)
+        head, where = sql.split(" WHERE ", 1)
+        table = qn(opts.db_table)
+        sql = f"{head}, {sets} FROM {source} WHERE {table}.{qn(opts.pk.column)} = v.id AND {where}"
+        set_params = head.count("%s")
+        params = (*params[:set_params], param, *params[set_params:])
     columns = ", ".join(
-        qn((opts.pk if name == "pk" else opts.get_field(name)).column) for name in returning
+        f"{qn(opts.db_table)}.{qn((opts.pk if name == 'pk' else opts.get_field(name)).column)}"
+        for name in returning
     )
     with connection.cursor() as cursor:
         cursor.execute(f"{sql} RETURNING {columns}", params)

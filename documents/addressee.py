@@ -14,7 +14,7 @@ Pure functions, no Django: previews (documents) and the pipeline (notifications)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from documents.composition import FieldError
@@ -99,11 +99,16 @@ def _belongs(kind: str, value: Any, addressee: Mapping[str, Any]) -> bool:
 
 
 def identity_errors(
-    schema: Any, data: Mapping[str, Any], addressee: Mapping[str, Any]
+    schema: Any,
+    data: Mapping[str, Any],
+    addressee: Mapping[str, Any],
+    *,
+    fields: Iterable[tuple[str, str]] | None = None,
 ) -> list[FieldError]:
-    """Every identity field of `data` whose value is not the addressee's own."""
+    """Every identity field of `data` whose value is not the addressee's own. `fields`: the
+    schema's `identity_fields`, when the caller keeps them (a frozen version's schema)."""
     errors: list[FieldError] = []
-    for field, kind in identity_fields(schema):
+    for field, kind in identity_fields(schema) if fields is None else fields:
         value: Any = data
         for part in field.split("."):
             value = value.get(part) if isinstance(value, Mapping) else None

@@ -216,7 +216,10 @@ class Communication(ConcurrentTransitionMixin, models.Model):
     # integrator how many others' rows exist and let it walk them.
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="communications")
-    template = models.ForeignKey(Template, on_delete=models.PROTECT, related_name="+")
+    # Indexed by (template, id) below, which also serves every lookup by template alone.
+    template = models.ForeignKey(
+        Template, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
     template_version = models.ForeignKey(
         TemplateVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
@@ -228,7 +231,7 @@ class Communication(ConcurrentTransitionMixin, models.Model):
     # With channel_override: send there instead of the customer's own address (a reprint to an
     # address the customer gave on the phone). Print addresses are their lines joined by " / ".
     address_override = models.CharField(max_length=500, blank=True)
-    correlation_id = models.CharField(max_length=100, blank=True, db_index=True)
+    correlation_id = models.CharField(max_length=100, blank=True)
     client = models.CharField(max_length=100, help_text="Who asked: api key or user")
     # NULL, not "", when absent: the unique constraint must ignore communications without a key.
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
@@ -247,7 +250,8 @@ class Communication(ConcurrentTransitionMixin, models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+    # Read with the state (the sweeps, the queues' oldest, "stuck"): (state, updated_at) below.
+    updated_at = models.DateTimeField(auto_now=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     viewed_at = models.DateTimeField(null=True, blank=True)
     actioned_at = models.DateTimeField(null=True, blank=True)
@@ -269,6 +273,10 @@ class Communication(ConcurrentTransitionMixin, models.Model):
             # The list filters by state and by template, newest first.
             models.Index(fields=["state", "id"], name="communication_state_id"),
             models.Index(fields=["template", "id"], name="communication_template_id"),
+            # Plain b-tree indexes, not `db_index=True`: that adds a second, pattern-matching
+            # copy for LIKE 'prefix%' that no query uses, and every write of a row pays for
+            # each index of its table (the pipeline writes a communication four times).
+            models.Index(fields=["correlation_id"], name="communication_correlation"),
         ]
         permissions = [("release_communication", "Can release communications for sending")]
 
@@ -414,9 +422,9 @@ class Delivery(ConcurrentTransitionMixin, models.Model):
     state = FSMField(
         max_length=10, choices=DeliveryState.choices, default=DeliveryState.PENDING, protected=True
     )
-    message_id = models.CharField(max_length=200, unique=True, help_text="Our dedupe key")
+    message_id = models.CharField(max_length=200, help_text="Our dedupe key")  # unique: Meta
     provider = models.CharField(max_length=50, blank=True)
-    provider_message_id = models.CharField(max_length=200, blank=True, db_index=True)
+    provider_message_id = models.CharField(max_length=200, blank=True)  # indexed: Meta
     attempts = models.PositiveSmallIntegerField(default=0)
     # How often reconciliation asked the provider about a send whose outcome was unknown.
     checks = models.PositiveSmallIntegerField(default=0)
@@ -432,7 +440,14 @@ class Delivery(ConcurrentTransitionMixin, models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["state", "updated_at"])]
+        constraints = [
+            models.UniqueConstraint(fields=["message_id"], name="delivery_message_id_unique")
+        ]
+        # As Communication's: no pattern-matching copies of the message id indexes.
+        indexes = [
+            models.Index(fields=["state", "updated_at"]),
+            models.Index(fields=["provider_message_id"], name="delivery_provider_message_id"),
+        ]
         verbose_name_plural = "deliveries"
 
     def __str__(self) -> str:

@@ -13,8 +13,12 @@ class CommunicationStep(models.Model):
     Rows are written in bulk by the pipeline, never updated except to point at the audit event
     that seals them: `hash` covers the row's content, the seal's Merkle root covers the hashes."""
 
+    # Indexed by (communication, id) below, which serves every lookup by communication.
     communication = models.ForeignKey(
-        "notifications.Communication", on_delete=models.PROTECT, related_name="steps"
+        "notifications.Communication",
+        on_delete=models.PROTECT,
+        related_name="steps",
+        db_index=False,
     )
     delivery_id = models.BigIntegerField(null=True, blank=True)
     at = models.DateTimeField()

@@ -32,7 +32,7 @@ from documents.composition import (
     DataInvalid,
     data_errors,
 )
-from documents.models import TemplateVersion, VersionState
+from documents.models import Template, TemplateVersion, VersionState
 from notifications import signals
 from notifications.models import (
     CommState,
@@ -217,33 +217,40 @@ def compose_chunk(ids: Sequence[int], dispatch_now: bool = False) -> dict[str, i
     if not dispatch_now:
         return _compose_chunk(ids)
     here: list[int] = []
+    # What was rendered, by communication: the sending half uses it as it is instead of reading
+    # every email back from the row it was just written to (and decoding it again).
+    rendered: dict[int, dict] = {}
     token = dispatch_here.set(here)
     try:
         with history.steps_sealed_once():
-            counts = _compose_chunk(ids)
-            _dispatch_after_commit(here)
+            counts = _compose_chunk(ids, outputs=rendered)
+            _dispatch_after_commit(here, rendered)
     finally:
         dispatch_here.reset(token)
     return counts
 
 
-def _dispatch_after_commit(delivery_ids: list[int]) -> None:
+def _dispatch_after_commit(delivery_ids: list[int], rendered: dict[int, dict]) -> None:
     for chunk in chunks(delivery_ids, chunk_size()):
         with context.bound(delivery_ids=chunk):
-            dispatch_chunk_here(chunk)
+            dispatch_chunk_here(chunk, rendered=rendered)
 
 
-def _compose_chunk(ids: Sequence[int]) -> dict[str, int]:
+def _compose_chunk(ids: Sequence[int], outputs: dict[int, dict] | None = None) -> dict[str, int]:
     claimed = _claim_communications(list(ids), CommState.RECEIVED, CommState.COMPOSING)
     counts = {"claimed": len(claimed)}
     if not claimed:
         return counts
     communications = list(
         Communication.objects.filter(pk__any=claimed)
-        .select_related("customer", "template", "document", "created_by")
+        .select_related("customer")
         .defer("rendered", "decision_trace", "failure_errors")
         .order_by("pk")
     )
+    # A chunk has a template or a few: each read once, not joined and built again per row.
+    templates = Template.objects.in_bulk({c.template_id for c in communications})
+    for c in communications:
+        c.template = templates[c.template_id]
     versions = {
         v.pk: v
         for v in TemplateVersion.objects.select_related("template").filter(
@@ -329,13 +336,14 @@ def _compose_chunk(ids: Sequence[int]) -> dict[str, int]:
                 composed.append(
                     _Composed(c, version, chosen, rendered, dict(c.data), documents_made[c.pk])
                 )
-    counts.update(_record_composed(composed, failed))
+    counts.update(_record_composed(composed, failed, outputs))
     return counts
 
 
 def _record_composed(
     composed: list[_Composed],
     failed: list[tuple[Communication, TemplateVersion | None, CompositionError]],
+    outputs: dict[int, dict] | None = None,
 ) -> dict[str, int]:
     now = timezone.now()
     counts: dict[str, int] = {"composed": 0, "compose_failed": 0}
@@ -351,6 +359,8 @@ def _record_composed(
         )
         composed = [x for x in composed if x.communication.pk in ours]
         failed = [f for f in failed if f[0].pk in ours]
+        if outputs is not None:
+            outputs.update({x.communication.pk: x.rendered for x in composed})
         for x in composed:
             # As the gate would read them back (locked above): no second read of the chunk.
             x.communication.data = x.data

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
@@ -374,17 +374,23 @@ DISPATCH_FIELDS = (
 )
 
 
-def _load(ids: list[int]) -> list[Delivery]:
-    """The deliveries with what a message needs, templates and versions fetched once."""
+def _load(ids: list[int], rendered: Mapping[int, dict] | None = None) -> list[Delivery]:
+    """The deliveries with what a message needs, templates and versions fetched once; each
+    communication's `rendered` from `rendered` where the caller holds it (it composed them)."""
+    fields = [f for f in DISPATCH_FIELDS if not (rendered and f == "communication__rendered")]
     deliveries = list(
         Delivery.objects.filter(pk__any=ids)
         .select_related("communication__customer")
         # Only what sending and recording read: a dozen timestamps and the data per row cost
         # more to decode than the rest of the row (anything else still loads, on access).
-        .only(*DISPATCH_FIELDS)
+        .only(*fields)
         .order_by("pk")
     )
     comms = [d.communication for d in deliveries]
+    if rendered:
+        for c in comms:
+            if c.pk in rendered:
+                c.rendered = rendered[c.pk]
     templates = {t.pk: t for t in Template.objects.filter(pk__in={c.template_id for c in comms})}
     versions = {
         v.pk: v
@@ -409,11 +415,15 @@ def dispatch_chunk(ids: Sequence[int]) -> dict[str, int]:
         return dispatch_chunk_here(ids)
 
 
-def dispatch_chunk_here(ids: Sequence[int]) -> dict[str, int]:
+def dispatch_chunk_here(
+    ids: Sequence[int], rendered: Mapping[int, dict] | None = None
+) -> dict[str, int]:
+    """`dispatch_chunk` in the caller's context; `rendered`: the communications' outputs, by
+    id, when the caller has just composed them (else read with the deliveries)."""
     claimed = _claim_deliveries(list(ids))
     if not claimed:
         return {"claimed": 0}
-    deliveries = _load(claimed)
+    deliveries = _load(claimed, rendered)
     by_id = {d.pk: d for d in deliveries}
     outcome = _Outcome()
     outcome.permanent.update(send_time_refusals(deliveries))

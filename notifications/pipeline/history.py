@@ -17,6 +17,7 @@ lock the bottleneck of every chunk and every API request. Instead:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -115,7 +116,7 @@ def steps_record(
     """Insert the steps in the caller's transaction (one statement); they are sealed into the
     audit chain after it commits (`seal_soon`), or by the next chunk or the periodic seal."""
     when = at or timezone.now()
-    rows = step_rows(steps, actor=actor, at=when)
+    rows = _rows(steps, actor=actor, at=when)
     if rows:
         _insert(rows, when)
         if seal_soon:
@@ -133,44 +134,85 @@ STEP_COLUMNS = (
 )
 
 
-def step_rows(
-    steps: Iterable[Step], *, actor, at: datetime, hash_of=audit.plain_leaf_hash
-) -> list[tuple]:
+def step_rows(steps: Iterable[Step], *, actor, at: datetime, hashed: bool = True) -> list[tuple]:
     """The rows (STEP_COLUMNS) of `steps`, each with the hash of its content: for a caller
     that inserts them in a statement of its own (the intake writes a request's communication
-    and its first step in one; `hash_of=audit.plain_canonical` gives the text to hash instead)."""
+    and its first step in one; with `hashed=False` each row carries the canonical text its
+    hash is taken of instead, for a statement that fills in the id and hashes it itself)."""
+    return [
+        (*row[:6], json.loads(row[6]), *row[7:])
+        for row in _rows(steps, actor=actor, at=at, hashed=hashed)
+    ]
+
+
+def _rows(steps: Iterable[Step], *, actor, at: datetime, hashed: bool = True) -> list[tuple]:
+    """As `step_rows`, with each detail as its JSON text (what the INSERT sends)."""
     user, label = _actor_parts(actor)
     actor_id = user.pk if user is not None else None
     request_id = (context.request_id() or "")[:200]
     asked = _asked_by.get()
+    # What every step of the call shares, in its canonical form (keys in sorted order).
+    shared = f'"actor_id":{json.dumps(actor_id)},"actor_label":{json.dumps(label)},' + (
+        f'"at":{json.dumps(at.isoformat())},'
+    )
+    texts: dict[Any, str] = {}
+
+    def text(value) -> str:
+        if value not in texts:
+            texts[value] = json.dumps(value)
+        return texts[value]
+
     rows = []
     for step in steps:
-        detail = audit._jsonable(step.detail) or {}
-        content = _content(
-            step.communication_id,
-            step.delivery_id,
-            at,
-            actor_id,
-            label,
-            step.action,
-            detail,
-            asked.get(step.communication_id, request_id),
-        )
-        rows.append(
-            (
+        rid = asked.get(step.communication_id, request_id)
+        detail, canonical = _detail_json(step.detail)
+        if canonical is None:
+            content = _content(
                 step.communication_id,
                 step.delivery_id,
                 at,
                 actor_id,
                 label,
                 step.action,
-                detail,
-                # `detail` has been through JSON, the rest are plain values: no second trip.
-                hash_of(content),
-                asked.get(step.communication_id, request_id),
+                json.loads(detail),
+                rid,
+            )
+            body = audit.plain_canonical(content)
+        else:
+            # The canonical JSON `audit.plain_leaf_hash` makes of `_content`, written directly:
+            # the values the steps of a call share are encoded once, not per step.
+            body = (
+                f'{{"action":{text(step.action)},{shared}'
+                f'"communication":{step.communication_id},'
+                f'"delivery":{text(step.delivery_id)},"detail":{canonical}'
+                + (f',"request_id":{text(rid)}}}' if rid else "}")
+            )
+        digest = hashlib.sha256(body.encode()).hexdigest() if hashed else body
+        rows.append(
+            (
+                *(step.communication_id, step.delivery_id, at, actor_id, label, step.action),
+                *(detail, digest, rid),
             )
         )
     return rows
+
+
+def _detail_json(detail: dict) -> tuple[str, str | None]:
+    """A step's detail as JSON (what the JSONField gives back: `audit._jsonable`), and its
+    canonical text (sorted keys, no spaces) when it can be written without a round trip: every
+    key a string, so JSON keeps their order (an int key becomes a string and sorts anew)."""
+    if not detail:
+        return "{}", "{}"
+    text = json.dumps(detail, default=str, sort_keys=True, separators=(",", ":"))
+    return text, (text if _string_keys(detail) else None)
+
+
+def _string_keys(value: Any) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _string_keys(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_string_keys(v) for v in value)
+    return True
 
 
 # Inside `steps_sealed_once`: a list the transactions that recorded steps mark, instead of
@@ -206,7 +248,7 @@ def _insert(rows: list[tuple], when: datetime) -> None:
                     actor_id=r[3],
                     actor_label=r[4],
                     action=r[5],
-                    detail=r[6],
+                    detail=json.loads(r[6]),
                     hash=r[7],
                     request_id=r[8],
                 )
@@ -216,7 +258,7 @@ def _insert(rows: list[tuple], when: datetime) -> None:
         return
     table = CommunicationStep._meta.db_table
     columns = STEP_COLUMNS
-    values = [(r[0], r[1], when, r[3], r[4], r[5], json.dumps(r[6]), r[7], r[8]) for r in rows]
+    values = [(r[0], r[1], when, *r[3:]) for r in rows]
     if len(rows) < COPY_FROM:
         # A request's few steps: one INSERT is one round trip, a COPY several.
         row = "(" + ", ".join(["%s"] * 9) + ")"

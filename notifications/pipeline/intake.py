@@ -16,7 +16,6 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from ccm import audit
 from ccm.rows import insert_rows, qn
 from ccm.tasks import Queue
 from documents import selectors as document_selectors
@@ -301,7 +300,7 @@ def _create_one(
         [_received(_ID_TO_COME, communication.template.code, communication.source)],
         actor=by,
         at=timezone.now(),
-        hash_of=audit.plain_canonical,
+        hashed=False,
     )
     head, tail = step[7].split(f"{_ID_KEY}{_ID_TO_COME},")
     step_values = [*step[1:6], json.dumps(step[6]), head + _ID_KEY, f",{tail}", step[8]]

@@ -19,7 +19,7 @@ from django_fsm import can_proceed
 from ccm import approvals, audit
 from ccm.models import Approval, ApprovalState
 from documents import services as documents
-from documents.addressee import identity_errors, with_addressee
+from documents.addressee import identity_errors, identity_fields, with_addressee
 from documents.composition import (
     CompositionError,
     DataInvalid,
@@ -93,8 +93,21 @@ def composition_context(communication: Communication, version: TemplateVersion) 
 def addressee_mismatches(communication: Communication, version: TemplateVersion) -> list:
     """The data's identity fields that name someone other than the communication's customer."""
     return identity_errors(
-        version.content.get("schema", {}), communication.data, _addressee(communication)
+        None, communication.data, _addressee(communication), fields=_identity_fields(version)
     )
+
+
+_identities: dict[tuple[int, str], list[tuple[str, str]]] = {}
+
+
+def _identity_fields(version: TemplateVersion) -> list[tuple[str, str]]:
+    """The identity fields of a version's schema, found once per process (a published
+    version's content is frozen), not by walking the schema for every communication."""
+    key = (version.pk, version.content_hash)
+    fields = _identities.get(key)
+    if fields is None:
+        fields = _identities[key] = list(identity_fields(version.content.get("schema", {})))
+    return fields
 
 
 _validators: dict[tuple[int, str], jsonschema.protocols.Validator] = {}
@@ -130,7 +143,7 @@ def intake_data_validate(
         data = {**data, "portal_url": PORTAL_URL_PLACEHOLDER}
     errors: list[FieldError] = []
     if addressee is not None:
-        errors = identity_errors(version.content.get("schema", {}), data, addressee)
+        errors = identity_errors(None, data, addressee, fields=_identity_fields(version))
         data = with_addressee(data, addressee)
     if validated_for is None or validated_for.pk != version.pk:
         errors += data_errors(intake_validator(version), data)

@@ -66,19 +66,22 @@ def deliveries_move(
         )
         if where is not None:
             rows = rows.filter(where)
-        moved = _move(rows, sources, {"state": target, "updated_at": now, **(values or {})})
+        changes = {"state": target, "updated_at": now, **(values or {})}
+        # Each row's own values in the move's statement when every row has them (one new
+        # version of each row, not two); otherwise after it, for the rows that moved.
+        names = sorted({name for row in (per_row or {}).values() for name in row})
+        own = per_row or {}
+        together = bool(own) and len(sources) == 1 and all(pk in own for pk in ids)
+        moved = _move(
+            rows, sources, changes, per_row=_per_row_values(names, own) if together else None
+        )
         if not moved:
             return []
         moved_ids = [pk for pk, _, _ in moved]
-        if per_row:
-            rows = {pk: per_row[pk] for pk in moved_ids if pk in per_row}
-            if rows:
-                names = sorted({name for row in rows.values() for name in row})
-                update_rows(
-                    Delivery,
-                    names,
-                    {pk: tuple(row.get(n) for n in names) for pk, row in rows.items()},
-                )
+        if own and not together:
+            left = {pk: own[pk] for pk in moved_ids if pk in own}
+            if left:
+                update_rows(Delivery, names, _per_row_values(names, left)[1])
         history.steps_record(
             [
                 history.Step(
@@ -102,13 +105,23 @@ def deliveries_move(
     return moved_ids
 
 
+def _per_row_values(
+    names: list[str], per_row: Mapping[int, Mapping[str, Any]]
+) -> tuple[list[str], dict[int, tuple]]:
+    return names, {pk: tuple(row.get(n) for n in names) for pk, row in per_row.items()}
+
+
 def _move(
-    rows: QuerySet[Delivery], sources: list[str], values: dict[str, Any]
+    rows: QuerySet[Delivery],
+    sources: list[str],
+    values: dict[str, Any],
+    per_row: tuple[list[str], dict[int, tuple]] | None = None,
 ) -> list[tuple[int, int, str]]:
     """Lock and move `rows`; (id, communication id, state it left) of each, in id order. From
-    one source state, one statement; from several, the states are read first."""
+    one source state, one statement (with `per_row`'s values: see `update_returning`); from
+    several, the states are read first."""
     if len(sources) == 1:
-        moved = update_returning(rows, values, ["pk", "communication_id"])
+        moved = update_returning(rows, values, ["pk", "communication_id"], per_row=per_row)
         return [(pk, communication_id, sources[0]) for pk, communication_id in moved]
     found = list(rows.order_by("pk").values_list("pk", "communication_id", "state"))
     Delivery.objects.filter(pk__any=[pk for pk, _, _ in found]).update(**values)

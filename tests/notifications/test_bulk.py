@@ -321,3 +321,36 @@ def test_a_chunk_costs_the_same_statements_whatever_its_size(
     updates = [s for s in large if s.startswith('UPDATE "notifications_communication"')]
     assert len(updates) == 3
     assert len(large) <= 34
+
+
+@pytest.mark.postgres
+def test_a_chunk_sent_by_its_composer_writes_each_delivery_once_per_move_and_reads_no_email_back(
+    document_ready, admin_user, integrator, monkeypatch
+):
+    """Every write of a row pays for all its table's indexes, every read of an email its
+    decoding: a delivery's `sent` carries its provider message id in the same UPDATE, and the
+    task that composed the chunk sends what it rendered without reading it back."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the one-statement forms are PostgreSQL's")
+    enqueue_replace(monkeypatch, lambda *args, **kwargs: None)
+    people = [
+        customer_services.customer_upsert(
+            external_ref=f"W-{i}", name=f"Customer {i}", emails=[f"w{i}@example.org"], by=admin_user
+        )[0]
+        for i in range(3)
+    ]
+    statements = chunk_statements(request(people, integrator))
+    sent = list(Delivery.objects.filter(state="sent").values_list("provider_message_id", flat=True))
+    assert len(sent) == 3
+    assert all(sent)
+    # claimed, then sent with its provider message id: two UPDATEs of the deliveries
+    updates = [s for s in statements if s.startswith('UPDATE "notifications_delivery"')]
+    assert len(updates) == 2
+    reads = [s for s in statements if s.startswith("SELECT")]
+    assert not [s for s in reads if '"notifications_communication"."rendered"' in s]
+    # and what was sent is what was recorded as rendered
+    assert {m.subject for m in mail.outbox} == {
+        c.rendered["email"]["subject"] for c in Communication.objects.all()
+    }

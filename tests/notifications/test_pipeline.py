@@ -71,6 +71,44 @@ def test_every_step_is_audited(letter, customer, integrator, sync_tasks):
     assert (proof.ok, proof.steps, proof.unsealed) == (True, len(actions), 0)
 
 
+def test_steps_of_any_detail_prove_against_the_chain(letter, customer, integrator, sync_tasks):
+    """A step's hash is written without a JSON round trip where its detail allows it; the proof
+    (which recomputes every hash from the stored row) holds for details that do and that do
+    not: nested values, text outside ASCII, dates, tuples, numeric keys, a request id."""
+    from datetime import date
+
+    from ccm import context
+
+    communication, _ = sync_tasks(request, customer, integrator)
+    details = [
+        {},
+        {"to": "sent", "from": "sending", "provider_message_id": "pm-1"},
+        {"channels": ["email", "sms"], "version": 7, "nested": {"b": [1, 2.5], "a": None}},
+        {"reason": "Zurück an den Absender — «adresse inconnue»", "on": date(2026, 5, 1)},
+        {"ids": (3, 1, 2), "ok": True},
+        {10: "ten", 2: "two"},  # JSON makes these keys strings, sorted anew
+        {"outer": {1: "one"}},
+    ]
+    token = context.set_request_id("req-steps-1")
+    try:
+        history.steps_record(
+            [
+                history.Step(communication.pk, f"test.detail_{i}", detail, delivery_id=i or None)
+                for i, detail in enumerate(details)
+            ],
+            actor=integrator,
+        )
+    finally:
+        context.reset_request_id(token)
+    history.steps_seal_all()
+    proof = history.communication_verify(communication.pk)
+    assert (proof.ok, proof.unsealed, proof.reason) == (True, 0, "")
+    stored = {s.action: s.detail for s in communication.steps.filter(action__startswith="test.")}
+    assert stored["test.detail_5"] == {"10": "ten", "2": "two"}
+    assert stored["test.detail_3"]["on"] == "2026-05-01"
+    assert stored["test.detail_4"]["ids"] == [3, 1, 2]
+
+
 def test_same_idempotency_key_makes_one_communication(letter, customer, integrator, sync_tasks):
     first, _ = sync_tasks(request, customer, integrator, idempotency_key="k1")
     second, created = sync_tasks(request, customer, integrator, idempotency_key="k1")
