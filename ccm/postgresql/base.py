@@ -25,10 +25,14 @@ class DatabaseWrapper(base.DatabaseWrapper):
             pgconn.status == pq.ConnStatus.OK
             and pgconn.transaction_status == pq.TransactionStatus.IDLE
         ):
+            # poll, not select: a process with more than 1,024 open files has sockets
+            # select cannot watch.
+            poller = select.poll()
             try:
-                said_something, _, _ = select.select([pgconn.socket], [], [], 0)
+                poller.register(pgconn.socket, select.POLLIN)
+                said_something = poller.poll(0)
             except (OSError, ValueError):
-                return False
+                said_something = [True]  # cannot tell: ask the server as Django does
             if not said_something:
                 return True
         return super().is_usable()
