@@ -30,9 +30,9 @@ class DatabaseWrapper(base.DatabaseWrapper):
             poller = select.poll()
             try:
                 poller.register(pgconn.socket, select.POLLIN)
-                said_something = poller.poll(0)
+                said_something = bool(poller.poll(0))
             except (OSError, ValueError):
-                said_something = [True]  # cannot tell: ask the server as Django does
+                said_something = True  # cannot tell: ask the server as Django does
             if not said_something:
                 return True
         return super().is_usable()
