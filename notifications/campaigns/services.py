@@ -44,7 +44,7 @@ from notifications.campaigns.models import (
 from notifications.jobs.csv_rows import CUSTOMER_COLUMN, cells_data
 from notifications.models import CommState, Communication, Customer, Source
 from notifications.pipeline.chunks import needs_pdf
-from notifications.pipeline.intake import communications_received
+from notifications.pipeline.intake import communications_intake, communications_received
 from notifications.pipeline.services import (
     ADDRESSEE_FIELDS,
     addressee_of,
@@ -767,6 +767,8 @@ def _hand(
     customer as they are now), as the intake does (`intake_data_validate`). A communication
     the key already made (a commit lost after the insert) is the one the recipient gets.
     Returns how many were handed and, by recipient id, the reason of those refused."""
+    if connection.vendor != "postgresql":
+        return _hand_through_intake(campaign, recipients, now=now)
     version = campaign.template_version
     refused = _identity_refusals(version, [pk for pk, _ in recipients])
     ids = [pk for pk, _ in recipients if pk not in refused]
@@ -826,6 +828,47 @@ def _hand(
         text_only=not needs_pdf(version),
     )
     return handed, refused
+
+
+def _hand_through_intake(
+    campaign: Campaign, recipients: list[tuple[int, int]], *, now: datetime
+) -> tuple[int, dict[int, str]]:
+    """`_hand` where the INSERT … SELECT cannot run (SQLite: the embedded `make run`): the same
+    communications, with the same idempotency keys, through the intake, an item per recipient
+    (its identity check included). Marks the handed recipients; returns as `_hand` does."""
+    version = campaign.template_version
+    rows = list(
+        CampaignRecipient.objects.filter(pk__in=[pk for pk, _ in recipients])
+        .select_related("customer")
+        .only("pk", "data", "customer", *(f"customer__{f}" for f in ADDRESSEE_FIELDS))
+        .order_by("customer_id")
+    )
+    results = communications_intake(
+        items=[
+            {
+                "template": version.template.code,
+                "customer": row.customer,
+                "data": row.data,
+                "category": campaign.category,
+                "idempotency_key": f"{campaign.reference}:{row.customer_id}",
+                "correlation_id": campaign.reference,
+                "data_validated_for": version,
+            }
+            for row in rows
+        ],
+        client=CLIENT,
+        by=campaign.submitted_by,
+        source=Source.CAMPAIGN,
+    )
+    handed: dict[int, tuple] = {}
+    refused: dict[int, str] = {}
+    for row, result in zip(rows, results, strict=True):
+        if result.accepted:
+            handed[row.pk] = (RecipientState.HANDED, "", result.communication_id, now)
+        else:
+            refused[row.pk] = str(result.error)
+    update_rows(CampaignRecipient, ["state", "reason", "communication", "handed_at"], handed)
+    return len(handed), refused
 
 
 def _identity_refusals(version, recipient_ids: list[int]) -> dict[int, str]:

@@ -137,3 +137,44 @@ def test_a_regulatory_notice_reaches_each_customer_once_on_the_planned_channels(
     assert list(reasons) == [unreached.pk]
     assert reasons[unreached.pk].startswith("unreachable: email: no valid email address; ")
     assert reasons[unreached.pk].endswith("print: no valid postal address")
+
+
+@postgres_only
+def test_the_portable_hand_off_makes_what_the_set_based_one_makes(
+    approved, ops, monkeypatch, django_capture_on_commit_callbacks
+):
+    """SQLite (`make run`) hands recipients through the intake, PostgreSQL in SQL: the two must
+    make the same communications, so a campaign is the same wherever it runs."""
+    from django.db import transaction
+    from django.utils import timezone
+
+    monkeypatch.setattr("ccm.tasks.async_task", lambda *a, **k: None)
+    campaigns.campaign_schedule(campaign=approved, by=ops)
+    assert campaigns.campaign_start(approved.pk)
+    approved.refresh_from_db()
+    pending = list(
+        CampaignRecipient.objects.filter(campaign=approved)
+        .order_by("customer_id")
+        .values_list("pk", "customer_id")
+    )
+    half = len(pending) // 2
+    # when half is handed each way
+    with transaction.atomic():
+        campaigns._hand(approved, pending[:half], now=timezone.now())
+        campaigns._hand_through_intake(approved, pending[half:], now=timezone.now())
+    # then every recipient has one communication, and they differ only in their customer
+    made = list(Communication.objects.filter(correlation_id=approved.reference))
+    assert sorted(c.customer_id for c in made) == [customer for _, customer in pending]
+    shape = {
+        (c.template_id, c.category, c.source, c.client, c.created_by_id, c.state, c.urgency)
+        for c in made
+    }
+    assert len(shape) == 1
+    assert {c.idempotency_key for c in made} == {
+        f"{approved.reference}:{customer}" for _, customer in pending
+    }
+    recipients = CampaignRecipient.objects.filter(campaign=approved)
+    assert {r.state for r in recipients} == {"handed"}
+    assert {r.communication_id for r in recipients} == {c.pk for c in made}
+    frozen = {r.customer_id: r.data for r in recipients}
+    assert all(c.data == frozen[c.customer_id] for c in made)
