@@ -28,8 +28,8 @@ from ccm import approvals, audit
 from ccm.models import Approval, ApprovalState
 from documents.models import Category
 from notifications.customers import services as customer_services
+from notifications.errors import IntakeError
 from notifications.models import Channel, Communication, Customer
-from notifications.pipeline import services as notifications
 from notifications.pipeline.recovery import RecoveryError
 
 PURPOSE = "customer.address_correction"
@@ -100,7 +100,7 @@ def address_correction_request(
     once a second person approves. CaseError names the field to fix."""
     try:
         _, meta = customer_services.address_normalise("print", list(postal_address))
-    except notifications.IntakeError as exc:
+    except IntakeError as exc:
         raise services.CaseError(str(exc), field="postal_address") from exc
     lines = meta["postal_address"]
     if not reason.strip():

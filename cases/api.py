@@ -25,9 +25,9 @@ from ccm.api.views import CcmAPIView, CcmGenericAPIView
 from ccm.models import ApiKey
 from documents.api import composition_problem
 from documents.composition import CompositionError
+from notifications.errors import IntakeError
 from notifications.models import Customer
 from notifications.pipeline.recovery import RESENDABLE_CHANNELS, RecoveryError
-from notifications.pipeline.services import IntakeError
 
 
 class CasePermission(permissions.BasePermission):

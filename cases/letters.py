@@ -12,6 +12,9 @@ from django.utils import timezone
 
 from cases import sla
 from cases.models import Case, CaseType, Milestone
+from documents import selectors as document_selectors
+from documents import services as documents
+from notifications.pipeline.content import addressee_of
 
 
 def _merged(base: Mapping, extra: Mapping) -> dict:
@@ -78,8 +81,6 @@ def milestone_letter_data(case: Case, milestone: Milestone, *, by, extra: Mappin
 
 def milestone_letter_version(milestone: Milestone):
     """The published version a milestone's letter is written from (None when there is none)."""
-    from documents import selectors as document_selectors
-
     if not milestone.template_code:
         return None
     return document_selectors.version_for_sending(code=milestone.template_code)
@@ -88,9 +89,6 @@ def milestone_letter_version(milestone: Milestone):
 def milestone_letter_preview(case: Case, milestone: Milestone, *, by, extra: Mapping):
     """The milestone's letter as it will print (DataInvalid names the fields at fault);
     nothing is stored."""
-    from documents import services as documents
-    from notifications.pipeline import services as notifications
-
     version = milestone_letter_version(milestone)
     if version is None or case.customer is None:
         return None
@@ -99,6 +97,6 @@ def milestone_letter_preview(case: Case, milestone: Milestone, *, by, extra: Map
         data=milestone_letter_data(case, milestone, by=by, extra=extra),
         language=case.customer.language,
         channels=["print"],
-        addressee=notifications.addressee_of(case.customer),
+        addressee=addressee_of(case.customer),
     )
     return preview.pdf

@@ -20,7 +20,7 @@ from documents import selectors as document_selectors
 from documents import services as documents
 from documents.rendering import RenderedPdf
 from notifications.models import Customer
-from notifications.pipeline import services as notifications
+from notifications.pipeline.content import addressee_of
 
 # What an agent may open by hand; exceptions, reprints and incidents open themselves.
 AGENT_CASE_TYPES = [CaseType.COMPLAINT, CaseType.DISPUTE, CaseType.CORRESPONDENCE]
@@ -133,7 +133,7 @@ def case_letter_preview(
         data=data,
         language=request.customer.language,
         channels=["print"],
-        addressee=notifications.addressee_of(request.customer),
+        addressee=addressee_of(request.customer),
     )
     if preview.pdf is None:
         raise services.CaseError(f"{spec.template} has no printed letter to preview.")

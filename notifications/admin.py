@@ -25,7 +25,8 @@ from notifications.models import (
     Preference,
     Suppression,
 )
-from notifications.pipeline import history, services
+from notifications.pipeline import history
+from notifications.pipeline.gate import RELEASE_PURPOSE
 
 
 class ContactInline(ReadOnlyInline):
@@ -153,7 +154,7 @@ class CommunicationAdmin(ScaledListAdmin):
         communication = self.get_object(request, object_id)
         if communication is None:
             return super().change_view(request, object_id, form_url, extra_context)
-        approval = approvals.pending_for(communication, purpose=services.RELEASE_PURPOSE)
+        approval = approvals.pending_for(communication, purpose=RELEASE_PURPOSE)
         form = DecisionForm(request.POST or None)
         if request.method == "POST":
             if approval is None:

@@ -37,6 +37,7 @@ from notifications.api_examples import (
 from notifications.campaigns import services as campaign_services
 from notifications.customers import services as customer_services
 from notifications.customers.api import SOURCE_PARAM, customer_or_404
+from notifications.errors import IntakeError
 from notifications.models import (
     Channel,
     CommState,
@@ -462,7 +463,7 @@ class CommunicationListCreateView(CcmGenericAPIView, generics.ListAPIView):
                 channel_override=params["channel"],
                 correlation_id=params["correlation_id"],
             )
-        except services.IntakeError as exc:
+        except IntakeError as exc:
             raise Unprocessable(
                 str(exc),
                 code="unknown_template",
@@ -534,6 +535,6 @@ class CommunicationCancelView(CcmAPIView):
             cancelled = services.communication_cancel(
                 communication=communication, by=request.user, reason=body.validated_data["reason"]
             )
-        except services.IntakeError as exc:
+        except IntakeError as exc:
             raise Conflict(str(exc), code="not_cancellable") from exc
         return Response(CommunicationSerializer(cancelled).data)

@@ -52,7 +52,7 @@ from notifications.models import (
     DeliveryEvent,
     EventType,
 )
-from notifications.pipeline.services import message_id_issued
+from notifications.pipeline.message_ids import message_id_issued
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,11 @@ from documents import services as documents
 from documents.addressee import with_addressee
 from documents.models import TemplateVersion
 from documents.rendering import RenderedPdf
+from notifications.errors import IntakeError
 from notifications.models import Customer, Source
 from notifications.pipeline import services as notifications
+from notifications.pipeline.content import addressee_of, intake_data_validate
+from notifications.pipeline.facts import enabled_channels
 
 RELEASE_PURPOSE = "correspondence.release"
 CLIENT = "cases.correspondence"
@@ -45,7 +48,7 @@ def version_for(template_code: str) -> TemplateVersion:
 def _check_channel(version: TemplateVersion, channel: str) -> None:
     if not channel:
         return
-    usable = [c for c in version.meta.get("channels", []) if c in notifications.enabled_channels()]
+    usable = [c for c in version.meta.get("channels", []) if c in enabled_channels()]
     if channel not in usable:
         raise CaseError(
             f"Template {version.template.code} can go out on: {', '.join(usable) or 'nothing'};"
@@ -73,7 +76,7 @@ def correspondence_preview(
         data=data,
         language=customer.language if customer else None,
         channels=["print"],
-        addressee=notifications.addressee_of(customer) if customer else None,
+        addressee=addressee_of(customer) if customer else None,
     )
     assert preview.pdf is not None  # correspondence versions have a print rendition
     return preview.pdf
@@ -95,8 +98,8 @@ def correspondence_request_create(
     version = version_for(template_code)
     _check_channel(version, channel)
     snapshot = documents.data_snapshot(data)
-    addressee = notifications.addressee_of(customer)
-    notifications.intake_data_validate(version, snapshot, addressee=addressee)
+    addressee = addressee_of(customer)
+    intake_data_validate(version, snapshot, addressee=addressee)
     # The letter is addressed from the customer record, as the pipeline would address it.
     document = documents.document_compose(
         version=version,
@@ -198,7 +201,7 @@ def _on_decision(request: CorrespondenceRequest, approval: Approval) -> None:
                 correlation_id=locked.case.reference,
                 document=locked.document,
             )
-    except (notifications.IntakeError, documents.CompositionError) as exc:
+    except (IntakeError, documents.CompositionError) as exc:
         reason = getattr(exc, "reason", None) or str(exc)
         locked.fail(reason=f"the letter could not be sent: {reason}")
         locked.save()

@@ -42,6 +42,7 @@ from ccm.tasks import Sweep, enqueue
 from documents import services as documents
 from documents.models import Document, DocumentKind
 from notifications.customers import services as customer_services
+from notifications.errors import IntakeError
 from notifications.models import Communication, Customer, Source, Suppression
 from notifications.pipeline import services as notifications
 
@@ -119,7 +120,7 @@ def _target(
         return known[0], False
     try:
         value, _ = customer_services.address_normalise(channel, address)
-    except notifications.IntakeError as exc:
+    except IntakeError as exc:
         raise CaseError(str(exc), field=exc.field or "address") from exc
     suppressed = Suppression.objects.filter(
         channel=channel, address__iexact=value, lifted_at__isnull=True
@@ -425,7 +426,7 @@ def _send(request: ReprintRequest) -> str:
                     correlation_id=locked.case.reference,
                     document=locked.duplicate,
                 )
-        except (notifications.IntakeError, documents.CompositionError) as exc:
+        except (IntakeError, documents.CompositionError) as exc:
             reason = getattr(exc, "reason", None) or str(exc)
             locked.fail(reason=f"the copy could not be sent: {reason}")
             locked.save()

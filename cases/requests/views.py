@@ -22,7 +22,7 @@ from documents import services as documents
 from documents.composition import CompositionError
 from documents.models import Document
 from notifications.models import Customer
-from notifications.pipeline import services as notifications
+from notifications.pipeline.content import addressee_of
 
 VIEW_REPRINT = "cases.view_reprintrequest"
 ADD_REPRINT = "cases.add_reprintrequest"
@@ -297,7 +297,7 @@ def correspondence_proof(letter: CorrespondenceRequest) -> Proof:
                 version=letter.template_version,
                 data=letter.data,
                 channels=["email"],
-                addressee=notifications.addressee_of(letter.customer),
+                addressee=addressee_of(letter.customer),
             ).email
         except CompositionError:
             email = None

@@ -26,8 +26,8 @@ from ccm.lists import CountLimitedPaginator
 from documents import selectors as document_selectors
 from documents.composition import CompositionError, DataInvalid
 from notifications.models import Channel, Communication, ContactKind, Suppression
+from notifications.pipeline.facts import enabled_channels
 from notifications.pipeline.recovery import RESENDABLE_CHANNELS, RecoveryError
-from notifications.pipeline.services import enabled_channels
 
 
 @require_GET

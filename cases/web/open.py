@@ -26,8 +26,8 @@ from cases.web.forms import (
 from cases.web.views import WORK
 from ccm.views import staff_only
 from documents.composition import CompositionError
+from notifications.errors import IntakeError
 from notifications.models import Customer
-from notifications.pipeline.services import IntakeError
 
 OPEN = "cases.add_case"
 # Where the letter's and the case details' fields are asked on the form.

@@ -40,8 +40,8 @@ from cases.web.timeline import CASE_TEXT, timeline_rows
 from ccm.lists import CountLimitedPaginator
 from ccm.views import staff_only
 from documents.composition import CompositionError
+from notifications.errors import IntakeError
 from notifications.models import Communication
-from notifications.pipeline.services import IntakeError
 
 WORK = "cases.change_case"
 HANDLE = "cases.handle_exception"

@@ -34,7 +34,7 @@ from notifications.models import (
     Suppression,
 )
 from notifications.pipeline import selection
-from notifications.pipeline.services import enabled_channels
+from notifications.pipeline.facts import enabled_channels
 from notifications.progress import PER_KIND, Work
 
 # What a segment definition may say; anything else is refused (a typo must not widen it).

@@ -44,13 +44,9 @@ from notifications.campaigns.models import (
 from notifications.jobs.csv_rows import CUSTOMER_COLUMN, cells_data
 from notifications.models import CommState, Communication, Customer, Source
 from notifications.pipeline.chunks import needs_pdf
+from notifications.pipeline.content import ADDRESSEE_FIELDS, addressee_of, intake_data_validate
 from notifications.pipeline.intake import communications_intake, communications_received
-from notifications.pipeline.services import (
-    ADDRESSEE_FIELDS,
-    addressee_of,
-    communication_cancel,
-    intake_data_validate,
-)
+from notifications.pipeline.services import communication_cancel
 
 logger = logging.getLogger(__name__)
 

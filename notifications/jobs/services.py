@@ -22,6 +22,7 @@ from django_fsm import can_proceed
 from ccm import audit, rows
 from ccm.tasks import enqueue
 from documents.models import Template
+from notifications.errors import IntakeError
 from notifications.models import (
     CommState,
     Communication,
@@ -164,7 +165,7 @@ def _submit_group(
                 submitted.refused[remaining[position].index] = [_item_error(e) for e in errors]
             remaining = [item for position, item in enumerate(remaining) if position not in bad]
             continue
-        except services.IntakeError as exc:
+        except IntakeError as exc:
             for item in remaining:
                 submitted.refused[item.index] = [{"field": exc.field, "message": str(exc)}]
             return
@@ -502,7 +503,7 @@ def send_job_cancel(*, job: SendJob, by, reason: str) -> SendJob:
                 communication=communication, by=by, reason=f"send job {locked.pk}: {reason}"
             )
             cancelled += 1
-        except services.IntakeError:
+        except IntakeError:
             continue  # it moved on meanwhile (composing, dispatching): it will be sent
     audit.record(
         actor=by,

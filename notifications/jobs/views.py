@@ -34,7 +34,7 @@ from documents.composition import CompositionError
 from documents.models import Template, TemplateVersion
 from notifications.jobs import csv_rows, selectors, services
 from notifications.models import JobSource, JobState, SendJob
-from notifications.pipeline import services as notification_services
+from notifications.pipeline.content import PORTAL_URL_PLACEHOLDER
 
 VIEW = "notifications.view_sendjob"
 ADD = "notifications.add_sendjob"
@@ -173,7 +173,7 @@ def _previews(job: SendJob) -> list[dict]:
     for item in items:
         data = dict(item.data)
         if version.meta.get("delivery") == "portal_link":
-            data.setdefault("portal_url", notification_services.PORTAL_URL_PLACEHOLDER)
+            data.setdefault("portal_url", PORTAL_URL_PLACEHOLDER)
         try:
             preview = documents.template_preview(version=version, data=data, channels=channels)
         except CompositionError as exc:

@@ -34,6 +34,7 @@ from documents.composition import (
 )
 from documents.models import Template, TemplateVersion, VersionState
 from notifications import signals
+from notifications.channels.portal import portal_url
 from notifications.models import (
     CommState,
     Communication,
@@ -48,16 +49,15 @@ from notifications.pipeline.chunks import (
     signal_send,
     targets_of,
 )
-from notifications.pipeline.dispatch import dispatch_chunk_here
-from notifications.pipeline.facts import facts_for_chunk
-from notifications.pipeline.gate import gate, hold_reason
-from notifications.pipeline.services import (
+from notifications.pipeline.content import (
     addressee_mismatches,
     composition_context,
-    enabled_channels,
     intake_validator,
     portal_linked,
 )
+from notifications.pipeline.dispatch import dispatch_chunk_here
+from notifications.pipeline.facts import enabled_channels, facts_for_chunk
+from notifications.pipeline.gate import gate, hold_reason
 from notifications.webhooks import services as webhooks
 
 logger = logging.getLogger(__name__)
@@ -287,8 +287,6 @@ def _compose_chunk(ids: Sequence[int], outputs: dict[int, dict] | None = None) -
             if portal_linked(version) and "portal_url" not in c.data:
                 # The link is part of the archived data, so the letter that prints it
                 # regenerates byte for byte.
-                from notifications.channels.portal import portal_url
-
                 c.data = {**c.data, "portal_url": portal_url(c)}
             # The addressee comes from the customer record, never from the data.
             context = composition_context(c, version)

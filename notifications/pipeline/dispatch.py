@@ -57,9 +57,7 @@ from notifications.pipeline.chunks import (
     targets_of,
 )
 from notifications.pipeline.facts import consents_for
-from notifications.pipeline.services import (
-    delivery_message_id,
-)
+from notifications.pipeline.message_ids import delivery_message_id
 from notifications.pipeline.transitions import deliveries_move
 from notifications.webhooks import services as webhooks
 

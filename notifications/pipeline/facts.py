@@ -1,12 +1,15 @@
 """The facts channel selection needs, read for a whole chunk of communications in a handful of
 queries: contact points, suppressions, preferences and consents. The one reader of them for
-composition (a chunk), a single communication's facts (`services.facts_for`) and the send-time
+composition (a chunk), a single communication's facts (`facts_for`) and the send-time
 re-check (`dispatch.send_time_refusals`)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 
+from django.conf import settings
+
+from documents.models import TemplateVersion
 from notifications import selectors
 from notifications.models import (
     Communication,
@@ -17,6 +20,17 @@ from notifications.models import (
     Suppression,
 )
 from notifications.pipeline import selection
+
+
+def enabled_channels() -> list[str]:
+    return list(settings.CCM_ENABLED_CHANNELS)
+
+
+def facts_for(communication: Communication, version: TemplateVersion) -> selection.Facts:
+    """Selection facts for one communication (the chunk's function, for a chunk of one)."""
+    enabled = set(enabled_channels())
+    renditions = [c for c in version.meta.get("channels", []) if c in enabled]
+    return facts_for_chunk([communication], {communication.pk: renditions})[communication.pk]
 
 
 def facts_for_chunk(

@@ -25,6 +25,9 @@ from documents import services as documents
 from notifications import signals
 from notifications.models import CommState, Communication, Delivery, DeliveryState
 from notifications.pipeline import selection
+from notifications.pipeline.content import composition_context, render_outputs
+from notifications.pipeline.facts import facts_for
+from notifications.pipeline.message_ids import delivery_message_id
 
 LIVE_DELIVERY_STATES = (
     DeliveryState.PENDING,
@@ -47,10 +50,6 @@ def delivery_fall_back(*, delivery: Delivery, reason: str) -> Delivery | None:
     or None when the chain has nothing left (the communication may then be undeliverable).
 
     Call inside the transaction that records the failure, after the delivery row is locked."""
-    from notifications.pipeline import (
-        services,  # services imports this module for its failure paths
-    )
-
     communication = (
         Communication.objects.select_for_update(of=("self",))
         .select_related("customer", "template_version")
@@ -70,7 +69,7 @@ def delivery_fall_back(*, delivery: Delivery, reason: str) -> Delivery | None:
         }
     )
     version = communication.template_version
-    facts = services.facts_for(communication, version) if version is not None else None
+    facts = facts_for(communication, version) if version is not None else None
     chosen: selection.Target | None = None
     for channel in chain[start:]:
         if channel in tried_channels:
@@ -132,14 +131,12 @@ def _delivery_add(
 ) -> Delivery:
     """Inside the caller's transaction, the communication locked: one more delivery (rendered
     for its channel first), written to the decision trace, dispatched after commit."""
-    from notifications.pipeline import services
-
     _ensure_rendition(communication, target.channel)
     new = Delivery.objects.create(
         communication=communication,
         channel=target.channel,
         address=target.address,
-        message_id=services.delivery_message_id(communication, index, target.channel),
+        message_id=delivery_message_id(communication, index, target.channel),
     )
     trace.append(
         {**decision, "channel": target.channel, "address": target.address, "delivery": new.pk}
@@ -188,14 +185,12 @@ def durable_copies_send(communication_ids: list[int]) -> int:
 
 
 def _durable_copy(communication: Communication) -> None:
-    from notifications.pipeline import services
-
     version = communication.template_version
     assert version is not None  # composed communications have their version pinned
     if communication.document is None:
         communication.document = documents.document_compose(
             version=version,
-            data=services.composition_context(communication, version),
+            data=composition_context(communication, version),
             language=communication.customer.language,
             by=communication.created_by,
         )
@@ -224,15 +219,13 @@ def _durable_copy(communication: Communication) -> None:
 def _ensure_rendition(communication: Communication, channel: str) -> None:
     """The fallback channel may not have been rendered at composition: render it now from the
     same pinned version and data (print needs the archived PDF)."""
-    from notifications.pipeline import services
-
     version = communication.template_version
     assert version is not None  # composed communications have their version pinned
     if channel == selection.PRINT:
         if communication.document is None:
             communication.document = documents.document_compose(
                 version=version,
-                data=services.composition_context(communication, version),
+                data=composition_context(communication, version),
                 language=communication.customer.language,
                 by=communication.created_by,
             )
@@ -240,7 +233,7 @@ def _ensure_rendition(communication: Communication, channel: str) -> None:
     if channel not in communication.rendered:
         communication.rendered = {
             **communication.rendered,
-            **services.render_outputs(communication, version, [channel]),
+            **render_outputs(communication, version, [channel]),
         }
 
 

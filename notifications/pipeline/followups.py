@@ -29,6 +29,7 @@ from ccm import audit
 from documents.composition import CompositionError
 from documents.models import TemplateVersion
 from notifications import signals
+from notifications.errors import IntakeError
 from notifications.models import CommState, Communication, Source
 from notifications.pipeline import services
 
@@ -134,7 +135,7 @@ def _follow_up(communication: Communication, rule: Rule, now: datetime) -> str |
             correlation_id=communication.correlation_id,
             parent=communication,
         )
-    except (services.IntakeError, CompositionError) as exc:
+    except (IntakeError, CompositionError) as exc:
         audit.record(
             actor=None,
             action="communication.follow_up_failed",

@@ -15,13 +15,12 @@ from notifications.models import (
     Communication,
 )
 from notifications.pipeline import history
+from notifications.pipeline.content import addressee_mismatches, release_required
 from notifications.pipeline.dispatch import dispatch_start
-from notifications.pipeline.services import (
-    RELEASE_PURPOSE,
-    addressee_mismatches,
-    release_required,
-)
 from notifications.webhooks import services as webhooks
+
+# The purpose of the approval a held communication waits for (ccm.approvals).
+RELEASE_PURPOSE = "communication.release"
 
 
 def gate_chunk(ids: Sequence[int]) -> dict[str, int]:

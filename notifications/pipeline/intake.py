@@ -26,6 +26,7 @@ from documents.composition import (
 )
 from documents.models import Template, TemplateVersion
 from notifications.customers.services import address_normalise
+from notifications.errors import IntakeError
 from notifications.models import (
     Communication,
     CommunicationStep,
@@ -34,11 +35,7 @@ from notifications.models import (
 from notifications.pipeline import history
 from notifications.pipeline.chunks import needs_pdf
 from notifications.pipeline.compose import compose_enqueue
-from notifications.pipeline.services import (
-    IntakeError,
-    addressee_of,
-    intake_data_validate,
-)
+from notifications.pipeline.content import addressee_of, intake_data_validate
 
 
 class BulkIntakeError(IntakeError):

@@ -26,6 +26,7 @@ from documents import selectors as document_selectors
 from documents import services as documents
 from documents.models import Category
 from notifications.customers import services as customer_services
+from notifications.errors import IntakeError
 from notifications.models import (
     Channel,
     CommState,
@@ -35,7 +36,9 @@ from notifications.models import (
     Preference,
     Suppression,
 )
-from notifications.pipeline import services
+from notifications.pipeline.content import addressee_of, intake_data_validate, render_outputs
+from notifications.pipeline.facts import enabled_channels
+from notifications.pipeline.message_ids import delivery_message_id
 
 # Channels a communication can be resent on: each has one address (push needs a device, and the
 # portal is a link carried by another channel).
@@ -94,9 +97,7 @@ def communication_recompose_with(
             field="template",
         )
     snapshot = documents.data_snapshot(data)
-    services.intake_data_validate(
-        version, snapshot, addressee=services.addressee_of(locked.customer)
-    )
+    intake_data_validate(version, snapshot, addressee=addressee_of(locked.customer))
     before = {"failure_reason": locked.failure_reason, "failure_errors": locked.failure_errors}
     changed = _changed_paths(locked.data, snapshot)
     locked.recompose(data=snapshot)
@@ -116,7 +117,7 @@ def _address_for(channel: str, address: str | Sequence[str]) -> tuple[str, dict]
     """The delivery address as the dispatcher stores it, and what goes in Delivery.meta."""
     try:
         return customer_services.address_normalise(channel, address)
-    except services.IntakeError as exc:
+    except IntakeError as exc:
         raise RecoveryError(str(exc), field=exc.field) from exc
 
 
@@ -130,7 +131,7 @@ def communication_resend(
         raise RecoveryError(
             f"Resend on one of: {', '.join(RESENDABLE_CHANNELS)}; not {channel!r}.", field="channel"
         )
-    if channel not in services.enabled_channels():
+    if channel not in enabled_channels():
         raise RecoveryError(
             f"The {channel} channel is not enabled here (CCM_ENABLED_CHANNELS).", field="channel"
         )
@@ -178,7 +179,7 @@ def communication_resend(
     if channel in (Channel.EMAIL, Channel.SMS) and channel not in locked.rendered:
         locked.rendered = {
             **locked.rendered,
-            **services.render_outputs(locked, version, [channel]),
+            **render_outputs(locked, version, [channel]),
         }
     before = locked.state
     if can_proceed(locked.resend):
@@ -190,7 +191,7 @@ def communication_resend(
         channel=channel,
         address=address_value,
         # The resend has its own dedupe key: providers must not take it for the first attempt.
-        message_id=services.delivery_message_id(locked, f"r{attempt}", channel),
+        message_id=delivery_message_id(locked, f"r{attempt}", channel),
         meta={**meta, "resend": True},
     )
     audit.record(

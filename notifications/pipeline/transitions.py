@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from ccm.rows import update_returning, update_rows
 from notifications import signals
-from notifications.models import Delivery, DeliveryState
+from notifications.models import DELIVERY_PROGRESS, Delivery, DeliveryState
 from notifications.pipeline import fallback, history
 from notifications.webhooks import services as webhooks
 
@@ -155,8 +155,6 @@ def delivery_move(
     actor=None,
 ) -> bool:
     """One delivery: forward only (a late provider event never moves it back)."""
-    from notifications.models import DELIVERY_PROGRESS
-
     sources = [
         s
         for s, rank in DELIVERY_PROGRESS.items()

@@ -11,7 +11,7 @@ from notifications.campaigns import services as campaigns
 from notifications.campaigns.models import CampaignRecipient
 from notifications.customers import services as customer_services
 from notifications.models import Communication, Customer
-from notifications.pipeline import services
+from notifications.pipeline.content import addressee_of, intake_data_validate
 from tests.campaigns.conftest import make_customer, sent_after_a_lost_commit
 
 
@@ -430,13 +430,13 @@ def test_a_frozen_row_skips_the_schema_but_not_the_identity_check(
     from documents.composition import DataInvalid
 
     customer = mortgage_customers[0]
-    addressee = services.addressee_of(customer)
+    addressee = addressee_of(customer)
     incomplete = {"reference": "DOC-1"}  # no document_title, document_date
     # a row not yet checked against this version is refused by the schema
     with pytest.raises(DataInvalid):
-        services.intake_data_validate(document_ready, incomplete, addressee=addressee)
+        intake_data_validate(document_ready, incomplete, addressee=addressee)
     # a row the campaign froze after checking it against this very version is not re-checked
-    services.intake_data_validate(
+    intake_data_validate(
         document_ready, incomplete, addressee=addressee, validated_for=document_ready
     )
 
@@ -457,10 +457,10 @@ def test_a_frozen_row_still_has_its_identity_checked(author, reviewer, mortgage_
     data = {**bundle.samples[next(iter(bundle.samples))], field: "SOMEONE-ELSE"}
     # when the data names another customer, validated or not, the intake refuses it
     with pytest.raises(DataInvalid, match="does not belong to customer M-000"):
-        services.intake_data_validate(
+        intake_data_validate(
             version,
             data,
-            addressee=services.addressee_of(mortgage_customers[0]),
+            addressee=addressee_of(mortgage_customers[0]),
             validated_for=version,
         )
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from notifications.errors import IntakeError
 from notifications.models import Suppression
 from notifications.pipeline import services, tasks
-from notifications.pipeline.services import IntakeError
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
 

@@ -25,6 +25,7 @@ from notifications.customers import services as customer_services
 from notifications.demo import CUSTOMERS
 from notifications.models import Communication, Customer, PrintBatch, PrintItem
 from notifications.pipeline import intake, services, tasks
+from notifications.pipeline.gate import RELEASE_PURPOSE
 from tests.documents.factories import letter_bundle
 from tests.notifications.conftest import publish
 
@@ -209,7 +210,7 @@ def test_a_customer_renamed_after_intake_holds_the_letter_for_review(
     assert communication.state == "awaiting_approval"
     reason = communication.decision_trace[-1]["reason"]
     assert "data.holder does not belong to customer C-1" in reason
-    release = Approval.objects.get(purpose=services.RELEASE_PURPOSE)
+    release = Approval.objects.get(purpose=RELEASE_PURPOSE)
     assert "data.holder does not belong" in release.summary
     assert not mail.outbox
 

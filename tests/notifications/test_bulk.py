@@ -8,6 +8,7 @@ from ccm.models import AuditEvent
 from documents.bundle import read_folder
 from documents.demo import LIBRARY
 from notifications.customers import services as customer_services
+from notifications.errors import IntakeError
 from notifications.models import Communication, Delivery
 from notifications.pipeline import chunks, compose, dispatch, history, intake, services
 from tests.notifications.conftest import publish
@@ -75,7 +76,7 @@ def test_bad_items_are_listed_by_index_and_nothing_is_created(
 
 
 def test_unknown_template_is_refused(customers, integrator):
-    with pytest.raises(services.IntakeError, match="no template"):
+    with pytest.raises(IntakeError, match="no template"):
         intake.communications_request_bulk(
             template_code="nope", items=[], client="c", by=integrator
         )

@@ -14,6 +14,7 @@ from documents.composition import DataInvalid
 from notifications import signals
 from notifications.channels import EmailBackend, PermanentSendError, TransientSendError
 from notifications.customers import services as customer_services
+from notifications.errors import IntakeError
 from notifications.models import Communication, Delivery
 from notifications.pipeline import dispatch, history, services
 from tests.documents.factories import letter_bundle
@@ -134,7 +135,7 @@ def test_bad_data_is_refused_at_intake(letter, customer, integrator):
 
 
 def test_unknown_or_unpublished_template_is_refused(customer, integrator):
-    with pytest.raises(services.IntakeError, match="no template"):
+    with pytest.raises(IntakeError, match="no template"):
         services.communication_request(
             template_code="nope", customer=customer, data={}, client="t", by=integrator
         )
