@@ -35,6 +35,7 @@ from weasyprint.urls import URLFetcher, URLFetcherResponse
 from documents.composition import (
     PAGE_MAX_MM,
     PAGE_MIN_MM,
+    PRINT_DRAWING,
     CompositionError,
     LruCache,
     Sources,
@@ -448,11 +449,17 @@ def first_page_png(pdf: bytes, *, width_px: int = 1000) -> bytes:
 
 
 def render_pdf_inprocess(
-    *, sources: Sources, locale: str, data: Mapping, watermark: str | None = None
+    *,
+    sources: Sources,
+    locale: str,
+    data: Mapping,
+    watermark: str | None = None,
+    drawing: int = PRINT_DRAWING,
 ) -> RenderedPdf:
     """`documents.sandbox.render_pdf` without the worker or limits: for the worker itself,
-    trusted callers and the benchmark."""
-    html = composer_for(sources, locale=locale).print_html(data)
+    trusted callers and the benchmark. Charts are drawn as `drawing` (CHART_DRAWINGS in
+    documents.composition): a reprint passes the drawing its document was archived with."""
+    html = composer_for(sources, locale=locale).print_html(data, drawing=drawing)
     try:
         pdf = engine_for(sources, locale=locale).render(html)
         if watermark:
