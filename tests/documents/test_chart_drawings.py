@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageChops
 
 from documents.composition import Composer, Sources, UnknownDrawing, chart
-from documents.rendering import first_page_png, render_pdf_inprocess
+from documents.rendering import PdfEngine, first_page_png, render_pdf_inprocess
 from documents.sandbox import render_pdf
 from tests.documents.factories import drawn_chart
 
@@ -109,3 +109,24 @@ def test_an_unknown_drawing_is_refused():
         Composer(CHARTED).print_html({}, drawing=0)
     with pytest.raises(UnknownDrawing, match="chart drawing 7 is unknown"):
         chart("bar", ["a"], [1], drawing=7)
+
+
+def test_the_image_cache_keeps_the_template_images_not_the_charts():
+    png = io.BytesIO()
+    Image.new("RGB", (40, 20), (200, 30, 30)).save(png, format="PNG")
+    sources = Sources(
+        print_html="<img src='asset:logo.png'>{{ chart('bar', ['a', 'b', 'c'], values) }}",
+        assets={"logo.png": png.getvalue()},
+    )
+    engine = PdfEngine(sources, locale="en_GB")
+    composer = Composer(sources)
+
+    # when two customers' documents are rendered, each with its own chart
+    for values in ([3, 5, 2], [4, 1, 6]):
+        engine.render(composer.print_html({"values": values}, drawing=2))
+
+    # then the logo, in every document, is kept; the charts, each in one document, are not
+
+    urls = [key for key in engine._image_cache if isinstance(key, str)]
+    assert "asset:logo.png" in urls
+    assert not [url for url in urls if url.startswith("data:")]
