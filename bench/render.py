@@ -129,7 +129,7 @@ def run_project(
 def raw_inputs(docs: list[dict]):
     """The same documents as one HTML each (letter + static terms), for the raw loops."""
     from documents import services
-    from documents.composition import composer_for
+    from documents.composition import PRINT_DRAWING, composer_for
     from documents.models import Template
 
     version = Template.objects.get(code="monthly_statement").published_version
@@ -140,7 +140,11 @@ def raw_inputs(docs: list[dict]):
         f'<section style="break-before: page">{html}</section>'
         for html in sources.static_sections.values()
     )
-    pages = [composer.print_html(d).replace("</body>", statics + "</body>") for d in docs]
+    # Charts drawn as the project path draws them, so the loops compare like with like.
+    pages = [
+        composer.print_html(d, drawing=PRINT_DRAWING).replace("</body>", statics + "</body>")
+        for d in docs
+    ]
     css = sources.page.css() + "\n" + sources.print_css
     return pages, css, sources.assets
 

@@ -25,7 +25,8 @@ of bench/dispatch.py. An integrator's API key calls:
    rows or objects) to `POST /api/v1/readings`, then the same again (all unchanged): readings per
    second. The issue's target is >= 50,000/s.
 2. render baseline (before the servers start, this process alone): `document_compose` of the
-   template's sample `--render` times, what bench/render.py measures for the project path.
+   template's sample `--render` times, what bench/render.py measures for the project path,
+   and the render worker's CPU seconds a statement (render_cpu_s).
 3. bill run: `POST /api/v1/statement-runs` for the last month, followed with
    `GET /api/v1/statement-runs/{id}` until it is completed and every handed statement has its
    archived PDF: statements per second from the POST. Every `--every` statements the resident
@@ -37,8 +38,8 @@ cluster is started for `--sample` PDFs and one statement is reprinted byte for b
 
 Last lines: the machine, the load (as `uptime`), and
 statements: intake=<readings/s> replay=<readings/s> run=<statements/s> render=<docs/s>
-run_vs_render=<ratio> handed=<n> held=<n> default_rss_mb=<first quarter→last quarter>
-render_rss_mb=<first→last>   (one line)
+render_cpu_s=<render worker CPU s a statement> run_vs_render=<ratio> handed=<n> held=<n>
+default_rss_mb=<first quarter→last quarter> render_rss_mb=<first→last>   (one line)
 """
 
 from __future__ import annotations
@@ -286,7 +287,19 @@ def intake(
     return len(rows) / (time.perf_counter() - started)
 
 
-def render_rate(n: int) -> float:
+def worker_cpu_s() -> float:
+    """CPU seconds (user + system) the render worker of this process has used so far."""
+    from documents.sandbox import worker_pids
+
+    (pid,) = worker_pids()
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def render_rate(n: int) -> tuple[float, float]:
+    """(documents a second, render worker CPU seconds a document) of `n` document_compose of
+    the statement sample. The CPU seconds are the worker's own (composing the HTML, laying out
+    and writing the PDF): unlike the rate, they hardly depend on what else the machine runs."""
     from documents import selectors
     from documents import services as documents
 
@@ -294,10 +307,11 @@ def render_rate(n: int) -> float:
     assert version is not None
     sample = version.content["samples"]["default"]
     documents.document_compose(version=version, data=sample, language="en")  # warm
+    cpu = worker_cpu_s()
     started = time.perf_counter()
     for _ in range(n):
         documents.document_compose(version=version, data=sample, language="en")
-    return n / (time.perf_counter() - started)
+    return n / (time.perf_counter() - started), (worker_cpu_s() - cpu) / n
 
 
 # Where a statement PDF's time goes: (label, file fragment, function) whose cumulative time
@@ -322,7 +336,7 @@ def profile_render(n: int) -> None:
     from documents import selectors
     from documents import services as documents
     from documents.bundle import locale_for
-    from documents.composition import composer_for
+    from documents.composition import PRINT_DRAWING, composer_for
     from documents.rendering import engine_for
 
     version = selectors.version_for_sending(code="usage_statement")
@@ -330,12 +344,12 @@ def profile_render(n: int) -> None:
     sample = version.content["samples"]["default"]
     sources, locale = documents.version_sources(version, "en"), locale_for("en")
     composer, engine = composer_for(sources, locale=locale), engine_for(sources, locale=locale)
-    html = composer.print_html(sample)
+    html = composer.print_html(sample, drawing=PRINT_DRAWING)
     engine.render(html)  # warm: fonts, the terms insert laid out for this letter length
     profiler = cProfile.Profile()
     started = time.perf_counter()
     for _ in range(n):
-        profiler.runcall(lambda: engine.render(composer.print_html(sample)))
+        profiler.runcall(lambda: engine.render(composer.print_html(sample, drawing=PRINT_DRAWING)))
     total = (time.perf_counter() - started) / n
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
@@ -545,10 +559,11 @@ def main() -> None:
         if args.profile_render:
             profile_render(args.profile_render)
             return
-        render = render_rate(args.render) if args.render else 0.0
+        render, render_cpu = render_rate(args.render) if args.render else (0.0, 0.0)
         print(
-            f"render baseline: {render:.2f} documents/s (document_compose of the usage_statement "
-            f"sample, in this process, alone); {load()}",
+            f"render baseline: {render:.2f} documents/s, {render_cpu:.3f} CPU s each in the "
+            f"render worker (document_compose of the usage_statement sample, in this process, "
+            f"alone); {load()}",
             flush=True,
         )
         served = {**os.environ}
@@ -601,7 +616,8 @@ def main() -> None:
         print(load())
         print(
             f"statements: intake={rate:.0f} replay={replay:.0f} run={run_rate:.2f} "
-            f"render={render:.2f} run_vs_render={run_rate / (render or 1):.2f} handed={handed} "
+            f"render={render:.2f} render_cpu_s={render_cpu:.3f} "
+            f"run_vs_render={run_rate / (render or 1):.2f} handed={handed} "
             f"held={held} default_rss_mb={first_q:.0f}→{last_q:.0f} "
             f"render_rss_mb={render_first:.0f}→{render_last:.0f}{extra}"
         )

@@ -8,6 +8,7 @@ Jinja's sandbox with strict undefined variables and size caps.
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import functools
 import hashlib
@@ -23,6 +24,7 @@ from datetime import datetime as datetime_type
 from datetime import tzinfo as tzinfo_type
 from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, TypeVar
+from xml.etree import ElementTree
 from zoneinfo import ZoneInfo
 
 import babel
@@ -355,6 +357,7 @@ def chart(
     locale: babel.Locale | str = "en_GB",
     marked: list[Any] | None = None,
     marked_name: str = "",
+    drawing: int | None = None,
 ) -> Markup:
     """An inline SVG chart for print: no script, no external references, same bytes every time.
 
@@ -365,7 +368,11 @@ def chart(
     The value axis has round ticks, written as numbers are in `locale` and followed by `unit`
     ("1.000 kWh"); with `label_format` (a CLDR date pattern such as "LLL" or "MMM y") the labels
     are ISO dates ("2025-03" or "2025-03-01") written as that pattern in `locale` ("Mär"). In
-    templates, `chart` is bound to the template's locale."""
+    templates, `chart` is bound to the template's locale.
+
+    `drawing` is how the chart is drawn (see CHART_DRAWINGS); by default, the drawing of the
+    print rendition being composed (Composer.print_html), or else 1: inline SVG, as a screen
+    shows it."""
     classes = {"bar": pygal.Bar, "line": pygal.Line}
     if kind not in classes:
         raise TemplateError(f"chart: kind must be 'bar' or 'line', not {kind!r}")
@@ -427,7 +434,99 @@ def chart(
     # neither draws anything, and both would make the bytes vary or carry code into the PDF.
     # The SVG is XML-serialised, so "<" inside text is escaped and cannot fake a tag here.
     svg = _SCRIPT_RE.sub("", _XML_COMMENT_RE.sub("", graph.render(is_unicode=True)))
+    if _drawing_for(drawing) == 2:
+        return _paper_drawing(svg)
     return Markup(svg)  # noqa: S704 - pygal builds the SVG with an XML serialiser, text escaped
+
+
+# How a chart is drawn. An archived document records the drawing it was rendered with (in its
+# engine info), so that a reprint draws its charts the same way and comes out byte for byte.
+# 1: inline SVG as pygal writes it (what a screen shows; every document archived before
+#    drawings were recorded).
+# 2: for paper: what paper never shows left out (tooltips and their data, titles shown on hover,
+#    guides hidden by the chart's own style, hover and tooltip style rules), placed as a data:
+#    URL image in an <svg> of the chart's own size, so that the template's CSS for the chart's
+#    svg still sizes it. WeasyPrint then no longer cascades the template's styles over every
+#    element of the chart, which was most of a chart's layout time.
+CHART_DRAWINGS = (1, 2)
+PRINT_DRAWING = 2
+# The drawing of the print rendition being composed (Composer.print_html); None elsewhere.
+_print_drawing: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "ccm_print_drawing", default=None
+)
+
+
+class UnknownDrawing(CompositionError):
+    pass
+
+
+def drawing_checked(drawing: int) -> int:
+    """`drawing` if this code knows how to draw it; UnknownDrawing otherwise (e.g. a document
+    archived by a newer CCM, which must not be reprinted with charts drawn differently)."""
+    if isinstance(drawing, bool) or drawing not in CHART_DRAWINGS:
+        known = ", ".join(str(d) for d in CHART_DRAWINGS)
+        raise UnknownDrawing(f"chart drawing {drawing!r} is unknown: this CCM draws {known}")
+    return drawing
+
+
+def _drawing_for(drawing: int | None) -> int:
+    if drawing is None:
+        drawing = _print_drawing.get()
+    return 1 if drawing is None else drawing_checked(drawing)
+
+
+_SVG_NAMESPACE = "http://www.w3.org/2000/svg"
+# Elements paper never shows: tooltip data (<desc>) and hover titles (<title>).
+_UNSEEN_TAGS = frozenset({"desc", "title"})
+# Style rules whose every selector only matters on a screen.
+_SCREEN_ONLY_SELECTOR_RE = re.compile(r":hover|\.tooltip|\.active")
+_CSS_RULE_RE = re.compile(r"([^{}]+)\{([^{}]*)\}")
+
+
+def _classes(element: ElementTree.Element) -> set[str]:
+    return set(element.get("class", "").split())
+
+
+def _paper_only(parent: ElementTree.Element, *, in_x_axis: bool = False) -> None:
+    for child in list(parent):
+        # Local names: the whole chart is SVG, and the root says so once (see _paper_drawing).
+        child.tag = child.tag.rpartition("}")[2]
+        classes = _classes(child)
+        hidden_guide = in_x_axis and child.tag == "path" and classes == {"guide", "line"}
+        if child.tag in _UNSEEN_TAGS or "tooltip-overlay" in classes or hidden_guide:
+            parent.remove(child)
+            continue
+        _paper_only(child, in_x_axis=in_x_axis or {"axis", "x"} <= classes)
+
+
+def _paper_style(css: str) -> str:
+    def keep(match: re.Match) -> str:
+        selectors = match.group(1).split(",")
+        if all(_SCREEN_ONLY_SELECTOR_RE.search(s) for s in selectors):
+            return ""
+        return match.group(0)
+
+    return _CSS_RULE_RE.sub(keep, css)
+
+
+def _paper_drawing(svg: str) -> Markup:
+    """Drawing 2 of `svg` (see CHART_DRAWINGS)."""
+    root = ElementTree.fromstring(svg)  # noqa: S314 - pygal's own output, no entities
+    # The x axis's guides are hidden by pygal's style (show_x_guides=False); paper needs neither.
+    _paper_only(root)
+    for style in root.iter("style"):
+        style.text = _paper_style(style.text or "")
+    # Written with SVG as the default namespace, as pygal wrote it: ElementTree's own prefix
+    # table is global, and any library may change it.
+    root.tag = "svg"
+    root.set("xmlns", _SVG_NAMESPACE)
+    image = base64.b64encode(ElementTree.tostring(root, encoding="utf-8")).decode("ascii")
+    width, height, box = root.get("width"), root.get("height"), root.get("viewBox")
+    return Markup(  # noqa: S704 - numbers from pygal and base64 text only
+        f'<svg xmlns="{_SVG_NAMESPACE}" class="pygal-chart" viewBox="{box}" '
+        f'width="{width}" height="{height}"><image width="{width}" height="{height}" '
+        f'href="data:image/svg+xml;base64,{image}"/></svg>'
+    )
 
 
 def _chart_label(label: Any, label_format: str, locale: babel.Locale) -> str:
@@ -917,10 +1016,15 @@ class Composer:
             f"</head><body>{body}</body></html>"
         )
 
-    def print_html(self, data: Mapping) -> str:
+    def print_html(self, data: Mapping, *, drawing: int = 1) -> str:
+        """The print rendition as a document, its charts drawn as `drawing` (CHART_DRAWINGS)."""
         if not self.sources.print_html:
             raise TemplateError("print.html: this template has no print version")
-        return self._document(self._run("print_html", data))
+        token = _print_drawing.set(drawing_checked(drawing))
+        try:
+            return self._document(self._run("print_html", data))
+        finally:
+            _print_drawing.reset(token)
 
     def static_html(self, name: str) -> str:
         """A static insert as a full document; it sees no customer data, by design."""

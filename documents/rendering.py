@@ -35,6 +35,7 @@ from weasyprint.urls import URLFetcher, URLFetcherResponse
 from documents.composition import (
     PAGE_MAX_MM,
     PAGE_MIN_MM,
+    PRINT_DRAWING,
     CompositionError,
     LruCache,
     Sources,
@@ -46,6 +47,8 @@ logger = logging.getLogger("ccm.documents.rendering")
 
 ENGINE_CACHE_SIZE = 32
 IMAGE_CACHE_MAX_ENTRIES = 256
+# data: URLs longer than this are not kept in an engine's image cache (see _ImageCache).
+IMAGE_CACHE_DATA_URL_MAX_CHARS = 2048
 PRODUCER = f"CCM (WeasyPrint {weasyprint.__version__})"
 
 
@@ -122,6 +125,25 @@ class SafeURLFetcher(URLFetcher):
         kind = params[0] or "text/plain"
         body = base64.b64decode(payload) if "base64" in params[1:] else unquote_to_bytes(payload)
         return URLFetcherResponse("data:", body, {"Content-Type": kind})
+
+
+class _ImageCache(dict):
+    """WeasyPrint's image cache for one engine, without the large data: URLs.
+
+    The cache is keyed by URL and lives as long as the engine. A template's own images (asset:
+    URLs, a small data: icon in its CSS) come back in every document and are worth keeping; a
+    large data: URL is a document's own picture (its charts, drawing 2), never asked for by
+    another document, so keeping it (the URL as key and the parsed image) only grows the
+    worker until the cache is cleared."""
+
+    def __setitem__(self, key: object, value: object) -> None:
+        if (
+            isinstance(key, str)
+            and key.startswith("data:")
+            and len(key) > IMAGE_CACHE_DATA_URL_MAX_CHARS
+        ):
+            return
+        super().__setitem__(key, value)
 
 
 # -- environment facts ------------------------------------------------------------------------
@@ -292,7 +314,7 @@ class PdfEngine:
         # One FontConfiguration for every stylesheet and render of this engine: @font-face
         # fonts are loaded once and WeasyPrint requires the same object throughout.
         self.font_config = FontConfiguration()
-        self._image_cache: dict = {}
+        self._image_cache = _ImageCache()
         self._lock = threading.Lock()
         self.stylesheets = [
             self._css(self.composer.print_css()),
@@ -310,8 +332,8 @@ class PdfEngine:
         return weasyprint.CSS(string=text, url_fetcher=self.fetcher, font_config=self.font_config)
 
     def _document(self, html: str) -> weasyprint.document.Document:
-        # The image cache is keyed by URL; data: URLs from customer data would grow it forever
-        # in a long-lived worker.
+        # The image cache is keyed by URL; small data: URLs from customer data would grow it
+        # forever in a long-lived worker.
         if len(self._image_cache) > IMAGE_CACHE_MAX_ENTRIES:
             self._image_cache.clear()
         _check_nesting(html)
@@ -448,11 +470,17 @@ def first_page_png(pdf: bytes, *, width_px: int = 1000) -> bytes:
 
 
 def render_pdf_inprocess(
-    *, sources: Sources, locale: str, data: Mapping, watermark: str | None = None
+    *,
+    sources: Sources,
+    locale: str,
+    data: Mapping,
+    watermark: str | None = None,
+    drawing: int = PRINT_DRAWING,
 ) -> RenderedPdf:
     """`documents.sandbox.render_pdf` without the worker or limits: for the worker itself,
-    trusted callers and the benchmark."""
-    html = composer_for(sources, locale=locale).print_html(data)
+    trusted callers and the benchmark. Charts are drawn as `drawing` (CHART_DRAWINGS in
+    documents.composition): a reprint passes the drawing its document was archived with."""
+    html = composer_for(sources, locale=locale).print_html(data, drawing=drawing)
     try:
         pdf = engine_for(sources, locale=locale).render(html)
         if watermark:

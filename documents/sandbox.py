@@ -40,13 +40,16 @@ from pathlib import Path
 from typing import Any
 
 from documents.composition import (
+    PRINT_DRAWING,
     CompositionError,
     DataInvalid,
     FieldError,
     Sources,
     TemplateError,
+    UnknownDrawing,
     compose_text_channels,
     composer_for,
+    drawing_checked,
     sources_key,
 )
 from documents.rendering import (
@@ -70,7 +73,14 @@ MAX_LIMIT_FAILURES_PER_BATCH = 3
 REPLY_EVERY_S = 0.05
 _ERRORS: dict[str, type[CompositionError]] = {
     cls.__name__: cls
-    for cls in (CompositionError, DataInvalid, TemplateError, RenderError, RenderLimitExceeded)
+    for cls in (
+        CompositionError,
+        DataInvalid,
+        TemplateError,
+        RenderError,
+        RenderLimitExceeded,
+        UnknownDrawing,
+    )
 }
 
 
@@ -281,7 +291,11 @@ def worker_main() -> None:
         _set_cpu_cap(job["cpu_s"])
         try:
             pdf = render_pdf_inprocess(
-                sources=sources, locale=job["locale"], data=job["data"], watermark=job["watermark"]
+                sources=sources,
+                locale=job["locale"],
+                data=job["data"],
+                watermark=job["watermark"],
+                drawing=job["drawing"],
             )
         except MemoryError:
             # Leave while we still can: after a failed allocation the C libraries' state is
@@ -516,8 +530,11 @@ def render_pdf(
     data: Mapping,
     watermark: str | None = None,
     limits: Limits | None = None,
+    drawing: int = PRINT_DRAWING,
 ) -> RenderedPdf:
-    """Compose and render one document in the render worker, under a timeout and memory cap."""
+    """Compose and render one document in the render worker, under a timeout and memory cap,
+    its charts drawn as `drawing` (a reprint passes its archived document's; UnknownDrawing
+    for a drawing this code does not know, before anything is rendered)."""
     limits = limits or Limits()
     job = {
         "key": sources_key(sources, locale),
@@ -525,6 +542,7 @@ def render_pdf(
         "locale": locale,
         "data": dict(data),
         "watermark": watermark,
+        "drawing": drawing_checked(drawing),
     }
     worker = _current_worker()
     with worker.lock:

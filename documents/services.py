@@ -25,6 +25,7 @@ from documents import bundle as bundles
 from documents import signals
 from documents.addressee import sample_addressee, with_addressee
 from documents.composition import (
+    PRINT_DRAWING,
     CompositionError,
     DataInvalid,
     LruCache,
@@ -467,6 +468,7 @@ def document_compose(
             locale=locale,
             data=snapshot,
             limits=render_limits(),
+            drawing=PRINT_DRAWING,
         )
     except CompositionError as exc:
         signals.composition_failed.send(
@@ -481,6 +483,7 @@ def document_compose(
         pdf=rendered,
         kind=DocumentKind.ORIGINAL,
         by=by,
+        drawing=PRINT_DRAWING,
     )
 
 
@@ -493,6 +496,7 @@ def _archive(
     pdf: RenderedPdf,
     kind: str,
     by,
+    drawing: int,
     original: Document | None = None,
 ) -> Document:
     digest = hashlib.sha256(pdf.data).hexdigest()
@@ -508,7 +512,7 @@ def _archive(
             sha256=digest,
             size=len(pdf.data),
             page_count=pdf.page_count,
-            engine=engine_info(),
+            engine=engine_with_drawing(drawing),
             created_by=by,
         )
         document.file.save(name, ContentFile(pdf.data), save=False)
@@ -522,6 +526,17 @@ def _archive(
     return document
 
 
+def engine_with_drawing(drawing: int) -> dict:
+    """What produced a PDF (engine_info) and how its charts were drawn (CHART_DRAWINGS)."""
+    return {**engine_info(), "drawing": drawing}
+
+
+def document_drawing(document: Document) -> int:
+    """How `document`'s charts were drawn: as its engine info says, or drawing 1 for a document
+    archived before the drawing was recorded (inline SVG was then the only one)."""
+    return document.engine.get("drawing", 1)
+
+
 def document_regenerate(
     *, document: Document, by=None, duplicate: bool = False
 ) -> tuple[RegenerationCheck, Document | None]:
@@ -529,11 +544,13 @@ def document_regenerate(
     identical. With `duplicate`, the proven bytes are stamped DUPLICATE and archived as a file of
     their own. A mismatch is recorded, fires `regeneration_mismatch` and raises."""
     version = document.template_version
+    drawing = document_drawing(document)
     rendered = render_pdf(
         sources=version_sources(version, document.language),
         locale=document.locale,
         data=document.data,
         limits=render_limits(),
+        drawing=drawing,
     )
     actual = hashlib.sha256(rendered.data).hexdigest()
     with transaction.atomic():
@@ -543,7 +560,7 @@ def document_regenerate(
             matched=actual == document.sha256,
             expected_sha256=document.sha256,
             actual_sha256=actual,
-            engine=engine_info(),
+            engine=engine_with_drawing(drawing),
         )
         audit.record(
             actor=by,
@@ -569,6 +586,7 @@ def document_regenerate(
             ),
             kind=DocumentKind.DUPLICATE,
             by=by,
+            drawing=drawing,
             original=document,
         )
     return check, copy

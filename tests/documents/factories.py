@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import base64
+import re
+
 import factory
 
 from documents.bundle import Bundle
@@ -59,6 +62,13 @@ def letter_bundle(code: str = "letter", *, heading: str = "Dear", **meta) -> Bun
         },
         assets={},
     )
+
+
+def drawn_chart(markup: str) -> str:
+    """The chart's own SVG in a chart's markup: the inline SVG itself (drawing 1), or the SVG
+    inside drawing 2's data: URL image."""
+    found = re.search(r'href="data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)"', markup)
+    return base64.b64decode(found.group(1)).decode() if found else markup
 
 
 class TemplateFactory(factory.django.DjangoModelFactory):

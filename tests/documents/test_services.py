@@ -10,7 +10,7 @@ from ccm import approvals
 from ccm.models import AuditEvent
 from documents import services, signals
 from documents.bundle import BundleInvalid
-from documents.composition import DataInvalid
+from documents.composition import DataInvalid, UnknownDrawing
 from documents.models import Document, RegenerationCheck, VersionState
 from tests.documents.factories import letter_bundle
 
@@ -160,6 +160,31 @@ def test_regeneration_is_byte_identical_and_recorded(published):
     assert check.actual_sha256 == document.sha256
     assert copy is None
     assert RegenerationCheck.objects.filter(document=document, matched=True).count() == 1
+
+
+def test_a_document_records_how_its_charts_were_drawn(published):
+    document = services.document_compose(
+        version=published, data=published.content["samples"]["default"]
+    )
+
+    assert document.engine["drawing"] == 2
+    check, copy = services.document_regenerate(document=document, duplicate=True)
+    assert check.engine["drawing"] == copy.engine["drawing"] == 2
+
+
+def test_a_document_drawn_in_an_unknown_way_is_not_regenerated(published):
+    # given a document archived by a CCM that draws charts in a way this one does not know
+    document = services.document_compose(
+        version=published, data=published.content["samples"]["default"]
+    )
+    Document.objects.filter(pk=document.pk).update(engine={**document.engine, "drawing": 9})
+    document.refresh_from_db()
+
+    # when it is regenerated, it is refused with the reason, and nothing is recorded
+    with pytest.raises(UnknownDrawing, match="chart drawing 9 is unknown"):
+        services.document_regenerate(document=document, duplicate=True)
+    assert not RegenerationCheck.objects.exists()
+    assert Document.objects.count() == 1
 
 
 def test_duplicate_is_stamped_and_stored_as_its_own_file(published):

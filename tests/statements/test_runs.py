@@ -3,6 +3,7 @@ reason, handed to the one intake once per customer and period, resumable, reprin
 
 from __future__ import annotations
 
+import hashlib
 import io
 from datetime import date
 from decimal import Decimal
@@ -175,6 +176,42 @@ def test_a_reprint_is_byte_identical_to_the_archived_statement(town, ops, sync_t
     assert check.matched
     assert check.actual_sha256 == original.sha256
     assert copy.original == original
+
+
+def test_a_statement_archived_before_chart_drawings_reprints_as_it_was(town, ops, sync_tasks):
+    from django.core.files.base import ContentFile
+
+    from documents.rendering import engine_info
+    from documents.sandbox import render_pdf
+    from documents.services import version_sources
+
+    # given a statement archived before drawings were recorded: its charts inline SVG (drawing
+    # 1, what CCM rendered then) and no drawing in its engine info
+    _run(sync_tasks, ops)
+    statement = _statement(town["good"])
+    statement.communication.refresh_from_db()
+    document = statement.communication.document
+    sources = version_sources(document.template_version, document.language)
+    rendered = {
+        drawing: render_pdf(
+            sources=sources, locale=document.locale, data=document.data, drawing=drawing
+        ).data
+        for drawing in (1, 2)
+    }
+    assert rendered[1] != rendered[2]
+    document.file.save("before.pdf", ContentFile(rendered[1]), save=False)
+    document.sha256 = hashlib.sha256(rendered[1]).hexdigest()
+    document.engine = engine_info()
+    document.save()
+
+    # when it is reprinted
+    copy = services.statement_reprint(statement=statement, by=ops)
+
+    # then its charts are drawn as they were: the same bytes, and the duplicate says so
+    check = RegenerationCheck.objects.get(document=document)
+    assert check.matched
+    assert check.actual_sha256 == hashlib.sha256(rendered[1]).hexdigest()
+    assert copy.engine["drawing"] == 1
 
 
 def test_a_statement_run_shows_on_the_dashboard_as_a_progress_bar(town, ops, sync_tasks):
