@@ -249,9 +249,9 @@ class CpuMeter:
     A thread samples every process of the groups every SAMPLE_S while an interval is open and
     keeps the last figure seen for each process, so one that ends in between (a worker killed
     or recycled, a closed connection's backend) still counts, all but its last SAMPLE_S at most;
-    a single reading at each end would lose it, and with cumulative children's time it would
-    count a reaped child in its parent as well. Processes are keyed by pid and start time, so a
-    reused pid is a new process."""
+    a single reading at each end would lose it, or, through its parent's cumulative children's
+    time, count its whole life, from before the interval too. Processes are keyed by pid and
+    start time, so a reused pid is a new process."""
 
     def __init__(self, roots: Callable[[], dict[str, subprocess.Popen | None]], db_name: str):
         self.roots = roots
