@@ -740,7 +740,7 @@ def pooled_cpu_ms(sides: list[Side]) -> float:
     return sum(sum(side.cpu.values()) for side in sides) * 1000 / sum(side.n for side in sides)
 
 
-def rounds_line(sides: list[tuple[Side, Side | None]]) -> dict[str, float]:
+def round_figures(sides: list[tuple[Side, Side | None]]) -> dict[str, float]:
     """The rounds' figures: pooled (all rounds' messages over all their time or CPU) and the
     median, min and max of the per-round ratios. The batch's CPU per message over the
     campaign's: above 1, a campaign message costs less."""
@@ -980,7 +980,7 @@ def main() -> None:
                 measured, error = throttle(
                     people, args.rate, args.throttle_seconds, layout.throttle_from, args.timeout
                 )
-        figures = rounds_line(sides)
+        figures = round_figures(sides)
         if sides:
             batches = [b for _, b in sides if b is not None]
             print(
