@@ -130,9 +130,10 @@ def test_make_run_serves_the_demo_and_sends_it_on_a_fresh_sqlite_database(tmp_pa
 
     assert health["status"] == "ok", health
     assert login == 200
-    # every communication the demo asked for was worked through by the cluster, none failed
+    # every communication the demo asked for (and those its tasks asked for since, such as the
+    # statement run's) was worked through by the cluster, none failed
     assert set(states) <= SETTLED, f"{states}\n{log.read_text()[-4000:]}"
-    assert sum(states.values()) == requested
+    assert sum(states.values()) >= requested
     assert states.get("sent", 0) + states.get("delivered", 0) > 0
     assert _failed_tasks(database) == []
     # and Ctrl-C stops the web server and the cluster cleanly
