@@ -23,6 +23,13 @@ def chunk_size() -> int:
     return max(1, settings.CCM_BULK_CHUNK)
 
 
+def render_chunk_size() -> int:
+    """Communications a compose task on the render queue takes: fewer than a text chunk, so a
+    batch's PDFs (a quarter of a second each) are shared by every render worker instead of one
+    worker rendering a whole chunk while the others wait."""
+    return max(1, min(settings.CCM_RENDER_CHUNK, chunk_size()))
+
+
 def ids_enqueue(task: str, ids: list[int], queue: Queue | None = None) -> None:
     # One task carries one chunk of ids (a list argument; `enqueue` only types single ids).
     enqueue(task, ids, queue=queue)

@@ -90,15 +90,22 @@ def test_chunks_carry_at_most_the_configured_number_of_ids(
     enqueue_replace(monkeypatch, lambda task, *args, **_: enqueued.append((task, args)))
     with django_capture_on_commit_callbacks(execute=True):
         ids = request(customers, integrator)
-    # Full chunks get their own task; the remainder is left to the drain.
-    assert [task for task, _ in enqueued] == [
-        "notifications.pipeline.compose.compose_chunk",
-        "notifications.pipeline.compose.compose_chunk",
-        "notifications.pipeline.compose.compose_drain",
-    ]
-    chunks = [args[0] for _, args in enqueued[:2]]
-    assert [len(c) for c in chunks] == [2, 2]
-    assert [pk for c in chunks for pk in c] == ids[:4]
+    # A batch of at least a chunk is all chunk tasks, the last one short; no drain would take
+    # the batch's rows from under them.
+    assert [task for task, _ in enqueued] == ["notifications.pipeline.compose.compose_chunk"] * 3
+    chunks = [args[0] for _, args in enqueued]
+    assert chunks == [ids[:2], ids[2:4], ids[4:]]
+
+
+def test_a_batch_smaller_than_a_chunk_is_left_to_the_drain(
+    document_ready, customers, integrator, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.CCM_BULK_CHUNK = 6
+    enqueued = []
+    enqueue_replace(monkeypatch, lambda task, *args, **_: enqueued.append((task, args)))
+    with django_capture_on_commit_callbacks(execute=True):
+        request(customers, integrator)
+    assert enqueued == [("notifications.pipeline.compose.compose_drain", ())]
 
 
 def test_single_requests_share_one_waiting_drain_task(
@@ -355,3 +362,57 @@ def test_a_chunk_sent_by_its_composer_writes_each_delivery_once_per_move_and_rea
     assert {m.subject for m in mail.outbox} == {
         c.rendered["email"]["subject"] for c in Communication.objects.all()
     }
+
+
+def letters(customers, integrator):
+    return intake.communications_request_bulk(
+        template_code="letter",
+        items=[
+            {
+                "customer": c,
+                "data": {"customer": {"name": c.name}, "balance": i, "as_of": "2026-04-12"},
+            }
+            for i, c in enumerate(customers)
+        ],
+        client="bill-run",
+        by=integrator,
+    )
+
+
+def test_pdf_chunks_are_small_so_every_render_worker_shares_a_batch(
+    letter, customers, integrator, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A letter is a PDF (a quarter of a second each): a batch becomes render-queue tasks of
+    CCM_RENDER_CHUNK, not one task of CCM_BULK_CHUNK that one render worker works alone."""
+    settings.CCM_BULK_CHUNK, settings.CCM_RENDER_CHUNK = 250, 2
+    enqueued = []
+    enqueue_replace(monkeypatch, lambda task, *args, **kw: enqueued.append((task, args, kw)))
+    with django_capture_on_commit_callbacks(execute=True):
+        ids = letters(customers, integrator)
+    assert [(task, kw.get("queue")) for task, _, kw in enqueued] == [
+        ("notifications.pipeline.compose.compose_chunk", None)
+    ] * 3
+    assert [args[0] for _, args, _ in enqueued] == [ids[:2], ids[2:4], ids[4:]]
+
+
+def test_the_render_drain_composes_a_render_chunk_at_a_time(
+    letter, customers, integrator, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    settings.CCM_BULK_CHUNK, settings.CCM_RENDER_CHUNK = 250, 2
+    enqueue_replace(monkeypatch, lambda *args, **kwargs: None)
+    with django_capture_on_commit_callbacks(execute=True):
+        ids = letters(customers, integrator)
+    passes = []
+    real = compose.compose_chunk
+
+    def counted(chunk, **kwargs):
+        passes.append(list(chunk))
+        return real(chunk, **kwargs)
+
+    monkeypatch.setattr(compose, "compose_chunk", counted)
+    # when the render queue's drain runs
+    counts = compose.compose_drain()
+    # then it claimed every letter, two at a time (between passes another worker may claim)
+    assert passes == [ids[:2], ids[2:4], ids[4:]]
+    assert counts["claimed"] == 5
+    assert not Communication.objects.filter(pk__in=ids, state="received").exists()
