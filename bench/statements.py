@@ -314,6 +314,45 @@ def render_rate(n: int) -> tuple[float, float]:
     return n / (time.perf_counter() - started), (worker_cpu_s() - cpu) / n
 
 
+def _render_child(barrier, n: int, done) -> None:
+    from documents import selectors
+    from documents import services as documents
+
+    version = selectors.version_for_sending(code="usage_statement")
+    sample = version.content["samples"]["default"]
+    documents.document_compose(version=version, data=sample, language="en")  # warm
+    barrier.wait()
+    for _ in range(n):
+        documents.document_compose(version=version, data=sample, language="en")
+    done.put(time.perf_counter())
+
+
+def render_rate_parallel(processes: int, n: int) -> float:
+    """Documents a second of `processes` processes each composing the sample `n` times at
+    once: what the render cluster's workers could do if they did nothing but render."""
+    import multiprocessing
+
+    from django.db import connections
+
+    from documents.sandbox import shutdown_workers
+
+    shutdown_workers()
+    connections.close_all()
+    context = multiprocessing.get_context("fork")
+    barrier, done = context.Barrier(processes + 1), context.Queue()
+    children = [
+        context.Process(target=_render_child, args=(barrier, n, done)) for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    barrier.wait(timeout=300)
+    started = time.perf_counter()
+    ends = [done.get(timeout=1800) for _ in children]
+    for child in children:
+        child.join()
+    return processes * n / (max(ends) - started)
+
+
 # Where a statement PDF's time goes: (label, file fragment, function) whose cumulative time
 # is reported; the template's own work is print_html less the charts.
 PROFILE_PARTS = [
@@ -432,11 +471,25 @@ def bill_run(
     return counts["handed"] / elapsed, counts["handed"], counts["held"], rss
 
 
+def reprint_identical(ops, statements: list) -> bool:
+    """Reprint each statement from its stored inputs: every PDF must come back byte for byte
+    (statement_reprint raises on a bill that no longer matches; the check records the PDF)."""
+    from notifications.statements import services
+
+    for statement in statements:
+        original = statement.communication.document
+        copy = services.statement_reprint(statement=statement, by=ops)
+        check = original.checks.order_by("-pk").first()
+        if copy is None or check is None or not check.matched:
+            print(f"  reprint of statement {statement.pk} differs")
+            return False
+    return True
+
+
 def sample_and_reprint(served: dict, workdir: Path, ops, sample: int) -> tuple[float, bool]:
     """Start the render cluster on the run's queued PDFs and time the first `sample` of them
     (then stop it), then reprint one from its stored inputs: the PDF must come back byte for
     byte."""
-    from notifications.statements import services
     from notifications.statements.models import Statement
 
     started = time.perf_counter()
@@ -451,10 +504,7 @@ def sample_and_reprint(served: dict, workdir: Path, ops, sample: int) -> tuple[f
         stop(render)
     statement = Statement.objects.filter(communication__document__isnull=False).first()
     assert statement is not None, "no statement was composed"
-    original = statement.communication.document
-    copy = services.statement_reprint(statement=statement, by=ops)  # raises on a mismatch
-    check = original.checks.order_by("-pk").first()
-    return rate, bool(copy is not None and check is not None and check.matched)
+    return rate, reprint_identical(ops, [statement])
 
 
 def rss_table(rss: list[tuple[int, float, float]]) -> str:
@@ -477,6 +527,11 @@ def main() -> None:
         help="the issue's run: 10,000 customers with a year of half-hourly readings",
     )
     parser.add_argument(
+        "--with-pdfs",
+        action="store_true",
+        help="with --issue-size: the render cluster composes every PDF during the run",
+    )
+    parser.add_argument(
         "--shape", choices=["csv", "rows", "objects"], default="csv", help="intake body"
     )
     parser.add_argument("--call", type=int, default=100_000, help="readings a call")
@@ -487,7 +542,12 @@ def main() -> None:
         help="no render cluster during the run: it computes, holds and hands every statement; "
         "then --sample PDFs are composed by the render cluster",
     )
-    parser.add_argument("--sample", type=int, default=5, help="PDFs rendered with --no-compose")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=5,
+        help="PDFs rendered with --no-compose; statements reprinted (at random) without it",
+    )
     parser.add_argument(
         "--profile-render",
         type=int,
@@ -500,7 +560,7 @@ def main() -> None:
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn workers")
     args = parser.parse_args()
     if args.issue_size:
-        args.customers, args.days, args.no_compose = 10_000, 366, True
+        args.customers, args.days, args.no_compose = 10_000, 366, not args.with_pdfs
     # Killed from outside: still stop what was started and drop the database (finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     name = f"ccm_bench_statements_{os.getpid()}"
@@ -566,6 +626,12 @@ def main() -> None:
             f"alone); {load()}",
             flush=True,
         )
+        render_all = render_rate_parallel(args.render_workers, args.render) if args.render else 0.0
+        print(
+            f"render baseline, {args.render_workers} processes at once (the render cluster's "
+            f"workers doing nothing else): {render_all:.2f} documents/s; {load()}",
+            flush=True,
+        )
         served = {**os.environ}
         web, port = start_gunicorn(served, workdir / "gunicorn.log", workers=args.web_workers)
         key = api_key_create(
@@ -612,12 +678,24 @@ def main() -> None:
                 f"start included); reprint byte-identical: {identical}; {load()}"
             )
             extra = f" sample_render={sampled:.2f} reprint_identical={identical}"
+        else:
+            from notifications.statements.models import Statement
+
+            chosen = list(
+                Statement.objects.filter(communication__document__isnull=False).order_by("?")[
+                    : args.sample
+                ]
+            )
+            identical = reprint_identical(ops, chosen)
+            print(f"reprint of {len(chosen)} statements at random byte-identical: {identical}")
+            extra = f" reprinted={len(chosen)} reprint_identical={identical}"
         print(machine_line())
         print(load())
         print(
             f"statements: intake={rate:.0f} replay={replay:.0f} run={run_rate:.2f} "
             f"render={render:.2f} render_cpu_s={render_cpu:.3f} "
-            f"run_vs_render={run_rate / (render or 1):.2f} handed={handed} "
+            f"run_vs_render={run_rate / (render or 1):.2f} render_all={render_all:.2f} "
+            f"run_vs_render_all={run_rate / (render_all or 1):.2f} handed={handed} "
             f"held={held} default_rss_mb={first_q:.0f}→{last_q:.0f} "
             f"render_rss_mb={render_first:.0f}→{render_last:.0f}{extra}"
         )
