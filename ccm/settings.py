@@ -502,9 +502,6 @@ CCM_PORTAL_RENEWAL_TEMPLATE = env.str("CCM_PORTAL_RENEWAL_TEMPLATE", default="do
 CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & Insurance")
 # Communications per queue row in the bulk path (DESIGN: a few hundred at most).
 CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=250)
-# Communications per compose task on the render queue (at most CCM_BULK_CHUNK): each may archive a
-# PDF, so a chunk of 250 would keep one render worker busy for a minute while the others idle.
-CCM_RENDER_CHUNK = env.int("CCM_RENDER_CHUNK", default=20)
 # An unthrottled campaign hands this many pipeline chunks per hand-off (copied from the frozen
 # audience in a few statements); each send task hands two, its successor queued between them.
 CCM_CAMPAIGN_HANDOFF_CHUNKS = env.int("CCM_CAMPAIGN_HANDOFF_CHUNKS", default=4)

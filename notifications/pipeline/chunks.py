@@ -11,6 +11,7 @@ from contextvars import ContextVar
 
 from django.conf import settings
 
+from ccm.rows import chunks
 from ccm.tasks import Queue, enqueue
 from documents.models import TemplateVersion
 from notifications import signals
@@ -23,11 +24,34 @@ def chunk_size() -> int:
     return max(1, settings.CCM_BULK_CHUNK)
 
 
-def render_chunk_size() -> int:
-    """Communications a compose task on the render queue takes: fewer than a text chunk, so a
-    batch's PDFs (a quarter of a second each) are shared by every render worker instead of one
-    worker rendering a whole chunk while the others wait."""
-    return max(1, min(settings.CCM_RENDER_CHUNK, chunk_size()))
+# A batch on the render queue smaller than this is left to the drain, like a single request.
+RENDER_PIECE_MIN = 10
+
+
+def compose_pieces(ids: list[int], *, text_only: bool) -> list[list[int]]:
+    """How a batch is split into compose tasks; none for fewer than a piece (a single request:
+    the queue's drain composes a stream of those together).
+
+    A text chunk is `CCM_BULK_CHUNK`. A batch that archives PDFs (a quarter of a second each)
+    is also cut into at least as many near-equal pieces as the render queue has workers, so a
+    bill run's chunk of 100 is rendered by every render worker at once instead of one of them
+    working it alone; large batches keep full chunks (a smaller one would cost a task and a
+    provider call more per chunk)."""
+    size = chunk_size()
+    if text_only:
+        return [] if len(ids) < size else list(chunks(ids, size))
+    render = settings.Q_CLUSTER.get("ALT_CLUSTERS", {}).get(Queue.RENDER, {})
+    workers = max(1, render.get("workers", settings.Q_CLUSTER.get("workers", 1)))
+    if len(ids) < RENDER_PIECE_MIN:
+        return []
+    pieces = max(-(-len(ids) // size), min(workers, len(ids) // RENDER_PIECE_MIN))
+    base, extra = divmod(len(ids), pieces)
+    cut, start = [], 0
+    for n in range(pieces):
+        end = start + base + (n < extra)
+        cut.append(ids[start:end])
+        start = end
+    return cut
 
 
 def ids_enqueue(task: str, ids: list[int], queue: Queue | None = None) -> None:

@@ -43,10 +43,10 @@ from notifications.models import (
 from notifications.pipeline import history, selection
 from notifications.pipeline.chunks import (
     chunk_size,
+    compose_pieces,
     dispatch_here,
     moves_announce,
     needs_pdf,
-    render_chunk_size,
     signal_send,
     targets_of,
 )
@@ -81,16 +81,16 @@ DRAIN_MAX_CHUNKS = 20
 
 
 def compose_enqueue(ids: list[int], queue: Queue | None = None) -> None:
-    """Composition for new communications, after commit. A batch of at least a chunk becomes
-    chunk tasks, its last one possibly short (the drain reads the oldest waiting rows first, so
-    a remainder left to it would make it take the batch's chunks from under their own tasks and
-    work them one after the other); less than a chunk — a single request — is left to the
-    drain of that queue, which composes a stream of them together."""
+    """Composition for new communications, after commit. A batch becomes compose tasks
+    (`compose_pieces`), all of it: the drain reads the oldest waiting rows first, so a remainder
+    left to it would make it take the batch's rows from under their own tasks and work them one
+    after the other. Less than a piece — a single request — is left to the drain of that
+    queue, which composes a stream of them together."""
     if not ids:
         return
     text_only = queue == Queue.DISPATCH
-    size = chunk_size() if text_only else render_chunk_size()
-    if len(ids) < size:
+    pieces = compose_pieces(ids, text_only=text_only)
+    if not pieces:
         # The drain's log lines name the request that asked for it (on commit, the request
         # may be over).
         transaction.on_commit(
@@ -98,11 +98,11 @@ def compose_enqueue(ids: list[int], queue: Queue | None = None) -> None:
             robust=False,
         )
         return
-    for chunk in chunks(ids, size):
+    for piece in pieces:
         # A text-only chunk is sent by the task that composes it (`dispatch_now`).
         enqueue(
             "notifications.pipeline.compose.compose_chunk",
-            chunk,
+            piece,
             queue=queue,
             dispatch_now=text_only,
         )
@@ -163,9 +163,8 @@ def compose_drain(text_only: bool = False) -> dict[str, int]:
     waiting = Communication.objects.filter(state=CommState.RECEIVED)
     if text_only:
         waiting = waiting.filter(_text_only_filter())
-    size = chunk_size() if text_only else render_chunk_size()
     for _ in range(DRAIN_MAX_CHUNKS):
-        ids = list(waiting.order_by("pk").values_list("pk", flat=True)[:size])
+        ids = list(waiting.order_by("pk").values_list("pk", flat=True)[: chunk_size()])
         if not ids:
             return dict(counts)
         # Rows another worker is claiming right now are skipped; the next read leaves them out.

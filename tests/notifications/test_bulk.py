@@ -379,40 +379,43 @@ def letters(customers, integrator):
     )
 
 
-def test_pdf_chunks_are_small_so_every_render_worker_shares_a_batch(
+def test_a_batch_of_pdfs_is_shared_by_every_render_worker(
     letter, customers, integrator, settings, monkeypatch, django_capture_on_commit_callbacks
 ):
-    """A letter is a PDF (a quarter of a second each): a batch becomes render-queue tasks of
-    CCM_RENDER_CHUNK, not one task of CCM_BULK_CHUNK that one render worker works alone."""
-    settings.CCM_BULK_CHUNK, settings.CCM_RENDER_CHUNK = 250, 2
+    """A letter is a PDF (a quarter of a second each): a batch smaller than a chunk still
+    becomes a task per render worker, not one task (or a drain) that one worker works alone."""
+    settings.CCM_BULK_CHUNK = 250
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "workers": 2, "ALT_CLUSTERS": {}}
+    monkeypatch.setattr(chunks, "RENDER_PIECE_MIN", 2)
     enqueued = []
     enqueue_replace(monkeypatch, lambda task, *args, **kw: enqueued.append((task, args, kw)))
     with django_capture_on_commit_callbacks(execute=True):
         ids = letters(customers, integrator)
     assert [(task, kw.get("queue")) for task, _, kw in enqueued] == [
         ("notifications.pipeline.compose.compose_chunk", None)
-    ] * 3
-    assert [args[0] for _, args, _ in enqueued] == [ids[:2], ids[2:4], ids[4:]]
+    ] * 2
+    assert [args[0] for _, args, _ in enqueued] == [ids[:3], ids[3:]]
 
 
-def test_the_render_drain_composes_a_render_chunk_at_a_time(
-    letter, customers, integrator, settings, monkeypatch, django_capture_on_commit_callbacks
-):
-    settings.CCM_BULK_CHUNK, settings.CCM_RENDER_CHUNK = 250, 2
-    enqueue_replace(monkeypatch, lambda *args, **kwargs: None)
-    with django_capture_on_commit_callbacks(execute=True):
-        ids = letters(customers, integrator)
-    passes = []
-    real = compose.compose_chunk
-
-    def counted(chunk, **kwargs):
-        passes.append(list(chunk))
-        return real(chunk, **kwargs)
-
-    monkeypatch.setattr(compose, "compose_chunk", counted)
-    # when the render queue's drain runs
-    counts = compose.compose_drain()
-    # then it claimed every letter, two at a time (between passes another worker may claim)
-    assert passes == [ids[:2], ids[2:4], ids[4:]]
-    assert counts["claimed"] == 5
-    assert not Communication.objects.filter(pk__in=ids, state="received").exists()
+@pytest.mark.parametrize(
+    ("n", "size", "workers", "text_only", "expected"),
+    [
+        (1, 250, 2, False, []),  # a single request: the drain's
+        (9, 250, 2, False, []),
+        (38, 250, 2, False, [19, 19]),  # a small bill run's chunk, on both render workers
+        (98, 250, 4, False, [25, 25, 24, 24]),
+        (25, 250, 4, False, [13, 12]),  # no piece under ten
+        (250, 250, 2, False, [125, 125]),
+        (1000, 250, 2, False, [250] * 4),  # large batches keep full chunks
+        (1001, 250, 2, False, [201, 200, 200, 200, 200]),
+        (38, 250, 2, True, []),  # text: chunks of CCM_BULK_CHUNK, less to the drain
+        (600, 250, 2, True, [250, 250, 100]),
+    ],
+)
+def test_how_a_batch_is_cut_into_compose_tasks(settings, n, size, workers, text_only, expected):
+    settings.CCM_BULK_CHUNK = size
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "ALT_CLUSTERS": {"render": {"workers": workers}}}
+    ids = list(range(n))
+    pieces = chunks.compose_pieces(ids, text_only=text_only)
+    assert [len(p) for p in pieces] == expected
+    assert [i for p in pieces for i in p] == (ids if expected else [])
