@@ -37,7 +37,7 @@ from ccm import audit
 from documents.composition import validate_data
 from documents.models import Document
 from notifications.models import Communication, Customer, Source
-from notifications.pipeline import services as notifications
+from notifications.pipeline import services as pipeline
 
 
 class CaseError(ValueError):
@@ -430,7 +430,7 @@ def milestone_reach(*, case: Case, code: str, by, data: Mapping | None = None) -
 def _milestone_letter(case: Case, milestone: Milestone, *, by, data: Mapping) -> Communication:
     if case.customer is None:
         raise CaseError("A letter needs the customer the case is about.", field="customer")
-    communication, _ = notifications.communication_request(
+    communication, _ = pipeline.communication_request(
         template_code=milestone.template_code,
         customer=case.customer,
         data=letters.milestone_letter_data(case, milestone, by=by, extra=data),

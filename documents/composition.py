@@ -1016,8 +1016,10 @@ class Composer:
             f"</head><body>{body}</body></html>"
         )
 
-    def print_html(self, data: Mapping, *, drawing: int = 1) -> str:
-        """The print rendition as a document, its charts drawn as `drawing` (CHART_DRAWINGS)."""
+    def print_html(self, data: Mapping, *, drawing: int) -> str:
+        """The print rendition as a document, its charts drawn as `drawing` (CHART_DRAWINGS):
+        no default, so that every caller says which (PRINT_DRAWING for a new document, the
+        archived drawing for a reprint)."""
         if not self.sources.print_html:
             raise TemplateError("print.html: this template has no print version")
         token = _print_drawing.set(drawing_checked(drawing))

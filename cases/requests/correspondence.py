@@ -27,7 +27,7 @@ from documents.models import TemplateVersion
 from documents.rendering import RenderedPdf
 from notifications.errors import IntakeError
 from notifications.models import Customer, Source
-from notifications.pipeline import services as notifications
+from notifications.pipeline import services as pipeline
 from notifications.pipeline.content import addressee_of, intake_data_validate
 from notifications.pipeline.facts import enabled_channels
 
@@ -189,7 +189,7 @@ def _on_decision(request: CorrespondenceRequest, approval: Approval) -> None:
     )
     try:
         with transaction.atomic():
-            communication, _ = notifications.communication_request(
+            communication, _ = pipeline.communication_request(
                 template_code=locked.template.code,
                 customer=locked.customer,
                 data=locked.data,

@@ -44,7 +44,7 @@ from documents.models import Document, DocumentKind
 from notifications.customers import services as customer_services
 from notifications.errors import IntakeError
 from notifications.models import Communication, Customer, Source, Suppression
-from notifications.pipeline import services as notifications
+from notifications.pipeline import services as pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -413,7 +413,7 @@ def _send(request: ReprintRequest) -> str:
             return "skipped"
         try:
             with transaction.atomic():
-                communication, _ = notifications.communication_request(
+                communication, _ = pipeline.communication_request(
                     template_code=locked.document.template_version.template.code,
                     customer=locked.customer,
                     data=_letter_data(locked),

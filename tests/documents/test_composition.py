@@ -7,6 +7,7 @@ import pytest
 
 from documents.composition import (
     LOOP_MAX_ITERATIONS,
+    PRINT_DRAWING,
     PUSH_BODY_MAX,
     PUSH_TITLE_MAX,
     Composer,
@@ -74,7 +75,7 @@ def test_undefined_variable_names_part_and_line():
     composer = Composer(Sources(print_html="<p>Dear</p>\n\n<p>{{ customer.name }}</p>"))
 
     with pytest.raises(TemplateError) as caught:
-        composer.print_html({})
+        composer.print_html({}, drawing=PRINT_DRAWING)
 
     assert caught.value.reason == "print.html line 3: 'customer' is undefined"
 
@@ -86,7 +87,7 @@ def test_undefined_variable_in_partial_names_the_partial():
     )
 
     with pytest.raises(TemplateError) as caught:
-        Composer(sources).print_html({"name": "Ann"})
+        Composer(sources).print_html({"name": "Ann"}, drawing=PRINT_DRAWING)
 
     assert caught.value.reason == "print.html (address.html) line 2: 'street' is undefined"
 
@@ -102,13 +103,15 @@ def test_partials_are_included():
         partials={"sig.html": "<i>{{ who }}</i>"},
     )
 
-    html = Composer(sources).print_html({"who": "Bank & Co"})
+    html = Composer(sources).print_html({"who": "Bank & Co"}, drawing=PRINT_DRAWING)
 
     assert "<main><i>Bank &amp; Co</i></main>" in html
 
 
 def test_print_html_is_a_full_document_with_lang_and_charset():
-    html = Composer(Sources(print_html="<p>{{ n }}</p>"), locale="de_DE").print_html({"n": "<b>"})
+    html = Composer(Sources(print_html="<p>{{ n }}</p>"), locale="de_DE").print_html(
+        {"n": "<b>"}, drawing=PRINT_DRAWING
+    )
 
     assert html.startswith('<!DOCTYPE html>\n<html lang="de-DE"><head><meta charset="utf-8">')
     assert "<body><p>&lt;b&gt;</p></body></html>" in html
@@ -272,7 +275,9 @@ def test_chart_is_static_deterministic_svg():
 
 def test_chart_rejects_unknown_kind():
     with pytest.raises(TemplateError, match="chart: kind must be 'bar' or 'line'"):
-        Composer(Sources(print_html="{{ chart('pie', [], []) }}")).print_html({})
+        Composer(Sources(print_html="{{ chart('pie', [], []) }}")).print_html(
+            {}, drawing=PRINT_DRAWING
+        )
 
 
 def test_string_repetition_bomb_is_refused_before_allocating():

@@ -15,7 +15,14 @@ from markupsafe import Markup
 
 from documents import bundle
 from documents.bundle import BundleInvalid
-from documents.composition import Composer, Sources, TemplateError, chart, nice_ticks
+from documents.composition import (
+    PRINT_DRAWING,
+    Composer,
+    Sources,
+    TemplateError,
+    chart,
+    nice_ticks,
+)
 from documents.demo import LIBRARY
 from documents.rendering import render_pdf_inprocess
 
@@ -96,7 +103,9 @@ def test_translations_fill_values_and_keep_data_escaped():
         locale="de_DE",
     )
 
-    html = composer.print_html({"amount": "<5 €>", "date": "1. März", "name": "<script>"})
+    html = composer.print_html(
+        {"amount": "<5 €>", "date": "1. März", "name": "<script>"}, drawing=PRINT_DRAWING
+    )
 
     assert "<p>Zahlen Sie &lt;5 €&gt; bis <em>1. März</em></p>" in html
     assert "<p>&lt;script&gt;</p>" in html  # data without a translation stays text
@@ -107,7 +116,7 @@ def test_a_message_without_its_value_says_which():
     composer = Composer(Sources(print_html="{{ _('Pay by {date}') }}"))
 
     with pytest.raises(TemplateError, match=r"needs a value for \{date\}"):
-        composer.print_html({})
+        composer.print_html({}, drawing=PRINT_DRAWING)
 
 
 def test_print_css_messages_become_css_strings():
