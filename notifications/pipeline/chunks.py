@@ -40,10 +40,10 @@ def compose_pieces(ids: list[int], *, text_only: bool) -> list[list[int]]:
     size = chunk_size()
     if text_only:
         return [] if len(ids) < size else list(chunks(ids, size))
-    render = settings.Q_CLUSTER.get("ALT_CLUSTERS", {}).get(Queue.RENDER, {})
-    workers = max(1, render.get("workers", settings.Q_CLUSTER.get("workers", 1)))
     if len(ids) < RENDER_PIECE_MIN:
         return []
+    render = settings.Q_CLUSTER.get("ALT_CLUSTERS", {}).get(Queue.RENDER, {})
+    workers = max(1, render.get("workers", settings.Q_CLUSTER.get("workers", 1)))
     pieces = max(-(-len(ids) // size), min(workers, len(ids) // RENDER_PIECE_MIN))
     base, extra = divmod(len(ids), pieces)
     cut, start = [], 0
