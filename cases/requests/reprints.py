@@ -45,6 +45,7 @@ from notifications.customers import services as customer_services
 from notifications.errors import IntakeError
 from notifications.models import Communication, Customer, Source, Suppression
 from notifications.pipeline import services as pipeline
+from notifications.statements import services as statements
 
 logger = logging.getLogger(__name__)
 
@@ -385,6 +386,13 @@ def reprint_fulfil_run(request_id: int) -> str:
         "document__template_version__template", "customer", "case", "requested_by"
     ).get(pk=request_id)
     if request.duplicate is None:
+        try:
+            statements.document_bill_check(request.document)
+        except statements.ReprintMismatch as exc:
+            # A statement whose figures the billing engine no longer gives is not copied: the
+            # duplicate would repeat a bill CCM cannot stand by.
+            _fail(request, f"the bill was not reproduced: {exc}")
+            return ReprintState.FAILED
         try:
             check, duplicate = documents.document_regenerate(
                 document=request.document, by=None, duplicate=True

@@ -316,11 +316,34 @@ class ReprintMismatch(Exception):
     pass
 
 
+def statement_bill_check(statement: Statement) -> None:
+    """Before a statement is reprinted: its bill computed again from the stored inputs must be
+    the stored result, or ReprintMismatch says what differs. A copy then repeats figures the
+    billing engine still stands by, not only the bytes that were archived."""
+    again = billing.bill_compute(statement.inputs)
+    if again != statement.result:
+        differ = sorted(
+            k for k in set(again) | set(statement.result) if again.get(k) != statement.result.get(k)
+        )
+        raise ReprintMismatch(
+            f"statement {statement.pk}: its stored readings no longer give its stored bill "
+            f"(differs in {', '.join(differ)})"
+        )
+
+
+def document_bill_check(document) -> None:
+    """`statement_bill_check` for the statement `document` (an archived original) was issued
+    for, if it is one; any other document passes. Every reprint calls it before the archive is
+    regenerated (cases.requests.reprints)."""
+    statement = Statement.objects.filter(communication__document=document).first()
+    if statement is not None:
+        statement_bill_check(statement)
+
+
 def statement_reprint(*, statement: Statement, by):
     """Recompute the bill from the stored inputs (it must equal the stored result) and
     regenerate the archived PDF byte for byte; returns the stamped duplicate document."""
-    if billing.bill_compute(statement.inputs) != statement.result:
-        raise ReprintMismatch("the stored inputs no longer give the stored bill")
+    statement_bill_check(statement)
     communication = statement.communication
     if communication is None or communication.document is None:
         raise RunError("The statement has no archived document yet.")
