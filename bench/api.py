@@ -11,8 +11,13 @@ its three fields and does one INSERT. The API call is an integrator's: Api-Key a
 scope check, throttles, the request serializer, intake (schema check, the communication row
 and its history step, the compose drain's flag). No cluster runs: the tasks wait in the queue.
 
-Runs are interleaved (bare, api, bare, api, …) at 8 and then 32 keep-alive connections, so a
-slow moment of the shared machine hits both sides. Figures per side: requests/s (requests over
+A third side, the floor (`POST /bench/floor`), does the bare view's work behind the project's
+own API base view — DRF, Api-Key authentication, scope check, rate limits — called with the same
+key: the least any authenticated CCM endpoint costs. Its ratio to the bare view bounds what the
+API's can be.
+
+Runs are interleaved (bare, floor, api, bare, …) at 8 and then 32 keep-alive connections, so a
+slow moment of the shared machine hits every side. Figures per side: requests/s (requests over
 the wall time of its runs), p50 and p99 latency.
 
 Per side also the server's CPU per request (the gunicorn workers' and the database sessions'
@@ -21,7 +26,7 @@ requests/s and latency.
 
 Last lines, one per connection count:
 api c=<n>: api_rps=… bare_rps=… ratio=… api_p50_ms=… api_p99_ms=… bare_p50_ms=… bare_p99_ms=…
-  api_cpu_ms=… bare_cpu_ms=…
+  api_cpu_ms=… bare_cpu_ms=… floor_rps=… floor_ratio=… floor_cpu_ms=…
 """
 
 from __future__ import annotations
@@ -45,8 +50,10 @@ from serve import (  # noqa: E402
     THREADS,
     Client,
     cache_url,
+    cpu_used,
     machine_line,
     percentile,
+    process_cpu_seconds,
     production_env,
     run_pool,
     sql_admin,
@@ -96,31 +103,6 @@ def prepare() -> str:
     with connection.cursor() as cursor:
         cursor.execute(CREATE_TABLE)
     return api_key_create(name="bench", scopes=["communications:write"]).key
-
-
-def server_cpu_seconds(master_pid: int) -> dict[int, float]:
-    """CPU time (user + system) so far of each process serving the benchmark: the gunicorn
-    workers and the PostgreSQL sessions on its database (this process's own left out). Unlike
-    requests/s, the CPU a request costs hardly depends on what else the shared machine runs."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        pids = [pid for (pid,) in cursor.fetchall()]
-    seconds = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(proc.name) in pids or int(fields[1]) == master_pid:  # fields[1]: the parent
-            seconds[int(proc.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return seconds
 
 
 def one_run(client: Client, path: str, start: int, n: int, connections: int):
@@ -259,25 +241,28 @@ def main() -> None:
         # Warm both paths in every worker (imports, compiled schema, connections).
         one_run(api, "/api/v1/communications", 0, 50, 8)
         one_run(bare, "/bench/bare", 0, 50, 8)
+        one_run(api, "/bench/floor", 0, 50, 8)
         counter = itertools.count(100, args.requests)
         if args.profile:
             profile(web.pid, api, args.requests, Path(args.profile))
             return
         lines = []
         for connections in levels:
-            figures: dict[str, tuple[float, list[float]]] = {"bare": (0.0, []), "api": (0.0, [])}
-            cpu = {"bare": 0.0, "api": 0.0}
+            sides = (
+                ("bare", bare, "/bench/bare"),
+                ("floor", api, "/bench/floor"),
+                ("api", api, "/api/v1/communications"),
+            )
+            figures: dict[str, tuple[float, list[float]]] = {s: (0.0, []) for s, _, _ in sides}
+            cpu = {side: 0.0 for side, _, _ in sides}
             for _ in range(args.rounds):
-                for side, client, path in (
-                    ("bare", bare, "/bench/bare"),
-                    ("api", api, "/api/v1/communications"),
-                ):
-                    before = server_cpu_seconds(web.pid)
+                for side, client, path in sides:
+                    before = process_cpu_seconds(parents=[web.pid])
                     wall, latencies = one_run(
                         client, path, next(counter), args.requests, connections
                     )
-                    after = server_cpu_seconds(web.pid)
-                    used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
+                    after = process_cpu_seconds(parents=[web.pid])
+                    used = sum(cpu_used(before, after).values())
                     cpu[side] += used
                     total, all_latencies = figures[side]
                     figures[side] = (total + wall, all_latencies + latencies)
@@ -295,12 +280,15 @@ def main() -> None:
                     percentile(latencies, 99) * 1000,
                 )
             ratio = out["api"][0] / out["bare"][0]
+            cpu_ms = {side: 1000 * cpu[side] / len(figures[side][1]) for side in cpu}
+            floor_ratio = out["floor"][0] / out["bare"][0]
             lines.append(
                 f"api c={connections}: api_rps={out['api'][0]:.0f} bare_rps={out['bare'][0]:.0f} "
                 f"ratio={ratio:.2f} api_p50_ms={out['api'][1]:.1f} api_p99_ms={out['api'][2]:.1f} "
                 f"bare_p50_ms={out['bare'][1]:.1f} bare_p99_ms={out['bare'][2]:.1f} "
-                f"api_cpu_ms={1000 * cpu['api'] / len(figures['api'][1]):.2f} "
-                f"bare_cpu_ms={1000 * cpu['bare'] / len(figures['bare'][1]):.2f}"
+                f"api_cpu_ms={cpu_ms['api']:.2f} bare_cpu_ms={cpu_ms['bare']:.2f} "
+                f"floor_rps={out['floor'][0]:.0f} floor_ratio={floor_ratio:.2f} "
+                f"floor_cpu_ms={cpu_ms['floor']:.2f}"
             )
         print("targets: ratio >= 0.6 and api_p99_ms < 50 at c=32")
         for line in lines:

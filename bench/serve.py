@@ -159,6 +159,52 @@ def start_gunicorn(
         time.sleep(0.2)
 
 
+def process_cpu_seconds(*, parents: Iterable[int] = (), groups: Iterable[int] = ()) -> dict:
+    """CPU time (user + system, seconds) so far per process: the children of `parents` and every
+    process of the process `groups` (what `start_new_session` started: a gunicorn, a cluster
+    with its workers and render sandboxes), and the PostgreSQL sessions on the current
+    database (this process's own left out). Keyed by ("db" or the group's id, pid), so the
+    difference of two calls splits the CPU a run cost by server part. A process that ended
+    between the two calls is missed (its CPU goes to its parent's children's time only once
+    reaped)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        sessions = {pid for (pid,) in cursor.fetchall()}
+    parents, groups = set(parents), set(groups)
+    seconds: dict = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        pid, parent, group = int(proc.name), int(fields[1]), int(fields[2])
+        # utime, stime, and the reaped children's cutime, cstime (a recycled worker's).
+        used = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        if pid in sessions:
+            seconds[("db", pid)] = used
+        elif group in groups:
+            seconds[(group, pid)] = used
+        elif parent in parents:
+            seconds[(parent, pid)] = used
+    return seconds
+
+
+def cpu_used(before: dict, after: dict) -> dict:
+    """CPU seconds per part ("db" or a group's or parent's id) between two
+    `process_cpu_seconds`."""
+    used: dict = {}
+    for (part, pid), t in after.items():
+        used[part] = used.get(part, 0.0) + t - before.get((part, pid), 0.0)
+    return used
+
+
 def start_cluster(env: dict, log: Path) -> subprocess.Popen:
     with log.open("ab") as out:
         return subprocess.Popen(
