@@ -36,14 +36,18 @@ def bare(request: HttpRequest) -> JsonResponse:
         body = json.loads(request.body)
     except ValueError:
         return JsonResponse({"detail": "not JSON"}, status=400)
-    if not (
+    if not _well_formed(body):
+        return JsonResponse({"detail": "give template, customer and data"}, status=400)
+    return JsonResponse({"id": _insert(body), "status": "received"}, status=202)
+
+
+def _well_formed(body) -> bool:
+    return (
         isinstance(body, dict)
         and isinstance(body.get("template"), str)
         and isinstance(body.get("customer"), str)
         and isinstance(body.get("data"), dict)
-    ):
-        return JsonResponse({"detail": "give template, customer and data"}, status=400)
-    return JsonResponse({"id": _insert(body), "status": "received"}, status=202)
+    )
 
 
 def _insert(body: dict) -> int:
@@ -61,12 +65,7 @@ class Floor(CcmAPIView):
 
     def post(self, request):
         body = request.data
-        if not (
-            isinstance(body, dict)
-            and isinstance(body.get("template"), str)
-            and isinstance(body.get("customer"), str)
-            and isinstance(body.get("data"), dict)
-        ):
+        if not _well_formed(body):
             return Response({"detail": "give template, customer and data"}, status=400)
         return Response({"id": _insert(body), "status": "received"}, status=202)
 
