@@ -102,6 +102,12 @@ def _next_action(kind: str, occurrence: Mapping, template: str) -> str:
             "invalid. Confirm the customer's address, then resend by post to the corrected "
             "address (or by email) from this case."
         )
+    if kind == ExceptionKind.BILL_MISMATCH:
+        return (
+            "Computing the statement's bill again from its stored readings and tariff gave "
+            "other figures than the archived bill. Find what changed (the billing engine, or "
+            "the stored bill) before anyone reprints it; the archived file stays the record."
+        )
     return (
         "Re-rendering the archived document gave different bytes. Check the render engine and "
         "font versions before reprinting it; the archived file stays the record."
@@ -111,7 +117,9 @@ def _next_action(kind: str, occurrence: Mapping, template: str) -> str:
 def _stage(kind: str, occurrence: Mapping) -> str:
     if kind == ExceptionKind.COMPOSE_FAILED:
         return "validation" if occurrence.get("errors") else "render"
-    return "render" if kind == ExceptionKind.REGENERATION_MISMATCH else "delivery"
+    if kind in (ExceptionKind.REGENERATION_MISMATCH, ExceptionKind.BILL_MISMATCH):
+        return "render"
+    return "delivery"
 
 
 def exception_open(

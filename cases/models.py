@@ -80,6 +80,8 @@ class ExceptionKind(models.TextChoices):
     UNDELIVERABLE = "undeliverable", "Undeliverable"
     RETURNED_MAIL = "returned_mail", "Returned letter"
     REGENERATION_MISMATCH = "regeneration_mismatch", "Regeneration mismatch"
+    # A statement's bill, computed again from its stored readings, is not the archived one.
+    BILL_MISMATCH = "bill_mismatch", "Bill mismatch"
 
 
 class RecoveryAction(models.TextChoices):

@@ -225,6 +225,16 @@ def test_a_statement_whose_bill_no_longer_recomputes_is_not_reprinted(town, ops,
     )
     assert request.duplicate is None
     assert not Communication.objects.filter(source="reprint").exists()
+    # and operations have an exception case about the statement's document, saying what to do
+    from cases.models import Case
+
+    case = Case.objects.get(exception_kind="bill_mismatch")
+    assert case.customer == statement.customer
+    assert case.description == request.failure_reason.removeprefix("the bill was not reproduced: ")
+    assert "before anyone reprints it" in case.next_action
+    assert list(case.document_links.values_list("document", flat=True)) == [
+        statement.communication.document_id
+    ]
     # and the statement's own reprint refuses it the same way
     statement.refresh_from_db()
     with pytest.raises(services.ReprintMismatch, match="differs in total"):
