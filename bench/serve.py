@@ -165,8 +165,8 @@ def process_cpu_seconds(*, parents: Iterable[int] = (), groups: Iterable[int] = 
     with its workers and render sandboxes), and the PostgreSQL sessions on the current
     database (this process's own left out). Keyed by ("db" or the group's id, pid), so the
     difference of two calls splits the CPU a run cost by server part. A process that ended
-    between the two calls is missed (its CPU goes to its parent's children's time only once
-    reaped)."""
+    between the two calls counts through its parent's children's time once reaped, with all of
+    its life (a worker recycled mid-run is counted from its start)."""
     from django.db import connection
 
     with connection.cursor() as cursor:
