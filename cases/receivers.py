@@ -70,6 +70,11 @@ def on_regeneration_mismatch(sender, document, check, **kwargs) -> None:
     )
 
 
+def on_statement_bill_mismatch(sender, statement, document, reason: str, **kwargs) -> None:
+    if document is not None:  # a statement never archived has nothing to copy or to chase
+        _open(kind=ExceptionKind.BILL_MISMATCH, document=document, reason=reason)
+
+
 def on_communication_transition(sender, instance, name, source, target, **kwargs) -> None:
     """A communication under recovery reached the customer or failed: settle its case (after
     the transition commits; the task reads the outcome from the database)."""
@@ -117,6 +122,9 @@ def connect() -> None:
     signals.delivery_failed.connect(on_delivery_failed, dispatch_uid="cases.on_delivery_failed")
     document_signals.regeneration_mismatch.connect(
         on_regeneration_mismatch, dispatch_uid="cases.on_regeneration_mismatch"
+    )
+    signals.statement_bill_mismatch.connect(
+        on_statement_bill_mismatch, dispatch_uid="cases.on_statement_bill_mismatch"
     )
     post_transition.connect(
         on_communication_transition,

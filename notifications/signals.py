@@ -32,3 +32,7 @@ communications_transitioned = Signal()
 # whether it got the message; the delivery is failed without a fallback (it may have arrived):
 # kwargs delivery, reason. Sent inside the transaction that fails it.
 delivery_outcome_unknown = Signal()
+
+# A statement's bill, computed again from its stored inputs, is not the stored one (checked
+# before every reprint): kwargs statement, document (its archived original, or None), reason.
+statement_bill_mismatch = Signal()

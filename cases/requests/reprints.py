@@ -24,8 +24,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from cases import exception_cases, services
-from cases.models import Case, CaseType, ExceptionKind
+from cases import services
+from cases.models import Case, CaseType
 from cases.requests import approval_mail
 from cases.requests.models import (
     STATED_IDENTITY_CHECKS,
@@ -390,12 +390,9 @@ def reprint_fulfil_run(request_id: int) -> str:
             statements.document_bill_check(request.document)
         except statements.ReprintMismatch as exc:
             # A statement whose figures the billing engine no longer gives is not copied: the
-            # duplicate would repeat a bill CCM cannot stand by. Operations are told, as of a
-            # document whose bytes no longer regenerate.
+            # duplicate would repeat a bill CCM cannot stand by (the check has raised the alarm:
+            # an exception case for operations, as for bytes that no longer regenerate).
             _fail(request, f"the bill was not reproduced: {exc}")
-            exception_cases.exception_open(
-                kind=ExceptionKind.BILL_MISMATCH, document=request.document, reason=str(exc)
-            )
             return ReprintState.FAILED
         try:
             check, duplicate = documents.document_regenerate(

@@ -17,6 +17,7 @@ from ccm.models import ApprovalState
 from ccm.tasks import enqueue
 from documents import selectors as document_selectors
 from documents import services as document_services
+from notifications import signals
 from notifications.models import Source
 from notifications.pipeline import intake
 from notifications.statements import assemble, billing, recommendations, selectors
@@ -325,10 +326,25 @@ def statement_bill_check(statement: Statement) -> None:
         differ = sorted(
             k for k in set(again) | set(statement.result) if again.get(k) != statement.result.get(k)
         )
-        raise ReprintMismatch(
+        reason = (
             f"statement {statement.pk}: its stored readings no longer give its stored bill "
             f"(differs in {', '.join(differ)})"
         )
+        # An alarm whoever asked for the copy (operations get an exception case: cases app).
+        audit.record(
+            actor=None,
+            action="statement.bill_mismatch",
+            subject=statement,
+            after={"differs_in": differ, "computed": again},
+        )
+        communication = statement.communication
+        signals.statement_bill_mismatch.send(
+            sender=Statement,
+            statement=statement,
+            document=communication.document if communication is not None else None,
+            reason=reason,
+        )
+        raise ReprintMismatch(reason)
 
 
 def document_bill_check(document) -> None:

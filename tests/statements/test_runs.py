@@ -235,10 +235,15 @@ def test_a_statement_whose_bill_no_longer_recomputes_is_not_reprinted(town, ops,
     assert list(case.document_links.values_list("document", flat=True)) == [
         statement.communication.document_id
     ]
-    # and the statement's own reprint refuses it the same way
+    # and the statement's own reprint refuses it the same way, the alarm raised again
     statement.refresh_from_db()
     with pytest.raises(services.ReprintMismatch, match="differs in total"):
         services.statement_reprint(statement=statement, by=ops)
+    case.refresh_from_db()
+    assert case.occurrences == 2
+    from ccm.models import AuditEvent
+
+    assert AuditEvent.objects.filter(action="statement.bill_mismatch").count() == 2
 
 
 def test_a_statement_archived_before_chart_drawings_reprints_as_it_was(town, ops, sync_tasks):
