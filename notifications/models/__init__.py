@@ -220,8 +220,14 @@ class Communication(ConcurrentTransitionMixin, models.Model):
     template = models.ForeignKey(
         Template, on_delete=models.PROTECT, related_name="+", db_index=False
     )
+    # The four optional links are indexed only where set (Meta): most rows have none of them.
     template_version = models.ForeignKey(
-        TemplateVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        TemplateVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     data = models.JSONField()
     category = models.CharField(max_length=20, choices=Category.choices)
@@ -237,17 +243,27 @@ class Communication(ConcurrentTransitionMixin, models.Model):
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)  # noqa: DJ001
     state = FSMField(default=CommState.RECEIVED, choices=CommState.choices, protected=True)
     document = models.ForeignKey(
-        Document, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        Document, null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
     )
     rendered = models.JSONField(default=dict, blank=True, help_text="What each channel sent")
     decision_trace = models.JSONField(default=list, blank=True)
     failure_reason = models.TextField(blank=True)
     failure_errors = models.JSONField(default=list, blank=True)
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="follow_ups"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="follow_ups",
+        db_index=False,
     )
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # Read with the state (the sweeps, the queues' oldest, "stuck"): (state, updated_at) below.
@@ -276,7 +292,32 @@ class Communication(ConcurrentTransitionMixin, models.Model):
             # Plain b-tree indexes, not `db_index=True`: that adds a second, pattern-matching
             # copy for LIKE 'prefix%' that no query uses, and every write of a row pays for
             # each index of its table (the pipeline writes a communication four times).
-            models.Index(fields=["correlation_id"], name="communication_correlation"),
+            # Campaigns and integrators that give one; most communications have none.
+            models.Index(
+                fields=["correlation_id"],
+                condition=~Q(correlation_id=""),
+                name="communication_correlation",
+            ),
+            # Where set only. A communication is written four times on its way (intake,
+            # claim, composed, sent), each time a new row version that every index of the
+            # table gets an entry for; a partial index gets none for a row outside it. The
+            # template version is set at composition, a document only where a PDF is
+            # archived or reprinted, a parent for follow-ups, a creator for people's
+            # requests. Lookups by one of them (`= value`, `IN`, the foreign keys' own
+            # checks) imply NOT NULL, so the planner uses these as it used the full ones.
+            *(
+                models.Index(
+                    fields=[name],
+                    condition=Q(**{f"{name}__isnull": False}),
+                    name=f"communication_{short}_set",
+                )
+                for name, short in (
+                    ("template_version", "version"),
+                    ("document", "document"),
+                    ("parent", "parent"),
+                    ("created_by", "creator"),
+                )
+            ),
         ]
         permissions = [("release_communication", "Can release communications for sending")]
 
@@ -446,7 +487,12 @@ class Delivery(ConcurrentTransitionMixin, models.Model):
         # As Communication's: no pattern-matching copies of the message id indexes.
         indexes = [
             models.Index(fields=["state", "updated_at"]),
-            models.Index(fields=["provider_message_id"], name="delivery_provider_message_id"),
+            # Known once the provider took the message: a delivery is written twice before.
+            models.Index(
+                fields=["provider_message_id"],
+                condition=~Q(provider_message_id=""),
+                name="delivery_provider_message_id",
+            ),
         ]
         verbose_name_plural = "deliveries"
 

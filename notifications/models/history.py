@@ -22,8 +22,14 @@ class CommunicationStep(models.Model):
     )
     delivery_id = models.BigIntegerField(null=True, blank=True)
     at = models.DateTimeField()
+    # Indexed where set (Meta): most steps are the system's.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     actor_label = models.CharField(max_length=200, blank=True)
     action = models.CharField(max_length=100)
@@ -40,6 +46,8 @@ class CommunicationStep(models.Model):
         # No database constraint: the audit table's own trigger refuses TRUNCATE with its
         # reason, which a foreign key would pre-empt (and the chain is append-only anyway).
         db_constraint=False,
+        # Indexed where set (Meta): a step is inserted unsealed.
+        db_index=False,
     )
 
     class Meta:
@@ -49,6 +57,13 @@ class CommunicationStep(models.Model):
             # The sealer looks for what no audit event covers yet.
             models.Index(
                 fields=["id"], condition=models.Q(seal__isnull=True), name="step_unsealed"
+            ),
+            # `communication_verify` reads the steps of each seal.
+            models.Index(
+                fields=["seal"], condition=models.Q(seal__isnull=False), name="step_sealed_by"
+            ),
+            models.Index(
+                fields=["actor"], condition=models.Q(actor__isnull=False), name="step_actor_set"
             ),
         ]
 
