@@ -952,7 +952,10 @@ class Composer:
         env = self._envs[autoescape]
         try:
             code = env.compile(source, name=name, filename=name)
-            template = env.template_class.from_code(env, code, env.make_globals(None))
+            # The environment's globals as one plain dict (they are set once, in `_make_env`):
+            # every render copies its template's globals into the context, and a ChainMap
+            # (`make_globals`) is walked key by key each time, three times an email.
+            template = env.template_class.from_code(env, code, dict(env.globals))
         except Exception as exc:
             raise self._template_error(name, exc) from exc
         with self._lock:

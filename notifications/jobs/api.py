@@ -127,7 +127,7 @@ class CommunicationBatchView(CcmAPIView):
         base = request.build_absolute_uri("/api/v1/communications/")
         # Integrators know a communication by its public id, never the database's counter.
         public = dict(
-            Communication.objects.filter(pk__in=submitted.accepted.values()).values_list(
+            Communication.objects.filter(pk__any=list(submitted.accepted.values())).values_list(
                 "pk", "public_id"
             )
         )

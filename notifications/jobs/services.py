@@ -193,7 +193,7 @@ def _channel_overrides_set(items: list[JobItem], ids: list[int]) -> None:
             by_channel[item.channel].append(pk)
     for channel, pks in by_channel.items():
         Communication.objects.filter(
-            pk__in=pks, state=CommState.RECEIVED, channel_override=""
+            pk__any=pks, state=CommState.RECEIVED, channel_override=""
         ).update(channel_override=channel)
 
 
@@ -205,7 +205,7 @@ def customers_resolve(refs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
     found: dict[tuple[str, str], int] = {}
     for system, wanted in by_system.items():
         for pk, ref in Customer.objects.filter(
-            source_system=system, external_ref__in=wanted
+            source_system=system, external_ref__any=list(wanted)
         ).values_list("pk", "external_ref"):
             found[(system, ref)] = pk
     return found

@@ -111,7 +111,11 @@ def communications_intake(
         if c is not None and not isinstance(c, Customer)
     }
     # The customers' records: intake checks the data's identity fields against them.
-    known = Customer.objects.in_bulk(customer_ids) if customer_ids else {}
+    known = (
+        {c.pk: c for c in Customer.objects.filter(pk__any=list(customer_ids))}
+        if customer_ids
+        else {}
+    )
     created_by = by if by is not None and getattr(by, "pk", None) else None
     for item, result in zip(items, results, strict=True):
         try:
