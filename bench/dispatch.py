@@ -321,7 +321,9 @@ def main() -> None:
     parser.add_argument(
         "--post-office", type=int, default=None, help="messages for post_office (default: --batch)"
     )
-    parser.add_argument("--chunk", type=int, default=250, help="CCM_BULK_CHUNK")
+    parser.add_argument(
+        "--chunk", type=int, help="CCM_BULK_CHUNK (default: the project's, ccm/settings.py)"
+    )
     parser.add_argument(
         "--postmark-batch",
         type=int,
@@ -364,7 +366,7 @@ def main() -> None:
             "Q_SYNC": "false",
             "SECRET_KEY": secrets.token_urlsafe(64),
             "CACHE_URL": cache_url(args.cache, db_name),
-            "CCM_BULK_CHUNK": str(args.chunk),
+            **({"CCM_BULK_CHUNK": str(args.chunk)} if args.chunk else {}),
             "CCM_POSTMARK_BATCH": str(args.postmark_batch),
             # The benchmark measures capacity, not an integrator's quota.
             "API_THROTTLE_USER": "10000000/min",
@@ -372,9 +374,12 @@ def main() -> None:
         }
         os.environ.update(env)
         setup_django()
+        from django.conf import settings
+
         print(machine_line())
         print(
-            f"setup: {args.batch} batch + {args.single} single messages, chunk={args.chunk}, "
+            f"setup: {args.batch} batch + {args.single} single messages, "
+            f"chunk={settings.CCM_BULK_CHUNK}, "
             f"postmark batch={args.postmark_batch}, gunicorn workers={args.web_workers}, "
             f"stub at {stub_url}, cache={args.cache}"
         )

@@ -500,11 +500,17 @@ CCM_THROTTLE_MAX_WAIT_S = env.float("CCM_THROTTLE_MAX_WAIT_S", default=30.0)
 CCM_PORTAL_LINK_TTL_DAYS = env.int("CCM_PORTAL_LINK_TTL_DAYS", default=30)
 CCM_PORTAL_RENEWAL_TEMPLATE = env.str("CCM_PORTAL_RENEWAL_TEMPLATE", default="document_ready")
 CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & Insurance")
-# Communications per queue row in the bulk path (DESIGN: a few hundred at most).
-CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=250)
+# Communications per queue row in the bulk path (DESIGN: a few hundred at most). A chunk has a
+# fixed cost of its own (some forty statements, a task, a provider call): about 35 ms of a
+# cluster's CPU, 0.14 ms a message at 250 and 0.07 at 500 (bench/figures.md). 500 is also what
+# one Postmark batch call takes, so a chunk of emails is one call.
+CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=500)
+# At most this many in a chunk that archives PDFs (a quarter of a second each): a render task
+# stays well inside Q_TIMEOUT.
+CCM_RENDER_CHUNK = env.int("CCM_RENDER_CHUNK", default=250)
 # An unthrottled campaign hands this many pipeline chunks per hand-off (copied from the frozen
 # audience in a few statements); each send task hands two, its successor queued between them.
-CCM_CAMPAIGN_HANDOFF_CHUNKS = env.int("CCM_CAMPAIGN_HANDOFF_CHUNKS", default=4)
+CCM_CAMPAIGN_HANDOFF_CHUNKS = env.int("CCM_CAMPAIGN_HANDOFF_CHUNKS", default=2)
 # A sending campaign no chunk has touched for this long lost its task: the sweep restarts it.
 CCM_CAMPAIGN_STALL_AFTER = timedelta(seconds=env.int("CCM_CAMPAIGN_STALL_SECONDS", default=120))
 # Messages per call to Postmark's batch endpoint (its limit is 500); 1 sends one call each.

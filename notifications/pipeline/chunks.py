@@ -20,8 +20,11 @@ from notifications.models import (
 )
 
 
-def chunk_size() -> int:
-    return max(1, settings.CCM_BULK_CHUNK)
+def chunk_size(*, renders_pdf: bool = False) -> int:
+    """Communications (or deliveries) per chunk: `CCM_BULK_CHUNK`, or at most
+    `CCM_RENDER_CHUNK` where the chunk may archive PDFs (`renders_pdf`)."""
+    size = max(1, settings.CCM_BULK_CHUNK)
+    return min(size, max(1, settings.CCM_RENDER_CHUNK)) if renders_pdf else size
 
 
 # A batch on the render queue smaller than this is left to the drain, like a single request.
@@ -33,13 +36,14 @@ def compose_pieces(ids: list[int], *, text_only: bool) -> list[list[int]]:
     the queue's drain composes a stream of those together).
 
     A text chunk is `CCM_BULK_CHUNK`. A batch that archives PDFs (a quarter of a second each)
-    is also cut into at least as many near-equal pieces as the render queue has workers, so a
-    bill run's chunk of 100 is rendered by every render worker at once instead of one of them
-    working it alone; large batches keep full chunks (a smaller one would cost a task and a
-    provider call more per chunk)."""
-    size = chunk_size()
+    is cut into chunks of at most `CCM_RENDER_CHUNK`, and into at least as many near-equal
+    pieces as the render queue has workers, so a bill run's chunk of 100 is rendered by every
+    render worker at once instead of one of them working it alone; large batches keep full
+    chunks (a smaller one would cost a task and a provider call more per chunk)."""
     if text_only:
+        size = chunk_size()
         return [] if len(ids) < size else list(chunks(ids, size))
+    size = chunk_size(renders_pdf=True)
     if len(ids) < RENDER_PIECE_MIN:
         return []
     render = settings.Q_CLUSTER.get("ALT_CLUSTERS", {}).get(Queue.RENDER, {})

@@ -164,7 +164,11 @@ def compose_drain(text_only: bool = False) -> dict[str, int]:
     if text_only:
         waiting = waiting.filter(_text_only_filter())
     for _ in range(DRAIN_MAX_CHUNKS):
-        ids = list(waiting.order_by("pk").values_list("pk", flat=True)[: chunk_size()])
+        ids = list(
+            waiting.order_by("pk").values_list("pk", flat=True)[
+                : chunk_size(renders_pdf=not text_only)
+            ]
+        )
         if not ids:
             return dict(counts)
         # Rows another worker is claiming right now are skipped; the next read leaves them out.

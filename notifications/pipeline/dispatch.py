@@ -136,7 +136,7 @@ def dispatch_start(
             ids_enqueue("notifications.pipeline.dispatch.dispatch_chunk", chunk)
     # Urgent ones went out on their fast channels; their PDF and durable targets follow.
     later = [c.pk for c in reachable if selection.durable_pending(c.decision_trace)]
-    for chunk in chunks(later, chunk_size()):
+    for chunk in chunks(later, chunk_size(renders_pdf=True)):
         ids_enqueue("notifications.pipeline.fallback.durable_copies_send", chunk)
     return {
         "dispatching": len(reachable),

@@ -113,6 +113,8 @@ def register_sweeps() -> None:
         "notifications.pipeline.dispatch.deliveries_reconcile",
     )
     chunk = chunks.chunk_size()
+    # The sweeps whose tasks may archive PDFs hand them over in render-sized chunks.
+    render_chunk = chunks.chunk_size(renders_pdf=True)
     # A row is stuck when no queued or running task carries it (ccm.tasks.Sweep), not when it
     # is old: a backlog waits its turn. The short ages only keep a sweep from racing a commit
     # whose enqueue is just being written.
@@ -123,7 +125,7 @@ def register_sweeps() -> None:
             task="notifications.pipeline.compose.compose_chunk",
             older_than=timedelta(minutes=2),
             covered_by=compose,
-            chunk=chunk,
+            chunk=render_chunk,
         )
     )
     register_sweep(
@@ -136,7 +138,7 @@ def register_sweeps() -> None:
             ),
             task="notifications.pipeline.fallback.durable_copies_send",
             older_than=timedelta(minutes=5),
-            chunk=chunk,
+            chunk=render_chunk,
         )
     )
     register_sweep(

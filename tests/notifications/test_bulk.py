@@ -410,12 +410,39 @@ def test_a_batch_of_pdfs_is_shared_by_every_render_worker(
         (1001, 250, 2, False, [201, 200, 200, 200, 200]),
         (38, 250, 2, True, []),  # text: chunks of CCM_BULK_CHUNK, less to the drain
         (600, 250, 2, True, [250, 250, 100]),
+        # Text chunks larger than PDF ones: a render task stays short (CCM_RENDER_CHUNK 250).
+        (1200, 500, 2, True, [500, 500, 200]),
+        (1000, 500, 2, False, [250] * 4),
+        (1001, 500, 2, False, [201, 200, 200, 200, 200]),
     ],
 )
 def test_how_a_batch_is_cut_into_compose_tasks(settings, n, size, workers, text_only, expected):
     settings.CCM_BULK_CHUNK = size
+    settings.CCM_RENDER_CHUNK = 250
     settings.Q_CLUSTER = {**settings.Q_CLUSTER, "ALT_CLUSTERS": {"render": {"workers": workers}}}
     ids = list(range(n))
     pieces = chunks.compose_pieces(ids, text_only=text_only)
     assert [len(p) for p in pieces] == expected
     assert [i for p in pieces for i in p] == (ids if expected else [])
+
+
+def test_the_drain_composes_letters_in_render_sized_chunks(
+    letter, customers, integrator, settings, monkeypatch
+):
+    """The drain of the render queue may archive a PDF per communication: it takes at most
+    CCM_RENDER_CHUNK at a time, however large a text chunk is, so a task stays short."""
+    settings.CCM_BULK_CHUNK = 4
+    settings.CCM_RENDER_CHUNK = 2
+    ids = letters(customers, integrator)
+    taken = []
+    real = compose.compose_chunk
+
+    def recorded(chunk, **kw):
+        taken.append(list(chunk))
+        return real(chunk, **kw)
+
+    monkeypatch.setattr(compose, "compose_chunk", recorded)
+    enqueue_replace(monkeypatch, lambda *args, **kw: None)
+    compose.compose_drain()
+    assert taken == [ids[:2], ids[2:4], ids[4:]]
+    assert not Communication.objects.filter(pk__in=ids, state="received").exists()
