@@ -505,9 +505,9 @@ CCM_COMPANY_NAME = env.str("CCM_COMPANY_NAME", default="Northwind Utilities & In
 # cluster's CPU, 0.14 ms a message at 250 and 0.07 at 500 (bench/figures.md). 500 is also what
 # one Postmark batch call takes, so a chunk of emails is one call.
 CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=500)
-# At most this many in a chunk that archives PDFs (a quarter of a second each): a render task
-# stays well inside Q_TIMEOUT.
-CCM_RENDER_CHUNK = env.int("CCM_RENDER_CHUNK", default=250)
+# At most this many in a chunk that archives PDFs (a quarter of a second each, more on a busy
+# machine): a render task stays well inside Q_TIMEOUT. A chunk's own cost is nothing beside it.
+CCM_RENDER_CHUNK = env.int("CCM_RENDER_CHUNK", default=100)
 # An unthrottled campaign hands this many pipeline chunks per hand-off (copied from the frozen
 # audience in a few statements); each send task hands two, its successor queued between them.
 CCM_CAMPAIGN_HANDOFF_CHUNKS = env.int("CCM_CAMPAIGN_HANDOFF_CHUNKS", default=2)

@@ -11,11 +11,13 @@ the sweeps in `tasks` hand to a new task."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.db.models import Q
@@ -75,9 +77,14 @@ DRAIN_FLAG = "ccm:notifications:compose-drain-pending"
 DRAIN_FLAG_TTL_S = 30
 
 
-# One drain composes at most this many chunks, then hands over to a new task (others queued
-# meanwhile get their turn, and a task stays well inside Q_CLUSTER's timeout).
+# One drain composes at most this many chunks, and starts no new one after a quarter of the
+# task timeout, then hands over to a new task: others queued meanwhile get their turn, and a
+# task stays well inside Q_CLUSTER's timeout (a chunk of PDFs takes tens of seconds).
 DRAIN_MAX_CHUNKS = 20
+
+
+def _drain_budget_s() -> float:
+    return settings.Q_CLUSTER.get("timeout", 120) / 4
 
 
 def compose_enqueue(ids: list[int], queue: Queue | None = None) -> None:
@@ -163,6 +170,7 @@ def compose_drain(text_only: bool = False) -> dict[str, int]:
     waiting = Communication.objects.filter(state=CommState.RECEIVED)
     if text_only:
         waiting = waiting.filter(_text_only_filter())
+    started = time.monotonic()
     for _ in range(DRAIN_MAX_CHUNKS):
         ids = list(
             waiting.order_by("pk").values_list("pk", flat=True)[
@@ -182,6 +190,8 @@ def compose_drain(text_only: bool = False) -> dict[str, int]:
             done = compose_chunk(ids, dispatch_now=text_only)
         for name, value in done.items():
             counts[name] += value
+        if time.monotonic() - started > _drain_budget_s():
+            break  # at least one chunk a drain, so each one moves the backlog on
     compose_drain_request(text_only=text_only)  # more than a task's worth: a fresh one goes on
     return dict(counts)
 

@@ -446,3 +446,19 @@ def test_the_drain_composes_letters_in_render_sized_chunks(
     compose.compose_drain()
     assert taken == [ids[:2], ids[2:4], ids[4:]]
     assert not Communication.objects.filter(pk__in=ids, state="received").exists()
+
+
+def test_a_drain_past_its_time_hands_over_to_a_new_one(
+    letter, customers, integrator, settings, monkeypatch
+):
+    """A chunk of PDFs takes tens of seconds: a drain starts no new chunk after a quarter of
+    the task timeout, and enqueues its successor instead of being killed mid-chunk."""
+    settings.CCM_RENDER_CHUNK = 2
+    ids = letters(customers, integrator)
+    monkeypatch.setattr(compose, "_drain_budget_s", lambda: 0.0)
+    enqueued = []
+    enqueue_replace(monkeypatch, lambda task, *args, **kw: enqueued.append(task))
+    counts = compose.compose_drain()
+    assert counts["claimed"] == 2
+    assert Communication.objects.filter(pk__in=ids, state="received").count() == 3
+    assert enqueued.count("notifications.pipeline.compose.compose_drain") == 1
