@@ -11,5 +11,4 @@ POST_OFFICE = {
     "DEFAULT_PRIORITY": "medium",
     "LOG_LEVEL": 1,  # errors only, as a production setup would
 }
-CCM_BULK_CHUNK = env.int("CCM_BULK_CHUNK", default=250)
 CCM_POSTMARK_BATCH = env.int("CCM_POSTMARK_BATCH", default=500)
