@@ -12,6 +12,7 @@ import pypdf
 import pytest
 from django.db import IntegrityError, transaction
 
+from ccm.models import AuditEvent
 from documents.models import RegenerationCheck
 from notifications.customers import services as customer_services
 from notifications.models import Communication
@@ -241,8 +242,6 @@ def test_a_statement_whose_bill_no_longer_recomputes_is_not_reprinted(town, ops,
         services.statement_reprint(statement=statement, by=ops)
     case.refresh_from_db()
     assert case.occurrences == 2
-    from ccm.models import AuditEvent
-
     assert AuditEvent.objects.filter(action="statement.bill_mismatch").count() == 2
 
 
