@@ -121,7 +121,7 @@ def one_run(client: Client, path: str, start: int, n: int, connections: int):
     return wall, [c.seconds for c in calls]
 
 
-def profile(master_pid: int, api: Client, n: int, out: Path) -> None:
+def profile(master_pid: int, api: Client, n: int, out: Path, *, gil: bool = False) -> None:
     import subprocess
 
     spy = subprocess.Popen(
@@ -138,6 +138,9 @@ def profile(master_pid: int, api: Client, n: int, out: Path) -> None:
             "--output",
             str(out),
             "--nonblocking",
+            # Only the thread holding the GIL: where the workers' CPU goes, not where a
+            # thread waits for PostgreSQL or Redis.
+            *(["--gil"] if gil else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -192,6 +195,11 @@ def main() -> None:
         "to FILE and print where the time goes",
     )
     parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL (CPU, not waits)",
+    )
+    parser.add_argument(
         "--cache",
         default="redis",
         help="CACHE_URL of the served project: redis (loopback, as deployed; default), db (the "
@@ -244,7 +252,7 @@ def main() -> None:
         one_run(api, "/bench/floor", 0, 50, 8)
         counter = itertools.count(100, args.requests)
         if args.profile:
-            profile(web.pid, api, args.requests, Path(args.profile))
+            profile(web.pid, api, args.requests, Path(args.profile), gil=args.gil)
             return
         lines = []
         for connections in levels:
@@ -262,14 +270,17 @@ def main() -> None:
                         client, path, next(counter), args.requests, connections
                     )
                     after = process_cpu_seconds(parents=[web.pid])
-                    used = sum(cpu_used(before, after).values())
+                    parts = cpu_used(before, after)
+                    used = sum(parts.values())
+                    db = parts.get("db", 0.0)
                     cpu[side] += used
                     total, all_latencies = figures[side]
                     figures[side] = (total + wall, all_latencies + latencies)
                     print(
                         f"  c={connections} {side}: {args.requests / wall:.0f} req/s, "
                         f"p99 {percentile(latencies, 99) * 1000:.0f} ms, "
-                        f"server CPU {1000 * used / args.requests:.2f} ms/request",
+                        f"server CPU {1000 * used / args.requests:.2f} ms/request "
+                        f"(PostgreSQL {1000 * db / args.requests:.2f})",
                         flush=True,
                     )
             out = {}

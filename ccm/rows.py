@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 from django.db.models import QuerySet
@@ -247,6 +248,16 @@ def _copy_rows(model, fields: list, rows: Iterable[list[Any]]) -> list[int]:
                     [pk, *(_db_value(f, v) for f, v in zip(fields, values, strict=True))]
                 )
     return ids
+
+
+def prepared_cursor():
+    """A cursor whose statements PostgreSQL prepares (parses and plans once per connection;
+    ccm/postgresql's `prepared_cursor`), for a statement run on every request of a hot path.
+    Django's own cursor on another database, or with DB_PREPARED_STATEMENTS off."""
+    make = getattr(connection, "prepared_cursor", None)
+    if make is None or not settings.DB_PREPARED_STATEMENTS:
+        return connection.cursor()
+    return make()
 
 
 def qn(name: str) -> str:

@@ -10,6 +10,7 @@ from django.db import connection
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
+from ccm.rows import prepared_cursor
 from ccm.search import as_int, as_uuid, contains, matching_pks
 from notifications.models import (
     Communication,
@@ -29,7 +30,7 @@ def customer_by_reference(*, source_system: str, external_ref: str) -> Customer 
     queryset's column mapping) cost more than running it."""
     fields = Customer._meta.concrete_fields
     qn = connection.ops.quote_name
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             f"SELECT {', '.join(qn(str(f.column)) for f in fields)} "  # noqa: S608 - model's names
             f"FROM {qn(Customer._meta.db_table)} WHERE source_system = %s AND external_ref = %s",

@@ -16,7 +16,7 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from ccm.rows import insert_rows, qn
+from ccm.rows import insert_rows, prepared_cursor, qn
 from ccm.tasks import Queue
 from documents import selectors as document_selectors
 from documents import services as documents
@@ -305,7 +305,7 @@ def _create_one(
     )
     head, tail = step[7].split(f"{_ID_KEY}{_ID_TO_COME},")
     step_values = [*step[1:6], json.dumps(step[6]), head + _ID_KEY, f",{tail}", step[8]]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(_insert_one_sql(), [*values, *step_values])
         row = cursor.fetchone()
     if row is None:

@@ -4,12 +4,14 @@ drain waits in the queue."""
 
 from __future__ import annotations
 
+import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_q.conf import Conf
 from rest_framework.test import APIClient
 
 from ccm.api.auth import api_key_create
+from notifications.models import Communication
 
 DATA = {"customer": {"name": "Ada Lovelace"}, "balance": 12.5, "as_of": "2026-05-01"}
 # With an Idempotency-Key: its claim (one INSERT … ON CONFLICT, no savepoint), the customer,
@@ -59,3 +61,43 @@ def test_a_request_costs_few_statements_and_takes_no_chain_lock(
     # test's transaction one would show as a savepoint).
     claim = next(i for i, sql in enumerate(every) if '"ccm_idempotencyrecord"' in sql)
     assert not [sql for sql in every[claim:] if sql.startswith("SAVEPOINT")]
+
+
+def _prepared_on_this_connection() -> list[str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements WHERE NOT from_sql")
+        return [statement for (statement,) in cursor.fetchall()]
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_the_intake_statements_are_prepared_once_per_connection(
+    letter, customer, monkeypatch, settings, django_capture_on_commit_callbacks, prepared
+):
+    """PostgreSQL parses and plans the customer's lookup and the communication's insert once on
+    a connection, not on every request; DB_PREPARED_STATEMENTS=false (a pooler that cannot
+    keep prepared statements) prepares nothing, and the requests are answered the same."""
+    settings.DB_PREPARED_STATEMENTS = prepared
+    monkeypatch.setattr(Conf, "SYNC", False)
+    issued = api_key_create(name="core-banking", scopes=["communications:write"])
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issued.key}")
+    ids = set()
+    for n in range(3):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(
+                "/api/v1/communications",
+                {"template": "letter", "customer": "C-1", "data": DATA},
+                format="json",
+                HTTP_IDEMPOTENCY_KEY=f"order-{n}",
+            )
+        assert response.status_code == 202, response.content
+        ids.add(response.json()["id"])
+    assert len(ids) == 3
+    assert Communication.objects.filter(public_id__in=ids, customer=customer).count() == 3
+    statements = _prepared_on_this_connection()
+    lookups = [s for s in statements if 'FROM "notifications_customer"' in s]
+    inserts = [s for s in statements if 'INSERT INTO "notifications_communication"' in s]
+    if prepared:
+        assert len(lookups) == len(inserts) == 1  # prepared by the first request, reused
+    else:
+        assert lookups == inserts == []
