@@ -19,6 +19,7 @@ from rest_framework import exceptions
 
 from ccm.api.errors import Conflict, Unprocessable
 from ccm.models import ApiKey, IdempotencyRecord
+from ccm.rows import prepared_cursor
 
 HEADER = "Idempotency-Key"
 MAX_KEY_LENGTH = 255
@@ -114,7 +115,7 @@ def _claim(record: IdempotencyRecord) -> IdempotencyRecord | None:
     qn = connection.ops.quote_name
     columns = ", ".join(qn(str(f.column)) for f in fields)
     values = [f.get_db_prep_save(getattr(record, f.attname), connection) for f in fields]
-    with connection.cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(
             f"INSERT INTO {qn(opts.db_table)} ({columns}) "  # noqa: S608 - names from the model
             f"VALUES ({', '.join(['%s'] * len(fields))}) "
@@ -182,10 +183,23 @@ class IdempotentMixin:
             return response
         if hasattr(response, "render") and not getattr(response, "is_rendered", True):
             response.render()
-        IdempotencyRecord.objects.filter(pk=record.pk).update(
-            state=IdempotencyRecord.State.DONE,
-            response_status=response.status_code,
-            response_body=response.content,
-            response_content_type=response.get("Content-Type", ""),
-        )
+        _store(record, response)
         return response
+
+
+def _store(record: IdempotencyRecord, response) -> None:
+    """The answer a replay of `record`'s key gets: one prepared UPDATE by id (every keyed
+    request runs it)."""
+    qn = connection.ops.quote_name
+    with prepared_cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {qn(IdempotencyRecord._meta.db_table)} SET state = %s, "  # noqa: S608
+            "response_status = %s, response_body = %s, response_content_type = %s WHERE id = %s",
+            [
+                IdempotencyRecord.State.DONE.value,
+                response.status_code,
+                response.content,
+                response.get("Content-Type", ""),
+                record.pk,
+            ],
+        )

@@ -73,8 +73,9 @@ def _prepared_on_this_connection() -> list[str]:
 def test_the_intake_statements_are_prepared_once_per_connection(
     letter, customer, monkeypatch, settings, django_capture_on_commit_callbacks, prepared
 ):
-    """PostgreSQL parses and plans the customer's lookup and the communication's insert once on
-    a connection, not on every request; DB_PREPARED_STATEMENTS=false (a pooler that cannot
+    """PostgreSQL parses and plans the statements every keyed request runs (the key's claim,
+    the customer's lookup, the communication's insert, the stored answer) once on a
+    connection, not on every request; DB_PREPARED_STATEMENTS=false (a pooler that cannot
     keep prepared statements) prepares nothing, and the requests are answered the same."""
     settings.DB_PREPARED_STATEMENTS = prepared
     monkeypatch.setattr(Conf, "SYNC", False)
@@ -97,7 +98,19 @@ def test_the_intake_statements_are_prepared_once_per_connection(
     statements = _prepared_on_this_connection()
     lookups = [s for s in statements if 'FROM "notifications_customer"' in s]
     inserts = [s for s in statements if 'INSERT INTO "notifications_communication"' in s]
+    claims = [s for s in statements if 'INSERT INTO "ccm_idempotencyrecord"' in s]
+    answers = [s for s in statements if 'UPDATE "ccm_idempotencyrecord"' in s]
     if prepared:
-        assert len(lookups) == len(inserts) == 1  # prepared by the first request, reused
+        # Each prepared by the first request and reused by the others.
+        assert len(lookups) == len(inserts) == len(claims) == len(answers) == 1
     else:
-        assert lookups == inserts == []
+        assert lookups == inserts == claims == answers == []
+    # A retry with a key already answered replays the stored answer.
+    replay = client.post(
+        "/api/v1/communications",
+        {"template": "letter", "customer": "C-1", "data": DATA},
+        format="json",
+        HTTP_IDEMPOTENCY_KEY="order-1",
+    )
+    assert replay.status_code == 202 and replay["Idempotent-Replayed"] == "true"
+    assert replay.json()["id"] in ids
