@@ -113,8 +113,9 @@ else:
         # (ccm/postgresql/base.py): no `SELECT 1` before each request's first query.
         DATABASES["default"]["ENGINE"] = "ccm.postgresql"
 # The API intake's statements (an Idempotency-Key's claim and answer, the customer, the
-# communication with its step) are prepared on each connection (ccm.rows.prepared_cursor). Off behind a pooler in transaction mode that
-# cannot keep prepared statements (PgBouncer before 1.21, or without max_prepared_statements).
+# communication with its step) are prepared on each connection (ccm.rows.prepared_cursor).
+# Off behind a pooler in transaction mode that cannot keep prepared statements (PgBouncer
+# before 1.21, or without max_prepared_statements).
 DB_PREPARED_STATEMENTS = env.bool("DB_PREPARED_STATEMENTS", default=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

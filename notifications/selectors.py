@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from django.db import connection
 from django.db.models import QuerySet, Sum
@@ -25,25 +27,37 @@ from notifications.models import (
 
 
 def customer_by_reference(*, source_system: str, external_ref: str) -> Customer | None:
-    """The customer an API request names, in one plain statement: every
-    `POST /api/v1/communications` asks for one, and building the ORM's query (or a raw
+    """The customer an API request names, in one plain statement (prepared on the connection):
+    every `POST /api/v1/communications` asks for one, and building the ORM's query (or a raw
     queryset's column mapping) cost more than running it."""
-    fields = Customer._meta.concrete_fields
-    qn = connection.ops.quote_name
+    sql, attnames, converters = _customer_read()
     with prepared_cursor() as cursor:
-        cursor.execute(
-            f"SELECT {', '.join(qn(str(f.column)) for f in fields)} "  # noqa: S608 - model's names
-            f"FROM {qn(Customer._meta.db_table)} WHERE source_system = %s AND external_ref = %s",
-            [source_system, external_ref],
-        )
+        cursor.execute(sql, [source_system, external_ref])
         row = cursor.fetchone()
     if row is None:
         return None
     values = list(row)
-    for i, field in enumerate(fields):
-        for convert in field.get_db_converters(connection):  # the JSON fields' decoding
-            values[i] = convert(values[i], None, connection)
-    return Customer.from_db(connection.alias, [f.attname for f in fields], values)
+    for i, convert in converters:  # the JSON fields' decoding
+        values[i] = convert(values[i], None, connection)
+    return Customer.from_db(connection.alias, attnames, values)
+
+
+@functools.cache
+def _customer_read() -> tuple[str, list[str], list[tuple[int, Any]]]:
+    """`customer_by_reference`'s statement, the fields' names in its column order and the
+    database converters of its columns (by position): made once per process."""
+    fields = Customer._meta.concrete_fields
+    qn = connection.ops.quote_name
+    sql = (
+        f"SELECT {', '.join(qn(str(f.column)) for f in fields)} "  # noqa: S608 - model's names
+        f"FROM {qn(Customer._meta.db_table)} WHERE source_system = %s AND external_ref = %s"
+    )
+    converters = [
+        (i, convert)
+        for i, field in enumerate(fields)
+        for convert in field.get_db_converters(connection)
+    ]
+    return sql, [f.attname for f in fields], converters
 
 
 def consent_at(

@@ -112,5 +112,6 @@ def test_the_intake_statements_are_prepared_once_per_connection(
         format="json",
         HTTP_IDEMPOTENCY_KEY="order-1",
     )
-    assert replay.status_code == 202 and replay["Idempotent-Replayed"] == "true"
+    assert replay.status_code == 202
+    assert replay["Idempotent-Replayed"] == "true"
     assert replay.json()["id"] in ids
