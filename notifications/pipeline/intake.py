@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.utils import timezone
 
 from ccm.rows import insert_rows, prepared_cursor, qn
@@ -291,8 +291,9 @@ def _create_one(
     in the same statement. An idempotency key already used by this client inserts nothing and
     answers the first one."""
     opts = Communication._meta
+    db = connections[DEFAULT_DB_ALIAS]  # not the proxy: a lookup for each of 27 fields
     values = [
-        f.get_db_prep_save(f.pre_save(communication, True), connection)
+        f.get_db_prep_save(f.pre_save(communication, True), db)
         for f in opts.concrete_fields
         if not f.primary_key
     ]
