@@ -19,7 +19,7 @@ import sys
 from django.db.backends.postgresql import base, operations
 from django.db.backends.postgresql.psycopg_any import register_tzloader
 from django.utils.asyncio import async_unsafe
-from psycopg import pq
+from psycopg import errors, pq
 
 
 class PreparedCursor(base.ServerBindingCursor):  # type: ignore[misc]  # unstubbed: psycopg's
@@ -36,7 +36,10 @@ class DatabaseOperations(operations.DatabaseOperations):
     def last_executed_query(self, cursor, sql, params):
         # What a logged query shows (DEBUG, tests): psycopg keeps no text of a prepared run.
         if isinstance(cursor, PreparedCursor):
-            return self.compose_sql(sql, params)
+            try:
+                return self.compose_sql(sql, params)
+            except errors.DataError:  # as Django's own, for values it cannot write out
+                return None
         return super().last_executed_query(cursor, sql, params)
 
 
